@@ -1,0 +1,1 @@
+"""Alembic environment and revisions; packaged as `neruba_cli.migrations`."""

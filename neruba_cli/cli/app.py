@@ -1,0 +1,48 @@
+"""The root of the `neruba` command: wires the command groups, nothing else."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from neruba_cli import __version__
+from neruba_cli.cli import audit, customer, db, demo, doctor, init, locks, project
+
+app = typer.Typer(
+    name="neruba",
+    help="Neruba: usage, hybrid and prepaid billing, run from a terminal or from cron.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"neruba {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Exit codes: 0 ok, 1 error, 2 usage, 3 rejected lines, 4 discrepancies, 5 lock held."""
+
+
+init.register(app)
+demo.register(app)
+doctor.register(app)
+app.add_typer(db.app, name="db")
+app.add_typer(project.app, name="project")
+app.add_typer(customer.app, name="customer")
+app.add_typer(locks.app, name="locks")
+app.add_typer(audit.app, name="audit")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,115 @@
+"""`neruba customer ...`"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neruba_cli.cli.output import fields, table
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.tenancy import customer_spec
+from neruba_cli.services import customers, projects
+from neruba_cli.services.rejects import RejectsWriter, default_rejects_path
+from neruba_cli.services.tabular import read_csv
+
+EXIT_REJECTED = 3
+
+app = typer.Typer(help="Customers of a project, keyed by your own external id.")
+
+
+@command(app, "create", group="customer", mutating=True)
+def create(
+    rt: Runtime,
+    external_id: Annotated[str, typer.Argument(help="Your id for the customer, unique per project.")],
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    email: Annotated[str | None, typer.Option(help="Billing e-mail.")] = None,
+    currency: Annotated[str | None, typer.Option(help="ISO 4217 (default: the project's).")] = None,
+    timezone: Annotated[str | None, typer.Option(help="IANA zone (default: the project's).")] = None,
+    stripe_id: Annotated[str | None, typer.Option(help="Existing Stripe customer id (cus_...).")] = None,
+) -> None:
+    """Create a customer."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        spec = customer_spec(
+            external_id=external_id,
+            name=name,
+            email=email,
+            currency=currency,
+            timezone=timezone,
+            stripe_id=stripe_id,
+            defaults=projects.spec_of(project),
+        )
+        customer = customers.create_customer(session, project, spec, now=rt.now())
+    rt.out.emit(customers.to_dict(customer))
+    rt.out.say(f"Created customer [bold]{customer.external_id}[/bold] ({customer.id}).")
+
+
+@command(app, "import", group="customer", mutating=True)
+def import_(
+    rt: Runtime,
+    file: Annotated[Path, typer.Argument(help="CSV with columns " + ",".join(customers.CSV_COLUMNS))],
+    rejects: Annotated[
+        Path | None,
+        typer.Option(help="Where to write rejected rows as JSONL (default: FILE.rejects.jsonl)."),
+    ] = None,
+) -> int:
+    """Create or update customers from a CSV file; bad rows are reported and the rest kept.
+
+    Exit 3 when any row was rejected.
+    """
+    rows = read_csv(file, columns=customers.CSV_COLUMNS, required=customers.CSV_REQUIRED)
+    rejects_path = rejects or default_rejects_path(file)
+    with (
+        RejectsWriter(rejects_path) as writer,
+        rt.out.progress(f"Importing {file.name}") as progress,
+        rt.transaction() as session,
+    ):
+        project = rt.project(session)
+        report = customers.import_customers(
+            session, project, rows, now=rt.now(), rejects=writer, on_progress=progress
+        )
+    summary = {
+        "file": str(file),
+        "lines": report.lines,
+        "created": report.created,
+        "updated": report.updated,
+        "unchanged": report.unchanged,
+        "rejected": report.rejected,
+        "rejects_file": str(rejects_path) if report.rejected else None,
+        "rejects": [reject.as_dict() for reject in report.rejects],
+    }
+    rt.out.emit(summary)
+    rt.out.say(
+        f"{file.name}: {report.lines} rows — {report.created} created, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {report.rejected} rejected."
+    )
+    for reject in report.rejects:
+        rt.out.warn(f"{file}:{reject.line}: {reject.reason}")
+    if report.rejected:
+        rt.out.say(f"Rejected rows written to {rejects_path}.")
+        return EXIT_REJECTED
+    return 0
+
+
+@command(app, "list", group="customer")
+def list_(rt: Runtime) -> None:
+    """List the project's customers."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        rows = [customers.to_dict(c) for c in customers.list_customers(session, project)]
+    columns = ("external_id", "name", "email", "currency", "timezone", "stripe_id")
+    rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
+
+
+@command(app, "show", group="customer")
+def show(
+    rt: Runtime,
+    customer: Annotated[str, typer.Argument(help="External id or Neruba id (cus_...).")],
+) -> None:
+    """Show one customer."""
+    with rt.transaction() as session:
+        found = customers.get_customer(session, rt.project(session), customer)
+        data = customers.to_dict(found)
+    rt.out.emit(data, fields(data))

@@ -1,0 +1,62 @@
+"""`neruba db ...`: schema migrations, run from the migrations shipped inside the package."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from neruba_cli.cli.output import fields
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.db import migrate
+from neruba_cli.db.engine import redact
+
+app = typer.Typer(help="Database schema: upgrade, current revision, downgrade.")
+
+
+@command(app, "upgrade", group="db", mutating=True)
+def upgrade(
+    rt: Runtime,
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Bring the database schema up to REVISION (default: head)."""
+    engine = rt.engine(check_schema=False)
+    before = migrate.current_revision(engine)
+    migrate.upgrade(engine, revision)
+    after = migrate.current_revision(engine)
+    rt.out.emit({"database": redact(engine.url), "from": before, "to": after})
+    if before == after:
+        rt.out.say(f"Schema already at {after}; nothing to do.")
+    else:
+        rt.out.say(f"Upgraded {redact(engine.url)} from {before or 'empty'} to {after}.")
+
+
+@command(app, "current", group="db")
+def current(rt: Runtime) -> None:
+    """Show the schema revision of the database and whether it is at head."""
+    engine = rt.engine(check_schema=False)
+    revision = migrate.current_revision(engine)
+    head = migrate.head_revision()
+    data = {
+        "database": redact(engine.url),
+        "current": revision,
+        "head": head,
+        "at_head": revision == head,
+    }
+    rt.out.emit(data, fields(data))
+
+
+@command(app, "downgrade", group="db", mutating=True)
+def downgrade(
+    rt: Runtime,
+    revision: Annotated[str, typer.Argument(help="Target revision, or base to drop everything.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm without asking.")] = False,
+) -> None:
+    """Move the schema down to REVISION. Dropped tables lose their data."""
+    engine = rt.engine(check_schema=False)
+    before = migrate.current_revision(engine)
+    rt.confirm(f"Downgrade {redact(engine.url)} from {before} to {revision}?", yes=yes)
+    migrate.downgrade(engine, revision)
+    after = migrate.current_revision(engine)
+    rt.out.emit({"database": redact(engine.url), "from": before, "to": after})
+    rt.out.say(f"Downgraded from {before} to {after or 'base'}.")

@@ -1,0 +1,46 @@
+"""`neruba demo`"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from neruba_cli.cli.output import table
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.errors import UsageError
+from neruba_cli.services.demo import DEMO_PROJECT, run_demo
+
+
+def register(app: typer.Typer) -> None:
+    @command(app, "demo")
+    def demo(
+        rt: Runtime,
+        directory: Annotated[
+            Path | None,
+            typer.Option("--dir", help="Folder for the demo database (default: a new temp folder)."),
+        ] = None,
+    ) -> None:
+        """Run Neruba end to end on a throwaway SQLite database and show what it did."""
+        if rt.options.db:
+            raise UsageError("demo always uses its own SQLite database; use --dir to place it")
+        folder = directory or Path(tempfile.mkdtemp(prefix="neruba-demo-"))
+        result = run_demo(folder.resolve(), actor=rt.actor, now=rt.now())
+
+        def render(console: Console) -> None:
+            console.print(f"[bold]Neruba demo[/bold] in {result.folder}")
+            for number, step in enumerate(result.steps, start=1):
+                console.print(f"  {number}. {step}")
+            columns = ("external_id", "name", "currency", "timezone")
+            rows = [[row[c] for c in columns] for row in result.customers]
+            table(f"Customers of project {DEMO_PROJECT}", columns, rows)(console)
+            for reject in result.customer_import.rejects:
+                console.print(f"  rejected line {reject.line}: {reject.reason}")
+            console.print("\nTry it yourself on the demo database:")
+            console.print(f"  neruba customer list --db {result.database_url} --project {DEMO_PROJECT}")
+            console.print(f"  neruba audit list --db {result.database_url}")
+
+        rt.out.emit(result.as_dict(), render)

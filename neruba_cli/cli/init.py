@@ -1,0 +1,48 @@
+"""`neruba init`"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.config import CONFIG_FILE_NAME, resolve_settings, write_config_file
+from neruba_cli.db import migrate
+from neruba_cli.db.engine import parse_database_url, redact
+
+
+def register(app: typer.Typer) -> None:
+    @command(app, "init", mutating=True)
+    def init(
+        rt: Runtime,
+        force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config.")] = False,
+    ) -> None:
+        """Write ./neruba.toml (or --config) and create or upgrade the database."""
+        target = Path(rt.options.config) if rt.options.config else Path(CONFIG_FILE_NAME)
+        if not target.exists():  # the file is being created: read nothing from it
+            rt.use_settings(resolve_settings(db=rt.options.db, project=rt.options.project))
+        url = rt.settings.database_url
+        parse_database_url(url)
+        wrote = force or not target.exists()
+        if wrote:
+            write_config_file(target, database_url=url, project=rt.settings.project)
+        engine = rt.engine(check_schema=False)
+        before = migrate.current_revision(engine)
+        migrate.upgrade(engine)
+        after = migrate.current_revision(engine)
+        rt.out.emit(
+            {
+                "config": str(target),
+                "config_written": wrote,
+                "database": redact(engine.url),
+                "from": before,
+                "to": after,
+            }
+        )
+        if wrote:
+            rt.out.say(f"Wrote {target}.")
+        else:
+            rt.out.say(f"Kept the existing {target} (use --force to overwrite it).")
+        rt.out.say(f"Database {redact(engine.url)} is at {after}.")

@@ -1,0 +1,267 @@
+"""What every command shares: the common options, settings, the database, error handling,
+exit codes and the audit record. Command modules declare parameters and render results; the
+`command` decorator below does the rest, so no command can forget a step."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from neruba_cli.cli.output import Output
+from neruba_cli.config import (
+    ENV_CONFIG,
+    ENV_DATABASE_URL,
+    ENV_DEBUG,
+    ENV_PROJECT,
+    Settings,
+    resolve_settings,
+)
+from neruba_cli.db import migrate
+from neruba_cli.db.engine import create_db_engine, explain_error
+from neruba_cli.db.schema import Project
+from neruba_cli.domain.errors import NerubaError, UsageError
+from neruba_cli.services import audit, projects
+from neruba_cli.services.access import Actor, current_operator
+
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    db: str | None = None
+    project: str | None = None
+    config: str | None = None
+    json: bool = False
+    quiet: bool = False
+
+
+_COMMON_PARAMETERS = [
+    inspect.Parameter(
+        "db",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            str | None,
+            typer.Option("--db", help=f"Database URL. [env: {ENV_DATABASE_URL}]", show_default=False),
+        ],
+    ),
+    inspect.Parameter(
+        "project",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            str | None,
+            typer.Option("--project", help=f"Project slug. [env: {ENV_PROJECT}]", show_default=False),
+        ],
+    ),
+    inspect.Parameter(
+        "config",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            str | None,
+            typer.Option(
+                "--config",
+                help=f"Config file (default ./neruba.toml). [env: {ENV_CONFIG}]",
+                show_default=False,
+            ),
+        ],
+    ),
+    inspect.Parameter(
+        "json",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[
+            bool, typer.Option("--json", help="One JSON document on stdout; errors as JSON on stderr.")
+        ],
+    ),
+    inspect.Parameter(
+        "quiet",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[
+            bool, typer.Option("--quiet", "-q", help="No messages or progress, only data and errors.")
+        ],
+    ),
+]
+_COMMON_NAMES = tuple(parameter.name for parameter in _COMMON_PARAMETERS)
+
+
+class Runtime:
+    """One command invocation: resolved settings, a lazily opened engine, the actor, the clock."""
+
+    def __init__(self, options: CommonOptions, command: str, out: Output) -> None:
+        self.options = options
+        self.command = command
+        self.out = out
+        self.actor: Actor = current_operator()
+        self._engines: dict[bool, Engine] = {}
+        self.audited_project: str | None = None  # set by commands that name a project otherwise
+
+    @cached_property
+    def settings(self) -> Settings:
+        return resolve_settings(
+            db=self.options.db, project=self.options.project, config=self.options.config
+        )
+
+    def use_settings(self, settings: Settings) -> None:
+        """Replace the resolved settings (for `init`, which creates the config file)."""
+        self.__dict__["settings"] = settings
+
+    def engine(self, *, check_schema: bool = True) -> Engine:
+        """The database engine; by default refuses a schema that is not at this code's head."""
+        if check_schema not in self._engines:
+            engine = self._engines.get(not check_schema) or create_db_engine(
+                self.settings.database_url
+            )
+            if check_schema:
+                migrate.ensure_at_head(engine)
+            self._engines[check_schema] = engine
+        return self._engines[check_schema]
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: committed when the block ends, rolled back on any error."""
+        with Session(self.engine(), expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    @property
+    def project_slug(self) -> str:
+        slug = self.settings.project
+        if not slug:
+            raise UsageError(
+                "no project selected",
+                hint=f"pass --project SLUG, set {ENV_PROJECT}, or set defaults.project in neruba.toml",
+            )
+        return slug
+
+    def project(self, session: Session) -> Project:
+        return projects.get_project(session, self.project_slug)
+
+    def confirm(self, question: str, *, yes: bool) -> None:
+        """Dangerous actions ask on a terminal and need --yes anywhere else."""
+        if yes:
+            return
+        if not sys.stdin.isatty():
+            raise UsageError(f"{question} — not on a terminal, so pass --yes to confirm")
+        if not typer.confirm(question, default=False, err=True):
+            raise UsageError("cancelled; nothing was changed")
+
+    def audit_project(self) -> str | None:
+        if self.audited_project is not None:
+            return self.audited_project
+        try:
+            return self.settings.project
+        except NerubaError:
+            return None
+
+    def close(self) -> None:
+        for engine in set(self._engines.values()):
+            engine.dispose()
+
+
+def command(
+    app: typer.Typer, name: str, *, group: str | None = None, mutating: bool = False
+) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
+    """Register `fn(rt, **params)` as a command with the common options appended.
+
+    The wrapper turns NerubaError and database errors into one line and the documented exit
+    code, and writes an audit record for every mutating command, whether it succeeded or not.
+    """
+    full_name = f"{group} {name}" if group else name
+
+    def decorate(fn: Callable[..., int | None]) -> Callable[..., int | None]:
+        signature = inspect.signature(fn, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "rt"]
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> int | None:
+            common = CommonOptions(**{key: kwargs.pop(key) for key in _COMMON_NAMES})
+            out = Output(json=common.json, quiet=common.quiet)
+            rt = Runtime(common, full_name, out)
+            code, message = _run(rt, fn, kwargs)
+            if mutating:
+                _audit(rt, kwargs, code, message)
+            rt.close()
+            if code:
+                raise typer.Exit(code)
+            return None
+
+        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*own, *_COMMON_PARAMETERS]
+        )
+        wrapper.__annotations__ = {
+            **{p.name: p.annotation for p in own},
+            **{p.name: p.annotation for p in _COMMON_PARAMETERS},
+        }
+        app.command(name)(wrapper)
+        return fn
+
+    return decorate
+
+
+def _run(
+    rt: Runtime, fn: Callable[..., int | None], kwargs: dict[str, Any]
+) -> tuple[int, str | None]:
+    try:
+        return int(fn(rt, **kwargs) or 0), None
+    except NerubaError as exc:
+        rt.out.error(exc)
+        return exc.exit_code, str(exc)
+    except SQLAlchemyError as exc:
+        url = rt.settings.database_url if "settings" in rt.__dict__ else "?"
+        error = explain_error(exc, url)
+        _debug_traceback(rt)
+        rt.out.error(error)
+        return error.exit_code, str(error)
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt:
+        rt.out.error(NerubaError("interrupted"))
+        return EXIT_INTERRUPTED, "interrupted"
+    except Exception as exc:
+        _debug_traceback(rt)
+        error = NerubaError(
+            f"internal error: {type(exc).__name__}: {exc}",
+            hint=f"set {ENV_DEBUG}=1 for a traceback",
+        )
+        rt.out.error(error)
+        return 1, str(error)
+
+
+def _debug_traceback(rt: Runtime) -> None:
+    if os.environ.get(ENV_DEBUG) == "1":
+        rt.out.stderr.print_exception(show_locals=True)
+
+
+def _audit(rt: Runtime, arguments: dict[str, Any], code: int, message: str | None) -> None:
+    """Best effort: an unreachable database cannot hold the record of its own unreachability."""
+    try:
+        engine = rt.engine(check_schema=False)
+        audit.record(
+            engine,
+            actor=rt.actor,
+            project_slug=rt.audit_project(),
+            command=rt.command,
+            arguments=arguments,
+            outcome=audit.Outcome(code, message),
+            now=rt.now(),
+        )
+    except (NerubaError, SQLAlchemyError):
+        _debug_traceback(rt)

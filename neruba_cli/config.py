@@ -1,0 +1,135 @@
+"""Settings resolution: flags > NERUBA_* environment > config file > defaults.
+
+The config file is `--config PATH` (or NERUBA_CONFIG), else `./neruba.toml`, else
+`$XDG_CONFIG_HOME/neruba/config.toml`. Secrets are never read from it: they come from the
+environment only, so a config file can be committed or shared safely.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from neruba_cli.domain.errors import InvalidInput
+
+DEFAULT_DATABASE_URL = "sqlite:///./neruba.db"
+CONFIG_FILE_NAME = "neruba.toml"
+
+ENV_DATABASE_URL = "NERUBA_DATABASE_URL"
+ENV_PROJECT = "NERUBA_PROJECT"
+ENV_CONFIG = "NERUBA_CONFIG"
+ENV_DEBUG = "NERUBA_DEBUG"
+
+
+class _DatabaseSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = None
+
+
+class _DefaultsSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    project: str | None = None
+
+
+class ConfigFile(BaseModel):
+    """The schema of neruba.toml; unknown keys are errors so typos do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+    database: _DatabaseSection = _DatabaseSection()
+    defaults: _DefaultsSection = _DefaultsSection()
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    project: str | None
+    config_path: Path | None
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def find_config_file(
+    explicit: str | None, env: Mapping[str, str], cwd: Path
+) -> tuple[Path | None, bool]:
+    """Return the config file to read and whether the user named it (then it must exist)."""
+    named = explicit or env.get(ENV_CONFIG)
+    if named:
+        return Path(named).expanduser(), True
+    local = cwd / CONFIG_FILE_NAME
+    if local.is_file():
+        return local, False
+    xdg = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    user = xdg / "neruba" / "config.toml"
+    return (user if user.is_file() else None), False
+
+
+def read_config_file(path: Path) -> ConfigFile:
+    """Parse and validate a config file; every error names the file and where in it."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise InvalidInput(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path}: invalid TOML: {exc}") from None
+    try:
+        return ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise InvalidInput(f"{path}: {where}: {first['msg']}") from None
+
+
+def resolve_settings(
+    *,
+    db: str | None = None,
+    project: str | None = None,
+    config: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    environ = os.environ if env is None else env
+    path, named = find_config_file(config, environ, cwd or Path.cwd())
+    file = ConfigFile()
+    if path is not None:
+        if named and not path.is_file():
+            raise InvalidInput(f"config file {path} does not exist")
+        file = read_config_file(path)
+    url, url_source = _first(
+        ("--db", db),
+        (ENV_DATABASE_URL, environ.get(ENV_DATABASE_URL)),
+        (str(path), file.database.url),
+        ("default", DEFAULT_DATABASE_URL),
+    )
+    slug, slug_source = _first(
+        ("--project", project),
+        (ENV_PROJECT, environ.get(ENV_PROJECT)),
+        (str(path), file.defaults.project),
+        ("default", None),
+    )
+    return Settings(
+        database_url=url or DEFAULT_DATABASE_URL,
+        project=slug,
+        config_path=path,
+        sources={"database_url": url_source, "project": slug_source},
+    )
+
+
+def _first(*candidates: tuple[str, str | None]) -> tuple[str | None, str]:
+    for source, value in candidates:
+        if value:
+            return value, source
+    return None, "default"
+
+
+def write_config_file(path: Path, *, database_url: str, project: str | None = None) -> None:
+    """Write neruba.toml with tomli-w (never by string formatting, so quoting is always right)."""
+    document: dict[str, dict[str, str]] = {"database": {"url": database_url}}
+    if project:
+        document["defaults"] = {"project": project}
+    path.write_text(tomli_w.dumps(document), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""The imperative shell's storage edge: engine, schema, migrations and lease locks."""

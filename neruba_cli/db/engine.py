@@ -1,0 +1,131 @@
+"""Engines configured per dialect so that every database behaves the way the core assumes.
+
+- SQLite: WAL, foreign keys on, a busy timeout, and real BEGIN statements (pysqlite's legacy
+  transaction handling would otherwise run SELECTs outside the transaction).
+- MariaDB/MySQL: utf8mb4, strict SQL mode, READ COMMITTED, UTC session time zone.
+- PostgreSQL: UTC session time zone, READ COMMITTED (its default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from neruba_cli.domain.errors import DatabaseError, InvalidInput
+
+CONNECT_TIMEOUT_SECONDS = 5
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_MYSQL_SQL_MODE = (
+    "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
+    "NO_ENGINE_SUBSTITUTION"
+)
+
+_DRIVERS = {
+    "sqlite": "sqlite",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+}
+
+
+def parse_database_url(url: str) -> URL:
+    """Accept the short forms operators type (mysql://, postgres://) and pick our drivers."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise InvalidInput(
+            f"database URL {url!r} is not valid",
+            hint="e.g. sqlite:///./neruba.db, mysql://user@host/db, postgresql://user@host/db",
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in _DRIVERS:
+        raise InvalidInput(
+            f"database URL uses {backend!r}, which Neruba does not support",
+            hint="use sqlite, mysql/mariadb or postgresql",
+        )
+    if "+" not in parsed.drivername:
+        parsed = parsed.set(drivername=_DRIVERS[backend])
+    return parsed
+
+
+def redact(url: str | URL) -> str:
+    """The URL with its password hidden: safe for output, logs and the audit trail."""
+    try:
+        parsed = url if isinstance(url, URL) else make_url(url)
+    except ArgumentError:
+        return "<invalid database URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def create_db_engine(url: str) -> Engine:
+    parsed = parse_database_url(url)
+    dialect = parsed.get_backend_name()
+    if dialect == "sqlite":
+        return _sqlite_engine(parsed)
+    try:
+        if dialect in ("mysql", "mariadb"):
+            return _mysql_engine(parsed)
+        return _postgres_engine(parsed)
+    except NoSuchModuleError as exc:
+        raise DatabaseError(f"no driver for {redact(parsed)}: {exc}") from None
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        folder = Path(database).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise DatabaseError(f"folder {folder} for the SQLite database does not exist")
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def _mysql_engine(url: URL) -> Engine:
+    query = dict(url.query)
+    query.setdefault("charset", "utf8mb4")
+    return create_engine(
+        url.set(query=query),
+        isolation_level="READ COMMITTED",
+        pool_pre_ping=True,
+        pool_recycle=3600,
+        connect_args={
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            "init_command": f"SET SESSION sql_mode='{_MYSQL_SQL_MODE}', time_zone='+00:00'",
+        },
+    )
+
+
+def _postgres_engine(url: URL) -> Engine:
+    return create_engine(
+        url,
+        isolation_level="READ COMMITTED",
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, "options": "-c timezone=UTC"},
+    )
+
+
+def explain_error(exc: Exception, url: str) -> DatabaseError:
+    """Turn a driver exception into one line an operator can act on (no traceback)."""
+    reason = getattr(exc, "orig", None) or exc
+    text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    return DatabaseError(f"database {redact(url)}: {text}")

@@ -1,0 +1,214 @@
+"""Lease locks that work the same on SQLite, MariaDB and PostgreSQL.
+
+A lock is a row in `locks`. Acquiring is one conditional UPDATE (or the first INSERT), so two
+contenders can never both win: the database's row lock and unique key decide. Each acquisition
+increments the row's fencing token; writers call `fence()` inside their own transaction, which
+touches the lock row only if their token is still current and unexpired. A holder that was
+paused past its lease therefore cannot write after a new holder took over.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection, Engine, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from neruba_cli.db.schema import Lock
+from neruba_cli.domain.errors import LockHeld, LockLost, NotFound
+from neruba_cli.domain.timestamps import format_ts
+
+DEFAULT_TTL = timedelta(minutes=10)
+Clock = Callable[[], datetime]
+
+_locks = Lock.__table__
+
+
+@dataclass(frozen=True)
+class Lease:
+    name: str
+    holder: str
+    token: int
+    acquired_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class LockState:
+    name: str
+    holder: str | None
+    token: int
+    acquired_at: datetime | None
+    expires_at: datetime | None
+
+    def is_stale(self, now: datetime) -> bool:
+        """Held on paper but past its expiry: its holder died or hung."""
+        return self.holder is not None and self.expires_at is not None and self.expires_at <= now
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_holder() -> str:
+    """`user@host:pid`: enough for an operator to find the process that holds a lock."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}:{os.getpid()}"
+
+
+def acquire(
+    engine: Engine,
+    name: str,
+    *,
+    holder: str | None = None,
+    ttl: timedelta = DEFAULT_TTL,
+    wait: float = 0.0,
+    clock: Clock = utcnow,
+    poll_interval: float = 0.5,
+) -> Lease:
+    """Take the lease or raise LockHeld; with `wait`, retry until that many seconds passed."""
+    holder = holder or default_holder()
+    deadline = time.monotonic() + wait
+    while True:
+        lease = _try_acquire(engine, name, holder, ttl, clock())
+        if lease is not None:
+            return lease
+        if time.monotonic() >= deadline:
+            raise _held_error(engine, name)
+        time.sleep(min(poll_interval, max(deadline - time.monotonic(), 0.01)))
+
+
+def _try_acquire(
+    engine: Engine, name: str, holder: str, ttl: timedelta, now: datetime
+) -> Lease | None:
+    expires = now + ttl
+    with engine.begin() as conn:
+        taken = conn.execute(
+            update(_locks)
+            .where(_locks.c.name == name)
+            .where(or_(_locks.c.holder.is_(None), _locks.c.expires_at <= now))
+            .values(holder=holder, token=_locks.c.token + 1, acquired_at=now, expires_at=expires)
+        ).rowcount
+        if taken == 1:
+            token = conn.execute(select(_locks.c.token).where(_locks.c.name == name)).scalar_one()
+            return Lease(name, holder, int(token), now, expires)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(_locks).values(
+                    name=name, holder=holder, token=1, acquired_at=now, expires_at=expires
+                )
+            )
+        return Lease(name, holder, 1, now, expires)
+    except IntegrityError:
+        return None  # the row exists and is held (or someone inserted it just now)
+
+
+def _held_error(engine: Engine, name: str) -> LockHeld:
+    state = get(engine, name)
+    if state is None or state.holder is None:
+        return LockHeld(f"lock {name} is busy; try again")
+    return LockHeld(
+        f"lock {name} is held by {state.holder} since {format_ts(state.acquired_at)} "
+        f"(expires {format_ts(state.expires_at)})",
+        hint="wait for it, or `neruba locks release` it if that process is gone",
+    )
+
+
+def renew(
+    engine: Engine, lease: Lease, *, ttl: timedelta = DEFAULT_TTL, clock: Clock = utcnow
+) -> Lease:
+    """Extend our lease; raise LockLost if it expired or passed to another holder."""
+    now = clock()
+    expires = now + ttl
+    with engine.begin() as conn:
+        changed = conn.execute(
+            update(_locks)
+            .where(_locks.c.name == lease.name)
+            .where(_locks.c.token == lease.token)
+            .where(_locks.c.holder == lease.holder)
+            .where(_locks.c.expires_at > now)
+            .values(expires_at=expires)
+        ).rowcount
+    if changed != 1:
+        raise LockLost(f"lease on {lease.name} (token {lease.token}) was lost before renewal")
+    return Lease(lease.name, lease.holder, lease.token, lease.acquired_at, expires)
+
+
+def fence(conn: Connection, lease: Lease, *, clock: Clock = utcnow) -> None:
+    """Check, inside the caller's write transaction, that the lease is still ours.
+
+    The no-op UPDATE takes the lock row's write lock until the caller commits, so a new holder
+    cannot take over between this check and the caller's commit.
+    """
+    changed = conn.execute(
+        update(_locks)
+        .where(_locks.c.name == lease.name)
+        .where(_locks.c.token == lease.token)
+        .where(_locks.c.expires_at > clock())
+        .values(expires_at=_locks.c.expires_at)
+    ).rowcount
+    if changed != 1:
+        raise LockLost(
+            f"lease on {lease.name} (token {lease.token}) is no longer ours; nothing was written"
+        )
+
+
+def release(engine: Engine, lease: Lease) -> bool:
+    """Give the lease back; False when it had already expired and been taken over."""
+    with engine.begin() as conn:
+        changed = conn.execute(
+            update(_locks)
+            .where(_locks.c.name == lease.name)
+            .where(_locks.c.token == lease.token)
+            .values(holder=None, acquired_at=None, expires_at=None)
+        ).rowcount
+    return changed == 1
+
+
+def force_release(engine: Engine, name: str) -> LockState:
+    """Operator override for a lock whose holder is gone; returns what was released."""
+    with engine.begin() as conn:
+        row = conn.execute(select(_locks).where(_locks.c.name == name)).first()
+        if row is None or row.holder is None:
+            raise NotFound(f"lock {name} is not held", hint="`neruba locks list` shows held locks")
+        conn.execute(
+            update(_locks)
+            .where(_locks.c.name == name)
+            .where(_locks.c.token == row.token)
+            .values(holder=None, acquired_at=None, expires_at=None)
+        )
+    return _state(row)
+
+
+def get(engine: Engine, name: str) -> LockState | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(_locks).where(_locks.c.name == name)).first()
+    return None if row is None else _state(row)
+
+
+def list_held(engine: Engine) -> list[LockState]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(_locks).where(_locks.c.holder.is_not(None)).order_by(_locks.c.name)
+        ).all()
+    return [_state(row) for row in rows]
+
+
+def _state(row: object) -> LockState:
+    return LockState(
+        name=row.name,  # type: ignore[attr-defined]
+        holder=row.holder,  # type: ignore[attr-defined]
+        token=int(row.token),  # type: ignore[attr-defined]
+        acquired_at=row.acquired_at,  # type: ignore[attr-defined]
+        expires_at=row.expires_at,  # type: ignore[attr-defined]
+    )

@@ -1,0 +1,114 @@
+"""Money rules: ISO 4217 minor units, exact parsing, one rounding per line.
+
+Amounts are `Decimal` in the domain and integer minor units in the ledger. Floats are refused
+wherever money is read, because a float literal such as 0.1 is already not the amount the
+operator wrote.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Literal
+
+from neruba_cli.domain.errors import InvalidInput
+
+RoundingMode = Literal["half_even", "half_up"]
+ROUNDING_MODES: tuple[RoundingMode, ...] = ("half_even", "half_up")
+
+# Decimal's ROUND_HALF_UP rounds half away from zero, which is what billers call "half up".
+_DECIMAL_ROUNDING: dict[str, str] = {"half_even": ROUND_HALF_EVEN, "half_up": ROUND_HALF_UP}
+
+# ISO 4217 active codes whose minor unit is not 2 (the exponent: digits after the point).
+_EXPONENT_OVERRIDES: dict[str, int] = {
+    **dict.fromkeys(
+        ["BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND", "VUV", "XAF", "XOF", "XPF"], 0
+    ),
+    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
+    **dict.fromkeys(["CLF", "UYW"], 4),
+}
+
+_TWO_DIGIT_CODES = ["AED", "AFN", "ALL", "AMD", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BGN", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD", "CDF", "CHE", "CHF", "CHW", "CNY", "COP", "COU", "CRC", "CUP", "CVE", "CZK", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP", "GMD", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IRR", "JMD", "KES", "KGS", "KHR", "KPW", "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "QAR", "RON", "RSD", "RUB", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "USD", "USN", "UYU", "UZS", "VED", "VES", "WST", "XCD", "XCG", "YER", "ZAR", "ZMW", "ZWG"]
+
+CURRENCY_EXPONENTS: dict[str, int] = {**dict.fromkeys(_TWO_DIGIT_CODES, 2), **_EXPONENT_OVERRIDES}
+
+# Unit prices keep up to 12 decimal places (DESIGN.md); anything finer is a typo, not a price.
+MAX_PRICE_PLACES = 12
+
+
+def normalize_currency(code: str) -> str:
+    """Return the upper-case ISO 4217 code, or raise with the offending value."""
+    upper = code.strip().upper()
+    if upper not in CURRENCY_EXPONENTS:
+        raise InvalidInput(
+            f"unknown currency {code!r}", hint="use an ISO 4217 code such as USD, EUR or JPY"
+        )
+    return upper
+
+
+def exponent(currency: str) -> int:
+    """Digits after the decimal point in the currency's minor unit (JPY 0, USD 2, KWD 3)."""
+    return CURRENCY_EXPONENTS[normalize_currency(currency)]
+
+
+def parse_amount(value: object, *, field: str = "amount") -> Decimal:
+    """Read money exactly from a string, an int or a Decimal; refuse floats and non-numbers."""
+    if isinstance(value, bool):
+        raise InvalidInput(f"{field}: expected an amount, got a boolean")
+    if isinstance(value, float):
+        raise InvalidInput(
+            f"{field}: write money as a string, e.g. \"{_float_hint(value)}\"",
+            hint="floats cannot hold most decimal amounts exactly",
+        )
+    if isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            amount = Decimal(value.strip())
+        except InvalidOperation:
+            raise InvalidInput(f"{field}: {value!r} is not a decimal number") from None
+    else:
+        raise InvalidInput(f"{field}: expected an amount, got {type(value).__name__}")
+    if not amount.is_finite():
+        raise InvalidInput(f"{field}: {value!r} is not a finite amount")
+    exp = amount.as_tuple().exponent
+    if isinstance(exp, int) and -exp > MAX_PRICE_PLACES:
+        raise InvalidInput(f"{field}: {value!r} has more than {MAX_PRICE_PLACES} decimal places")
+    return amount
+
+
+def _float_hint(value: float) -> str:
+    return repr(value) if abs(value) < 1e15 else "0.00"
+
+
+def quantum(currency: str) -> Decimal:
+    """The value of one minor unit as a Decimal exponent template (USD -> 0.01)."""
+    return Decimal(1).scaleb(-exponent(currency))
+
+
+def round_to_minor(amount: Decimal, currency: str, rounding: RoundingMode = "half_even") -> Decimal:
+    """Round once to the currency's minor unit; called per invoice line, never on partials."""
+    return amount.quantize(quantum(currency), rounding=_DECIMAL_ROUNDING[rounding])
+
+
+def to_minor_units(amount: Decimal, currency: str) -> int:
+    """Convert an already-rounded amount to integer minor units for the ledger.
+
+    Refuses an amount that is not a whole number of minor units: silently rounding here would
+    hide a missing rounding step upstream.
+    """
+    scaled = amount.scaleb(exponent(currency))
+    if scaled != scaled.to_integral_value():
+        raise InvalidInput(f"{amount} {currency} is not a whole number of minor units")
+    return int(scaled)
+
+
+def from_minor_units(units: int, currency: str) -> Decimal:
+    """The major-unit Decimal of an integer minor-unit amount, at the currency's precision."""
+    return Decimal(units).scaleb(-exponent(currency)).quantize(quantum(currency))
+
+
+def format_amount(amount: Decimal, currency: str) -> str:
+    """The decimal string used in every JSON output: major units at the currency's precision."""
+    return str(amount.quantize(quantum(currency)))

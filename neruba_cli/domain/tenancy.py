@@ -1,0 +1,116 @@
+"""Rules for projects (tenants) and customers: what a valid slug, e-mail and row look like."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.money import ROUNDING_MODES, RoundingMode, normalize_currency
+from neruba_cli.domain.timestamps import validate_timezone
+
+_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EXTERNAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,127}$")
+_STRIPE_CUSTOMER = re.compile(r"^cus_[A-Za-z0-9]+$")
+MAX_NAME = 200
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    slug: str
+    name: str
+    currency: str
+    timezone: str
+    rounding: RoundingMode
+
+
+@dataclass(frozen=True)
+class CustomerSpec:
+    external_id: str
+    name: str | None
+    email: str | None
+    currency: str
+    timezone: str
+    stripe_id: str | None
+
+
+def validate_slug(slug: str) -> str:
+    """Slugs appear in invoice numbers and lock names, so they stay short and plain."""
+    if not _SLUG.match(slug):
+        raise InvalidInput(
+            f"project slug {slug!r} is not valid",
+            hint="use 1-40 lower-case letters, digits and inner hyphens, e.g. acme-eu",
+        )
+    return slug
+
+
+def validate_rounding(mode: str) -> RoundingMode:
+    for known in ROUNDING_MODES:
+        if mode == known:
+            return known
+    raise InvalidInput(f"rounding: {mode!r} is not a rounding mode", hint="use half_even or half_up")
+
+
+def project_spec(
+    slug: str, name: str | None, currency: str, timezone: str, rounding: str
+) -> ProjectSpec:
+    slug = validate_slug(slug)
+    return ProjectSpec(
+        slug=slug,
+        name=_clean_name(name, "name") or slug,
+        currency=normalize_currency(currency),
+        timezone=validate_timezone(timezone),
+        rounding=validate_rounding(rounding),
+    )
+
+
+def customer_spec(
+    *,
+    external_id: str,
+    name: str | None,
+    email: str | None,
+    currency: str | None,
+    timezone: str | None,
+    stripe_id: str | None,
+    defaults: ProjectSpec,
+) -> CustomerSpec:
+    """Validate one customer; empty optional fields fall back to the project's defaults."""
+    external_id = (external_id or "").strip()
+    if not external_id:
+        raise InvalidInput("external_id is required")
+    if not _EXTERNAL_ID.match(external_id):
+        raise InvalidInput(
+            f"external_id {external_id!r} is not valid",
+            hint="up to 128 letters, digits and _ . : @ / + -, starting with a letter or digit",
+        )
+    email = _blank_to_none(email)
+    if email is not None and not _EMAIL.match(email):
+        raise InvalidInput(f"email {email!r} is not an e-mail address")
+    stripe_id = _blank_to_none(stripe_id)
+    if stripe_id is not None and not _STRIPE_CUSTOMER.match(stripe_id):
+        raise InvalidInput(f"stripe_id {stripe_id!r} is not a Stripe customer id (cus_...)")
+    currency = _blank_to_none(currency)
+    timezone = _blank_to_none(timezone)
+    return CustomerSpec(
+        external_id=external_id,
+        name=_clean_name(name, "name"),
+        email=email,
+        currency=normalize_currency(currency) if currency else defaults.currency,
+        timezone=validate_timezone(timezone) if timezone else defaults.timezone,
+        stripe_id=stripe_id,
+    )
+
+
+def _blank_to_none(value: str | None) -> str | None:
+    if value is None:
+        return None
+    stripped = value.strip()
+    return stripped or None
+
+
+def _clean_name(value: str | None, field: str) -> str | None:
+    cleaned = _blank_to_none(value)
+    if cleaned is not None and len(cleaned) > MAX_NAME:
+        raise InvalidInput(f"{field} is longer than {MAX_NAME} characters")
+    return cleaned

@@ -1,0 +1,99 @@
+"""Timestamps and durations as the CLI contract writes them: RFC 3339 in UTC, always aware."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from neruba_cli.domain.errors import InvalidInput
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|h|d|w|m|y)\s*$")
+_DURATION_UNITS = "s (seconds), h (hours), d (days), w (weeks), m (months), y (years)"
+
+
+def format_ts(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a `Z`, seconds precision unless there are microseconds."""
+    if value is None:
+        return None
+    utc = as_utc(value)
+    text = utc.isoformat(timespec="microseconds" if utc.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def as_utc(value: datetime) -> datetime:
+    """Treat naive values as UTC: the database layer stores naive UTC on every dialect."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def parse_ts(text: str, *, field: str = "timestamp") -> datetime:
+    """Parse an RFC 3339 timestamp that carries an offset; refuse naive ones."""
+    raw = text.strip()
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(
+            f"{field}: {text!r} is not an RFC 3339 timestamp", hint="e.g. 2026-10-03T12:00:00Z"
+        ) from None
+    if value.tzinfo is None:
+        raise InvalidInput(
+            f"{field}: {text!r} has no time-zone offset", hint="add Z or an offset such as +02:00"
+        )
+    return value.astimezone(UTC)
+
+
+def parse_duration(text: str, *, field: str = "duration") -> tuple[int, str]:
+    """Split `90d` into (90, 'd'); months and years stay calendar units, not fixed seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise InvalidInput(f"{field}: {text!r} is not a duration", hint=f"units: {_DURATION_UNITS}")
+    return int(match.group(1)), match.group(2)
+
+
+def subtract_duration(moment: datetime, text: str, *, field: str = "duration") -> datetime:
+    """`moment` minus a duration, with months and years counted on the calendar."""
+    amount, unit = parse_duration(text, field=field)
+    if unit in ("m", "y"):
+        return add_months(moment, -amount * (12 if unit == "y" else 1))
+    seconds = {"s": 1, "h": 3600, "d": 86400, "w": 604800}[unit]
+    return moment - timedelta(seconds=amount * seconds)
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """Shift by calendar months, clamping the day (Jan 31 + 1 month = Feb 28 or 29)."""
+    index = moment.year * 12 + (moment.month - 1) + months
+    year, month = divmod(index, 12)
+    day = min(moment.day, _days_in_month(year, month + 1))
+    return moment.replace(year=year, month=month + 1, day=day)
+
+
+def _days_in_month(year: int, month: int) -> int:
+    first_next = date(year + (month == 12), month % 12 + 1, 1)
+    return (first_next - timedelta(days=1)).day
+
+
+def parse_since(text: str, *, now: datetime, field: str = "--since") -> datetime:
+    """Accept a timestamp with offset, a date (midnight UTC), or a duration ago such as `7d`."""
+    raw = text.strip()
+    if _DURATION.match(raw):
+        return subtract_duration(now, raw, field=field)
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
+        try:
+            return datetime.fromisoformat(raw).replace(tzinfo=UTC)
+        except ValueError:
+            raise InvalidInput(f"{field}: {text!r} is not a valid date") from None
+    return parse_ts(raw, field=field)
+
+
+def validate_timezone(name: str, *, field: str = "timezone") -> str:
+    """Return an IANA zone name that zoneinfo knows, or raise with the fix."""
+    cleaned = name.strip()
+    try:
+        ZoneInfo(cleaned)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(
+            f"{field}: unknown time zone {name!r}", hint="use an IANA name such as Europe/Paris"
+        ) from None
+    return cleaned

@@ -1,0 +1,72 @@
+"""Projects (tenants): create, find, list."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from neruba_cli.db.schema import Project
+from neruba_cli.domain.errors import AlreadyExists, NotFound
+from neruba_cli.domain.ids import new_id
+from neruba_cli.domain.money import RoundingMode
+from neruba_cli.domain.tenancy import ProjectSpec
+from neruba_cli.domain.timestamps import format_ts
+
+
+def create_project(session: Session, spec: ProjectSpec, *, now: datetime) -> Project:
+    """The unique index on slug decides duplicates, so two concurrent creates cannot both win."""
+    project = Project(
+        id=new_id("proj"),
+        slug=spec.slug,
+        name=spec.name,
+        currency=spec.currency,
+        timezone=spec.timezone,
+        rounding=spec.rounding,
+        created_at=now,
+    )
+    session.add(project)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise AlreadyExists(f"project {spec.slug!r} already exists") from None
+    return project
+
+
+def get_project(session: Session, slug: str) -> Project:
+    project = session.scalar(select(Project).where(Project.slug == slug))
+    if project is None:
+        raise NotFound(
+            f"project {slug!r} does not exist", hint="`neruba project list` shows the projects"
+        )
+    return project
+
+
+def list_projects(session: Session) -> list[Project]:
+    return list(session.scalars(select(Project).order_by(Project.slug)))
+
+
+def spec_of(project: Project) -> ProjectSpec:
+    rounding: RoundingMode = "half_up" if project.rounding == "half_up" else "half_even"
+    return ProjectSpec(
+        slug=project.slug,
+        name=project.name,
+        currency=project.currency,
+        timezone=project.timezone,
+        rounding=rounding,
+    )
+
+
+def to_dict(project: Project) -> dict[str, Any]:
+    return {
+        "id": project.id,
+        "slug": project.slug,
+        "name": project.name,
+        "currency": project.currency,
+        "timezone": project.timezone,
+        "rounding": project.rounding,
+        "created_at": format_ts(project.created_at),
+    }
