@@ -20,7 +20,9 @@ def list_(
     since: Annotated[
         str | None, typer.Option(help="A timestamp, a date, or a duration ago such as 7d.")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many records, newest first.")] = 100,
+    limit: Annotated[
+        int, typer.Option(min=1, help="At most this many records, newest first.")
+    ] = 100,
 ) -> None:
     """List audit records, newest first (of --project when one is selected)."""
     start = parse_since(since, now=rt.now()) if since else None

@@ -22,12 +22,18 @@ app = typer.Typer(help="Customers of a project, keyed by your own external id.")
 @command(app, "create", group="customer", mutating=True)
 def create(
     rt: Runtime,
-    external_id: Annotated[str, typer.Argument(help="Your id for the customer, unique per project.")],
+    external_id: Annotated[
+        str, typer.Argument(help="Your id for the customer, unique per project.")
+    ],
     name: Annotated[str | None, typer.Option(help="Display name.")] = None,
     email: Annotated[str | None, typer.Option(help="Billing e-mail.")] = None,
     currency: Annotated[str | None, typer.Option(help="ISO 4217 (default: the project's).")] = None,
-    timezone: Annotated[str | None, typer.Option(help="IANA zone (default: the project's).")] = None,
-    stripe_id: Annotated[str | None, typer.Option(help="Existing Stripe customer id (cus_...).")] = None,
+    timezone: Annotated[
+        str | None, typer.Option(help="IANA zone (default: the project's).")
+    ] = None,
+    stripe_id: Annotated[
+        str | None, typer.Option(help="Existing Stripe customer id (cus_...).")
+    ] = None,
 ) -> None:
     """Create a customer."""
     with rt.transaction() as session:
@@ -49,7 +55,9 @@ def create(
 @command(app, "import", group="customer", mutating=True)
 def import_(
     rt: Runtime,
-    file: Annotated[Path, typer.Argument(help="CSV with columns " + ",".join(customers.CSV_COLUMNS))],
+    file: Annotated[
+        Path, typer.Argument(help="CSV with columns " + ",".join(customers.CSV_COLUMNS))
+    ],
     rejects: Annotated[
         Path | None,
         typer.Option(help="Where to write rejected rows as JSONL (default: FILE.rejects.jsonl)."),

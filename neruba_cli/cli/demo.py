@@ -21,7 +21,9 @@ def register(app: typer.Typer) -> None:
         rt: Runtime,
         directory: Annotated[
             Path | None,
-            typer.Option("--dir", help="Folder for the demo database (default: a new temp folder)."),
+            typer.Option(
+                "--dir", help="Folder for the demo database (default: a new temp folder)."
+            ),
         ] = None,
     ) -> None:
         """Run Neruba end to end on a throwaway SQLite database and show what it did."""
@@ -40,7 +42,9 @@ def register(app: typer.Typer) -> None:
             for reject in result.customer_import.rejects:
                 console.print(f"  rejected line {reject.line}: {reject.reason}")
             console.print("\nTry it yourself on the demo database:")
-            console.print(f"  neruba customer list --db {result.database_url} --project {DEMO_PROJECT}")
+            console.print(
+                f"  neruba customer list --db {result.database_url} --project {DEMO_PROJECT}"
+            )
             console.print(f"  neruba audit list --db {result.database_url}")
 
         rt.out.emit(result.as_dict(), render)

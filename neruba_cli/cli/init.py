@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
     @command(app, "init", mutating=True)
     def init(
         rt: Runtime,
-        force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config.")] = False,
+        force: Annotated[
+            bool, typer.Option("--force", help="Overwrite an existing config.")
+        ] = False,
     ) -> None:
         """Write ./neruba.toml (or --config) and create or upgrade the database."""
         target = Path(rt.options.config) if rt.options.config else Path(CONFIG_FILE_NAME)

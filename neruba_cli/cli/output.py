@@ -65,7 +65,9 @@ class Output:
         return self.stderr.is_terminal and not self.quiet and not self.json
 
     @contextmanager
-    def progress(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+    def progress(
+        self, description: str, total: int | None = None
+    ) -> Iterator[Callable[[int], None]]:
         """A progress bar on a terminal; a no-op callback in cron or with --quiet/--json."""
         if not self.interactive:
             yield lambda _done: None

@@ -55,7 +55,9 @@ _COMMON_PARAMETERS = [
         default=None,
         annotation=Annotated[
             str | None,
-            typer.Option("--db", help=f"Database URL. [env: {ENV_DATABASE_URL}]", show_default=False),
+            typer.Option(
+                "--db", help=f"Database URL. [env: {ENV_DATABASE_URL}]", show_default=False
+            ),
         ],
     ),
     inspect.Parameter(
@@ -64,7 +66,9 @@ _COMMON_PARAMETERS = [
         default=None,
         annotation=Annotated[
             str | None,
-            typer.Option("--project", help=f"Project slug. [env: {ENV_PROJECT}]", show_default=False),
+            typer.Option(
+                "--project", help=f"Project slug. [env: {ENV_PROJECT}]", show_default=False
+            ),
         ],
     ),
     inspect.Parameter(
@@ -85,7 +89,8 @@ _COMMON_PARAMETERS = [
         inspect.Parameter.KEYWORD_ONLY,
         default=False,
         annotation=Annotated[
-            bool, typer.Option("--json", help="One JSON document on stdout; errors as JSON on stderr.")
+            bool,
+            typer.Option("--json", help="One JSON document on stdout; errors as JSON on stderr."),
         ],
     ),
     inspect.Parameter(
@@ -93,7 +98,8 @@ _COMMON_PARAMETERS = [
         inspect.Parameter.KEYWORD_ONLY,
         default=False,
         annotation=Annotated[
-            bool, typer.Option("--quiet", "-q", help="No messages or progress, only data and errors.")
+            bool,
+            typer.Option("--quiet", "-q", help="No messages or progress, only data and errors."),
         ],
     ),
 ]
@@ -147,7 +153,7 @@ class Runtime:
         if not slug:
             raise UsageError(
                 "no project selected",
-                hint=f"pass --project SLUG, set {ENV_PROJECT}, or set defaults.project in neruba.toml",
+                hint=f"pass --project SLUG, set {ENV_PROJECT}, or defaults.project in the config",
             )
         return slug
 

@@ -49,7 +49,9 @@ def validate_rounding(mode: str) -> RoundingMode:
     for known in ROUNDING_MODES:
         if mode == known:
             return known
-    raise InvalidInput(f"rounding: {mode!r} is not a rounding mode", hint="use half_even or half_up")
+    raise InvalidInput(
+        f"rounding: {mode!r} is not a rounding mode", hint="use half_even or half_up"
+    )
 
 
 def project_spec(

@@ -152,7 +152,7 @@ def _apply_batch(
 
 
 def _row_values(customer: Customer) -> dict[str, Any]:
-    return {column: getattr(customer, column) for column in Customer.__table__.columns.keys()}
+    return {column.name: getattr(customer, column.name) for column in Customer.__table__.columns}
 
 
 def _apply_changes(customer: Customer, spec: CustomerSpec, now: datetime) -> bool:
@@ -183,9 +183,7 @@ def get_customer(session: Session, project: Project, ident: str) -> Customer:
 def list_customers(session: Session, project: Project) -> list[Customer]:
     return list(
         session.scalars(
-            select(Customer)
-            .where(Customer.project_id == project.id)
-            .order_by(Customer.external_id)
+            select(Customer).where(Customer.project_id == project.id).order_by(Customer.external_id)
         )
     )
 

@@ -108,6 +108,4 @@ def _import_demo_customers(engine: Any, slug: str, now: datetime) -> ImportRepor
         project = projects.get_project(session, slug)
         rows = read_csv(path, columns=customers.CSV_COLUMNS, required=customers.CSV_REQUIRED)
         with RejectsWriter(None) as writer:
-            return customers.import_customers(
-                session, project, rows, now=now, rejects=writer
-            )
+            return customers.import_customers(session, project, rows, now=now, rejects=writer)
