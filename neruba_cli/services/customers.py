@@ -47,12 +47,13 @@ def create_customer(
     session: Session, project: Project, spec: CustomerSpec, *, now: datetime
 ) -> Customer:
     customer = _new_customer(project, spec, now)
+    slug = project.slug  # read before the flush: a failed flush expires every loaded object
     session.add(customer)
     try:
         session.flush()
     except IntegrityError:
         raise AlreadyExists(
-            f"customer {spec.external_id!r} already exists in project {project.slug!r}"
+            f"customer {spec.external_id!r} already exists in project {slug!r}"
         ) from None
     return customer
 

@@ -1,0 +1,81 @@
+"""Migrations: empty database to head on every dialect, one head, models == migrations."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+
+from neruba_cli.db import migrate
+from neruba_cli.db.engine import create_db_engine
+from neruba_cli.db.schema import Base
+from neruba_cli.domain.errors import DatabaseError
+
+
+def test_exactly_one_head() -> None:
+    heads = ScriptDirectory.from_config(migrate.alembic_config()).get_heads()
+    assert heads == [migrate.head_revision()]
+
+
+def test_upgrade_empty_database_to_head_matches_models(empty_db_url: str) -> None:
+    engine = create_db_engine(empty_db_url)
+    try:
+        assert migrate.current_revision(engine) is None
+        migrate.upgrade(engine)
+        assert migrate.current_revision(engine) == migrate.head_revision()
+        tables = set(inspect(engine).get_table_names())
+        assert set(Base.metadata.tables) <= tables
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_to_base_and_up_again(empty_db_url: str) -> None:
+    engine = create_db_engine(empty_db_url)
+    try:
+        migrate.upgrade(engine)
+        migrate.downgrade(engine, "base")
+        assert migrate.current_revision(engine) is None
+        assert not set(Base.metadata.tables) & set(inspect(engine).get_table_names())
+        migrate.upgrade(engine)
+        assert migrate.current_revision(engine) == migrate.head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_commands_refuse_a_database_without_schema(empty_db_url: str) -> None:
+    engine = create_db_engine(empty_db_url)
+    try:
+        with pytest.raises(DatabaseError, match="no Neruba schema") as caught:
+            migrate.ensure_at_head(engine)
+        assert caught.value.hint is not None and "neruba db upgrade" in caught.value.hint
+    finally:
+        engine.dispose()
+
+
+def test_cli_db_upgrade_current_downgrade(empty_db_url: str) -> None:
+    from tests.conftest import Cli
+
+    cli = Cli(empty_db_url)
+    before = cli("db", "current", "--json")
+    assert before.exit_code == 0
+    assert before.json()["current"] is None and before.json()["at_head"] is False
+    refused = cli("project", "list")
+    assert refused.exit_code == 1
+    assert "no Neruba schema yet" in refused.stderr and "Traceback" not in refused.stderr
+    up = cli("db", "upgrade", "--json")
+    assert up.exit_code == 0, up.stderr
+    assert up.json()["from"] is None and up.json()["to"] == migrate.head_revision()
+    assert cli("db", "current", "--json").json()["at_head"] is True
+    again = cli("db", "upgrade")
+    assert again.exit_code == 0 and "nothing to do" in again.stderr
+    no_yes = cli("db", "downgrade", "base")
+    assert no_yes.exit_code == 2 and "--yes" in no_yes.stderr
+    assert cli("db", "current", "--json").json()["at_head"] is True
+    down = cli("db", "downgrade", "base", "--yes", "--json")
+    assert down.exit_code == 0, down.stderr
+    assert down.json()["to"] is None
