@@ -76,6 +76,8 @@ def acquire(
     poll_interval: float = 0.5,
 ) -> Lease:
     """Take the lease or raise LockHeld; with `wait`, retry until that many seconds passed."""
+    if ttl <= timedelta(0):
+        raise ValueError("a lease needs a positive ttl")
     holder = holder or default_holder()
     deadline = time.monotonic() + wait
     while True:
@@ -170,6 +172,7 @@ def release(engine: Engine, lease: Lease) -> bool:
             update(_locks)
             .where(_locks.c.name == lease.name)
             .where(_locks.c.token == lease.token)
+            .where(_locks.c.holder == lease.holder)
             .values(holder=None, acquired_at=None, expires_at=None)
         ).rowcount
     return changed == 1
@@ -181,12 +184,15 @@ def force_release(engine: Engine, name: str) -> LockState:
         row = conn.execute(select(_locks).where(_locks.c.name == name)).first()
         if row is None or row.holder is None:
             raise NotFound(f"lock {name} is not held", hint="`neruba locks list` shows held locks")
-        conn.execute(
+        changed = conn.execute(
             update(_locks)
             .where(_locks.c.name == name)
             .where(_locks.c.token == row.token)
+            .where(_locks.c.holder == row.holder)
             .values(holder=None, acquired_at=None, expires_at=None)
-        )
+        ).rowcount
+    if changed != 1:
+        raise LockHeld(f"lock {name} changed hands while releasing it; nothing was released")
     return _state(row)
 
 
