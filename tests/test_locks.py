@@ -423,3 +423,14 @@ def test_cli_release_of_a_free_lock_is_an_error(cli: Any, engine: Engine) -> Non
     result = cli("locks", "release", "billing", "--yes")
     assert result.exit_code == 1
     assert "not held" in result.stderr
+
+
+def test_release_after_force_release_reports_the_lease_lost(engine: Engine) -> None:
+    lease = locks.acquire(engine, "job", holder="a@host:1")
+    locks.force_release(engine, "job")
+    assert locks.release(engine, lease) is False
+
+
+def test_a_lease_needs_a_positive_ttl(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="positive ttl"):
+        locks.acquire(engine, "job", ttl=timedelta(0))
