@@ -25,6 +25,7 @@ ENV_DATABASE_URL = "NERUBA_DATABASE_URL"
 ENV_PROJECT = "NERUBA_PROJECT"
 ENV_CONFIG = "NERUBA_CONFIG"
 ENV_DEBUG = "NERUBA_DEBUG"
+ENV_API_KEY = "NERUBA_API_KEY"  # a secret: read from the environment only, never stored
 
 
 class _DatabaseSection(BaseModel):

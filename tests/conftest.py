@@ -184,11 +184,17 @@ class Cli:
         self.db_url = db_url
         self.runner = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "120", "TERM": "dumb"})
 
-    def __call__(self, *args: str, db: bool = True, input: str | None = None) -> Outcome:
+    def __call__(
+        self,
+        *args: str,
+        db: bool = True,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Outcome:
         argv = [*args]
         if db and self.db_url is not None:
             argv += ["--db", self.db_url]
-        result = self.runner.invoke(app, argv, input=input, catch_exceptions=False)
+        result = self.runner.invoke(app, argv, input=input, env=env, catch_exceptions=False)
         return Outcome(result.exit_code, result.stdout, result.stderr)
 
 

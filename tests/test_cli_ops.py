@@ -150,6 +150,7 @@ def test_audit_records_mutations_with_outcome(cli: Cli) -> None:
         "currency": "USD",
         "timezone": "UTC",
         "rounding": "half_even",
+        "mode": "live",
     }
     assert all(e["project"] == "acme" and e["actor_kind"] == "operator" for e in everything)
     assert all(e["at"].endswith("Z") and e["id"].startswith("aud_") for e in everything)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from neruba_cli import __version__
-from neruba_cli.cli import audit, customer, db, demo, doctor, init, locks, project
+from neruba_cli.cli import audit, customer, db, demo, doctor, init, key, locks, member, project
 
 app = typer.Typer(
     name="neruba",
@@ -40,6 +40,9 @@ doctor.register(app)
 app.add_typer(db.app, name="db")
 app.add_typer(project.app, name="project")
 app.add_typer(customer.app, name="customer")
+app.add_typer(key.app, name="key")
+app.add_typer(member.members_app, name="member")
+app.add_typer(member.invites_app, name="invite")
 app.add_typer(locks.app, name="locks")
 app.add_typer(audit.app, name="audit")
 

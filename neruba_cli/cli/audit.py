@@ -14,7 +14,7 @@ from neruba_cli.services import audit
 app = typer.Typer(help="The audit trail of mutating commands.")
 
 
-@command(app, "list", group="audit")
+@command(app, "list", group="audit", scope="admin")
 def list_(
     rt: Runtime,
     since: Annotated[
@@ -28,7 +28,7 @@ def list_(
     start = parse_since(since, now=rt.now()) if since else None
     with rt.transaction() as session:
         entries = audit.list_records(
-            session, project_slug=rt.settings.project, since=start, limit=limit
+            session, project_slug=rt.project_filter, since=start, limit=limit
         )
         rows = [audit.to_dict(entry) for entry in entries]
     columns = ("at", "actor", "project", "command", "outcome", "exit_code", "message")

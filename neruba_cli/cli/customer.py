@@ -19,7 +19,7 @@ EXIT_REJECTED = 3
 app = typer.Typer(help="Customers of a project, keyed by your own external id.")
 
 
-@command(app, "create", group="customer", mutating=True)
+@command(app, "create", group="customer", scope="billing", mutating=True)
 def create(
     rt: Runtime,
     external_id: Annotated[
@@ -52,7 +52,7 @@ def create(
     rt.out.say(f"Created customer [bold]{customer.external_id}[/bold] ({customer.id}).")
 
 
-@command(app, "import", group="customer", mutating=True)
+@command(app, "import", group="customer", scope="billing", mutating=True)
 def import_(
     rt: Runtime,
     file: Annotated[
@@ -101,7 +101,7 @@ def import_(
     return 0
 
 
-@command(app, "list", group="customer")
+@command(app, "list", group="customer", scope="read")
 def list_(rt: Runtime) -> None:
     """List the project's customers."""
     with rt.transaction() as session:
@@ -111,7 +111,7 @@ def list_(rt: Runtime) -> None:
     rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
 
 
-@command(app, "show", group="customer")
+@command(app, "show", group="customer", scope="read")
 def show(
     rt: Runtime,
     customer: Annotated[str, typer.Argument(help="External id or Neruba id (cus_...).")],

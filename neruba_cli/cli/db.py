@@ -10,11 +10,12 @@ from neruba_cli.cli.output import fields
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import redact
+from neruba_cli.services.access import OPERATOR
 
 app = typer.Typer(help="Database schema: upgrade, current revision, downgrade.")
 
 
-@command(app, "upgrade", group="db", mutating=True)
+@command(app, "upgrade", group="db", scope=OPERATOR, mutating=True)
 def upgrade(
     rt: Runtime,
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
@@ -31,7 +32,7 @@ def upgrade(
         rt.out.say(f"Upgraded {redact(engine.url)} from {before or 'empty'} to {after}.")
 
 
-@command(app, "current", group="db")
+@command(app, "current", group="db", scope="read")
 def current(rt: Runtime) -> None:
     """Show the schema revision of the database and whether it is at head."""
     engine = rt.engine(check_schema=False)
@@ -46,7 +47,7 @@ def current(rt: Runtime) -> None:
     rt.out.emit(data, fields(data))
 
 
-@command(app, "downgrade", group="db", mutating=True)
+@command(app, "downgrade", group="db", scope=OPERATOR, mutating=True)
 def downgrade(
     rt: Runtime,
     revision: Annotated[str, typer.Argument(help="Target revision, or base to drop everything.")],

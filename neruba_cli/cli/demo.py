@@ -12,11 +12,12 @@ from rich.console import Console
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
+from neruba_cli.services.access import PUBLIC
 from neruba_cli.services.demo import DEMO_PROJECT, run_demo
 
 
 def register(app: typer.Typer) -> None:
-    @command(app, "demo")
+    @command(app, "demo", scope=PUBLIC)
     def demo(
         rt: Runtime,
         directory: Annotated[

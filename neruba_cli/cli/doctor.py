@@ -13,7 +13,7 @@ _STYLE = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[
 
 
 def register(app: typer.Typer) -> None:
-    @command(app, "doctor")
+    @command(app, "doctor", scope="read")
     def doctor(rt: Runtime) -> int:
         """Check configuration, database, schema and locks. Exit 1 when unhealthy."""
         report = diagnose(lambda: rt.settings, now=rt.now())

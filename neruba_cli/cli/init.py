@@ -11,10 +11,11 @@ from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.config import CONFIG_FILE_NAME, resolve_settings, write_config_file
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import parse_database_url, redact
+from neruba_cli.services.access import OPERATOR
 
 
 def register(app: typer.Typer) -> None:
-    @command(app, "init", mutating=True)
+    @command(app, "init", scope=OPERATOR, mutating=True)
     def init(
         rt: Runtime,
         force: Annotated[

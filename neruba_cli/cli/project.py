@@ -8,13 +8,14 @@ import typer
 
 from neruba_cli.cli.output import fields, table
 from neruba_cli.cli.runtime import Runtime, command
-from neruba_cli.domain.tenancy import project_spec
+from neruba_cli.domain.tenancy import project_spec, validate_mode, validate_rounding
 from neruba_cli.services import projects
+from neruba_cli.services.access import OPERATOR
 
 app = typer.Typer(help="Projects (tenants): each has its own customers, catalog and invoices.")
 
 
-@command(app, "create", group="project", mutating=True)
+@command(app, "create", group="project", scope=OPERATOR, mutating=True)
 def create(
     rt: Runtime,
     slug: Annotated[str, typer.Argument(help="Short id used in invoice numbers, e.g. acme.")],
@@ -22,32 +23,63 @@ def create(
     currency: Annotated[str, typer.Option(help="Default ISO 4217 currency.")] = "USD",
     timezone: Annotated[str, typer.Option(help="Default IANA time zone.")] = "UTC",
     rounding: Annotated[str, typer.Option(help="half_even or half_up.")] = "half_even",
+    mode: Annotated[str, typer.Option(help="live, or test (keys start nrb_test_).")] = "live",
 ) -> None:
     """Create a project."""
     rt.audited_project = slug
     spec = project_spec(slug, name, currency, timezone, rounding)
     with rt.transaction() as session:
-        project = projects.create_project(session, spec, now=rt.now())
+        project = projects.create_project(session, spec, mode=validate_mode(mode), now=rt.now())
     rt.out.emit(projects.to_dict(project))
     rt.out.say(f"Created project [bold]{project.slug}[/bold] ({project.id}).")
 
 
-@command(app, "list", group="project")
+@command(app, "list", group="project", scope="read")
 def list_(rt: Runtime) -> None:
     """List projects."""
     with rt.transaction() as session:
-        rows = [projects.to_dict(project) for project in projects.list_projects(session)]
-    columns = ("slug", "name", "currency", "timezone", "rounding", "created_at")
+        found = projects.list_projects(session, only=rt.project_filter)
+        rows = [projects.to_dict(project) for project in found]
+    columns = ("slug", "name", "currency", "timezone", "rounding", "mode", "require_key")
     rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
 
 
-@command(app, "show", group="project")
+@command(app, "show", group="project", scope="read")
 def show(
     rt: Runtime,
     slug: Annotated[str | None, typer.Argument(help="Project slug (default: --project).")] = None,
 ) -> None:
     """Show one project."""
     with rt.transaction() as session:
-        project = projects.get_project(session, slug or rt.project_slug)
-        data = projects.to_dict(project)
+        data = projects.to_dict(rt.project(session, slug))
     rt.out.emit(data, fields(data))
+
+
+@command(app, "update", group="project", scope=OPERATOR, mutating=True)
+def update(
+    rt: Runtime,
+    slug: Annotated[str, typer.Argument(help="Project slug.")],
+    name: Annotated[str | None, typer.Option(help="New display name.")] = None,
+    rounding: Annotated[str | None, typer.Option(help="half_even or half_up.")] = None,
+    require_key: Annotated[
+        bool | None,
+        typer.Option(
+            "--require-key/--no-require-key",
+            help="Refuse key-less access to the project's data.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Change a project's settings."""
+    rt.audited_project = slug
+    with rt.transaction() as session:
+        project = projects.update_project(
+            session,
+            slug,
+            name=name,
+            rounding=validate_rounding(rounding) if rounding else None,
+            require_key=require_key,
+        )
+        data = projects.to_dict(project)
+    rt.out.emit(data)
+    rt.out.say(f"Updated project [bold]{slug}[/bold].")

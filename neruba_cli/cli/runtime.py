@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from neruba_cli.cli.output import Output
 from neruba_cli.config import (
+    ENV_API_KEY,
     ENV_CONFIG,
     ENV_DATABASE_URL,
     ENV_DEBUG,
@@ -33,8 +34,8 @@ from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine, explain_error
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.errors import NerubaError, UsageError
-from neruba_cli.services import audit, projects
-from neruba_cli.services.access import Actor, current_operator
+from neruba_cli.services import access, audit, projects
+from neruba_cli.services.access import Access, Actor
 
 EXIT_INTERRUPTED = 130
 
@@ -106,14 +107,27 @@ _COMMON_PARAMETERS = [
 _COMMON_NAMES = tuple(parameter.name for parameter in _COMMON_PARAMETERS)
 
 
+@dataclass(frozen=True)
+class CommandPolicy:
+    """What a command needs: its scope (see services/access.py) and how it is recorded."""
+
+    name: str
+    scope: str
+    mutating: bool
+    administers_access: bool
+
+
+COMMANDS: dict[str, CommandPolicy] = {}  # every registered command, for docs and the test matrix
+
+
 class Runtime:
     """One command invocation: resolved settings, a lazily opened engine, the actor, the clock."""
 
-    def __init__(self, options: CommonOptions, command: str, out: Output) -> None:
+    def __init__(self, options: CommonOptions, policy: CommandPolicy, out: Output) -> None:
         self.options = options
-        self.command = command
+        self.policy = policy
+        self.command = policy.name
         self.out = out
-        self.actor: Actor = current_operator()
         self._engines: dict[bool, Engine] = {}
         self.audited_project: str | None = None  # set by commands that name a project otherwise
 
@@ -148,8 +162,38 @@ class Runtime:
         return datetime.now(UTC)
 
     @property
+    def api_key(self) -> str | None:
+        return os.environ.get(ENV_API_KEY) or None
+
+    @cached_property
+    def access(self) -> Access:
+        """The key from NERUBA_API_KEY, checked against the database, else the local operator."""
+        secret = self.api_key
+        if secret is None:
+            return access.operator_access()
+        with self.transaction() as session:
+            return access.authenticate(session, secret, now=self.now())
+
+    @property
+    def actor(self) -> Actor:
+        return self.access.actor
+
+    def authorize(self) -> None:
+        """Runs before every command. Operator commands refuse a key without even looking it
+        up; every other scope is checked against the key's grant."""
+        scope = self.policy.scope
+        if scope == access.PUBLIC:
+            return
+        if scope == access.OPERATOR:
+            if self.api_key is not None:
+                raise access.operator_only(self.command)
+            return
+        access.confine(self.access, self.settings.project)
+        access.authorize(self.access, scope=scope, command=self.command)
+
+    @property
     def project_slug(self) -> str:
-        slug = self.settings.project
+        slug = access.confine(self.access, self.settings.project)
         if not slug:
             raise UsageError(
                 "no project selected",
@@ -157,8 +201,17 @@ class Runtime:
             )
         return slug
 
-    def project(self, session: Session) -> Project:
-        return projects.get_project(session, self.project_slug)
+    @property
+    def project_filter(self) -> str | None:
+        """For listings across projects: a key sees its own project only."""
+        return access.confine(self.access, self.settings.project)
+
+    def project(self, session: Session, slug: str | None = None) -> Project:
+        """The project to act on, after the tenant checks (key confinement, require_key)."""
+        wanted = access.confine(self.access, slug) if slug else self.project_slug
+        found = projects.get_project(session, wanted)
+        access.admit(self.access, found, administers_access=self.policy.administers_access)
+        return found
 
     def confirm(self, question: str, *, yes: bool) -> None:
         """Dangerous actions ask on a terminal and need --yes anywhere else."""
@@ -169,12 +222,19 @@ class Runtime:
         if not typer.confirm(question, default=False, err=True):
             raise UsageError("cancelled; nothing was changed")
 
+    def audit_actor(self) -> Actor:
+        try:
+            return self.actor
+        except (NerubaError, SQLAlchemyError):
+            return Actor(kind="key", id="unverified")  # a refused key, never its secret
+
     def audit_project(self) -> str | None:
         if self.audited_project is not None:
             return self.audited_project
         try:
-            return self.settings.project
-        except NerubaError:
+            key = self.access.key
+            return key.project_slug if key is not None else self.settings.project
+        except (NerubaError, SQLAlchemyError):
             return None
 
     def close(self) -> None:
@@ -183,14 +243,26 @@ class Runtime:
 
 
 def command(
-    app: typer.Typer, name: str, *, group: str | None = None, mutating: bool = False
+    app: typer.Typer,
+    name: str,
+    *,
+    scope: str,
+    group: str | None = None,
+    mutating: bool = False,
+    administers_access: bool = False,
 ) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
     """Register `fn(rt, **params)` as a command with the common options appended.
 
-    The wrapper turns NerubaError and database errors into one line and the documented exit
-    code, and writes an audit record for every mutating command, whether it succeeded or not.
+    `scope` is what the command needs (see services/access.py); it is checked before the
+    command runs. The wrapper turns NerubaError and database errors into one line and the
+    documented exit code, and writes an audit record for every mutating command, whether it
+    succeeded or not.
     """
     full_name = f"{group} {name}" if group else name
+    if scope not in access.COMMAND_SCOPES:
+        raise ValueError(f"{full_name}: unknown scope {scope!r}")
+    policy = CommandPolicy(full_name, scope, mutating, administers_access)
+    COMMANDS[full_name] = policy
 
     def decorate(fn: Callable[..., int | None]) -> Callable[..., int | None]:
         signature = inspect.signature(fn, eval_str=True)
@@ -200,7 +272,7 @@ def command(
         def wrapper(**kwargs: Any) -> int | None:
             common = CommonOptions(**{key: kwargs.pop(key) for key in _COMMON_NAMES})
             out = Output(json=common.json, quiet=common.quiet)
-            rt = Runtime(common, full_name, out)
+            rt = Runtime(common, policy, out)
             code, message = _run(rt, fn, kwargs)
             if mutating:
                 _audit(rt, kwargs, code, message)
@@ -226,6 +298,7 @@ def _run(
     rt: Runtime, fn: Callable[..., int | None], kwargs: dict[str, Any]
 ) -> tuple[int, str | None]:
     try:
+        rt.authorize()
         return int(fn(rt, **kwargs) or 0), None
     except NerubaError as exc:
         rt.out.error(exc)
@@ -262,7 +335,7 @@ def _audit(rt: Runtime, arguments: dict[str, Any], code: int, message: str | Non
         engine = rt.engine(check_schema=False)
         audit.record(
             engine,
-            actor=rt.actor,
+            actor=rt.audit_actor(),
             project_slug=rt.audit_project(),
             command=rt.command,
             arguments=arguments,

@@ -202,11 +202,12 @@ def get(engine: Engine, name: str) -> LockState | None:
     return None if row is None else _state(row)
 
 
-def list_held(engine: Engine) -> list[LockState]:
+def list_held(engine: Engine, *, prefix: str | None = None) -> list[LockState]:
+    query = select(_locks).where(_locks.c.holder.is_not(None)).order_by(_locks.c.name)
+    if prefix is not None:
+        query = query.where(_locks.c.name.startswith(prefix, autoescape=True))
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(_locks).where(_locks.c.holder.is_not(None)).order_by(_locks.c.name)
-        ).all()
+        rows = conn.execute(query).all()
     return [_state(row) for row in rows]
 
 

@@ -11,7 +11,7 @@ import time
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
-PREFIXES = frozenset({"proj", "cus", "mem", "aud", "key", "inv", "run", "evt", "grt", "txn"})
+PREFIXES = frozenset({"proj", "cus", "mem", "ivt", "aud", "key", "inv", "run", "evt", "grt", "txn"})
 
 
 def new_id(prefix: str, *, now_ms: int | None = None) -> str:

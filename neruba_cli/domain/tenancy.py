@@ -45,6 +45,20 @@ def validate_slug(slug: str) -> str:
     return slug
 
 
+def validate_email(email: str) -> str:
+    cleaned = email.strip()
+    if not _EMAIL.match(cleaned) or len(cleaned) > 254:
+        raise InvalidInput(f"email {email!r} is not an e-mail address")
+    return cleaned
+
+
+def validate_mode(mode: str) -> str:
+    """Test-mode projects get `nrb_test_` keys, so a test key can never touch live data."""
+    if mode not in ("live", "test"):
+        raise InvalidInput(f"mode: {mode!r} is not a project mode", hint="use live or test")
+    return mode
+
+
 def validate_rounding(mode: str) -> RoundingMode:
     for known in ROUNDING_MODES:
         if mode == known:
@@ -87,8 +101,8 @@ def customer_spec(
             hint="up to 128 letters, digits and _ . : @ / + -, starting with a letter or digit",
         )
     email = _blank_to_none(email)
-    if email is not None and not _EMAIL.match(email):
-        raise InvalidInput(f"email {email!r} is not an e-mail address")
+    if email is not None:
+        email = validate_email(email)
     stripe_id = _blank_to_none(stripe_id)
     if stripe_id is not None and not _STRIPE_CUSTOMER.match(stripe_id):
         raise InvalidInput(f"stripe_id {stripe_id!r} is not a Stripe customer id (cus_...)")

@@ -52,13 +52,26 @@ def parse_duration(text: str, *, field: str = "duration") -> tuple[int, str]:
     return int(match.group(1)), match.group(2)
 
 
-def subtract_duration(moment: datetime, text: str, *, field: str = "duration") -> datetime:
-    """`moment` minus a duration, with months and years counted on the calendar."""
+def shift_by_duration(
+    moment: datetime, text: str, *, sign: int, field: str = "duration"
+) -> datetime:
+    """`moment` plus (sign 1) or minus (sign -1) a duration; months and years on the calendar."""
     amount, unit = parse_duration(text, field=field)
     if unit in ("m", "y"):
-        return add_months(moment, -amount * (12 if unit == "y" else 1))
+        return add_months(moment, sign * amount * (12 if unit == "y" else 1))
     seconds = {"s": 1, "h": 3600, "d": 86400, "w": 604800}[unit]
-    return moment - timedelta(seconds=amount * seconds)
+    return moment + sign * timedelta(seconds=amount * seconds)
+
+
+def parse_expiry(text: str, *, now: datetime, field: str = "--expires") -> datetime:
+    """A duration from now (`90d`) or an absolute timestamp; it must lie in the future."""
+    raw = text.strip()
+    moment = shift_by_duration(now, raw, sign=1, field=field) if _DURATION.match(raw) else None
+    if moment is None:
+        moment = parse_ts(raw, field=field)
+    if moment <= now:
+        raise InvalidInput(f"{field}: {text!r} is not in the future")
+    return moment
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -78,7 +91,7 @@ def parse_since(text: str, *, now: datetime, field: str = "--since") -> datetime
     """Accept a timestamp with offset, a date (midnight UTC), or a duration ago such as `7d`."""
     raw = text.strip()
     if _DURATION.match(raw):
-        return subtract_duration(now, raw, field=field)
+        return shift_by_duration(now, raw, sign=-1, field=field)
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
         try:
             return datetime.fromisoformat(raw).replace(tzinfo=UTC)

@@ -17,7 +17,9 @@ from neruba_cli.domain.tenancy import ProjectSpec
 from neruba_cli.domain.timestamps import format_ts
 
 
-def create_project(session: Session, spec: ProjectSpec, *, now: datetime) -> Project:
+def create_project(
+    session: Session, spec: ProjectSpec, *, mode: str = "live", now: datetime
+) -> Project:
     """The unique index on slug decides duplicates, so two concurrent creates cannot both win."""
     project = Project(
         id=new_id("proj"),
@@ -27,6 +29,8 @@ def create_project(session: Session, spec: ProjectSpec, *, now: datetime) -> Pro
         timezone=spec.timezone,
         rounding=spec.rounding,
         created_at=now,
+        mode=mode,
+        require_key=False,
     )
     session.add(project)
     try:
@@ -45,8 +49,31 @@ def get_project(session: Session, slug: str) -> Project:
     return project
 
 
-def list_projects(session: Session) -> list[Project]:
-    return list(session.scalars(select(Project).order_by(Project.slug)))
+def list_projects(session: Session, *, only: str | None = None) -> list[Project]:
+    query = select(Project).order_by(Project.slug)
+    if only is not None:
+        query = query.where(Project.slug == only)
+    return list(session.scalars(query))
+
+
+def update_project(
+    session: Session,
+    slug: str,
+    *,
+    name: str | None = None,
+    rounding: RoundingMode | None = None,
+    require_key: bool | None = None,
+) -> Project:
+    """Change the settings that can change; currency and mode are fixed at creation."""
+    project = get_project(session, slug)
+    if name is not None:
+        project.name = name.strip() or project.slug
+    if rounding is not None:
+        project.rounding = rounding
+    if require_key is not None:
+        project.require_key = require_key
+    session.flush()
+    return project
 
 
 def spec_of(project: Project) -> ProjectSpec:
@@ -68,5 +95,7 @@ def to_dict(project: Project) -> dict[str, Any]:
         "currency": project.currency,
         "timezone": project.timezone,
         "rounding": project.rounding,
+        "mode": project.mode,
+        "require_key": project.require_key,
         "created_at": format_ts(project.created_at),
     }

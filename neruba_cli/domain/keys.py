@@ -1,0 +1,125 @@
+"""API keys and invite tokens: format, checksum, hashing, scopes and roles.
+
+A key is `nrb_live_` (or `nrb_test_`) + 32 random base62 characters + a 6-character base62
+CRC32 of everything before it. The checksum lets secret scanners (and Neruba itself) tell a
+real key from a typo or a forgery offline, before any database lookup. Only a SHA-256 of the
+secret is stored: keys are high-entropy, so a fast hash is enough, and a stolen table cannot
+be replayed. The first characters are kept in clear as a lookup prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from neruba_cli.domain.errors import InvalidInput
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+RANDOM_LENGTH = 32
+CHECKSUM_LENGTH = 6
+LOOKUP_RANDOM_CHARS = 8  # random characters kept in clear after the kind, for lookup and lists
+
+KEY_KINDS = {"live": "nrb_live_", "test": "nrb_test_"}
+INVITE_KIND = "nrb_inv_"
+KEY_PATTERN = re.compile(r"^nrb_(live|test)_[0-9A-Za-z]{38}$")
+INVITE_PATTERN = re.compile(r"^nrb_inv_[0-9A-Za-z]{38}$")
+
+SCOPES: tuple[str, ...] = ("ingest", "billing", "credits", "read", "admin")
+ROLES: dict[str, frozenset[str]] = {
+    "viewer": frozenset({"read"}),
+    "billing": frozenset({"read", "billing", "credits", "ingest"}),
+    "admin": frozenset(SCOPES),
+    "owner": frozenset(SCOPES),
+}
+
+
+@dataclass(frozen=True)
+class ParsedSecret:
+    kind: str  # "live", "test" or "inv"
+    prefix: str  # what is stored in clear for lookup
+
+
+def checksum(text: str) -> str:
+    """CRC32 of `text` in base62, left-padded to six characters."""
+    value = zlib.crc32(text.encode("ascii"))
+    digits = ""
+    while value:
+        value, rest = divmod(value, 62)
+        digits = BASE62[rest] + digits
+    return digits.rjust(CHECKSUM_LENGTH, "0")
+
+
+def compose(kind_prefix: str, random_part: str) -> str:
+    """The full secret from its kind prefix and random body; the caller supplies randomness."""
+    if len(random_part) != RANDOM_LENGTH or any(ch not in BASE62 for ch in random_part):
+        raise ValueError("random part must be 32 base62 characters")
+    body = kind_prefix + random_part
+    return body + checksum(body)
+
+
+def generate(kind_prefix: str) -> str:
+    """A new secret of the given kind from the operating system's CSPRNG."""
+    return compose(kind_prefix, "".join(secrets.choice(BASE62) for _ in range(RANDOM_LENGTH)))
+
+
+def lookup_prefix(secret: str) -> str:
+    kind_prefix = secret[: secret.index("_", 4) + 1]
+    return secret[: len(kind_prefix) + LOOKUP_RANDOM_CHARS]
+
+
+def parse_secret(secret: str, *, what: str = "API key") -> ParsedSecret:
+    """Check the format and checksum; the message never repeats the secret."""
+    text = secret.strip()
+    pattern = INVITE_PATTERN if what == "invite token" else KEY_PATTERN
+    if not pattern.match(text):
+        expected = "nrb_inv_..." if what == "invite token" else "nrb_live_... or nrb_test_..."
+        raise InvalidInput(
+            f"the {what} is malformed", hint=f"expected {expected} with 38 letters and digits"
+        )
+    body, given = text[:-CHECKSUM_LENGTH], text[-CHECKSUM_LENGTH:]
+    if not hmac.compare_digest(checksum(body), given):
+        raise InvalidInput(f"the {what} fails its checksum: it was mistyped or forged")
+    kind = text.split("_")[1]
+    return ParsedSecret(kind=kind, prefix=lookup_prefix(text))
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.strip().encode("ascii")).hexdigest()
+
+
+def same_hash(left: str, right: str) -> bool:
+    """Constant-time comparison, so response time says nothing about how much matched."""
+    return hmac.compare_digest(left.encode("ascii"), right.encode("ascii"))
+
+
+def parse_scopes(values: Iterable[str]) -> frozenset[str]:
+    scopes: set[str] = set()
+    for value in values:
+        for scope in value.split(","):
+            name = scope.strip().lower()
+            if name not in SCOPES:
+                raise InvalidInput(
+                    f"unknown scope {scope.strip()!r}", hint=f"scopes: {', '.join(SCOPES)}"
+                )
+            scopes.add(name)
+    if not scopes:
+        raise InvalidInput("at least one --scope is required", hint=f"scopes: {', '.join(SCOPES)}")
+    return frozenset(scopes)
+
+
+def role_scopes(role: str) -> frozenset[str]:
+    try:
+        return ROLES[role]
+    except KeyError:
+        raise InvalidInput(f"unknown role {role!r}", hint=f"roles: {', '.join(ROLES)}") from None
+
+
+def format_scopes(scopes: Iterable[str]) -> str:
+    """Stored and shown in the canonical order of SCOPES, comma-separated."""
+    chosen = set(scopes)
+    return ",".join(scope for scope in SCOPES if scope in chosen)
