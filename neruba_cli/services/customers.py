@@ -8,11 +8,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import Customer, Project
-from neruba_cli.domain.errors import AlreadyExists, InvalidInput, NotFound
+from neruba_cli.db.unique import add_unique
+from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.tenancy import CustomerSpec, customer_spec
 from neruba_cli.domain.timestamps import format_ts
@@ -47,14 +47,8 @@ def create_customer(
     session: Session, project: Project, spec: CustomerSpec, *, now: datetime
 ) -> Customer:
     customer = _new_customer(project, spec, now)
-    slug = project.slug  # read before the flush: a failed flush expires every loaded object
-    session.add(customer)
-    try:
-        session.flush()
-    except IntegrityError:
-        raise AlreadyExists(
-            f"customer {spec.external_id!r} already exists in project {slug!r}"
-        ) from None
+    conflict = f"customer {spec.external_id!r} already exists in project {project.slug!r}"
+    add_unique(session, customer, conflict)
     return customer
 
 

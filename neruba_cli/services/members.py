@@ -7,11 +7,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import ApiKey, Invite, Member, Project
-from neruba_cli.domain.errors import AlreadyExists, InvalidInput, NotFound
+from neruba_cli.db.unique import add_unique
+from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.keys import (
     INVITE_KIND,
@@ -41,15 +41,10 @@ def add_member(
 ) -> Member:
     role_scopes(role)  # validates the role name
     address = _normal_email(email)
-    slug = project.slug
     member = Member(
         id=new_id("mem"), project_id=project.id, email=address, role=role, created_at=now
     )
-    session.add(member)
-    try:
-        session.flush()
-    except IntegrityError:
-        raise AlreadyExists(f"{address} is already a member of project {slug!r}") from None
+    add_unique(session, member, f"{address} is already a member of project {project.slug!r}")
     return member
 
 

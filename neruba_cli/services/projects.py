@@ -6,11 +6,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import Project
-from neruba_cli.domain.errors import AlreadyExists, NotFound
+from neruba_cli.db.unique import add_unique
+from neruba_cli.domain.errors import NotFound
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.money import RoundingMode
 from neruba_cli.domain.tenancy import ProjectSpec
@@ -32,11 +32,7 @@ def create_project(
         mode=mode,
         require_key=False,
     )
-    session.add(project)
-    try:
-        session.flush()
-    except IntegrityError:
-        raise AlreadyExists(f"project {spec.slug!r} already exists") from None
+    add_unique(session, project, f"project {spec.slug!r} already exists")
     return project
 
 
