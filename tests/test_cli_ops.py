@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from datetime import timedelta
 from pathlib import Path
@@ -185,6 +186,9 @@ def test_demo_runs_on_its_own_sqlite_database(bare_cli: Cli, isolated: Path) -> 
     ]
     assert demo["customer_import"]["rejected"] == 1
     assert demo["customer_import"]["rejects"][0]["line"] == 6
+    assert "lacks the 'read' scope" in demo["steps"][3]
+    assert "nrb_live_" in demo["steps"][3] and len(re.findall(r"nrb_live_\w+", result.stdout)) == 1
+    assert re.search(r"nrb_live_\w{38}", result.stdout) is None  # the secret is never shown
     assert not (isolated / "neruba.db").exists()
     again = bare_cli("demo", "--dir", "demo-out")
     assert again.exit_code == 0 and "Customers of project demo" in again.stdout

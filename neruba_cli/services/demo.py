@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.domain.tenancy import project_spec
-from neruba_cli.services import audit, customers, projects
-from neruba_cli.services.access import Actor
+from neruba_cli.services import access, audit, customers, keys, projects
+from neruba_cli.services.access import Access, Actor
 from neruba_cli.services.customers import ImportReport
 from neruba_cli.services.rejects import RejectsWriter
 from neruba_cli.services.tabular import read_csv
@@ -74,6 +74,7 @@ def run_demo(folder: Path, *, actor: Actor, now: datetime) -> DemoResult:
             f"imported customers: {report.created} created, {report.rejected} rejected "
             "(the bad row is there on purpose: rejects keep their line number and reason)"
         )
+        steps.append(_demo_key(engine, actor, now))
         for command, arguments, code in (
             ("project create", {"slug": DEMO_PROJECT}, 0),
             ("customer import", {"file": "demo_customers.csv"}, 3 if report.rejected else 0),
@@ -100,6 +101,29 @@ def run_demo(folder: Path, *, actor: Actor, now: datetime) -> DemoResult:
         )
     finally:
         engine.dispose()
+
+
+def _demo_key(engine: Any, actor: Actor, now: datetime) -> str:
+    """An ingest-only key, and the tenant check refusing it a customer listing."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        project = projects.get_project(session, DEMO_PROJECT)
+        created = keys.create_key(
+            session,
+            project,
+            scopes=frozenset({"ingest"}),
+            name="demo loader",
+            expires_at=None,
+            member_email=None,
+            creator=Access(actor=actor),
+            now=now,
+        )
+    with Session(engine) as session, session.begin():
+        grant = access.authenticate(session, created.secret, now=now)
+    try:
+        access.authorize(grant, scope="read", command="customer list")
+    except access.AccessDenied as refused:
+        return f"created ingest-only key {created.key.prefix}…; `customer list` with it: {refused}"
+    raise AssertionError("an ingest-only key must not list customers")
 
 
 def _import_demo_customers(engine: Any, slug: str, now: datetime) -> ImportReport:
