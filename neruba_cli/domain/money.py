@@ -10,6 +10,8 @@ from __future__ import annotations
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Literal
 
+from iso4217 import Currency
+
 from neruba_cli.domain.errors import InvalidInput
 
 RoundingMode = Literal["half_even", "half_up"]
@@ -18,26 +20,12 @@ ROUNDING_MODES: tuple[RoundingMode, ...] = ("half_even", "half_up")
 # Decimal's ROUND_HALF_UP rounds half away from zero, which is what billers call "half up".
 _DECIMAL_ROUNDING: dict[str, str] = {"half_even": ROUND_HALF_EVEN, "half_up": ROUND_HALF_UP}
 
-# ISO 4217 active codes whose minor unit is not 2 (the exponent: digits after the point).
-_EXPONENT_OVERRIDES: dict[str, int] = {
-    **dict.fromkeys(
-        "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split(), 0
-    ),
-    **dict.fromkeys("BHD IQD JOD KWD LYD OMR TND".split(), 3),
-    **dict.fromkeys("CLF UYW".split(), 4),
+# ISO 4217 minor units from the `iso4217` package, which ships ISO's own published table.
+# (CLDR, and so babel, gives some currencies other digits: IQD 0 instead of 3, for example.)
+# Funds, metals and testing codes have no minor unit and are not money we bill in.
+CURRENCY_EXPONENTS: dict[str, int] = {
+    currency.code: currency.exponent for currency in Currency if currency.exponent is not None
 }
-
-_TWO_DIGIT_CODES = """
-AED AFN ALL AMD AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BOV BRL BSD BTN BWP BYN BZD
-CAD CDF CHE CHF CHW CNY COP COU CRC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL
-GHS GIP GMD GTQ GYD HKD HNL HTG HUF IDR ILS INR IRR JMD KES KGS KHR KPW KYD KZT LAK LBP LKR
-LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD
-PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC
-SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS VED VES WST XCD XCG YER ZAR ZMW
-ZWG
-""".split()
-
-CURRENCY_EXPONENTS: dict[str, int] = {**dict.fromkeys(_TWO_DIGIT_CODES, 2), **_EXPONENT_OVERRIDES}
 
 # Unit prices keep up to 12 decimal places (DESIGN.md); anything finer is a typo, not a price.
 MAX_PRICE_PLACES = 12
