@@ -148,6 +148,7 @@ def empty_db_url(
 ) -> Iterator[str]:
     """A database with no schema at all, on each dialect."""
     if dialect == "sqlite":
+        (tmp_path / "empty.db").touch()  # an empty file is an empty SQLite database
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
     label = f"e{secrets.token_hex(3)}"

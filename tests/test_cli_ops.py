@@ -106,6 +106,31 @@ def test_commands_on_unreachable_database_fail_cleanly(bare_cli: Cli) -> None:
     assert bad.exit_code == 1 and "database URL 'nonsense' is not valid" in bad.stderr
 
 
+def test_reading_never_creates_a_sqlite_file(bare_cli: Cli, isolated: Path) -> None:
+    for argv in (("project", "list"), ("db", "current"), ("audit", "list")):
+        result = bare_cli(*argv)
+        assert result.exit_code == 1, argv
+        assert "neruba.db does not exist" in result.stderr and "neruba init" in result.stderr
+    doctor = bare_cli("doctor", "--json")
+    assert doctor.exit_code == 1 and "does not exist" in doctor.json()["checks"][1]["detail"]
+    assert not (isolated / "neruba.db").exists()
+
+
+def test_bad_database_urls_are_one_clear_line(bare_cli: Cli) -> None:
+    cases = {
+        "mysql://root:pw@127.0.0.1:abc/x": "database URL 'mysql://root:***@127.0.0.1:abc/x'",
+        "mysql://root@127.0.0.1:3306/": "names no database",
+        "mysql+mysqldb://root@127.0.0.1/x": "no driver for",
+        "oracle://u@h/x": "Neruba does not support",
+    }
+    for url, fragment in cases.items():
+        for argv in (("project", "list"), ("project", "create", "x")):
+            result = bare_cli(*argv, "--db", url)
+            assert result.exit_code == 1, (url, argv, result)
+            assert fragment in result.stderr and "Traceback" not in result.stderr, result
+            assert "pw" not in result.stderr
+
+
 def test_doctor_flags_schema_and_unknown_default_project(empty_db_url: str) -> None:
     cli = Cli(empty_db_url)
     report = cli("doctor", "--json")
@@ -155,8 +180,8 @@ def test_audit_records_mutations_with_outcome(cli: Cli) -> None:
     }
     assert all(e["project"] == "acme" and e["actor_kind"] == "operator" for e in everything)
     assert all(e["at"].endswith("Z") and e["id"].startswith("aud_") for e in everything)
-    scoped = cli("audit", "list", "--project", "other", "--json").json()
-    assert scoped == []
+    unknown = cli("audit", "list", "--project", "other", "--json")
+    assert unknown.exit_code == 1 and unknown.error()["type"] == "not_found"
     recent = cli("audit", "list", "--since", "1h", "--limit", "1", "--json").json()
     assert len(recent) == 1 and recent[0]["command"] == "customer create"
     future = cli("audit", "list", "--since", "2999-01-01", "--json").json()

@@ -12,6 +12,7 @@ from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Base
 from neruba_cli.domain.errors import DatabaseError
+from tests.conftest import Cli
 
 
 def test_exactly_one_head() -> None:
@@ -58,8 +59,6 @@ def test_commands_refuse_a_database_without_schema(empty_db_url: str) -> None:
 
 
 def test_cli_db_upgrade_current_downgrade(empty_db_url: str) -> None:
-    from tests.conftest import Cli
-
     cli = Cli(empty_db_url)
     before = cli("db", "current", "--json")
     assert before.exit_code == 0

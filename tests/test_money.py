@@ -24,7 +24,9 @@ currencies = st.sampled_from(sorted(CURRENCY_EXPONENTS))
 amounts = st.decimals(min_value=-(10**12), max_value=10**12, places=12, allow_nan=False)
 
 
-@pytest.mark.parametrize(("code", "digits"), [("JPY", 0), ("USD", 2), ("eur", 2), ("KWD", 3), ("IQD", 3), ("CLF", 4)])
+@pytest.mark.parametrize(
+    ("code", "digits"), [("JPY", 0), ("USD", 2), ("eur", 2), ("KWD", 3), ("IQD", 3), ("CLF", 4)]
+)
 def test_exponents_follow_iso_4217(code: str, digits: int) -> None:
     assert exponent(code) == digits
 

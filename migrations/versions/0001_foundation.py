@@ -21,6 +21,8 @@ depends_on: str | Sequence[str] | None = None
 # Naive UTC everywhere; microseconds on MariaDB/MySQL (see neruba_cli.db.types.UTCDateTime).
 UTC_DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 ID = sa.String(length=40)
+# Binary collation on MariaDB/MySQL: identifiers compare case-sensitively, as elsewhere.
+MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 
 def upgrade() -> None:
@@ -35,6 +37,7 @@ def upgrade() -> None:
         sa.Column("created_at", UTC_DATETIME, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_projects")),
         sa.UniqueConstraint("slug", name=op.f("uq_projects_slug")),
+        **MYSQL_TABLE,
     )
     op.create_table(
         "members",
@@ -48,6 +51,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_members")),
         sa.UniqueConstraint("project_id", "email", name=op.f("uq_members_project_id_email")),
+        **MYSQL_TABLE,
     )
     op.create_table(
         "customers",
@@ -68,6 +72,7 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "project_id", "external_id", name=op.f("uq_customers_project_id_external_id")
         ),
+        **MYSQL_TABLE,
     )
     op.create_table(
         "audit_records",
@@ -82,6 +87,7 @@ def upgrade() -> None:
         sa.Column("exit_code", sa.Integer(), nullable=False),
         sa.Column("message", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_records")),
+        **MYSQL_TABLE,
     )
     op.create_index(op.f("ix_audit_records_at"), "audit_records", ["at"])
     op.create_index(
@@ -95,6 +101,7 @@ def upgrade() -> None:
         sa.Column("acquired_at", UTC_DATETIME, nullable=True),
         sa.Column("expires_at", UTC_DATETIME, nullable=True),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_locks")),
+        **MYSQL_TABLE,
     )
 
 

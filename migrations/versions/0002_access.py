@@ -20,6 +20,8 @@ depends_on: str | Sequence[str] | None = None
 
 UTC_DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 ID = sa.String(length=40)
+# Binary collation on MariaDB/MySQL: identifiers compare case-sensitively, as elsewhere.
+MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 
 def upgrade() -> None:
@@ -52,6 +54,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
         sa.UniqueConstraint("secret_hash", name=op.f("uq_api_keys_secret_hash")),
+        **MYSQL_TABLE,
     )
     op.create_index(op.f("ix_api_keys_prefix"), "api_keys", ["prefix"])
     op.create_index(
@@ -73,6 +76,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_invites")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_invites_token_hash")),
+        **MYSQL_TABLE,
     )
 
 

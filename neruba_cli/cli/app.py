@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
 from neruba_cli import __version__
 from neruba_cli.cli import audit, customer, db, demo, doctor, init, key, locks, member, project
+from neruba_cli.cli.output import Output
+from neruba_cli.domain.errors import UsageError
 
 app = typer.Typer(
     name="neruba",
@@ -48,4 +51,16 @@ app.add_typer(audit.app, name="audit")
 
 
 def main() -> None:
-    app()
+    """The console script. With --json, even a usage error (a bad flag) is JSON on stderr."""
+    if "--json" not in sys.argv[1:]:
+        app()
+        return
+    try:
+        result = app(standalone_mode=False)
+    except Exception as exc:
+        exit_code, describe = getattr(exc, "exit_code", None), getattr(exc, "format_message", None)
+        if not isinstance(exit_code, int) or describe is None:
+            raise
+        Output(json=True).error(UsageError(describe()))
+        sys.exit(exit_code)
+    sys.exit(result if isinstance(result, int) else 0)

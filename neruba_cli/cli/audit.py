@@ -9,7 +9,7 @@ import typer
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_since
-from neruba_cli.services import audit
+from neruba_cli.services import audit, projects
 
 app = typer.Typer(help="The audit trail of mutating commands.")
 
@@ -24,11 +24,20 @@ def list_(
         int, typer.Option(min=1, help="At most this many records, newest first.")
     ] = 100,
 ) -> None:
-    """List audit records, newest first (of --project when one is selected)."""
+    """List audit records, newest first (of --project when one is selected).
+
+    Without a project, records of projects that require a key are left out.
+    """
     start = parse_since(since, now=rt.now()) if since else None
     with rt.transaction() as session:
+        selected = rt.settings.project or rt.key_project
+        slug = rt.project(session).slug if selected else None  # tenant checks, require_key
         entries = audit.list_records(
-            session, project_slug=rt.project_filter, since=start, limit=limit
+            session,
+            project_slug=slug,
+            since=start,
+            limit=limit,
+            hidden_projects=projects.require_key_slugs(session) if slug is None else (),
         )
         rows = [audit.to_dict(entry) for entry in entries]
     columns = ("at", "actor", "project", "command", "outcome", "exit_code", "message")

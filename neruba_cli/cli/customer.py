@@ -49,7 +49,7 @@ def create(
         )
         customer = customers.create_customer(session, project, spec, now=rt.now())
     rt.out.emit(customers.to_dict(customer))
-    rt.out.say(f"Created customer [bold]{customer.external_id}[/bold] ({customer.id}).")
+    rt.out.say(f"Created customer {customer.external_id} ({customer.id}).")
 
 
 @command(app, "import", group="customer", scope="billing", mutating=True)

@@ -8,11 +8,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
-from neruba_cli.services.access import PUBLIC
+from neruba_cli.services.access import PUBLIC, operator_access
 from neruba_cli.services.demo import DEMO_PROJECT, run_demo
 
 
@@ -31,21 +32,22 @@ def register(app: typer.Typer) -> None:
         if rt.options.db:
             raise UsageError("demo always uses its own SQLite database; use --dir to place it")
         folder = directory or Path(tempfile.mkdtemp(prefix="neruba-demo-"))
-        result = run_demo(folder.resolve(), actor=rt.actor, now=rt.now())
+        result = run_demo(folder.resolve(), actor=operator_access().actor, now=rt.now())
 
         def render(console: Console) -> None:
-            console.print(f"[bold]Neruba demo[/bold] in {result.folder}")
+            def line(text: str) -> None:
+                console.print(text, markup=False, highlight=False)
+
+            console.print(Text("Neruba demo", style="bold") + Text(f" in {result.folder}"))
             for number, step in enumerate(result.steps, start=1):
-                console.print(f"  {number}. {step}")
+                line(f"  {number}. {step}")
             columns = ("external_id", "name", "currency", "timezone")
             rows = [[row[c] for c in columns] for row in result.customers]
             table(f"Customers of project {DEMO_PROJECT}", columns, rows)(console)
             for reject in result.customer_import.rejects:
-                console.print(f"  rejected line {reject.line}: {reject.reason}")
-            console.print("\nTry it yourself on the demo database:")
-            console.print(
-                f"  neruba customer list --db {result.database_url} --project {DEMO_PROJECT}"
-            )
-            console.print(f"  neruba audit list --db {result.database_url}")
+                line(f"  rejected line {reject.line}: {reject.reason}")
+            line("\nTry it yourself on the demo database:")
+            line(f"  neruba customer list --db {result.database_url} --project {DEMO_PROJECT}")
+            line(f"  neruba audit list --db {result.database_url}")
 
         rt.out.emit(result.as_dict(), render)

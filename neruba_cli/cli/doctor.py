@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import typer
+from rich.text import Text
 
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.services.doctor import diagnose
 
 EXIT_UNHEALTHY = 1
-_STYLE = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]fail[/red]"}
+_STYLE = {"ok": "green", "warn": "yellow", "fail": "red"}
 
 
 def register(app: typer.Typer) -> None:
     @command(app, "doctor", scope="read")
     def doctor(rt: Runtime) -> int:
         """Check configuration, database, schema and locks. Exit 1 when unhealthy."""
-        report = diagnose(lambda: rt.settings, now=rt.now())
-        rows = [(check.name, _STYLE[check.status], check.detail) for check in report.checks]
+        key = rt.access.key
+        prefix = f"{key.project_slug}:" if key is not None else None  # a key sees its own locks
+        report = diagnose(lambda: rt.settings, now=rt.now(), lock_prefix=prefix)
+        rows = [
+            (check.name, Text(check.status, style=_STYLE[check.status]), check.detail)
+            for check in report.checks
+        ]
         rt.out.emit(report.as_dict(), table(None, ("check", "status", "detail"), rows))
         return 0 if report.healthy else EXIT_UNHEALTHY

@@ -29,12 +29,12 @@ def register(app: typer.Typer) -> None:
         url = rt.settings.database_url
         parse_database_url(url)
         wrote = force or not target.exists()
-        if wrote:
-            write_config_file(target, database_url=url, project=rt.settings.project)
         engine = rt.engine(check_schema=False)
         before = migrate.current_revision(engine)
         migrate.upgrade(engine)
         after = migrate.current_revision(engine)
+        if wrote:  # only once the database is reachable and migrated
+            write_config_file(target, database_url=url, project=rt.settings.project)
         rt.out.emit(
             {
                 "config": str(target),

@@ -70,7 +70,7 @@ def list_(rt: Runtime) -> None:
 @command(app, "revoke", group="key", scope="admin", mutating=True, administers_access=True)
 def revoke(
     rt: Runtime,
-    key: Annotated[str, typer.Argument(help="Key id (key_...) or its prefix.")],
+    key: Annotated[str, typer.Argument(help="Key id (key_...), its prefix, or the secret.")],
 ) -> None:
     """Revoke a key: every later use of it fails."""
     with rt.transaction() as session:

@@ -14,8 +14,10 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from neruba_cli.domain.errors import NerubaError
+from neruba_cli.domain.keys import redact_secrets
 
 Renderer = Callable[[Console], None]
 
@@ -38,27 +40,30 @@ class Output:
             render(self.stdout)
 
     def say(self, message: str) -> None:
-        """A progress or confirmation message: stderr, silenced by --quiet and --json."""
+        """A progress or confirmation message: stderr, silenced by --quiet and --json.
+
+        Messages carry operator data (names, e-mails), so they are never read as markup.
+        """
         if not self.quiet and not self.json:
-            self.stderr.print(message)
+            self.stderr.print(redact_secrets(message), markup=False, highlight=False)
 
     def warn(self, message: str) -> None:
         if not self.json:
-            self.stderr.print(f"[yellow]warning:[/yellow] {message}")
+            self.stderr.print(Text("warning: ", style="yellow") + Text(redact_secrets(message)))
 
     def error(self, exc: NerubaError) -> None:
         if self.json:
             payload = {
                 "error": {
                     "type": exc.kind,
-                    "message": exc.message,
+                    "message": redact_secrets(exc.message),
                     "hint": exc.hint,
                     "exit_code": exc.exit_code,
                 }
             }
             sys.stderr.write(orjson.dumps(payload).decode() + "\n")
         else:
-            self.stderr.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            self.stderr.print(Text("error: ", style="red") + Text(redact_secrets(str(exc))))
 
     @property
     def interactive(self) -> bool:
@@ -85,7 +90,7 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
         for column in columns:
             grid.add_column(column, overflow="fold")
         for row in rows:
-            grid.add_row(*("" if cell is None else str(cell) for cell in row))
+            grid.add_row(*(cell if isinstance(cell, Text) else Text(_cell(cell)) for cell in row))
         console.print(grid)
 
     return render

@@ -31,14 +31,14 @@ def create(
     with rt.transaction() as session:
         project = projects.create_project(session, spec, mode=validate_mode(mode), now=rt.now())
     rt.out.emit(projects.to_dict(project))
-    rt.out.say(f"Created project [bold]{project.slug}[/bold] ({project.id}).")
+    rt.out.say(f"Created project {project.slug} ({project.id}).")
 
 
 @command(app, "list", group="project", scope="read")
 def list_(rt: Runtime) -> None:
     """List projects."""
     with rt.transaction() as session:
-        found = projects.list_projects(session, only=rt.project_filter)
+        found = projects.list_projects(session, only=rt.key_project)
         rows = [projects.to_dict(project) for project in found]
     columns = ("slug", "name", "currency", "timezone", "rounding", "mode", "require_key")
     rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
@@ -82,4 +82,4 @@ def update(
         )
         data = projects.to_dict(project)
     rt.out.emit(data)
-    rt.out.say(f"Updated project [bold]{slug}[/bold].")
+    rt.out.say(f"Updated project {slug}.")

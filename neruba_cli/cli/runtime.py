@@ -31,13 +31,14 @@ from neruba_cli.config import (
     resolve_settings,
 )
 from neruba_cli.db import migrate
-from neruba_cli.db.engine import create_db_engine, explain_error
+from neruba_cli.db.engine import create_db_engine, explain_error, sqlite_file
 from neruba_cli.db.schema import Project
-from neruba_cli.domain.errors import NerubaError, UsageError
+from neruba_cli.domain.errors import DatabaseError, NerubaError, UsageError
 from neruba_cli.services import access, audit, projects
 from neruba_cli.services.access import Access, Actor
 
 EXIT_INTERRUPTED = 130
+CREATES_DATABASE = ("init", "db upgrade")  # the only commands that may create a SQLite file
 
 
 @dataclass(frozen=True)
@@ -144,9 +145,15 @@ class Runtime:
     def engine(self, *, check_schema: bool = True) -> Engine:
         """The database engine; by default refuses a schema that is not at this code's head."""
         if check_schema not in self._engines:
-            engine = self._engines.get(not check_schema) or create_db_engine(
-                self.settings.database_url
-            )
+            url = self.settings.database_url
+            if self.command not in CREATES_DATABASE:
+                missing = sqlite_file(url)
+                if missing is not None and not missing.exists():
+                    raise DatabaseError(
+                        f"SQLite database {missing} does not exist",
+                        hint="run `neruba init`, or point --db at an existing database",
+                    )
+            engine = self._engines.get(not check_schema) or create_db_engine(url)
             if check_schema:
                 migrate.ensure_at_head(engine)
             self._engines[check_schema] = engine
@@ -202,9 +209,10 @@ class Runtime:
         return slug
 
     @property
-    def project_filter(self) -> str | None:
+    def key_project(self) -> str | None:
         """For listings across projects: a key sees its own project only."""
-        return access.confine(self.access, self.settings.project)
+        key = self.access.key
+        return key.project_slug if key is not None else None
 
     def project(self, session: Session, slug: str | None = None) -> Project:
         """The project to act on, after the tenant checks (key confinement, require_key)."""
@@ -342,5 +350,5 @@ def _audit(rt: Runtime, arguments: dict[str, Any], code: int, message: str | Non
             outcome=audit.Outcome(code, message),
             now=rt.now(),
         )
-    except (NerubaError, SQLAlchemyError):
+    except Exception:  # the command's own outcome was already reported; never mask it
         _debug_traceback(rt)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ _MYSQL_SQL_MODE = (
     "NO_ENGINE_SUBSTITUTION"
 )
 
+_PASSWORD_IN_URL = re.compile(r"://([^:/@]*):[^@]*@")
+
 _DRIVERS = {
     "sqlite": "sqlite",
     "mysql": "mysql+pymysql",
@@ -36,31 +39,43 @@ _DRIVERS = {
 
 def parse_database_url(url: str) -> URL:
     """Accept the short forms operators type (mysql://, postgres://) and pick our drivers."""
+    examples = "e.g. sqlite:///./neruba.db, mysql://user@host/db, postgresql://user@host/db"
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise InvalidInput(
-            f"database URL {url!r} is not valid",
-            hint="e.g. sqlite:///./neruba.db, mysql://user@host/db, postgresql://user@host/db",
-        ) from None
+        _ = parsed.port  # a non-numeric port only fails when read
+    except (ArgumentError, ValueError):
+        raise InvalidInput(f"database URL {redact(url)!r} is not valid", hint=examples) from None
     backend = parsed.get_backend_name()
     if backend not in _DRIVERS:
         raise InvalidInput(
             f"database URL uses {backend!r}, which Neruba does not support",
             hint="use sqlite, mysql/mariadb or postgresql",
         )
+    if backend != "sqlite" and not parsed.database:
+        raise InvalidInput(f"database URL {redact(url)!r} names no database", hint=examples)
     if "+" not in parsed.drivername:
         parsed = parsed.set(drivername=_DRIVERS[backend])
     return parsed
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file behind a SQLite URL (None for other databases and in-memory ones)."""
+    parsed = parse_database_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
 
 
 def redact(url: str | URL) -> str:
     """The URL with its password hidden: safe for output, logs and the audit trail."""
     try:
         parsed = url if isinstance(url, URL) else make_url(url)
-    except ArgumentError:
-        return "<invalid database URL>"
-    return parsed.render_as_string(hide_password=True)
+        return parsed.render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return _PASSWORD_IN_URL.sub(r"://\1:***@", str(url))
 
 
 def create_db_engine(url: str) -> Engine:
@@ -72,8 +87,11 @@ def create_db_engine(url: str) -> Engine:
         if dialect in ("mysql", "mariadb"):
             return _mysql_engine(parsed)
         return _postgres_engine(parsed)
-    except NoSuchModuleError as exc:
-        raise DatabaseError(f"no driver for {redact(parsed)}: {exc}") from None
+    except (NoSuchModuleError, ImportError) as exc:
+        raise DatabaseError(
+            f"no driver for {redact(parsed)}: {exc}",
+            hint="leave the driver out of the URL (mysql://, postgresql://) to use Neruba's",
+        ) from None
 
 
 def _sqlite_engine(url: URL) -> Engine:

@@ -32,6 +32,10 @@ NAMING_CONVENTION = {
     "ck": "ck_%(table_name)s_%(constraint_name)s",
 }
 
+# MariaDB/MySQL: binary collation, so identifiers compare case-sensitively as on SQLite and
+# PostgreSQL (`Acme-1` and `acme-1` are two customers everywhere).
+MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
 ID = String(40)
 SLUG = String(40)
 EMAIL = String(254)
@@ -43,6 +47,7 @@ class Base(DeclarativeBase):
 
 class Project(Base):
     __tablename__ = "projects"
+    __table_args__ = MYSQL_TABLE
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     slug: Mapped[str] = mapped_column(SLUG, unique=True)
@@ -57,7 +62,7 @@ class Project(Base):
 
 class Member(Base):
     __tablename__ = "members"
-    __table_args__ = (UniqueConstraint("project_id", "email"),)
+    __table_args__ = (UniqueConstraint("project_id", "email"), MYSQL_TABLE)
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
@@ -68,7 +73,7 @@ class Member(Base):
 
 class Customer(Base):
     __tablename__ = "customers"
-    __table_args__ = (UniqueConstraint("project_id", "external_id"),)
+    __table_args__ = (UniqueConstraint("project_id", "external_id"), MYSQL_TABLE)
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
@@ -86,7 +91,7 @@ class AuditRecord(Base):
     """Who did what, when, to which project, and how it ended. Never holds a secret."""
 
     __tablename__ = "audit_records"
-    __table_args__ = (Index(None, "project_slug", "at"), Index(None, "at"))
+    __table_args__ = (Index(None, "project_slug", "at"), Index(None, "at"), MYSQL_TABLE)
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -104,6 +109,7 @@ class Lock(Base):
     """A lease. The row outlives its holders so the fencing token only ever grows."""
 
     __tablename__ = "locks"
+    __table_args__ = MYSQL_TABLE
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     holder: Mapped[str | None] = mapped_column(String(200))
@@ -116,7 +122,7 @@ class ApiKey(Base):
     """A project-scoped API key. Only the SHA-256 of the secret is kept, never the secret."""
 
     __tablename__ = "api_keys"
-    __table_args__ = (Index(None, "prefix"), Index(None, "project_id", "created_at"))
+    __table_args__ = (Index(None, "prefix"), Index(None, "project_id", "created_at"), MYSQL_TABLE)
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
@@ -136,6 +142,7 @@ class Invite(Base):
     """An invitation to join a project with a role; the token is stored hashed."""
 
     __tablename__ = "invites"
+    __table_args__ = MYSQL_TABLE
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))

@@ -27,6 +27,7 @@ LOOKUP_RANDOM_CHARS = 8  # random characters kept in clear after the kind, for l
 KEY_KINDS = {"live": "nrb_live_", "test": "nrb_test_"}
 INVITE_KIND = "nrb_inv_"
 KEY_PATTERN = re.compile(r"^nrb_(live|test)_[0-9A-Za-z]{38}$")
+_ANY_SECRET = re.compile(r"(nrb_(?:live|test|inv)_[0-9A-Za-z]{8})[0-9A-Za-z]{30,}")
 INVITE_PATTERN = re.compile(r"^nrb_inv_[0-9A-Za-z]{38}$")
 
 SCOPES: tuple[str, ...] = ("ingest", "billing", "credits", "read", "admin")
@@ -123,3 +124,14 @@ def format_scopes(scopes: Iterable[str]) -> str:
     """Stored and shown in the canonical order of SCOPES, comma-separated."""
     chosen = set(scopes)
     return ",".join(scope for scope in SCOPES if scope in chosen)
+
+
+def redact_secrets(text: str) -> str:
+    """Replace anything shaped like a key or invite token by its visible prefix.
+
+    Applied to every error message and audit record, so a secret pasted into the wrong
+    argument (`key revoke nrb_live_...`) is never echoed or stored.
+    """
+    return _ANY_SECRET.sub(
+        lambda match: match.group(0)[: match.end(1) - match.start(0)] + "…", text
+    )

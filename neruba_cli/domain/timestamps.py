@@ -57,10 +57,13 @@ def shift_by_duration(
 ) -> datetime:
     """`moment` plus (sign 1) or minus (sign -1) a duration; months and years on the calendar."""
     amount, unit = parse_duration(text, field=field)
-    if unit in ("m", "y"):
-        return add_months(moment, sign * amount * (12 if unit == "y" else 1))
-    seconds = {"s": 1, "h": 3600, "d": 86400, "w": 604800}[unit]
-    return moment + sign * timedelta(seconds=amount * seconds)
+    try:
+        if unit in ("m", "y"):
+            return add_months(moment, sign * amount * (12 if unit == "y" else 1))
+        seconds = {"s": 1, "h": 3600, "d": 86400, "w": 604800}[unit]
+        return moment + sign * timedelta(seconds=amount * seconds)
+    except (OverflowError, ValueError):
+        raise InvalidInput(f"{field}: {text!r} reaches past the calendar's range") from None
 
 
 def parse_expiry(text: str, *, now: datetime, field: str = "--expires") -> datetime:

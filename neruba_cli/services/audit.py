@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, or_, select
 from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import AuditRecord
 from neruba_cli.domain.ids import new_id
+from neruba_cli.domain.keys import redact_secrets
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.access import Actor
 
@@ -40,13 +40,11 @@ def scrub(arguments: Mapping[str, Any]) -> dict[str, Any]:
         if any(word in name.lower() for word in SECRET_WORDS):
             clean[name] = REDACTED
         elif isinstance(value, list | tuple):
-            clean[name] = [str(item) for item in value]
+            clean[name] = [redact_secrets(str(item)) for item in value]
         elif isinstance(value, bool | int):
             clean[name] = value
-        elif isinstance(value, Path):
-            clean[name] = str(value)
         else:
-            clean[name] = str(value)
+            clean[name] = redact_secrets(str(value))
     return clean
 
 
@@ -74,18 +72,29 @@ def record(
                 arguments=orjson.dumps(scrub(arguments), option=orjson.OPT_SORT_KEYS).decode(),
                 outcome=outcome.label,
                 exit_code=outcome.exit_code,
-                message=outcome.message,
+                message=None if outcome.message is None else redact_secrets(outcome.message),
             )
         )
     return record_id
 
 
 def list_records(
-    session: Session, *, project_slug: str | None, since: datetime | None, limit: int
+    session: Session,
+    *,
+    project_slug: str | None,
+    since: datetime | None,
+    limit: int,
+    hidden_projects: Sequence[str] = (),
 ) -> list[AuditRecord]:
     query = select(AuditRecord).order_by(AuditRecord.at.desc(), AuditRecord.id.desc())
     if project_slug is not None:
         query = query.where(AuditRecord.project_slug == project_slug)
+    if hidden_projects:
+        query = query.where(
+            or_(
+                AuditRecord.project_slug.is_(None), AuditRecord.project_slug.not_in(hidden_projects)
+            )
+        )
     if since is not None:
         query = query.where(AuditRecord.at >= since)
     return list(session.scalars(query.limit(limit)))

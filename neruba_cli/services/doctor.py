@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 
 from neruba_cli.config import Settings
 from neruba_cli.db import locks, migrate
-from neruba_cli.db.engine import create_db_engine, explain_error, redact
+from neruba_cli.db.engine import create_db_engine, explain_error, redact, sqlite_file
 from neruba_cli.db.schema import Project
-from neruba_cli.domain.errors import NerubaError
+from neruba_cli.domain.errors import DatabaseError, NerubaError
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -44,7 +44,9 @@ class Report:
         }
 
 
-def diagnose(load_settings: Callable[[], Settings], *, now: datetime) -> Report:
+def diagnose(
+    load_settings: Callable[[], Settings], *, now: datetime, lock_prefix: str | None = None
+) -> Report:
     """Run checks in order; a failed check that later ones depend on ends the run."""
     report = Report()
     try:
@@ -54,6 +56,9 @@ def diagnose(load_settings: Callable[[], Settings], *, now: datetime) -> Report:
         return report
     report.checks.append(Check("config", "ok", _config_detail(settings)))
     try:
+        missing = sqlite_file(settings.database_url)
+        if missing is not None and not missing.exists():
+            raise DatabaseError(f"SQLite database {missing} does not exist: run `neruba init`")
         engine = create_db_engine(settings.database_url)
     except NerubaError as exc:
         report.checks.append(Check("database", "fail", str(exc)))
@@ -64,7 +69,7 @@ def diagnose(load_settings: Callable[[], Settings], *, now: datetime) -> Report:
         if report.healthy:
             _check_schema(report, engine)
         if report.healthy:
-            _check_locks(report, engine, now)
+            _check_locks(report, engine, now, lock_prefix)
             _check_project(report, engine, settings)
     finally:
         engine.dispose()
@@ -100,8 +105,8 @@ def _check_schema(report: Report, engine: Engine) -> None:
         report.checks.append(Check("schema", "fail", detail))
 
 
-def _check_locks(report: Report, engine: Engine, now: datetime) -> None:
-    held = locks.list_held(engine)
+def _check_locks(report: Report, engine: Engine, now: datetime, prefix: str | None) -> None:
+    held = locks.list_held(engine, prefix=prefix)
     stale = [lock.name for lock in held if lock.is_stale(now)]
     if stale:
         detail = f"{len(stale)} stale: {', '.join(stale)} (release with `neruba locks release`)"

@@ -14,10 +14,13 @@ from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.keys import (
     KEY_KINDS,
+    KEY_PATTERN,
     format_scopes,
     generate,
     hash_secret,
     lookup_prefix,
+    parse_secret,
+    redact_secrets,
     role_scopes,
 )
 from neruba_cli.domain.timestamps import format_ts
@@ -83,15 +86,20 @@ def list_keys(session: Session, project: Project) -> list[ApiKey]:
 
 
 def get_key(session: Session, project: Project, ident: str) -> ApiKey:
-    """By id (`key_...`) or by the visible prefix that `key list` shows."""
+    """By id (`key_...`), by the visible prefix `key list` shows, or by the secret itself
+    (what an operator holding a leaked key has to hand)."""
+    ident = ident.strip()
+    if KEY_PATTERN.match(ident):
+        parse_secret(ident)
+        match = ApiKey.secret_hash == hash_secret(ident)
+    else:
+        match = or_(ApiKey.id == ident, ApiKey.prefix == ident)
     key = session.scalar(
-        select(ApiKey)
-        .where(ApiKey.project_id == project.id)
-        .where(or_(ApiKey.id == ident, ApiKey.prefix == ident))
-        .limit(1)
+        select(ApiKey).where(ApiKey.project_id == project.id).where(match).limit(1)
     )
     if key is None:
-        raise NotFound(f"API key {ident!r} does not exist in project {project.slug!r}")
+        shown = redact_secrets(ident)
+        raise NotFound(f"API key {shown!r} does not exist in project {project.slug!r}")
     return key
 
 

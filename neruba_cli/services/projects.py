@@ -52,6 +52,10 @@ def list_projects(session: Session, *, only: str | None = None) -> list[Project]
     return list(session.scalars(query))
 
 
+def require_key_slugs(session: Session) -> list[str]:
+    return list(session.scalars(select(Project.slug).where(Project.require_key.is_(True))))
+
+
 def update_project(
     session: Session,
     slug: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -21,11 +22,13 @@ class Reject:
 
 
 class RejectsWriter:
-    """Writes rejects as JSONL, opening the file only when the first reject arrives."""
+    """Writes rejects as JSONL beside their final path and moves the file into place only
+    when the unit of work succeeds, so a failed run never leaves (or clobbers) a report."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.count = 0
+        self._partial: Path | None = None
         self._handle: IO[bytes] | None = None
 
     def write(self, reject: Reject) -> None:
@@ -33,13 +36,9 @@ class RejectsWriter:
         if self.path is None:
             return
         if self._handle is None:
-            self._handle = self.path.open("wb")
+            self._partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+            self._handle = self._partial.open("wb")
         self._handle.write(orjson.dumps(reject.as_dict()) + b"\n")
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
 
     def __enter__(self) -> RejectsWriter:
         return self
@@ -50,9 +49,13 @@ class RejectsWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
-        if exc is not None and self.path is not None:
-            self.path.unlink(missing_ok=True)  # the unit of work failed: leave no partial report
+        if self._handle is None or self._partial is None or self.path is None:
+            return
+        self._handle.close()
+        if exc is None:
+            os.replace(self._partial, self.path)
+        else:
+            self._partial.unlink(missing_ok=True)
 
 
 def default_rejects_path(source: Path) -> Path:
