@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from datetime import timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 import typer
 from typer.main import get_command
@@ -240,3 +242,28 @@ def test_internal_errors_have_no_locals_unless_debug(
     assert result.exit_code == 1
     assert "internal error: RuntimeError: kaboom" in result.stderr
     assert ("s3cr3t-local" in result.stderr) is (debug == "1")
+
+
+def test_usage_errors_are_json_with_json(isolated: Path) -> None:
+    """Through the real console entry point, where Typer's own usage errors are raised."""
+    import subprocess
+    import sys
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "neruba_cli", *argv],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=isolated,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
+
+    missing = run("key", "create", "--json")
+    assert missing.returncode == 2 and missing.stdout == ""
+    error = orjson.loads(missing.stderr)["error"]
+    assert error["type"] == "usage_error" and "--scope" in error["message"]
+    plain = run("key", "create")
+    assert plain.returncode == 2 and "--scope" in plain.stderr and not plain.stderr.startswith("{")
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("neruba ")

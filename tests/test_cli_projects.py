@@ -150,7 +150,7 @@ def test_customer_import_keeps_good_rows_and_reports_bad_ones(
     }
     assert [(r["line"], r["reason"].split(" ")[0]) for r in summary["rejects"]] == [
         (3, "email"),
-        (4, "timezone:"),
+        (4, "name"),
         (7, "external_id"),
         (8, "row"),
     ]
@@ -191,9 +191,156 @@ def test_customer_import_file_errors_write_nothing(cli: Cli, tmp_path: Path) -> 
     assert result.exit_code == 1
     assert f"{wrong_header}: line 1: unknown column 'emial'" in result.stderr
     binary = tmp_path / "b.csv"
-    binary.write_bytes(HEADER.encode() + b"c1,One,,,,\nc2,\xff\xfe,,,,\n")
+    binary.write_bytes(b"external_id,\xff\xfe\nc1,One\n")
     result = cli("customer", "import", str(binary), "--project", "acme")
-    assert result.exit_code == 1 and "not UTF-8" in result.stderr
+    assert result.exit_code == 1 and "line 1: the header is not UTF-8" in result.stderr
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    result = cli("customer", "import", str(empty), "--project", "acme")
+    assert result.exit_code == 1 and "the file is empty" in result.stderr
     missing = cli("customer", "import", str(tmp_path / "nope.csv"), "--project", "acme")
     assert missing.exit_code == 1 and "cannot read" in missing.stderr
     assert cli("customer", "list", "--project", "acme", "--json").json() == []
+
+
+def test_partial_reimport_never_erases_stored_fields(cli: Cli, tmp_path: Path) -> None:
+    cli("project", "create", "acme")
+    created = cli(
+        "customer",
+        "create",
+        "c1",
+        "--email",
+        "a@b.co",
+        "--currency",
+        "EUR",
+        "--timezone",
+        "Europe/Paris",
+        "--stripe-id",
+        "cus_ABC",
+        "--project",
+        "acme",
+    )
+    assert created.exit_code == 0
+    source = tmp_path / "partial.csv"
+    source.write_text("external_id,name,email\nc1,New Name,\n")
+    result = cli("customer", "import", str(source), "--project", "acme", "--json")
+    assert result.exit_code == 0 and result.json()["updated"] == 1
+    shown = cli("customer", "show", "c1", "--project", "acme", "--json").json()
+    assert (shown["name"], shown["email"], shown["currency"], shown["timezone"]) == (
+        "New Name",
+        "a@b.co",
+        "EUR",
+        "Europe/Paris",
+    )
+    assert shown["stripe_id"] == "cus_ABC"
+
+
+def test_import_rejects_what_a_server_would_refuse(cli: Cli, tmp_path: Path) -> None:
+    """Values every database must accept, or a reject: never a failed import."""
+    cli("project", "create", "acme")
+    source = tmp_path / "odd.csv"
+    source.write_bytes(
+        HEADER.encode()
+        + b"ok-1,Fine,,,,\r\n"  # line 2: CRLF is fine
+        + b"long,Long,,,,cus_"
+        + b"x" * 80
+        + b"\n"  # line 3: stripe id too long
+        + b"nul,Bad\x00Name,,,,\n"  # line 4: NUL byte
+        + b"latin,Caf\xe9,,,,\n"  # line 5: not UTF-8
+        + b"Acme-1,Upper,,,,\n"  # line 6
+        + b"acme-1,Lower,,,,\n"  # line 7: another customer
+        + b"big,"
+        + b"n" * 300
+        + b",,,,\n"  # line 8: name too long
+        + "emoji,Caf\u00e9 \u2615 \U0001f680,,,,\n".encode()  # line 9: 4-byte UTF-8
+    )
+    result = cli("customer", "import", str(source), "--project", "acme", "--json")
+    assert result.exit_code == 3, result.stderr
+    summary = result.json()
+    assert [r["line"] for r in summary["rejects"]] == [3, 4, 5, 8]
+    assert "not UTF-8" in summary["rejects"][2]["reason"]
+    assert summary["created"] == 4
+    listed = cli("customer", "list", "--project", "acme", "--json").json()
+    assert sorted(c["external_id"] for c in listed) == ["Acme-1", "acme-1", "emoji", "ok-1"]
+    emoji = cli("customer", "show", "emoji", "--project", "acme", "--json").json()
+    assert emoji["name"] == "Caf\u00e9 \u2615 \U0001f680"
+
+
+TRIGGERS = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_test BEFORE INSERT ON customers WHEN NEW.name = 'refuse-me' "
+        "BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END",
+    ],
+    "mariadb": [
+        "CREATE TRIGGER refuse_test BEFORE INSERT ON customers FOR EACH ROW BEGIN "
+        "IF NEW.name = 'refuse-me' THEN SIGNAL SQLSTATE '45000' "
+        "SET MESSAGE_TEXT = 'refused by test trigger'; END IF; END",
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_test() RETURNS trigger AS $$ BEGIN "
+        "IF NEW.name = 'refuse-me' THEN RAISE EXCEPTION 'refused by test trigger'; END IF; "
+        "RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse_test BEFORE INSERT ON customers "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_test()",
+    ],
+}
+DROP = {
+    "sqlite": ["DROP TRIGGER refuse_test"],
+    "mariadb": ["DROP TRIGGER refuse_test"],
+    "postgresql": ["DROP TRIGGER refuse_test ON customers", "DROP FUNCTION refuse_test()"],
+}
+
+
+def test_a_row_the_database_refuses_is_rejected_alone(
+    cli: Cli, tmp_path: Path, engine, dialect: str
+) -> None:
+    cli("project", "create", "acme")
+    with engine.begin() as conn:
+        for statement in TRIGGERS[dialect]:
+            conn.exec_driver_sql(statement)
+    try:
+        source = tmp_path / "c.csv"
+        source.write_text(HEADER + "a,A,,,,\nb,refuse-me,,,,\nc,C,,,,\n")
+        result = cli("customer", "import", str(source), "--project", "acme", "--json")
+    finally:
+        with engine.begin() as conn:
+            for statement in DROP[dialect]:
+                conn.exec_driver_sql(statement)
+    assert result.exit_code == 3, result.stderr
+    summary = result.json()
+    assert (summary["created"], summary["rejected"]) == (2, 1)
+    assert summary["rejects"][0]["line"] == 3
+    assert "refused by test trigger" in summary["rejects"][0]["reason"]
+    listed = cli("customer", "list", "--project", "acme", "--json").json()
+    assert [c["external_id"] for c in listed] == ["a", "c"]
+
+
+def test_a_failed_import_leaves_an_existing_rejects_file_alone(cli: Cli, tmp_path: Path) -> None:
+    cli("project", "create", "acme")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("external_id,emial\nc1,x\n")
+    result = cli("customer", "import", str(bad), "--rejects", str(notes), "--project", "acme")
+    assert result.exit_code == 1 and notes.read_text() == "precious\n"
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + "c1,One,nope,,,\n")
+    wrong_project = cli("customer", "import", str(good), "--rejects", str(notes), "--project", "zz")
+    assert wrong_project.exit_code == 1 and notes.read_text() == "precious\n"
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_markup_in_data_is_shown_as_written(cli: Cli, tmp_path: Path) -> None:
+    cli("project", "create", "acme")
+    created = cli(
+        "customer", "create", "evil", "--name", "[/x] [bold]B[/bold]", "--project", "acme"
+    )
+    assert created.exit_code == 0, created.stderr
+    listed = cli("customer", "list", "--project", "acme")
+    assert listed.exit_code == 0 and "[/x] [bold]B[/bold]" in listed.stdout
+    shown = cli("customer", "show", "[/foo]", "--project", "acme")
+    assert shown.exit_code == 1 and "customer '[/foo]' does not exist" in shown.stderr
+    source = tmp_path / "m.csv"
+    source.write_text(HEADER + "z1,Fine,,,,\nz2,Bad,not-an-email[/x],,,\n")
+    result = cli("customer", "import", str(source), "--project", "acme")
+    assert result.exit_code == 3 and "not-an-email[/x]" in result.stderr

@@ -12,7 +12,8 @@ from neruba_cli.domain.timestamps import validate_timezone
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _EXTERNAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,127}$")
-_STRIPE_CUSTOMER = re.compile(r"^cus_[A-Za-z0-9]+$")
+_STRIPE_CUSTOMER = re.compile(r"^cus_[A-Za-z0-9]{1,60}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_NAME = 200
 
 
@@ -47,7 +48,7 @@ def validate_slug(slug: str) -> str:
 
 def validate_email(email: str) -> str:
     cleaned = email.strip()
-    if not _EMAIL.match(cleaned) or len(cleaned) > 254:
+    if not _EMAIL.match(cleaned) or len(cleaned) > 254 or _CONTROL.search(cleaned):
         raise InvalidInput(f"email {email!r} is not an e-mail address")
     return cleaned
 
@@ -129,4 +130,6 @@ def _clean_name(value: str | None, field: str) -> str | None:
     cleaned = _blank_to_none(value)
     if cleaned is not None and len(cleaned) > MAX_NAME:
         raise InvalidInput(f"{field} is longer than {MAX_NAME} characters")
+    if cleaned is not None and _CONTROL.search(cleaned):
+        raise InvalidInput(f"{field} contains a control character (a tab, NUL or line break)")
     return cleaned

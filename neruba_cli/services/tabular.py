@@ -1,19 +1,23 @@
 """Streaming CSV reading with the physical line number of every record.
 
 Rows are yielded one at a time so memory stays flat however large the file; a bad row becomes
-a `Reject` (line, reason, raw) and reading goes on.
+a `Reject` (line, reason, raw) and reading goes on. Lines are decoded one by one, so a stray
+non-UTF-8 byte rejects its own record, not the file.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.services.rejects import Reject
+
+_BOM = b"\xef\xbb\xbf"
+MAX_FIELD = 1 << 20  # a field over 1 MiB is a broken file, not a customer name
 
 
 @dataclass(frozen=True)
@@ -28,31 +32,42 @@ def read_csv(
 ) -> Iterator[CsvRow | Reject]:
     """Yield rows keyed by header name; the header must name only known columns."""
     try:
-        handle = path.open("r", encoding="utf-8-sig", newline="")
+        handle = path.open("rb")
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
     with handle:
-        try:
-            yield from _rows(handle, path, columns, required)
-        except UnicodeDecodeError as exc:
-            raise InvalidInput(f"{path}: not UTF-8 text ({exc.reason})") from None
+        yield from _rows(handle, path, columns, required)
 
 
 def _rows(
-    handle: io.TextIOBase, path: Path, columns: tuple[str, ...], required: tuple[str, ...]
+    handle: BinaryIO, path: Path, columns: tuple[str, ...], required: tuple[str, ...]
 ) -> Iterator[CsvRow | Reject]:
     pending: list[str] = []  # physical lines of the record being parsed, for `raw`
+    undecodable: list[int] = []  # physical line numbers of the record that were not UTF-8
+    number = 0
 
     def physical_lines() -> Iterator[str]:
-        for text in handle:
+        nonlocal number
+        for data in handle:
+            number += 1
+            if number == 1 and data.startswith(_BOM):
+                data = data[len(_BOM) :]
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                undecodable.append(number)
+                text = data.decode("utf-8", errors="replace")
             pending.append(text)
             yield text
 
+    csv.field_size_limit(MAX_FIELD)
     reader = csv.reader(physical_lines())
     try:
         header = [name.strip() for name in next(reader)]
     except StopIteration:
         raise InvalidInput(f"{path}: the file is empty; expected a header line") from None
+    if undecodable:
+        raise InvalidInput(f"{path}: line 1: the header is not UTF-8 text")
     unknown = [name for name in header if name not in columns]
     missing = [name for name in required if name not in header]
     if unknown or missing:
@@ -60,6 +75,7 @@ def _rows(
         raise InvalidInput(f"{path}: line 1: {problem}", hint=f"columns: {', '.join(columns)}")
     while True:
         pending.clear()
+        undecodable.clear()
         start = reader.line_num + 1
         try:
             record = next(reader)
@@ -69,9 +85,11 @@ def _rows(
             yield Reject(start, f"malformed CSV: {exc}", "".join(pending).rstrip("\r\n"))
             continue
         raw = "".join(pending).rstrip("\r\n")
-        if not any(cell.strip() for cell in record):
+        if undecodable:
+            yield Reject(start, f"line {undecodable[0]} is not UTF-8 text", raw)
+        elif not any(cell.strip() for cell in record):
             continue
-        if len(record) != len(header):
+        elif len(record) != len(header):
             yield Reject(start, f"row has {len(record)} fields, the header has {len(header)}", raw)
-            continue
-        yield CsvRow(start, dict(zip(header, record, strict=True)), raw)
+        else:
+            yield CsvRow(start, dict(zip(header, record, strict=True)), raw)
