@@ -7,6 +7,7 @@ from rich.text import Text
 
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.services import access
 from neruba_cli.services.doctor import diagnose
 
 EXIT_UNHEALTHY = 1
@@ -17,8 +18,7 @@ def register(app: typer.Typer) -> None:
     @command(app, "doctor", scope="read")
     def doctor(rt: Runtime) -> int:
         """Check configuration, database, schema and locks. Exit 1 when unhealthy."""
-        key = rt.access.key
-        prefix = f"{key.project_slug}:" if key is not None else None  # a key sees its own locks
+        prefix = access.lock_prefix(rt.access)
         report = diagnose(lambda: rt.settings, now=rt.now(), lock_prefix=prefix)
         rows = [
             (check.name, Text(check.status, style=_STYLE[check.status]), check.detail)

@@ -10,7 +10,7 @@ from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.db import locks
 from neruba_cli.domain.timestamps import format_ts
-from neruba_cli.services.access import AccessDenied
+from neruba_cli.services import access
 
 app = typer.Typer(help="Lease locks: list who holds what, release a lock whose holder died.")
 
@@ -26,16 +26,11 @@ def _as_dict(state: locks.LockState, now: Any) -> dict[str, Any]:
     }
 
 
-def _project_prefix(rt: Runtime) -> str | None:
-    """A key sees only its project's locks, whose names start with `<slug>:`."""
-    return None if rt.access.key is None else f"{rt.access.key.project_slug}:"
-
-
 @command(app, "list", group="locks", scope="read")
 def list_(rt: Runtime) -> None:
     """List held locks; a stale one has passed its expiry without being released."""
     now = rt.now()
-    held = locks.list_held(rt.engine(), prefix=_project_prefix(rt))
+    held = locks.list_held(rt.engine(), prefix=access.lock_prefix(rt.access))
     rows = [_as_dict(state, now) for state in held]
     columns = ("name", "holder", "token", "acquired_at", "expires_at", "stale")
     rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
@@ -48,9 +43,7 @@ def release(
     yes: Annotated[bool, typer.Option("--yes", help="Confirm without asking.")] = False,
 ) -> None:
     """Release a lock by force. Only do this when its holder is gone."""
-    prefix = _project_prefix(rt)
-    if prefix is not None and not name.startswith(prefix):
-        raise AccessDenied(f"lock {name} does not belong to project {prefix[:-1]!r}")
+    access.admit_lock(rt.access, name)
     engine = rt.engine()
     state = locks.get(engine, name)
     if state is not None and state.holder is not None:

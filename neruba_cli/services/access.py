@@ -146,3 +146,14 @@ def admit(access: Access, project: Project, *, administers_access: bool = False)
             f"project {project.slug!r} requires an API key",
             hint="set NERUBA_API_KEY to a key of this project (`neruba key create`)",
         )
+
+
+def lock_prefix(access: Access) -> str | None:
+    """A project's lock names start with `<slug>:`; a key sees and touches only those."""
+    return None if access.key is None else f"{access.key.project_slug}:"
+
+
+def admit_lock(access: Access, name: str) -> None:
+    prefix = lock_prefix(access)
+    if prefix is not None and not name.startswith(prefix):
+        raise AccessDenied(f"lock {name} does not belong to project {prefix[:-1]!r}")
