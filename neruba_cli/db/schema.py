@@ -7,6 +7,7 @@ autogenerate finds no difference between these models and the migrated database.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
@@ -22,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from neruba_cli.db.types import UTCDateTime
+from neruba_cli.db.types import ExactDecimal, UTCDateTime
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -153,3 +154,95 @@ class Invite(Base):
     created_by: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Meter(Base):
+    """The current definition of a meter; plan versions keep a snapshot of what they used."""
+
+    __tablename__ = "meters"
+    __table_args__ = (UniqueConstraint("project_id", "code"), MYSQL_TABLE)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    code: Mapped[str] = mapped_column(String(64))
+    definition: Mapped[str] = mapped_column(Text)  # canonical JSON
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Plan(Base):
+    __tablename__ = "plans"
+    __table_args__ = (UniqueConstraint("project_id", "code"), MYSQL_TABLE)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    code: Mapped[str] = mapped_column(String(64))
+    current_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PlanVersion(Base):
+    """An immutable plan definition (charges and the meters they read, as canonical JSON)."""
+
+    __tablename__ = "plan_versions"
+    __table_args__ = (UniqueConstraint("plan_id", "version"), MYSQL_TABLE)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    plan_id: Mapped[str] = mapped_column(ID, ForeignKey("plans.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    definition: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(71))  # sha256:<hex>
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+    __table_args__ = (Index(None, "project_id", "customer_id"), MYSQL_TABLE)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    customer_id: Mapped[str] = mapped_column(ID, ForeignKey("customers.id"))
+    anchor: Mapped[str] = mapped_column(String(16))
+    trial_days: Mapped[int] = mapped_column(Integer)
+    start_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    end_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SubscriptionPhase(Base):
+    """A stretch of a subscription on one plan version; a plan change starts a new phase."""
+
+    __tablename__ = "subscription_phases"
+    __table_args__ = (UniqueConstraint("subscription_id", "start_at"), MYSQL_TABLE)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(ID, ForeignKey("subscriptions.id"))
+    plan_version_id: Mapped[str] = mapped_column(ID, ForeignKey("plan_versions.id"))
+    start_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    end_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Event(Base):
+    """A usage event: append-only, unique per project by idempotency key."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("project_id", "idempotency_key"),
+        Index(None, "project_id", "customer_id", "meter", "ts"),
+        MYSQL_TABLE,
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    customer_id: Mapped[str] = mapped_column(ID, ForeignKey("customers.id"))
+    meter: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[datetime] = mapped_column(UTCDateTime())
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal())
+    properties: Mapped[str] = mapped_column(Text)  # JSON object
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[str | None] = mapped_column(ID)
+    line: Mapped[int | None] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -11,7 +11,10 @@ import time
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
-PREFIXES = frozenset({"proj", "cus", "mem", "ivt", "aud", "key", "inv", "run", "evt", "grt", "txn"})
+PREFIXES = frozenset(
+    {"proj", "cus", "mem", "ivt", "aud", "key", "inv", "run", "evt", "grt", "txn"}
+    | {"mtr", "pln", "plv", "sub", "sph"}
+)
 
 
 def new_id(prefix: str, *, now_ms: int | None = None) -> str:
