@@ -56,6 +56,15 @@ MATRIX: dict[str, list[str]] = {
     "member remove": ["someone@example.com", "--yes"],
     "invite create": ["new@example.com", "--role", "viewer"],
     "invite accept": ["nrb_inv_" + "0" * 38],
+    "catalog apply": ["catalog.toml"],
+    "catalog show": [],
+    "catalog export": [],
+    "catalog quote": ["starter", "--usage", "api_calls=10"],
+    "subscription create": ["c1", "starter", "--start", "2026-10-01T00:00:00Z"],
+    "subscription change": ["sub_x", "--plan", "starter", "--at", "2026-10-15T00:00:00Z"],
+    "subscription cancel": ["sub_x", "--at", "2026-10-20T00:00:00Z"],
+    "subscription list": [],
+    "subscription import": ["subscriptions.csv"],
     "locks list": [],
     "locks release": ["{project}:billing", "--yes"],
     "audit list": [],
@@ -86,6 +95,14 @@ def tenants(cli: Cli, isolated: Path) -> Cli:
         assert cli("project", "create", slug).exit_code == 0
         assert cli("customer", "create", "c1", "--project", slug).exit_code == 0
     (isolated / "customers.csv").write_text("external_id,name\nc2,Two\n")
+    (isolated / "catalog.toml").write_text(
+        '[[meters]]\ncode = "api_calls"\naggregation = "count"\n'
+        '[[plans]]\ncode = "starter"\ncurrency = "USD"\ninterval = "month"\n'
+        '[[plans.charges]]\nmeter = "api_calls"\nmodel = "per_unit"\nunit_amount = "0.01"\n'
+    )
+    (isolated / "subscriptions.csv").write_text(
+        "customer,plan,start\nc1,starter,2026-10-01T00:00:00Z\n"
+    )
     return cli
 
 

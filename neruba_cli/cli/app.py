@@ -8,7 +8,20 @@ from typing import Annotated
 import typer
 
 from neruba_cli import __version__
-from neruba_cli.cli import audit, customer, db, demo, doctor, init, key, locks, member, project
+from neruba_cli.cli import (
+    audit,
+    catalog,
+    customer,
+    db,
+    demo,
+    doctor,
+    init,
+    key,
+    locks,
+    member,
+    project,
+    subscription,
+)
 from neruba_cli.cli.output import Output
 from neruba_cli.domain.errors import UsageError
 
@@ -43,6 +56,8 @@ doctor.register(app)
 app.add_typer(db.app, name="db")
 app.add_typer(project.app, name="project")
 app.add_typer(customer.app, name="customer")
+app.add_typer(catalog.app, name="catalog")
+app.add_typer(subscription.app, name="subscription")
 app.add_typer(key.app, name="key")
 app.add_typer(member.members_app, name="member")
 app.add_typer(member.invites_app, name="invite")

@@ -1,0 +1,225 @@
+"""`neruba catalog ...`: meters and plans from TOML, and a price calculator."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import tomli_w
+import typer
+from rich.console import Console
+
+from neruba_cli.cli.output import table
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.catalog import meter_document, plan_document
+from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.money import format_amount
+from neruba_cli.domain.periods import month_period
+from neruba_cli.domain.quote import Quote, quote_plan
+from neruba_cli.services import catalog, quote
+
+app = typer.Typer(help="The pricing catalog: meters, versioned plans, and quotes.")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path}: invalid TOML: {exc}") from None
+
+
+@command(app, "apply", group="catalog", scope="admin", mutating=True)
+def apply(
+    rt: Runtime,
+    file: Annotated[Path, typer.Argument(help="Catalog TOML ([[meters]] and [[plans]]).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and report only.")] = False,
+) -> None:
+    """Create or change meters and plans; a changed plan gets a new version."""
+    data = _read_toml(file)
+    with rt.transaction() as session:
+        project = rt.project(session)
+        parsed = catalog.parse_for_project(session, project, data, source=str(file))
+        report = catalog.apply_catalog(session, project, parsed, now=rt.now(), dry_run=dry_run)
+    result = {**report.as_dict(), "dry_run": dry_run}
+    rt.out.emit(result)
+    verb = "Would apply" if dry_run else "Applied"
+    if not report.changed:
+        rt.out.say(f"{file}: the catalog already matches; nothing to change.")
+        return
+    for code, outcome in report.meters.items():
+        rt.out.say(f"{verb}: meter {code} {outcome}")
+    for code, outcome in report.plans.items():
+        rt.out.say(f"{verb}: plan {code} {outcome} (v{report.versions[code]})")
+
+
+@command(app, "show", group="catalog", scope="read")
+def show(rt: Runtime) -> None:
+    """Show meters and the current version of every plan, tiers included."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        meters = sorted(catalog.stored_meters(session, project).values(), key=lambda m: m.code)
+        plans = catalog.current_plans(session, project)
+    data = {
+        "meters": [meter_document(meter) for meter in meters],
+        "plans": [
+            {**plan_document(p.plan), "version": p.version, "fingerprint": p.fingerprint}
+            for p in plans
+        ],
+    }
+    rt.out.emit(data, lambda console: _render_catalog(console, data))
+
+
+def _render_catalog(console: Console, data: dict[str, Any]) -> None:
+    rows = [
+        (m["code"], m["aggregation"], m["field"], _pairs(m.get("filter")), _gauge(m))
+        for m in data["meters"]
+    ]
+    table("Meters", ("code", "aggregation", "field", "filter", "gauge"), rows)(console)
+    for plan in data["plans"]:
+        title = (
+            f"Plan {plan['code']} v{plan['version']} — {plan['currency']} per {plan['interval']}: "
+            f"base fee {plan['base_fee']} ({plan['base_fee_timing']}), proration "
+            f"{plan['proration']}, trial {plan['trial_days']} days"
+        )
+        charges = [(c["meter"], c["model"], _params(c)) for c in plan["charges"]]
+        table(title, ("meter", "model", "price"), charges)(console)
+        for charge in plan["charges"]:
+            if "tiers" in charge:
+                price = "rate %" if charge["model"] == "graduated_percentage" else "unit_amount"
+                tiers = [
+                    (t["up_to"], t.get("rate", t.get("unit_amount")), t.get("flat_amount", "0"))
+                    for t in charge["tiers"]
+                ]
+                heading = f"  {plan['code']} · {charge['meter']} tiers ({charge['model']})"
+                table(heading, ("up_to", price, "flat_amount"), tiers)(console)
+
+
+def _pairs(values: dict[str, str] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (values or {}).items())
+
+
+def _gauge(meter: dict[str, Any]) -> str:
+    if meter["aggregation"] != "weighted_sum":
+        return ""
+    return f"{meter['gauge']}{', recurring' if meter['recurring'] else ''}"
+
+
+def _params(charge: dict[str, Any]) -> str:
+    skip = {"meter", "model", "tiers", "description"}
+    return ", ".join(f"{k}={v}" for k, v in charge.items() if k not in skip) or "—"
+
+
+@command(app, "export", group="catalog", scope="read")
+def export(
+    rt: Runtime,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the TOML here instead of stdout.")
+    ] = None,
+) -> None:
+    """Export the current catalog as TOML; applying it back changes nothing."""
+    with rt.transaction() as session:
+        document = catalog.export_document(session, rt.project(session))
+    text = tomli_w.dumps(document)
+    if output is None:
+        if rt.out.json:
+            rt.out.emit(document)
+        else:
+            typer.echo(text, nl=False)
+        return
+    output.write_text(text, encoding="utf-8")
+    rt.out.emit({"output": str(output), "meters": len(document["meters"])})
+    rt.out.say(f"Wrote {output}.")
+
+
+@command(app, "quote", group="catalog", scope="read")
+def quote_(
+    rt: Runtime,
+    plan: Annotated[str, typer.Argument(help="Plan code, or PLAN@VERSION.")],
+    usage: Annotated[
+        list[str] | None, typer.Option("--usage", help="METER=QUANTITY, repeatable.")
+    ] = None,
+    events: Annotated[
+        Path | None, typer.Option(help="A JSONL events file to aggregate with the meters.")
+    ] = None,
+    period: Annotated[
+        str | None, typer.Option(help="YYYY-MM: only events in it; needed for weighted_sum.")
+    ] = None,
+    currency: Annotated[
+        str | None, typer.Option(help="Check the plan is priced in this currency.")
+    ] = None,
+) -> None:
+    """Price usage on a plan for one full period, storing nothing."""
+    code, version = catalog.parse_plan_ref(plan)
+    with rt.transaction() as session:
+        project = rt.project(session)
+        stored = catalog.get_plan(session, project, code, version)
+        rounding = "half_up" if project.rounding == "half_up" else "half_even"
+        timezone = project.timezone
+    if currency and currency.strip().upper() != stored.plan.currency:
+        raise InvalidInput(f"plan {code} is priced in {stored.plan.currency}, not {currency}")
+    amounts = quote.usage_from_pairs(usage or [], stored.plan)
+    if events is not None:
+        window = month_period(period, timezone) if period else None
+        from_file = quote.usage_from_events(events, stored.plan, stored.meters, window)
+        amounts = {**from_file, **amounts}
+    result = quote_plan(stored.plan, amounts, rounding=rounding)
+    data = _quote_dict(result, stored.version)
+    rt.out.emit(data, lambda console: _render_quote(console, data))
+
+
+def _quote_dict(result: Quote, version: int) -> dict[str, Any]:
+    currency = result.currency
+    return {
+        "plan": result.plan,
+        "version": version,
+        "currency": currency,
+        "lines": [
+            {
+                "kind": line.kind,
+                "meter": line.meter,
+                "charge_model": line.charge_model,
+                "quantity": None if line.quantity is None else _plain(line.quantity),
+                "amount": format_amount(line.amount, currency),
+                "amount_exact": _plain(line.amount_exact),
+                "tiers": [
+                    {
+                        "up_to": "inf" if tier.up_to is None else _plain(tier.up_to),
+                        "quantity": _plain(tier.quantity),
+                        "unit_amount": _plain(tier.unit_amount),
+                        "rate": _plain(tier.rate),
+                        "flat_amount": _plain(tier.flat_amount),
+                        "amount": _plain(tier.amount),
+                    }
+                    for tier in line.tiers
+                ],
+            }
+            for line in result.lines
+        ],
+        "total": format_amount(result.total, currency),
+    }
+
+
+def _plain(value: Any) -> str:
+    return "0" if value == 0 else format(value.normalize(), "f")
+
+
+def _render_quote(console: Console, data: dict[str, Any]) -> None:
+    rows = [
+        (
+            line["kind"],
+            line["meter"] or "",
+            line["charge_model"] or "",
+            line["quantity"] or "",
+            line["amount_exact"],
+            line["amount"],
+        )
+        for line in data["lines"]
+    ]
+    rows.append(("total", "", "", "", "", data["total"]))
+    title = f"Quote: plan {data['plan']} v{data['version']} ({data['currency']})"
+    columns = ("line", "meter", "model", "quantity", "exact", "amount")
+    table(title, columns, rows)(console)

@@ -1,0 +1,136 @@
+"""`neruba subscription ...`"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neruba_cli.cli.output import table
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.timestamps import parse_ts
+from neruba_cli.services import subscriptions
+from neruba_cli.services.rejects import RejectsWriter, default_rejects_path
+from neruba_cli.services.tabular import read_csv
+
+EXIT_REJECTED = 3
+
+app = typer.Typer(help="Subscriptions: customers on plan versions, with changes and cancels.")
+
+
+def _emit_one(rt: Runtime, data: dict[str, object], message: str) -> None:
+    rt.out.emit(data)
+    rt.out.say(message)
+
+
+@command(app, "create", group="subscription", scope="billing", mutating=True)
+def create(
+    rt: Runtime,
+    customer: Annotated[str, typer.Argument(help="Customer external id.")],
+    plan: Annotated[str, typer.Argument(help="Plan code (current version) or PLAN@VERSION.")],
+    start: Annotated[str, typer.Option(help="Start, RFC 3339 with an offset.")],
+    anchor: Annotated[str, typer.Option(help="calendar or anniversary.")] = "calendar",
+    trial_days: Annotated[
+        int | None, typer.Option(min=0, help="Days without base fee (default: the plan's).")
+    ] = None,
+) -> None:
+    """Subscribe a customer to a plan."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        created = subscriptions.create_subscription(
+            session,
+            project,
+            customer,
+            plan,
+            start=parse_ts(start, field="--start"),
+            anchor=anchor,
+            trial_days=trial_days,
+            now=rt.now(),
+        )
+        data = subscriptions.to_dict(session, created)
+    _emit_one(rt, data, f"Created {data['id']}: {customer} on {data['plan']} v{data['version']}.")
+
+
+@command(app, "change", group="subscription", scope="billing", mutating=True)
+def change(
+    rt: Runtime,
+    subscription: Annotated[str, typer.Argument(help="Subscription id (sub_...).")],
+    plan: Annotated[str, typer.Option(help="The new plan (or PLAN@VERSION).")],
+    at: Annotated[str, typer.Option(help="When the change takes effect, RFC 3339.")],
+) -> None:
+    """Move a subscription to another plan, or to a plan's newer version, at a moment."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        changed = subscriptions.change_plan(
+            session, project, subscription, plan, at=parse_ts(at, field="--at")
+        )
+        data = subscriptions.to_dict(session, changed)
+    _emit_one(rt, data, f"{subscription} moves to {data['plan']} v{data['version']} at {at}.")
+
+
+@command(app, "cancel", group="subscription", scope="billing", mutating=True)
+def cancel(
+    rt: Runtime,
+    subscription: Annotated[str, typer.Argument(help="Subscription id (sub_...).")],
+    at: Annotated[str, typer.Option(help="When the subscription ends, RFC 3339.")],
+) -> None:
+    """End a subscription at a moment (its last period is prorated)."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        ended = subscriptions.cancel(session, project, subscription, at=parse_ts(at, field="--at"))
+        data = subscriptions.to_dict(session, ended)
+    _emit_one(rt, data, f"{subscription} ends at {data['end']}.")
+
+
+@command(app, "list", group="subscription", scope="read")
+def list_(
+    rt: Runtime,
+    customer: Annotated[str | None, typer.Option(help="Only this customer's.")] = None,
+) -> None:
+    """List subscriptions with their plan, version and dates."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        found = subscriptions.list_subscriptions(session, project, customer)
+        rows = [subscriptions.to_dict(session, item) for item in found]
+    columns = ("id", "customer", "plan", "version", "start", "end", "anchor", "trial_ends")
+    rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
+
+
+@command(app, "import", group="subscription", scope="billing", mutating=True)
+def import_(
+    rt: Runtime,
+    file: Annotated[Path, typer.Argument(help="CSV: customer,plan,start[,anchor][,trial_days]")],
+    rejects: Annotated[
+        Path | None, typer.Option(help="Rejected rows as JSONL (default: FILE.rejects.jsonl).")
+    ] = None,
+) -> int:
+    """Create subscriptions from a CSV file; exit 3 when rows were rejected."""
+    rows = read_csv(file, columns=subscriptions.CSV_COLUMNS, required=subscriptions.CSV_REQUIRED)
+    rejects_path = rejects or default_rejects_path(file)
+    with (
+        RejectsWriter(rejects_path) as writer,
+        rt.out.progress(f"Importing {file.name}") as progress,
+        rt.transaction() as session,
+    ):
+        report = subscriptions.import_subscriptions(
+            session, rt.project(session), rows, now=rt.now(), rejects=writer, on_progress=progress
+        )
+    rt.out.emit(
+        {
+            "file": str(file),
+            "lines": report.lines,
+            "created": report.created,
+            "unchanged": report.unchanged,
+            "rejected": report.rejected,
+            "rejects_file": str(rejects_path) if report.rejected else None,
+            "rejects": [reject.as_dict() for reject in report.rejects],
+        }
+    )
+    rt.out.say(
+        f"{file.name}: {report.lines} rows — {report.created} created, "
+        f"{report.unchanged} unchanged, {report.rejected} rejected."
+    )
+    for reject in report.rejects:
+        rt.out.warn(f"{file}:{reject.line}: {reject.reason}")
+    return EXIT_REJECTED if report.rejected else 0

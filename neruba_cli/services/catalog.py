@@ -1,0 +1,240 @@
+"""The stored catalog: apply a validated catalog, read it back, export it.
+
+Applying is additive and idempotent: meters and plans in the file are created or changed,
+nothing is deleted, and applying the same file twice changes nothing. A plan version freezes
+the plan and the meters it reads; any change to either makes a new version, and subscriptions
+keep the version they were created on until they are changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from neruba_cli.db.schema import Meter, Plan, PlanVersion, Project
+from neruba_cli.domain.catalog import (
+    Catalog,
+    MeterDef,
+    PlanDef,
+    canonical_json,
+    fingerprint,
+    load_version,
+    meter_document,
+    parse_catalog,
+    version_document,
+)
+from neruba_cli.domain.errors import InvalidInput, NotFound
+from neruba_cli.domain.ids import new_id
+
+
+@dataclass
+class ApplyReport:
+    meters: dict[str, str] = field(default_factory=dict)  # code -> created|updated|unchanged
+    plans: dict[str, str] = field(default_factory=dict)  # code -> created|new version|unchanged
+    versions: dict[str, int] = field(default_factory=dict)  # code -> current version
+
+    @property
+    def changed(self) -> bool:
+        outcomes = [*self.meters.values(), *self.plans.values()]
+        return any(outcome != "unchanged" for outcome in outcomes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "changed": self.changed,
+            "meters": [{"code": c, "outcome": o} for c, o in self.meters.items()],
+            "plans": [
+                {"code": c, "outcome": o, "version": self.versions[c]}
+                for c, o in self.plans.items()
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class StoredPlan:
+    plan: PlanDef
+    meters: dict[str, MeterDef]
+    version: int
+    version_id: str
+    fingerprint: str
+
+
+def stored_meters(session: Session, project: Project) -> dict[str, MeterDef]:
+    rows = session.scalars(select(Meter).where(Meter.project_id == project.id))
+    documents = [orjson.loads(row.definition) for row in rows]
+    if not documents:
+        return {}
+    parsed = parse_catalog({"meters": documents}, source="stored meters")
+    return {meter.code: meter for meter in parsed.meters}
+
+
+def parse_for_project(
+    session: Session, project: Project, data: dict[str, Any], *, source: str
+) -> Catalog:
+    """Validate a catalog file against this project's stored meters."""
+    return parse_catalog(data, source=source, known_meters=stored_meters(session, project))
+
+
+def apply_catalog(
+    session: Session, project: Project, catalog: Catalog, *, now: datetime, dry_run: bool = False
+) -> ApplyReport:
+    report = ApplyReport()
+    meter_rows = {
+        row.code: row
+        for row in session.scalars(select(Meter).where(Meter.project_id == project.id))
+    }
+    for meter in catalog.meters:
+        document = canonical_json(meter_document(meter)).decode()
+        row = meter_rows.get(meter.code)
+        if row is None:
+            report.meters[meter.code] = "created"
+            if not dry_run:
+                session.add(
+                    Meter(
+                        id=new_id("mtr"),
+                        project_id=project.id,
+                        code=meter.code,
+                        definition=document,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+        elif row.definition != document:
+            report.meters[meter.code] = "updated"
+            if not dry_run:
+                row.definition = document
+                row.updated_at = now
+        else:
+            report.meters[meter.code] = "unchanged"
+    meters = {**stored_meters(session, project), **{m.code: m for m in catalog.meters}}
+    _apply_plans(session, project, catalog, meters, report, now, dry_run)
+    if not dry_run:
+        session.flush()
+    return report
+
+
+def _apply_plans(
+    session: Session,
+    project: Project,
+    catalog: Catalog,
+    meters: dict[str, MeterDef],
+    report: ApplyReport,
+    now: datetime,
+    dry_run: bool,
+) -> None:
+    """New plans get version 1; a plan whose definition or meters changed gets a new version.
+
+    Plans not in the file are re-versioned too when a meter they read has changed, so a
+    version always names the exact meter definitions it bills with.
+    """
+    in_file = {plan.code: plan for plan in catalog.plans}
+    current = {stored.plan.code: stored for stored in current_plans(session, project)}
+    plan_rows = {
+        row.code: row for row in session.scalars(select(Plan).where(Plan.project_id == project.id))
+    }
+    for code in [*in_file, *(code for code in current if code not in in_file)]:
+        plan = in_file.get(code) or current[code].plan
+        document = version_document(plan, meters)
+        digest = fingerprint(document)
+        stored = current.get(code)
+        if stored is not None and stored.fingerprint == digest:
+            if code in in_file:
+                report.plans[code] = "unchanged"
+                report.versions[code] = stored.version
+            continue
+        version = 1 if stored is None else stored.version + 1
+        report.plans[code] = "created" if stored is None else "new version"
+        report.versions[code] = version
+        if dry_run:
+            continue
+        row = plan_rows.get(code)
+        if row is None:
+            row = Plan(
+                id=new_id("pln"),
+                project_id=project.id,
+                code=code,
+                current_version=0,
+                created_at=now,
+            )
+            session.add(row)
+            session.flush()
+        row.current_version = version
+        session.add(
+            PlanVersion(
+                id=new_id("plv"),
+                plan_id=row.id,
+                version=version,
+                definition=canonical_json(document).decode(),
+                fingerprint=digest,
+                created_at=now,
+            )
+        )
+
+
+def current_plans(session: Session, project: Project) -> list[StoredPlan]:
+    rows = session.execute(
+        select(Plan, PlanVersion)
+        .join(PlanVersion, PlanVersion.plan_id == Plan.id)
+        .where(Plan.project_id == project.id)
+        .where(PlanVersion.version == Plan.current_version)
+        .order_by(Plan.code)
+    ).all()
+    return [_stored(plan_version) for _plan, plan_version in rows]
+
+
+def _stored(row: PlanVersion) -> StoredPlan:
+    plan, meters = load_version(orjson.loads(row.definition))
+    return StoredPlan(plan, meters, row.version, row.id, row.fingerprint)
+
+
+def get_plan(
+    session: Session, project: Project, code: str, version: int | None = None
+) -> StoredPlan:
+    """A plan's current version, or a given one (`pro@2` on the command line)."""
+    plan = session.scalar(select(Plan).where(Plan.project_id == project.id, Plan.code == code))
+    if plan is None:
+        raise NotFound(
+            f"plan {code!r} does not exist in project {project.slug!r}",
+            hint="`neruba catalog show` lists the plans",
+        )
+    wanted = plan.current_version if version is None else version
+    row = session.scalar(
+        select(PlanVersion).where(PlanVersion.plan_id == plan.id, PlanVersion.version == wanted)
+    )
+    if row is None:
+        raise NotFound(f"plan {code!r} has no version {wanted} (current: {plan.current_version})")
+    return _stored(row)
+
+
+def get_plan_version(session: Session, version_id: str) -> StoredPlan:
+    return _stored(session.get_one(PlanVersion, version_id))
+
+
+def parse_plan_ref(text: str) -> tuple[str, int | None]:
+    """`pro` or `pro@2`."""
+    code, _, version = text.partition("@")
+    if version and not version.isdigit():
+        raise InvalidInput(f"plan {text!r}: write a version as PLAN@N, e.g. pro@2")
+    return code, int(version) if version else None
+
+
+def export_document(session: Session, project: Project) -> dict[str, Any]:
+    """The current catalog as a TOML-ready document; applying it back changes nothing."""
+    meters = sorted(stored_meters(session, project).values(), key=lambda meter: meter.code)
+    plans = current_plans(session, project)
+    document: dict[str, Any] = {"meters": [meter_document(meter) for meter in meters]}
+    document["plans"] = [_toml_plan(version_document(p.plan, p.meters)["plan"]) for p in plans]
+    return document
+
+
+def _toml_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """TOML spells the last tier's bound as the bare `inf`."""
+    for charge in plan["charges"]:
+        for tier in charge.get("tiers", []):
+            if tier["up_to"] == "inf":
+                tier["up_to"] = float("inf")
+    return plan

@@ -1,0 +1,128 @@
+"""`catalog quote`: usage from flags or from an events file, priced on a stored plan."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from neruba_cli.domain import aggregation
+from neruba_cli.domain.aggregation import EventRecord
+from neruba_cli.domain.catalog import MeterDef, PlanDef
+from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.periods import Period
+from neruba_cli.domain.pricing import Usage
+from neruba_cli.domain.timestamps import parse_ts
+
+PERCENTAGE_MODELS = ("percentage", "graduated_percentage")
+
+
+def usage_from_pairs(pairs: Sequence[str], plan: PlanDef) -> dict[str, Usage]:
+    """`--usage api_calls=12000`: the period's aggregated value of each meter."""
+    charged = {charge.meter for charge in plan.charges}
+    usage: dict[str, Usage] = {}
+    for pair in pairs:
+        meter, sep, text = pair.partition("=")
+        meter = meter.strip()
+        if not sep:
+            raise InvalidInput(f"--usage {pair!r}: write METER=QUANTITY, e.g. api_calls=12000")
+        if meter not in charged:
+            raise InvalidInput(
+                f"--usage {pair!r}: plan {plan.code} has no charge on meter {meter!r}",
+                hint=f"charged meters: {', '.join(sorted(charged)) or 'none'}",
+            )
+        try:
+            quantity = Decimal(text.strip())
+        except InvalidOperation:
+            raise InvalidInput(f"--usage {pair!r}: {text!r} is not a number") from None
+        if not quantity.is_finite() or quantity < 0:
+            raise InvalidInput(f"--usage {pair!r}: the quantity must be 0 or more")
+        usage[meter] = Usage(quantity)
+    return usage
+
+
+def usage_from_events(
+    path: Path, plan: PlanDef, meters: dict[str, MeterDef], period: Period | None
+) -> dict[str, Usage]:
+    """Aggregate a JSONL events file with the meters' own rules (the pure reference).
+
+    Without a period the events' own span is used; weighted_sum meters need a period, since
+    their result is a time average over it.
+    """
+    by_meter: dict[str, list[EventRecord]] = defaultdict(list)
+    for number, event in enumerate(_read_events(path), start=1):
+        meter = event.get("meter")
+        if isinstance(meter, str) and meter in meters:
+            by_meter[meter].append(_record(event, f"{path}:{event['__line__']}", number))
+    usage: dict[str, Usage] = {}
+    for charge in plan.charges:
+        spec = meters[charge.meter].spec
+        events = by_meter.get(charge.meter, [])
+        if not events and period is None:
+            usage[charge.meter] = Usage(Decimal(0), ())
+            continue
+        start, end = _window(events, period, spec.aggregation, charge.meter)
+        quantity = aggregation.aggregate(spec, events, start, end)
+        transactions = None
+        if charge.model in PERCENTAGE_MODELS:
+            transactions = aggregation.transaction_values(spec, events, start, end)
+        usage[charge.meter] = Usage(quantity, transactions)
+    return usage
+
+
+def _window(
+    events: list[EventRecord], period: Period | None, kind: str, meter: str
+) -> tuple[datetime, datetime]:
+    if period is not None:
+        return period.start, period.end
+    if kind == "weighted_sum":
+        raise InvalidInput(
+            f"meter {meter} is a weighted_sum: pass --period YYYY-MM to average over a period"
+        )
+    first = min(event.timestamp for event in events)
+    last = max(event.timestamp for event in events)
+    return first, last + timedelta(microseconds=1)
+
+
+def _read_events(path: Path) -> Any:
+    try:
+        handle = path.open("r", encoding="utf-8-sig")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    with handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line, parse_float=Decimal)
+            except json.JSONDecodeError as exc:
+                raise InvalidInput(f"{path}:{line_number}: invalid JSON ({exc.msg})") from None
+            if not isinstance(event, dict):
+                raise InvalidInput(f"{path}:{line_number}: expected a JSON object")
+            event["__line__"] = line_number
+            yield event
+
+
+def _record(event: dict[str, Any], where: str, sequence: int) -> EventRecord:
+    timestamp = event.get("timestamp")
+    if not isinstance(timestamp, str):
+        raise InvalidInput(f"{where}: timestamp is required")
+    quantity = event.get("quantity", "1")
+    if isinstance(quantity, bool) or not isinstance(quantity, int | str | Decimal):
+        raise InvalidInput(f"{where}: quantity must be a number")
+    try:
+        value = Decimal(str(quantity))
+    except InvalidOperation:
+        raise InvalidInput(f"{where}: quantity {quantity!r} is not a number") from None
+    if not value.is_finite():
+        raise InvalidInput(f"{where}: quantity must be finite")
+    properties = event.get("properties") or {}
+    if not isinstance(properties, dict):
+        raise InvalidInput(f"{where}: properties must be an object")
+    return EventRecord(
+        parse_ts(timestamp, field=f"{where}: timestamp"), value, properties, sequence
+    )
