@@ -216,6 +216,8 @@ def test_demo_runs_on_its_own_sqlite_database(bare_cli: Cli, isolated: Path) -> 
     assert "lacks the 'read' scope" in demo["steps"][3]
     assert "nrb_live_" in demo["steps"][3] and len(re.findall(r"nrb_live_\w+", result.stdout)) == 1
     assert re.search(r"nrb_live_\w{38}", result.stdout) is None  # the secret is never shown
+    assert demo["quote"]["plan"] == "pro" and demo["quote"]["total"] == "251.93"
+    assert any(step.startswith("subscribed cus_acme to pro") for step in demo["steps"])
     assert not (isolated / "neruba.db").exists()
     again = bare_cli("demo", "--dir", "demo-out")
     assert again.exit_code == 0 and "Customers of project demo" in again.stdout
@@ -267,3 +269,9 @@ def test_usage_errors_are_json_with_json(isolated: Path) -> None:
     assert plain.returncode == 2 and "--scope" in plain.stderr and not plain.stderr.startswith("{")
     version = run("--version")
     assert version.returncode == 0 and version.stdout.startswith("neruba ")
+
+
+def test_the_demo_catalog_is_the_documented_example() -> None:
+    root = Path(__file__).resolve().parent.parent
+    shipped = root / "neruba_cli" / "resources" / "demo_catalog.toml"
+    assert shipped.read_text() == (root / "examples" / "configs" / "catalog.toml").read_text()

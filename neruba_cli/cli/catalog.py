@@ -14,9 +14,8 @@ from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.catalog import meter_document, plan_document
 from neruba_cli.domain.errors import InvalidInput
-from neruba_cli.domain.money import format_amount
 from neruba_cli.domain.periods import month_period
-from neruba_cli.domain.quote import Quote, quote_plan
+from neruba_cli.domain.quote import quote_document, quote_plan
 from neruba_cli.services import catalog, quote
 
 app = typer.Typer(help="The pricing catalog: meters, versioned plans, and quotes.")
@@ -167,47 +166,11 @@ def quote_(
         from_file = quote.usage_from_events(events, stored.plan, stored.meters, window)
         amounts = {**from_file, **amounts}
     result = quote_plan(stored.plan, amounts, rounding=rounding)
-    data = _quote_dict(result, stored.version)
-    rt.out.emit(data, lambda console: _render_quote(console, data))
+    data = {**quote_document(result), "version": stored.version}
+    rt.out.emit(data, lambda console: render_quote(console, data))
 
 
-def _quote_dict(result: Quote, version: int) -> dict[str, Any]:
-    currency = result.currency
-    return {
-        "plan": result.plan,
-        "version": version,
-        "currency": currency,
-        "lines": [
-            {
-                "kind": line.kind,
-                "meter": line.meter,
-                "charge_model": line.charge_model,
-                "quantity": None if line.quantity is None else _plain(line.quantity),
-                "amount": format_amount(line.amount, currency),
-                "amount_exact": _plain(line.amount_exact),
-                "tiers": [
-                    {
-                        "up_to": "inf" if tier.up_to is None else _plain(tier.up_to),
-                        "quantity": _plain(tier.quantity),
-                        "unit_amount": _plain(tier.unit_amount),
-                        "rate": _plain(tier.rate),
-                        "flat_amount": _plain(tier.flat_amount),
-                        "amount": _plain(tier.amount),
-                    }
-                    for tier in line.tiers
-                ],
-            }
-            for line in result.lines
-        ],
-        "total": format_amount(result.total, currency),
-    }
-
-
-def _plain(value: Any) -> str:
-    return "0" if value == 0 else format(value.normalize(), "f")
-
-
-def _render_quote(console: Console, data: dict[str, Any]) -> None:
+def render_quote(console: Console, data: dict[str, Any]) -> None:
     rows = [
         (
             line["kind"],
@@ -220,6 +183,7 @@ def _render_quote(console: Console, data: dict[str, Any]) -> None:
         for line in data["lines"]
     ]
     rows.append(("total", "", "", "", "", data["total"]))
-    title = f"Quote: plan {data['plan']} v{data['version']} ({data['currency']})"
+    version = f" v{data['version']}" if "version" in data else ""
+    title = f"Quote: plan {data['plan']}{version} ({data['currency']})"
     columns = ("line", "meter", "model", "quantity", "exact", "amount")
     table(title, columns, rows)(console)

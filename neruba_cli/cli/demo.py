@@ -10,11 +10,12 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from neruba_cli.cli.catalog import render_quote
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
 from neruba_cli.services.access import PUBLIC, operator_access
-from neruba_cli.services.demo import DEMO_PROJECT, run_demo
+from neruba_cli.services.demo import DEMO_PROJECT, DEMO_USAGE, run_demo
 
 
 def register(app: typer.Typer) -> None:
@@ -46,8 +47,13 @@ def register(app: typer.Typer) -> None:
             table(f"Customers of project {DEMO_PROJECT}", columns, rows)(console)
             for reject in result.customer_import.rejects:
                 line(f"  rejected line {reject.line}: {reject.reason}")
+            document = result.as_dict()["quote"]
+            if document is not None:
+                line(f"\nA quote on plan pro for {', '.join(DEMO_USAGE)}:")
+                render_quote(console, document)
             line("\nTry it yourself on the demo database:")
             line(f"  neruba customer list --db {result.database_url} --project {DEMO_PROJECT}")
+            line(f"  neruba catalog show --db {result.database_url} --project {DEMO_PROJECT}")
             line(f"  neruba audit list --db {result.database_url}")
 
         rt.out.emit(result.as_dict(), render)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from neruba_cli.domain.catalog import PlanDef
-from neruba_cli.domain.money import RoundingMode, round_to_minor
+from neruba_cli.domain.money import RoundingMode, format_amount, round_to_minor
 from neruba_cli.domain.pricing import TierLine, Usage, price_lines, rate_charge
 
 LineKind = Literal["base_fee", "usage", "minimum"]
@@ -65,3 +65,39 @@ def quote_plan(
                 )
             )
     return Quote(plan=plan.code, currency=plan.currency, lines=tuple(lines))
+
+
+def quote_document(result: Quote) -> dict[str, Any]:
+    """The quote as JSON-ready plain values: money as strings in major units."""
+    currency = result.currency
+    return {
+        "plan": result.plan,
+        "currency": currency,
+        "lines": [
+            {
+                "kind": line.kind,
+                "meter": line.meter,
+                "charge_model": line.charge_model,
+                "quantity": None if line.quantity is None else _plain(line.quantity),
+                "amount": format_amount(line.amount, currency),
+                "amount_exact": _plain(line.amount_exact),
+                "tiers": [
+                    {
+                        "up_to": "inf" if tier.up_to is None else _plain(tier.up_to),
+                        "quantity": _plain(tier.quantity),
+                        "unit_amount": _plain(tier.unit_amount),
+                        "rate": _plain(tier.rate),
+                        "flat_amount": _plain(tier.flat_amount),
+                        "amount": _plain(tier.amount),
+                    }
+                    for tier in line.tiers
+                ],
+            }
+            for line in result.lines
+        ],
+        "total": format_amount(result.total, currency),
+    }
+
+
+def _plain(value: Decimal) -> str:
+    return "0" if value == 0 else format(value.normalize(), "f")

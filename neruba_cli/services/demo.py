@@ -5,6 +5,7 @@ It drives the same services the commands use, so what it shows is what operators
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.resources import as_file, files
@@ -15,8 +16,20 @@ from sqlalchemy.orm import Session
 
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine
+from neruba_cli.domain.periods import month_period
+from neruba_cli.domain.quote import Quote, quote_document, quote_plan
 from neruba_cli.domain.tenancy import project_spec
-from neruba_cli.services import access, audit, customers, keys, projects
+from neruba_cli.domain.timestamps import format_ts
+from neruba_cli.services import (
+    access,
+    audit,
+    catalog,
+    customers,
+    keys,
+    projects,
+    quote,
+    subscriptions,
+)
 from neruba_cli.services.access import Access, Actor
 from neruba_cli.services.customers import ImportReport
 from neruba_cli.services.rejects import RejectsWriter
@@ -34,6 +47,7 @@ class DemoResult:
     customers: list[dict[str, Any]]
     customer_import: ImportReport
     steps: list[str] = field(default_factory=list)
+    quote: Quote | None = None
 
     def as_dict(self) -> dict[str, Any]:
         report = self.customer_import
@@ -51,6 +65,7 @@ class DemoResult:
                 "rejects": [reject.as_dict() for reject in report.rejects],
             },
             "steps": self.steps,
+            "quote": None if self.quote is None else quote_document(self.quote),
         }
 
 
@@ -75,6 +90,8 @@ def run_demo(folder: Path, *, actor: Actor, now: datetime) -> DemoResult:
             "(the bad row is there on purpose: rejects keep their line number and reason)"
         )
         steps.append(_demo_key(engine, actor, now))
+        steps.extend(_demo_catalog(engine, now))
+        demo_quote = _demo_quote(engine)
         for command, arguments, code in (
             ("project create", {"slug": DEMO_PROJECT}, 0),
             ("customer import", {"file": "demo_customers.csv"}, 3 if report.rejected else 0),
@@ -98,6 +115,7 @@ def run_demo(folder: Path, *, actor: Actor, now: datetime) -> DemoResult:
             customers=rows,
             customer_import=report,
             steps=steps,
+            quote=demo_quote,
         )
     finally:
         engine.dispose()
@@ -124,6 +142,34 @@ def _demo_key(engine: Any, actor: Actor, now: datetime) -> str:
     except access.AccessDenied as refused:
         return f"created ingest-only key {created.key.prefix}…; `customer list` with it: {refused}"
     raise AssertionError("an ingest-only key must not list customers")
+
+
+DEMO_USAGE = ("api_calls=12000", "tokens=1334567", "seats=12", "storage_gb=35")
+
+
+def _demo_catalog(engine: Any, now: datetime) -> list[str]:
+    """Apply the example catalog and subscribe a customer to `pro`."""
+    source = files("neruba_cli.resources").joinpath("demo_catalog.toml")
+    data = tomllib.loads(source.read_text(encoding="utf-8"))
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        project = projects.get_project(session, DEMO_PROJECT)
+        parsed = catalog.parse_for_project(session, project, data, source="demo_catalog.toml")
+        report = catalog.apply_catalog(session, project, parsed, now=now)
+        start = month_period(now.strftime("%Y-%m"), "UTC").start
+        subscription = subscriptions.create_subscription(
+            session, project, "cus_acme", "pro", start=start, trial_days=0, now=now
+        )
+    return [
+        f"applied the example catalog: {len(report.meters)} meters, {len(report.plans)} plans",
+        f"subscribed cus_acme to pro ({subscription.id}) from {format_ts(start)}",
+    ]
+
+
+def _demo_quote(engine: Any) -> Quote:
+    with Session(engine) as session:
+        stored = catalog.get_plan(session, projects.get_project(session, DEMO_PROJECT), "pro")
+    usage = quote.usage_from_pairs(DEMO_USAGE, stored.plan)
+    return quote_plan(stored.plan, usage)
 
 
 def _import_demo_customers(engine: Any, slug: str, now: datetime) -> ImportReport:
