@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from neruba_cli.domain.errors import InvalidInput
-from neruba_cli.domain.money import CURRENCY_EXPONENTS, ROUNDING_MODES, quantum
+from neruba_cli.domain.money import CURRENCY_EXPONENTS, ROUNDING_MODES, quantum, round_to_minor
 from neruba_cli.domain.pricing import (
     MODELS,
     ZERO,
@@ -600,7 +600,12 @@ def test_priced_lines_are_whole_minor_units_within_half_a_unit(
     unit = quantum(currency)
     for line in lines:
         assert line.amount % unit == 0
-        assert abs(line.amount - line.amount_exact) <= unit / 2
+    usage, *topup = lines
+    assert abs(usage.amount - usage.amount_exact) <= unit / 2
+    if topup:  # the minimum line lifts the rounded usage line to the rounded minimum exactly
+        assert minimum is not None
+        assert usage.amount + topup[0].amount == round_to_minor(minimum, currency, rounding)  # type: ignore[arg-type]
+        assert abs(topup[0].amount - topup[0].amount_exact) <= unit
 
 
 @given(st.sampled_from(["per_unit", "graduated", "volume", "package"]), quantities, flats, flats)

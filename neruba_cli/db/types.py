@@ -11,6 +11,8 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from neruba_cli.domain.money import canonical
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in, aware UTC datetimes out; stored as naive UTC everywhere.
@@ -69,7 +71,6 @@ class ExactDecimal(TypeDecorator[Decimal]):
 
 
 def canonical_decimal(value: Decimal) -> str:
-    """`1.500` and `1.5` are one quantity: the shortest plain (non-scientific) spelling."""
-    if value == 0:
-        return "0"
-    return format(value.normalize(), "f")
+    """`1.500` and `1.5` are one quantity: the shortest plain (non-scientific) spelling,
+    never rounded (Decimal.normalize() would round to the context's 28 digits)."""
+    return format(canonical(value), "f")

@@ -211,28 +211,6 @@ def distinct_key(raw: object) -> str | None:
     return None if units is None else units_text(units)
 
 
-def canonical(value: Decimal) -> Decimal:
-    """`Decimal("1.500")` → `Decimal("1.5")`, `Decimal("1E+2")` → `Decimal("100")`, exactly.
-
-    (Decimal.normalize() would round to the context's 28 digits; this never rounds.)
-    """
-    if not value.is_finite():
-        raise ValueError(f"{value} is not a finite number")
-    sign, digits, exponent = value.as_tuple()
-    assert isinstance(exponent, int)
-    coefficient = int("".join(map(str, digits)) or "0")
-    if coefficient == 0:
-        return Decimal(0)
-    while exponent < 0 and coefficient % 10 == 0:
-        coefficient //= 10
-        exponent += 1
-    text = str(coefficient) + "0" * max(exponent, 0)
-    if exponent < 0:
-        text = text.rjust(-exponent + 1, "0")
-        text = f"{text[:exponent]}.{text[exponent:]}"
-    return Decimal(f"-{text}" if sign else text)
-
-
 def rounded_units(value: Decimal) -> int:
     """`value` in 10⁻¹² units, rounded half away from zero (exact for any magnitude)."""
     if not value.is_finite():
@@ -249,18 +227,22 @@ def rounded_units(value: Decimal) -> int:
     return -units if sign else units
 
 
-def units_to_decimal(units: int) -> Decimal:
-    """10⁻¹² units back to a canonical Decimal."""
-    return _from_units(units)
-
-
 def weighted_units(numerator_units: int, total_microseconds: int) -> int:
     """Σ level × µs (in 10⁻¹² units) over the period's µs, rounded half away from zero."""
     quotient = _divide_half_away(abs(numerator_units), total_microseconds)
     return -quotient if numerator_units < 0 else quotient
 
 
+def units_text(units: int) -> str:
+    """10⁻¹² units as canonical decimal text (`"1.5"`, `"-0.000000000001"`, `"100"`)."""
+    digits = str(abs(units)).rjust(SCALE + 1, "0")
+    whole, fraction = digits[:-SCALE], digits[-SCALE:].rstrip("0")
+    text = f"{whole}.{fraction}" if fraction else whole
+    return f"-{text}" if units < 0 else text
+
+
 def period_microseconds(start: datetime, end: datetime) -> int:
+    """Microseconds in [start, end); raises ValueError unless both are aware and start < end."""
     _check_period(start, end)
     return (end - start) // _MICROSECOND
 
@@ -333,13 +315,6 @@ def _divide_half_away(numerator: int, denominator: int) -> int:
     """round(numerator / denominator) with ties away from zero, for numerator >= 0."""
     quotient, remainder = divmod(numerator, denominator)
     return quotient + 1 if 2 * remainder >= denominator else quotient
-
-
-def units_text(units: int) -> str:
-    digits = str(abs(units)).rjust(SCALE + 1, "0")
-    whole, fraction = digits[:-SCALE], digits[-SCALE:].rstrip("0")
-    text = f"{whole}.{fraction}" if fraction else whole
-    return f"-{text}" if units < 0 else text
 
 
 def _from_units(units: int) -> Decimal:

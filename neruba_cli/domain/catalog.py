@@ -18,7 +18,7 @@ import orjson
 
 from neruba_cli.domain.aggregation import AGGREGATIONS, Aggregation, MeterSpec
 from neruba_cli.domain.errors import InvalidInput
-from neruba_cli.domain.money import normalize_currency, parse_amount
+from neruba_cli.domain.money import decimal_text, normalize_currency, parse_amount
 from neruba_cli.domain.pricing import MODELS, Charge, ChargeModel, Tier
 
 INTERVALS = ("week", "month", "quarter", "year")
@@ -489,7 +489,7 @@ def _dec(value: Decimal | None) -> str | None:
         return None
     if value.is_infinite():
         return "inf"
-    return "0" if value == 0 else format(value.normalize(), "f")
+    return decimal_text(value)
 
 
 def meter_document(meter: MeterDef) -> dict[str, Any]:

@@ -108,3 +108,30 @@ def from_minor_units(units: int, currency: str) -> Decimal:
 def format_amount(amount: Decimal, currency: str) -> str:
     """The decimal string used in every JSON output: major units at the currency's precision."""
     return str(amount.quantize(quantum(currency)))
+
+
+def canonical(value: Decimal) -> Decimal:
+    """`Decimal("1.500")` → `Decimal("1.5")`, `Decimal("1E+2")` → `Decimal("100")`, exactly.
+
+    (Decimal.normalize() would round to the context's 28 digits; this never rounds.)
+    """
+    if not value.is_finite():
+        raise ValueError(f"{value} is not a finite number")
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    coefficient = int("".join(map(str, digits)) or "0")
+    if coefficient == 0:
+        return Decimal(0)
+    while exponent < 0 and coefficient % 10 == 0:
+        coefficient //= 10
+        exponent += 1
+    text = str(coefficient) + "0" * max(exponent, 0)
+    if exponent < 0:
+        text = text.rjust(-exponent + 1, "0")
+        text = f"{text[:exponent]}.{text[exponent:]}"
+    return Decimal(f"-{text}" if sign else text)
+
+
+def decimal_text(value: Decimal) -> str:
+    """The plain spelling used in documents and JSON: `1.5`, `1000`, `0.0000125`."""
+    return format(canonical(value), "f")

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from neruba_cli.domain.catalog import PlanDef
-from neruba_cli.domain.money import RoundingMode, format_amount, round_to_minor
+from neruba_cli.domain.money import RoundingMode, decimal_text, format_amount, round_to_minor
 from neruba_cli.domain.pricing import TierLine, Usage, price_lines, rate_charge
 
 LineKind = Literal["base_fee", "usage", "minimum"]
@@ -78,17 +78,17 @@ def quote_document(result: Quote) -> dict[str, Any]:
                 "kind": line.kind,
                 "meter": line.meter,
                 "charge_model": line.charge_model,
-                "quantity": None if line.quantity is None else _plain(line.quantity),
+                "quantity": None if line.quantity is None else decimal_text(line.quantity),
                 "amount": format_amount(line.amount, currency),
-                "amount_exact": _plain(line.amount_exact),
+                "amount_exact": decimal_text(line.amount_exact),
                 "tiers": [
                     {
-                        "up_to": "inf" if tier.up_to is None else _plain(tier.up_to),
-                        "quantity": _plain(tier.quantity),
-                        "unit_amount": _plain(tier.unit_amount),
-                        "rate": _plain(tier.rate),
-                        "flat_amount": _plain(tier.flat_amount),
-                        "amount": _plain(tier.amount),
+                        "up_to": "inf" if tier.up_to is None else decimal_text(tier.up_to),
+                        "quantity": decimal_text(tier.quantity),
+                        "unit_amount": decimal_text(tier.unit_amount),
+                        "rate": decimal_text(tier.rate),
+                        "flat_amount": decimal_text(tier.flat_amount),
+                        "amount": decimal_text(tier.amount),
                     }
                     for tier in line.tiers
                 ],
@@ -97,7 +97,3 @@ def quote_document(result: Quote) -> dict[str, Any]:
         ],
         "total": format_amount(result.total, currency),
     }
-
-
-def _plain(value: Decimal) -> str:
-    return "0" if value == 0 else format(value.normalize(), "f")

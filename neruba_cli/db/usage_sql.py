@@ -1,0 +1,626 @@
+"""Meter aggregations as SQL: the same results as neruba_cli.domain.aggregation, per customer.
+
+Billing never loops over events in Python: `usage_query` builds one SELECT (customer_id, value)
+grouped by customer, and the database does the work. The rules are the domain module's; this
+module only spells them in each dialect's SQL:
+
+- **Exact numbers.** PostgreSQL: NUMERIC (unbounded; property values ROUND(…, 12)). MariaDB:
+  DECIMAL(65,12), so sums keep 53 integer digits (CAST rounds half away from zero, like the
+  reference). SQLite: no decimal type, so exact Python functions registered on every
+  connection (db/sqlite_functions.py: `neruba_sum`, `neruba_max`, `neruba_json_number`, …)
+  carry decimals as canonical text.
+- **JSON properties.** PostgreSQL: `CAST(properties AS jsonb) ->> name` with `jsonb_typeof`.
+  MariaDB: `JSON_UNQUOTE(JSON_EXTRACT(properties, path))` with `JSON_TYPE` (JSON_VALUE
+  would return `1` for `true` and `"1"` for `1` alike, in a case-insensitive collation), and
+  strings compared as BINARY (no case folding, no PAD SPACE). SQLite: `json_type` /
+  `json_extract` for string filters, and the registered functions for numbers (json_extract
+  reads JSON numbers as floats). Property names are validated identifiers (MeterSpec) and
+  travel as bound parameters (`name`, or the path `$.name`) on every dialect.
+- **weighted_sum.** A running SUM (delta gauges) or the value itself (absolute gauges) gives
+  the level after each event; LEAD(ts) gives how long it was held, in integer microseconds
+  (PostgreSQL EXTRACT(EPOCH …) × 10⁶, MariaDB TIMESTAMPDIFF(MICROSECOND, …), SQLite
+  `neruba_epoch_us`); the opening level enters as one extra row at the period start. The
+  final division is integer arithmetic rounded half away from zero at 12 places: PostgreSQL
+  `div`, MariaDB `(X - MOD(X, Y)) / Y` (both exact), SQLite `neruba_weighted`.
+
+Results are canonical Decimals (`Decimal("1.5")`), like `canonical_decimal`.
+
+Limits (ingest should keep property numbers within DECIMAL(38,12), as it does quantities):
+MariaDB clamps values past 53 integer digits; PostgreSQL fails the query on a JSON number
+beyond NUMERIC's range or a string holding \u0000 (jsonb refuses both). MySQL 8 (tested here:
+MariaDB 10.11 only) parses JSON numbers in text as doubles, so property numbers past 15
+significant digits are not exact there; numeric strings and quantities are. Opening levels
+travel as one UNION ALL row each: pass the customers of a batch, not thousands at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Select,
+    String,
+    Text,
+    and_,
+    case,
+    cast,
+    extract,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    type_coerce,
+    union_all,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import Numeric, TypeDecorator
+
+from neruba_cli.db.schema import Event
+from neruba_cli.db.types import UTCDateTime
+from neruba_cli.domain.aggregation import (
+    MeterSpec,
+    period_microseconds,
+    rounded_units,
+    units_text,
+)
+from neruba_cli.domain.money import canonical
+
+events = Event.__table__
+
+# The numeric-string rule of the domain (NUMERIC_STRING), anchored at both ends. `\z`, not
+# `$`: MariaDB's PCRE lets `$` match before a final newline.
+_NUMERIC_STRING_PCRE = r"^-?[0-9]+([.][0-9]+)?\z"
+_NUMERIC_STRING_POSIX = r"^-?[0-9]+([.][0-9]+)?$"
+_PICO = Decimal("0.000000000001")
+_TEN_TO_12 = 10**12
+
+
+class UsageValue(TypeDecorator[Decimal]):
+    """A usage result as a canonical Decimal, whatever the driver returned (Decimal, text or
+    an integer): `Decimal("1.5")`, never `Decimal("1.500000000000")`."""
+
+    impl = String
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
+        return None if value is None else _to_decimal(value)
+
+
+def _to_decimal(value: Any) -> Decimal:
+    if isinstance(value, float):
+        raise TypeError(f"usage value {value!r} came back as a float")
+    return canonical(Decimal(value))
+
+
+# -- dialects -----------------------------------------------------------------------------
+
+
+class _Dialect:
+    """How one database spells the pieces every aggregation is built from."""
+
+    def quantity(self) -> ColumnElement[Any]:
+        raise NotImplementedError
+
+    def quantity_key(self) -> ColumnElement[Any]:
+        raise NotImplementedError
+
+    def property_number(self, name: str) -> ColumnElement[Any]:
+        """The property as an exact number rounded to 12 places, NULL if not a number."""
+        raise NotImplementedError
+
+    def property_key(self, name: str) -> ColumnElement[Any]:
+        """unique_count's identity: a string as-is, a number as canonical text, else NULL."""
+        raise NotImplementedError
+
+    def property_equals(self, name: str, value: str) -> ColumnElement[bool]:
+        """The property is a JSON string equal to `value`, code point for code point."""
+        raise NotImplementedError
+
+    def distinct(self, key: ColumnElement[Any]) -> ColumnElement[Any]:
+        return key
+
+    def sum(self, value: ColumnElement[Any]) -> Any:
+        return func.sum(value)
+
+    def max(self, value: ColumnElement[Any]) -> Any:
+        return func.max(value)
+
+    def zero(self) -> ColumnElement[Any]:
+        return literal(0)
+
+    def decimal(self, value: Decimal) -> ColumnElement[Any]:
+        return literal(value, Numeric())
+
+    def timestamp(self, value: datetime) -> ColumnElement[Any]:
+        return literal(value, UTCDateTime())
+
+    def microseconds(self, since: ColumnElement[Any], until: ColumnElement[Any]) -> Any:
+        raise NotImplementedError
+
+    def times(self, level: ColumnElement[Any], microseconds: ColumnElement[Any]) -> Any:
+        return level * microseconds
+
+    def weighted(self, area: ColumnElement[Any], total_microseconds: int) -> Any:
+        raise NotImplementedError
+
+
+class _SQLite(_Dialect):
+    def quantity(self) -> ColumnElement[Any]:
+        return func.neruba_decimal(events.c.quantity)
+
+    def quantity_key(self) -> ColumnElement[Any]:
+        return func.neruba_decimal(events.c.quantity)
+
+    def property_number(self, name: str) -> ColumnElement[Any]:
+        return func.neruba_json_number(events.c.properties, literal(name, String))
+
+    def property_key(self, name: str) -> ColumnElement[Any]:
+        return func.neruba_json_key(events.c.properties, literal(name, String))
+
+    def property_equals(self, name: str, value: str) -> ColumnElement[bool]:
+        path = literal(f"$.{name}", String)
+        return and_(
+            func.json_type(events.c.properties, path) == "text",
+            func.json_extract(events.c.properties, path) == literal(value, String),
+        )
+
+    def sum(self, value: ColumnElement[Any]) -> Any:
+        return func.neruba_sum(value)
+
+    def max(self, value: ColumnElement[Any]) -> Any:
+        return func.neruba_max(value)
+
+    def zero(self) -> ColumnElement[Any]:
+        return literal("0", String)
+
+    def decimal(self, value: Decimal) -> ColumnElement[Any]:
+        return literal(units_text(rounded_units(value)), String)
+
+    def microseconds(self, since: ColumnElement[Any], until: ColumnElement[Any]) -> Any:
+        return func.neruba_epoch_us(until) - func.neruba_epoch_us(since)
+
+    def times(self, level: ColumnElement[Any], microseconds: ColumnElement[Any]) -> Any:
+        return func.neruba_mul(level, microseconds)
+
+    def weighted(self, area: ColumnElement[Any], total_microseconds: int) -> Any:
+        return func.neruba_weighted(area, literal(total_microseconds, BigInteger))
+
+
+class _MariaDB(_Dialect):
+    DECIMAL = mysql.DECIMAL(65, 12)
+    # MariaDB says INTEGER or DOUBLE (even for 1e-20); MySQL 8 also DECIMAL and UNSIGNED INTEGER.
+    NUMBER_TYPES = ("INTEGER", "DOUBLE", "DECIMAL", "UNSIGNED INTEGER")
+
+    def _extract(self, name: str) -> ColumnElement[Any]:
+        return func.JSON_EXTRACT(events.c.properties, literal(f"$.{name}", String))
+
+    def _text(self, name: str) -> ColumnElement[Any]:
+        return func.JSON_UNQUOTE(self._extract(name))
+
+    def _canonical_text(self, number: ColumnElement[Any]) -> ColumnElement[Any]:
+        # DECIMAL(65,12) prints 12 decimals: drop the trailing zeros, and the point if bare.
+        return func.REGEXP_REPLACE(cast(number, mysql.CHAR()), literal(r"\.?0+$"), literal(""))
+
+    def quantity(self) -> ColumnElement[Any]:
+        return cast(events.c.quantity, self.DECIMAL)
+
+    def quantity_key(self) -> ColumnElement[Any]:
+        return self._canonical_text(self.quantity())
+
+    def _is_number(self, name: str) -> ColumnElement[bool]:
+        return func.JSON_TYPE(self._extract(name)).in_(self.NUMBER_TYPES)
+
+    def _is_string(self, name: str) -> ColumnElement[bool]:
+        return func.JSON_TYPE(self._extract(name)) == "STRING"
+
+    def property_number(self, name: str) -> ColumnElement[Any]:
+        numeric_string = and_(
+            self._is_string(name),
+            self._text(name).op("REGEXP")(literal(_NUMERIC_STRING_PCRE, String)),
+        )
+        return case(
+            (or_(self._is_number(name), numeric_string), cast(self._text(name), self.DECIMAL))
+        )
+
+    def property_key(self, name: str) -> ColumnElement[Any]:
+        return case(
+            (self._is_string(name), self._text(name)),
+            (
+                self._is_number(name),
+                self._canonical_text(cast(self._text(name), self.DECIMAL)),
+            ),
+        )
+
+    def property_equals(self, name: str, value: str) -> ColumnElement[bool]:
+        return and_(
+            self._is_string(name),
+            cast(self._text(name), mysql.BINARY()) == cast(literal(value, String), mysql.BINARY()),
+        )
+
+    def distinct(self, key: ColumnElement[Any]) -> ColumnElement[Any]:
+        return cast(key, mysql.BINARY())
+
+    def decimal(self, value: Decimal) -> ColumnElement[Any]:
+        return cast(literal(units_text(rounded_units(value)), String), self.DECIMAL)
+
+    def timestamp(self, value: datetime) -> ColumnElement[Any]:
+        return cast(literal(value, UTCDateTime()), mysql.DATETIME(fsp=6))
+
+    def microseconds(self, since: ColumnElement[Any], until: ColumnElement[Any]) -> Any:
+        return func.TIMESTAMPDIFF(literal_column("MICROSECOND"), since, until)
+
+    def weighted(self, area: ColumnElement[Any], total_microseconds: int) -> Any:
+        # area has at most 12 decimals: in 10⁻¹² units it is an integer. Round the quotient
+        # half away from zero with exact DECIMAL arithmetic: (X - MOD(X, Y)) / Y divides
+        # evenly, so no digit depends on div_precision_increment.
+        units = cast(area * _TEN_TO_12, mysql.DECIMAL(65, 0))
+        total = literal(total_microseconds, BigInteger)
+        doubled = 2 * func.ABS(units) + total
+        quotient = (doubled - func.MOD(doubled, 2 * total)) / (2 * total)
+        return cast(func.SIGN(units) * quotient * literal(_PICO, Numeric()), self.DECIMAL)
+
+
+class _PostgreSQL(_Dialect):
+    def _props(self) -> ColumnElement[Any]:
+        return cast(events.c.properties, JSONB)
+
+    def _json(self, name: str) -> ColumnElement[Any]:
+        return self._props().op("->")(literal(name, Text))
+
+    def _text(self, name: str) -> ColumnElement[Any]:
+        return self._props().op("->>")(literal(name, Text))
+
+    def _type(self, name: str) -> ColumnElement[Any]:
+        return func.jsonb_typeof(self._json(name))
+
+    def _number(self, name: str) -> ColumnElement[Any]:
+        return func.round(cast(self._text(name), Numeric()), 12)
+
+    def quantity(self) -> ColumnElement[Any]:
+        return type_coerce(events.c.quantity, Numeric())
+
+    def quantity_key(self) -> ColumnElement[Any]:
+        return cast(func.trim_scale(self.quantity()), Text)
+
+    def property_number(self, name: str) -> ColumnElement[Any]:
+        numeric_string = and_(
+            self._type(name) == "string",
+            self._text(name).op("~")(literal(_NUMERIC_STRING_POSIX, Text)),
+        )
+        return case((or_(self._type(name) == "number", numeric_string), self._number(name)))
+
+    def property_key(self, name: str) -> ColumnElement[Any]:
+        return case(
+            (self._type(name) == "string", self._text(name)),
+            (self._type(name) == "number", cast(func.trim_scale(self._number(name)), Text)),
+        )
+
+    def property_equals(self, name: str, value: str) -> ColumnElement[bool]:
+        return and_(self._type(name) == "string", self._text(name) == literal(value, Text))
+
+    def microseconds(self, since: ColumnElement[Any], until: ColumnElement[Any]) -> Any:
+        seconds = extract("epoch", until) - extract("epoch", since)
+        return cast(seconds * 1_000_000, BigInteger)
+
+    def weighted(self, area: ColumnElement[Any], total_microseconds: int) -> Any:
+        # Exact: area × 10¹² is an integer; div() truncates, so adding half the divisor
+        # before dividing rounds half away from zero.
+        units = area * _TEN_TO_12
+        total = literal(total_microseconds, BigInteger)
+        quotient = func.div(2 * func.abs(units) + total, 2 * total)
+        return func.sign(units) * quotient * literal(_PICO, Numeric())
+
+
+_DIALECTS: dict[str, _Dialect] = {
+    "sqlite": _SQLite(),
+    "mysql": _MariaDB(),
+    "mariadb": _MariaDB(),
+    "postgresql": _PostgreSQL(),
+}
+
+
+def _dialect(name: str) -> _Dialect:
+    try:
+        return _DIALECTS[name]
+    except KeyError:
+        raise ValueError(f"usage SQL does not support the {name!r} dialect") from None
+
+
+# -- the pieces every aggregation shares ----------------------------------------------------
+
+
+class _Usage:
+    """One meter over one period for some customers: the conditions and the field, in SQL."""
+
+    def __init__(
+        self,
+        meter: MeterSpec,
+        sql: _Dialect,
+        project_id: str,
+        start: datetime,
+        end: datetime,
+        customer_ids: Sequence[str] | None,
+        openings: Mapping[str, Decimal] | None,
+    ) -> None:
+        self.total_microseconds = period_microseconds(start, end)  # also checks the period
+        self.meter, self.sql = meter, sql
+        self.start, self.end = start, end
+        self.customer_ids = None if customer_ids is None else list(customer_ids)
+        self.openings = dict(openings or {})
+        self.conditions: list[ColumnElement[bool]] = [
+            events.c.project_id == project_id,
+            events.c.meter == meter.code,
+            events.c.ts >= start,
+            events.c.ts < end,
+        ]
+        if self.customer_ids is not None:
+            self.conditions.append(events.c.customer_id.in_(self.customer_ids))
+        self.conditions += [sql.property_equals(name, value) for name, value in meter.filters]
+
+    def value(self) -> ColumnElement[Any]:
+        """The field's exact value per event (NULL when missing or not a number)."""
+        name = self.meter.property_name
+        return self.sql.quantity() if name is None else self.sql.property_number(name)
+
+    def key(self) -> ColumnElement[Any]:
+        name = self.meter.property_name
+        return self.sql.quantity_key() if name is None else self.sql.property_key(name)
+
+    def valued(self) -> Any:
+        """The matching events that have a field value: (customer_id, ts, seq, v)."""
+        rows = select(
+            events.c.customer_id,
+            events.c.ts,
+            events.c.id.label("seq"),
+            self.value().label("v"),
+        ).where(*self.conditions)
+        every = rows.subquery("matching")
+        return select(every).where(every.c.v.is_not(None))
+
+    def points(self) -> Any:
+        """weighted_sum's level changes: the valued events and, first, the opening levels."""
+        rows: list[Select[Any]] = [self.valued()]
+        for customer_id, opening in sorted(self.openings.items()):
+            if opening == 0 or (
+                self.customer_ids is not None and customer_id not in self.customer_ids
+            ):
+                continue
+            rows.append(
+                select(
+                    literal(customer_id, String).label("customer_id"),
+                    self.sql.timestamp(self.start).label("ts"),
+                    literal(-1, BigInteger).label("seq"),
+                    self.sql.decimal(opening).label("v"),
+                )
+            )
+        return union_all(*rows).subquery("points")
+
+
+def _result(customer_id: ColumnElement[Any], value: Any) -> list[ColumnElement[Any]]:
+    return [customer_id.label("customer_id"), type_coerce(value, UsageValue()).label("value")]
+
+
+# -- one builder per aggregation ------------------------------------------------------------
+
+
+def _count(usage: _Usage) -> Select[Any]:
+    return (
+        select(*_result(events.c.customer_id, func.count()))
+        .where(*usage.conditions)
+        .group_by(events.c.customer_id)
+    )
+
+
+def _sum(usage: _Usage) -> Select[Any]:
+    total = func.coalesce(usage.sql.sum(usage.value()), usage.sql.zero())
+    return (
+        select(*_result(events.c.customer_id, total))
+        .where(*usage.conditions)
+        .group_by(events.c.customer_id)
+    )
+
+
+def _max(usage: _Usage) -> Select[Any]:
+    largest = func.coalesce(usage.sql.max(usage.value()), usage.sql.zero())
+    return (
+        select(*_result(events.c.customer_id, largest))
+        .where(*usage.conditions)
+        .group_by(events.c.customer_id)
+    )
+
+
+def _unique_count(usage: _Usage) -> Select[Any]:
+    distinct = func.count(usage.sql.distinct(usage.key()).distinct())
+    return (
+        select(*_result(events.c.customer_id, distinct))
+        .where(*usage.conditions)
+        .group_by(events.c.customer_id)
+    )
+
+
+def _latest_of(rows: Any) -> Select[Any]:
+    """The `v` of each customer's last row by (ts, seq)."""
+    rank = (
+        func.row_number()
+        .over(partition_by=rows.c.customer_id, order_by=(rows.c.ts.desc(), rows.c.seq.desc()))
+        .label("rank")
+    )
+    ranked = select(rows.c.customer_id, rows.c.v, rank).subquery("ranked")
+    return select(*_result(ranked.c.customer_id, ranked.c.v)).where(ranked.c.rank == 1)
+
+
+def _latest(usage: _Usage) -> Select[Any]:
+    return _latest_of(usage.valued().subquery("valued"))
+
+
+def _weighted_sum(usage: _Usage) -> Select[Any]:
+    sql, points = usage.sql, usage.points()
+    order = (points.c.ts, points.c.seq)
+    if usage.meter.gauge == "delta":
+        level = sql.sum(points.c.v).over(
+            partition_by=points.c.customer_id, order_by=order, rows=(None, 0)
+        )
+    else:
+        level = points.c.v
+    until = func.coalesce(
+        func.lead(points.c.ts).over(partition_by=points.c.customer_id, order_by=order),
+        sql.timestamp(usage.end),
+    )
+    held = select(
+        points.c.customer_id,
+        level.label("level"),
+        sql.microseconds(points.c.ts, until).label("us"),
+    ).subquery("held")
+    areas = (
+        select(held.c.customer_id, sql.sum(sql.times(held.c.level, held.c.us)).label("area"))
+        .group_by(held.c.customer_id)
+        .subquery("areas")
+    )
+    value = sql.weighted(areas.c.area, usage.total_microseconds)
+    return select(*_result(areas.c.customer_id, value))
+
+
+_BUILDERS = {
+    "count": _count,
+    "sum": _sum,
+    "max": _max,
+    "unique_count": _unique_count,
+    "latest": _latest,
+    "weighted_sum": _weighted_sum,
+}
+
+
+def _closing(usage: _Usage) -> Select[Any]:
+    """weighted_sum: each customer's level at the period end."""
+    points = usage.points()
+    if usage.meter.gauge == "absolute":
+        return _latest_of(points)
+    return select(*_result(points.c.customer_id, usage.sql.sum(points.c.v))).group_by(
+        points.c.customer_id
+    )
+
+
+# -- public API ---------------------------------------------------------------------------
+
+
+def usage_query(
+    meter: MeterSpec,
+    *,
+    dialect: str,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    customer_ids: Sequence[str] | None = None,
+    openings: Mapping[str, Decimal] | None = None,
+) -> Select[Any]:
+    """SELECT customer_id, value: the meter's value per customer for [start, end).
+
+    `openings` (weighted_sum only) are the customers' levels at `start`.
+    """
+    sql = _dialect(dialect)
+    usage = _Usage(meter, sql, project_id, start, end, customer_ids, openings)
+    return _BUILDERS[meter.aggregation](usage)
+
+
+def closing_query(
+    meter: MeterSpec,
+    *,
+    dialect: str,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    customer_ids: Sequence[str] | None = None,
+    openings: Mapping[str, Decimal] | None = None,
+) -> Select[Any]:
+    """SELECT customer_id, value: a weighted_sum meter's level at `end` per customer."""
+    if meter.aggregation != "weighted_sum":
+        raise ValueError(f"meter {meter.code!r}: only weighted_sum meters have a level")
+    sql = _dialect(dialect)
+    return _closing(_Usage(meter, sql, project_id, start, end, customer_ids, openings))
+
+
+def aggregate_usage(
+    conn: Connection,
+    meter: MeterSpec,
+    *,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    customer_ids: Sequence[str] | None = None,
+    openings: Mapping[str, Decimal] | None = None,
+) -> dict[str, Decimal]:
+    """customer_id → value. Customers without events may be absent (their value is 0), except
+    weighted_sum customers with a non-zero opening level."""
+    query = usage_query(
+        meter,
+        dialect=conn.dialect.name,
+        project_id=project_id,
+        start=start,
+        end=end,
+        customer_ids=customer_ids,
+        openings=openings,
+    )
+    return {row.customer_id: row.value for row in conn.execute(query)}
+
+
+def closing_levels(
+    conn: Connection,
+    meter: MeterSpec,
+    *,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    customer_ids: Sequence[str] | None = None,
+    openings: Mapping[str, Decimal] | None = None,
+) -> dict[str, Decimal]:
+    """customer_id → the gauge at `end` (the next period's opening for recurring meters).
+    Customers with neither events nor an opening level are absent (their level is 0)."""
+    query = closing_query(
+        meter,
+        dialect=conn.dialect.name,
+        project_id=project_id,
+        start=start,
+        end=end,
+        customer_ids=customer_ids,
+        openings=openings,
+    )
+    return {row.customer_id: row.value for row in conn.execute(query)}
+
+
+def transaction_values(
+    conn: Connection,
+    meter: MeterSpec,
+    *,
+    project_id: str,
+    customer_id: str,
+    start: datetime,
+    end: datetime,
+) -> Iterator[Decimal]:
+    """The field values of one customer's matching events, ordered by (ts, id), streamed.
+
+    The arguments are checked at once; the query runs when iteration starts. Consume the
+    values before using `conn` for anything else (MariaDB and PostgreSQL stream them through
+    a server-side cursor).
+    """
+    usage = _Usage(meter, _dialect(conn.dialect.name), project_id, start, end, [customer_id], None)
+    value = usage.value()
+    query = (
+        select(type_coerce(value, UsageValue()).label("value"))
+        .where(*usage.conditions, value.is_not(None))
+        .order_by(events.c.ts, events.c.id)
+    )
+    return _stream(conn, query)
+
+
+def _stream(conn: Connection, query: Select[Any]) -> Iterator[Decimal]:
+    with conn.execute(query, execution_options={"yield_per": 1000}) as result:
+        for (amount,) in result:
+            yield amount
