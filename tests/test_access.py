@@ -65,6 +65,9 @@ MATRIX: dict[str, list[str]] = {
     "subscription cancel": ["sub_x", "--at", "2026-10-20T00:00:00Z"],
     "subscription list": [],
     "subscription import": ["subscriptions.csv"],
+    "ingest": ["events.jsonl"],
+    "events list": [],
+    "events receipts": [],
     "locks list": [],
     "locks release": ["{project}:billing", "--yes"],
     "audit list": [],
@@ -99,6 +102,10 @@ def tenants(cli: Cli, isolated: Path) -> Cli:
         '[[meters]]\ncode = "api_calls"\naggregation = "count"\n'
         '[[plans]]\ncode = "starter"\ncurrency = "USD"\ninterval = "month"\n'
         '[[plans.charges]]\nmeter = "api_calls"\nmodel = "per_unit"\nunit_amount = "0.01"\n'
+    )
+    (isolated / "events.jsonl").write_text(
+        '{"idempotency_key": "e1", "customer": "c1", "meter": "api_calls", '
+        '"timestamp": "2026-10-01T00:00:00Z"}\n'
     )
     (isolated / "subscriptions.csv").write_text(
         "customer,plan,start\nc1,starter,2026-10-01T00:00:00Z\n"

@@ -68,7 +68,11 @@ def upgrade() -> None:
         sa.Column("meter", sa.String(length=64), nullable=False),
         sa.Column("ts", UTC_DATETIME, nullable=False),
         sa.Column("quantity", EXACT_DECIMAL, nullable=False),
-        sa.Column("properties", sa.Text(), nullable=False),
+        sa.Column(
+            "properties",
+            sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"),
+            nullable=False,
+        ),
         sa.Column("payload_hash", sa.String(length=64), nullable=False),
         sa.Column("batch_id", sa.String(length=40), nullable=True),
         sa.Column("line", sa.Integer(), nullable=True),

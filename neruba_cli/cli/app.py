@@ -15,6 +15,7 @@ from neruba_cli.cli import (
     db,
     demo,
     doctor,
+    ingest,
     init,
     key,
     locks,
@@ -53,6 +54,7 @@ def root(
 init.register(app)
 demo.register(app)
 doctor.register(app)
+ingest.register(app)
 app.add_typer(db.app, name="db")
 app.add_typer(project.app, name="project")
 app.add_typer(customer.app, name="customer")

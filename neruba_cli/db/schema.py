@@ -21,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from neruba_cli.db.types import ExactDecimal, UTCDateTime
@@ -241,8 +242,36 @@ class Event(Base):
     meter: Mapped[str] = mapped_column(String(64))
     ts: Mapped[datetime] = mapped_column(UTCDateTime())
     quantity: Mapped[Decimal] = mapped_column(ExactDecimal())
-    properties: Mapped[str] = mapped_column(Text)  # JSON object
+    properties: Mapped[str] = mapped_column(  # JSON object; lines are at most 1 MiB
+        Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+    )
     payload_hash: Mapped[str] = mapped_column(String(64))
     batch_id: Mapped[str | None] = mapped_column(ID)
     line: Mapped[int | None] = mapped_column(Integer)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ImportBatch(Base):
+    """The receipt of one `neruba ingest`: what came in, what it counted, what it touched."""
+
+    __tablename__ = "import_batches"
+    __table_args__ = (Index(None, "project_id", "started_at"), Index(None, "sha256"), MYSQL_TABLE)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    source: Mapped[str] = mapped_column(String(1000))
+    format: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # running | completed | failed
+    lines: Mapped[int] = mapped_column(Integer)
+    accepted: Mapped[int] = mapped_column(Integer)
+    duplicates: Mapped[int] = mapped_column(Integer)
+    conflicts: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int] = mapped_column(Integer)
+    first_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    periods: Mapped[str] = mapped_column(Text)  # JSON list of YYYY-MM (UTC) with new events
+    rejects_path: Mapped[str | None] = mapped_column(String(1000))
+    actor: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -71,6 +71,7 @@ _METER_KEYS = {
     "filter",
     "recurring",
     "gauge",
+    "allow_negative",
     "name",
     "description",
 }
@@ -115,6 +116,7 @@ class MeterDef:
     spec: MeterSpec
     name: str | None = None
     description: str | None = None
+    allow_negative: bool = False  # ingest refuses negative quantities unless this is set
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,9 @@ def _parse_meters(raw: Any, check: _Checker) -> list[MeterDef]:
             recurring=recurring,
             gauge="absolute" if gauge == "absolute" else "delta",
         )
-        meters.append(MeterDef(code, spec, _text(item.get("name")), _text(item.get("description"))))
+        allow_negative = _bool(item.get("allow_negative", False), f"{path}.allow_negative", check)
+        name, description = _text(item.get("name")), _text(item.get("description"))
+        meters.append(MeterDef(code, spec, name, description, allow_negative))
     return meters
 
 
@@ -501,6 +505,8 @@ def meter_document(meter: MeterDef) -> dict[str, Any]:
     if spec.aggregation == "weighted_sum":
         document["recurring"] = spec.recurring
         document["gauge"] = spec.gauge
+    if meter.allow_negative:
+        document["allow_negative"] = True
     if meter.name:
         document["name"] = meter.name
     if meter.description:

@@ -13,7 +13,7 @@ _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 PREFIXES = frozenset(
     {"proj", "cus", "mem", "ivt", "aud", "key", "inv", "run", "evt", "grt", "txn"}
-    | {"mtr", "pln", "plv", "sub", "sph"}
+    | {"mtr", "pln", "plv", "sub", "sph", "bat", "chg"}
 )
 
 

@@ -16,9 +16,13 @@ class Reject:
     line: int
     reason: str
     raw: str
+    stored: dict[str, object] | None = None  # a conflict: the event already stored under the key
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        data = asdict(self)
+        if self.stored is None:
+            del data["stored"]
+        return data
 
 
 class RejectsWriter:

@@ -1,0 +1,214 @@
+"""`neruba ingest` and `neruba events ...`"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import orjson
+import typer
+from sqlalchemy import select
+
+from neruba_cli.cli.output import fields, table
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.db.schema import Customer, Event
+from neruba_cli.domain.errors import InvalidInput, UsageError
+from neruba_cli.domain.events import quantity_text
+from neruba_cli.domain.timestamps import format_ts, parse_duration, parse_since, validate_timezone
+from neruba_cli.services import catalog, ingest
+from neruba_cli.services.event_input import Source, guess_format
+from neruba_cli.services.rejects import RejectsWriter, default_rejects_path
+
+EXIT_REJECTED = 3
+events_app = typer.Typer(help="Stored usage events and import receipts.")
+
+
+def _max_future(text: str) -> timedelta:
+    amount, unit = parse_duration(text, field="--max-future")
+    if unit not in ("s", "h", "d", "w"):
+        raise InvalidInput("--max-future: use s, h, d or w, e.g. 300s or 1h")
+    return timedelta(seconds=amount * {"s": 1, "h": 3600, "d": 86400, "w": 604800}[unit])
+
+
+def _prehash(paths: list[str]) -> str | None:
+    """The SHA-256 of what will be read (decompressed), to spot a repeated file up front."""
+    if "-" in paths:
+        return None
+    digest = hashlib.sha256()
+    for path in paths:
+        opener = gzip.open if path.endswith(".gz") else open
+        try:
+            with opener(path, "rb") as handle:
+                for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
+def register(app: typer.Typer) -> None:
+    @command(app, "ingest", scope="ingest", mutating=True)
+    def ingest_(
+        rt: Runtime,
+        files: Annotated[
+            list[str], typer.Argument(help="JSONL/CSV files (.gz too), or - for stdin.")
+        ],
+        format: Annotated[
+            str | None,
+            typer.Option("--format", help="jsonl, csv or cloudevents (default: by extension)."),
+        ] = None,
+        rejects: Annotated[
+            Path | None, typer.Option(help="Rejected and conflicting lines as JSONL.")
+        ] = None,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Validate and count only.")
+        ] = False,
+        assume_timezone: Annotated[
+            str | None, typer.Option(help="Read timestamps without an offset in this zone.")
+        ] = None,
+        create_customers: Annotated[
+            bool, typer.Option("--create-customers", help="Create unknown customers.")
+        ] = False,
+        max_future: Annotated[
+            str, typer.Option(help="How far in the future an event may be (clock skew).")
+        ] = "1h",
+    ) -> int:
+        """Import usage events; replaying a file never double-counts. Exit 3 on rejects."""
+        fmt = guess_format(files, format)
+        for path in files:
+            if path != "-" and not os.path.isfile(path):
+                raise InvalidInput(f"cannot read {path}: no such file")
+        if files.count("-") > 1:
+            raise UsageError("stdin (-) can be read only once")
+        options = ingest.IngestOptions(
+            fmt=fmt,
+            dry_run=dry_run,
+            assume_tz=ZoneInfo(validate_timezone(assume_timezone)) if assume_timezone else None,
+            create_customers=create_customers,
+            max_future=_max_future(max_future),
+        )
+        first = files[0]
+        rejects_path = rejects or default_rejects_path(Path("stdin" if first == "-" else first))
+        with rt.transaction() as session:
+            project = rt.project(session)
+            meters = catalog.stored_meters(session, project)
+        earlier = ingest.imports_with_digest(rt.engine(), project, _prehash(files))
+        if earlier:
+            rt.out.warn(
+                f"this content was already imported ({', '.join(earlier)}); "
+                "every line will be checked and counted as a duplicate"
+            )
+        total = sum(os.path.getsize(p) for p in files if p != "-" and not p.endswith(".gz"))
+        source = Source(files)
+        with (
+            RejectsWriter(rejects_path) as writer,
+            rt.out.progress("Ingesting", total=total or None) as progress,
+        ):
+            summary = ingest.ingest(
+                rt.engine(),
+                project,
+                source,
+                options,
+                meters=meters,
+                rejects=writer,
+                actor=rt.actor.id,
+                now=rt.now(),
+                on_progress=lambda done, _lines: progress(done),
+            )
+        data = {
+            **summary.as_dict(),
+            "dry_run": dry_run,
+            "rejects_file": str(rejects_path) if summary.rejected + summary.conflicts else None,
+            "rejects": [reject.as_dict() for reject in summary.rejects],
+        }
+        rt.out.emit(data, fields(_receipt_view(data)))
+        for reject in summary.rejects[:20]:
+            rt.out.warn(f"line {reject.line}: {reject.reason}")
+        if summary.rejected + summary.conflicts:
+            rt.out.say(f"Rejected and conflicting lines are in {rejects_path}.")
+            return EXIT_REJECTED
+        return 0
+
+    app.add_typer(events_app, name="events")
+
+
+def _receipt_view(data: dict[str, Any]) -> dict[str, Any]:
+    keys = ("batch", "source", "lines", "accepted", "duplicates", "conflicts", "rejected")
+    view = {key: data[key] for key in keys}
+    view["events from"] = data["first_event"]
+    view["events to"] = data["last_event"]
+    view["periods"] = ", ".join(data["periods"])
+    view["seconds"] = data["seconds"]
+    return view
+
+
+@command(events_app, "receipts", group="events", scope="read")
+def receipts(
+    rt: Runtime,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
+) -> None:
+    """List import receipts: source, hash, counts, event range, periods touched."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        rows = [
+            ingest.receipt_dict(batch) for batch in ingest.list_receipts(session, project, limit)
+        ]
+    columns = (
+        "batch",
+        "source",
+        "status",
+        "lines",
+        "accepted",
+        "duplicates",
+        "conflicts",
+        "rejected",
+    )
+    rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
+
+
+@command(events_app, "list", group="events", scope="read")
+def list_(
+    rt: Runtime,
+    customer: Annotated[str | None, typer.Option(help="Customer external id.")] = None,
+    meter: Annotated[str | None, typer.Option(help="Meter code.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="A timestamp, a date or a duration ago.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 100,
+) -> None:
+    """List stored events, newest first."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        query = (
+            select(Event, Customer.external_id)
+            .join(Customer, Customer.id == Event.customer_id)
+            .where(Event.project_id == project.id)
+        )
+        if customer:
+            query = query.where(Customer.external_id == customer)
+        if meter:
+            query = query.where(Event.meter == meter)
+        if since:
+            query = query.where(Event.ts >= parse_since(since, now=rt.now()))
+        rows = [
+            {
+                "idempotency_key": event.idempotency_key,
+                "customer": external,
+                "meter": event.meter,
+                "timestamp": format_ts(event.ts),
+                "quantity": quantity_text(event.quantity),
+                "properties": orjson.loads(event.properties),
+                "batch": event.batch_id,
+                "line": event.line,
+            }
+            for event, external in session.execute(
+                query.order_by(Event.ts.desc(), Event.id.desc()).limit(limit)
+            )
+        ]
+    columns = ("timestamp", "customer", "meter", "quantity", "idempotency_key", "batch")
+    rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))

@@ -1,0 +1,172 @@
+"""Usage events as they arrive: one raw object in, a valid event or a reason out.
+
+Pure and fast: this runs once per line of every import. The rules:
+
+- `idempotency_key`, `customer` and `meter` are non-empty strings (keys up to 255 characters);
+  an unknown top-level field is refused (a typo such as `quanity` would otherwise silently
+  bill 1).
+- `timestamp` is RFC 3339 with an offset; a naive one is refused unless the import names a
+  time zone to read it in. Events further in the future than the allowed skew are refused.
+- `quantity` is optional (1) and exact: an integer, a decimal string, or a JSON number with at
+  most 15 significant digits (a JSON parser reads numbers as binary floats, which keep 15
+  digits exactly; longer ones must be written as strings). NaN, infinities and booleans are
+  refused; so is anything the store cannot hold exactly (12 decimal places, 26 integer digits).
+- `properties` is a JSON object (default empty).
+
+Two events with the same idempotency key are the same event when their canonical payloads
+(customer, meter, timestamp, quantity, properties) are equal: a duplicate. Otherwise the
+second is a conflict, never stored and never dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from neruba_cli.domain.money import canonical
+
+FIELDS = frozenset({"idempotency_key", "customer", "meter", "timestamp", "quantity", "properties"})
+MAX_KEY = 255
+MAX_SCALE = 12
+MAX_INTEGER_DIGITS = 26
+FLOAT_DIGITS = 15
+ONE = Decimal(1)
+
+
+class Rejected(Exception):
+    """Why a line was not accepted; the message goes to the rejects file as `reason`."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventInput:
+    idempotency_key: str
+    customer: str
+    meter: str
+    timestamp: datetime  # aware UTC
+    quantity: Decimal
+    properties: dict[str, Any]
+
+    def canonical_payload(self) -> bytes:
+        stamp = self.timestamp.isoformat(timespec="microseconds")
+        body = [self.customer, self.meter, stamp, quantity_text(self.quantity), self.properties]
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+    def payload_hash(self) -> str:
+        return hashlib.sha256(self.canonical_payload()).hexdigest()
+
+
+def quantity_text(value: Decimal) -> str:
+    return format(canonical(value), "f")
+
+
+def validate_event(
+    raw: Any, *, now: datetime, max_future: timedelta, assume_tz: tzinfo | None = None
+) -> EventInput:
+    if not isinstance(raw, dict):
+        raise Rejected("expected a JSON object")
+    for name in raw:
+        if name not in FIELDS:
+            raise Rejected(f"unknown field {name!r}")
+    key = _text(raw, "idempotency_key")
+    if len(key) > MAX_KEY:
+        raise Rejected(f"idempotency_key is longer than {MAX_KEY} characters")
+    customer = _text(raw, "customer")
+    meter = _text(raw, "meter")
+    timestamp = parse_timestamp(raw.get("timestamp"), assume_tz)
+    if timestamp - now > max_future:
+        ahead = timestamp - now
+        raise Rejected(
+            f"timestamp is {_describe(ahead)} in the future (more than the allowed "
+            f"{_describe(max_future)})"
+        )
+    given = raw.get("quantity")
+    quantity = ONE if given is None else parse_quantity(given)
+    properties = raw.get("properties")
+    if properties is None:
+        properties = {}
+    elif not isinstance(properties, dict):
+        raise Rejected("properties must be a JSON object")
+    return EventInput(key, customer, meter, timestamp, quantity, properties)
+
+
+def _text(raw: dict[str, Any], name: str) -> str:
+    value = raw.get(name)
+    if value is None:
+        raise Rejected(f"{name} is required")
+    if not isinstance(value, str):
+        raise Rejected(f"{name} must be a string")
+    value = value.strip()
+    if not value:
+        raise Rejected(f"{name} is empty")
+    return value
+
+
+def parse_timestamp(value: Any, assume_tz: tzinfo | None = None) -> datetime:
+    if not isinstance(value, str):
+        raise Rejected("timestamp is required" if value is None else "timestamp must be a string")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise Rejected(f"timestamp {value!r} is not RFC 3339") from None
+    if moment.tzinfo is None:
+        if assume_tz is None:
+            raise Rejected("timestamp has no time-zone offset")
+        moment = moment.replace(tzinfo=assume_tz)
+    return moment.astimezone(UTC)
+
+
+def parse_quantity(value: Any) -> Decimal:
+    if isinstance(value, bool):
+        raise Rejected("quantity must be a number, not a boolean")
+    if isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise Rejected("quantity must be finite")
+        text = repr(value)
+        if _significant_digits(text) > FLOAT_DIGITS:
+            raise Rejected(
+                f"quantity {text} has more than {FLOAT_DIGITS} significant digits; "
+                'write it as a string, e.g. "0.1234567890123456"'
+            )
+        amount = Decimal(text)
+    elif isinstance(value, str):
+        try:
+            amount = Decimal(value.strip())
+        except InvalidOperation:
+            raise Rejected(f"quantity {value!r} is not a number") from None
+        if not amount.is_finite():
+            raise Rejected("quantity must be finite")
+    else:
+        raise Rejected("quantity must be a number or a decimal string")
+    return _storable(amount)
+
+
+def _storable(amount: Decimal) -> Decimal:
+    value = canonical(amount)
+    _, digits, exp = value.as_tuple()
+    assert isinstance(exp, int)
+    if -exp > MAX_SCALE:
+        raise Rejected(f"quantity has more than {MAX_SCALE} decimal places")
+    if len(digits) + exp > MAX_INTEGER_DIGITS:
+        raise Rejected(f"quantity has more than {MAX_INTEGER_DIGITS} integer digits")
+    return value
+
+
+def _significant_digits(text: str) -> int:
+    mantissa = text.lower().split("e")[0].lstrip("-").replace(".", "").lstrip("0")
+    return len(mantissa.rstrip("0")) or 1
+
+
+def _describe(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

@@ -1,0 +1,211 @@
+"""Reading usage events from files and stdin: JSONL, CSV and CloudEvents, gzip or not.
+
+Input is streamed line by line in binary, hashed as it is read (the receipt's SHA-256), and
+never loaded whole: a line over 1 MiB is rejected and skipped without being held in memory.
+Each yielded item is (line number, raw text for the rejects file, parsed object or a reason).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+
+from neruba_cli.domain.errors import InvalidInput, UsageError
+
+MAX_LINE = 1 << 20
+RAW_SHOWN = 2000  # bytes of an over-long or undecodable line kept in the rejects file
+FORMATS = ("jsonl", "csv", "cloudevents")
+_BOM = b"\xef\xbb\xbf"
+_EVENT_COLUMNS = ("idempotency_key", "customer", "meter", "timestamp", "quantity")
+
+
+@dataclass
+class Source:
+    """Everything one import reads, with the hash of all its bytes."""
+
+    paths: Sequence[str]
+    digest: Any = field(default_factory=hashlib.sha256)
+    bytes_read: int = 0
+
+    @property
+    def name(self) -> str:
+        return ", ".join("stdin" if path == "-" else path for path in self.paths)
+
+
+def guess_format(paths: Sequence[str], explicit: str | None) -> str:
+    if explicit is not None:
+        if explicit not in FORMATS:
+            raise UsageError(f"--format {explicit!r} is not one of: {', '.join(FORMATS)}")
+        return explicit
+    guesses = {_guess_one(path) for path in paths}
+    if len(guesses) != 1 or None in guesses:
+        raise UsageError(
+            "cannot tell the format from the file names", hint="pass --format jsonl|csv|cloudevents"
+        )
+    return str(guesses.pop())
+
+
+def _guess_one(path: str) -> str | None:
+    name = path.lower().removesuffix(".gz")
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith((".cloudevents", ".ce.jsonl")):
+        return "cloudevents"
+    return "jsonl" if path == "-" else None
+
+
+def _open(path: str) -> IO[bytes]:
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        handle: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed by the reader
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    if path.endswith(".gz"):
+        return gzip.GzipFile(fileobj=handle)  # type: ignore[return-value]
+    return handle
+
+
+def physical_lines(source: Source) -> Iterator[tuple[str, int, bytes | None]]:
+    """(path, line number, bytes without the newline), or None bytes for an over-long line."""
+    for path in source.paths:
+        handle = _open(path)
+        try:
+            number = 0
+            while True:
+                try:
+                    chunk = handle.readline(MAX_LINE + 1)
+                except (OSError, EOFError) as exc:
+                    raise InvalidInput(f"{path}: cannot read past line {number}: {exc}") from None
+                if not chunk:
+                    break
+                number += 1
+                source.digest.update(chunk)
+                source.bytes_read += len(chunk)
+                if number == 1 and chunk.startswith(_BOM):
+                    chunk = chunk[len(_BOM) :]
+                if len(chunk) > MAX_LINE and not chunk.endswith(b"\n"):
+                    _skip_rest(handle, source)
+                    yield path, number, None
+                    continue
+                yield path, number, chunk.rstrip(b"\r\n")
+        finally:
+            if handle is not sys.stdin.buffer:
+                handle.close()
+
+
+def _skip_rest(handle: IO[bytes], source: Source) -> None:
+    while True:
+        chunk = handle.readline(MAX_LINE)
+        source.digest.update(chunk)
+        source.bytes_read += len(chunk)
+        if not chunk or chunk.endswith(b"\n"):
+            return
+
+
+class LineError(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parsed_lines(source: Source, fmt: str) -> Iterator[tuple[int, bytes, Any]]:
+    """(line, raw bytes, event dict | LineError) for every non-blank line."""
+    if fmt == "csv":
+        yield from _csv_lines(source)
+        return
+    for _path, number, data in physical_lines(source):
+        if data is None:
+            yield number, b"", LineError(f"line is longer than {MAX_LINE} bytes")
+            continue
+        if not data.strip():
+            continue
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            yield number, data, LineError(f"invalid JSON: {exc}")
+            continue
+        yield number, data, from_cloudevent(obj) if fmt == "cloudevents" else obj
+
+
+def from_cloudevent(obj: Any) -> Any:
+    """CloudEvents (as OpenMeter and others emit them): id, type = meter, subject = customer,
+    time, data. `data.quantity` is the quantity; the rest of `data` becomes properties."""
+    if not isinstance(obj, dict):
+        return LineError("expected a CloudEvents JSON object")
+    data = obj.get("data") or {}
+    if not isinstance(data, dict):
+        return LineError("CloudEvents data must be a JSON object")
+    event: dict[str, Any] = {
+        "idempotency_key": obj.get("id"),
+        "meter": obj.get("type"),
+        "customer": obj.get("subject"),
+        "timestamp": obj.get("time"),
+        "properties": {k: v for k, v in data.items() if k != "quantity"},
+    }
+    if "quantity" in data:
+        event["quantity"] = data["quantity"]
+    return event
+
+
+def _csv_lines(source: Source) -> Iterator[tuple[int, bytes, Any]]:
+    header: list[str] | None = None
+    for path, number, data in physical_lines(source):
+        if data is None:
+            yield number, b"", LineError(f"line is longer than {MAX_LINE} bytes")
+            continue
+        if not data.strip():
+            continue
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            yield number, data[:RAW_SHOWN], LineError("the line is not UTF-8 text")
+            continue
+        try:
+            cells = next(csv.reader(io.StringIO(text)))
+        except (csv.Error, StopIteration) as exc:
+            yield number, data, LineError(f"malformed CSV: {exc}")
+            continue
+        if header is None or number == 1:
+            header = [cell.strip() for cell in cells]
+            _check_header(path, header)
+            continue
+        if len(cells) != len(header):
+            reason = f"row has {len(cells)} fields, the header has {len(header)}"
+            yield number, data, LineError(reason)
+            continue
+        yield number, data, _csv_event(header, cells)
+
+
+def _check_header(path: str, header: list[str]) -> None:
+    for name in header:
+        if name not in _EVENT_COLUMNS and not name.startswith("properties."):
+            raise InvalidInput(
+                f"{path}: line 1: unknown column {name!r}",
+                hint="columns: idempotency_key, customer, meter, timestamp, quantity, "
+                "properties.<name>",
+            )
+
+
+def _csv_event(header: list[str], cells: list[str]) -> dict[str, Any]:
+    event: dict[str, Any] = {}
+    properties: dict[str, str] = {}
+    for name, cell in zip(header, cells, strict=True):
+        if name.startswith("properties."):
+            if cell != "":
+                properties[name[11:]] = cell
+        elif cell != "":
+            event[name] = cell
+    if properties:
+        event["properties"] = properties
+    return event

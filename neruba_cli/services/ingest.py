@@ -1,0 +1,527 @@
+"""`neruba ingest`: replay-safe import of usage events.
+
+Lines are validated as they stream in and written in batches, one transaction each: an
+`INSERT` that skips keys already stored (`ON CONFLICT DO NOTHING` / `INSERT OR IGNORE` / a
+no-op `ON DUPLICATE KEY UPDATE`), then one query that reads back the batch's keys and
+classifies every line: stored by this line (accepted), stored before with the same canonical
+payload (duplicate), or stored with another payload (conflict, reported with the stored
+event beside it). The unique key (project, idempotency_key) decides; nothing is checked
+before writing, so a crashed import simply runs again and converges to the same events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.orm import Session
+
+from neruba_cli.db.schema import Customer, Event, ImportBatch, Project
+from neruba_cli.domain.catalog import MeterDef
+from neruba_cli.domain.events import EventInput, Rejected, quantity_text, validate_event
+from neruba_cli.domain.ids import new_id
+from neruba_cli.domain.timestamps import format_ts
+from neruba_cli.services.event_input import LineError, Source, parsed_lines
+from neruba_cli.services.rejects import Reject, RejectsWriter
+
+BATCH = 5000
+DEFAULT_MAX_FUTURE = timedelta(minutes=5)
+REPORTED_REJECTS = 100
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    fmt: str
+    dry_run: bool = False
+    assume_tz: tzinfo | None = None
+    create_customers: bool = False
+    max_future: timedelta = DEFAULT_MAX_FUTURE
+    batch_size: int = BATCH
+
+
+@dataclass
+class IngestSummary:
+    batch: str | None
+    source: str
+    lines: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+    first_event: datetime | None = None
+    last_event: datetime | None = None
+    periods: set[str] = field(default_factory=set)
+    sha256: str | None = None
+    already_imported: list[str] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def reject(self, item: Reject, writer: RejectsWriter, *, conflict: bool = False) -> None:
+        if conflict:
+            self.conflicts += 1
+        else:
+            self.rejected += 1
+        writer.write(item)
+        if len(self.rejects) < REPORTED_REJECTS:
+            self.rejects.append(item)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lines": self.lines,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+            "rejected": self.rejected,
+            "batch": self.batch,
+            "source": self.source,
+            "sha256": self.sha256,
+            "first_event": format_ts(self.first_event),
+            "last_event": format_ts(self.last_event),
+            "periods": sorted(self.periods),
+            "already_imported": self.already_imported,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(slots=True)
+class _Pending:
+    line: int
+    raw: bytes
+    event: EventInput
+    digest: str
+
+
+def ingest(
+    engine: Engine,
+    project: Project,
+    source: Source,
+    options: IngestOptions,
+    *,
+    meters: dict[str, MeterDef],
+    rejects: RejectsWriter,
+    actor: str,
+    now: datetime,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> IngestSummary:
+    """Import every line of `source`; the receipt is stored unless this is a dry run."""
+    started = datetime.now(UTC)
+    summary = IngestSummary(batch=None if options.dry_run else new_id("bat"), source=source.name)
+    if summary.batch is not None:
+        _open_receipt(engine, project, summary, options, actor, started)
+    try:
+        _run(engine, project, source, options, summary, meters, rejects, now, on_progress)
+    except BaseException:
+        if summary.batch is not None:
+            _fail_receipt(engine, summary)
+        raise
+    summary.sha256 = source.digest.hexdigest()
+    summary.already_imported = _earlier_imports(engine, project, summary)
+    summary.seconds = (datetime.now(UTC) - started).total_seconds()
+    if summary.batch is not None:
+        _close_receipt(engine, summary, rejects)
+    if on_progress is not None:
+        on_progress(source.bytes_read, summary.lines)
+    return summary
+
+
+def _run(
+    engine: Engine,
+    project: Project,
+    source: Source,
+    options: IngestOptions,
+    summary: IngestSummary,
+    meters: dict[str, MeterDef],
+    rejects: RejectsWriter,
+    now: datetime,
+    on_progress: Callable[[int, int], None] | None,
+) -> None:
+    writer = _BatchWriter(engine, project, summary, options, rejects, now)
+    pending: list[_Pending] = []
+    for number, raw, obj in parsed_lines(source, options.fmt):
+        summary.lines += 1
+        item = _validate(number, raw, obj, meters, options, now)
+        if isinstance(item, Reject):
+            summary.reject(item, rejects)
+        else:
+            pending.append(item)
+            if len(pending) >= options.batch_size:
+                writer.flush(pending)
+                pending = []
+        if on_progress is not None and summary.lines % 1000 == 0:
+            on_progress(source.bytes_read, summary.lines)
+    if pending:
+        writer.flush(pending)
+
+
+def _validate(
+    number: int,
+    raw: bytes,
+    obj: Any,
+    meters: dict[str, MeterDef],
+    options: IngestOptions,
+    now: datetime,
+) -> _Pending | Reject:
+    text = raw.decode("utf-8", errors="replace")
+    if isinstance(obj, LineError):
+        return Reject(number, obj.reason, text)
+    try:
+        event = validate_event(
+            obj, now=now, max_future=options.max_future, assume_tz=options.assume_tz
+        )
+    except Rejected as exc:
+        return Reject(number, str(exc), text)
+    meter = meters.get(event.meter)
+    if meter is None:
+        return Reject(number, f"unknown meter {event.meter!r}", text)
+    if event.quantity < 0 and not meter.allow_negative:
+        return Reject(number, f"negative quantity, and meter {event.meter} does not allow it", text)
+    return _Pending(number, raw, event, event.payload_hash())
+
+
+class _BatchWriter:
+    """Writes one batch per transaction and classifies every line of it."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        project: Project,
+        summary: IngestSummary,
+        options: IngestOptions,
+        rejects: RejectsWriter,
+        now: datetime,
+    ) -> None:
+        self.engine = engine
+        self.project = project
+        self.summary = summary
+        self.options = options
+        self.rejects = rejects
+        self.now = now
+        self.customers: dict[str, str] = {}
+        self.dialect = engine.dialect.name
+
+    def flush(self, batch: list[_Pending]) -> None:
+        with self.engine.begin() as conn:
+            known = self._resolve_customers(conn, {item.event.customer for item in batch})
+            rows: list[_Pending] = []
+            for item in batch:
+                if item.event.customer in known:
+                    rows.append(item)
+                else:
+                    reason = f"unknown customer {item.event.customer!r}"
+                    self.summary.reject(Reject(item.line, reason, _text(item.raw)), self.rejects)
+            if not rows:
+                return
+            if not self.options.dry_run:
+                self._insert(conn, rows)
+            self._classify(conn, rows)
+            if self.summary.batch is not None:
+                _save_counts(conn, self.summary)
+
+    def _resolve_customers(self, conn: Connection, names: set[str]) -> set[str]:
+        missing = [name for name in names if name not in self.customers]
+        if missing:
+            found = conn.execute(
+                select(Customer.external_id, Customer.id)
+                .where(Customer.project_id == self.project.id)
+                .where(Customer.external_id.in_(missing))
+            ).all()
+            self.customers.update({external: ident for external, ident in found})
+            unknown = [name for name in missing if name not in self.customers]
+            if unknown and self.options.create_customers:
+                if self.options.dry_run:  # would be created: count their events as accepted
+                    self.customers.update(dict.fromkeys(unknown, ""))
+                else:
+                    self._create_customers(conn, unknown)
+        return {name for name in names if name in self.customers}
+
+    def _create_customers(self, conn: Connection, names: list[str]) -> None:
+        rows = [
+            {
+                "id": new_id("cus"),
+                "project_id": self.project.id,
+                "external_id": name,
+                "name": None,
+                "email": None,
+                "currency": self.project.currency,
+                "timezone": self.project.timezone,
+                "stripe_id": None,
+                "created_at": self.now,
+                "updated_at": self.now,
+            }
+            for name in names
+        ]
+        conn.execute(insert(Customer), rows)
+        self.customers.update({row["external_id"]: row["id"] for row in rows})
+
+    def _insert(self, conn: Connection, rows: list[_Pending]) -> None:
+        received = self.now
+        values = [
+            {
+                "project_id": self.project.id,
+                "idempotency_key": item.event.idempotency_key,
+                "customer_id": self.customers[item.event.customer],
+                "meter": item.event.meter,
+                "ts": item.event.timestamp,
+                "quantity": item.event.quantity,
+                "properties": orjson.dumps(item.event.properties).decode(),
+                "payload_hash": item.digest,
+                "batch_id": self.summary.batch,
+                "line": item.line,
+                "received_at": received,
+            }
+            for item in rows
+        ]
+        conn.execute(_insert_ignoring_duplicates(self.dialect), values)
+
+    def _classify(self, conn: Connection, rows: list[_Pending]) -> None:
+        keys = list({item.event.idempotency_key for item in rows})
+        stored = {
+            key: (digest, batch, line)
+            for key, digest, batch, line in conn.execute(
+                select(Event.idempotency_key, Event.payload_hash, Event.batch_id, Event.line)
+                .where(Event.project_id == self.project.id)
+                .where(Event.idempotency_key.in_(keys))
+            )
+        }
+        conflicts: list[_Pending] = []
+        first_in_batch: dict[str, _Pending] = {}
+        for item in rows:
+            key = item.event.idempotency_key
+            found = stored.get(key)
+            if found is None:  # dry run: not stored yet, so only the batch itself can repeat it
+                earlier = first_in_batch.setdefault(key, item)
+                if earlier is item:
+                    self._accept(item)
+                elif earlier.digest == item.digest:
+                    self.summary.duplicates += 1
+                else:
+                    conflicts.append(item)
+            elif found[1] == self.summary.batch and found[2] == item.line:
+                self._accept(item)
+            elif found[0] == item.digest:
+                self.summary.duplicates += 1
+            else:
+                conflicts.append(item)
+        if conflicts:
+            self._report_conflicts(conn, conflicts)
+
+    def _accept(self, item: _Pending) -> None:
+        summary = self.summary
+        summary.accepted += 1
+        moment = item.event.timestamp
+        if summary.first_event is None or moment < summary.first_event:
+            summary.first_event = moment
+        if summary.last_event is None or moment > summary.last_event:
+            summary.last_event = moment
+        summary.periods.add(moment.strftime("%Y-%m"))
+
+    def _report_conflicts(self, conn: Connection, conflicts: list[_Pending]) -> None:
+        keys = [item.event.idempotency_key for item in conflicts]
+        stored = {
+            row.idempotency_key: row
+            for row in conn.execute(
+                select(
+                    Event.idempotency_key,
+                    Customer.external_id,
+                    Event.meter,
+                    Event.ts,
+                    Event.quantity,
+                    Event.properties,
+                    Event.batch_id,
+                    Event.line,
+                )
+                .join(Customer, Customer.id == Event.customer_id)
+                .where(Event.project_id == self.project.id)
+                .where(Event.idempotency_key.in_(keys))
+            )
+        }
+        for item in conflicts:
+            row = stored.get(item.event.idempotency_key)
+            where = "earlier in this import"
+            payload: dict[str, Any] | None = None
+            if row is not None:
+                where = f"stored by import {row.batch_id} line {row.line}"
+                payload = _stored_payload(row)
+            reason = (
+                f"conflicts with event {item.event.idempotency_key!r} {where}: same key, "
+                "different payload"
+            )
+            reject = Reject(item.line, reason, _text(item.raw), stored=payload)
+            self.summary.reject(reject, self.rejects, conflict=True)
+
+
+def _stored_payload(row: Any) -> dict[str, Any]:
+    return {
+        "idempotency_key": row.idempotency_key,
+        "customer": row.external_id,
+        "meter": row.meter,
+        "timestamp": format_ts(row.ts),
+        "quantity": quantity_text(Decimal(row.quantity)),
+        "properties": orjson.loads(row.properties),
+    }
+
+
+def _insert_ignoring_duplicates(dialect: str) -> Any:
+    """An INSERT that leaves rows with an existing (project, key) alone, per dialect.
+
+    MariaDB's `INSERT IGNORE` would also turn real errors (a value too long) into warnings, so
+    it gets a no-op `ON DUPLICATE KEY UPDATE` instead.
+    """
+    table = Event.__table__
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing(
+            index_elements=["project_id", "idempotency_key"]
+        )
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(
+            index_elements=["project_id", "idempotency_key"]
+        )
+    from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+    statement = mysql_insert(table)
+    return statement.on_duplicate_key_update(idempotency_key=statement.inserted.idempotency_key)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
+def _open_receipt(
+    engine: Engine,
+    project: Project,
+    summary: IngestSummary,
+    options: IngestOptions,
+    actor: str,
+    started: datetime,
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            insert(ImportBatch).values(
+                id=summary.batch,
+                project_id=project.id,
+                source=summary.source[:1000],
+                format=options.fmt,
+                sha256=None,
+                status="running",
+                lines=0,
+                accepted=0,
+                duplicates=0,
+                conflicts=0,
+                rejected=0,
+                periods="[]",
+                actor=actor,
+                started_at=started,
+            )
+        )
+
+
+def _save_counts(conn: Connection, summary: IngestSummary) -> None:
+    conn.execute(
+        update(ImportBatch)
+        .where(ImportBatch.id == summary.batch)
+        .values(
+            lines=summary.lines,
+            accepted=summary.accepted,
+            duplicates=summary.duplicates,
+            conflicts=summary.conflicts,
+            rejected=summary.rejected,
+            first_event_at=summary.first_event,
+            last_event_at=summary.last_event,
+            periods=orjson.dumps(sorted(summary.periods)).decode(),
+        )
+    )
+
+
+def _close_receipt(engine: Engine, summary: IngestSummary, rejects: RejectsWriter) -> None:
+    with engine.begin() as conn:
+        _save_counts(conn, summary)
+        conn.execute(
+            update(ImportBatch)
+            .where(ImportBatch.id == summary.batch)
+            .values(
+                sha256=summary.sha256,
+                status="completed",
+                rejects_path=str(rejects.path) if rejects.count and rejects.path else None,
+                finished_at=datetime.now(UTC),
+            )
+        )
+
+
+def _fail_receipt(engine: Engine, summary: IngestSummary) -> None:
+    """Best effort: a killed process leaves its receipt `running`, an error marks it `failed`."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                update(ImportBatch)
+                .where(ImportBatch.id == summary.batch)
+                .values(status="failed", finished_at=datetime.now(UTC))
+            )
+    except Exception:
+        return
+
+
+def _earlier_imports(engine: Engine, project: Project, summary: IngestSummary) -> list[str]:
+    earlier = imports_with_digest(engine, project, summary.sha256)
+    return [batch for batch in earlier if batch != summary.batch]
+
+
+def imports_with_digest(engine: Engine, project: Project, sha256: str | None) -> list[str]:
+    """Completed imports of exactly this content (by SHA-256), oldest first."""
+    if sha256 is None:
+        return []
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ImportBatch.id)
+            .where(ImportBatch.project_id == project.id)
+            .where(ImportBatch.sha256 == sha256)
+            .where(ImportBatch.status == "completed")
+            .order_by(ImportBatch.started_at)
+        ).all()
+    return [row[0] for row in rows]
+
+
+def list_receipts(session: Session, project: Project, limit: int = 50) -> list[ImportBatch]:
+    return list(
+        session.scalars(
+            select(ImportBatch)
+            .where(ImportBatch.project_id == project.id)
+            .order_by(ImportBatch.started_at.desc(), ImportBatch.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def receipt_dict(batch: ImportBatch) -> dict[str, Any]:
+    return {
+        "batch": batch.id,
+        "source": batch.source,
+        "format": batch.format,
+        "sha256": batch.sha256,
+        "status": batch.status,
+        "lines": batch.lines,
+        "accepted": batch.accepted,
+        "duplicates": batch.duplicates,
+        "conflicts": batch.conflicts,
+        "rejected": batch.rejected,
+        "first_event": format_ts(batch.first_event_at),
+        "last_event": format_ts(batch.last_event_at),
+        "periods": orjson.loads(batch.periods),
+        "rejects_file": batch.rejects_path,
+        "actor": batch.actor,
+        "started_at": format_ts(batch.started_at),
+        "finished_at": format_ts(batch.finished_at),
+    }
+
+
+def resolve_paths(paths: Iterable[str]) -> list[str]:
+    return [str(Path(path)) if path != "-" else "-" for path in paths]
