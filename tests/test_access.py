@@ -68,6 +68,7 @@ MATRIX: dict[str, list[str]] = {
     "ingest": ["events.jsonl"],
     "events list": [],
     "events receipts": [],
+    "charge add": ["c1", "--amount", "5", "--description", "Setup", "--idempotency-key", "k1"],
     "locks list": [],
     "locks release": ["{project}:billing", "--yes"],
     "audit list": [],

@@ -219,3 +219,76 @@ def test_ingest_errors(shop: Cli, tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("")
     guess = shop("ingest", str(tmp_path / "x.txt"), "--project", "acme")
     assert guess.exit_code == 2 and "--format" in guess.stderr
+
+
+def test_one_off_charges(shop: Cli, tmp_path: Path) -> None:
+    def add(*extra: str, code: int = 0) -> dict:
+        args = ["charge", "add", "c1", "--amount", "25.00", "--description", "Onboarding"]
+        result = shop(*args, *extra, "--project", "acme", "--json")
+        assert result.exit_code == code, result.stderr
+        return result.json()
+
+    first = add("--idempotency-key", "setup-1", "--at", "2026-10-05T00:00:00Z")
+    assert (first["outcome"], first["amount"], first["at"]) == (
+        "accepted",
+        "25",
+        "2026-10-05T00:00:00Z",
+    )
+    again = add("--idempotency-key", "setup-1", "--at", "2026-10-05T00:00:00Z")
+    assert again["outcome"] == "duplicate"
+    clash = shop(
+        "charge",
+        "add",
+        "c1",
+        "--amount",
+        "30.00",
+        "--description",
+        "Onboarding",
+        "--idempotency-key",
+        "setup-1",
+        "--at",
+        "2026-10-05T00:00:00Z",
+        "--project",
+        "acme",
+        "--json",
+    )
+    assert clash.exit_code == 3 and clash.json()["stored"]["amount"] == "25"
+    cents = shop(
+        "charge",
+        "add",
+        "c1",
+        "--amount",
+        "1.005",
+        "--description",
+        "x",
+        "--idempotency-key",
+        "k2",
+        "--project",
+        "acme",
+    )
+    assert cents.exit_code == 1 and "more decimal places than USD allows (2)" in cents.stderr
+    floaty = write_jsonl(
+        tmp_path / "charges.jsonl",
+        [
+            {
+                "type": "charge",
+                "idempotency_key": "f1",
+                "customer": "c2",
+                "amount": "9.99",
+                "description": "Extra seat",
+                "timestamp": "2026-10-06T00:00:00Z",
+            },
+            {
+                "type": "charge",
+                "idempotency_key": "f2",
+                "customer": "c2",
+                "amount": 9.99,
+                "description": "Float",
+                "timestamp": "2026-10-06T00:00:00Z",
+            },
+            event("mixed-1"),
+        ],
+    )
+    summary = ingest(shop, str(floaty), code=3)
+    assert (summary["accepted"], summary["rejected"]) == (2, 1)
+    assert "write money as a string" in summary["rejects"][0]["reason"]

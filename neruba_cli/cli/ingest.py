@@ -17,8 +17,10 @@ from sqlalchemy import select
 from neruba_cli.cli.output import fields, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.db.schema import Customer, Event
+from neruba_cli.domain.charges import validate_charge
 from neruba_cli.domain.errors import InvalidInput, UsageError
-from neruba_cli.domain.events import quantity_text
+from neruba_cli.domain.events import Rejected, quantity_text
+from neruba_cli.domain.money import decimal_text
 from neruba_cli.domain.timestamps import format_ts, parse_duration, parse_since, validate_timezone
 from neruba_cli.services import catalog, ingest
 from neruba_cli.services.event_input import Source, guess_format
@@ -135,6 +137,7 @@ def register(app: typer.Typer) -> None:
         return 0
 
     app.add_typer(events_app, name="events")
+    app.add_typer(charge_app, name="charge")
 
 
 def _receipt_view(data: dict[str, Any]) -> dict[str, Any]:
@@ -212,3 +215,56 @@ def list_(
         ]
     columns = ("timestamp", "customer", "meter", "quantity", "idempotency_key", "batch")
     rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
+
+
+charge_app = typer.Typer(help="One-off charges, billed on the next invoice of their period.")
+
+
+@command(charge_app, "add", group="charge", scope="billing", mutating=True)
+def charge_add(
+    rt: Runtime,
+    customer: Annotated[str, typer.Argument(help="Customer external id.")],
+    amount: Annotated[str, typer.Option(help="Amount in the customer's currency, e.g. 25.00.")],
+    description: Annotated[str, typer.Option(help="The invoice line's text.")],
+    idempotency_key: Annotated[str, typer.Option(help="Adding the same key again does nothing.")],
+    at: Annotated[
+        str | None, typer.Option(help="When it applies (default: now), RFC 3339.")
+    ] = None,
+) -> int:
+    """Add a one-off charge. Exit 3 if the key was used for a different charge."""
+    now = rt.now()
+    raw: dict[str, Any] = {
+        "idempotency_key": idempotency_key,
+        "customer": customer,
+        "amount": amount,
+        "description": description,
+    }
+    if at is not None:
+        raw["timestamp"] = at
+    try:
+        charge = validate_charge(raw, now=now, max_future=timedelta(days=366))
+    except Rejected as exc:
+        raise InvalidInput(str(exc)) from None
+    with rt.transaction() as session:
+        project = rt.project(session)
+    outcome, summary = ingest.record_charge(rt.engine(), project, charge, now=now)
+    if outcome == "rejected":
+        raise InvalidInput(summary.rejects[0].reason)
+    data: dict[str, Any] = {
+        "outcome": outcome,
+        "idempotency_key": charge.idempotency_key,
+        "customer": charge.customer,
+        "amount": decimal_text(charge.amount),
+        "description": charge.description,
+        "at": format_ts(charge.timestamp),
+    }
+    if outcome == "conflict":
+        data["stored"] = summary.rejects[0].stored
+    rt.out.emit(data)
+    messages = {
+        "accepted": f"Added charge {charge.idempotency_key} for {customer}.",
+        "duplicate": f"Charge {charge.idempotency_key} was already added; nothing changed.",
+        "conflict": f"Key {charge.idempotency_key} was used for a different charge; not added.",
+    }
+    rt.out.say(messages[outcome])
+    return EXIT_REJECTED if outcome == "conflict" else 0

@@ -275,3 +275,27 @@ class ImportBatch(Base):
     actor: Mapped[str] = mapped_column(String(200))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Charge(Base):
+    """A one-off charge: billed on the next invoice of its period, idempotent by key."""
+
+    __tablename__ = "charges"
+    __table_args__ = (
+        UniqueConstraint("project_id", "idempotency_key"),
+        Index(None, "project_id", "customer_id", "at"),
+        MYSQL_TABLE,
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    customer_id: Mapped[str] = mapped_column(ID, ForeignKey("customers.id"))
+    amount: Mapped[Decimal] = mapped_column(ExactDecimal())
+    currency: Mapped[str] = mapped_column(String(3))
+    description: Mapped[str] = mapped_column(String(500))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[str | None] = mapped_column(ID)
+    line: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -31,7 +31,9 @@ import orjson
 
 from neruba_cli.domain.money import canonical
 
-FIELDS = frozenset({"idempotency_key", "customer", "meter", "timestamp", "quantity", "properties"})
+FIELDS = frozenset(
+    {"type", "idempotency_key", "customer", "meter", "timestamp", "quantity", "properties"}
+)
 MAX_KEY = 255
 MAX_SCALE = 12
 MAX_INTEGER_DIGITS = 26
@@ -73,6 +75,9 @@ def validate_event(
     for name in raw:
         if name not in FIELDS:
             raise Rejected(f"unknown field {name!r}")
+    kind = raw.get("type", "event")
+    if kind != "event":
+        raise Rejected(f"type {kind!r} is not event or charge")
     key = _text(raw, "idempotency_key")
     if len(key) > MAX_KEY:
         raise Rejected(f"idempotency_key is longer than {MAX_KEY} characters")

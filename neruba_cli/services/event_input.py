@@ -22,7 +22,7 @@ from neruba_cli.domain.errors import InvalidInput, UsageError
 
 MAX_LINE = 1 << 20
 RAW_SHOWN = 2000  # bytes of an over-long or undecodable line kept in the rejects file
-FORMATS = ("jsonl", "csv", "cloudevents")
+FORMATS = ("jsonl", "csv", "cloudevents", "charges")
 _BOM = b"\xef\xbb\xbf"
 _EVENT_COLUMNS = ("idempotency_key", "customer", "meter", "timestamp", "quantity")
 

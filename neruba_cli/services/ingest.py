@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.orm import Session
 
-from neruba_cli.db.schema import Customer, Event, ImportBatch, Project
+from neruba_cli.db.schema import Charge, Customer, Event, ImportBatch, Project
 from neruba_cli.domain.catalog import MeterDef
+from neruba_cli.domain.charges import ChargeInput, check_currency, validate_charge
 from neruba_cli.domain.events import EventInput, Rejected, quantity_text, validate_event
 from neruba_cli.domain.ids import new_id
+from neruba_cli.domain.money import decimal_text
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.event_input import LineError, Source, parsed_lines
 from neruba_cli.services.rejects import Reject, RejectsWriter
@@ -93,7 +95,7 @@ class IngestSummary:
 class _Pending:
     line: int
     raw: bytes
-    event: EventInput
+    record: EventInput | ChargeInput
     digest: str
 
 
@@ -170,10 +172,12 @@ def _validate(
     text = raw.decode("utf-8", errors="replace")
     if isinstance(obj, LineError):
         return Reject(number, obj.reason, text)
+    limits = {"now": now, "max_future": options.max_future, "assume_tz": options.assume_tz}
     try:
-        event = validate_event(
-            obj, now=now, max_future=options.max_future, assume_tz=options.assume_tz
-        )
+        if options.fmt == "charges" or (isinstance(obj, dict) and obj.get("type") == "charge"):
+            charge = validate_charge(obj, **limits)
+            return _Pending(number, raw, charge, charge.payload_hash())
+        event = validate_event(obj, **limits)
     except Rejected as exc:
         return Reject(number, str(exc), text)
     meter = meters.get(event.meter)
@@ -202,43 +206,57 @@ class _BatchWriter:
         self.options = options
         self.rejects = rejects
         self.now = now
-        self.customers: dict[str, str] = {}
+        self.customers: dict[str, tuple[str, str]] = {}  # external id -> (id, currency)
         self.dialect = engine.dialect.name
+        self.keeps_receipt = True
 
     def flush(self, batch: list[_Pending]) -> None:
         with self.engine.begin() as conn:
-            known = self._resolve_customers(conn, {item.event.customer for item in batch})
-            rows: list[_Pending] = []
+            self._resolve_customers(conn, {item.record.customer for item in batch})
+            events: list[_Pending] = []
+            charges: list[_Pending] = []
             for item in batch:
-                if item.event.customer in known:
-                    rows.append(item)
-                else:
-                    reason = f"unknown customer {item.event.customer!r}"
+                reason = self._customer_problem(item)
+                if reason is not None:
                     self.summary.reject(Reject(item.line, reason, _text(item.raw)), self.rejects)
-            if not rows:
-                return
-            if not self.options.dry_run:
-                self._insert(conn, rows)
-            self._classify(conn, rows)
-            if self.summary.batch is not None:
+                else:
+                    (charges if isinstance(item.record, ChargeInput) else events).append(item)
+            for table, rows in ((Event.__table__, events), (Charge.__table__, charges)):
+                if not rows:
+                    continue
+                if not self.options.dry_run:
+                    conn.execute(_insert_ignoring_duplicates(self.dialect, table), self._rows(rows))
+                self._classify(conn, table, rows)
+            if self.summary.batch is not None and self.keeps_receipt:
                 _save_counts(conn, self.summary)
 
-    def _resolve_customers(self, conn: Connection, names: set[str]) -> set[str]:
+    def _customer_problem(self, item: _Pending) -> str | None:
+        found = self.customers.get(item.record.customer)
+        if found is None:
+            return f"unknown customer {item.record.customer!r}"
+        if isinstance(item.record, ChargeInput):
+            try:
+                check_currency(item.record, found[1])
+            except Rejected as exc:
+                return str(exc)
+        return None
+
+    def _resolve_customers(self, conn: Connection, names: set[str]) -> None:
         missing = [name for name in names if name not in self.customers]
-        if missing:
-            found = conn.execute(
-                select(Customer.external_id, Customer.id)
-                .where(Customer.project_id == self.project.id)
-                .where(Customer.external_id.in_(missing))
-            ).all()
-            self.customers.update({external: ident for external, ident in found})
-            unknown = [name for name in missing if name not in self.customers]
-            if unknown and self.options.create_customers:
-                if self.options.dry_run:  # would be created: count their events as accepted
-                    self.customers.update(dict.fromkeys(unknown, ""))
-                else:
-                    self._create_customers(conn, unknown)
-        return {name for name in names if name in self.customers}
+        if not missing:
+            return
+        found = conn.execute(
+            select(Customer.external_id, Customer.id, Customer.currency)
+            .where(Customer.project_id == self.project.id)
+            .where(Customer.external_id.in_(missing))
+        ).all()
+        self.customers.update({external: (ident, cur) for external, ident, cur in found})
+        unknown = [name for name in missing if name not in self.customers]
+        if unknown and self.options.create_customers:
+            if self.options.dry_run:  # would be created: count their lines as accepted
+                self.customers.update(dict.fromkeys(unknown, ("", self.project.currency)))
+            else:
+                self._create_customers(conn, unknown)
 
     def _create_customers(self, conn: Connection, names: list[str]) -> None:
         rows = [
@@ -257,42 +275,63 @@ class _BatchWriter:
             for name in names
         ]
         conn.execute(insert(Customer), rows)
-        self.customers.update({row["external_id"]: row["id"] for row in rows})
+        self.customers.update({row["external_id"]: (row["id"], row["currency"]) for row in rows})
 
-    def _insert(self, conn: Connection, rows: list[_Pending]) -> None:
-        received = self.now
-        values = [
-            {
+    def _rows(self, items: list[_Pending]) -> list[dict[str, Any]]:
+        rows = []
+        for item in items:
+            record = item.record
+            customer_id, currency = self.customers[record.customer]
+            common = {
                 "project_id": self.project.id,
-                "idempotency_key": item.event.idempotency_key,
-                "customer_id": self.customers[item.event.customer],
-                "meter": item.event.meter,
-                "ts": item.event.timestamp,
-                "quantity": item.event.quantity,
-                "properties": orjson.dumps(item.event.properties).decode(),
+                "idempotency_key": record.idempotency_key,
+                "customer_id": customer_id,
                 "payload_hash": item.digest,
                 "batch_id": self.summary.batch,
                 "line": item.line,
-                "received_at": received,
             }
-            for item in rows
-        ]
-        conn.execute(_insert_ignoring_duplicates(self.dialect), values)
+            if isinstance(record, ChargeInput):
+                rows.append(
+                    {
+                        **common,
+                        "id": new_id("chg"),
+                        "amount": record.amount,
+                        "currency": currency,
+                        "description": record.description,
+                        "at": record.timestamp,
+                        "created_at": self.now,
+                    }
+                )
+            else:
+                rows.append(
+                    {
+                        **common,
+                        "meter": record.meter,
+                        "ts": record.timestamp,
+                        "quantity": record.quantity,
+                        "properties": orjson.dumps(record.properties).decode(),
+                        "received_at": self.now,
+                    }
+                )
+        return rows
 
-    def _classify(self, conn: Connection, rows: list[_Pending]) -> None:
-        keys = list({item.event.idempotency_key for item in rows})
+    def _classify(self, conn: Connection, table: Table, rows: list[_Pending]) -> None:
+        keys = list({item.record.idempotency_key for item in rows})
+        columns = table.c
         stored = {
             key: (digest, batch, line)
             for key, digest, batch, line in conn.execute(
-                select(Event.idempotency_key, Event.payload_hash, Event.batch_id, Event.line)
-                .where(Event.project_id == self.project.id)
-                .where(Event.idempotency_key.in_(keys))
+                select(
+                    columns.idempotency_key, columns.payload_hash, columns.batch_id, columns.line
+                )
+                .where(columns.project_id == self.project.id)
+                .where(columns.idempotency_key.in_(keys))
             )
         }
         conflicts: list[_Pending] = []
         first_in_batch: dict[str, _Pending] = {}
         for item in rows:
-            key = item.event.idempotency_key
+            key = item.record.idempotency_key
             found = stored.get(key)
             if found is None:  # dry run: not stored yet, so only the batch itself can repeat it
                 earlier = first_in_batch.setdefault(key, item)
@@ -309,54 +348,55 @@ class _BatchWriter:
             else:
                 conflicts.append(item)
         if conflicts:
-            self._report_conflicts(conn, conflicts)
+            self._report_conflicts(conn, table, conflicts)
 
     def _accept(self, item: _Pending) -> None:
         summary = self.summary
         summary.accepted += 1
-        moment = item.event.timestamp
+        moment = item.record.timestamp
         if summary.first_event is None or moment < summary.first_event:
             summary.first_event = moment
         if summary.last_event is None or moment > summary.last_event:
             summary.last_event = moment
         summary.periods.add(moment.strftime("%Y-%m"))
 
-    def _report_conflicts(self, conn: Connection, conflicts: list[_Pending]) -> None:
-        keys = [item.event.idempotency_key for item in conflicts]
+    def _report_conflicts(self, conn: Connection, table: Table, conflicts: list[_Pending]) -> None:
+        keys = [item.record.idempotency_key for item in conflicts]
         stored = {
             row.idempotency_key: row
             for row in conn.execute(
-                select(
-                    Event.idempotency_key,
-                    Customer.external_id,
-                    Event.meter,
-                    Event.ts,
-                    Event.quantity,
-                    Event.properties,
-                    Event.batch_id,
-                    Event.line,
-                )
-                .join(Customer, Customer.id == Event.customer_id)
-                .where(Event.project_id == self.project.id)
-                .where(Event.idempotency_key.in_(keys))
+                select(table, Customer.external_id)
+                .join(Customer, Customer.id == table.c.customer_id)
+                .where(table.c.project_id == self.project.id)
+                .where(table.c.idempotency_key.in_(keys))
             )
         }
+        kind = "charge" if table is Charge.__table__ else "event"
         for item in conflicts:
-            row = stored.get(item.event.idempotency_key)
+            row = stored.get(item.record.idempotency_key)
             where = "earlier in this import"
             payload: dict[str, Any] | None = None
             if row is not None:
                 where = f"stored by import {row.batch_id} line {row.line}"
-                payload = _stored_payload(row)
+                payload = _stored_payload(row, kind)
             reason = (
-                f"conflicts with event {item.event.idempotency_key!r} {where}: same key, "
+                f"conflicts with {kind} {item.record.idempotency_key!r} {where}: same key, "
                 "different payload"
             )
             reject = Reject(item.line, reason, _text(item.raw), stored=payload)
             self.summary.reject(reject, self.rejects, conflict=True)
 
 
-def _stored_payload(row: Any) -> dict[str, Any]:
+def _stored_payload(row: Any, kind: str) -> dict[str, Any]:
+    if kind == "charge":
+        return {
+            "type": "charge",
+            "idempotency_key": row.idempotency_key,
+            "customer": row.external_id,
+            "amount": decimal_text(Decimal(row.amount)),
+            "description": row.description,
+            "timestamp": format_ts(row.at),
+        }
     return {
         "idempotency_key": row.idempotency_key,
         "customer": row.external_id,
@@ -367,13 +407,12 @@ def _stored_payload(row: Any) -> dict[str, Any]:
     }
 
 
-def _insert_ignoring_duplicates(dialect: str) -> Any:
+def _insert_ignoring_duplicates(dialect: str, table: Table) -> Any:
     """An INSERT that leaves rows with an existing (project, key) alone, per dialect.
 
     MariaDB's `INSERT IGNORE` would also turn real errors (a value too long) into warnings, so
     it gets a no-op `ON DUPLICATE KEY UPDATE` instead.
     """
-    table = Event.__table__
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -525,3 +564,22 @@ def receipt_dict(batch: ImportBatch) -> dict[str, Any]:
 
 def resolve_paths(paths: Iterable[str]) -> list[str]:
     return [str(Path(path)) if path != "-" else "-" for path in paths]
+
+
+def record_charge(
+    engine: Engine, project: Project, charge: ChargeInput, *, now: datetime
+) -> tuple[str, IngestSummary]:
+    """One charge through the same path as imported ones: accepted, duplicate or conflict."""
+    summary = IngestSummary(batch=new_id("bat"), source="charge add")
+    writer = _BatchWriter(
+        engine, project, summary, IngestOptions(fmt="charges"), RejectsWriter(None), now
+    )
+    writer.keeps_receipt = False  # a single charge has a batch id to tell it apart, no receipt
+    writer.flush([_Pending(1, b"", charge, charge.payload_hash())])
+    if summary.accepted:
+        return "accepted", summary
+    if summary.duplicates:
+        return "duplicate", summary
+    if summary.conflicts:
+        return "conflict", summary
+    return "rejected", summary
