@@ -14,7 +14,7 @@ import orjson
 import typer
 from sqlalchemy import select
 
-from neruba_cli.cli.output import fields, table
+from neruba_cli.cli.output import fields, import_progress, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.db.schema import Customer, Event
 from neruba_cli.domain.charges import validate_charge
@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
         source = Source(files)
         with (
             RejectsWriter(rejects_path) as writer,
-            rt.out.progress("Ingesting", total=total or None) as progress,
+            import_progress(rt.out, total or None) as progress,
         ):
             summary = ingest.ingest(
                 rt.engine(),
@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
                 rejects=writer,
                 actor=rt.actor.id,
                 now=rt.now(),
-                on_progress=lambda done, _lines: progress(done),
+                on_progress=progress,
             )
         data = {
             **summary.as_dict(),

@@ -5,6 +5,7 @@ with --quiet."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,7 +13,16 @@ from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -82,6 +92,31 @@ class Output:
         with Progress(*columns, console=self.stderr, transient=True) as bar:
             task = bar.add_task(description, total=total)
             yield lambda done: bar.update(task, completed=done)
+
+
+@contextmanager
+def import_progress(out: Output, total_bytes: int | None) -> Iterator[Callable[[int, int], None]]:
+    """Bytes read (with speed) and events counted (with rate) on a terminal; silent elsewhere."""
+    if not out.interactive:
+        yield lambda _bytes, _events: None
+        return
+    started = time.monotonic()
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=out.stderr, transient=True) as bar:
+        task = bar.add_task("Ingesting", total=total_bytes)
+
+        def update(done: int, events: int) -> None:
+            rate = events / max(time.monotonic() - started, 1e-6)
+            bar.update(task, completed=done, description=f"{events:,} events ({rate:,.0f}/s)")
+
+        yield update
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Renderer:
