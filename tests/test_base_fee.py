@@ -95,12 +95,34 @@ def test_fee_period_follows_the_timing() -> None:
     assert fee_period("arrears", ended=september, starting=october) == september
 
 
-@given(st.lists(st.integers(min_value=1, max_value=31 * 24 - 1), max_size=4, unique=True))
-def test_pieces_of_a_covered_period_sum_to_the_fee_within_a_minor_unit_each(hours) -> None:
+@given(
+    st.lists(st.integers(min_value=1, max_value=31 * 24 - 1), max_size=5, unique=True),
+    st.sampled_from(["day", "second", "none"]),
+    st.sampled_from(["100.00", "49.99", "0.01", "12345.67"]),
+)
+def test_pieces_of_a_covered_period_sum_to_one_period_within_a_minor_unit(
+    hours, mode, price
+) -> None:
     cuts = [at(1) + (at(2) - at(1)) * (h / 24) for h in sorted(hours)]
     bounds = [at(1), *cuts, None]
-    phases = [fee(f"plan{i}", bounds[i], bounds[i + 1], "100.00") for i in range(len(bounds) - 1)]
+    phases = [
+        fee(f"plan{i}", bounds[i], bounds[i + 1], price, mode) for i in range(len(bounds) - 1)
+    ]
     lines = base_fee_lines(OCTOBER, phases, tz="UTC", currency="USD")
     assert sum(line.fraction for line in lines) == 1
-    assert abs(sum(line.amount_exact for line in lines) - D("100.00")) < D("1e-20")
-    assert abs(sum(line.amount for line in lines) - D("100.00")) <= D("0.01") * len(lines)
+    assert abs(sum(line.amount_exact for line in lines) - D(price)) < D("1e-20")
+    assert abs(sum(line.amount for line in lines) - D(price)) <= D("0.005")
+    assert all(abs(line.amount - line.amount_exact) <= D("0.01") for line in lines)
+
+
+def test_no_proration_charges_a_period_once() -> None:
+    phases = [
+        fee("basic@1", at(1), at(15), "10.00", "none"),
+        fee("pro@1", at(15), None, "100.00", "none"),
+    ]
+    lines = base_fee_lines(OCTOBER, phases, tz="UTC", currency="USD")
+    assert amounts(lines) == [("basic@1", D("10.00"))]
+    late = [fee("pro@1", at(15), None, "100.00", "none")]
+    assert amounts(base_fee_lines(OCTOBER, late, tz="UTC", currency="USD")) == [
+        ("pro@1", D("100.00"))
+    ]

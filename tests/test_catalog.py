@@ -328,3 +328,92 @@ def test_quote_errors(acme: Cli) -> None:
     assert currency.exit_code == 1 and "priced in USD" in currency.stderr
     version = acme("catalog", "quote", "starter@7", "--project", "acme")
     assert version.exit_code == 1 and "no version 7" in version.stderr
+
+
+def test_out_of_range_and_odd_values_are_rejected_with_paths() -> None:
+    base = {"meters": [{"code": "m", "aggregation": "sum"}]}
+
+    def plan(**charge: object) -> dict:
+        full = {"meter": "m", **charge}
+        return {
+            **base,
+            "plans": [
+                {
+                    "code": "p",
+                    "currency": "USD",
+                    "interval": "month",
+                    "trial_days": 99999999999,
+                    "charges": [full],
+                }
+            ],
+        }
+
+    found = problems(plan(model="per_unit", unit_amount="1E+40"))
+    assert any(p.startswith("plans[0].charges[0].unit_amount: '1E+40' is larger") for p in found)
+    assert any(
+        p.startswith("plans[0].trial_days: must be a whole number of days, 0 to 3650")
+        for p in found
+    )
+    found = problems(plan(model="percentage", rate="2", free_units="2.5"))
+    assert any(p.startswith("plans[0].charges[0].free_units: counts free events") for p in found)
+    found = problems(plan(model="graduated", tiers=[{"up_to": "1e999999"}, {"up_to": "inf"}]))
+    assert any(p.startswith("plans[0].charges[0].tiers[0].up_to: is out of range") for p in found)
+
+
+def test_quote_uses_the_project_rounding_and_time_zone(cli: Cli, tmp_path: Path) -> None:
+    assert (
+        cli(
+            "project", "create", "up", "--rounding", "half_up", "--timezone", "Asia/Tokyo"
+        ).exit_code
+        == 0
+    )
+    catalog = tmp_path / "c.toml"
+    catalog.write_text(
+        '[[meters]]\ncode = "m"\naggregation = "count"\n'
+        '[[plans]]\ncode = "p"\ncurrency = "USD"\ninterval = "month"\n'
+        '[[plans.charges]]\nmeter = "m"\nmodel = "per_unit"\nunit_amount = "0.005"\n'
+    )
+    assert cli("catalog", "apply", str(catalog), "--project", "up").exit_code == 0
+    quoted = cli("catalog", "quote", "p", "--usage", "m=1", "--project", "up", "--json").json()
+    assert quoted["total"] == "0.01"  # half_up; half_even would give 0.00
+    events = tmp_path / "e.jsonl"
+    events.write_text(
+        '{"meter": "m", "timestamp": "2026-09-30T15:30:00Z"}\n'  # Oct 1, 00:30 in Tokyo
+        '{"meter": "m", "timestamp": "2026-10-31T15:30:00Z"}\n'  # Nov 1, 00:30 in Tokyo
+    )
+    october = cli(
+        "catalog",
+        "quote",
+        "p",
+        "--events",
+        str(events),
+        "--period",
+        "2026-10",
+        "--project",
+        "up",
+        "--json",
+    ).json()
+    assert october["lines"][0]["quantity"] == "1"
+
+
+def test_export_json_keeps_inf_as_a_string(acme: Cli) -> None:
+    apply(acme, EXAMPLE)
+    document = acme("catalog", "export", "--project", "acme", "--json").json()
+    bounds = [
+        t["up_to"] for p in document["plans"] for c in p["charges"] for t in c.get("tiers", [])
+    ]
+    assert "inf" in bounds and None not in bounds
+
+
+def test_non_utf8_files_are_clear_errors(acme: Cli, tmp_path: Path) -> None:
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'[[meters]]\ncode = "caf\xe9"\n')
+    result = acme("catalog", "apply", str(latin), "--project", "acme")
+    assert result.exit_code == 1 and "not UTF-8" in result.stderr
+    apply(acme, EXAMPLE)
+    events = tmp_path / "bad.jsonl"
+    events.write_bytes(b'{"meter": "api_calls", "timestamp": "2026-10-01T00:00:00Z"}\n\xff\n')
+    result = acme("catalog", "quote", "pro", "--events", str(events), "--project", "acme")
+    assert result.exit_code == 1 and f"{events}:2: not UTF-8" in result.stderr
+    odd = acme("catalog", "quote", "pro@\u00b2", "--project", "acme")
+    assert odd.exit_code == 1 and "PLAN@N" in odd.stderr

@@ -97,8 +97,13 @@ def test_change_and_cancel(shop: Cli, tmp_path: Path) -> None:
 
     assert "already has a change after" in change("2026-10-10T00:00:00Z")
     assert "is not inside subscription" in change("2026-09-01T00:00:00Z")
-    early = shop("subscription", "cancel", sub, "--at", "2026-09-01T00:00:00Z", "--project", "acme")
-    assert early.exit_code == 1 and "before the start" in early.stderr
+    for moment in ("2026-09-01T00:00:00Z", "2026-10-01T00:00:00Z"):  # before, and at, the start
+        early = shop("subscription", "cancel", sub, "--at", moment, "--project", "acme")
+        assert early.exit_code == 1 and "is not after the start" in early.stderr
+    between = shop(
+        "subscription", "cancel", sub, "--at", "2026-10-10T00:00:00Z", "--project", "acme"
+    )
+    assert between.exit_code == 1 and "has a plan change at or after" in between.stderr
     ended = run(shop, "cancel", sub, "--at", "2026-11-10T00:00:00Z")
     assert ended["end"] == "2026-11-10T00:00:00Z"
     assert ended["phases"][-1]["end"] == "2026-11-10T00:00:00Z"
@@ -138,3 +143,52 @@ def test_import_is_idempotent_and_reports_bad_rows(shop: Cli, tmp_path: Path) ->
     second = shop("subscription", "import", str(source), "--project", "acme", "--json").json()
     assert (second["created"], second["unchanged"], second["rejected"]) == (0, 2, 3)
     assert len(run(shop, "list")) == 2
+
+
+def test_a_retried_create_does_not_subscribe_twice(shop: Cli) -> None:
+    args = ("create", "c1", "pro", "--start", "2026-10-01T00:00:00Z")
+    run(shop, *args)
+    again = shop("subscription", *args, "--project", "acme")
+    assert again.exit_code == 1 and "already has subscription" in again.stderr
+    assert len(run(shop, "list")) == 1
+
+
+def test_changing_after_a_cancel_keeps_the_end(shop: Cli) -> None:
+    sub = run(shop, "create", "c1", "starter", "--start", "2026-10-01T00:00:00Z")["id"]
+    run(shop, "cancel", sub, "--at", "2026-12-01T00:00:00Z")
+    moved = run(shop, "change", sub, "--plan", "pro", "--at", "2026-11-01T00:00:00Z")
+    assert moved["end"] == "2026-12-01T00:00:00Z"
+    assert moved["phases"][-1] == {
+        "plan": "pro",
+        "version": 1,
+        "start": "2026-11-01T00:00:00Z",
+        "end": "2026-12-01T00:00:00Z",
+    }
+
+
+def test_import_honours_trial_days_and_refuses_odd_digits(shop: Cli, tmp_path: Path) -> None:
+    source = tmp_path / "subs.csv"
+    source.write_text(
+        "customer,plan,start,trial_days\n"
+        "c1,pro,2026-10-01T00:00:00Z,0\n"
+        "c2,pro,2026-10-01T00:00:00Z,\u00b2\n"
+    )
+    result = shop("subscription", "import", str(source), "--project", "acme", "--json")
+    assert result.exit_code == 3, result.stderr
+    assert "not a whole number" in result.json()["rejects"][0]["reason"]
+    listed = run(shop, "list")
+    assert [(s["customer"], s["trial_days"]) for s in listed] == [("c1", 0)]
+
+
+def test_out_of_range_moments_are_clear_errors(shop: Cli) -> None:
+    result = shop(
+        "subscription",
+        "create",
+        "c1",
+        "pro",
+        "--start",
+        "9999-12-31T23:00:00-05:00",
+        "--project",
+        "acme",
+    )
+    assert result.exit_code == 1 and "outside the years 1 to 9999" in result.stderr

@@ -22,6 +22,7 @@ UTC_DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "maria
 # Exact decimals: DECIMAL(38, 12) on servers, canonical text on SQLite (see ExactDecimal).
 EXACT_DECIMAL = sa.Numeric(38, 12).with_variant(sa.String(64), "sqlite")
 MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 
 def upgrade() -> None:
@@ -30,7 +31,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("project_id", sa.String(length=40), nullable=False),
         sa.Column("code", sa.String(length=64), nullable=False),
-        sa.Column("definition", sa.Text(), nullable=False),
+        sa.Column("definition", LONG_TEXT, nullable=False),
         sa.Column("created_at", UTC_DATETIME, nullable=False),
         sa.Column("updated_at", UTC_DATETIME, nullable=False),
         sa.ForeignKeyConstraint(
@@ -100,7 +101,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("plan_id", sa.String(length=40), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
-        sa.Column("definition", sa.Text(), nullable=False),
+        sa.Column("definition", LONG_TEXT, nullable=False),
         sa.Column("fingerprint", sa.String(length=71), nullable=False),
         sa.Column("created_at", UTC_DATETIME, nullable=False),
         sa.ForeignKeyConstraint(

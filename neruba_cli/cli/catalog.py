@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +30,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: not UTF-8 text") from None
 
 
 @command(app, "apply", group="catalog", scope="admin", mutating=True)
@@ -122,7 +125,7 @@ def export(
     """Export the current catalog as TOML; applying it back changes nothing."""
     with rt.transaction() as session:
         document = catalog.export_document(session, rt.project(session))
-    text = tomli_w.dumps(document)
+    text = tomli_w.dumps(catalog.toml_ready(copy.deepcopy(document)))
     if output is None:
         if rt.out.json:
             rt.out.emit(document)

@@ -39,6 +39,7 @@ NAMING_CONVENTION = {
 MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 ID = String(40)
+LONG_TEXT = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")  # MariaDB TEXT is 64 KB
 SLUG = String(40)
 EMAIL = String(254)
 
@@ -166,7 +167,7 @@ class Meter(Base):
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
     code: Mapped[str] = mapped_column(String(64))
-    definition: Mapped[str] = mapped_column(Text)  # canonical JSON
+    definition: Mapped[str] = mapped_column(LONG_TEXT)  # canonical JSON
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -191,7 +192,7 @@ class PlanVersion(Base):
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     plan_id: Mapped[str] = mapped_column(ID, ForeignKey("plans.id"))
     version: Mapped[int] = mapped_column(Integer)
-    definition: Mapped[str] = mapped_column(Text)
+    definition: Mapped[str] = mapped_column(LONG_TEXT)
     fingerprint: Mapped[str] = mapped_column(String(71))  # sha256:<hex>
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -18,13 +18,20 @@ import orjson
 
 from neruba_cli.domain.aggregation import AGGREGATIONS, Aggregation, MeterSpec
 from neruba_cli.domain.errors import InvalidInput
-from neruba_cli.domain.money import decimal_text, normalize_currency, parse_amount
+from neruba_cli.domain.money import (
+    MAX_AMOUNT,
+    MAX_PRICE_PLACES,
+    decimal_text,
+    normalize_currency,
+    parse_amount,
+)
 from neruba_cli.domain.pricing import MODELS, Charge, ChargeModel, Tier
 
 INTERVALS = ("week", "month", "quarter", "year")
 TIMINGS = ("advance", "arrears")
 PRORATIONS = ("day", "second", "none")
 GAUGES = ("delta", "absolute")
+MAX_TRIAL_DAYS = 3650
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _PROPERTY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -246,8 +253,14 @@ def _parse_plans(raw: Any, meters: Mapping[str, MeterDef], check: _Checker) -> l
         )
         proration = _choice(item.get("proration", "day"), PRORATIONS, f"{path}.proration", check)
         trial_days = item.get("trial_days", 0)
-        if isinstance(trial_days, bool) or not isinstance(trial_days, int) or trial_days < 0:
-            check.add(f"{path}.trial_days", "must be a whole number of days, 0 or more")
+        if (
+            isinstance(trial_days, bool)
+            or not isinstance(trial_days, int)
+            or not 0 <= trial_days <= MAX_TRIAL_DAYS
+        ):
+            check.add(
+                f"{path}.trial_days", f"must be a whole number of days, 0 to {MAX_TRIAL_DAYS}"
+            )
             trial_days = 0
         charges, notes = _parse_charges(item.get("charges", []), f"{path}.charges", meters, check)
         if None in (code, currency, interval, base_fee, timing, proration):
@@ -322,7 +335,12 @@ def _parse_charge(
     if "rate" in item and "rate" in allowed:
         values["rate"] = _money(item["rate"], f"{path}.rate", check, minimum=0)
     if "free_units" in item:
-        values["free_units"] = _quantity(item["free_units"], f"{path}.free_units", check)
+        free = _quantity(item["free_units"], f"{path}.free_units", check)
+        if model == "percentage" and free is not None and free != free.to_integral_value():
+            check.add(
+                f"{path}.free_units", "counts free events on percentage charges: a whole number"
+            )
+        values["free_units"] = free
     if "package_size" in item and "package_size" in allowed:
         size = _quantity(item["package_size"], f"{path}.package_size", check)
         if size is not None and size <= 0:
@@ -435,7 +453,15 @@ def _quantity(value: Any, path: str, check: _Checker) -> Decimal | None:
     if not amount.is_finite() or amount < 0:
         check.add(path, "must be a finite number, 0 or more")
         return None
+    if amount >= MAX_AMOUNT or -_exponent(amount) > MAX_PRICE_PLACES:
+        check.add(path, "is out of range (at most 26 integer digits and 12 decimal places)")
+        return None
     return amount
+
+
+def _exponent(value: Decimal) -> int:
+    exp = value.as_tuple().exponent
+    return exp if isinstance(exp, int) else 0
 
 
 def _code(value: Any, path: str, check: _Checker) -> str | None:

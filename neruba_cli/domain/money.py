@@ -7,7 +7,7 @@ operator wrote.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Literal
 
 from iso4217 import Currency
@@ -29,6 +29,7 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 
 # Unit prices keep up to 12 decimal places (DESIGN.md); anything finer is a typo, not a price.
 MAX_PRICE_PLACES = 12
+MAX_AMOUNT = Decimal(10) ** 26  # DECIMAL(38, 12) keeps 26 integer digits
 
 
 def normalize_currency(code: str) -> str:
@@ -68,6 +69,8 @@ def parse_amount(value: object, *, field: str = "amount") -> Decimal:
         raise InvalidInput(f"{field}: expected an amount, got {type(value).__name__}")
     if not amount.is_finite():
         raise InvalidInput(f"{field}: {value!r} is not a finite amount")
+    if abs(amount) >= MAX_AMOUNT:
+        raise InvalidInput(f"{field}: {value!r} is larger than any amount Neruba stores")
     exp = amount.as_tuple().exponent
     if isinstance(exp, int) and -exp > MAX_PRICE_PLACES:
         raise InvalidInput(f"{field}: {value!r} has more than {MAX_PRICE_PLACES} decimal places")
@@ -83,9 +86,14 @@ def quantum(currency: str) -> Decimal:
     return Decimal(1).scaleb(-exponent(currency))
 
 
+# Wide enough for any amount the store holds (DECIMAL(38, 12)) and then some, so quantizing
+# never fails for lack of digits the way the default 28-digit context would.
+_WIDE = Context(prec=80)
+
+
 def round_to_minor(amount: Decimal, currency: str, rounding: RoundingMode = "half_even") -> Decimal:
     """Round once to the currency's minor unit; called per invoice line, never on partials."""
-    return amount.quantize(quantum(currency), rounding=_DECIMAL_ROUNDING[rounding])
+    return amount.quantize(quantum(currency), rounding=_DECIMAL_ROUNDING[rounding], context=_WIDE)
 
 
 def to_minor_units(amount: Decimal, currency: str) -> int:
@@ -102,12 +110,12 @@ def to_minor_units(amount: Decimal, currency: str) -> int:
 
 def from_minor_units(units: int, currency: str) -> Decimal:
     """The major-unit Decimal of an integer minor-unit amount, at the currency's precision."""
-    return Decimal(units).scaleb(-exponent(currency)).quantize(quantum(currency))
+    return Decimal(units).scaleb(-exponent(currency)).quantize(quantum(currency), context=_WIDE)
 
 
 def format_amount(amount: Decimal, currency: str) -> str:
     """The decimal string used in every JSON output: major units at the currency's precision."""
-    return str(amount.quantize(quantum(currency)))
+    return str(amount.quantize(quantum(currency), context=_WIDE))
 
 
 def canonical(value: Decimal) -> Decimal:

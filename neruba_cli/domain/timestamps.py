@@ -41,7 +41,10 @@ def parse_ts(text: str, *, field: str = "timestamp") -> datetime:
         raise InvalidInput(
             f"{field}: {text!r} has no time-zone offset", hint="add Z or an offset such as +02:00"
         )
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(f"{field}: {text!r} is outside the years 1 to 9999 in UTC") from None
 
 
 def parse_duration(text: str, *, field: str = "duration") -> tuple[int, str]:

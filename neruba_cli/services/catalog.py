@@ -8,6 +8,7 @@ keep the version they were created on until they are changed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -217,7 +218,7 @@ def get_plan_version(session: Session, version_id: str) -> StoredPlan:
 def parse_plan_ref(text: str) -> tuple[str, int | None]:
     """`pro` or `pro@2`."""
     code, _, version = text.partition("@")
-    if version and not version.isdigit():
+    if version and not re.fullmatch(r"[0-9]{1,9}", version):
         raise InvalidInput(f"plan {text!r}: write a version as PLAN@N, e.g. pro@2")
     return code, int(version) if version else None
 
@@ -227,7 +228,14 @@ def export_document(session: Session, project: Project) -> dict[str, Any]:
     meters = sorted(stored_meters(session, project).values(), key=lambda meter: meter.code)
     plans = current_plans(session, project)
     document: dict[str, Any] = {"meters": [meter_document(meter) for meter in meters]}
-    document["plans"] = [_toml_plan(version_document(p.plan, p.meters)["plan"]) for p in plans]
+    document["plans"] = [version_document(p.plan, p.meters)["plan"] for p in plans]
+    return document
+
+
+def toml_ready(document: dict[str, Any]) -> dict[str, Any]:
+    """TOML spells the last tier's bound as the bare `inf` (JSON keeps the string "inf")."""
+    for plan in document["plans"]:
+        _toml_plan(plan)
     return document
 
 

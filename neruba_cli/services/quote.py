@@ -90,11 +90,11 @@ def _window(
 
 def _read_events(path: Path) -> Any:
     try:
-        handle = path.open("r", encoding="utf-8-sig")
+        handle = path.open("rb")
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
     with handle:
-        for line_number, line in enumerate(handle, start=1):
+        for line_number, line in enumerate(_decoded(handle, path), start=1):
             if not line.strip():
                 continue
             try:
@@ -126,3 +126,13 @@ def _record(event: dict[str, Any], where: str, sequence: int) -> EventRecord:
     return EventRecord(
         parse_ts(timestamp, field=f"{where}: timestamp"), value, properties, sequence
     )
+
+
+def _decoded(handle: Any, path: Path) -> Any:
+    for number, data in enumerate(handle, start=1):
+        if number == 1 and data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]
+        try:
+            yield data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{path}:{number}: not UTF-8 text") from None

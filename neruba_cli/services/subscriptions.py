@@ -4,6 +4,7 @@ in the customer's time zone."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import Customer, Plan, PlanVersion, Project, Subscription
 from neruba_cli.db.schema import SubscriptionPhase as PhaseRow
-from neruba_cli.domain.errors import InvalidInput, NotFound
+from neruba_cli.domain.catalog import MAX_TRIAL_DAYS
+from neruba_cli.domain.errors import AlreadyExists, InvalidInput, NotFound
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.periods import trial_end
 from neruba_cli.domain.timestamps import format_ts, parse_ts
@@ -60,8 +62,9 @@ def create_subscription(
     stored = catalog.get_plan(session, project, code, version)
     _same_currency(customer, stored.plan.currency, code)
     days = stored.plan.trial_days if trial_days is None else trial_days
-    if days < 0:
-        raise InvalidInput("--trial-days must be 0 or more")
+    if not 0 <= days <= MAX_TRIAL_DAYS:
+        raise InvalidInput(f"trial days must be 0 to {MAX_TRIAL_DAYS}")
+    _refuse_twin(session, customer, stored.version_id, start)
     subscription = Subscription(
         id=new_id("sub"),
         project_id=project.id,
@@ -85,6 +88,25 @@ def create_subscription(
     )
     session.flush()
     return subscription
+
+
+def _refuse_twin(session: Session, customer: Customer, version_id: str, start: datetime) -> None:
+    """A retried `create` must not subscribe the same customer to the same plan twice."""
+    plan_id = select(PlanVersion.plan_id).where(PlanVersion.id == version_id).scalar_subquery()
+    twin = session.scalar(
+        select(Subscription.id)
+        .join(PhaseRow, PhaseRow.subscription_id == Subscription.id)
+        .join(PlanVersion, PlanVersion.id == PhaseRow.plan_version_id)
+        .where(Subscription.customer_id == customer.id)
+        .where(Subscription.start_at == start)
+        .where(PhaseRow.start_at == start)
+        .where(PlanVersion.plan_id == plan_id)
+    )
+    if twin is not None:
+        raise AlreadyExists(
+            f"customer {customer.external_id} already has subscription {twin} on this plan "
+            f"from {format_ts(start)}"
+        )
 
 
 def _same_currency(customer: Customer, currency: str, plan: str) -> None:
@@ -164,9 +186,9 @@ def _phase_at(subscription: Subscription, phases: list[PhaseRow], at: datetime) 
 def cancel(session: Session, project: Project, ident: str, *, at: datetime) -> Subscription:
     subscription = get_subscription(session, project, ident)
     phases = phases_of(session, subscription)
-    if at < subscription.start_at:
+    if at <= subscription.start_at:
         raise InvalidInput(
-            f"cancel at {format_ts(at)} is before the start {format_ts(subscription.start_at)}"
+            f"cancel at {format_ts(at)} is not after the start {format_ts(subscription.start_at)}"
         )
     if subscription.end_at is not None and subscription.end_at <= at:
         raise InvalidInput(f"subscription {ident} already ends at {format_ts(subscription.end_at)}")
@@ -267,35 +289,20 @@ def _import_row(session: Session, project: Project, row: CsvRow, now: datetime) 
     values = row.values
     start = parse_ts(values.get("start", ""), field="start")
     trial_text = (values.get("trial_days") or "").strip()
-    if trial_text and not trial_text.isdigit():
-        raise InvalidInput(f"trial_days {trial_text!r} is not a whole number")
+    if trial_text and not re.fullmatch(r"[0-9]{1,4}", trial_text):
+        raise InvalidInput(f"trial_days {trial_text!r} is not a whole number of days")
     customer = customers.get_customer(session, project, (values.get("customer") or "").strip())
-    code, version = catalog.parse_plan_ref((values.get("plan") or "").strip())
-    stored = catalog.get_plan(session, project, code, version)
-    existing = session.scalar(
-        select(Subscription.id)
-        .join(PhaseRow, PhaseRow.subscription_id == Subscription.id)
-        .join(PlanVersion, PlanVersion.id == PhaseRow.plan_version_id)
-        .where(Subscription.customer_id == customer.id)
-        .where(Subscription.start_at == start)
-        .where(PhaseRow.start_at == start)
-        .where(
-            PlanVersion.plan_id
-            == select(PlanVersion.plan_id)
-            .where(PlanVersion.id == stored.version_id)
-            .scalar_subquery()
+    try:
+        create_subscription(
+            session,
+            project,
+            customer.external_id,
+            values["plan"].strip(),
+            start=start,
+            anchor=(values.get("anchor") or "calendar").strip() or "calendar",
+            trial_days=int(trial_text) if trial_text else None,
+            now=now,
         )
-    )
-    if existing is not None:
+    except AlreadyExists:
         return False
-    create_subscription(
-        session,
-        project,
-        customer.external_id,
-        values["plan"].strip(),
-        start=start,
-        anchor=(values.get("anchor") or "calendar").strip() or "calendar",
-        trial_days=int(trial_text) if trial_text else None,
-        now=now,
-    )
     return True
