@@ -123,23 +123,20 @@ def canonical(value: Decimal) -> Decimal:
 
     (Decimal.normalize() would round to the context's 28 digits; this never rounds.)
     """
-    if not value.is_finite():
-        raise ValueError(f"{value} is not a finite number")
-    sign, digits, exponent = value.as_tuple()
-    assert isinstance(exponent, int)
-    coefficient = int("".join(map(str, digits)) or "0")
-    if coefficient == 0:
-        return Decimal(0)
-    while exponent < 0 and coefficient % 10 == 0:
-        coefficient //= 10
-        exponent += 1
-    text = str(coefficient) + "0" * max(exponent, 0)
-    if exponent < 0:
-        text = text.rjust(-exponent + 1, "0")
-        text = f"{text[:exponent]}.{text[exponent:]}"
-    return Decimal(f"-{text}" if sign else text)
+    return Decimal(decimal_text(value))
 
 
 def decimal_text(value: Decimal) -> str:
-    """The plain spelling used in documents and JSON: `1.5`, `1000`, `0.0000125`."""
-    return format(canonical(value), "f")
+    """The plain spelling used in documents and JSON: `1.5`, `1000`, `0.0000125`.
+
+    Formatting with "f" writes every digit the value has (it never rounds); trailing zeros
+    after the point are then dropped. This runs once per ingested event, so it stays cheap.
+    """
+    if not value.is_finite():
+        raise ValueError(f"{value} is not a finite number")
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    if text in ("-0", ""):
+        return "0"
+    return text

@@ -58,11 +58,16 @@ class IngestSummary:
     rejected: int = 0
     first_event: datetime | None = None
     last_event: datetime | None = None
-    periods: set[str] = field(default_factory=set)
+    months: set[tuple[int, int]] = field(default_factory=set)
     sha256: str | None = None
     already_imported: list[str] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def periods(self) -> list[str]:
+        """The months (UTC) that received new events, as YYYY-MM."""
+        return [f"{year:04d}-{month:02d}" for year, month in sorted(self.months)]
 
     def reject(self, item: Reject, writer: RejectsWriter, *, conflict: bool = False) -> None:
         if conflict:
@@ -85,7 +90,7 @@ class IngestSummary:
             "sha256": self.sha256,
             "first_event": format_ts(self.first_event),
             "last_event": format_ts(self.last_event),
-            "periods": sorted(self.periods),
+            "periods": self.periods,
             "already_imported": self.already_imported,
             "seconds": round(self.seconds, 3),
         }
@@ -169,9 +174,8 @@ def _validate(
     options: IngestOptions,
     now: datetime,
 ) -> _Pending | Reject:
-    text = raw.decode("utf-8", errors="replace")
     if isinstance(obj, LineError):
-        return Reject(number, obj.reason, text)
+        return Reject(number, obj.reason, _text(raw))
     limits = {"now": now, "max_future": options.max_future, "assume_tz": options.assume_tz}
     try:
         if options.fmt == "charges" or (isinstance(obj, dict) and obj.get("type") == "charge"):
@@ -179,12 +183,13 @@ def _validate(
             return _Pending(number, raw, charge, charge.payload_hash())
         event = validate_event(obj, **limits)
     except Rejected as exc:
-        return Reject(number, str(exc), text)
+        return Reject(number, str(exc), _text(raw))
     meter = meters.get(event.meter)
     if meter is None:
-        return Reject(number, f"unknown meter {event.meter!r}", text)
+        return Reject(number, f"unknown meter {event.meter!r}", _text(raw))
     if event.quantity < 0 and not meter.allow_negative:
-        return Reject(number, f"negative quantity, and meter {event.meter} does not allow it", text)
+        reason = f"negative quantity, and meter {event.meter} does not allow it"
+        return Reject(number, reason, _text(raw))
     return _Pending(number, raw, event, event.payload_hash())
 
 
@@ -221,12 +226,17 @@ class _BatchWriter:
                     self.summary.reject(Reject(item.line, reason, _text(item.raw)), self.rejects)
                 else:
                     (charges if isinstance(item.record, ChargeInput) else events).append(item)
-            for table, rows in ((Event.__table__, events), (Charge.__table__, charges)):
-                if not rows:
-                    continue
+            if events:
                 if not self.options.dry_run:
-                    conn.execute(_insert_ignoring_duplicates(self.dialect, table), self._rows(rows))
-                self._classify(conn, table, rows)
+                    conn.exec_driver_sql(_event_insert_sql(self.dialect), self._event_rows(events))
+                self._classify(conn, Event.__table__, events)
+            if charges:
+                if not self.options.dry_run:
+                    table = Charge.__table__
+                    conn.execute(
+                        _insert_ignoring_duplicates(self.dialect, table), self._rows(charges)
+                    )
+                self._classify(conn, Charge.__table__, charges)
             if self.summary.batch is not None and self.keeps_receipt:
                 _save_counts(conn, self.summary)
 
@@ -276,6 +286,33 @@ class _BatchWriter:
         ]
         conn.execute(insert(Customer), rows)
         self.customers.update({row["external_id"]: (row["id"], row["currency"]) for row in rows})
+
+    def _event_rows(self, items: list[_Pending]) -> list[tuple[Any, ...]]:
+        """Driver-ready tuples: the hot path skips per-value type processing, so the values
+        are converted here once, the way the column types would store them."""
+        sqlite = self.dialect == "sqlite"
+        received = _db_time(self.now, sqlite)
+        project, batch = self.project.id, self.summary.batch
+        rows = []
+        for item in items:
+            event = item.record
+            assert isinstance(event, EventInput)
+            rows.append(
+                (
+                    project,
+                    event.idempotency_key,
+                    self.customers[event.customer][0],
+                    event.meter,
+                    _db_time(event.timestamp, sqlite),
+                    quantity_text(event.quantity) if sqlite else event.quantity,
+                    orjson.dumps(event.properties).decode(),
+                    item.digest,
+                    batch,
+                    item.line,
+                    received,
+                )
+            )
+        return rows
 
     def _rows(self, items: list[_Pending]) -> list[dict[str, Any]]:
         rows = []
@@ -358,7 +395,7 @@ class _BatchWriter:
             summary.first_event = moment
         if summary.last_event is None or moment > summary.last_event:
             summary.last_event = moment
-        summary.periods.add(moment.strftime("%Y-%m"))
+        summary.months.add((moment.year, moment.month))
 
     def _report_conflicts(self, conn: Connection, table: Table, conflicts: list[_Pending]) -> None:
         keys = [item.record.idempotency_key for item in conflicts]
@@ -405,6 +442,41 @@ def _stored_payload(row: Any, kind: str) -> dict[str, Any]:
         "quantity": quantity_text(Decimal(row.quantity)),
         "properties": orjson.loads(row.properties),
     }
+
+
+_EVENT_COLUMNS = (
+    "project_id",
+    "idempotency_key",
+    "customer_id",
+    "meter",
+    "ts",
+    "quantity",
+    "properties",
+    "payload_hash",
+    "batch_id",
+    "line",
+    "received_at",
+)
+
+
+def _event_insert_sql(dialect: str) -> str:
+    """The events INSERT that skips keys already stored, in each driver's own SQL.
+
+    Only the unique-key conflict is skipped: SQLite's `INSERT OR IGNORE` and MariaDB's
+    `INSERT IGNORE` would also swallow other errors, so neither is used.
+    """
+    columns = ", ".join(_EVENT_COLUMNS)
+    marks = ", ".join(["?" if dialect == "sqlite" else "%s"] * len(_EVENT_COLUMNS))
+    statement = f"INSERT INTO events ({columns}) VALUES ({marks})"
+    if dialect in ("mysql", "mariadb"):
+        return f"{statement} ON DUPLICATE KEY UPDATE idempotency_key = idempotency_key"
+    return f"{statement} ON CONFLICT (project_id, idempotency_key) DO NOTHING"
+
+
+def _db_time(moment: datetime, sqlite: bool) -> Any:
+    """Naive UTC, as UTCDateTime stores it; SQLite keeps SQLAlchemy's text layout."""
+    naive = moment.astimezone(UTC).replace(tzinfo=None)
+    return naive.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else naive
 
 
 def _insert_ignoring_duplicates(dialect: str, table: Table) -> Any:
@@ -476,7 +548,7 @@ def _save_counts(conn: Connection, summary: IngestSummary) -> None:
             rejected=summary.rejected,
             first_event_at=summary.first_event,
             last_event_at=summary.last_event,
-            periods=orjson.dumps(sorted(summary.periods)).decode(),
+            periods=orjson.dumps(summary.periods).decode(),
         )
     )
 
