@@ -140,7 +140,13 @@ def _postgres_engine(url: URL) -> Engine:
         url,
         isolation_level="READ COMMITTED",
         pool_pre_ping=True,
-        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, "options": "-c timezone=UTC"},
+        connect_args={
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            "options": "-c timezone=UTC",
+            # No server-side prepared statements: a cached generic plan for the ingest's
+            # `key IN (...)` lookups scans the whole project once the table is large.
+            "prepare_threshold": None,
+        },
     )
 
 

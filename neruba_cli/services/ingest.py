@@ -227,9 +227,15 @@ class _BatchWriter:
                 else:
                     (charges if isinstance(item.record, ChargeInput) else events).append(item)
             if events:
+                inserted = -1
                 if not self.options.dry_run:
-                    conn.exec_driver_sql(_event_insert_sql(self.dialect), self._event_rows(events))
-                self._classify(conn, Event.__table__, events)
+                    sql = _event_insert_sql(self.dialect)
+                    inserted = conn.exec_driver_sql(sql, self._event_rows(events)).rowcount
+                if inserted == len(events) and self.dialect in _EXACT_INSERT_COUNTS:
+                    for item in events:  # every line stored itself: nothing to classify
+                        self._accept(item)
+                else:
+                    self._classify(conn, Event.__table__, events)
             if charges:
                 if not self.options.dry_run:
                     table = Charge.__table__
@@ -443,6 +449,10 @@ def _stored_payload(row: Any, kind: str) -> dict[str, Any]:
         "properties": orjson.loads(row.properties),
     }
 
+
+# Drivers whose executemany rowcount is exactly the rows inserted (MariaDB counts the rows a
+# no-op ON DUPLICATE KEY UPDATE found, so it always classifies).
+_EXACT_INSERT_COUNTS = ("sqlite", "postgresql")
 
 _EVENT_COLUMNS = (
     "project_id",
