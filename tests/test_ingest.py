@@ -292,3 +292,13 @@ def test_one_off_charges(shop: Cli, tmp_path: Path) -> None:
     summary = ingest(shop, str(floaty), code=3)
     assert (summary["accepted"], summary["rejected"]) == (2, 1)
     assert "write money as a string" in summary["rejects"][0]["reason"]
+
+
+def test_a_left_over_partial_rejects_file_is_cleaned_by_the_next_run(
+    shop: Cli, tmp_path: Path
+) -> None:
+    source = write_jsonl(tmp_path / "p.jsonl", [event("p1")])
+    leftover = tmp_path / ".p.jsonl.rejects.jsonl.partial"
+    leftover.write_text('{"line": 9, "reason": "from a killed run", "raw": ""}\n')
+    assert ingest(shop, str(source))["accepted"] == 1
+    assert not leftover.exists()

@@ -40,7 +40,7 @@ class RejectsWriter:
         if self.path is None:
             return
         if self._handle is None:
-            self._partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+            self._partial = partial_path(self.path)
             self._handle = self._partial.open("wb")
         self._handle.write(orjson.dumps(reject.as_dict()) + b"\n")
 
@@ -54,12 +54,19 @@ class RejectsWriter:
         tb: TracebackType | None,
     ) -> None:
         if self._handle is None or self._partial is None or self.path is None:
+            if exc is None and self.path is not None:  # a killed earlier run's leftover
+                partial_path(self.path).unlink(missing_ok=True)
             return
         self._handle.close()
         if exc is None:
             os.replace(self._partial, self.path)
         else:
             self._partial.unlink(missing_ok=True)
+
+
+def partial_path(path: Path) -> Path:
+    """Where rejects are written until the run succeeds; a rerun reuses (and so cleans) it."""
+    return path.with_name(f".{path.name}.partial")
 
 
 def default_rejects_path(source: Path) -> Path:
