@@ -2,55 +2,32 @@
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-import orjson
 import typer
-from sqlalchemy import select
 
 from neruba_cli.cli.output import fields, import_progress, table
 from neruba_cli.cli.runtime import Runtime, command
-from neruba_cli.db.schema import Customer, Event
 from neruba_cli.domain.charges import validate_charge
 from neruba_cli.domain.errors import InvalidInput, UsageError
-from neruba_cli.domain.events import Rejected, quantity_text
+from neruba_cli.domain.events import Rejected
 from neruba_cli.domain.money import decimal_text
-from neruba_cli.domain.timestamps import format_ts, parse_duration, parse_since, validate_timezone
+from neruba_cli.domain.timestamps import (
+    format_ts,
+    parse_fixed_duration,
+    parse_since,
+    validate_timezone,
+)
 from neruba_cli.services import catalog, ingest
-from neruba_cli.services.event_input import Source, guess_format
+from neruba_cli.services.event_input import Source, content_digest, guess_format
 from neruba_cli.services.rejects import RejectsWriter, default_rejects_path
 
 EXIT_REJECTED = 3
 events_app = typer.Typer(help="Stored usage events and import receipts.")
-
-
-def _max_future(text: str) -> timedelta:
-    amount, unit = parse_duration(text, field="--max-future")
-    if unit not in ("s", "h", "d", "w"):
-        raise InvalidInput("--max-future: use s, h, d or w, e.g. 300s or 1h")
-    return timedelta(seconds=amount * {"s": 1, "h": 3600, "d": 86400, "w": 604800}[unit])
-
-
-def _prehash(paths: list[str]) -> str | None:
-    """The SHA-256 of what will be read (decompressed), to spot a repeated file up front."""
-    if "-" in paths:
-        return None
-    digest = hashlib.sha256()
-    for path in paths:
-        opener = gzip.open if path.endswith(".gz") else open
-        try:
-            with opener(path, "rb") as handle:
-                for block in iter(lambda h=handle: h.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError as exc:
-            raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
-    return digest.hexdigest()
 
 
 def register(app: typer.Typer) -> None:
@@ -92,14 +69,14 @@ def register(app: typer.Typer) -> None:
             dry_run=dry_run,
             assume_tz=ZoneInfo(validate_timezone(assume_timezone)) if assume_timezone else None,
             create_customers=create_customers,
-            max_future=_max_future(max_future),
+            max_future=parse_fixed_duration(max_future, field="--max-future"),
         )
         first = files[0]
         rejects_path = rejects or default_rejects_path(Path("stdin" if first == "-" else first))
         with rt.transaction() as session:
             project = rt.project(session)
             meters = catalog.stored_meters(session, project)
-        earlier = ingest.imports_with_digest(rt.engine(), project, _prehash(files))
+        earlier = ingest.imports_with_digest(rt.engine(), project, content_digest(files))
         if earlier:
             rt.out.warn(
                 f"this content was already imported ({', '.join(earlier)}); "
@@ -185,34 +162,11 @@ def list_(
     limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 100,
 ) -> None:
     """List stored events, newest first."""
+    start = parse_since(since, now=rt.now()) if since else None
     with rt.transaction() as session:
-        project = rt.project(session)
-        query = (
-            select(Event, Customer.external_id)
-            .join(Customer, Customer.id == Event.customer_id)
-            .where(Event.project_id == project.id)
+        rows = ingest.list_events(
+            session, rt.project(session), customer=customer, meter=meter, since=start, limit=limit
         )
-        if customer:
-            query = query.where(Customer.external_id == customer)
-        if meter:
-            query = query.where(Event.meter == meter)
-        if since:
-            query = query.where(Event.ts >= parse_since(since, now=rt.now()))
-        rows = [
-            {
-                "idempotency_key": event.idempotency_key,
-                "customer": external,
-                "meter": event.meter,
-                "timestamp": format_ts(event.ts),
-                "quantity": quantity_text(event.quantity),
-                "properties": orjson.loads(event.properties),
-                "batch": event.batch_id,
-                "line": event.line,
-            }
-            for event, external in session.execute(
-                query.order_by(Event.ts.desc(), Event.id.desc()).limit(limit)
-            )
-        ]
     columns = ("timestamp", "customer", "meter", "quantity", "idempotency_key", "batch")
     rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
 

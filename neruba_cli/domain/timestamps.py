@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from neruba_cli.domain.errors import InvalidInput
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|h|d|w|m|y)\s*$")
+_FIXED_SECONDS = {"s": 1, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_UNITS = "s (seconds), h (hours), d (days), w (weeks), m (months), y (years)"
 
 
@@ -55,6 +56,14 @@ def parse_duration(text: str, *, field: str = "duration") -> tuple[int, str]:
     return int(match.group(1)), match.group(2)
 
 
+def parse_fixed_duration(text: str, *, field: str = "duration") -> timedelta:
+    """A duration of fixed length (s, h, d, w): months and years have none."""
+    amount, unit = parse_duration(text, field=field)
+    if unit not in _FIXED_SECONDS:
+        raise InvalidInput(f"{field}: use s, h, d or w, e.g. 300s or 1h")
+    return timedelta(seconds=amount * _FIXED_SECONDS[unit])
+
+
 def shift_by_duration(
     moment: datetime, text: str, *, sign: int, field: str = "duration"
 ) -> datetime:
@@ -63,8 +72,7 @@ def shift_by_duration(
     try:
         if unit in ("m", "y"):
             return add_months(moment, sign * amount * (12 if unit == "y" else 1))
-        seconds = {"s": 1, "h": 3600, "d": 86400, "w": 604800}[unit]
-        return moment + sign * timedelta(seconds=amount * seconds)
+        return moment + sign * timedelta(seconds=amount * _FIXED_SECONDS[unit])
     except (OverflowError, ValueError):
         raise InvalidInput(f"{field}: {text!r} reaches past the calendar's range") from None
 

@@ -19,13 +19,12 @@ from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.tenancy import CustomerSpec, ProjectSpec, customer_spec
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.projects import spec_of
-from neruba_cli.services.rejects import Reject, RejectsWriter
+from neruba_cli.services.rejects import Reject, RejectsWriter, keep
 from neruba_cli.services.tabular import CsvRow
 
 CSV_COLUMNS = ("external_id", "name", "email", "currency", "timezone", "stripe_id")
 CSV_REQUIRED = ("external_id",)
 IMPORT_BATCH = 500
-REPORTED_REJECTS = 100  # all go to the rejects file; this many are also kept for display
 _FIELDS = ("name", "email", "currency", "timezone", "stripe_id")
 
 
@@ -40,9 +39,7 @@ class ImportReport:
 
     def reject(self, item: Reject, writer: RejectsWriter) -> None:
         self.rejected += 1
-        writer.write(item)
-        if len(self.rejects) < REPORTED_REJECTS:
-            self.rejects.append(item)
+        keep(self.rejects, item, writer)
 
 
 def create_customer(

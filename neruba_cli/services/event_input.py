@@ -68,12 +68,11 @@ def _open(path: str) -> IO[bytes]:
     if path == "-":
         return sys.stdin.buffer
     try:
-        handle: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed by the reader
+        if path.endswith(".gz"):
+            return gzip.open(path, "rb")  # type: ignore[return-value]
+        return open(path, "rb")
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
-    if path.endswith(".gz"):
-        return gzip.GzipFile(fileobj=handle)  # type: ignore[return-value]
-    return handle
 
 
 def physical_lines(source: Source) -> Iterator[tuple[str, int, bytes | None]]:
@@ -209,3 +208,19 @@ def _csv_event(header: list[str], cells: list[str]) -> dict[str, Any]:
     if properties:
         event["properties"] = properties
     return event
+
+
+def content_digest(paths: Sequence[str]) -> str | None:
+    """The SHA-256 of what an import will read (decompressed), to spot a repeated file before
+    importing it; None for stdin, which can be read only once."""
+    if "-" in paths:
+        return None
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            with _open(path) as handle:
+                for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:  # a damaged .gz
+            raise InvalidInput(f"cannot read {path}: {exc}") from None
+    return digest.hexdigest()

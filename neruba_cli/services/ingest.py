@@ -11,11 +11,10 @@ before writing, so a crashed import simply runs again and converges to the same 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,11 +29,10 @@ from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.money import decimal_text
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.event_input import LineError, Source, parsed_lines
-from neruba_cli.services.rejects import Reject, RejectsWriter
+from neruba_cli.services.rejects import Reject, RejectsWriter, keep
 
 BATCH = 5000
 DEFAULT_MAX_FUTURE = timedelta(minutes=5)
-REPORTED_REJECTS = 100
 
 
 @dataclass(frozen=True)
@@ -74,9 +72,7 @@ class IngestSummary:
             self.conflicts += 1
         else:
             self.rejected += 1
-        writer.write(item)
-        if len(self.rejects) < REPORTED_REJECTS:
-            self.rejects.append(item)
+        keep(self.rejects, item, writer)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -226,23 +222,9 @@ class _BatchWriter:
                     self.summary.reject(Reject(item.line, reason, _text(item.raw)), self.rejects)
                 else:
                     (charges if isinstance(item.record, ChargeInput) else events).append(item)
-            if events:
-                inserted = -1
-                if not self.options.dry_run:
-                    sql = _event_insert_sql(self.dialect)
-                    inserted = conn.exec_driver_sql(sql, self._event_rows(events)).rowcount
-                if inserted == len(events) and self.dialect in _EXACT_INSERT_COUNTS:
-                    for item in events:  # every line stored itself: nothing to classify
-                        self._accept(item)
-                else:
-                    self._classify(conn, Event.__table__, events)
-            if charges:
-                if not self.options.dry_run:
-                    table = Charge.__table__
-                    conn.execute(
-                        _insert_ignoring_duplicates(self.dialect, table), self._rows(charges)
-                    )
-                self._classify(conn, Charge.__table__, charges)
+            for table, rows in ((Event.__table__, events), (Charge.__table__, charges)):
+                if rows:
+                    self._write(conn, table, rows)
             if self.summary.batch is not None and self.keeps_receipt:
                 _save_counts(conn, self.summary)
 
@@ -293,70 +275,59 @@ class _BatchWriter:
         conn.execute(insert(Customer), rows)
         self.customers.update({row["external_id"]: (row["id"], row["currency"]) for row in rows})
 
-    def _event_rows(self, items: list[_Pending]) -> list[tuple[Any, ...]]:
-        """Driver-ready tuples: the hot path skips per-value type processing, so the values
-        are converted here once, the way the column types would store them."""
-        sqlite = self.dialect == "sqlite"
-        received = _db_time(self.now, sqlite)
-        project, batch = self.project.id, self.summary.batch
-        rows = []
-        for item in items:
-            event = item.record
-            assert isinstance(event, EventInput)
-            rows.append(
-                (
-                    project,
-                    event.idempotency_key,
-                    self.customers[event.customer][0],
-                    event.meter,
-                    _db_time(event.timestamp, sqlite),
-                    quantity_text(event.quantity) if sqlite else event.quantity,
-                    orjson.dumps(event.properties).decode(),
-                    item.digest,
-                    batch,
-                    item.line,
-                    received,
-                )
-            )
-        return rows
+    def _write(self, conn: Connection, table: Table, items: list[_Pending]) -> None:
+        """Insert with driver-ready tuples (the hot path skips per-value type processing, so
+        values are converted here once, the way the column types store them), then classify
+        — unless every line stored itself, which the driver's row count tells."""
+        inserted = -1
+        if not self.options.dry_run:
+            build = self._event_row if table is Event.__table__ else self._charge_row
+            columns = _COLUMNS[table.name]
+            sql = _insert_sql(self.dialect, table.name, columns)
+            sqlite = self.dialect == "sqlite"
+            rows = [build(item, sqlite) for item in items]
+            inserted = conn.exec_driver_sql(sql, rows).rowcount
+        if inserted == len(items) and self.dialect in _EXACT_INSERT_COUNTS:
+            for item in items:
+                self._accept(item)
+        else:
+            self._classify(conn, table, items)
 
-    def _rows(self, items: list[_Pending]) -> list[dict[str, Any]]:
-        rows = []
-        for item in items:
-            record = item.record
-            customer_id, currency = self.customers[record.customer]
-            common = {
-                "project_id": self.project.id,
-                "idempotency_key": record.idempotency_key,
-                "customer_id": customer_id,
-                "payload_hash": item.digest,
-                "batch_id": self.summary.batch,
-                "line": item.line,
-            }
-            if isinstance(record, ChargeInput):
-                rows.append(
-                    {
-                        **common,
-                        "id": new_id("chg"),
-                        "amount": record.amount,
-                        "currency": currency,
-                        "description": record.description,
-                        "at": record.timestamp,
-                        "created_at": self.now,
-                    }
-                )
-            else:
-                rows.append(
-                    {
-                        **common,
-                        "meter": record.meter,
-                        "ts": record.timestamp,
-                        "quantity": record.quantity,
-                        "properties": orjson.dumps(record.properties).decode(),
-                        "received_at": self.now,
-                    }
-                )
-        return rows
+    def _event_row(self, item: _Pending, sqlite: bool) -> tuple[Any, ...]:
+        event = item.record
+        assert isinstance(event, EventInput)
+        return (
+            self.project.id,
+            event.idempotency_key,
+            self.customers[event.customer][0],
+            event.meter,
+            _db_time(event.timestamp, sqlite),
+            quantity_text(event.quantity) if sqlite else event.quantity,
+            orjson.dumps(event.properties).decode(),
+            item.digest,
+            self.summary.batch,
+            item.line,
+            _db_time(self.now, sqlite),
+        )
+
+    def _charge_row(self, item: _Pending, sqlite: bool) -> tuple[Any, ...]:
+        charge = item.record
+        assert isinstance(charge, ChargeInput)
+        customer_id, currency = self.customers[charge.customer]
+        return (
+            new_id("chg"),
+            self.project.id,
+            charge.idempotency_key,
+            customer_id,
+            decimal_text(charge.amount) if sqlite else charge.amount,
+            currency,
+            charge.description,
+            _db_time(charge.timestamp, sqlite),
+            item.digest,
+            self.summary.batch,
+            item.line,
+            _db_time(self.now, sqlite),
+        )
 
     def _classify(self, conn: Connection, table: Table, rows: list[_Pending]) -> None:
         keys = list({item.record.idempotency_key for item in rows})
@@ -454,30 +425,45 @@ def _stored_payload(row: Any, kind: str) -> dict[str, Any]:
 # no-op ON DUPLICATE KEY UPDATE found, so it always classifies).
 _EXACT_INSERT_COUNTS = ("sqlite", "postgresql")
 
-_EVENT_COLUMNS = (
-    "project_id",
-    "idempotency_key",
-    "customer_id",
-    "meter",
-    "ts",
-    "quantity",
-    "properties",
-    "payload_hash",
-    "batch_id",
-    "line",
-    "received_at",
-)
+_COLUMNS = {
+    "events": (
+        "project_id",
+        "idempotency_key",
+        "customer_id",
+        "meter",
+        "ts",
+        "quantity",
+        "properties",
+        "payload_hash",
+        "batch_id",
+        "line",
+        "received_at",
+    ),
+    "charges": (
+        "id",
+        "project_id",
+        "idempotency_key",
+        "customer_id",
+        "amount",
+        "currency",
+        "description",
+        "at",
+        "payload_hash",
+        "batch_id",
+        "line",
+        "created_at",
+    ),
+}
 
 
-def _event_insert_sql(dialect: str) -> str:
-    """The events INSERT that skips keys already stored, in each driver's own SQL.
+def _insert_sql(dialect: str, table: str, columns: tuple[str, ...]) -> str:
+    """An INSERT that skips keys already stored, in each driver's own SQL.
 
     Only the unique-key conflict is skipped: SQLite's `INSERT OR IGNORE` and MariaDB's
     `INSERT IGNORE` would also swallow other errors, so neither is used.
     """
-    columns = ", ".join(_EVENT_COLUMNS)
-    marks = ", ".join(["?" if dialect == "sqlite" else "%s"] * len(_EVENT_COLUMNS))
-    statement = f"INSERT INTO events ({columns}) VALUES ({marks})"
+    marks = ", ".join(["?" if dialect == "sqlite" else "%s"] * len(columns))
+    statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
     if dialect in ("mysql", "mariadb"):
         return f"{statement} ON DUPLICATE KEY UPDATE idempotency_key = idempotency_key"
     return f"{statement} ON CONFLICT (project_id, idempotency_key) DO NOTHING"
@@ -487,30 +473,6 @@ def _db_time(moment: datetime, sqlite: bool) -> Any:
     """Naive UTC, as UTCDateTime stores it; SQLite keeps SQLAlchemy's text layout."""
     naive = moment.astimezone(UTC).replace(tzinfo=None)
     return naive.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else naive
-
-
-def _insert_ignoring_duplicates(dialect: str, table: Table) -> Any:
-    """An INSERT that leaves rows with an existing (project, key) alone, per dialect.
-
-    MariaDB's `INSERT IGNORE` would also turn real errors (a value too long) into warnings, so
-    it gets a no-op `ON DUPLICATE KEY UPDATE` instead.
-    """
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table).on_conflict_do_nothing(
-            index_elements=["project_id", "idempotency_key"]
-        )
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing(
-            index_elements=["project_id", "idempotency_key"]
-        )
-    from sqlalchemy.dialects.mysql import insert as mysql_insert
-
-    statement = mysql_insert(table)
-    return statement.on_duplicate_key_update(idempotency_key=statement.inserted.idempotency_key)
 
 
 def _text(raw: bytes) -> str:
@@ -611,6 +573,43 @@ def imports_with_digest(engine: Engine, project: Project, sha256: str | None) ->
     return [row[0] for row in rows]
 
 
+def list_events(
+    session: Session,
+    project: Project,
+    *,
+    customer: str | None = None,
+    meter: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Stored events, newest first, as plain values."""
+    query = (
+        select(Event, Customer.external_id)
+        .join(Customer, Customer.id == Event.customer_id)
+        .where(Event.project_id == project.id)
+    )
+    if customer:
+        query = query.where(Customer.external_id == customer)
+    if meter:
+        query = query.where(Event.meter == meter)
+    if since is not None:
+        query = query.where(Event.ts >= since)
+    rows = session.execute(query.order_by(Event.ts.desc(), Event.id.desc()).limit(limit))
+    return [
+        {
+            "idempotency_key": event.idempotency_key,
+            "customer": external,
+            "meter": event.meter,
+            "timestamp": format_ts(event.ts),
+            "quantity": quantity_text(event.quantity),
+            "properties": orjson.loads(event.properties),
+            "batch": event.batch_id,
+            "line": event.line,
+        }
+        for event, external in rows
+    ]
+
+
 def list_receipts(session: Session, project: Project, limit: int = 50) -> list[ImportBatch]:
     return list(
         session.scalars(
@@ -642,10 +641,6 @@ def receipt_dict(batch: ImportBatch) -> dict[str, Any]:
         "started_at": format_ts(batch.started_at),
         "finished_at": format_ts(batch.finished_at),
     }
-
-
-def resolve_paths(paths: Iterable[str]) -> list[str]:
-    return [str(Path(path)) if path != "-" else "-" for path in paths]
 
 
 def record_charge(

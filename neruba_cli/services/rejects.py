@@ -64,6 +64,15 @@ class RejectsWriter:
             self._partial.unlink(missing_ok=True)
 
 
+REPORTED_REJECTS = 100  # every reject goes to the file; this many are also kept for display
+
+
+def keep(kept: list[Reject], item: Reject, writer: RejectsWriter) -> None:
+    writer.write(item)
+    if len(kept) < REPORTED_REJECTS:
+        kept.append(item)
+
+
 def partial_path(path: Path) -> Path:
     """Where rejects are written until the run succeeds; a rerun reuses (and so cleans) it."""
     return path.with_name(f".{path.name}.partial")

@@ -21,7 +21,7 @@ from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.periods import trial_end
 from neruba_cli.domain.timestamps import format_ts, parse_ts
 from neruba_cli.services import catalog, customers
-from neruba_cli.services.rejects import Reject, RejectsWriter
+from neruba_cli.services.rejects import Reject, RejectsWriter, keep
 from neruba_cli.services.tabular import CsvRow
 
 ANCHORS = ("calendar", "anniversary")
@@ -280,9 +280,7 @@ def import_subscriptions(
 
 def _reject(report: SubscriptionImport, writer: RejectsWriter, reject: Reject) -> None:
     report.rejected += 1
-    writer.write(reject)
-    if len(report.rejects) < customers.REPORTED_REJECTS:
-        report.rejects.append(reject)
+    keep(report.rejects, reject, writer)
 
 
 def _import_row(session: Session, project: Project, row: CsvRow, now: datetime) -> bool:
