@@ -17,7 +17,7 @@ from neruba_cli.domain.catalog import meter_document, plan_document
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.periods import month_period
 from neruba_cli.domain.quote import quote_document, quote_plan
-from neruba_cli.services import catalog, quote
+from neruba_cli.services import catalog, projects, quote
 
 app = typer.Typer(help="The pricing catalog: meters, versioned plans, and quotes.")
 
@@ -159,16 +159,15 @@ def quote_(
     with rt.transaction() as session:
         project = rt.project(session)
         stored = catalog.get_plan(session, project, code, version)
-        rounding = "half_up" if project.rounding == "half_up" else "half_even"
-        timezone = project.timezone
+        defaults = projects.spec_of(project)
     if currency and currency.strip().upper() != stored.plan.currency:
         raise InvalidInput(f"plan {code} is priced in {stored.plan.currency}, not {currency}")
     amounts = quote.usage_from_pairs(usage or [], stored.plan)
     if events is not None:
-        window = month_period(period, timezone) if period else None
+        window = month_period(period, defaults.timezone) if period else None
         from_file = quote.usage_from_events(events, stored.plan, stored.meters, window)
         amounts = {**from_file, **amounts}
-    result = quote_plan(stored.plan, amounts, rounding=rounding)
+    result = quote_plan(stored.plan, amounts, rounding=defaults.rounding)
     data = {**quote_document(result), "version": stored.version}
     rt.out.emit(data, lambda console: render_quote(console, data))
 
