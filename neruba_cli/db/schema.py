@@ -61,6 +61,8 @@ class Project(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     mode: Mapped[str] = mapped_column(String(8), server_default="live")
     require_key: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # What a billing rerun does with events that arrive after their period was finalized.
+    late_events: Mapped[str] = mapped_column(String(16), server_default="correct")
 
 
 class Member(Base):
@@ -299,4 +301,122 @@ class Charge(Base):
     payload_hash: Mapped[str] = mapped_column(String(64))
     batch_id: Mapped[str | None] = mapped_column(ID)
     line: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BillingRun(Base):
+    """One `run bill` that wrote something: who, when, under which lease, with what result."""
+
+    __tablename__ = "billing_runs"
+    __table_args__ = (Index(None, "project_id", "period", "started_at"), MYSQL_TABLE)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    period: Mapped[str] = mapped_column(String(7))  # YYYY-MM
+    status: Mapped[str] = mapped_column(String(16))  # running | completed | failed
+    actor: Mapped[str] = mapped_column(String(200))
+    holder: Mapped[str] = mapped_column(String(200))
+    lock_token: Mapped[int] = mapped_column(BigInteger)
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    fingerprint: Mapped[str | None] = mapped_column(String(71))
+    summary: Mapped[str | None] = mapped_column(Text)  # JSON counts and options
+    message: Mapped[str | None] = mapped_column(Text)
+
+
+class InvoiceSequence(Base):
+    """The last invoice number a project used: incremented in the invoice's own transaction,
+    so a rolled-back invoice gives its number back and numbers stay gapless."""
+
+    __tablename__ = "invoice_sequences"
+    __table_args__ = MYSQL_TABLE
+
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"), primary_key=True)
+    last_number: Mapped[int] = mapped_column(BigInteger)
+
+
+class Invoice(Base):
+    """An invoice, supplemental invoice or credit note for one customer and billing period.
+
+    `revision` 0 is the period's invoice; corrections of it are revisions 1, 2, ... The unique
+    key is the last line of defence against two runs writing the same invoice."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (
+        UniqueConstraint("project_id", "number"),
+        UniqueConstraint(
+            "project_id",
+            "customer_id",
+            "period_start",
+            "period_end",
+            "revision",
+            name="uq_invoices_customer_period_revision",  # the default passes MariaDB's 64
+        ),
+        Index(None, "project_id", "period", "status"),
+        MYSQL_TABLE,
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    number: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str] = mapped_column(ID, ForeignKey("customers.id"))
+    period: Mapped[str] = mapped_column(String(7))  # the run's YYYY-MM
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    revision: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # invoice | supplemental | credit_note
+    status: Mapped[str] = mapped_column(String(16))  # draft | finalized | void | paid
+    currency: Mapped[str] = mapped_column(String(3))
+    subtotal: Mapped[Decimal] = mapped_column(ExactDecimal())
+    credits_applied: Mapped[Decimal] = mapped_column(ExactDecimal())
+    total: Mapped[Decimal] = mapped_column(ExactDecimal())
+    corrects_id: Mapped[str | None] = mapped_column(ID, ForeignKey("invoices.id"))
+    run_id: Mapped[str | None] = mapped_column(ID)
+    version: Mapped[int] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(71))
+    setup_fingerprint: Mapped[str] = mapped_column(String(71))
+    event_count: Mapped[int] = mapped_column(BigInteger)
+    content: Mapped[str] = mapped_column(LONG_TEXT)  # canonical JSON: lines and totals
+    inputs: Mapped[str] = mapped_column(LONG_TEXT)  # canonical JSON the fingerprint is over
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    void_reason: Mapped[str | None] = mapped_column(String(500))
+
+
+class InvoiceLine(Base):
+    """An invoice's lines as rows, for exports and sweeps; `invoices.content` is the document."""
+
+    __tablename__ = "invoice_lines"
+    __table_args__ = (UniqueConstraint("invoice_id", "position"), MYSQL_TABLE)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    invoice_id: Mapped[str] = mapped_column(ID, ForeignKey("invoices.id"))
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(String(500))
+    meter: Mapped[str | None] = mapped_column(String(64))
+    quantity: Mapped[Decimal | None] = mapped_column(ExactDecimal())
+    amount: Mapped[Decimal] = mapped_column(ExactDecimal())
+    event_count: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class InvoiceRevision(Base):
+    """Each version of an invoice as a run wrote it: what `run diff` compares."""
+
+    __tablename__ = "invoice_revisions"
+    __table_args__ = (UniqueConstraint("invoice_id", "version"), Index(None, "run_id"), MYSQL_TABLE)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    invoice_id: Mapped[str] = mapped_column(ID, ForeignKey("invoices.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[str | None] = mapped_column(ID)
+    fingerprint: Mapped[str] = mapped_column(String(71))
+    content: Mapped[str] = mapped_column(LONG_TEXT)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

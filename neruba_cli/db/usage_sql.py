@@ -624,3 +624,51 @@ def _stream(conn: Connection, query: Select[Any]) -> Iterator[Decimal]:
     with conn.execute(query, execution_options={"yield_per": 1000}) as result:
         for (amount,) in result:
             yield amount
+
+
+def event_stats(
+    conn: Connection,
+    meter: MeterSpec,
+    *,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    customer_ids: Sequence[str],
+) -> dict[str, tuple[int, datetime, datetime]]:
+    """customer_id → (count, first ts, last ts) of the events that count for the meter: those
+    it matches that carry its field. What an invoice line says about "which events"."""
+    usage = _Usage(meter, _dialect(conn.dialect.name), project_id, start, end, customer_ids, None)
+    query = (
+        select(
+            events.c.customer_id,
+            func.count().label("n"),
+            func.min(events.c.ts).label("first"),
+            func.max(events.c.ts).label("last"),
+        )
+        .where(*usage.conditions, usage.value().is_not(None))
+        .group_by(events.c.customer_id)
+    )
+    return {row.customer_id: (int(row.n), row.first, row.last) for row in conn.execute(query)}
+
+
+def event_counts(
+    conn: Connection,
+    *,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    customer_ids: Sequence[str],
+) -> dict[str, int]:
+    """customer_id → how many events (of any meter) it has in [start, end): a cheap way to see
+    whether anything arrived since an invoice was computed, events being append-only."""
+    query = (
+        select(events.c.customer_id, func.count().label("n"))
+        .where(
+            events.c.project_id == project_id,
+            events.c.customer_id.in_(list(customer_ids)),
+            events.c.ts >= start,
+            events.c.ts < end,
+        )
+        .group_by(events.c.customer_id)
+    )
+    return {row.customer_id: int(row.n) for row in conn.execute(query)}

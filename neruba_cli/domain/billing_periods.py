@@ -1,0 +1,107 @@
+"""Which billing periods a run for a month bills, for one subscription.
+
+A run is named by a month (`2026-10`, or `previous` / `current` relative to `--as-of` in the
+project's time zone). For each customer the month is read in the customer's own time zone, and
+the run bills every billing period of the customer's subscriptions that **ends** within that
+local month: `month.start < period.end <= month.end`. For calendar monthly plans that is the
+month itself; a weekly plan gets each week that ends in the month; an anniversary plan started
+on the 15th gets the period that ends on the 15th of the month; a yearly plan is billed in the
+month its year ends. A period that has not ended by `--as-of` is billed as an open draft (it
+cannot be finalized until it has ended).
+
+Base fees in arrears are billed on the invoice of the period they pay for. Base fees in
+advance are billed one period ahead: the invoice of a period carries the fee of the next period
+(when the subscription still runs then), and a subscription's first invoice also carries the
+fee of its first period, which no earlier invoice could.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.periods import Anchor, Interval, Period, month_period, periods_between
+from neruba_cli.domain.timestamps import as_utc, validate_timezone
+
+_LABEL = re.compile(r"\d{4}-\d{2}")
+_MICROSECOND = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A subscription's billing grid and active span."""
+
+    interval: Interval
+    anchor: Anchor
+    start: datetime
+    end: datetime | None  # cancellation; None while it runs
+    tz: str
+
+
+def resolve_label(label: str, *, as_of: datetime, tz: str) -> str:
+    """`YYYY-MM`, `previous` or `current` (months as seen in `tz` at `as_of`) → `YYYY-MM`."""
+    text = label.strip().lower() if isinstance(label, str) else ""
+    if text in ("previous", "current"):
+        month = month_period(month_label(as_of, tz), tz)
+        moment = month.start if text == "current" else month.start - _MICROSECOND
+        return month_label(moment, tz)
+    if not _LABEL.fullmatch(text):
+        raise InvalidInput(
+            f"period: {label!r} is not a month",
+            hint="write YYYY-MM (e.g. 2026-10), previous or current",
+        )
+    month_period(text, tz)  # validates the month number
+    return text
+
+
+def month_label(moment: datetime, tz: str) -> str:
+    """The YYYY-MM that `moment` falls in, in time zone `tz`."""
+    local = as_utc(moment).astimezone(ZoneInfo(validate_timezone(tz)))
+    return f"{local.year:04d}-{local.month:02d}"
+
+
+def billed_periods(schedule: Schedule, label: str) -> list[Period]:
+    """The subscription's periods that end within month `label` (in the subscription's time
+    zone) and overlap its active span."""
+    month = month_period(label, schedule.tz)
+    candidates = periods_between(
+        month.start,
+        month.end + _MICROSECOND,
+        interval=schedule.interval,
+        anchor=schedule.anchor,
+        anchor_at=schedule.start,
+        tz=schedule.tz,
+    )
+    return [
+        period
+        for period in candidates
+        if month.start < period.end <= month.end and _overlaps(schedule, period)
+    ]
+
+
+def next_period(schedule: Schedule, period: Period) -> Period | None:
+    """The period after `period`, when the subscription still runs at its start."""
+    if schedule.end is not None and schedule.end <= period.end:
+        return None
+    following = periods_between(
+        period.end,
+        period.end + _MICROSECOND,
+        interval=schedule.interval,
+        anchor=schedule.anchor,
+        anchor_at=schedule.start,
+        tz=schedule.tz,
+    )
+    return following[0]
+
+
+def is_first_period(schedule: Schedule, period: Period) -> bool:
+    return period.start <= schedule.start < period.end
+
+
+def _overlaps(schedule: Schedule, period: Period) -> bool:
+    if schedule.start >= period.end:
+        return False
+    return schedule.end is None or schedule.end > period.start

@@ -1,0 +1,546 @@
+"""Building an invoice: plain values in (plans, usage aggregates, charges), a document out.
+
+`build_invoice` is the whole rule set of one customer's invoice for one billing period; the
+billing service only gathers its inputs from the database and stores what comes out, and
+`--dry-run`, `invoice preview` and `invoice verify` call the same function.
+
+The inputs are also a document (`inputs_document`): the invoice's fingerprint is the SHA-256 of
+its canonical JSON, so the same inputs give the same fingerprint and the same invoice, byte for
+byte, whatever order the events arrived in. Usage enters as aggregates per meter and plan
+piece: the value, the number of events and the first and last event time (and, for percentage
+charges, a digest of the per-event values) — everything the invoice depends on, and nothing
+that depends on arrival order.
+
+Line order: per subscription (by start, then id) its base fees, then its usage charges in the
+plan's order per plan piece; one-off charges last, by time then key. Each line is rounded once;
+the subtotal is the sum of rounded lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any, Literal
+
+import orjson
+
+from neruba_cli.domain.aggregation import MeterSpec
+from neruba_cli.domain.base_fee import PhaseFee, Timing, base_fee_lines
+from neruba_cli.domain.catalog import PlanDef
+from neruba_cli.domain.money import (
+    RoundingMode,
+    decimal_text,
+    format_amount,
+    round_to_minor,
+)
+from neruba_cli.domain.periods import Period, Phase
+from neruba_cli.domain.pricing import TierLine, Usage, price_lines, rate_charge
+from neruba_cli.domain.timestamps import format_ts
+
+LineKind = Literal["base_fee", "usage", "minimum", "charge"]
+InvoiceKind = Literal["invoice", "supplemental", "credit_note"]
+ZERO = Decimal(0)
+_TIMING_TEXT = {"advance": "in advance", "arrears": "in arrears"}
+
+
+@dataclass(frozen=True)
+class MeterUsage:
+    """One meter's aggregate over one plan piece, as the database computed it."""
+
+    value: Decimal
+    count: int = 0
+    first: datetime | None = None
+    last: datetime | None = None
+    transactions: tuple[Decimal, ...] | None = None  # percentage models, in event order
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """A subscription phase with its plan version."""
+
+    phase: Phase  # key "CODE@VERSION"
+    plan: PlanDef
+    fingerprint: str  # the plan version's
+    meters: Mapping[str, MeterSpec] = field(default_factory=dict)  # the meters it reads
+
+
+@dataclass(frozen=True)
+class UsagePiece:
+    """The part of the period one phase covers, and the usage inside it."""
+
+    phase_key: str
+    start: datetime
+    end: datetime
+    usage: Mapping[str, MeterUsage]
+
+
+@dataclass(frozen=True)
+class SubscriptionTerms:
+    id: str
+    start: datetime
+    end: datetime | None
+    trial_end: datetime | None
+    phases: tuple[PhasePlan, ...]
+    fee_periods: tuple[tuple[Period, Timing], ...]  # base fees this invoice carries
+    pieces: tuple[UsagePiece, ...]
+
+
+@dataclass(frozen=True)
+class OneOffCharge:
+    key: str
+    description: str
+    amount: Decimal
+    at: datetime
+
+
+@dataclass(frozen=True)
+class InvoiceInput:
+    customer: str  # external id
+    currency: str
+    timezone: str
+    rounding: RoundingMode
+    period: Period
+    label: str  # the run's month
+    subscriptions: tuple[SubscriptionTerms, ...]
+    charges: tuple[OneOffCharge, ...] = ()
+
+
+@dataclass(frozen=True)
+class BuiltInvoice:
+    content: dict[str, Any]  # the document's lines and totals (JSON-ready)
+    total: Decimal
+    fingerprint: str  # over the full inputs
+    setup_fingerprint: str  # over the inputs without usage
+    inputs: dict[str, Any]
+    event_count: int
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build_invoice(inp: InvoiceInput) -> BuiltInvoice:
+    """The invoice document for one customer and period."""
+    lines: list[dict[str, Any]] = []
+    for terms in sorted(inp.subscriptions, key=lambda t: (t.start, t.id)):
+        lines += _base_fee_lines(inp, terms)
+        lines += _usage_lines(inp, terms)
+    for charge in sorted(inp.charges, key=lambda c: (c.at, c.key)):
+        lines.append(_charge_line(inp, charge))
+    content = invoice_content("invoice", inp.currency, inp.period, inp.label, lines)
+    inputs = inputs_document(inp)
+    return BuiltInvoice(
+        content=content,
+        total=Decimal(content["total"]),
+        fingerprint=fingerprint_of(inputs),
+        setup_fingerprint=fingerprint_of(setup_document(inputs)),
+        inputs=inputs,
+        event_count=sum(
+            usage.count
+            for terms in inp.subscriptions
+            for piece in terms.pieces
+            for usage in piece.usage.values()
+        ),
+    )
+
+
+def invoice_content(
+    kind: InvoiceKind,
+    currency: str,
+    period: Period,
+    label: str,
+    lines: Sequence[dict[str, Any]],
+    *,
+    credits_applied: Decimal = ZERO,
+) -> dict[str, Any]:
+    subtotal = sum((Decimal(line["amount"]) for line in lines), ZERO)
+    return {
+        "kind": kind,
+        "currency": currency,
+        "period": {"start": format_ts(period.start), "end": format_ts(period.end), "label": label},
+        "lines": list(lines),
+        "subtotal": format_amount(subtotal, currency),
+        "credits_applied": format_amount(credits_applied, currency),
+        "total": format_amount(subtotal - credits_applied, currency),
+    }
+
+
+def _base_fee_lines(inp: InvoiceInput, terms: SubscriptionTerms) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = []
+    plans = {pp.phase.key: pp.plan for pp in terms.phases}
+    for fee_period, timing in terms.fee_periods:
+        fees = [
+            PhaseFee(pp.phase, pp.plan.base_fee, pp.plan.proration)
+            for pp in terms.phases
+            if pp.plan.base_fee_timing == timing
+        ]
+        for fee in base_fee_lines(
+            fee_period,
+            fees,
+            tz=inp.timezone,
+            currency=inp.currency,
+            trial_end=terms.trial_end,
+            subscription_end=terms.end,
+            rounding=inp.rounding,
+        ):
+            plan = plans[fee.plan]
+            lines.append(
+                _line(
+                    "base_fee",
+                    f"{plan.name or plan.code} base fee ({_TIMING_TEXT[timing]})",
+                    inp.currency,
+                    subscription=terms.id,
+                    plan=fee.plan,
+                    service=(fee.service_start, fee.service_end),
+                    quantity=None,
+                    amount=fee.amount,
+                    amount_exact=fee.amount_exact,
+                    proration=_fraction_text(fee.fraction),
+                    fee_period=(fee_period.start, fee_period.end),
+                )
+            )
+    return lines
+
+
+def _usage_lines(inp: InvoiceInput, terms: SubscriptionTerms) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = []
+    phases = {pp.phase.key: pp for pp in terms.phases}
+    for piece in sorted(terms.pieces, key=lambda p: p.start):
+        phase_plan = phases[piece.phase_key]
+        plan = phase_plan.plan
+        descriptions = plan.charge_descriptions or (None,) * len(plan.charges)
+        for charge, description in zip(plan.charges, descriptions, strict=False):
+            usage = piece.usage.get(charge.meter, MeterUsage(ZERO))
+            rating = rate_charge(charge, Usage(usage.value, usage.transactions))
+            for priced in price_lines(rating, inp.currency, inp.rounding):
+                label = description or charge.meter
+                lines.append(
+                    _line(
+                        priced.kind,
+                        f"{label} (minimum commitment)" if priced.kind == "minimum" else label,
+                        inp.currency,
+                        subscription=terms.id,
+                        plan=piece.phase_key,
+                        service=(piece.start, piece.end),
+                        quantity=priced.quantity,
+                        amount=priced.amount,
+                        amount_exact=priced.amount_exact,
+                        meter=charge.meter,
+                        charge_model=charge.model,
+                        aggregation=_aggregation(phase_plan, charge.meter),
+                        tiers=priced.tiers,
+                        events=usage if priced.kind == "usage" else None,
+                        free_units=charge.free_units,
+                        billable_quantity=rating.billable_quantity,
+                        minimum=charge.min_amount,
+                        maximum=charge.max_amount,
+                    )
+                )
+    return lines
+
+
+def _aggregation(phase_plan: PhasePlan, meter: str) -> str | None:
+    spec = phase_plan.meters.get(meter)
+    return None if spec is None else spec.aggregation
+
+
+def _charge_line(inp: InvoiceInput, charge: OneOffCharge) -> dict[str, Any]:
+    amount = round_to_minor(charge.amount, inp.currency, inp.rounding)
+    return _line(
+        "charge",
+        charge.description,
+        inp.currency,
+        service=(charge.at, charge.at),
+        quantity=Decimal(1),
+        amount=amount,
+        amount_exact=charge.amount,
+        reference=charge.key,
+    )
+
+
+def _line(
+    kind: LineKind,
+    description: str,
+    currency: str,
+    *,
+    service: tuple[datetime, datetime],
+    quantity: Decimal | None,
+    amount: Decimal,
+    amount_exact: Decimal,
+    subscription: str | None = None,
+    plan: str | None = None,
+    meter: str | None = None,
+    charge_model: str | None = None,
+    aggregation: str | None = None,
+    tiers: Sequence[TierLine] = (),
+    events: MeterUsage | None = None,
+    proration: str | None = None,
+    fee_period: tuple[datetime, datetime] | None = None,
+    free_units: Decimal | None = None,
+    billable_quantity: Decimal | None = None,
+    minimum: Decimal | None = None,
+    maximum: Decimal | None = None,
+    reference: str | None = None,
+) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "kind": kind,
+        "description": description,
+        "subscription": subscription,
+        "plan": plan,
+        "meter": meter,
+        "charge_model": charge_model,
+        "aggregation": aggregation,
+        "service": {"start": format_ts(service[0]), "end": format_ts(service[1])},
+        "quantity": None if quantity is None else decimal_text(quantity),
+        "amount": format_amount(amount, currency),
+        "amount_exact": decimal_text(amount_exact),
+        "tiers": [_tier(tier) for tier in tiers],
+        "events": None,
+        "proration": proration,
+        "fee_period": None,
+        "free_units": None if not free_units else decimal_text(free_units),
+        "billable_quantity": (
+            None if billable_quantity is None else decimal_text(billable_quantity)
+        ),
+        "min_amount": None if minimum is None else format_amount(minimum, currency),
+        "max_amount": None if maximum is None else format_amount(maximum, currency),
+        "reference": reference,
+    }
+    if events is not None:
+        line["events"] = {
+            "count": events.count,
+            "first": format_ts(events.first),
+            "last": format_ts(events.last),
+        }
+    if fee_period is not None:
+        line["fee_period"] = {"start": format_ts(fee_period[0]), "end": format_ts(fee_period[1])}
+    return line
+
+
+def _tier(tier: TierLine) -> dict[str, Any]:
+    return {
+        "up_to": "inf" if tier.up_to is None else decimal_text(tier.up_to),
+        "quantity": decimal_text(tier.quantity),
+        "unit_amount": decimal_text(tier.unit_amount),
+        "rate": decimal_text(tier.rate),
+        "flat_amount": decimal_text(tier.flat_amount),
+        "amount": decimal_text(tier.amount),
+    }
+
+
+def _fraction_text(value: Fraction) -> str:
+    return (
+        str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+    )
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def inputs_document(inp: InvoiceInput) -> dict[str, Any]:
+    """Everything the invoice depends on, as canonical plain values."""
+    return {
+        "customer": inp.customer,
+        "currency": inp.currency,
+        "timezone": inp.timezone,
+        "rounding": inp.rounding,
+        "period": {"start": format_ts(inp.period.start), "end": format_ts(inp.period.end)},
+        "label": inp.label,
+        "subscriptions": [
+            {
+                "id": terms.id,
+                "start": format_ts(terms.start),
+                "end": format_ts(terms.end),
+                "trial_end": format_ts(terms.trial_end),
+                "phases": [
+                    {
+                        "key": pp.phase.key,
+                        "start": format_ts(pp.phase.start),
+                        "end": format_ts(pp.phase.end),
+                        "plan_version": pp.fingerprint,
+                    }
+                    for pp in terms.phases
+                ],
+                "fee_periods": [
+                    {"start": format_ts(p.start), "end": format_ts(p.end), "timing": timing}
+                    for p, timing in terms.fee_periods
+                ],
+                "pieces": [
+                    {
+                        "phase": piece.phase_key,
+                        "start": format_ts(piece.start),
+                        "end": format_ts(piece.end),
+                        "usage": {
+                            meter: _usage_document(usage)
+                            for meter, usage in sorted(piece.usage.items())
+                        },
+                    }
+                    for piece in terms.pieces
+                ],
+            }
+            for terms in sorted(inp.subscriptions, key=lambda t: (t.start, t.id))
+        ],
+        "charges": [
+            {
+                "key": c.key,
+                "description": c.description,
+                "amount": decimal_text(c.amount),
+                "at": format_ts(c.at),
+            }
+            for c in sorted(inp.charges, key=lambda c: (c.at, c.key))
+        ],
+        "credits": [],
+    }
+
+
+def _usage_document(usage: MeterUsage) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "value": decimal_text(usage.value),
+        "count": usage.count,
+        "first": format_ts(usage.first),
+        "last": format_ts(usage.last),
+    }
+    if usage.transactions is not None:
+        joined = "\n".join(decimal_text(value) for value in usage.transactions)
+        document["transactions"] = {
+            "count": len(usage.transactions),
+            "sha256": hashlib.sha256(joined.encode()).hexdigest(),
+        }
+    return document
+
+
+def setup_document(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The inputs without usage: what changes when the catalog, subscriptions or charges do."""
+    document = dict(inputs)
+    document["subscriptions"] = [
+        {**terms, "pieces": [{k: v for k, v in p.items() if k != "usage"} for p in terms["pieces"]]}
+        for terms in inputs["subscriptions"]
+    ]
+    return document
+
+
+def canonical_json(document: Any) -> bytes:
+    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+
+
+def fingerprint_of(document: Any) -> str:
+    return "sha256:" + hashlib.sha256(canonical_json(document)).hexdigest()
+
+
+def run_fingerprint(invoice_fingerprints: Iterable[tuple[str, str, str]]) -> str:
+    """A run's fingerprint: over (customer, period start, invoice fingerprint), sorted."""
+    return fingerprint_of(sorted(list(item) for item in invoice_fingerprints))
+
+
+# --------------------------------------------------------------------------- corrections
+
+
+def line_key(line: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes two lines of one customer-period "the same line" across versions."""
+    service = line.get("service") or {}
+    fee_period = line.get("fee_period") or {}
+    return (
+        line["kind"],
+        line.get("subscription"),
+        line.get("plan"),
+        line.get("meter"),
+        service.get("start"),
+        service.get("end") if line["kind"] != "base_fee" else fee_period.get("start"),
+        line.get("reference"),
+    )
+
+
+def correction_lines(
+    new: Sequence[Mapping[str, Any]], billed: Iterable[Sequence[Mapping[str, Any]]], currency: str
+) -> list[dict[str, Any]]:
+    """The lines that turn what was billed (an invoice and its earlier corrections) into `new`.
+
+    Each line of the result is the difference of one line: its amount and quantity are new
+    minus billed. Lines whose amount did not change are left out; a line no longer present
+    is reversed in full.
+    """
+    billed_amount: dict[tuple[Any, ...], Decimal] = {}
+    billed_quantity: dict[tuple[Any, ...], Decimal] = {}
+    last_seen: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+    for lines in billed:
+        for line in lines:
+            key = line_key(line)
+            billed_amount[key] = billed_amount.get(key, ZERO) + Decimal(line["amount"])
+            if line.get("quantity") is not None:
+                billed_quantity[key] = billed_quantity.get(key, ZERO) + Decimal(line["quantity"])
+            last_seen[key] = line
+    result: list[dict[str, Any]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for line in new:
+        key = line_key(line)
+        seen.add(key)
+        delta = Decimal(line["amount"]) - billed_amount.get(key, ZERO)
+        if delta != 0:
+            result.append(_delta_line(line, delta, billed_quantity.get(key), currency))
+    for key, line in last_seen.items():
+        if key not in seen and billed_amount[key] != 0:
+            reversal = dict(line)
+            reversal["events"] = None
+            reversal["tiers"] = []
+            result.append(
+                _delta_line(reversal, -billed_amount[key], billed_quantity.get(key), currency, 0)
+            )
+    return result
+
+
+def _delta_line(
+    line: Mapping[str, Any],
+    delta: Decimal,
+    billed_quantity: Decimal | None,
+    currency: str,
+    new_quantity: Decimal | int | None = None,
+) -> dict[str, Any]:
+    corrected = dict(line)
+    quantity = line.get("quantity")
+    if quantity is not None:
+        now = Decimal(quantity) if new_quantity is None else Decimal(new_quantity)
+        corrected["quantity"] = decimal_text(now - (billed_quantity or ZERO))
+    corrected["amount"] = format_amount(delta, currency)
+    corrected["amount_exact"] = decimal_text(delta)
+    corrected["description"] = f"{line['description']} (correction)"
+    return corrected
+
+
+def correction_kind(total: Decimal) -> InvoiceKind:
+    return "credit_note" if total < 0 else "supplemental"
+
+
+# --------------------------------------------------------------------------- diffs
+
+
+@dataclass(frozen=True)
+class LineChange:
+    key: tuple[Any, ...]
+    description: str
+    before: str | None  # amount
+    after: str | None
+
+
+def diff_lines(
+    before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]
+) -> list[LineChange]:
+    """Lines added, removed or changed in amount or quantity, in the order of `after`."""
+    old = {line_key(line): line for line in before}
+    new = {line_key(line): line for line in after}
+    changes: list[LineChange] = []
+    for key, line in new.items():
+        previous = old.get(key)
+        if previous is None:
+            changes.append(LineChange(key, line["description"], None, line["amount"]))
+        elif (previous["amount"], previous.get("quantity")) != (
+            line["amount"],
+            line.get("quantity"),
+        ):
+            changes.append(LineChange(key, line["description"], previous["amount"], line["amount"]))
+    for key, line in old.items():
+        if key not in new:
+            changes.append(LineChange(key, line["description"], line["amount"], None))
+    return changes
