@@ -98,6 +98,15 @@ class OneOffCharge:
 
 
 @dataclass(frozen=True)
+class CarriedUsage:
+    """Late usage of an earlier, finalized invoice (policy `next_invoice`): the difference
+    lines between that period recomputed and what was billed for it."""
+
+    source: str  # the earlier invoice's number
+    lines: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
 class InvoiceInput:
     customer: str  # external id
     currency: str
@@ -107,6 +116,7 @@ class InvoiceInput:
     label: str  # the run's month
     subscriptions: tuple[SubscriptionTerms, ...]
     charges: tuple[OneOffCharge, ...] = ()
+    carried: tuple[CarriedUsage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,8 @@ def build_invoice(inp: InvoiceInput) -> BuiltInvoice:
         lines += _usage_lines(inp, terms)
     for charge in sorted(inp.charges, key=lambda c: (c.at, c.key)):
         lines.append(_charge_line(inp, charge))
+    for carried in sorted(inp.carried, key=lambda c: c.source):
+        lines += carried_lines(carried)
     content = invoice_content("invoice", inp.currency, inp.period, inp.label, lines)
     inputs = inputs_document(inp)
     return BuiltInvoice(
@@ -392,6 +404,10 @@ def inputs_document(inp: InvoiceInput) -> dict[str, Any]:
             }
             for c in sorted(inp.charges, key=lambda c: (c.at, c.key))
         ],
+        "carried": [
+            {"source": c.source, "lines": [dict(line) for line in c.lines]}
+            for c in sorted(inp.carried, key=lambda c: c.source)
+        ],
         "credits": [],
     }
 
@@ -450,6 +466,7 @@ def line_key(line: Mapping[str, Any]) -> tuple[Any, ...]:
         service.get("start"),
         service.get("end") if line["kind"] != "base_fee" else fee_period.get("start"),
         line.get("reference"),
+        line.get("late_from"),
     )
 
 
@@ -507,6 +524,17 @@ def _delta_line(
     corrected["amount_exact"] = decimal_text(delta)
     corrected["description"] = f"{line['description']} (correction)"
     return corrected
+
+
+def carried_lines(carried: CarriedUsage) -> list[dict[str, Any]]:
+    """The difference lines as they appear on the next invoice, marked with their source."""
+    result = []
+    for line in carried.lines:
+        marked = dict(line)
+        marked["late_from"] = carried.source
+        marked["description"] = f"Late usage from {carried.source}: {line['description']}"
+        result.append(marked)
+    return result
 
 
 def correction_kind(total: Decimal) -> InvoiceKind:

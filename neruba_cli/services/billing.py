@@ -30,7 +30,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db import locks, usage_sql
@@ -52,7 +52,6 @@ from neruba_cli.domain.billing_periods import (
     Schedule,
     billed_periods,
     is_first_period,
-    month_label,
     next_period,
     resolve_label,
 )
@@ -61,6 +60,7 @@ from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.invoice import (
     BuiltInvoice,
+    CarriedUsage,
     InvoiceInput,
     MeterUsage,
     OneOffCharge,
@@ -123,6 +123,7 @@ class WorkItem:
     """One customer's invoice for one billing period, before usage is known."""
 
     customer: Customer
+    label: str  # the month whose run bills it
     period: Period
     terms: list[SubscriptionTerms]
     charges: list[OneOffCharge]
@@ -130,6 +131,9 @@ class WorkItem:
     existing: list[Invoice] = field(default_factory=list)
     raw_count: int = 0
     recurring: bool = False
+    carried: list[CarriedUsage] = field(default_factory=list)  # late usage it takes in
+    carried_elsewhere: list[list[dict[str, Any]]] = field(default_factory=list)
+    fallback: bool = False  # next_invoice, but no open invoice can take it: correct instead
 
     @property
     def key(self) -> tuple[str, datetime, datetime]:
@@ -199,6 +203,8 @@ def run_bill(
         with engine.connect() as conn:
             items = plan_items(conn, project, label, options.as_of, options.customers)
             _attach_existing(conn, project, items)
+            if project.late_events == "next_invoice":
+                items += _late_carry(conn, project, label, items, options)
         advance = progress_total(len(items)) if progress_total else (lambda _n: None)
         for start in range(0, len(items), CUSTOMER_BATCH):
             chunk = items[start : start + CUSTOMER_BATCH]
@@ -285,7 +291,9 @@ def plan_items(
                 key = (customer.id, period.start, period.end)
                 item = items.get(key)
                 if item is None:
-                    item = items[key] = WorkItem(customer, period, [], [], period.end <= as_of)
+                    item = items[key] = WorkItem(
+                        customer, label, period, [], [], period.end <= as_of
+                    )
                 item.terms.append(_terms(sub, phases, schedule, period))
                 item.recurring = item.recurring or _has_recurring(phases)
     _place_charges(conn, project, label, customers, items, as_of)
@@ -474,7 +482,7 @@ def _place_charges(
             continue
         targets = sorted(by_customer[customer.id], key=lambda i: i.period.start)
         if not targets:
-            item = WorkItem(customer, month, [], [], month.end <= as_of)
+            item = WorkItem(customer, label, month, [], [], month.end <= as_of)
             items[item.key] = item
             by_customer[customer.id].append(item)
             targets = [item]
@@ -526,8 +534,11 @@ def _count_events(conn: Connection, project: Project, chunk: list[WorkItem]) -> 
             item.raw_count = counts.get(item.customer.id, 0)
 
 
-def _needs_pricing(item: WorkItem, project: Project) -> bool:
+def _needs_pricing(item: WorkItem, project: Project, *, final_only: bool = False) -> bool:
     latest = _latest(item)
+    if final_only:
+        finals = [inv for inv in item.existing if inv.status in FINAL]
+        latest = finals[-1] if finals else None
     if latest is None or item.recurring:
         return True
     setup = _setup_fingerprint(item, project)
@@ -542,14 +553,88 @@ def _invoice_input(item: WorkItem, project: Project) -> InvoiceInput:
         timezone=item.customer.timezone,
         rounding=rounding,
         period=item.period,
-        label=month_label(item.period.end - timedelta(microseconds=1), item.customer.timezone),
+        label=item.label,
         subscriptions=tuple(item.terms),
         charges=tuple(item.charges),
+        carried=tuple(item.carried),
     )
 
 
 def _setup_fingerprint(item: WorkItem, project: Project) -> str:
     return fingerprint_of(setup_document(inputs_document(_invoice_input(item, project))))
+
+
+# --------------------------------------------------------------------------- next_invoice
+
+
+def _late_carry(
+    conn: Connection, project: Project, label: str, items: list[WorkItem], options: RunOptions
+) -> list[WorkItem]:
+    """Policy `next_invoice`: late usage of the previous month's finalized invoices goes on
+    each customer's first invoice of this month, as difference lines marked `late_from`.
+
+    A customer with no open invoice this month to take it (none billed, or already
+    finalized) gets a correction of the late period instead; those items are returned so the
+    run settles them like any correction. Late events older than the previous month are
+    corrected by rerunning their own month, which then falls back the same way.
+    """
+    previous = _previous_label(label)
+    earlier = plan_items(conn, project, previous, options.as_of, options.customers)
+    _attach_existing(conn, project, earlier)
+    earlier = [i for i in earlier if any(inv.status in FINAL for inv in i.existing)]
+    if not earlier:
+        return []
+    _count_events(conn, project, earlier)
+    changed = [i for i in earlier if _needs_pricing(i, project, final_only=True)]
+    if not changed:
+        return []
+    built = _build(conn, project, changed)
+    first: dict[str, WorkItem] = {}
+    for item in items:
+        first.setdefault(item.customer.id, item)
+    fallbacks: list[WorkItem] = []
+    for item in changed:
+        finals = [inv for inv in item.existing if inv.status in FINAL]
+        target = first.get(item.customer.id)
+        carried_before = _carried_lines(target, finals[0].number) if target else []
+        open_target = target is not None and not any(inv.status in FINAL for inv in target.existing)
+        billed = [orjson.loads(inv.content)["lines"] for inv in finals] + carried_before
+        delta = correction_lines(built[item.key].content["lines"], billed, item.customer.currency)
+        if not delta:
+            continue
+        if open_target and target is not None:
+            target.carried.append(CarriedUsage(finals[0].number, tuple(delta)))
+        else:
+            item.fallback = True
+            item.carried_elsewhere = carried_before
+            fallbacks.append(item)
+    return fallbacks
+
+
+def _carried_lines(target: WorkItem, source: str) -> list[list[dict[str, Any]]]:
+    """Lines already carried from `source` onto finalized invoices of the target period."""
+    lines = []
+    for inv in target.existing:
+        if inv.status in FINAL:
+            carried = [
+                line
+                for line in orjson.loads(inv.content)["lines"]
+                if line.get("late_from") == source
+            ]
+            lines.append([_uncarried(line) for line in carried])
+    return lines
+
+
+def _uncarried(line: dict[str, Any]) -> dict[str, Any]:
+    """A carried line as its source period would key it (so differences line up)."""
+    plain = dict(line)
+    plain.pop("late_from", None)
+    return plain
+
+
+def _previous_label(label: str) -> str:
+    year, month = int(label[:4]), int(label[5:7])
+    return f"{year - 1:04d}-12" if month == 1 else f"{year:04d}-{month - 1:02d}"
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -683,8 +768,10 @@ class _Writer:
         late = max(item.raw_count - finals[-1].event_count, 0)
         outcome.late_events = late
         policy = self.project.late_events
-        if policy == "ignore":
-            outcome.action, outcome.landed = ("ignored" if late else "unchanged"), "ignored"
+        if policy in ("ignore", "next_invoice") and not item.fallback:
+            # next_invoice: the following month's run carries the difference (_late_carry).
+            outcome.action = "ignored" if late and policy == "ignore" else "unchanged"
+            outcome.landed = ("ignored" if policy == "ignore" else "next_invoice") if late else None
             outcome.number, outcome.total = finals[-1].number, finals[-1].total
             return outcome
         return self._settle_correction(item, built, finals, draft, outcome)
@@ -712,7 +799,7 @@ class _Writer:
         outcome: Outcome,
     ) -> Outcome:
         currency = item.customer.currency
-        billed = [orjson.loads(inv.content)["lines"] for inv in finals]
+        billed = [orjson.loads(inv.content)["lines"] for inv in finals] + item.carried_elsewhere
         lines = correction_lines(built.content["lines"], billed, currency)
         if not lines:
             outcome.number, outcome.total = finals[-1].number, finals[-1].total
@@ -766,7 +853,7 @@ class _Writer:
                     project_id=self.project.id,
                     number=number,
                     customer_id=item.customer.id,
-                    period=self.label,
+                    period=item.label,
                     period_start=item.period.start,
                     period_end=item.period.end,
                     revision=revision,
@@ -939,11 +1026,15 @@ class _Writer:
         self.run_id = run_id
 
     def finalize_period(self) -> list[str]:
-        """Finalize this month's drafts (of the selected customers) whose period has ended."""
+        """Finalize this month's drafts (of the selected customers) whose period has ended,
+        and the corrections of earlier months this run wrote."""
+        mine = invoices_t.c.period == self.label
+        if self.run_id is not None:
+            mine = or_(mine, invoices_t.c.run_id == self.run_id)
         query = (
             select(invoices_t.c.id, invoices_t.c.number)
             .where(invoices_t.c.project_id == self.project.id)
-            .where(invoices_t.c.period == self.label)
+            .where(mine)
             .where(invoices_t.c.status == "draft")
             .where(invoices_t.c.period_end <= self.options.as_of)
             .order_by(invoices_t.c.number)
@@ -1056,3 +1147,66 @@ def _fail_run(engine: Engine, run_id: str, exc: BaseException, now: datetime) ->
             )
     except Exception:  # the database may be what failed
         pass
+
+
+# --------------------------------------------------------------------------- on demand
+
+
+def compute_invoices(
+    conn: Connection,
+    project: Project,
+    label: str,
+    customer_external_id: str,
+    *,
+    as_of: datetime,
+) -> list[tuple[WorkItem, BuiltInvoice]]:
+    """The invoices month `label` bills for one customer, computed from the database now
+    through a run's own plan, aggregate and build steps; nothing is written (`invoice verify`
+    and `invoice preview`)."""
+    items = plan_items(conn, project, label, as_of, (customer_external_id,))
+    built = _build(conn, project, items) if items else {}
+    return [(item, built[item.key]) for item in items]
+
+
+def compute_invoice(
+    conn: Connection,
+    project: Project,
+    label: str,
+    customer_external_id: str,
+    period: Period,
+) -> BuiltInvoice | None:
+    """One customer's invoice for one billing period of month `label`, as a run would build
+    it now; None when the month no longer bills that period."""
+    for item, built in compute_invoices(
+        conn, project, label, customer_external_id, as_of=period.end
+    ):
+        if (item.period.start, item.period.end) == (period.start, period.end):
+            return built
+    return None
+
+
+def open_period_labels(
+    conn: Connection, project: Project, customer_external_id: str, at: datetime
+) -> list[str]:
+    """The months whose runs bill the customer's billing periods that contain `at` (and the
+    customer's own month of `at`, where one-off charges without a subscription land)."""
+    from neruba_cli.domain.periods import period_containing
+
+    customers = _customers(conn, project, (customer_external_id,))
+    versions = _plan_versions(conn, project)
+    labels: set[str] = set()
+    for customer in customers.values():
+        labels.add(month_label(at, customer.timezone))
+    for customer_id, subs in _subscriptions(conn, project, customers, versions).items():
+        customer = customers[customer_id]
+        for sub, phases in subs:
+            schedule = _schedule(sub, phases, customer)
+            period = period_containing(
+                at,
+                interval=schedule.interval,
+                anchor=schedule.anchor,
+                anchor_at=schedule.start,
+                tz=schedule.tz,
+            )
+            labels.add(month_label(period.end - timedelta(microseconds=1), customer.timezone))
+    return sorted(labels)

@@ -155,6 +155,13 @@ def change_plan(
     _same_currency(customer, stored.plan.currency, code)
     if stored.version_id == current.plan_version_id:
         raise InvalidInput(f"subscription {ident} is already on {code} v{stored.version}")
+    interval = catalog.get_plan_version(session, current.plan_version_id).plan.interval
+    if stored.plan.interval != interval:
+        raise InvalidInput(
+            f"subscription {ident} is billed every {interval}, plan {code} every "
+            f"{stored.plan.interval}",
+            hint="a change keeps the billing interval: cancel and create a new subscription",
+        )
     current.end_at = at
     session.add(
         PhaseRow(
