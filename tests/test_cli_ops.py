@@ -217,7 +217,18 @@ def test_demo_runs_on_its_own_sqlite_database(bare_cli: Cli, isolated: Path) -> 
     assert "nrb_live_" in demo["steps"][3] and len(re.findall(r"nrb_live_\w+", result.stdout)) == 1
     assert re.search(r"nrb_live_\w{38}", result.stdout) is None  # the secret is never shown
     assert demo["quote"]["plan"] == "pro" and demo["quote"]["total"] == "251.93"
-    assert any(step.startswith("subscribed cus_acme to pro") for step in demo["steps"])
+    assert any(step.startswith("subscribed to pro: cus_acme") for step in demo["steps"])
+    assert any("1 rejected (a naive timestamp" in step for step in demo["steps"])
+    assert any("802 duplicates" in step for step in demo["steps"])
+    assert any(step.endswith("unchanged (no changes)") for step in demo["steps"])
+    invoices = demo["invoices"]
+    assert [(i["number"], i["customer"], i["kind"], i["status"]) for i in invoices] == [
+        ("DEMO-000001", "cus_acme", "invoice", "finalized"),
+        ("DEMO-000002", "cus_initech", "invoice", "finalized"),
+        ("DEMO-000003", "cus_acme", "supplemental", "finalized"),
+    ]
+    # The late event: 900,000 tokens at 0.0000125 each, past the free 100,000 already.
+    assert invoices[2]["total"] == "11.25"
     assert not (isolated / "neruba.db").exists()
     again = bare_cli("demo", "--dir", "demo-out")
     assert again.exit_code == 0 and "Customers of project demo" in again.stdout

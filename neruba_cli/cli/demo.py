@@ -51,7 +51,15 @@ def register(app: typer.Typer) -> None:
             if document is not None:
                 line(f"\nA quote on plan pro for {', '.join(DEMO_USAGE)}:")
                 render_quote(console, document)
+            invoice_columns = ("number", "customer", "kind", "status", "period", "total")
+            invoice_rows = [[row[c] for c in invoice_columns] for row in result.invoices]
+            if invoice_rows:
+                line("")
+                table("Invoices", invoice_columns, invoice_rows)(console)
             line("\nTry it yourself on the demo database:")
+            on_demo = f"--db {result.database_url} --project {DEMO_PROJECT}"
+            line(f"  neruba invoice show DEMO-000001 {on_demo}")
+            line(f"  neruba run list {on_demo}")
             line(f"  neruba customer list --db {result.database_url} --project {DEMO_PROJECT}")
             line(f"  neruba catalog show --db {result.database_url} --project {DEMO_PROJECT}")
             line(f"  neruba audit list --db {result.database_url}")

@@ -5,17 +5,23 @@ It drives the same services the commands use, so what it shows is what operators
 
 from __future__ import annotations
 
+import random
 import tomllib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
+import orjson
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine
+from neruba_cli.db.schema import Customer, Invoice
+from neruba_cli.domain.billing_periods import resolve_label
+from neruba_cli.domain.money import format_amount
 from neruba_cli.domain.periods import month_period
 from neruba_cli.domain.quote import Quote, quote_document, quote_plan
 from neruba_cli.domain.tenancy import project_spec
@@ -23,8 +29,10 @@ from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services import (
     access,
     audit,
+    billing,
     catalog,
     customers,
+    ingest,
     keys,
     projects,
     quote,
@@ -32,10 +40,13 @@ from neruba_cli.services import (
 )
 from neruba_cli.services.access import Access, Actor
 from neruba_cli.services.customers import ImportReport
+from neruba_cli.services.event_input import Source
 from neruba_cli.services.rejects import RejectsWriter
 from neruba_cli.services.tabular import read_csv
 
 DEMO_DATABASE = "neruba-demo.db"
+DEMO_SUBSCRIBERS = ("cus_acme", "cus_initech")
+DEMO_EVENTS_PER_CUSTOMER = 400
 DEMO_PROJECT = "demo"
 
 
@@ -48,6 +59,7 @@ class DemoResult:
     customer_import: ImportReport
     steps: list[str] = field(default_factory=list)
     quote: Quote | None = None
+    invoices: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         report = self.customer_import
@@ -66,6 +78,7 @@ class DemoResult:
             },
             "steps": self.steps,
             "quote": None if self.quote is None else quote_document(self.quote),
+            "invoices": self.invoices,
         }
 
 
@@ -92,6 +105,7 @@ def run_demo(folder: Path, *, actor: Actor, now: datetime) -> DemoResult:
         steps.append(_demo_key(engine, actor, now))
         steps.extend(_demo_catalog(engine, now))
         demo_quote = _demo_quote(engine)
+        steps.extend(_demo_billing(engine, folder, actor, now))
         for command, arguments, code in (
             ("project create", {"slug": DEMO_PROJECT}, 0),
             ("customer import", {"file": "demo_customers.csv"}, 3 if report.rejected else 0),
@@ -116,6 +130,7 @@ def run_demo(folder: Path, *, actor: Actor, now: datetime) -> DemoResult:
             customer_import=report,
             steps=steps,
             quote=demo_quote,
+            invoices=_demo_invoices(engine),
         )
     finally:
         engine.dispose()
@@ -155,14 +170,152 @@ def _demo_catalog(engine: Any, now: datetime) -> list[str]:
         project = projects.get_project(session, DEMO_PROJECT)
         parsed = catalog.parse_for_project(session, project, data, source="demo_catalog.toml")
         report = catalog.apply_catalog(session, project, parsed, now=now)
-        start = month_period(now.strftime("%Y-%m"), "UTC").start
-        subscription = subscriptions.create_subscription(
-            session, project, "cus_acme", "pro", start=start, trial_days=0, now=now
-        )
+        made = []
+        for customer in DEMO_SUBSCRIBERS:
+            row = customers.get_customer(session, project, customer)
+            start = month_period(_previous_month(now), row.timezone).start
+            subscription = subscriptions.create_subscription(
+                session, project, customer, "pro", start=start, trial_days=0, now=now
+            )
+            made.append(f"{customer} ({subscription.id}) from {format_ts(start)}")
     return [
         f"applied the example catalog: {len(report.meters)} meters, {len(report.plans)} plans",
-        f"subscribed cus_acme to pro ({subscription.id}) from {format_ts(start)}",
+        f"subscribed to pro: {'; '.join(made)}",
     ]
+
+
+def _previous_month(now: datetime) -> str:
+    return resolve_label("previous", as_of=now, tz="UTC")
+
+
+def _demo_events(month: str, tz_by_customer: dict[str, str]) -> list[bytes]:
+    """A month of usage for the subscribers (the same every time), and one bad line."""
+    generator = random.Random(month)
+    lines: list[bytes] = []
+    for customer, tz in sorted(tz_by_customer.items()):
+        period = month_period(month, tz)
+        span = int((period.end - period.start).total_seconds())
+        seats = {
+            "idempotency_key": f"demo-{customer}-seats",
+            "customer": customer,
+            "meter": "seats",
+            "timestamp": format_ts(period.start),
+            "quantity": "5",
+        }
+        lines.append(orjson.dumps(seats))
+        for n in range(DEMO_EVENTS_PER_CUSTOMER):
+            at = period.start + timedelta(seconds=generator.randrange(span))
+            event = {
+                "idempotency_key": f"demo-{customer}-{n}",
+                "customer": customer,
+                "meter": "api_calls",
+                "timestamp": format_ts(at),
+                "properties": {"region": generator.choice(("eu", "us"))},
+            }
+            if n % 4 == 0:
+                event["meter"] = "tokens"
+                event["properties"]["tokens"] = generator.randrange(50, 20000)
+            lines.append(orjson.dumps(event))
+    bad = {
+        "idempotency_key": "demo-naive",
+        "customer": "cus_acme",
+        "meter": "api_calls",
+        "timestamp": f"{month}-15T12:00:00",
+    }
+    lines.append(orjson.dumps(bad))
+    return lines
+
+
+def _ingest_file(engine: Any, path: Path, actor: Actor, now: datetime) -> ingest.IngestSummary:
+    with Session(engine, expire_on_commit=False) as session:
+        project = projects.get_project(session, DEMO_PROJECT)
+        meters = catalog.stored_meters(session, project)
+    rejects = path.with_suffix(".rejects.jsonl")
+    with RejectsWriter(rejects) as writer:
+        return ingest.ingest(
+            engine,
+            project,
+            Source([str(path)]),
+            ingest.IngestOptions(fmt="jsonl"),
+            meters=meters,
+            rejects=writer,
+            actor=_actor_name(actor),
+            now=now,
+        )
+
+
+def _demo_billing(engine: Any, folder: Path, actor: Actor, now: datetime) -> list[str]:
+    """Usage in, a finalized month of invoices out, then a late event and its correction."""
+    month = _previous_month(now)
+    with Session(engine) as session:
+        project = projects.get_project(session, DEMO_PROJECT)
+        zones = {c: customers.get_customer(session, project, c).timezone for c in DEMO_SUBSCRIBERS}
+    usage = folder / "usage.jsonl"
+    usage.write_bytes(b"\n".join(_demo_events(month, zones)) + b"\n")
+    summary = _ingest_file(engine, usage, actor, now)
+    steps = [
+        f"ingested {usage.name}: {summary.accepted} accepted, {summary.rejected} rejected "
+        f"(a naive timestamp, reported in {usage.with_suffix('.rejects.jsonl').name})"
+    ]
+    again = _ingest_file(engine, usage, actor, now)
+    steps.append(f"ingested it again: {again.duplicates} duplicates, nothing stored twice")
+    first = _bill(engine, month, actor, now, finalize=True)
+    steps.append(
+        f"billed {month}: {billing.run_summary(first)['created']} invoices, finalized "
+        f"{', '.join(first.finalized)}"
+    )
+    rerun = _bill(engine, month, actor, now)
+    steps.append(f"billed {month} again: {rerun.status} (no changes)")
+    late = folder / "late.jsonl"
+    period = month_period(month, zones["cus_acme"])
+    event = {
+        "idempotency_key": "demo-late-1",
+        "customer": "cus_acme",
+        "meter": "tokens",
+        "timestamp": format_ts(period.end - timedelta(hours=1)),
+        "properties": {"tokens": 900000},
+    }
+    late.write_bytes(orjson.dumps(event) + b"\n")
+    _ingest_file(engine, late, actor, now)
+    corrected = _bill(engine, month, actor, now, finalize=True)
+    numbers = [o.number for o in corrected.outcomes if o.action == "corrected"]
+    steps.append(
+        f"a late event for cus_acme, billed {month} again: correction "
+        f"{', '.join(map(str, numbers))} (the finalized invoice stays as it was)"
+    )
+    return steps
+
+
+def _bill(
+    engine: Any, month: str, actor: Actor, now: datetime, *, finalize: bool = False
+) -> billing.RunReport:
+    with Session(engine, expire_on_commit=False) as session:
+        project = projects.get_project(session, DEMO_PROJECT)
+    options = billing.RunOptions(label=month, as_of=now, finalize=finalize)
+    return billing.run_bill(engine, project, options, actor=_actor_name(actor), now=now)
+
+
+def _demo_invoices(engine: Any) -> list[dict[str, Any]]:
+    with Session(engine) as session:
+        project = projects.get_project(session, DEMO_PROJECT)
+        rows = session.execute(
+            select(Invoice, Customer.external_id)
+            .join(Customer, Customer.id == Invoice.customer_id)
+            .where(Invoice.project_id == project.id)
+            .order_by(Invoice.number)
+        ).all()
+        return [
+            {
+                "number": invoice.number,
+                "customer": external_id,
+                "kind": invoice.kind,
+                "status": invoice.status,
+                "period": invoice.period,
+                "total": format_amount(invoice.total, invoice.currency),
+                "currency": invoice.currency,
+            }
+            for invoice, external_id in rows
+        ]
 
 
 def _demo_quote(engine: Any) -> Quote:
@@ -179,3 +332,7 @@ def _import_demo_customers(engine: Any, slug: str, now: datetime) -> ImportRepor
         rows = read_csv(path, columns=customers.CSV_COLUMNS, required=customers.CSV_REQUIRED)
         with RejectsWriter(None) as writer:
             return customers.import_customers(session, project, rows, now=now, rejects=writer)
+
+
+def _actor_name(actor: Actor) -> str:
+    return f"{actor.kind}:{actor.id}"
