@@ -17,14 +17,14 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine, create_engine, delete, text
+from sqlalchemy import Engine, create_engine, delete, text, update
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from neruba_cli.cli.app import app
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine, parse_database_url
-from neruba_cli.db.schema import Base
+from neruba_cli.db.schema import Base, Invoice
 
 DIALECTS = ("sqlite", "mariadb", "postgresql")
 SERVER_DEFAULTS = {
@@ -136,6 +136,9 @@ def db_url(dialect: str, servers: ServerDatabases, tmp_path: Path) -> str:
     url = servers.migrated_url(dialect)
     engine = create_db_engine(url)
     with engine.begin() as conn:
+        # Corrections point at the invoice they correct: unlink them first (MariaDB checks a
+        # self-referencing key row by row while it deletes).
+        conn.execute(update(Invoice.__table__).values(corrects_id=None))
         for table in reversed(Base.metadata.sorted_tables):
             conn.execute(delete(table))
     engine.dispose()

@@ -17,10 +17,12 @@ from neruba_cli.cli import (
     doctor,
     ingest,
     init,
+    invoice,
     key,
     locks,
     member,
     project,
+    run,
     subscription,
 )
 from neruba_cli.cli.output import Output
@@ -60,6 +62,8 @@ app.add_typer(project.app, name="project")
 app.add_typer(customer.app, name="customer")
 app.add_typer(catalog.app, name="catalog")
 app.add_typer(subscription.app, name="subscription")
+app.add_typer(run.app, name="run")
+app.add_typer(invoice.app, name="invoice")
 app.add_typer(key.app, name="key")
 app.add_typer(member.members_app, name="member")
 app.add_typer(member.invites_app, name="invite")

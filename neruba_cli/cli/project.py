@@ -69,6 +69,13 @@ def update(
             show_default=False,
         ),
     ] = None,
+    late_events: Annotated[
+        str | None,
+        typer.Option(
+            "--late-events",
+            help="Events after finalization: correct (linked correction), next_invoice, ignore.",
+        ),
+    ] = None,
 ) -> None:
     """Change a project's settings."""
     rt.audited_project = slug
@@ -79,6 +86,7 @@ def update(
             name=name,
             rounding=validate_rounding(rounding) if rounding else None,
             require_key=require_key,
+            late_events=late_events,
         )
         data = projects.to_dict(project)
     rt.out.emit(data)

@@ -651,6 +651,39 @@ def event_stats(
     return {row.customer_id: (int(row.n), row.first, row.last) for row in conn.execute(query)}
 
 
+def meter_stats(
+    conn: Connection,
+    *,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    customer_ids: Sequence[str],
+) -> dict[tuple[str, str], tuple[int, datetime, datetime]]:
+    """(customer_id, meter code) → (count, first ts, last ts) of all events in [start, end):
+    one pass that gives both the per-customer totals a rerun compares and the event span of
+    every meter that reads `quantity` without filters."""
+    query = (
+        select(
+            events.c.customer_id,
+            events.c.meter,
+            func.count().label("n"),
+            func.min(events.c.ts).label("first"),
+            func.max(events.c.ts).label("last"),
+        )
+        .where(
+            events.c.project_id == project_id,
+            events.c.customer_id.in_(list(customer_ids)),
+            events.c.ts >= start,
+            events.c.ts < end,
+        )
+        .group_by(events.c.customer_id, events.c.meter)
+    )
+    return {
+        (row.customer_id, row.meter): (int(row.n), row.first, row.last)
+        for row in conn.execute(query)
+    }
+
+
 def event_counts(
     conn: Connection,
     *,

@@ -134,6 +134,7 @@ class WorkItem:
     carried: list[CarriedUsage] = field(default_factory=list)  # late usage it takes in
     carried_elsewhere: list[list[dict[str, Any]]] = field(default_factory=list)
     fallback: bool = False  # next_invoice, but no open invoice can take it: correct instead
+    window_stats: dict[str, tuple[int, datetime, datetime]] | None = None  # by meter
 
     @property
     def key(self) -> tuple[str, datetime, datetime]:
@@ -523,15 +524,19 @@ def _count_events(conn: Connection, project: Project, chunk: list[WorkItem]) -> 
     for item in chunk:
         windows[(item.period.start, item.period.end)].append(item)
     for (start, end), group in windows.items():
-        counts = usage_sql.event_counts(
+        stats = usage_sql.meter_stats(
             conn,
             project_id=project.id,
             start=start,
             end=end,
             customer_ids=sorted({item.customer.id for item in group}),
         )
+        per_customer: dict[str, dict[str, tuple[int, datetime, datetime]]] = defaultdict(dict)
+        for (customer_id, meter), span in stats.items():
+            per_customer[customer_id][meter] = span
         for item in group:
-            item.raw_count = counts.get(item.customer.id, 0)
+            item.window_stats = per_customer.get(item.customer.id, {})
+            item.raw_count = sum(span[0] for span in item.window_stats.values())
 
 
 def _needs_pricing(item: WorkItem, project: Project, *, final_only: bool = False) -> bool:
@@ -654,10 +659,14 @@ def _build(conn: Connection, project: Project, items: list[WorkItem]) -> dict[An
                     wanted[(piece.start, piece.end, spec)].add(item.customer.id)
                     if charge.model == "percentage":
                         percentage.add((piece.start, piece.end, spec, item.customer.id))
+    known = _known_spans(items)
     results: dict[tuple[datetime, datetime, MeterSpec, str], MeterUsage] = {}
     for (start, end, spec), customer_ids in wanted.items():
         ids = sorted(customer_ids)
-        for usage_customer, usage in _aggregate(conn, project, spec, start, end, ids, percentage):
+        spans = _spans(known, spec, start, end, ids)
+        for usage_customer, usage in _aggregate(
+            conn, project, spec, start, end, ids, percentage, spans
+        ):
             results[(start, end, spec, usage_customer)] = usage
     built: dict[Any, BuiltInvoice] = {}
     for item in items:
@@ -674,6 +683,7 @@ def _aggregate(
     end: datetime,
     ids: list[str],
     percentage: set[tuple[datetime, datetime, MeterSpec, str]],
+    spans: dict[str, tuple[int, datetime, datetime]] | None,
 ) -> Iterable[tuple[str, MeterUsage]]:
     openings = None
     if spec.aggregation == "weighted_sum" and spec.recurring:
@@ -689,11 +699,12 @@ def _aggregate(
         customer_ids=ids,
         openings=openings,
     )
-    stats = usage_sql.event_stats(
-        conn, spec, project_id=project.id, start=start, end=end, customer_ids=ids
-    )
+    if spans is None:
+        spans = usage_sql.event_stats(
+            conn, spec, project_id=project.id, start=start, end=end, customer_ids=ids
+        )
     for customer_id in ids:
-        count, first, last = stats.get(customer_id, (0, None, None))
+        count, first, last = spans.get(customer_id, (0, None, None))
         transactions = None
         if (start, end, spec, customer_id) in percentage:
             transactions = tuple(
@@ -703,6 +714,39 @@ def _aggregate(
             )
         value = values.get(customer_id, Decimal(0))
         yield customer_id, MeterUsage(value, count, first, last, transactions)
+
+
+Span = tuple[int, datetime, datetime]
+
+
+def _known_spans(items: list[WorkItem]) -> dict[tuple[datetime, datetime, str], dict[str, Span]]:
+    """The per-meter event spans the change detection already read, by window and customer."""
+    return {
+        (item.period.start, item.period.end, item.customer.id): item.window_stats
+        for item in items
+        if item.window_stats is not None
+    }
+
+
+def _spans(
+    known: dict[tuple[datetime, datetime, str], dict[str, Span]],
+    spec: MeterSpec,
+    start: datetime,
+    end: datetime,
+    ids: list[str],
+) -> dict[str, Span] | None:
+    """A plain meter's (quantity, no filters) event spans from what is known, or None when
+    they must be queried (a filtered meter, a property field, a piece of a period)."""
+    if spec.field != "quantity" or spec.filters:
+        return None
+    found: dict[str, Span] = {}
+    for customer_id in ids:
+        stats = known.get((start, end, customer_id))
+        if stats is None:
+            return None
+        if spec.code in stats:
+            found[customer_id] = stats[spec.code]
+    return found
 
 
 def _with_usage(
@@ -747,6 +791,7 @@ class _Writer:
         self.lease, self.options = lease, options
         self.actor, self.now = actor, now
         self.pending: list[Write] = []
+        self.creates: list[_NewInvoice] = []
         self.run_id: str | None = None
         self.renewed = time.monotonic()
 
@@ -840,45 +885,10 @@ class _Writer:
         if self.options.dry_run:
             return
         revision = max((inv.revision for inv in item.existing), default=-1) + 1
-        invoice_id = new_id("inv")
-
-        def write(conn: Connection) -> None:
-            number = next_number(conn, self.project)
-            outcome.number = number
-            if corrects is not None:
-                outcome.landed = number
-            conn.execute(
-                insert(invoices_t).values(
-                    id=invoice_id,
-                    project_id=self.project.id,
-                    number=number,
-                    customer_id=item.customer.id,
-                    period=item.label,
-                    period_start=item.period.start,
-                    period_end=item.period.end,
-                    revision=revision,
-                    kind=content["kind"],
-                    status="draft",
-                    currency=item.customer.currency,
-                    subtotal=Decimal(content["subtotal"]),
-                    credits_applied=Decimal(content["credits_applied"]),
-                    total=Decimal(content["total"]),
-                    corrects_id=None if corrects is None else corrects.id,
-                    run_id=self.run_id,
-                    version=1,
-                    fingerprint=built.fingerprint,
-                    setup_fingerprint=built.setup_fingerprint,
-                    event_count=item.raw_count,
-                    content=canonical_json(content).decode(),
-                    inputs=canonical_json(built.inputs).decode(),
-                    created_at=self.now,
-                    updated_at=self.now,
-                )
-            )
-            self._write_lines(conn, invoice_id, content)
-            self._write_revision(conn, invoice_id, 1, built.fingerprint, content)
-
-        self._queue(write)
+        self._ensure_run()
+        self.creates.append(_NewInvoice(item, built, content, outcome, corrects, revision))
+        if len(self.creates) + len(self.pending) >= WRITE_BATCH:
+            self.flush()
 
     def _queue_update(
         self, draft: Invoice, item: WorkItem, built: BuiltInvoice, content: dict[str, Any]
@@ -950,19 +960,7 @@ class _Writer:
         self._queue(write)
 
     def _write_lines(self, conn: Connection, invoice_id: str, content: dict[str, Any]) -> None:
-        rows = [
-            {
-                "invoice_id": invoice_id,
-                "position": position,
-                "kind": line["kind"],
-                "description": line["description"][:500],
-                "meter": line.get("meter"),
-                "quantity": None if line.get("quantity") is None else Decimal(line["quantity"]),
-                "amount": Decimal(line["amount"]),
-                "event_count": (line.get("events") or {}).get("count"),
-            }
-            for position, line in enumerate(content["lines"], start=1)
-        ]
+        rows = _line_rows(invoice_id, content)
         if rows:
             conn.execute(insert(lines_t), rows)
 
@@ -974,16 +972,8 @@ class _Writer:
         fingerprint: str,
         content: dict[str, Any],
     ) -> None:
-        conn.execute(
-            insert(revisions_t).values(
-                invoice_id=invoice_id,
-                version=version,
-                run_id=self.run_id,
-                fingerprint=fingerprint,
-                content=canonical_json(content).decode(),
-                created_at=self.now,
-            )
-        )
+        row = _revision_row(invoice_id, version, self.run_id, fingerprint, content, self.now)
+        conn.execute(insert(revisions_t).values(**row))
 
     def _queue(self, write: Write, *, needs_run: bool = True) -> None:
         if needs_run:
@@ -998,12 +988,63 @@ class _Writer:
         return _Fenced(self)
 
     def flush(self) -> None:
-        if not self.pending:
+        if not self.pending and not self.creates:
             return
         writes, self.pending = self.pending, []
+        creates, self.creates = self.creates, []
         with self.transaction() as conn:
             for write in writes:
                 write(conn)
+            if creates:
+                self._insert_invoices(conn, creates)
+
+    def _insert_invoices(self, conn: Connection, creates: list[_NewInvoice]) -> None:
+        """New invoices in a few statements: numbers taken as one block, then one multi-row
+        insert each for invoices, lines and revisions."""
+        numbers = reserve_numbers(conn, self.project, len(creates))
+        invoices, lines, revisions = [], [], []
+        for new, number in zip(creates, numbers, strict=True):
+            invoice_id = new_id("inv")
+            new.outcome.number = number
+            if new.corrects is not None:
+                new.outcome.landed = number
+            content, built, item = new.content, new.built, new.item
+            invoices.append(
+                {
+                    "id": invoice_id,
+                    "project_id": self.project.id,
+                    "number": number,
+                    "customer_id": item.customer.id,
+                    "period": item.label,
+                    "period_start": item.period.start,
+                    "period_end": item.period.end,
+                    "revision": new.revision,
+                    "kind": content["kind"],
+                    "status": "draft",
+                    "currency": item.customer.currency,
+                    "subtotal": Decimal(content["subtotal"]),
+                    "credits_applied": Decimal(content["credits_applied"]),
+                    "total": Decimal(content["total"]),
+                    "corrects_id": None if new.corrects is None else new.corrects.id,
+                    "run_id": self.run_id,
+                    "version": 1,
+                    "fingerprint": built.fingerprint,
+                    "setup_fingerprint": built.setup_fingerprint,
+                    "event_count": item.raw_count,
+                    "content": canonical_json(content).decode(),
+                    "inputs": canonical_json(built.inputs).decode(),
+                    "created_at": self.now,
+                    "updated_at": self.now,
+                }
+            )
+            lines += _line_rows(invoice_id, content)
+            revisions.append(
+                _revision_row(invoice_id, 1, self.run_id, built.fingerprint, content, self.now)
+            )
+        conn.execute(insert(invoices_t), invoices)
+        if lines:
+            conn.execute(insert(lines_t), lines)
+        conn.execute(insert(revisions_t), revisions)
 
     def _ensure_run(self) -> None:
         if self.run_id is not None or self.lease is None:
@@ -1073,6 +1114,50 @@ class _Writer:
             )
 
 
+@dataclass
+class _NewInvoice:
+    item: WorkItem
+    built: BuiltInvoice
+    content: dict[str, Any]
+    outcome: Outcome
+    corrects: Invoice | None
+    revision: int
+
+
+def _line_rows(invoice_id: str, content: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "invoice_id": invoice_id,
+            "position": position,
+            "kind": line["kind"],
+            "description": line["description"][:500],
+            "meter": line.get("meter"),
+            "quantity": None if line.get("quantity") is None else Decimal(line["quantity"]),
+            "amount": Decimal(line["amount"]),
+            "event_count": (line.get("events") or {}).get("count"),
+        }
+        for position, line in enumerate(content["lines"], start=1)
+    ]
+
+
+def _revision_row(
+    invoice_id: str,
+    version: int,
+    run_id: str | None,
+    fingerprint: str,
+    content: dict[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "invoice_id": invoice_id,
+        "version": version,
+        "run_id": run_id,
+        "fingerprint": fingerprint,
+        "content": canonical_json(content).decode(),
+        "created_at": now,
+    }
+
+
 class _Fenced:
     """A write transaction that first checks the lease is still the run's."""
 
@@ -1099,21 +1184,30 @@ class _Fenced:
 
 def next_number(conn: Connection, project: Project) -> str:
     """The next invoice number, gapless: the counter moves inside the invoice's transaction."""
+    return reserve_numbers(conn, project, 1)[0]
+
+
+def reserve_numbers(conn: Connection, project: Project, count: int) -> list[str]:
+    """`count` consecutive invoice numbers. The counter row is updated in the caller's
+    transaction: its row lock orders concurrent writers, and a rollback gives the numbers
+    back, so numbers stay gapless."""
     for _attempt in range(3):
         bumped = conn.execute(
             update(sequences_t)
             .where(sequences_t.c.project_id == project.id)
-            .values(last_number=sequences_t.c.last_number + 1)
+            .values(last_number=sequences_t.c.last_number + count)
         ).rowcount
         if bumped == 1:
-            value = conn.execute(
-                select(sequences_t.c.last_number).where(sequences_t.c.project_id == project.id)
-            ).scalar_one()
-            return format_number(project.slug, int(value))
+            last = int(
+                conn.execute(
+                    select(sequences_t.c.last_number).where(sequences_t.c.project_id == project.id)
+                ).scalar_one()
+            )
+            return [format_number(project.slug, n) for n in range(last - count + 1, last + 1)]
         try:
             with conn.begin_nested():
-                conn.execute(insert(sequences_t).values(project_id=project.id, last_number=1))
-            return format_number(project.slug, 1)
+                conn.execute(insert(sequences_t).values(project_id=project.id, last_number=count))
+            return [format_number(project.slug, n) for n in range(1, count + 1)]
         except IntegrityError:
             continue  # another transaction created the counter first; bump it
     raise InvalidInput("could not take an invoice number; run again")
@@ -1174,14 +1268,17 @@ def compute_invoice(
     label: str,
     customer_external_id: str,
     period: Period,
+    *,
+    carried: Sequence[CarriedUsage] = (),
 ) -> BuiltInvoice | None:
     """One customer's invoice for one billing period of month `label`, as a run would build
-    it now; None when the month no longer bills that period."""
-    for item, built in compute_invoices(
-        conn, project, label, customer_external_id, as_of=period.end
-    ):
+    it now (with `carried`: late usage of an earlier month it took in, policy next_invoice);
+    None when the month no longer bills that period."""
+    items = plan_items(conn, project, label, period.end, (customer_external_id,))
+    for item in items:
         if (item.period.start, item.period.end) == (period.start, period.end):
-            return built
+            item.carried = list(carried)
+            return _build(conn, project, [item])[item.key]
     return None
 
 
@@ -1190,6 +1287,7 @@ def open_period_labels(
 ) -> list[str]:
     """The months whose runs bill the customer's billing periods that contain `at` (and the
     customer's own month of `at`, where one-off charges without a subscription land)."""
+    from neruba_cli.domain.billing_periods import month_label
     from neruba_cli.domain.periods import period_containing
 
     customers = _customers(conn, project, (customer_external_id,))

@@ -10,11 +10,12 @@ from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import Project
 from neruba_cli.db.unique import add_unique
-from neruba_cli.domain.errors import NotFound
+from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.money import RoundingMode
 from neruba_cli.domain.tenancy import ProjectSpec
 from neruba_cli.domain.timestamps import format_ts
+from neruba_cli.services.billing import LATE_EVENT_POLICIES
 
 
 def create_project(
@@ -31,6 +32,7 @@ def create_project(
         created_at=now,
         mode=mode,
         require_key=False,
+        late_events=LATE_EVENT_POLICIES[0],
     )
     add_unique(session, project, f"project {spec.slug!r} already exists")
     return project
@@ -63,9 +65,12 @@ def update_project(
     name: str | None = None,
     rounding: RoundingMode | None = None,
     require_key: bool | None = None,
+    late_events: str | None = None,
 ) -> Project:
     """Change the settings that can change; currency and mode are fixed at creation."""
     project = get_project(session, slug)
+    if late_events is not None:
+        project.late_events = validate_late_events(late_events)
     if name is not None:
         project.name = name.strip() or project.slug
     if rounding is not None:
@@ -74,6 +79,16 @@ def update_project(
         project.require_key = require_key
     session.flush()
     return project
+
+
+def validate_late_events(policy: str) -> str:
+    """What a billing rerun does with events that arrive after their period was finalized."""
+    if policy not in LATE_EVENT_POLICIES:
+        raise InvalidInput(
+            f"late events: {policy!r} is not a late-event policy",
+            hint="use correct (a linked correction), next_invoice or ignore",
+        )
+    return policy
 
 
 def spec_of(project: Project) -> ProjectSpec:
@@ -97,5 +112,6 @@ def to_dict(project: Project) -> dict[str, Any]:
         "rounding": project.rounding,
         "mode": project.mode,
         "require_key": project.require_key,
+        "late_events": project.late_events,
         "created_at": format_ts(project.created_at),
     }

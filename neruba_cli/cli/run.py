@@ -1,0 +1,286 @@
+"""`neruba run ...`: billing runs (bill a month; list, show and diff past runs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+from neruba_cli.cli.output import Output, fields, table
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.timestamps import format_ts, parse_ts
+from neruba_cli.services import billing, runs
+
+app = typer.Typer(help="Billing runs: bill a month, then list, show and diff the runs.")
+
+Starter = Callable[[int], Callable[[int], None]]
+
+
+@command(app, "bill", group="run", scope="billing", mutating=True)
+def bill(
+    rt: Runtime,
+    period: Annotated[str, typer.Option(help="The month to bill: YYYY-MM, previous or current.")],
+    as_of: Annotated[
+        str | None,
+        typer.Option(help="Bill as if it were this moment, RFC 3339 (default: now)."),
+    ] = None,
+    customer: Annotated[
+        list[str] | None,
+        typer.Option("--customer", help="Only this customer (external id); repeatable."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Compute and show everything, write nothing.")
+    ] = False,
+    finalize: Annotated[
+        bool,
+        typer.Option("--finalize", help="Finalize the month's drafts whose period has ended."),
+    ] = False,
+    wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for a run that holds the lock.")
+    ] = 0.0,
+    lease: Annotated[
+        int, typer.Option(min=1, help="Seconds the run's lock lasts without renewal.")
+    ] = 600,
+) -> None:
+    """Bill a month: create or recompute drafts, correct finalized invoices for late events.
+
+    A rerun whose inputs did not change writes nothing and says "no changes". Exit 5 when
+    another run holds the month's lock.
+    """
+    moment = parse_ts(as_of, field="--as-of") if as_of else rt.now()
+    options = billing.RunOptions(
+        label=period,
+        as_of=moment,
+        customers=tuple(customer or ()),
+        dry_run=dry_run,
+        finalize=finalize,
+        wait=wait,
+        lease=timedelta(seconds=lease),
+    )
+    with rt.transaction() as session:
+        project = rt.project(session)
+    with _progress(rt.out, "Billing") as start:
+        report = billing.run_bill(
+            rt.engine(),
+            project,
+            options,
+            actor=rt.actor.id,
+            now=rt.now(),
+            progress_total=start,
+        )
+    data = report_to_dict(report)
+    rt.out.emit(data, _render_report(data))
+
+
+def report_to_dict(report: billing.RunReport) -> dict[str, Any]:
+    """`run bill --json`: the documented keys first, then the details."""
+    counts = billing.run_summary(report)
+    status = "dry_run" if report.dry_run else report.status
+    changes = []
+    for outcome in report.outcomes:
+        if outcome.action == "unchanged" and not outcome.late_events:
+            continue  # late events are listed even where nothing changed: where they landed
+        change: dict[str, Any] = {
+            "customer": outcome.customer,
+            "period_start": format_ts(outcome.period.start),
+            "period_end": format_ts(outcome.period.end),
+            "action": outcome.action,
+            "number": outcome.number,
+            "total": _money(outcome.total),
+            "late_events": outcome.late_events,
+            "landed": outcome.landed,
+        }
+        if report.dry_run:
+            change["invoice"] = outcome.content
+        changes.append(change)
+    return {
+        "run": report.run,
+        "period": report.period,
+        "status": status,
+        "invoices": counts["invoices"],
+        "corrections": counts["corrections"],
+        "late_events": counts["late_events"],
+        "unchanged": counts["unchanged"],
+        "fingerprint": report.fingerprint,
+        "created": counts["created"],
+        "updated": counts["updated"],
+        "voided": counts["voided"],
+        "finalized": list(report.finalized),
+        "dry_run": report.dry_run,
+        "changes": changes,
+    }
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+@contextmanager
+def _progress(out: Output, description: str) -> Iterator[Starter | None]:
+    """A bar over the run's work items on a terminal; nothing in cron, --quiet or --json."""
+    if not out.interactive:
+        yield None
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=out.stderr, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def start(total: int) -> Callable[[int], None]:
+            bar.update(task, total=total)
+            return lambda done: bar.advance(task, done)
+
+        yield start
+
+
+def _render_report(data: dict[str, Any]) -> Callable[[Console], None]:
+    def render(console: Console) -> None:
+        changes = data["changes"]
+        if changes:
+            grid = Table(title=None, header_style="bold")
+            for column in ("customer", "period", "action", "number", "total", "late events"):
+                grid.add_column(column, overflow="fold", no_wrap=column == "period")
+            for change in changes:
+                grid.add_row(
+                    Text(change["customer"]),
+                    Text(f"{change['period_start'][:10]} → {change['period_end'][:10]}"),
+                    Text(change["action"]),
+                    Text(change["number"] or ""),
+                    Text(change["total"] or ""),
+                    Text(_landed(change)),
+                )
+            console.print(grid)
+        console.print(Text(summary_line(data)))
+
+    return render
+
+
+def _landed(change: dict[str, Any]) -> str:
+    if not change["late_events"]:
+        return ""
+    where = change["landed"] or change["action"]  # a dry run has no numbers yet
+    return f"{change['late_events']} → {where}"
+
+
+def summary_line(data: dict[str, Any]) -> str:
+    """One line: what the run did, or "no changes"."""
+    prefix = f"{data['period']}: " + ("dry run: " if data["dry_run"] else "")
+    parts = [f"{data[key]} {key}" for key in ("created", "updated") if data[key]]
+    if data["corrections"]:
+        parts.append(_plural(data["corrections"], "correction"))
+    if data["voided"]:
+        parts.append(f"{data['voided']} voided")
+    if data["finalized"]:
+        parts.append(f"{len(data['finalized'])} finalized")
+    late = f", {_plural(data['late_events'], 'late event')}" if data["late_events"] else ""
+    if not parts:
+        return f"{prefix}no changes ({_plural(data['unchanged'], 'invoice')} unchanged{late})"
+    if data["dry_run"]:
+        prefix += "nothing written; would have "
+    run = f" in {data['run']}" if data["run"] else ""
+    return f"{prefix}{', '.join(parts)}{run} ({data['unchanged']} unchanged{late})"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+# --------------------------------------------------------------------------- past runs
+
+
+@command(app, "list", group="run", scope="read")
+def list_(
+    rt: Runtime,
+    period: Annotated[str | None, typer.Option(help="Only runs of this month (YYYY-MM).")] = None,
+) -> None:
+    """List billing runs, newest first (a run that changed nothing leaves no record)."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        rows = [runs.run_to_dict(run) for run in runs.list_runs(session, project, period)]
+
+    def render(console: Console) -> None:
+        grid = Table(header_style="bold")
+        for column in ("id", "period", "status", "started", "result"):
+            grid.add_column(column, no_wrap=column != "result", overflow="fold")
+        for row in rows:
+            started = (row["started_at"] or "")[:19].replace("T", " ")
+            grid.add_row(row["id"], row["period"], row["status"], started, _result(row))
+        console.print(grid)
+
+    rt.out.emit(rows, render)
+
+
+def _result(row: dict[str, Any]) -> Text:
+    """What a run did, in a few words: `3 created, 1 correction, 40 late events`."""
+    parts = [f"{row[key]} {key}" for key in ("created", "updated") if row.get(key)]
+    if row.get("corrections"):
+        parts.append(_plural(row["corrections"], "correction"))
+    for key in ("voided", "finalized"):
+        if row.get(key):
+            parts.append(f"{row[key]} {key}")
+    if row.get("late_events"):
+        parts.append(_plural(row["late_events"], "late event"))
+    return Text(", ".join(parts) or (row.get("message") or ""))
+
+
+@command(app, "show", group="run", scope="read")
+def show(
+    rt: Runtime,
+    run: Annotated[str, typer.Argument(help="Run id (run_...).")],
+) -> None:
+    """Show a run, its counts and the invoices it wrote."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        found = runs.get_run(session, project, run)
+        data = {**runs.run_to_dict(found), "written": runs.run_invoices(session, project, found)}
+
+    def render(console: Console) -> None:
+        fields({k: v for k, v in data.items() if k != "written"})(console)
+        columns = ("number", "customer", "kind", "total", "action")
+        table("invoices written", columns, [[w[c] for c in columns] for w in data["written"]])(
+            console
+        )
+
+    rt.out.emit(data, render)
+
+
+@command(app, "diff", group="run", scope="read")
+def diff(
+    rt: Runtime,
+    run_a: Annotated[str, typer.Argument(help="The earlier run (before).")],
+    run_b: Annotated[str, typer.Argument(help="The later run (after).")],
+) -> None:
+    """What changed between the invoices as run A left them and as run B left them."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        changes = runs.diff_runs(session, project, run_a, run_b)
+
+    def render(console: Console) -> None:
+        if not changes:
+            console.print(Text(f"no differences between {run_a} and {run_b}"))
+            return
+        for change in changes:
+            head = Text(f"{change['customer']}  {change['number']}  ", style="bold")
+            head += _arrow(change["before_total"], change["after_total"])
+            console.print(head)
+            for line in change["lines"]:
+                console.print(
+                    Text(f"  {line['description']}: ") + _arrow(line["before"], line["after"])
+                )
+
+    rt.out.emit(changes, render)
+
+
+def _arrow(before: str | None, after: str | None) -> Text:
+    text = Text()
+    text.append(before if before is not None else "(none)", style="red")
+    text.append(" → ")
+    text.append(after if after is not None else "(none)", style="green")
+    return text

@@ -1,0 +1,331 @@
+"""`neruba run bill | list | show | diff` on every dialect, through the CLI, with the database
+read back. Expected totals are computed here by hand, independently of the pricing code."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import Session
+
+from neruba_cli.db import locks
+from neruba_cli.db.schema import BillingRun, Invoice, InvoiceRevision, Project
+from neruba_cli.services import billing
+from tests.conftest import Cli
+
+AS_OF = "2026-11-02T00:00:00Z"
+UNIT = Decimal("0.01")  # per API call
+BASE_FEE = Decimal("5.00")  # per month, in arrears
+CATALOG = """
+[[meters]]
+code = "api_calls"
+aggregation = "count"
+
+[[plans]]
+code = "starter"
+currency = "USD"
+interval = "month"
+base_fee = "5.00"
+base_fee_timing = "arrears"
+
+  [[plans.charges]]
+  meter = "api_calls"
+  model = "per_unit"
+  unit_amount = "0.01"
+"""
+OCTOBER_CALLS = {"c1": 100, "c2": 250, "c3": 0}
+
+
+def expected_total(calls: int) -> str:
+    return str(BASE_FEE + UNIT * calls)
+
+
+def write_events(path: Path, prefix: str, counts: dict[str, int], day: int = 3) -> Path:
+    spread = min(20, 32 - day)  # days of October the events spread over
+    lines = []
+    for customer, count in counts.items():
+        for i in range(count):
+            event = {
+                "idempotency_key": f"{prefix}-{customer}-{i}",
+                "customer": customer,
+                "meter": "api_calls",
+                "timestamp": f"2026-10-{day + i % spread:02d}T{i % 24:02d}:15:00Z",
+            }
+            lines.append(orjson.dumps(event))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def ingest(cli: Cli, path: Path) -> None:
+    result = cli("ingest", str(path), "--project", "acme", "--json")
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.fixture(autouse=True)
+def unlink_corrections(engine: Engine) -> Iterator[None]:
+    """MariaDB checks foreign keys row by row, so the next test's `DELETE FROM invoices` would
+    trip over a correction pointing at its original; unlink them when a test ends."""
+    yield
+    with engine.begin() as conn:
+        conn.execute(update(Invoice).values(corrects_id=None))
+
+
+@pytest.fixture
+def shop(cli: Cli, tmp_path: Path) -> Cli:
+    assert cli("project", "create", "acme").exit_code == 0
+    (tmp_path / "catalog.toml").write_text(CATALOG)
+    applied = cli("catalog", "apply", str(tmp_path / "catalog.toml"), "--project", "acme")
+    assert applied.exit_code == 0, applied.stderr
+    for customer in OCTOBER_CALLS:
+        assert cli("customer", "create", customer, "--project", "acme").exit_code == 0
+        subscribed = cli(
+            "subscription",
+            "create",
+            customer,
+            "starter",
+            "--start",
+            "2026-10-01T00:00:00Z",
+            "--project",
+            "acme",
+        )
+        assert subscribed.exit_code == 0, subscribed.stderr
+    ingest(cli, write_events(tmp_path / "october.jsonl", "oct", OCTOBER_CALLS))
+    # November usage must not reach October's invoices
+    november = tmp_path / "november.jsonl"
+    november.write_bytes(
+        orjson.dumps(
+            {
+                "idempotency_key": "nov-1",
+                "customer": "c1",
+                "meter": "api_calls",
+                "timestamp": "2026-11-01T00:00:00Z",
+            }
+        )
+        + b"\n"
+    )
+    ingest(cli, november)
+    return cli
+
+
+def bill(cli: Cli, *args: str, code: int = 0) -> dict[str, Any]:
+    result = cli(
+        "run", "bill", "--period", "2026-10", "--as-of", AS_OF, *args, "--project", "acme", "--json"
+    )
+    assert result.exit_code == code, result.stderr
+    return dict(result.json())
+
+
+def run_cmd(cli: Cli, *args: str) -> Any:
+    result = cli("run", *args, "--project", "acme", "--json")
+    assert result.exit_code == 0, result.stderr
+    return result.json()
+
+
+def count(engine: Engine, model: type) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+def invoices(engine: Engine) -> list[Invoice]:
+    with Session(engine) as session:
+        found = list(session.scalars(select(Invoice).order_by(Invoice.number)))
+        session.expunge_all()
+    return found
+
+
+def totals(changes: list[dict[str, Any]]) -> dict[str, str]:
+    return {change["customer"]: change["total"] for change in changes}
+
+
+def test_bill_creates_exact_invoices_and_a_rerun_changes_nothing(
+    shop: Cli, engine: Engine, tmp_path: Path
+) -> None:
+    first = bill(shop)
+    assert first["status"] == "completed" and first["run"].startswith("run_")
+    assert (first["period"], first["invoices"], first["created"]) == ("2026-10", 3, 3)
+    assert (first["corrections"], first["unchanged"], first["late_events"]) == (0, 0, 0)
+    assert first["fingerprint"].startswith("sha256:") and first["dry_run"] is False
+    want = {customer: expected_total(calls) for customer, calls in OCTOBER_CALLS.items()}
+    assert want == {"c1": "6.00", "c2": "7.50", "c3": "5.00"}
+    assert totals(first["changes"]) == want
+    assert [c["action"] for c in first["changes"]] == ["created"] * 3
+    stored = invoices(engine)
+    assert [(i.number, i.status, i.kind, i.total) for i in stored] == [
+        ("ACME-000001", "draft", "invoice", Decimal("6.00")),
+        ("ACME-000002", "draft", "invoice", Decimal("7.50")),
+        ("ACME-000003", "draft", "invoice", Decimal("5.00")),
+    ]
+    assert {i.run_id for i in stored} == {first["run"]}
+    assert count(engine, BillingRun) == 1
+
+    again = bill(shop)
+    assert (again["status"], again["run"], again["unchanged"], again["changes"]) == (
+        "unchanged",
+        None,
+        3,
+        [],
+    )
+    assert again["fingerprint"] == first["fingerprint"]
+    human = shop("run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--project", "acme")
+    assert human.exit_code == 0, human.stderr
+    assert human.stdout.strip() == "2026-10: no changes (3 invoices unchanged)"
+    assert count(engine, BillingRun) == 1 and count(engine, InvoiceRevision) == 3
+
+    # a draft is recomputed in place: a new version, and `run diff` shows the line that moved
+    ingest(shop, write_events(tmp_path / "more.jsonl", "more", {"c1": 5}))
+    updated = bill(shop)
+    assert (updated["updated"], updated["unchanged"]) == (1, 2)
+    assert [(c["customer"], c["action"], c["number"], c["total"]) for c in updated["changes"]] == [
+        ("c1", "updated", "ACME-000001", expected_total(105))
+    ]
+    assert invoices(engine)[0].version == 2 and count(engine, Invoice) == 3
+    diff = run_cmd(shop, "diff", first["run"], updated["run"])
+    assert [(d["customer"], d["number"], d["before_total"], d["after_total"]) for d in diff] == [
+        ("c1", "ACME-000001", "6.00", "6.05")
+    ]
+    assert [(line["before"], line["after"]) for line in diff[0]["lines"]] == [("1.00", "1.05")]
+    assert run_cmd(shop, "diff", first["run"], first["run"]) == []
+    rendered = shop("run", "diff", first["run"], updated["run"], "--project", "acme")
+    assert rendered.exit_code == 0 and "c1  ACME-000001  6.00 → 6.05" in rendered.stdout
+    assert "c2" not in rendered.stdout
+
+
+def test_dry_run_writes_nothing_and_shows_the_invoices(shop: Cli, engine: Engine) -> None:
+    dry = bill(shop, "--dry-run")
+    assert (dry["status"], dry["dry_run"], dry["run"], dry["created"]) == ("dry_run", True, None, 3)
+    assert totals(dry["changes"]) == {"c1": "6.00", "c2": "7.50", "c3": "5.00"}
+    c2 = next(change for change in dry["changes"] if change["customer"] == "c2")
+    assert c2["number"] is None and c2["invoice"]["total"] == "7.50"
+    usage = [line for line in c2["invoice"]["lines"] if line["kind"] == "usage"]
+    assert [(line["quantity"], line["amount"]) for line in usage] == [("250", "2.50")]
+    only = bill(shop, "--dry-run", "--customer", "c1")
+    assert totals(only["changes"]) == {"c1": "6.00"}
+    human = shop(
+        "run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--dry-run", "--project", "acme"
+    )
+    assert human.exit_code == 0 and "7.50" in human.stdout
+    assert "2026-10: dry run: nothing written; would have 3 created (0 unchanged)" in human.stdout
+    for model in (Invoice, InvoiceRevision, BillingRun):
+        assert count(engine, model) == 0, model
+    assert locks.list_held(engine) == []
+
+
+def test_a_late_event_after_finalization_gives_exactly_one_correction(
+    shop: Cli, engine: Engine, tmp_path: Path
+) -> None:
+    first = bill(shop, "--finalize")
+    assert first["finalized"] == ["ACME-000001", "ACME-000002", "ACME-000003"]
+    before = {i.number: (i.content, i.total, i.status) for i in invoices(engine)}
+    assert {status for _, _, status in before.values()} == {"finalized"}
+
+    ingest(shop, write_events(tmp_path / "late.jsonl", "late", {"c2": 3}, day=30))
+    late = bill(shop, "--finalize")
+    assert (late["corrections"], late["late_events"], late["unchanged"]) == (1, 3, 2)
+    assert late["changes"] == [
+        {
+            "customer": "c2",
+            "period_start": "2026-10-01T00:00:00Z",
+            "period_end": "2026-11-01T00:00:00Z",
+            "action": "corrected",
+            "number": "ACME-000004",
+            "total": str(UNIT * 3),
+            "late_events": 3,
+            "landed": "ACME-000004",
+        }
+    ]
+    stored = {i.number: i for i in invoices(engine)}
+    for number, (content, total, status) in before.items():
+        assert (stored[number].content, stored[number].total, stored[number].status) == (
+            content,
+            total,
+            status,
+        )
+    correction = stored["ACME-000004"]
+    assert (correction.kind, correction.total, correction.revision) == (
+        "supplemental",
+        Decimal("0.03"),
+        1,
+    )
+    assert correction.corrects_id == stored["ACME-000002"].id
+    assert correction.status == "finalized"  # --finalize took it too
+
+    assert bill(shop)["status"] == "unchanged"
+    listed = run_cmd(shop, "list")
+    assert [r["id"] for r in listed] == [late["run"], first["run"]]
+    assert [(r["corrections"], r["late_events"], r["status"]) for r in listed] == [
+        (1, 3, "completed"),
+        (0, 0, "completed"),
+    ]
+    assert run_cmd(shop, "list", "--period", "2026-09") == []
+    shown = run_cmd(shop, "show", late["run"])
+    assert (shown["id"], shown["as_of"], shown["fingerprint"]) == (
+        late["run"],
+        AS_OF,
+        late["fingerprint"],
+    )
+    assert [(w["number"], w["customer"], w["total"], w["action"]) for w in shown["written"]] == [
+        ("ACME-000004", "c2", "0.03", "corrected")
+    ]
+    assert [w["action"] for w in run_cmd(shop, "show", first["run"])["written"]] == ["created"] * 3
+    diff = run_cmd(shop, "diff", first["run"], late["run"])
+    assert [(d["customer"], d["before_total"], d["after_total"]) for d in diff] == [
+        ("c2", None, "0.03")
+    ]
+    missing = shop("run", "show", "run_nope", "--project", "acme", "--json")
+    assert missing.exit_code == 1 and "does not exist" in missing.error()["message"]
+
+
+def test_late_events_policy_ignore(shop: Cli, engine: Engine, tmp_path: Path) -> None:
+    bad = shop("project", "update", "acme", "--late-events", "later", "--json")
+    assert bad.exit_code == 1
+    assert bad.error()["message"] == "late events: 'later' is not a late-event policy"
+    assert shop("project", "show", "acme", "--json").json()["late_events"] == "correct"
+    carry = shop("project", "update", "acme", "--late-events", "next_invoice", "--json")
+    assert carry.exit_code == 0 and carry.json()["late_events"] == "next_invoice"
+    changed = shop("project", "update", "acme", "--late-events", "ignore", "--json")
+    assert changed.exit_code == 0 and changed.json()["late_events"] == "ignore"
+    assert shop("project", "show", "acme", "--json").json()["late_events"] == "ignore"
+
+    bill(shop, "--finalize")
+    ingest(shop, write_events(tmp_path / "late.jsonl", "late", {"c1": 2}, day=30))
+    late = bill(shop)
+    assert (late["corrections"], late["late_events"], late["status"], late["run"]) == (
+        0,
+        2,
+        "unchanged",
+        None,
+    )
+    assert [
+        (c["customer"], c["action"], c["landed"], c["late_events"]) for c in late["changes"]
+    ] == [("c1", "ignored", "ignored", 2)]
+    assert count(engine, Invoice) == 3 and count(engine, BillingRun) == 1
+    human = shop("run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--project", "acme")
+    assert "2 → ignored" in human.stdout
+    assert "no changes (3 invoices unchanged, 2 late events)" in human.stdout
+
+
+def test_a_bad_period_and_a_held_lock(shop: Cli, engine: Engine) -> None:
+    bad = shop("run", "bill", "--period", "2026-13", "--project", "acme", "--json")
+    assert bad.exit_code == 1
+    assert bad.error()["type"] == "invalid_input"
+    assert bad.error()["message"] == "period: '2026-13' is not a month"
+
+    with Session(engine) as session:
+        project = session.scalars(select(Project).where(Project.slug == "acme")).one()
+        name = billing.lock_name(project, "2026-10")
+    lease = locks.acquire(engine, name, holder="cron@billing-host:4242")
+    held = shop("run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--project", "acme")
+    assert held.exit_code == 5
+    assert "lock acme:bill:2026-10 is held by cron@billing-host:4242 since" in held.stderr
+    error = shop(
+        "run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--project", "acme", "--json"
+    ).error()
+    assert (error["type"], error["exit_code"]) == ("lock_held", 5)
+    assert count(engine, Invoice) == 0 and count(engine, BillingRun) == 0
+    assert locks.release(engine, lease)
+    assert bill(shop)["created"] == 3
