@@ -304,9 +304,14 @@ def test_late_events_policy_ignore(shop: Cli, engine: Engine, tmp_path: Path) ->
         (c["customer"], c["action"], c["landed"], c["late_events"]) for c in late["changes"]
     ] == [("c1", "ignored", "ignored", 2)]
     assert count(engine, Invoice) == 3 and count(engine, BillingRun) == 1
+    # Ignored late events are reported once: the next run has nothing new to say.
     human = shop("run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--project", "acme")
-    assert "2 → ignored" in human.stdout
-    assert "no changes (3 invoices unchanged, 2 late events)" in human.stdout
+    assert "no changes (3 invoices unchanged)" in human.stdout
+    assert "late" not in human.stdout
+    ingest(shop, write_events(tmp_path / "later.jsonl", "later", {"c1": 1}, day=29))
+    human = shop("run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--project", "acme")
+    assert "1 → ignored" in human.stdout
+    assert "no changes (3 invoices unchanged, 1 late event" in human.stdout
 
 
 def test_a_bad_period_and_a_held_lock(shop: Cli, engine: Engine) -> None:

@@ -120,6 +120,12 @@ class _Dialect:
         """unique_count's identity: a string as-is, a number as canonical text, else NULL."""
         raise NotImplementedError
 
+    def in_key_order(self, key: ColumnElement[Any]) -> ColumnElement[Any]:
+        """Idempotency keys compared byte by byte: events at the same instant are taken in
+        key order, never in arrival order, so the same events give the same result whatever
+        order they were imported in (SQLite compares bytes, MariaDB tables use utf8mb4_bin)."""
+        return key
+
     def property_equals(self, name: str, value: str) -> ColumnElement[bool]:
         """The property is a JSON string equal to `value`, code point for code point."""
         raise NotImplementedError
@@ -269,6 +275,9 @@ class _MariaDB(_Dialect):
 
 
 class _PostgreSQL(_Dialect):
+    def in_key_order(self, key: ColumnElement[Any]) -> ColumnElement[Any]:
+        return key.collate("C")  # the database's default collation may be a locale's
+
     def _props(self) -> ColumnElement[Any]:
         return cast(events.c.properties, JSONB)
 
@@ -379,7 +388,7 @@ class _Usage:
         rows = select(
             events.c.customer_id,
             events.c.ts,
-            events.c.id.label("seq"),
+            self.sql.in_key_order(events.c.idempotency_key).label("seq"),
             self.value().label("v"),
         ).where(*self.conditions)
         every = rows.subquery("matching")
@@ -397,7 +406,7 @@ class _Usage:
                 select(
                     literal(customer_id, String).label("customer_id"),
                     self.sql.timestamp(self.start).label("ts"),
-                    literal(-1, BigInteger).label("seq"),
+                    self.sql.in_key_order(literal("", String)).label("seq"),
                     self.sql.decimal(opening).label("v"),
                 )
             )
@@ -615,7 +624,7 @@ def transaction_values(
     query = (
         select(type_coerce(value, UsageValue()).label("value"))
         .where(*usage.conditions, value.is_not(None))
-        .order_by(events.c.ts, events.c.id)
+        .order_by(events.c.ts, usage.sql.in_key_order(events.c.idempotency_key))
     )
     return _stream(conn, query)
 

@@ -19,7 +19,8 @@ A meter turns a customer's events of one period into one number. The rules, exac
   `"1.5"` are one value); missing, `null`, booleans, objects and arrays are skipped. With
   `field = "quantity"`, the distinct quantities.
 - **latest**: the value of the last event by (timestamp, sequence), 0 when there is none.
-  `sequence` is the events table's id: it orders events with equal timestamps.
+  `sequence` orders events with equal timestamps: the database uses the idempotency key
+  (compared byte by byte), never the arrival order, so results do not depend on import order.
 - **weighted_sum** (seats, storage): a gauge starts the period at `opening` (0 unless the
   billing run passes the previous period's closing level of a `recurring` meter). In event
   order, with `gauge = "delta"` each value is added to the level at its timestamp; with

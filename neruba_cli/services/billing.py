@@ -32,6 +32,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from neruba_cli.db import locks, usage_sql
 from neruba_cli.db.schema import (
@@ -305,8 +307,6 @@ def _customers(conn: Connection, project: Project, only: Sequence[str]) -> dict[
     query = select(Customer).where(Customer.project_id == project.id)
     if only:
         query = query.where(Customer.external_id.in_(list(only)))
-    from sqlalchemy.orm import Session
-
     with Session(bind=conn) as session:
         found = {c.id: c for c in session.scalars(query)}
         session.expunge_all()
@@ -493,16 +493,18 @@ def _place_charges(
 
 
 def _attach_existing(conn: Connection, project: Project, items: list[WorkItem]) -> None:
+    """The stored invoices of each item. Documents are read only for finalized invoices (a
+    correction starts from them); a rerun that changes nothing reads no document at all."""
     if not items:
         return
     by_key = {item.key: item for item in items}
     customer_ids = sorted({item.customer.id for item in items})
-    from sqlalchemy.orm import Session
-
+    finals: dict[str, Invoice] = {}
     with Session(bind=conn) as session:
         for start in range(0, len(customer_ids), CUSTOMER_BATCH):
             rows = session.scalars(
                 select(Invoice)
+                .options(defer(Invoice.content), defer(Invoice.inputs))
                 .where(Invoice.project_id == project.id)
                 .where(Invoice.customer_id.in_(customer_ids[start : start + CUSTOMER_BATCH]))
                 .order_by(Invoice.revision)
@@ -511,6 +513,17 @@ def _attach_existing(conn: Connection, project: Project, items: list[WorkItem]) 
                 item = by_key.get((row.customer_id, row.period_start, row.period_end))
                 if item is not None:
                     item.existing.append(row)
+                    if row.status in FINAL:
+                        finals[row.id] = row
+        ids = sorted(finals)
+        for start in range(0, len(ids), CUSTOMER_BATCH):
+            documents = session.execute(
+                select(Invoice.id, Invoice.content).where(
+                    Invoice.id.in_(ids[start : start + CUSTOMER_BATCH])
+                )
+            )
+            for invoice_id, content in documents:
+                set_committed_value(finals[invoice_id], "content", content)
         session.expunge_all()
 
 
@@ -818,6 +831,8 @@ class _Writer:
             outcome.action = "ignored" if late and policy == "ignore" else "unchanged"
             outcome.landed = ("ignored" if policy == "ignore" else "next_invoice") if late else None
             outcome.number, outcome.total = finals[-1].number, finals[-1].total
+            if policy == "ignore":
+                self._queue_bookkeeping(finals[-1], item, built)
             return outcome
         return self._settle_correction(item, built, finals, draft, outcome)
 
@@ -853,6 +868,7 @@ class _Writer:
                 self._queue_void(draft, "superseded: nothing is left to correct")
             else:
                 outcome.landed = "unchanged" if outcome.late_events else None
+                self._queue_bookkeeping(finals[-1], item, built)
             return outcome
         total = sum((Decimal(line["amount"]) for line in lines), Decimal(0))
         content = invoice_content(
@@ -928,19 +944,22 @@ class _Writer:
 
         self._queue(write)
 
-    def _queue_bookkeeping(self, draft: Invoice, item: WorkItem, built: BuiltInvoice) -> None:
-        """Same invoice, but events of meters it does not bill arrived: remember the count so
-        the next run need not price it again."""
+    def _queue_bookkeeping(self, invoice: Invoice, item: WorkItem, built: BuiltInvoice) -> None:
+        """The invoice stands as it is, but events arrived that change nothing on it (another
+        meter, a free tier, or late events the policy ignores): remember how many events and
+        which terms the run saw, so the next run neither prices it again nor reports those
+        events as late a second time. Only these two bookkeeping columns change; a finalized
+        invoice's document, totals and fingerprint never do."""
         if self.options.dry_run or (
-            draft.event_count == item.raw_count
-            and draft.setup_fingerprint == built.setup_fingerprint
+            invoice.event_count == item.raw_count
+            and invoice.setup_fingerprint == built.setup_fingerprint
         ):
             return
 
         def write(conn: Connection) -> None:
             conn.execute(
                 update(invoices_t)
-                .where(invoices_t.c.id == draft.id, invoices_t.c.status == "draft")
+                .where(invoices_t.c.id == invoice.id, invoices_t.c.status != "void")
                 .values(event_count=item.raw_count, setup_fingerprint=built.setup_fingerprint)
             )
 
