@@ -1327,3 +1327,32 @@ def open_period_labels(
             )
             labels.add(month_label(period.end - timedelta(microseconds=1), customer.timezone))
     return sorted(labels)
+
+
+def stale_invoices(conn: Connection, project_id: str, batch_id: str) -> list[dict[str, str]]:
+    """Finalized invoices whose customer and period got new events from import `batch_id`:
+    what the import made stale, and the run that would pick them up."""
+    batch_events = (
+        select(events_t.c.id)
+        .where(events_t.c.project_id == project_id)
+        .where(events_t.c.batch_id == batch_id)
+        .where(events_t.c.customer_id == invoices_t.c.customer_id)
+        .where(events_t.c.ts >= invoices_t.c.period_start)
+        .where(events_t.c.ts < invoices_t.c.period_end)
+        .exists()
+    )
+    rows = conn.execute(
+        select(invoices_t.c.number, invoices_t.c.period)
+        .where(invoices_t.c.project_id == project_id)
+        .where(invoices_t.c.status.in_(FINAL))
+        .where(batch_events)
+        .order_by(invoices_t.c.number)
+    ).all()
+    return [
+        {
+            "number": row.number,
+            "period": row.period,
+            "rerun": f"neruba run bill --period {row.period}",
+        }
+        for row in rows
+    ]
