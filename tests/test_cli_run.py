@@ -223,7 +223,16 @@ def test_a_late_event_after_finalization_gives_exactly_one_correction(
     before = {i.number: (i.content, i.total, i.status) for i in invoices(engine)}
     assert {status for _, _, status in before.values()} == {"finalized"}
 
-    ingest(shop, write_events(tmp_path / "late.jsonl", "late", {"c2": 3}, day=30))
+    late_file = write_events(tmp_path / "late.jsonl", "late", {"c2": 3}, day=30)
+    receipt = shop("ingest", str(late_file), "--project", "acme", "--json")
+    assert receipt.exit_code == 0, receipt.stderr
+    # The receipt names the finalized invoice the import made stale, and the rerun to run.
+    stale = [
+        {"number": "ACME-000002", "period": "2026-10", "rerun": "neruba run bill --period 2026-10"}
+    ]
+    assert receipt.json()["stale_invoices"] == stale
+    listed = shop("events", "receipts", "--project", "acme", "--json").json()
+    assert listed[0]["stale_invoices"] == stale and listed[1]["stale_invoices"] == []
     late = bill(shop, "--finalize")
     assert (late["corrections"], late["late_events"], late["unchanged"]) == (1, 3, 2)
     assert late["changes"] == [

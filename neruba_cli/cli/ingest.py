@@ -22,7 +22,7 @@ from neruba_cli.domain.timestamps import (
     parse_since,
     validate_timezone,
 )
-from neruba_cli.services import catalog, ingest
+from neruba_cli.services import billing, catalog, ingest
 from neruba_cli.services.event_input import Source, content_digest, guess_format
 from neruba_cli.services.rejects import RejectsWriter, default_rejects_path
 
@@ -106,6 +106,11 @@ def register(app: typer.Typer) -> None:
             "rejects": [reject.as_dict() for reject in summary.rejects],
         }
         rt.out.emit(data, fields(_receipt_view(data)))
+        for stale in summary.stale_invoices:
+            rt.out.warn(
+                f"finalized invoice {stale['number']} got new events; "
+                f"`{stale['rerun']}` picks them up"
+            )
         for reject in summary.rejects[:20]:
             rt.out.warn(f"line {reject.line}: {reject.reason}")
         if summary.rejected + summary.conflicts:
@@ -123,6 +128,7 @@ def _receipt_view(data: dict[str, Any]) -> dict[str, Any]:
     view["events from"] = data["first_event"]
     view["events to"] = data["last_event"]
     view["periods"] = ", ".join(data["periods"])
+    view["stale invoices"] = ", ".join(s["number"] for s in data["stale_invoices"]) or "none"
     view["seconds"] = data["seconds"]
     return view
 
@@ -135,8 +141,10 @@ def receipts(
     """List import receipts: source, hash, counts, event range, periods touched."""
     with rt.transaction() as session:
         project = rt.project(session)
+        conn = session.connection()
         rows = [
-            ingest.receipt_dict(batch) for batch in ingest.list_receipts(session, project, limit)
+            ingest.receipt_dict(batch, billing.stale_invoices(conn, project.id, batch.id))
+            for batch in ingest.list_receipts(session, project, limit)
         ]
     columns = (
         "batch",

@@ -25,11 +25,11 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-from neruba_cli.domain.money import canonical
+from neruba_cli.domain.money import canonical, decimal_text
 
 FIELDS = frozenset(
     {"type", "idempotency_key", "customer", "meter", "timestamp", "quantity", "properties"}
@@ -56,11 +56,26 @@ class EventInput:
 
     def canonical_payload(self) -> bytes:
         stamp = self.timestamp.isoformat(timespec="microseconds")
-        body = [self.customer, self.meter, stamp, quantity_text(self.quantity), self.properties]
-        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        return _canonical_payload(self, stamp, quantity_text(self.quantity))
 
     def payload_hash(self) -> str:
         return hashlib.sha256(self.canonical_payload()).hexdigest()
+
+
+def _canonical_payload(event: EventInput, stamp: str, quantity: str) -> bytes:
+    body = [event.customer, event.meter, stamp, quantity, event.properties]
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+class CheckedEvent(NamedTuple):
+    """A valid event with what storing it needs, each computed once: the canonical payload's
+    SHA-256, the UTC timestamp as `isoformat(timespec="microseconds")` and the quantity's
+    canonical text (what `quantity_text` gives)."""
+
+    event: EventInput
+    payload_hash: str
+    stamp: str
+    quantity_text: str
 
 
 def quantity_text(value: Decimal) -> str:
@@ -70,34 +85,87 @@ def quantity_text(value: Decimal) -> str:
 def validate_event(
     raw: Any, *, now: datetime, max_future: timedelta, assume_tz: tzinfo | None = None
 ) -> EventInput:
-    if not isinstance(raw, dict):
-        raise Rejected("expected a JSON object")
-    for name in raw:
-        if name not in FIELDS:
-            raise Rejected(f"unknown field {name!r}")
-    kind = raw.get("type", "event")
-    if kind != "event":
-        raise Rejected(f"type {kind!r} is not event or charge")
-    key = _text(raw, "idempotency_key")
-    if len(key) > MAX_KEY:
-        raise Rejected(f"idempotency_key is longer than {MAX_KEY} characters")
-    customer = _text(raw, "customer")
-    meter = _text(raw, "meter")
-    timestamp = parse_timestamp(raw.get("timestamp"), assume_tz)
-    if timestamp - now > max_future:
-        ahead = timestamp - now
-        raise Rejected(
-            f"timestamp is {_describe(ahead)} in the future (more than the allowed "
-            f"{_describe(max_future)})"
-        )
-    given = raw.get("quantity")
-    quantity = ONE if given is None else parse_quantity(given)
-    properties = raw.get("properties")
-    if properties is None:
-        properties = {}
-    elif not isinstance(properties, dict):
-        raise Rejected("properties must be a JSON object")
-    return EventInput(key, customer, meter, timestamp, quantity, properties)
+    return EventChecker(now=now, max_future=max_future, assume_tz=assume_tz).check(raw).event
+
+
+class EventChecker:
+    """`validate_event` with its limits bound once: the per-line hot path of every import."""
+
+    __slots__ = ("assume_tz", "latest", "max_future", "now")
+
+    def __init__(
+        self, *, now: datetime, max_future: timedelta, assume_tz: tzinfo | None = None
+    ) -> None:
+        self.now = now
+        self.max_future = max_future
+        self.assume_tz = assume_tz
+        try:  # `timestamp - now > max_future`, as one comparison
+            self.latest: datetime | None = now + max_future
+        except OverflowError:  # beyond year 9999: no timestamp can be that far ahead
+            self.latest = None
+
+    def check(self, raw: Any) -> CheckedEvent:
+        if not isinstance(raw, dict):
+            raise Rejected("expected a JSON object")
+        if not FIELDS.issuperset(raw):
+            for name in raw:
+                if name not in FIELDS:
+                    raise Rejected(f"unknown field {name!r}")
+        kind = raw.get("type", "event")
+        if kind != "event":
+            raise Rejected(f"type {kind!r} is not event or charge")
+        key = _text(raw, "idempotency_key")
+        if len(key) > MAX_KEY:
+            raise Rejected(f"idempotency_key is longer than {MAX_KEY} characters")
+        customer = _text(raw, "customer")
+        meter = _text(raw, "meter")
+        timestamp = parse_timestamp(raw.get("timestamp"), self.assume_tz)
+        latest = self.latest
+        if latest is not None and timestamp > latest:
+            ahead = timestamp - self.now
+            raise Rejected(
+                f"timestamp is {_describe(ahead)} in the future (more than the allowed "
+                f"{_describe(self.max_future)})"
+            )
+        quantity, text = _quantity(raw.get("quantity"))
+        properties = raw.get("properties")
+        if properties is None:
+            properties = {}
+        elif not isinstance(properties, dict):
+            raise Rejected("properties must be a JSON object")
+        event = EventInput(key, customer, meter, timestamp, quantity, properties)
+        stamp = timestamp.isoformat(timespec="microseconds")
+        digest = hashlib.sha256(_canonical_payload(event, stamp, text)).hexdigest()
+        return CheckedEvent(event, digest, stamp, text)
+
+
+_ONE = (ONE, "1")
+_QUANTITIES: dict[str, tuple[Decimal, str]] = {}  # recent decimal strings, parsed
+_QUANTITIES_KEPT = 16384
+
+
+def _quantity(given: Any) -> tuple[Decimal, str]:
+    """`parse_quantity` (1 when absent) and its canonical text; decimal strings, which
+    repeat a lot within a file, are remembered."""
+    if given is None:
+        return _ONE
+    kind = type(given)
+    if kind is int:  # an integer is its own canonical spelling
+        text = str(given)
+        if len(text) - (given < 0) > MAX_INTEGER_DIGITS:
+            raise Rejected(f"quantity has more than {MAX_INTEGER_DIGITS} integer digits")
+        return Decimal(given), text
+    if kind is not str:  # floats, booleans, anything else: the full rules
+        value = parse_quantity(given)
+        return value, quantity_text(value)
+    found = _QUANTITIES.get(given)
+    if found is None:
+        value = parse_quantity(given)
+        found = (value, decimal_text(value))
+        if len(_QUANTITIES) >= _QUANTITIES_KEPT:
+            _QUANTITIES.clear()
+        _QUANTITIES[given] = found
+    return found
 
 
 def _text(raw: dict[str, Any], name: str) -> str:

@@ -1,17 +1,22 @@
 """`neruba ingest`: replay-safe import of usage events.
 
-Lines are validated as they stream in and written in batches, one transaction each: an
-`INSERT` that skips keys already stored (`ON CONFLICT DO NOTHING` / `INSERT OR IGNORE` / a
-no-op `ON DUPLICATE KEY UPDATE`), then one query that reads back the batch's keys and
-classifies every line: stored by this line (accepted), stored before with the same canonical
-payload (duplicate), or stored with another payload (conflict, reported with the stored
-event beside it). The unique key (project, idempotency_key) decides; nothing is checked
-before writing, so a crashed import simply runs again and converges to the same events.
+Lines are validated as they stream in and written in batches, one transaction each, by a
+writer thread while the next batch is read (see `_Pipeline`). Each line is classified:
+stored by this line (accepted), stored before with the same canonical payload (duplicate),
+or stored with another payload (conflict, reported with the stored event beside it). The
+unique key (project, idempotency_key) decides: a batch's keys found stored are classified
+from what is stored, the others are inserted (COPY on PostgreSQL, multi-row INSERT on
+MariaDB, `ON CONFLICT DO NOTHING` on SQLite), and whenever that insert cannot vouch that it
+stored every one of them, the batch is written with an insert that skips stored keys and
+every line classified by reading the batch's keys back. Nothing is assumed across
+transactions, so a crashed import simply runs again and converges to the same events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -19,15 +24,18 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, Table, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import SingletonThreadPool
 
 from neruba_cli.db.schema import Charge, Customer, Event, ImportBatch, Project
 from neruba_cli.domain.catalog import MeterDef
 from neruba_cli.domain.charges import ChargeInput, check_currency, validate_charge
-from neruba_cli.domain.events import EventInput, Rejected, quantity_text, validate_event
+from neruba_cli.domain.events import EventChecker, EventInput, Rejected, quantity_text
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.money import decimal_text
 from neruba_cli.domain.timestamps import format_ts
+from neruba_cli.services import billing
 from neruba_cli.services.event_input import LineError, Source, parsed_lines
 from neruba_cli.services.rejects import Reject, RejectsWriter, keep
 
@@ -59,6 +67,7 @@ class IngestSummary:
     months: set[tuple[int, int]] = field(default_factory=set)
     sha256: str | None = None
     already_imported: list[str] = field(default_factory=list)
+    stale_invoices: list[dict[str, str]] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -88,6 +97,7 @@ class IngestSummary:
             "last_event": format_ts(self.last_event),
             "periods": self.periods,
             "already_imported": self.already_imported,
+            "stale_invoices": self.stale_invoices,
             "seconds": round(self.seconds, 3),
         }
 
@@ -98,6 +108,8 @@ class _Pending:
     raw: bytes
     record: EventInput | ChargeInput
     digest: str
+    stamp: str = ""  # events: the UTC timestamp's isoformat (CheckedEvent.stamp)
+    quantity: str = ""  # events: the quantity's canonical text
 
 
 def ingest(
@@ -125,6 +137,9 @@ def ingest(
         raise
     summary.sha256 = source.digest.hexdigest()
     summary.already_imported = _earlier_imports(engine, project, summary)
+    if summary.batch is not None and summary.accepted:
+        with engine.connect() as conn:
+            summary.stale_invoices = billing.stale_invoices(conn, project.id, summary.batch)
     summary.seconds = (datetime.now(UTC) - started).total_seconds()
     if summary.batch is not None:
         _close_receipt(engine, summary, rejects)
@@ -145,52 +160,166 @@ def _run(
     on_progress: Callable[[int, int], None] | None,
 ) -> None:
     writer = _BatchWriter(engine, project, summary, options, rejects, now)
-    pending: list[_Pending] = []
-    for number, raw, obj in parsed_lines(source, options.fmt):
-        summary.lines += 1
-        item = _validate(number, raw, obj, meters, options, now)
-        if isinstance(item, Reject):
-            summary.reject(item, rejects)
-        else:
-            pending.append(item)
-            if len(pending) >= options.batch_size:
-                writer.flush(pending)
-                pending = []
-        if on_progress is not None and summary.lines % 1000 == 0:
-            on_progress(source.bytes_read, summary.lines)
-    if pending:
-        writer.flush(pending)
+    validate = _Validator(meters, options, now)
+    lines = 0  # read so far: the summary counts them only as the writer takes them in
+    with _Pipeline(writer) as pipeline:
+        part = _Part()
+        for number, raw, obj in parsed_lines(source, options.fmt):
+            lines += 1
+            part.lines += 1
+            item = validate(number, raw, obj)
+            if type(item) is not _Pending:
+                part.refused.append(item)
+                part.refused_size += len(item.raw)
+                if len(part.refused) >= _REFUSED_HELD or part.refused_size >= _REFUSED_BYTES:
+                    pipeline.put(part)
+                    part = _Part()
+            else:
+                part.pending.append(item)
+                if len(part.pending) >= options.batch_size:
+                    pipeline.put(part)
+                    part = _Part()
+            if on_progress is not None and lines % 1000 == 0:
+                on_progress(source.bytes_read, lines)
+        pipeline.put(part)
 
 
-def _validate(
-    number: int,
-    raw: bytes,
-    obj: Any,
-    meters: dict[str, MeterDef],
-    options: IngestOptions,
-    now: datetime,
-) -> _Pending | Reject:
-    if isinstance(obj, LineError):
-        return Reject(number, obj.reason, _text(raw))
-    limits = {"now": now, "max_future": options.max_future, "assume_tz": options.assume_tz}
-    try:
-        if options.fmt == "charges" or (isinstance(obj, dict) and obj.get("type") == "charge"):
-            charge = validate_charge(obj, **limits)
-            return _Pending(number, raw, charge, charge.payload_hash())
-        event = validate_event(obj, **limits)
-    except Rejected as exc:
-        return Reject(number, str(exc), _text(raw))
-    meter = meters.get(event.meter)
-    if meter is None:
-        return Reject(number, f"unknown meter {event.meter!r}", _text(raw))
-    if event.quantity < 0 and not meter.allow_negative:
-        reason = f"negative quantity, and meter {event.meter} does not allow it"
-        return Reject(number, reason, _text(raw))
-    return _Pending(number, raw, event, event.payload_hash())
+@dataclass(slots=True)
+class _Part:
+    """Consecutive lines for the writer: how many, the refused ones, the valid ones (a batch
+    to write when there are any)."""
+
+    lines: int = 0
+    refused: list[Reject] = field(default_factory=list)
+    refused_size: int = 0
+    pending: list[_Pending] = field(default_factory=list)
+
+
+_REFUSED_HELD = 1000  # refused lines held before they go to the writer (and rejects file)
+_REFUSED_BYTES = 8 << 20
+
+
+class _Pipeline:
+    """Writes batches in a thread of its own while the next ones are read and validated, so
+    that waiting for the database (the server, or SQLite's fsyncs, which release the GIL)
+    overlaps with the parsing. The writer takes the parts in order and counts them into the
+    summary only as it takes them, so each batch's transaction saves the same counts, and
+    the rejects file gets the same lines in the same order, as writing in line order did."""
+
+    def __init__(self, writer: _BatchWriter) -> None:
+        self.writer = writer
+        self.parts: queue.Queue[_Part | None] = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.abandoned = False
+        # An in-memory SQLite database is one connection per thread: write it inline.
+        threaded = not isinstance(writer.engine.pool, SingletonThreadPool)
+        # SQLite runs in this process and takes the GIL back for every row it inserts: the
+        # reading side waits until the rows are in and overlaps only the commit (its fsync).
+        self.commit_only = writer.sqlite
+        self.written = threading.Semaphore(0)
+        self.thread = (
+            threading.Thread(target=self._work, name="ingest-writer", daemon=True)
+            if threaded
+            else None
+        )
+
+    def __enter__(self) -> _Pipeline:
+        if self.thread is not None:
+            self.thread.start()
+        return self
+
+    def put(self, part: _Part) -> None:
+        if self.thread is None:
+            self._take(part)
+            return
+        if self.error is not None:
+            raise self.error
+        self.parts.put(part)
+        if self.commit_only:
+            self.written.acquire()
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if self.thread is None:
+            return
+        if kind is not None and not issubclass(kind, Exception):  # interrupted: stop soon
+            self.abandoned = True
+        self.parts.put(None)  # the parts already handed over are written first
+        self.thread.join()
+        if kind is None and self.error is not None:
+            raise self.error
+
+    def _work(self) -> None:
+        while (part := self.parts.get()) is not None:
+            released = False
+
+            def written() -> None:
+                nonlocal released
+                if self.commit_only and not released:
+                    released = True
+                    self.written.release()
+
+            try:
+                if self.error is None and not self.abandoned:  # else drain
+                    self._take(part, written)
+            except BaseException as exc:  # handed to the reading side
+                self.error = exc
+            finally:
+                written()
+
+    def _take(self, part: _Part, written: Callable[[], None] | None = None) -> None:
+        writer = self.writer
+        summary = writer.summary
+        summary.lines += part.lines
+        for refused in part.refused:
+            summary.reject(refused, writer.rejects)
+        if part.pending:
+            writer.flush(part.pending, written)
+
+
+class _Validator:
+    """One line in, a valid event or charge (with its payload hash) or a Reject out."""
+
+    def __init__(self, meters: dict[str, MeterDef], options: IngestOptions, now: datetime) -> None:
+        self.meters = meters
+        self.charges_only = options.fmt == "charges"
+        self.limits = {"now": now, "max_future": options.max_future, "assume_tz": options.assume_tz}
+        self.check = EventChecker(**self.limits).check
+
+    def __call__(self, number: int, raw: bytes, obj: Any) -> _Pending | Reject:
+        if isinstance(obj, LineError):
+            return Reject(number, obj.reason, _text(raw))
+        try:
+            if self.charges_only or (isinstance(obj, dict) and obj.get("type") == "charge"):
+                charge = validate_charge(obj, **self.limits)
+                return _Pending(number, raw, charge, charge.payload_hash())
+            event, digest, stamp, quantity = self.check(obj)
+        except Rejected as exc:
+            return Reject(number, str(exc), _text(raw))
+        meter = self.meters.get(event.meter)
+        if meter is None:
+            return Reject(number, f"unknown meter {event.meter!r}", _text(raw))
+        if quantity[0] == "-" and not meter.allow_negative:  # canonical text: never "-0"
+            reason = f"negative quantity, and meter {event.meter} does not allow it"
+            return Reject(number, reason, _text(raw))
+        return _Pending(number, raw, event, digest, stamp, quantity)
+
+
+# (payload_hash, batch_id, line) of a stored event or charge, by idempotency key
+_Stored = dict[str, tuple[str, str | None, int | None]]
 
 
 class _BatchWriter:
-    """Writes one batch per transaction and classifies every line of it."""
+    """Writes one batch per transaction and classifies every line of it.
+
+    A line is accepted when its own row was stored by this import; otherwise its key was
+    already stored (by an earlier import, an earlier line of this one, or a concurrent
+    import) and the stored payload hash tells a duplicate from a conflict. To skip most of
+    the work, the writer reads the stored keys of a batch before inserting (while batches
+    keep finding some: a re-import) and inserts only the keys not found, with an insert that
+    stores all of them or fails; when that fails (a key stored meanwhile, or stored while
+    the writer was not looking first), it inserts with the skipping insert and classifies
+    every line of the batch by reading its keys back, as if it had never looked.
+    """
 
     def __init__(
         self,
@@ -209,14 +338,24 @@ class _BatchWriter:
         self.now = now
         self.customers: dict[str, tuple[str, str]] = {}  # external id -> (id, currency)
         self.dialect = engine.dialect.name
+        self.sqlite = self.dialect == "sqlite"
+        self.mysql = self.dialect in ("mysql", "mariadb")
         self.keeps_receipt = True
+        self.look_first = True  # read a batch's stored keys before inserting it
+        self.received_at = _db_time(now, True)  # the text of `now` in every dialect
 
-    def flush(self, batch: list[_Pending]) -> None:
+    def flush(self, batch: list[_Pending], written: Callable[[], None] | None = None) -> None:
+        """Write and classify one batch in a transaction of its own; `written` is called
+        when all of it is done but the commit."""
         with self.engine.begin() as conn:
             self._resolve_customers(conn, {item.record.customer for item in batch})
             events: list[_Pending] = []
             charges: list[_Pending] = []
+            customers = self.customers
             for item in batch:
+                if item.record.customer in customers and type(item.record) is EventInput:
+                    events.append(item)
+                    continue
                 reason = self._customer_problem(item)
                 if reason is not None:
                     self.summary.reject(Reject(item.line, reason, _text(item.raw)), self.rejects)
@@ -227,6 +366,8 @@ class _BatchWriter:
                     self._write(conn, table, rows)
             if self.summary.batch is not None and self.keeps_receipt:
                 _save_counts(conn, self.summary)
+            if written is not None:
+                written()
 
     def _customer_problem(self, item: _Pending) -> str | None:
         found = self.customers.get(item.record.customer)
@@ -276,43 +417,163 @@ class _BatchWriter:
         self.customers.update({row["external_id"]: (row["id"], row["currency"]) for row in rows})
 
     def _write(self, conn: Connection, table: Table, items: list[_Pending]) -> None:
-        """Insert with driver-ready tuples (the hot path skips per-value type processing, so
-        values are converted here once, the way the column types store them), then classify
-        — unless every line stored itself, which the driver's row count tells."""
-        inserted = -1
-        if not self.options.dry_run:
-            build = self._event_row if table is Event.__table__ else self._charge_row
-            columns = _COLUMNS[table.name]
-            sql = _insert_sql(self.dialect, table.name, columns)
-            sqlite = self.dialect == "sqlite"
-            rows = [build(item, sqlite) for item in items]
-            inserted = conn.exec_driver_sql(sql, rows).rowcount
-        if inserted == len(items) and self.dialect in _EXACT_INSERT_COUNTS:
-            for item in items:
-                self._accept(item)
-        else:
-            self._classify(conn, table, items)
+        if self.options.dry_run:
+            self._classify(conn, table, items, self._stored(conn, table, items))
+            return
+        stored = self._stored(conn, table, items) if self.look_first else {}
+        fresh: list[_Pending] = []  # the first line of each key not stored yet
+        later: list[_Pending] = []  # lines whose key is stored or earlier in this batch
+        firsts: dict[str, _Pending] = {}
+        for item in items:
+            key = item.record.idempotency_key
+            if key in stored or key in firsts:
+                later.append(item)
+            else:
+                firsts[key] = item
+                fresh.append(item)
+        self.look_first = bool(stored)
+        if fresh:
+            inserted = self._insert_new(conn, table, fresh)
+            if inserted is None:  # nothing stored: some key is stored already
+                inserted = self._insert_skipping(conn, table, fresh)
+            if inserted != len(fresh):
+                self.look_first = True
+                self._classify(conn, table, items, self._stored(conn, table, items))
+                return
+            self._accept(fresh)
+        if later:
+            batch = self.summary.batch
+            for key, item in firsts.items():
+                stored.setdefault(key, (item.digest, batch, item.line))
+            self._classify(conn, table, later, stored)
 
-    def _event_row(self, item: _Pending, sqlite: bool) -> tuple[Any, ...]:
-        event = item.record
-        assert isinstance(event, EventInput)
-        return (
-            self.project.id,
-            event.idempotency_key,
-            self.customers[event.customer][0],
-            event.meter,
-            _db_time(event.timestamp, sqlite),
-            quantity_text(event.quantity) if sqlite else event.quantity,
-            orjson.dumps(event.properties).decode(),
-            item.digest,
-            self.summary.batch,
-            item.line,
-            _db_time(self.now, sqlite),
+    def _stored(self, conn: Connection, table: Table, items: list[_Pending]) -> _Stored:
+        """The stored (payload hash, batch, line) of the items' keys."""
+        keys = list({item.record.idempotency_key for item in items})
+        sql = (
+            f"SELECT idempotency_key, payload_hash, batch_id, line FROM {table.name} "
+            "WHERE project_id = {mark} AND idempotency_key {match}"
         )
+        params: tuple[Any, ...]
+        if self.sqlite:  # one JSON array: no limit on the number of host parameters
+            match = "IN (SELECT value FROM json_each(?))"
+            sql = sql.format(mark="?", match=match)
+            params = (self.project.id, orjson.dumps(keys).decode())
+        elif self.mysql:
+            sql = sql.format(mark="%s", match="IN %s")
+            params = (self.project.id, tuple(keys))
+        else:
+            sql = sql.format(mark="%s", match="= ANY(%s::text[])")
+            params = (self.project.id, keys)
+        rows = conn.exec_driver_sql(sql, params)
+        return {key: (digest, batch, line) for key, digest, batch, line in rows}
 
-    def _charge_row(self, item: _Pending, sqlite: bool) -> tuple[Any, ...]:
+    def _insert_new(self, conn: Connection, table: Table, items: list[_Pending]) -> int | None:
+        """Store every item, none of whose keys is expected to be stored (nor repeated): the
+        number stored (all of them, or fewer if the dialect's insert skips stored keys), or
+        None when a key turned out to be stored and nothing was."""
+        if self.sqlite:
+            return self._insert_skipping(conn, table, items)
+        if table is not Event.__table__:
+            return self._insert_skipping(conn, table, items)
+        try:
+            with conn.begin_nested():
+                if self.mysql:
+                    for statement in self._mysql_inserts(items):
+                        conn.exec_driver_sql(statement)
+                else:
+                    self._postgresql_copy(conn, items)
+        except IntegrityError:  # the savepoint is rolled back
+            return None
+        return len(items)
+
+    def _insert_skipping(self, conn: Connection, table: Table, items: list[_Pending]) -> int:
+        """Insert with driver-ready tuples, skipping keys already stored; the number of rows
+        stored, exact except on MariaDB (-1), whose driver counts the skipped rows too."""
+        columns = _COLUMNS[table.name]
+        sql = _insert_sql(self.dialect, table.name, columns)
+        if table is Event.__table__:
+            rows = self._event_rows(items)
+        else:
+            rows = [self._charge_row(item) for item in items]
+        count = conn.exec_driver_sql(sql, rows).rowcount
+        return count if self.dialect in _EXACT_INSERT_COUNTS else -1
+
+    def _event_rows(self, items: list[_Pending]) -> list[tuple[Any, ...]]:
+        """The events' column values, all as text (`_COLUMNS` order) except `line`; values are
+        converted here once, the way the column types store them (the hot path skips
+        per-value type processing)."""
+        project = self.project.id
+        batch = self.summary.batch
+        received = self.received_at
+        customers = self.customers
+        dumps = orjson.dumps
+        rows = []
+        for item in items:
+            event = item.record
+            stamp = item.stamp
+            rows.append(
+                (
+                    project,
+                    event.idempotency_key,
+                    customers[event.customer][0],
+                    event.meter,
+                    f"{stamp[:10]} {stamp[11:26]}",  # naive UTC, as UTCDateTime stores it
+                    item.quantity,
+                    dumps(event.properties).decode(),  # type: ignore[union-attr]
+                    item.digest,
+                    batch,
+                    item.line,
+                    received,
+                )
+            )
+        return rows
+
+    def _postgresql_copy(self, conn: Connection, items: list[_Pending]) -> None:
+        """COPY the events in (text format: the server parses each value as its column's
+        type); a stored key fails it with a unique violation."""
+        sql = f"COPY events ({', '.join(_COLUMNS['events'])}) FROM STDIN"
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        try:
+            with driver.cursor() as cursor, cursor.copy(sql) as copy:
+                write = copy.write_row
+                for row in self._event_rows(items):
+                    write(row)
+        except driver.Error as exc:  # as SQLAlchemy raises them from a statement it ran
+            dbapi = conn.dialect.loaded_dbapi
+            raise DBAPIError.instance(sql, None, exc, dbapi.Error, dialect=conn.dialect) from exc
+
+    def _mysql_inserts(self, items: list[_Pending]) -> Iterator[str]:
+        """Multi-row INSERT statements of up to about 1 MB (as PyMySQL's executemany makes
+        them), with the values escaped the way PyMySQL escapes them; a stored key fails one.
+        `%` is doubled: a statement run without parameters still goes through `%` formatting."""
+        from pymysql.converters import escape_string
+
+        head = f"INSERT INTO events ({', '.join(_COLUMNS['events'])}) VALUES "
+        escaped = {value: escape_string(value) for value in (self.project.id, self.summary.batch)}
+        parts: list[str] = []
+        size = len(head)
+        for row in self._event_rows(items):
+            project, key, customer, meter, ts, quantity, properties, digest, batch, line, at = row
+            part = (
+                f"('{escaped[project]}','{escape_string(key)}','{escape_string(customer)}',"
+                f"'{escape_string(meter)}','{ts}',{quantity},'{escape_string(properties)}',"
+                f"'{digest}','{escaped[batch]}',{line},'{at}')"
+            )
+            if parts and size + len(part) > _MYSQL_STATEMENT:
+                yield (head + ",".join(parts)).replace("%", "%%")
+                parts = []
+                size = len(head)
+            parts.append(part)
+            size += len(part) + 1
+        if parts:
+            yield (head + ",".join(parts)).replace("%", "%%")
+
+    def _charge_row(self, item: _Pending) -> tuple[Any, ...]:
         charge = item.record
         assert isinstance(charge, ChargeInput)
+        sqlite = self.sqlite
         customer_id, currency = self.customers[charge.customer]
         return (
             new_id("chg"),
@@ -329,50 +590,45 @@ class _BatchWriter:
             _db_time(self.now, sqlite),
         )
 
-    def _classify(self, conn: Connection, table: Table, rows: list[_Pending]) -> None:
-        keys = list({item.record.idempotency_key for item in rows})
-        columns = table.c
-        stored = {
-            key: (digest, batch, line)
-            for key, digest, batch, line in conn.execute(
-                select(
-                    columns.idempotency_key, columns.payload_hash, columns.batch_id, columns.line
-                )
-                .where(columns.project_id == self.project.id)
-                .where(columns.idempotency_key.in_(keys))
-            )
-        }
+    def _classify(
+        self, conn: Connection, table: Table, rows: list[_Pending], stored: _Stored
+    ) -> None:
         conflicts: list[_Pending] = []
         first_in_batch: dict[str, _Pending] = {}
+        accepted: list[_Pending] = []
         for item in rows:
             key = item.record.idempotency_key
             found = stored.get(key)
             if found is None:  # dry run: not stored yet, so only the batch itself can repeat it
                 earlier = first_in_batch.setdefault(key, item)
                 if earlier is item:
-                    self._accept(item)
+                    accepted.append(item)
                 elif earlier.digest == item.digest:
                     self.summary.duplicates += 1
                 else:
                     conflicts.append(item)
             elif found[1] == self.summary.batch and found[2] == item.line:
-                self._accept(item)
+                accepted.append(item)
             elif found[0] == item.digest:
                 self.summary.duplicates += 1
             else:
                 conflicts.append(item)
+        self._accept(accepted)
         if conflicts:
             self._report_conflicts(conn, table, conflicts)
 
-    def _accept(self, item: _Pending) -> None:
+    def _accept(self, items: list[_Pending]) -> None:
+        if not items:
+            return
         summary = self.summary
-        summary.accepted += 1
-        moment = item.record.timestamp
-        if summary.first_event is None or moment < summary.first_event:
-            summary.first_event = moment
-        if summary.last_event is None or moment > summary.last_event:
-            summary.last_event = moment
-        summary.months.add((moment.year, moment.month))
+        summary.accepted += len(items)
+        moments = [item.record.timestamp for item in items]
+        earliest, latest = min(moments), max(moments)
+        if summary.first_event is None or earliest < summary.first_event:
+            summary.first_event = earliest
+        if summary.last_event is None or latest > summary.last_event:
+            summary.last_event = latest
+        summary.months.update({(moment.year, moment.month) for moment in moments})
 
     def _report_conflicts(self, conn: Connection, table: Table, conflicts: list[_Pending]) -> None:
         keys = [item.record.idempotency_key for item in conflicts]
@@ -424,6 +680,7 @@ def _stored_payload(row: Any, kind: str) -> dict[str, Any]:
 # Drivers whose executemany rowcount is exactly the rows inserted (MariaDB counts the rows a
 # no-op ON DUPLICATE KEY UPDATE found, so it always classifies).
 _EXACT_INSERT_COUNTS = ("sqlite", "postgresql")
+_MYSQL_STATEMENT = 1_024_000  # characters: PyMySQL executemany's statement size
 
 _COLUMNS = {
     "events": (
@@ -621,7 +878,9 @@ def list_receipts(session: Session, project: Project, limit: int = 50) -> list[I
     )
 
 
-def receipt_dict(batch: ImportBatch) -> dict[str, Any]:
+def receipt_dict(batch: ImportBatch, stale: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """A stored receipt; `stale` (billing.stale_invoices) are the finalized invoices whose
+    period its events reached."""
     return {
         "batch": batch.id,
         "source": batch.source,
@@ -640,6 +899,7 @@ def receipt_dict(batch: ImportBatch) -> dict[str, Any]:
         "actor": batch.actor,
         "started_at": format_ts(batch.started_at),
         "finished_at": format_ts(batch.finished_at),
+        "stale_invoices": stale or [],
     }
 
 
