@@ -9,6 +9,8 @@ in and out as canonical text (`"1.5"`, never a float); the number rules are the 
 - `neruba_decimal(text)`: the value rounded to 12 places, as canonical text.
 - `neruba_json_number(properties, name)`: the property as a number (a JSON number or a
   numeric string), as canonical text; NULL when missing or not a number.
+- `neruba_numeric_text(text)`: a numeric string (the domain's rule) as canonical text, else
+  NULL; lets SQL read string properties without parsing the whole document again.
 - `neruba_json_key(properties, name)`: unique_count's identity of the property: a string as
   it is, a number as canonical text; NULL otherwise.
 - `neruba_sum(text)`: exact sum (an aggregate and a window function); NULL over no values.
@@ -22,12 +24,14 @@ in and out as canonical text (`"1.5"`, never a float); the number rules are the 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from neruba_cli.domain.aggregation import (
+    NUMERIC_STRING,
     distinct_key,
     numeric_value,
     rounded_units,
@@ -44,6 +48,7 @@ def register(connection: sqlite3.Connection) -> None:
     connection.create_function("neruba_decimal", 1, _decimal, deterministic=True)
     connection.create_function("neruba_json_number", 2, _json_number, deterministic=True)
     connection.create_function("neruba_json_key", 2, _json_key, deterministic=True)
+    connection.create_function("neruba_numeric_text", 1, _numeric_text, deterministic=True)
     connection.create_function("neruba_mul", 2, _mul, deterministic=True)
     connection.create_function("neruba_epoch_us", 1, _epoch_us, deterministic=True)
     connection.create_function("neruba_weighted", 2, _weighted, deterministic=True)
@@ -51,10 +56,25 @@ def register(connection: sqlite3.Connection) -> None:
     connection.create_aggregate("neruba_max", 1, _Max)  # type: ignore[arg-type]
 
 
+# Plain decimal text with at most 12 decimals: converted with integer arithmetic alone (the
+# common case, since stored quantities are canonical text within 12 places).
+_PLAIN = re.compile(r"(-?)([0-9]+)(?:\.([0-9]{1,12}))?")
+_CANONICAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]{0,11}[1-9])?")
+_SCALE = 10**12
+
+
 def _units(value: Any) -> int | None:
     """SQL value (canonical text, or an integer) → 10⁻¹² units; NULL stays None."""
     if value is None:
         return None
+    if isinstance(value, str):
+        plain = _PLAIN.fullmatch(value)
+        if plain is not None:
+            sign, whole, fraction = plain.groups()
+            units = int(whole) * _SCALE + (int(fraction.ljust(12, "0")) if fraction else 0)
+            return -units if sign else units
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return value * _SCALE
     if isinstance(value, float):
         raise TypeError("neruba decimal functions take text, not floats")
     return rounded_units(Decimal(value))
@@ -65,6 +85,8 @@ def _text(units: int | None) -> str | None:
 
 
 def _decimal(value: Any) -> str | None:
+    if isinstance(value, str) and value != "-0" and _CANONICAL.fullmatch(value):
+        return value  # already the canonical text of a value within 12 places
     return _text(_units(value))
 
 
@@ -82,6 +104,13 @@ def _property(properties: Any, name: Any) -> object:
 def _json_number(properties: Any, name: Any) -> str | None:
     value = numeric_value(_property(properties, name))
     return None if value is None else units_text(rounded_units(value))
+
+
+def _numeric_text(value: Any) -> str | None:
+    """A numeric string's value as canonical text (rounded to 12 places); NULL otherwise."""
+    if not isinstance(value, str) or not NUMERIC_STRING.fullmatch(value):
+        return None
+    return _decimal(value)
 
 
 def _json_key(properties: Any, name: Any) -> str | None:

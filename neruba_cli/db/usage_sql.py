@@ -166,7 +166,26 @@ class _SQLite(_Dialect):
         return func.neruba_decimal(events.c.quantity)
 
     def property_number(self, name: str) -> ColumnElement[Any]:
-        return func.neruba_json_number(events.c.properties, literal(name, String))
+        # JSON integers that fit 64 bits are exact in SQLite: their text is already canonical.
+        # Strings only need the numeric-string check; the rest (JSON decimals, which SQLite
+        # would read as floats, and integers past 64 bits) is parsed exactly in Python.
+        path = literal(f"$.{name}", String)
+        extracted = func.json_extract(events.c.properties, path)
+        return case(
+            (func.json_type(events.c.properties, path).is_(None), literal(None, String)),
+            (
+                and_(
+                    func.json_type(events.c.properties, path) == "integer",
+                    func.typeof(extracted) == "integer",
+                ),
+                cast(extracted, Text),
+            ),
+            (
+                func.json_type(events.c.properties, path) == "text",
+                func.neruba_numeric_text(extracted),
+            ),
+            else_=func.neruba_json_number(events.c.properties, literal(name, String)),
+        )
 
     def property_key(self, name: str) -> ColumnElement[Any]:
         return func.neruba_json_key(events.c.properties, literal(name, String))
