@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from neruba_cli.domain.errors import InvalidInput
@@ -66,19 +67,12 @@ def month_label(moment: datetime, tz: str) -> str:
 def billed_periods(schedule: Schedule, label: str) -> list[Period]:
     """The subscription's periods that end within month `label` (in the subscription's time
     zone) and overlap its active span."""
-    month = month_period(label, schedule.tz)
-    candidates = periods_between(
-        month.start,
-        month.end + _MICROSECOND,
-        interval=schedule.interval,
-        anchor=schedule.anchor,
-        anchor_at=schedule.start,
-        tz=schedule.tz,
-    )
     return [
         period
-        for period in candidates
-        if month.start < period.end <= month.end and _overlaps(schedule, period)
+        for period in _ending_in(
+            label, schedule.interval, schedule.anchor, _grid_anchor(schedule), schedule.tz
+        )
+        if _overlaps(schedule, period)
     ]
 
 
@@ -86,13 +80,46 @@ def next_period(schedule: Schedule, period: Period) -> Period | None:
     """The period after `period`, when the subscription still runs at its start."""
     if schedule.end is not None and schedule.end <= period.end:
         return None
+    return _following(
+        period.end, schedule.interval, schedule.anchor, _grid_anchor(schedule), schedule.tz
+    )
+
+
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _grid_anchor(schedule: Schedule) -> datetime:
+    """Calendar grids do not depend on the start: one key serves every such subscription."""
+    return schedule.start if schedule.anchor == "anniversary" else _EPOCH
+
+
+@lru_cache(maxsize=4096)
+def _ending_in(
+    label: str, interval: Interval, anchor: Anchor, anchor_at: datetime, tz: str
+) -> tuple[Period, ...]:
+    month = month_period(label, tz)
+    candidates = periods_between(
+        month.start,
+        month.end + _MICROSECOND,
+        interval=interval,
+        anchor=anchor,
+        anchor_at=anchor_at,
+        tz=tz,
+    )
+    return tuple(p for p in candidates if month.start < p.end <= month.end)
+
+
+@lru_cache(maxsize=4096)
+def _following(
+    boundary: datetime, interval: Interval, anchor: Anchor, anchor_at: datetime, tz: str
+) -> Period:
     following = periods_between(
-        period.end,
-        period.end + _MICROSECOND,
-        interval=schedule.interval,
-        anchor=schedule.anchor,
-        anchor_at=schedule.start,
-        tz=schedule.tz,
+        boundary,
+        boundary + _MICROSECOND,
+        interval=interval,
+        anchor=anchor,
+        anchor_at=anchor_at,
+        tz=tz,
     )
     return following[0]
 

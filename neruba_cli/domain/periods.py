@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from fractions import Fraction
+from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -200,6 +201,7 @@ def _grid(interval: Interval, anchor: Anchor, anchor_at: datetime, tz: str) -> _
 # --------------------------------------------------------------------------- public API
 
 
+@lru_cache(maxsize=4096)
 def month_period(label: str, tz: str) -> Period:
     """'2026-10' -> local midnight Oct 1 to local midnight Nov 1 in tz, as UTC."""
     match = _MONTH_LABEL.fullmatch(label.strip()) if isinstance(label, str) else None

@@ -33,7 +33,6 @@ import orjson
 from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
-from sqlalchemy.orm.attributes import set_committed_value
 
 from neruba_cli.db import locks, usage_sql
 from neruba_cli.db.schema import (
@@ -493,13 +492,12 @@ def _place_charges(
 
 
 def _attach_existing(conn: Connection, project: Project, items: list[WorkItem]) -> None:
-    """The stored invoices of each item. Documents are read only for finalized invoices (a
-    correction starts from them); a rerun that changes nothing reads no document at all."""
+    """The stored invoices of each item, without their documents (`_documents` reads those
+    only for the few items a correction needs them for)."""
     if not items:
         return
     by_key = {item.key: item for item in items}
     customer_ids = sorted({item.customer.id for item in items})
-    finals: dict[str, Invoice] = {}
     with Session(bind=conn) as session:
         for start in range(0, len(customer_ids), CUSTOMER_BATCH):
             rows = session.scalars(
@@ -513,18 +511,15 @@ def _attach_existing(conn: Connection, project: Project, items: list[WorkItem]) 
                 item = by_key.get((row.customer_id, row.period_start, row.period_end))
                 if item is not None:
                     item.existing.append(row)
-                    if row.status in FINAL:
-                        finals[row.id] = row
-        ids = sorted(finals)
-        for start in range(0, len(ids), CUSTOMER_BATCH):
-            documents = session.execute(
-                select(Invoice.id, Invoice.content).where(
-                    Invoice.id.in_(ids[start : start + CUSTOMER_BATCH])
-                )
-            )
-            for invoice_id, content in documents:
-                set_committed_value(finals[invoice_id], "content", content)
         session.expunge_all()
+
+
+def _documents(conn: Connection, invoices: Sequence[Invoice]) -> list[list[dict[str, Any]]]:
+    """The stored lines of these invoices, in the order given."""
+    ids = [invoice.id for invoice in invoices]
+    query = select(invoices_t.c.id, invoices_t.c.content).where(invoices_t.c.id.in_(ids))
+    rows = {invoice_id: content for invoice_id, content in conn.execute(query)}
+    return [orjson.loads(rows[invoice_id])["lines"] for invoice_id in ids]
 
 
 def _latest(item: WorkItem) -> Invoice | None:
@@ -533,16 +528,23 @@ def _latest(item: WorkItem) -> Invoice | None:
 
 
 def _count_events(conn: Connection, project: Project, chunk: list[WorkItem]) -> None:
+    """Each item's number of events in its period. Where every item of a window already has
+    an invoice (a rerun), a plain count is enough; otherwise one pass also gives the event
+    spans per meter that pricing reuses."""
     windows: dict[tuple[datetime, datetime], list[WorkItem]] = defaultdict(list)
     for item in chunk:
         windows[(item.period.start, item.period.end)].append(item)
     for (start, end), group in windows.items():
+        ids = sorted({item.customer.id for item in group})
+        if all(item.existing for item in group):
+            counts = usage_sql.event_counts(
+                conn, project_id=project.id, start=start, end=end, customer_ids=ids
+            )
+            for item in group:
+                item.raw_count = counts.get(item.customer.id, 0)
+            continue
         stats = usage_sql.meter_stats(
-            conn,
-            project_id=project.id,
-            start=start,
-            end=end,
-            customer_ids=sorted({item.customer.id for item in group}),
+            conn, project_id=project.id, start=start, end=end, customer_ids=ids
         )
         per_customer: dict[str, dict[str, tuple[int, datetime, datetime]]] = defaultdict(dict)
         for (customer_id, meter), span in stats.items():
@@ -614,9 +616,9 @@ def _late_carry(
     for item in changed:
         finals = [inv for inv in item.existing if inv.status in FINAL]
         target = first.get(item.customer.id)
-        carried_before = _carried_lines(target, finals[0].number) if target else []
+        carried_before = _carried_lines(conn, target, finals[0].number) if target else []
         open_target = target is not None and not any(inv.status in FINAL for inv in target.existing)
-        billed = [orjson.loads(inv.content)["lines"] for inv in finals] + carried_before
+        billed = _documents(conn, finals) + carried_before
         delta = correction_lines(built[item.key].content["lines"], billed, item.customer.currency)
         if not delta:
             continue
@@ -629,18 +631,13 @@ def _late_carry(
     return fallbacks
 
 
-def _carried_lines(target: WorkItem, source: str) -> list[list[dict[str, Any]]]:
+def _carried_lines(conn: Connection, target: WorkItem, source: str) -> list[list[dict[str, Any]]]:
     """Lines already carried from `source` onto finalized invoices of the target period."""
-    lines = []
-    for inv in target.existing:
-        if inv.status in FINAL:
-            carried = [
-                line
-                for line in orjson.loads(inv.content)["lines"]
-                if line.get("late_from") == source
-            ]
-            lines.append([_uncarried(line) for line in carried])
-    return lines
+    finals = [inv for inv in target.existing if inv.status in FINAL]
+    return [
+        [_uncarried(line) for line in lines if line.get("late_from") == source]
+        for lines in _documents(conn, finals)
+    ]
 
 
 def _uncarried(line: dict[str, Any]) -> dict[str, Any]:
@@ -859,7 +856,8 @@ class _Writer:
         outcome: Outcome,
     ) -> Outcome:
         currency = item.customer.currency
-        billed = [orjson.loads(inv.content)["lines"] for inv in finals] + item.carried_elsewhere
+        with self.engine.connect() as conn:
+            billed = _documents(conn, finals) + item.carried_elsewhere
         lines = correction_lines(built.content["lines"], billed, currency)
         if not lines:
             outcome.number, outcome.total = finals[-1].number, finals[-1].total

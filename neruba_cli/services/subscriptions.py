@@ -56,10 +56,15 @@ def create_subscription(
     anchor: str = "calendar",
     trial_days: int | None = None,
     now: datetime,
+    plans: dict[tuple[str, int | None], catalog.StoredPlan] | None = None,
 ) -> Subscription:
+    """`plans` caches plan lookups across the rows of one import (each is parsed once)."""
     customer = customers.get_customer(session, project, customer_ident)
     code, version = catalog.parse_plan_ref(plan_ref)
-    stored = catalog.get_plan(session, project, code, version)
+    cache = {} if plans is None else plans
+    stored = cache.get((code, version))
+    if stored is None:
+        stored = cache[(code, version)] = catalog.get_plan(session, project, code, version)
     _same_currency(customer, stored.plan.currency, code)
     days = stored.plan.trial_days if trial_days is None else trial_days
     if not 0 <= days <= MAX_TRIAL_DAYS:
@@ -263,6 +268,7 @@ def import_subscriptions(
     """One subscription per row; a row naming a subscription that already exists (same
     customer, plan and start) is left alone, so importing a file twice creates nothing."""
     report = SubscriptionImport()
+    plans: dict[tuple[str, int | None], catalog.StoredPlan] = {}
     for item in rows:
         report.lines += 1
         if isinstance(item, Reject):
@@ -270,7 +276,7 @@ def import_subscriptions(
         else:
             try:
                 with session.begin_nested():
-                    created = _import_row(session, project, item, now)
+                    created = _import_row(session, project, item, now, plans)
             except InvalidInput as exc:
                 _reject(report, rejects, Reject(item.line, exc.message, item.raw))
             except NotFound as exc:
@@ -290,7 +296,13 @@ def _reject(report: SubscriptionImport, writer: RejectsWriter, reject: Reject) -
     keep(report.rejects, reject, writer)
 
 
-def _import_row(session: Session, project: Project, row: CsvRow, now: datetime) -> bool:
+def _import_row(
+    session: Session,
+    project: Project,
+    row: CsvRow,
+    now: datetime,
+    plans: dict[tuple[str, int | None], catalog.StoredPlan],
+) -> bool:
     values = row.values
     start = parse_ts(values.get("start", ""), field="start")
     trial_text = (values.get("trial_days") or "").strip()
@@ -307,6 +319,7 @@ def _import_row(session: Session, project: Project, row: CsvRow, now: datetime) 
             anchor=(values.get("anchor") or "calendar").strip() or "calendar",
             trial_days=int(trial_text) if trial_text else None,
             now=now,
+            plans=plans,
         )
     except AlreadyExists:
         return False
