@@ -712,13 +712,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Project
-from neruba_cli.services import billing
+from neruba_cli.services import billing, billing_plan, invoice_writer
 
 url, slug, label, as_of = sys.argv[1:5]
 lease = float(sys.argv[5]) if len(sys.argv) > 5 else 600
 wait = float(sys.argv[6]) if len(sys.argv) > 6 else 0
 if len(sys.argv) > 7:  # smaller batches: a pause point between whole invoices
-    billing.CUSTOMER_BATCH, billing.WRITE_BATCH = int(sys.argv[7]), int(sys.argv[7])
+    billing_plan.CUSTOMER_BATCH, invoice_writer.WRITE_BATCH = int(sys.argv[7]), int(sys.argv[7])
 engine = create_db_engine(url)
 with Session(engine) as session:
     project = session.scalars(select(Project).where(Project.slug == slug)).one()

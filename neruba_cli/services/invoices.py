@@ -4,7 +4,7 @@ verification and previews.
 The document (`invoice show --json`) is built from the stored row and its stored `content`
 only: lines exactly as the run wrote them, nothing computed at read time, so a finalized
 invoice prints the same bytes every time. Verification and previews recompute through the
-run's own code path (services/billing.py: plan, aggregate in the database, build); nothing
+run's own code path (services/billing_plan.py: plan, aggregate in the database, build); nothing
 here prices anything itself.
 
 Finalize and void take the same lease lock as `run bill` for the invoice's month and fence
@@ -41,7 +41,7 @@ from neruba_cli.domain.invoice import (
 from neruba_cli.domain.money import format_amount
 from neruba_cli.domain.periods import Period
 from neruba_cli.domain.timestamps import format_ts
-from neruba_cli.services import billing
+from neruba_cli.services import billing, billing_plan
 
 STATUSES = ("draft", "finalized", "void", "paid")
 FINAL = billing.FINAL
@@ -228,7 +228,7 @@ def explain(conn: Connection, project: Project, row: Row[Any]) -> dict[str, Any]
 def _meter_filters(conn: Connection, project: Project) -> dict[tuple[str, str], dict[str, str]]:
     """(plan key CODE@VERSION, meter) → the meter's property filters, from the catalog."""
     found: dict[tuple[str, str], dict[str, str]] = {}
-    for stored in billing._plan_versions(conn, project).values():
+    for stored in billing_plan.plan_versions(conn, project).values():
         for code, meter in stored.meters.items():
             found[(stored.key, code)] = dict(meter.spec.filters)
     return found
