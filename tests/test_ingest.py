@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import time
 from pathlib import Path
 
 import orjson
@@ -10,6 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from neruba_cli.db.schema import Event
+from neruba_cli.services import ingest as ingest_service
 from tests.conftest import Cli
 from tests.test_catalog import EXAMPLE
 
@@ -302,3 +304,30 @@ def test_a_left_over_partial_rejects_file_is_cleaned_by_the_next_run(
     leftover.write_text('{"line": 9, "reason": "from a killed run", "raw": ""}\n')
     assert ingest(shop, str(source))["accepted"] == 1
     assert not leftover.exists()
+
+
+def test_a_large_import_refreshes_postgresql_statistics(
+    shop: Cli, tmp_path: Path, engine, dialect: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Billing right after a bulk import must not plan from an empty table's statistics."""
+    if dialect != "postgresql":
+        pytest.skip("PostgreSQL only: the others keep their statistics themselves")
+    monkeypatch.setattr(ingest_service, "ANALYZE_AFTER", 3)
+
+    def analyzed() -> int:
+        with engine.connect() as conn:
+            return int(
+                conn.exec_driver_sql(
+                    "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'events'"
+                ).scalar_one()
+            )
+
+    before = analyzed()
+    ingest(shop, str(write_jsonl(tmp_path / "two.jsonl", [event("s1"), event("s2")])))
+    assert analyzed() == before  # below the threshold: nothing to refresh
+    ingest(shop, str(write_jsonl(tmp_path / "three.jsonl", [event(f"t{i}") for i in range(3)])))
+    for _ in range(50):  # the server publishes its activity counters within a moment
+        if analyzed() == before + 1:
+            break
+        time.sleep(0.1)
+    assert analyzed() == before + 1

@@ -164,7 +164,7 @@ class InvoiceWriter:
             "unchanged",
             total=built.total,
             fingerprint=built.fingerprint,
-            content=built.content,
+            content=built.content if self.options.dry_run else None,  # kept for display only
         )
         if not finals:
             return self._settle_open(item, built, draft, outcome)
@@ -220,7 +220,9 @@ class InvoiceWriter:
         content = invoice_content(
             correction_kind(total), currency, item.period, built.content["period"]["label"], lines
         )
-        outcome.content, outcome.total = content, total
+        outcome.total = total
+        if self.options.dry_run:
+            outcome.content = content
         if draft is None:
             outcome.action = "corrected"
             self._queue_create(item, built, content, outcome, corrects=finals[0])
