@@ -38,7 +38,7 @@ from neruba_cli.domain.money import (
     round_to_minor,
 )
 from neruba_cli.domain.periods import Period, Phase
-from neruba_cli.domain.pricing import TierLine, Usage, price_lines, rate_charge
+from neruba_cli.domain.pricing import TierLine, Usage, price_lines, rate_charge, tier_document
 from neruba_cli.domain.timestamps import format_ts
 
 LineKind = Literal["base_fee", "usage", "minimum", "charge"]
@@ -309,7 +309,7 @@ def _line(
         "quantity": None if quantity is None else decimal_text(quantity),
         "amount": format_amount(amount, currency),
         "amount_exact": decimal_text(amount_exact),
-        "tiers": [_tier(tier) for tier in tiers],
+        "tiers": [tier_document(tier) for tier in tiers],
         "events": None,
         "proration": proration,
         "fee_period": None,
@@ -330,17 +330,6 @@ def _line(
     if fee_period is not None:
         line["fee_period"] = {"start": format_ts(fee_period[0]), "end": format_ts(fee_period[1])}
     return line
-
-
-def _tier(tier: TierLine) -> dict[str, Any]:
-    return {
-        "up_to": "inf" if tier.up_to is None else decimal_text(tier.up_to),
-        "quantity": decimal_text(tier.quantity),
-        "unit_amount": decimal_text(tier.unit_amount),
-        "rate": decimal_text(tier.rate),
-        "flat_amount": decimal_text(tier.flat_amount),
-        "amount": decimal_text(tier.amount),
-    }
 
 
 def _fraction_text(value: Fraction) -> str:

@@ -59,10 +59,10 @@ from decimal import (
     Overflow,
     localcontext,
 )
-from typing import Literal
+from typing import Any, Literal
 
 from neruba_cli.domain.errors import InvalidInput
-from neruba_cli.domain.money import RoundingMode, round_to_minor
+from neruba_cli.domain.money import RoundingMode, decimal_text, round_to_minor
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -172,6 +172,18 @@ class _Priced:
     tiers: tuple[TierLine, ...] = ()
     transactions: int = 0
     free_transactions: int = 0
+
+
+def tier_document(tier: TierLine) -> dict[str, Any]:
+    """A tier of a rating as JSON-ready text, the same in quotes and invoices."""
+    return {
+        "up_to": "inf" if tier.up_to is None else decimal_text(tier.up_to),
+        "quantity": decimal_text(tier.quantity),
+        "unit_amount": decimal_text(tier.unit_amount),
+        "rate": decimal_text(tier.rate),
+        "flat_amount": decimal_text(tier.flat_amount),
+        "amount": decimal_text(tier.amount),
+    }
 
 
 def rate_charge(charge: Charge, usage: Usage) -> Rating:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from neruba_cli.domain.catalog import PlanDef
 from neruba_cli.domain.money import RoundingMode, decimal_text, format_amount, round_to_minor
-from neruba_cli.domain.pricing import TierLine, Usage, price_lines, rate_charge
+from neruba_cli.domain.pricing import TierLine, Usage, price_lines, rate_charge, tier_document
 
 LineKind = Literal["base_fee", "usage", "minimum"]
 
@@ -81,17 +81,7 @@ def quote_document(result: Quote) -> dict[str, Any]:
                 "quantity": None if line.quantity is None else decimal_text(line.quantity),
                 "amount": format_amount(line.amount, currency),
                 "amount_exact": decimal_text(line.amount_exact),
-                "tiers": [
-                    {
-                        "up_to": "inf" if tier.up_to is None else decimal_text(tier.up_to),
-                        "quantity": decimal_text(tier.quantity),
-                        "unit_amount": decimal_text(tier.unit_amount),
-                        "rate": decimal_text(tier.rate),
-                        "flat_amount": decimal_text(tier.flat_amount),
-                        "amount": decimal_text(tier.amount),
-                    }
-                    for tier in line.tiers
-                ],
+                "tiers": [tier_document(tier) for tier in line.tiers],
             }
             for line in result.lines
         ],
