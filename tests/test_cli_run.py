@@ -343,3 +343,144 @@ def test_a_bad_period_and_a_held_lock(shop: Cli, engine: Engine) -> None:
     assert count(engine, Invoice) == 0 and count(engine, BillingRun) == 0
     assert locks.release(engine, lease)
     assert bill(shop)["created"] == 3
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+def _event(key: str, customer: str, timestamp: str) -> bytes:
+    document = {
+        "idempotency_key": key,
+        "customer": customer,
+        "meter": "api_calls",
+        "timestamp": timestamp,
+    }
+    return orjson.dumps(document) + b"\n"
+
+
+def _bill_month(cli: Cli, project: str, month: str, as_of: str, *args: str) -> dict[str, Any]:
+    result = cli(
+        "run", "bill", "--period", month, "--as-of", as_of, *args, "--project", project, "--json"
+    )
+    assert result.exit_code == 0, result.stderr
+    return dict(result.json())
+
+
+def test_next_invoice_carries_late_usage_once(cli: Cli, engine: Engine, tmp_path: Path) -> None:
+    """August's late calls land on September's invoice, and nowhere else afterwards."""
+    assert cli("project", "create", "carry").exit_code == 0
+    (tmp_path / "catalog.toml").write_text(CATALOG)
+    assert (
+        cli("catalog", "apply", str(tmp_path / "catalog.toml"), "--project", "carry").exit_code == 0
+    )
+    assert cli("customer", "create", "k1", "--project", "carry").exit_code == 0
+    start = ("--start", "2026-08-01T00:00:00Z", "--project", "carry")
+    assert cli("subscription", "create", "k1", "starter", *start).exit_code == 0
+    assert cli("project", "update", "carry", "--late-events", "next_invoice").exit_code == 0
+
+    def load(name: str, *lines: bytes) -> None:
+        (tmp_path / name).write_bytes(b"".join(lines))
+        assert cli("ingest", str(tmp_path / name), "--project", "carry").exit_code == 0
+
+    load("aug.jsonl", *[_event(f"a{i}", "k1", "2026-08-10T00:00:00Z") for i in range(10)])
+    august = _bill_month(cli, "carry", "2026-08", "2026-09-02T00:00:00Z", "--finalize")
+    assert august["finalized"] == ["CARRY-000001"]
+    load("late.jsonl", *[_event(f"l{i}", "k1", "2026-08-20T00:00:00Z") for i in range(4)])
+    again = _bill_month(cli, "carry", "2026-08", "2026-09-02T00:00:00Z")
+    assert [(c["action"], c["landed"], c["late_events"]) for c in again["changes"]] == [
+        ("unchanged", "next_invoice", 4)
+    ]
+    september = _bill_month(cli, "carry", "2026-09", "2026-10-02T00:00:00Z", "--finalize")
+    assert [(c["number"], c["total"]) for c in september["changes"]] == [("CARRY-000002", "5.04")]
+    october = _bill_month(cli, "carry", "2026-10", "2026-11-02T00:00:00Z", "--finalize")
+    # October is the base fee alone: September's carried lines are not carried back out.
+    assert [(c["number"], c["total"]) for c in october["changes"]] == [("CARRY-000003", "5.00")]
+    rerun = _bill_month(cli, "carry", "2026-10", "2026-11-02T00:00:00Z")
+    assert rerun["status"] == "unchanged" and rerun["corrections"] == 0
+    stored = {i.number: (i.kind, i.total) for i in invoices(engine) if i.number.startswith("CARRY")}
+    assert stored == {
+        "CARRY-000001": ("invoice", Decimal("5.1")),
+        "CARRY-000002": ("invoice", Decimal("5.04")),
+        "CARRY-000003": ("invoice", Decimal("5")),
+    }
+
+
+def test_a_customer_moved_to_another_time_zone_is_rebilled_once(
+    shop: Cli, engine: Engine, tmp_path: Path
+) -> None:
+    """The finalized October of the old zone is reversed in full and the new zone's October
+    billed: the customer never pays two Octobers."""
+    bill(shop, "--finalize")
+    moved = tmp_path / "moved.csv"
+    moved.write_text("external_id,timezone\nc3,Asia/Tokyo\n")
+    assert shop("customer", "import", str(moved), "--project", "acme").exit_code == 0
+    rerun = bill(shop, "--finalize")
+    actions = sorted((c["customer"], c["action"], c["total"]) for c in rerun["changes"])
+    assert actions == [("c3", "corrected", "-5.00"), ("c3", "created", "5.00")]
+    c3 = [i for i in invoices(engine) if i.total is not None and i.number.startswith("ACME")]
+    credit = [i for i in c3 if i.kind == "credit_note"]
+    assert len(credit) == 1 and credit[0].total == Decimal("-5")
+    assert bill(shop)["status"] == "unchanged"
+
+
+def test_a_moved_draft_is_voided_not_billed_twice(
+    shop: Cli, engine: Engine, tmp_path: Path
+) -> None:
+    bill(shop)
+    moved = tmp_path / "moved.csv"
+    moved.write_text("external_id,timezone\nc3,Asia/Tokyo\n")
+    assert shop("customer", "import", str(moved), "--project", "acme").exit_code == 0
+    rerun = bill(shop)
+    assert sorted((c["customer"], c["action"]) for c in rerun["changes"]) == [
+        ("c3", "created"),
+        ("c3", "voided"),
+    ]
+    live = [i for i in invoices(engine) if i.status != "void"]
+    assert len(live) == 3  # one October per customer
+    voided = [i for i in invoices(engine) if i.status == "void"]
+    assert len(voided) == 1 and voided[0].void_reason.startswith("no longer billed")
+
+
+def test_ignore_still_bills_a_charge_added_after_finalization(shop: Cli, engine: Engine) -> None:
+    """The policy is about late events; a change of terms is always corrected."""
+    assert shop("project", "update", "acme", "--late-events", "ignore").exit_code == 0
+    bill(shop, "--finalize")
+    added = shop(
+        "charge",
+        "add",
+        "c3",
+        "--amount",
+        "12.50",
+        "--description",
+        "Setup",
+        "--idempotency-key",
+        "setup-c3",
+        "--at",
+        "2026-10-20T00:00:00Z",
+        "--project",
+        "acme",
+    )
+    assert added.exit_code == 0, added.stderr
+    rerun = bill(shop)
+    assert [(c["customer"], c["action"], c["total"]) for c in rerun["changes"]] == [
+        ("c3", "corrected", "12.50")
+    ]
+
+
+def test_finalize_never_finalizes_a_period_that_has_not_ended(shop: Cli) -> None:
+    """--as-of in the future plans that month, but finalizing waits for the real end."""
+    result = shop(
+        "run",
+        "bill",
+        "--period",
+        "2099-01",
+        "--as-of",
+        "2099-02-05T00:00:00Z",
+        "--finalize",
+        "--project",
+        "acme",
+        "--json",
+    )
+    assert result.exit_code == 0, result.stderr
+    data = result.json()
+    assert data["created"] == 3 and data["finalized"] == []

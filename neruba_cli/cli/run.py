@@ -16,6 +16,7 @@ from rich.text import Text
 
 from neruba_cli.cli.output import Output, fields, table
 from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.money import format_amount
 from neruba_cli.domain.timestamps import format_ts, parse_ts
 from neruba_cli.services import billing, runs
 
@@ -94,7 +95,7 @@ def report_to_dict(report: billing.RunReport) -> dict[str, Any]:
             "period_end": format_ts(outcome.period.end),
             "action": outcome.action,
             "number": outcome.number,
-            "total": _money(outcome.total),
+            "total": _money(outcome.total, outcome.currency),
             "late_events": outcome.late_events,
             "landed": outcome.landed,
         }
@@ -119,8 +120,10 @@ def report_to_dict(report: billing.RunReport) -> dict[str, Any]:
     }
 
 
-def _money(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
+def _money(value: Decimal | None, currency: str | None) -> str | None:
+    if value is None:
+        return None
+    return str(value) if currency is None else format_amount(value, currency)
 
 
 @contextmanager

@@ -41,8 +41,10 @@ from neruba_cli.services.billing_plan import (
     load_customers,
     load_subscriptions,
     needs_pricing,
+    orphaned_items,
     plan_items,
     plan_versions,
+    restore_carried,
     subscription_schedule,
 )
 from neruba_cli.services.invoice_writer import InvoiceWriter, Outcome, RunOptions, RunReport
@@ -83,6 +85,8 @@ def run_bill(
         with engine.connect() as conn:
             items = plan_items(conn, project, label, options.as_of, options.customers)
             attach_existing(conn, project, items)
+            items += orphaned_items(conn, project, label, items, options.customers)
+            restore_carried(conn, items)
             if project.late_events == "next_invoice":
                 items += _late_carry(conn, project, label, items, options)
         advance = progress_total(len(items)) if progress_total else (lambda _n: None)
@@ -148,6 +152,7 @@ def _unchanged(item: WorkItem) -> Outcome:
         "unchanged",
         number=latest.number,
         total=latest.total,
+        currency=latest.currency,
         fingerprint=latest.fingerprint,
     )
 
@@ -185,6 +190,7 @@ def _late_carry(
     earlier = [i for i in earlier if any(inv.status in FINAL for inv in i.existing)]
     if not earlier:
         return []
+    restore_carried(conn, earlier)
     count_events(conn, project, earlier)
     changed = [i for i in earlier if needs_pricing(i, project, final_only=True)]
     if not changed:

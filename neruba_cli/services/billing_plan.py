@@ -94,6 +94,7 @@ class WorkItem:
     carried: list[CarriedUsage] = field(default_factory=list)  # late usage it takes in
     carried_elsewhere: list[list[dict[str, Any]]] = field(default_factory=list)
     fallback: bool = False  # next_invoice, but no open invoice can take it: correct instead
+    orphan: bool = False  # invoiced before, but the month no longer bills this period
     window_stats: dict[str, tuple[int, datetime, datetime]] | None = None  # by meter
 
     @property
@@ -388,7 +389,59 @@ def count_events(conn: Connection, project: Project, chunk: list[WorkItem]) -> N
             item.raw_count = sum(span[0] for span in item.window_stats.values())
 
 
+def orphaned_items(
+    conn: Connection, project: Project, label: str, items: list[WorkItem], only: Sequence[str]
+) -> list[WorkItem]:
+    """Live invoices of month `label` that no planned item claims any more: the customer's
+    time zone moved its periods, a backdated cancellation removed one, or a subscription took
+    over a month billed for one-off charges alone. Each becomes an item with nothing to bill,
+    so its draft is voided and a finalized one is reversed by a credit note."""
+    claimed = {item.key for item in items}
+    customers = load_customers(conn, project, only)
+    rows = conn.execute(
+        select(Invoice.customer_id, Invoice.period_start, Invoice.period_end)
+        .where(Invoice.project_id == project.id)
+        .where(Invoice.period == label)
+        .where(Invoice.status != "void")
+        .distinct()
+    ).all()
+    orphans = []
+    for customer_id, start, end in rows:
+        customer = customers.get(customer_id)
+        if customer is None or (customer_id, start, end) in claimed:
+            continue
+        orphans.append(WorkItem(customer, label, Period(start, end), [], [], True, orphan=True))
+    attach_existing(conn, project, orphans)
+    return sorted(orphans, key=lambda i: (i.customer.external_id, i.period.start))
+
+
+def restore_carried(conn: Connection, items: list[WorkItem]) -> None:
+    """An invoice that took in late usage of an earlier month (policy next_invoice) keeps it:
+    its recomputation must carry the same lines, or the difference would reverse them."""
+    wanted = {}
+    for item in items:
+        finals = [inv for inv in item.existing if inv.status in FINAL]
+        if finals and not item.carried:
+            wanted[finals[-1].id] = item
+    if not wanted:
+        return
+    ids = sorted(wanted)
+    for start in range(0, len(ids), CUSTOMER_BATCH):
+        rows = conn.execute(
+            select(Invoice.id, Invoice.inputs)
+            .where(Invoice.id.in_(ids[start : start + CUSTOMER_BATCH]))
+            .where(Invoice.inputs.like('%"carried":[{%'))
+        )
+        for invoice_id, inputs in rows:
+            wanted[invoice_id].carried = [
+                CarriedUsage(entry["source"], tuple(entry["lines"]))
+                for entry in orjson.loads(inputs)["carried"]
+            ]
+
+
 def needs_pricing(item: WorkItem, project: Project, *, final_only: bool = False) -> bool:
+    if item.orphan:
+        return True
     latest = latest_invoice(item)
     if final_only:
         finals = [inv for inv in item.existing if inv.status in FINAL]

@@ -83,6 +83,7 @@ class Outcome:
     action: str  # created | updated | unchanged | corrected | voided | ignored | carried
     number: str | None = None
     total: Decimal | None = None
+    currency: str | None = None
     late_events: int = 0
     landed: str | None = None  # where late events went: a correction number, next, ignored
     fingerprint: str | None = None
@@ -163,15 +164,21 @@ class InvoiceWriter:
             item.period,
             "unchanged",
             total=built.total,
+            currency=item.customer.currency,
             fingerprint=built.fingerprint,
             content=built.content if self.options.dry_run else None,  # kept for display only
         )
         if not finals:
+            if item.orphan:
+                return self._settle_orphan(draft, outcome)
             return self._settle_open(item, built, draft, outcome)
         late = max(item.raw_count - finals[-1].event_count, 0)
         outcome.late_events = late
         policy = self.project.late_events
-        if policy in ("ignore", "next_invoice") and not item.fallback:
+        same_terms = built.setup_fingerprint == finals[-1].setup_fingerprint
+        if policy in ("ignore", "next_invoice") and same_terms and not item.fallback:
+            # The policies are about late *events*; changed terms (a charge added, a backdated
+            # plan change or cancellation) are always corrected.
             # next_invoice: the following month's run carries the difference (billing._late_carry).
             outcome.action = "ignored" if late and policy == "ignore" else "unchanged"
             outcome.landed = ("ignored" if policy == "ignore" else "next_invoice") if late else None
@@ -180,6 +187,13 @@ class InvoiceWriter:
                 self._queue_bookkeeping(finals[-1], item, built)
             return outcome
         return self._settle_correction(item, built, finals, draft, outcome)
+
+    def _settle_orphan(self, draft: Invoice | None, outcome: Outcome) -> Outcome:
+        """A draft for a period the month no longer bills: void it (its number stays)."""
+        if draft is not None:
+            outcome.action, outcome.number, outcome.total = "voided", draft.number, Decimal(0)
+            self._queue_void(draft, "no longer billed: the customer's billing periods changed")
+        return outcome
 
     def _settle_open(
         self, item: WorkItem, built: BuiltInvoice, draft: Invoice | None, outcome: Outcome
@@ -444,7 +458,7 @@ class InvoiceWriter:
             .where(invoices_t.c.project_id == self.project.id)
             .where(mine)
             .where(invoices_t.c.status == "draft")
-            .where(invoices_t.c.period_end <= self.options.as_of)
+            .where(invoices_t.c.period_end <= min(self.options.as_of, self.now))
             .order_by(invoices_t.c.number)
         )
         if self.options.customers:
