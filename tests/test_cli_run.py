@@ -397,12 +397,19 @@ def test_next_invoice_carries_late_usage_once(cli: Cli, engine: Engine, tmp_path
     assert [(c["number"], c["total"]) for c in october["changes"]] == [("CARRY-000003", "5.00")]
     rerun = _bill_month(cli, "carry", "2026-10", "2026-11-02T00:00:00Z")
     assert rerun["status"] == "unchanged" and rerun["corrections"] == 0
+    # More August calls once September is finalized: nothing can carry them any more, so
+    # rerunning August corrects it, counting the 4 calls September already carried.
+    load("later.jsonl", *[_event(f"m{i}", "k1", "2026-08-25T00:00:00Z") for i in range(3)])
+    corrected = _bill_month(cli, "carry", "2026-08", "2026-09-02T00:00:00Z", "--finalize")
+    assert [(c["action"], c["total"]) for c in corrected["changes"]] == [("corrected", "0.03")]
     stored = {i.number: (i.kind, i.total) for i in invoices(engine) if i.number.startswith("CARRY")}
     assert stored == {
         "CARRY-000001": ("invoice", Decimal("5.1")),
         "CARRY-000002": ("invoice", Decimal("5.04")),
         "CARRY-000003": ("invoice", Decimal("5")),
+        "CARRY-000004": ("supplemental", Decimal("0.03")),
     }
+    assert _bill_month(cli, "carry", "2026-08", "2026-09-02T00:00:00Z")["status"] == "unchanged"
 
 
 def test_a_customer_moved_to_another_time_zone_is_rebilled_once(

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, select, update
 
 from neruba_cli.db import locks, usage_sql
@@ -88,6 +89,7 @@ def run_bill(
             items += orphaned_items(conn, project, label, items, options.customers)
             restore_carried(conn, items)
             if project.late_events == "next_invoice":
+                _fall_back_where_next_is_final(conn, project, label, items)
                 items += _late_carry(conn, project, label, items, options)
         advance = progress_total(len(items)) if progress_total else (lambda _n: None)
         for start in range(0, len(items), billing_plan.CUSTOMER_BATCH):
@@ -182,7 +184,8 @@ def _late_carry(
     A customer with no open invoice this month to take it (none billed, or already
     finalized) gets a correction of the late period instead; those items are returned so the
     run settles them like any correction. Late events older than the previous month are
-    corrected by rerunning their own month, which then falls back the same way.
+    corrected by rerunning their own month (`_fall_back_where_next_is_final`): its following
+    month is finalized by then, so nothing can carry them any more.
     """
     previous = _previous_label(label)
     earlier = plan_items(conn, project, previous, options.as_of, options.customers)
@@ -216,6 +219,42 @@ def _late_carry(
             item.carried_elsewhere = carried_before
             fallbacks.append(item)
     return fallbacks
+
+
+def _fall_back_where_next_is_final(
+    conn: Connection, project: Project, label: str, items: list[WorkItem]
+) -> None:
+    """Rerunning a month whose late usage can no longer be carried (the customer's invoice of
+    the month after is already finalized) corrects it instead, counting what was carried."""
+    late: dict[str, list[WorkItem]] = {}
+    for item in items:
+        if any(invoice.status in FINAL for invoice in item.existing):
+            late.setdefault(item.customer.id, []).append(item)
+    if not late:
+        return
+    following = conn.execute(
+        select(invoices_t.c.customer_id, invoices_t.c.content)
+        .where(invoices_t.c.project_id == project.id)
+        .where(invoices_t.c.period == _next_label(label))
+        .where(invoices_t.c.status.in_(FINAL))
+        .where(invoices_t.c.customer_id.in_(sorted(late)))
+    ).all()
+    documents_by_customer: dict[str, list[list[dict[str, Any]]]] = {}
+    for customer_id, content in following:
+        documents_by_customer.setdefault(customer_id, []).append(orjson.loads(content)["lines"])
+    for customer_id, lines_of_each in documents_by_customer.items():
+        for item in late[customer_id]:
+            source = next(i for i in item.existing if i.status in FINAL).number
+            item.fallback = True
+            item.carried_elsewhere = [
+                [_uncarried(line) for line in lines if line.get("late_from") == source]
+                for lines in lines_of_each
+            ]
+
+
+def _next_label(label: str) -> str:
+    year, month = int(label[:4]), int(label[5:7])
+    return f"{year + 1:04d}-01" if month == 12 else f"{year:04d}-{month + 1:02d}"
 
 
 def _carried_lines(conn: Connection, target: WorkItem, source: str) -> list[list[dict[str, Any]]]:

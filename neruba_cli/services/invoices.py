@@ -503,6 +503,18 @@ def void(
         )
     with _locked(engine, project, row.period, holder) as lease, engine.begin() as conn:
         locks.fence(conn, lease)
+        # A run may have written a correction between the check above and the lock.
+        corrected = conn.execute(
+            select(invoices_t.c.number)
+            .where(invoices_t.c.corrects_id == row.id, invoices_t.c.status != "void")
+            .limit(1)
+        ).first()
+        if corrected is not None:
+            raise InvalidInput(
+                f"invoice {row.number} was corrected by {corrected[0]} meanwhile; nothing was "
+                "written",
+                hint="void the corrections first",
+            )
         changed = conn.execute(
             update(invoices_t)
             .where(invoices_t.c.id == row.id, invoices_t.c.status == row.status)
