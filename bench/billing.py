@@ -31,10 +31,8 @@ import argparse
 import csv
 import json
 import random
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -47,12 +45,12 @@ import orjson
 from ingest import (  # bench/ingest.py: the same measuring and database set-up
     Neruba,
     Run,
-    StepFailed,
     Target,
     check,
     fmt_cpu,
     fmt_mb,
     fmt_seconds,
+    in_work_folder,
     plain_url,
     previous_month,
     print_table,
@@ -633,25 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.customers < 1 or args.events < 1:
         parser.error("--customers and --events must be at least 1")
 
-    if args.keep:
-        folder = args.keep.resolve()
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("bench.db", "profile.db", "neruba.toml"):
-            for suffix in ("", "-wal", "-shm"):
-                (folder / f"{name}{suffix}").unlink(missing_ok=True)
-    else:
-        folder = Path(tempfile.mkdtemp(prefix="neruba-bench-billing-"))
-    try:
-        bench(args, folder)
-    except StepFailed as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if not args.keep:
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            print(f"kept {folder}")
-    return 0
+    names = ("bench.db", "profile.db", "neruba.toml")
+    return in_work_folder(
+        args.keep, "neruba-bench-billing-", names, lambda folder: bench(args, folder)
+    )
 
 
 if __name__ == "__main__":

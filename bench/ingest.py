@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -810,21 +811,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.events < 1:
         parser.error("--events must be at least 1")
 
-    if args.keep:
-        folder = args.keep.resolve()
+    names = ("bench.db", "floor.db", "sqlite_utils.db", "profile.db", "neruba.toml")
+    return in_work_folder(args.keep, "neruba-bench-", names, lambda folder: bench(args, folder))
+
+
+def in_work_folder(
+    keep: Path | None, prefix: str, names: tuple[str, ...], work: Callable[[Path], None]
+) -> int:
+    """Run `work` in `keep` (its old databases removed first) or in a temporary folder that
+    goes away afterwards; a failed step is reported on one line, exit status 1."""
+    if keep:
+        folder = keep.resolve()
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ("bench.db", "floor.db", "sqlite_utils.db", "profile.db", "neruba.toml"):
+        for name in names:
             for suffix in ("", "-wal", "-shm"):
                 (folder / f"{name}{suffix}").unlink(missing_ok=True)
     else:
-        folder = Path(tempfile.mkdtemp(prefix="neruba-bench-"))
+        folder = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        bench(args, folder)
+        work(folder)
     except StepFailed as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(folder, ignore_errors=True)
         else:
             print(f"kept {folder}")
