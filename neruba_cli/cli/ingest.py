@@ -143,7 +143,12 @@ def receipts(
         project = rt.project(session)
         conn = session.connection()
         rows = [
-            ingest.receipt_dict(batch, billing.stale_invoices(conn, project.id, batch.id))
+            ingest.receipt_dict(
+                batch,
+                billing.stale_invoices(
+                    conn, project.id, batch.id, batch.first_event_at, batch.last_event_at
+                ),
+            )
             for batch in ingest.list_receipts(session, project, limit)
         ]
     columns = (

@@ -632,7 +632,8 @@ def transaction_values(
     start: datetime,
     end: datetime,
 ) -> Iterator[Decimal]:
-    """The field values of one customer's matching events, ordered by (ts, id), streamed.
+    """The field values of one customer's matching events, in (ts, idempotency key) order,
+    streamed.
 
     The arguments are checked at once; the query runs when iteration starts. Consume the
     values before using `conn` for anything else (MariaDB and PostgreSQL stream them through

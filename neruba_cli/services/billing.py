@@ -345,9 +345,19 @@ def open_period_labels(
     return sorted(labels)
 
 
-def stale_invoices(conn: Connection, project_id: str, batch_id: str) -> list[dict[str, str]]:
+def stale_invoices(
+    conn: Connection,
+    project_id: str,
+    batch_id: str,
+    first_event: datetime | None,
+    last_event: datetime | None,
+) -> list[dict[str, str]]:
     """Finalized invoices whose customer and period got new events from import `batch_id`:
-    what the import made stale, and the run that would pick them up."""
+    what the import made stale, and the run that would pick them up. Only invoices whose
+    period overlaps the import's first to last event are probed, so an import of the open
+    month looks at none."""
+    if first_event is None or last_event is None:
+        return []
     batch_events = (
         select(events_t.c.id)
         .where(events_t.c.project_id == project_id)
@@ -361,6 +371,7 @@ def stale_invoices(conn: Connection, project_id: str, batch_id: str) -> list[dic
         select(invoices_t.c.number, invoices_t.c.period)
         .where(invoices_t.c.project_id == project_id)
         .where(invoices_t.c.status.in_(FINAL))
+        .where(invoices_t.c.period_end > first_event, invoices_t.c.period_start <= last_event)
         .where(batch_events)
         .order_by(invoices_t.c.number)
     ).all()

@@ -397,7 +397,6 @@ def orphaned_items(
     over a month billed for one-off charges alone. Each becomes an item with nothing to bill,
     so its draft is voided and a finalized one is reversed by a credit note."""
     claimed = {item.key for item in items}
-    customers = load_customers(conn, project, only)
     rows = conn.execute(
         select(Invoice.customer_id, Invoice.period_start, Invoice.period_end)
         .where(Invoice.project_id == project.id)
@@ -405,12 +404,21 @@ def orphaned_items(
         .where(Invoice.status != "void")
         .distinct()
     ).all()
-    orphans = []
-    for customer_id, start, end in rows:
-        customer = customers.get(customer_id)
-        if customer is None or (customer_id, start, end) in claimed:
-            continue
-        orphans.append(WorkItem(customer, label, Period(start, end), [], [], True, orphan=True))
+    unclaimed = [tuple(row) for row in rows if tuple(row) not in claimed]
+    if not unclaimed:
+        return []
+    wanted = sorted({customer_id for customer_id, _, _ in unclaimed})
+    query = select(Customer).where(Customer.id.in_(wanted))
+    if only:
+        query = query.where(Customer.external_id.in_(list(only)))
+    with Session(bind=conn) as session:
+        customers = {c.id: c for c in session.scalars(query)}
+        session.expunge_all()
+    orphans = [
+        WorkItem(customers[customer_id], label, Period(start, end), [], [], True, orphan=True)
+        for customer_id, start, end in unclaimed
+        if customer_id in customers
+    ]
     attach_existing(conn, project, orphans)
     return sorted(orphans, key=lambda i: (i.customer.external_id, i.period.start))
 

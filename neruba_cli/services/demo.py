@@ -239,7 +239,7 @@ def _ingest_file(engine: Any, path: Path, actor: Actor, now: datetime) -> ingest
             ingest.IngestOptions(fmt="jsonl"),
             meters=meters,
             rejects=writer,
-            actor=_actor_name(actor),
+            actor=actor.id,
             now=now,
         )
 
@@ -292,7 +292,7 @@ def _bill(
     with Session(engine, expire_on_commit=False) as session:
         project = projects.get_project(session, DEMO_PROJECT)
     options = billing.RunOptions(label=month, as_of=now, finalize=finalize)
-    return billing.run_bill(engine, project, options, actor=_actor_name(actor), now=now)
+    return billing.run_bill(engine, project, options, actor=actor.id, now=now)
 
 
 def _demo_invoices(engine: Any) -> list[dict[str, Any]]:
@@ -332,7 +332,3 @@ def _import_demo_customers(engine: Any, slug: str, now: datetime) -> ImportRepor
         rows = read_csv(path, columns=customers.CSV_COLUMNS, required=customers.CSV_REQUIRED)
         with RejectsWriter(None) as writer:
             return customers.import_customers(session, project, rows, now=now, rejects=writer)
-
-
-def _actor_name(actor: Actor) -> str:
-    return f"{actor.kind}:{actor.id}"

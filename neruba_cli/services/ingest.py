@@ -139,7 +139,9 @@ def ingest(
     summary.already_imported = _earlier_imports(engine, project, summary)
     if summary.batch is not None and summary.accepted:
         with engine.connect() as conn:
-            summary.stale_invoices = billing.stale_invoices(conn, project.id, summary.batch)
+            summary.stale_invoices = billing.stale_invoices(
+                conn, project.id, summary.batch, summary.first_event, summary.last_event
+            )
     summary.seconds = (datetime.now(UTC) - started).total_seconds()
     if summary.batch is not None:
         _close_receipt(engine, summary, rejects)
