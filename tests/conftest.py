@@ -31,6 +31,7 @@ SERVER_DEFAULTS = {
     "mariadb": ("NERUBA_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
     "postgresql": ("NERUBA_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
 }
+APPEND_ONLY = ("ledger_entries", "ledger_transactions")
 REQUIRE_SERVERS = os.environ.get("NERUBA_REQUIRE_SERVERS") == "1"
 
 
@@ -139,8 +140,17 @@ def db_url(dialect: str, servers: ServerDatabases, tmp_path: Path) -> str:
         # Corrections point at the invoice they correct: unlink them first (MariaDB checks a
         # self-referencing key row by row while it deletes).
         conn.execute(update(Invoice.__table__).values(corrects_id=None))
+        # The ledger refuses DELETE (its triggers); TRUNCATE fires no row triggers.
+        if dialect == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(APPEND_ONLY)}"))
+        else:
+            conn.execute(text("SET FOREIGN_KEY_CHECKS = 0"))
+            for name in APPEND_ONLY:
+                conn.execute(text(f"TRUNCATE TABLE {name}"))
+            conn.execute(text("SET FOREIGN_KEY_CHECKS = 1"))
         for table in reversed(Base.metadata.sorted_tables):
-            conn.execute(delete(table))
+            if table.name not in APPEND_ONLY:
+                conn.execute(delete(table))
     engine.dispose()
     return url
 

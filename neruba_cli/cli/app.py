@@ -11,6 +11,8 @@ from neruba_cli import __version__
 from neruba_cli.cli import (
     audit,
     catalog,
+    check,
+    credits,
     customer,
     db,
     demo,
@@ -19,11 +21,14 @@ from neruba_cli.cli import (
     init,
     invoice,
     key,
+    ledger,
     locks,
     member,
+    payment,
     project,
     run,
     subscription,
+    wallet,
 )
 from neruba_cli.cli.output import Output
 from neruba_cli.domain.errors import UsageError
@@ -56,6 +61,7 @@ def root(
 init.register(app)
 demo.register(app)
 doctor.register(app)
+check.register(app)
 ingest.register(app)
 app.add_typer(db.app, name="db")
 app.add_typer(project.app, name="project")
@@ -64,6 +70,10 @@ app.add_typer(catalog.app, name="catalog")
 app.add_typer(subscription.app, name="subscription")
 app.add_typer(run.app, name="run")
 app.add_typer(invoice.app, name="invoice")
+app.add_typer(credits.app, name="credits")
+app.add_typer(wallet.app, name="wallet")
+app.add_typer(ledger.app, name="ledger")
+app.add_typer(payment.app, name="payment")
 app.add_typer(key.app, name="key")
 app.add_typer(member.members_app, name="member")
 app.add_typer(member.invites_app, name="invite")

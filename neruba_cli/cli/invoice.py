@@ -87,7 +87,9 @@ def finalize(
     with rt.transaction() as session:
         project = rt.project(session)
     label = invoices.period_label(period, project, now) if period else None
-    report = invoices.finalize(rt.engine(), project, number=number, label=label, now=now)
+    report = invoices.finalize(
+        rt.engine(), project, number=number, label=label, now=now, actor=rt.actor.id
+    )
     data = {
         "period": report.period,
         "finalized": report.finalized,
@@ -124,7 +126,9 @@ def void(
         f"total {current['total']} {current['currency']})?",
         yes=yes,
     )
-    data = invoices.void(rt.engine(), project, number, reason=reason, now=rt.now())
+    data = invoices.void(
+        rt.engine(), project, number, reason=reason, now=rt.now(), actor=rt.actor.id
+    )
     rt.out.emit(data)
     rt.out.say(f"Voided {data['number']}: {data['void_reason']}")
 

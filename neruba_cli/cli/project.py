@@ -76,6 +76,13 @@ def update(
             help="Events after finalization: correct (linked correction), next_invoice, ignore.",
         ),
     ] = None,
+    credit_returns: Annotated[
+        str | None,
+        typer.Option(
+            "--credit-returns",
+            help="Credit notes: restore (give consumed credits back first) or keep.",
+        ),
+    ] = None,
 ) -> None:
     """Change a project's settings."""
     rt.audited_project = slug
@@ -87,6 +94,7 @@ def update(
             rounding=validate_rounding(rounding) if rounding else None,
             require_key=require_key,
             late_events=late_events,
+            credit_returns=credit_returns,
         )
         data = projects.to_dict(project)
     rt.out.emit(data)

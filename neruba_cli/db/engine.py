@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -20,6 +22,7 @@ from neruba_cli.db import sqlite_functions
 from neruba_cli.domain.errors import DatabaseError, InvalidInput
 
 CONNECT_TIMEOUT_SECONDS = 5
+WRITE_OPTION = "neruba_write"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 _MYSQL_SQL_MODE = (
@@ -115,9 +118,22 @@ def _sqlite_engine(url: URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        immediate = connection.get_execution_options().get(WRITE_OPTION)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+@contextmanager
+def begin_write(engine: Engine) -> Iterator[Connection]:
+    """A transaction that reads and then writes what it read (a wallet, an invoice's amount
+    due). On SQLite it takes the write lock at BEGIN (waiting up to the busy timeout), because
+    a WAL reader that later writes fails outright once another writer has committed since its
+    read. The servers lock rows instead (`SELECT ... FOR UPDATE` in the services)."""
+    with engine.connect() as conn:
+        conn.execution_options(**{WRITE_OPTION: True})
+        with conn.begin():
+            yield conn
 
 
 def _mysql_engine(url: URL) -> Engine:

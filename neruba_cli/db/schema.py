@@ -63,6 +63,8 @@ class Project(Base):
     require_key: Mapped[bool] = mapped_column(Boolean, server_default=false())
     # What a billing rerun does with events that arrive after their period was finalized.
     late_events: Mapped[str] = mapped_column(String(16), server_default="correct")
+    # What a credit note does with credits its invoice consumed: restore | keep (domain/ledger).
+    credit_returns: Mapped[str] = mapped_column(String(16), server_default="restore")
 
 
 class Member(Base):
@@ -384,6 +386,10 @@ class Invoice(Base):
     finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     void_reason: Mapped[str | None] = mapped_column(String(500))
+    # Views over the ledger kept beside the invoice (`neruba check` compares them with the
+    # entries): what it still owes and what payments settled, in minor units.
+    amount_due_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    amount_paid_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class InvoiceLine(Base):
@@ -419,4 +425,148 @@ class InvoiceRevision(Base):
     run_id: Mapped[str | None] = mapped_column(ID)
     fingerprint: Mapped[str] = mapped_column(String(71))
     content: Mapped[str] = mapped_column(LONG_TEXT)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+SERIAL = BigInteger().with_variant(Integer, "sqlite")
+
+
+class LedgerAccount(Base):
+    """One account of the chart in domain/ledger.py, per project and currency (customer
+    accounts also per customer). `balance` is the running sum of its entries (debits
+    positive), moved in the same transaction as they are written."""
+
+    __tablename__ = "ledger_accounts"
+    __table_args__ = (UniqueConstraint("project_id", "code", "currency", "holder"), MYSQL_TABLE)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    code: Mapped[str] = mapped_column(String(40))
+    currency: Mapped[str] = mapped_column(String(3))
+    holder: Mapped[str] = mapped_column(ID)  # the customer's id, or "" for project accounts
+    customer_id: Mapped[str | None] = mapped_column(ID, ForeignKey("customers.id"))
+    balance: Mapped[int] = mapped_column(BigInteger)
+    version: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LedgerTransaction(Base):
+    """A balanced posting; never updated or deleted (a trigger refuses it where the
+    database has triggers)."""
+
+    __tablename__ = "ledger_transactions"
+    __table_args__ = (
+        UniqueConstraint("project_id", "idempotency_key"),
+        Index(None, "project_id", "effective_at"),
+        Index(None, "project_id", "reference"),
+        MYSQL_TABLE,
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(32))
+    reference: Mapped[str] = mapped_column(String(64))
+    content_hash: Mapped[str] = mapped_column(String(71))
+    memo: Mapped[str] = mapped_column(String(500))
+    actor: Mapped[str] = mapped_column(String(200))
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LedgerEntry(Base):
+    """One side of a posting, in integer minor units (debits positive). Append-only."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        Index(None, "transaction_id"),
+        Index(None, "account_id", "effective_at"),
+        Index(None, "grant_id"),
+        Index(None, "invoice_id"),
+        MYSQL_TABLE,
+    )
+
+    id: Mapped[int] = mapped_column(SERIAL, primary_key=True, autoincrement=True)
+    transaction_id: Mapped[str] = mapped_column(ID, ForeignKey("ledger_transactions.id"))
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    account_id: Mapped[str] = mapped_column(ID, ForeignKey("ledger_accounts.id"))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    grant_id: Mapped[str | None] = mapped_column(ID, ForeignKey("credit_grants.id"))
+    invoice_id: Mapped[str | None] = mapped_column(ID, ForeignKey("invoices.id"))
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CreditGrant(Base):
+    """Credit granted to a customer. `remaining_minor` is the running sum of the grant's
+    wallet entries, moved only by postings; `neruba check` compares the two."""
+
+    __tablename__ = "credit_grants"
+    __table_args__ = (
+        UniqueConstraint("project_id", "idempotency_key"),
+        Index(None, "project_id", "customer_id"),
+        MYSQL_TABLE,
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    customer_id: Mapped[str] = mapped_column(ID, ForeignKey("customers.id"))
+    currency: Mapped[str] = mapped_column(String(3))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    remaining_minor: Mapped[int] = mapped_column(BigInteger)
+    priority: Mapped[int] = mapped_column(Integer)
+    category: Mapped[str] = mapped_column(String(16))  # paid | promotional
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    reason: Mapped[str | None] = mapped_column(String(500))
+    source: Mapped[str] = mapped_column(String(16))  # grant | overpayment | credit_note
+    source_ref: Mapped[str | None] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    args_hash: Mapped[str] = mapped_column(String(71))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoke_reason: Mapped[str | None] = mapped_column(String(500))
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # expiry posted
+
+
+class Payment(Base):
+    """Money received against an invoice; `refunded_minor` is what was paid back."""
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        UniqueConstraint("project_id", "idempotency_key"),
+        Index(None, "invoice_id"),
+        MYSQL_TABLE,
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    invoice_id: Mapped[str] = mapped_column(ID, ForeignKey("invoices.id"))
+    customer_id: Mapped[str] = mapped_column(ID, ForeignKey("customers.id"))
+    currency: Mapped[str] = mapped_column(String(3))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    applied_minor: Mapped[int] = mapped_column(BigInteger)  # the part that paid the invoice
+    refunded_minor: Mapped[int] = mapped_column(BigInteger)
+    overpayment_grant_id: Mapped[str | None] = mapped_column(ID)
+    reference: Mapped[str | None] = mapped_column(String(255))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    args_hash: Mapped[str] = mapped_column(String(71))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Refund(Base):
+    __tablename__ = "refunds"
+    __table_args__ = (
+        UniqueConstraint("project_id", "idempotency_key"),
+        Index(None, "payment_id"),
+        MYSQL_TABLE,
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    payment_id: Mapped[str] = mapped_column(ID, ForeignKey("payments.id"))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(String(500))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    args_hash: Mapped[str] = mapped_column(String(71))
+    refunded_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -12,7 +12,22 @@ import time
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 PREFIXES = frozenset(
-    {"proj", "cus", "mem", "ivt", "aud", "key", "inv", "run", "evt", "grt", "txn"}
+    {
+        "proj",
+        "cus",
+        "mem",
+        "ivt",
+        "aud",
+        "key",
+        "inv",
+        "run",
+        "evt",
+        "grt",
+        "txn",
+        "acc",
+        "pay",
+        "rfd",
+    }
     | {"mtr", "pln", "plv", "sub", "sph", "bat", "chg"}
 )
 

@@ -50,6 +50,7 @@ from neruba_cli.domain.invoice import (
     invoice_content,
 )
 from neruba_cli.domain.periods import Period
+from neruba_cli.services import settlement
 from neruba_cli.services.billing_plan import FINAL, WorkItem, documents
 
 WRITE_BATCH = 100  # whole invoices per transaction
@@ -469,16 +470,14 @@ class InvoiceWriter:
             rows = conn.execute(query).all()
         if rows:
             self._ensure_run()
+        done: list[str] = []
         for start in range(0, len(rows), WRITE_BATCH):
             chunk = rows[start : start + WRITE_BATCH]
             with self.transaction() as conn:
-                conn.execute(
-                    update(invoices_t)
-                    .where(invoices_t.c.id.in_([row.id for row in chunk]))
-                    .where(invoices_t.c.status == "draft")
-                    .values(status="finalized", finalized_at=self.now, updated_at=self.now)
+                done += settlement.finalize(
+                    conn, self.project, [row.id for row in chunk], now=self.now, actor=self.actor
                 )
-        return [row.number for row in rows]
+        return done
 
     def close_run(self, report: RunReport) -> None:
         summary = run_summary(report)

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, Row, func, select, update
 
 from neruba_cli.db import locks
 from neruba_cli.db.schema import Customer, Event, Invoice, InvoiceRevision, Project
+from neruba_cli.domain import credits as credit_rules
 from neruba_cli.domain.billing_periods import resolve_label
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.invoice import (
@@ -38,10 +39,11 @@ from neruba_cli.domain.invoice import (
     invoice_content,
     setup_document,
 )
-from neruba_cli.domain.money import format_amount
+from neruba_cli.domain.ledger import Allocation
+from neruba_cli.domain.money import format_amount, from_minor_units, to_minor_units
 from neruba_cli.domain.periods import Period
 from neruba_cli.domain.timestamps import format_ts
-from neruba_cli.services import billing, billing_plan
+from neruba_cli.services import billing, billing_plan, credits, settlement
 
 STATUSES = ("draft", "finalized", "void", "paid")
 FINAL = billing.FINAL
@@ -121,11 +123,24 @@ def summary(row: Row[Any]) -> dict[str, Any]:
         "subtotal": format_amount(row.subtotal, currency),
         "credits_applied": format_amount(row.credits_applied, currency),
         "total": format_amount(row.total, currency),
+        "amount_paid": _minor(row.amount_paid_minor, currency),
+        "amount_due": _due(row),
         "corrects": row.corrects_number,
         "run": row.run_id,
         "fingerprint": row.fingerprint,
         "version": row.version,
     }
+
+
+def _minor(units: int, currency: str) -> str:
+    return format_amount(from_minor_units(units, currency), currency)
+
+
+def _due(row: Row[Any]) -> str | None:
+    """What the customer still owes on a finalized invoice (None on drafts and voids)."""
+    if row.status not in FINAL:
+        return None
+    return _minor(row.amount_due_minor, row.currency)
 
 
 def document(row: Row[Any]) -> dict[str, Any]:
@@ -145,6 +160,10 @@ def document(row: Row[Any]) -> dict[str, Any]:
         "corrects": row.corrects_number,
         "run": row.run_id,
         "fingerprint": row.fingerprint,
+        "credits": content.get("credits", []),
+        "amount_paid": _minor(row.amount_paid_minor, row.currency),
+        "amount_due": _due(row),
+        "settlement": content.get("settlement"),
         "kind": row.kind,
         "label": row.period,
         "version": row.version,
@@ -194,9 +213,15 @@ def explain(conn: Connection, project: Project, row: Row[Any]) -> dict[str, Any]
         .order_by(invoices_t.c.revision)
     ).all()
     filters = _meter_filters(conn, project)
+    spent = credits.allocations_from(content.get("credits") or [], row.currency)
+    per_line = credit_rules.by_line(
+        [to_minor_units(Decimal(line["amount"]), row.currency) for line in content["lines"]], spent
+    )
     lines = [
-        _explain_line(conn, project, row, position, line, filters)
-        for position, line in enumerate(content["lines"], start=1)
+        _explain_line(conn, project, row, position, line, filters, paid)
+        for (position, line), paid in zip(
+            enumerate(content["lines"], start=1), per_line, strict=True
+        )
     ]
     return {
         "number": row.number,
@@ -209,7 +234,11 @@ def explain(conn: Connection, project: Project, row: Row[Any]) -> dict[str, Any]
         "lines": lines,
         "subtotal": content["subtotal"],
         "credits_applied": content["credits_applied"],
+        "credits": credits.explain_allocations(conn, project, spent, row.currency),
         "total": content["total"],
+        "amount_paid": _minor(row.amount_paid_minor, row.currency),
+        "amount_due": _due(row),
+        "settlement": content.get("settlement"),
         "corrects": row.corrects_number,
         "corrected_by": [{"number": number, "status": status} for number, status in corrections],
         "correction_note": (
@@ -241,6 +270,7 @@ def _explain_line(
     position: int,
     line: dict[str, Any],
     filters: dict[tuple[str, str], dict[str, str]],
+    paid: list[Allocation],
 ) -> dict[str, Any]:
     events = line.get("events")
     meter = line.get("meter")
@@ -275,7 +305,8 @@ def _explain_line(
         "events": explained_events,
         "amount_exact": line.get("amount_exact"),
         "amount": line["amount"],
-        "credits_applied": format_amount(Decimal(0), row.currency),
+        "credits_applied": _minor(sum(a.amount for a in paid), row.currency),
+        "credits": credits.allocations_document(paid, row.currency),
         "why": _why(line, row.currency),
     }
 
@@ -388,6 +419,7 @@ def finalize(
     number: str | None = None,
     label: str | None = None,
     now: datetime,
+    actor: str = "system",
     holder: str | None = None,
 ) -> FinalizeReport:
     """Drafts become immutable. One invoice by number, or every draft of a month whose period
@@ -400,7 +432,7 @@ def finalize(
         _check_finalizable(row, now)
         report = FinalizeReport(period=row.period)
         with _locked(engine, project, row.period, holder) as lease:
-            _finalize_ids(engine, lease, [row], now, strict=True)
+            _finalize_ids(engine, project, lease, [row], now, actor, strict=True)
         report.finalized.append(row.number)
         return report
     assert label is not None
@@ -423,7 +455,9 @@ def finalize(
             )
         for start in range(0, len(ended), WRITE_BATCH):
             chunk = ended[start : start + WRITE_BATCH]
-            report.finalized += _finalize_ids(engine, lease, chunk, now, strict=False)
+            report.finalized += _finalize_ids(
+                engine, project, lease, chunk, now, actor, strict=False
+            )
     return report
 
 
@@ -442,28 +476,23 @@ def _check_finalizable(row: Row[Any], now: datetime) -> None:
 
 
 def _finalize_ids(
-    engine: Engine, lease: locks.Lease, rows: Sequence[Row[Any]], now: datetime, *, strict: bool
+    engine: Engine,
+    project: Project,
+    lease: locks.Lease,
+    rows: Sequence[Row[Any]],
+    now: datetime,
+    actor: str,
+    *,
+    strict: bool,
 ) -> list[str]:
+    """Finalize, post and settle a chunk of drafts in one fenced transaction."""
     if not rows:
         return []
     with engine.begin() as conn:
         locks.fence(conn, lease)
-        done = []
-        for row in rows:
-            changed = conn.execute(
-                update(invoices_t)
-                .where(invoices_t.c.id == row.id, invoices_t.c.status == "draft")
-                .values(status="finalized", finalized_at=now, updated_at=now)
-            ).rowcount
-            if changed == 1:
-                done.append(row.number)
-            elif strict:
-                raise InvalidInput(
-                    f"invoice {row.number} changed while it was being finalized; nothing was "
-                    "written",
-                    hint="`neruba invoice show` it and try again",
-                )
-    return done
+        return settlement.finalize(
+            conn, project, [row.id for row in rows], now=now, actor=actor, strict=strict
+        )
 
 
 def void(
@@ -473,9 +502,11 @@ def void(
     *,
     reason: str,
     now: datetime,
+    actor: str = "system",
     holder: str | None = None,
 ) -> dict[str, Any]:
-    """Status → void, with when and why. The number stays taken, so numbers stay gapless."""
+    """Status → void, with when and why. The number stays taken, so numbers stay gapless.
+    A finalized invoice is reversed in the ledger and its credits go back to their grants."""
     reason = reason.strip()
     if not reason:
         raise InvalidInput("--reason must say why the invoice is voided")
@@ -490,11 +521,7 @@ def void(
         ).all()
     if row.status == "void":
         raise InvalidInput(f"invoice {row.number} is already void ({row.void_reason})")
-    if row.status == "paid":
-        raise InvalidInput(
-            f"invoice {row.number} is paid; a paid invoice cannot be voided",
-            hint="refund it, or issue a credit note",
-        )
+    settlement.check_voidable(row)
     if live_corrections:
         listed = ", ".join(n for (n,) in live_corrections)
         raise InvalidInput(
@@ -526,6 +553,7 @@ def void(
                 f"invoice {row.number} changed while it was being voided; nothing was written",
                 hint="`neruba invoice show` it and try again",
             )
+        settlement.void(conn, project, row, now=now, actor=actor)
     with engine.connect() as conn:
         return document(get(conn, project, row.number))
 

@@ -17,6 +17,8 @@ from neruba_cli.domain.tenancy import ProjectSpec
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.billing import LATE_EVENT_POLICIES
 
+CREDIT_RETURN_POLICIES = ("restore", "keep")
+
 
 def create_project(
     session: Session, spec: ProjectSpec, *, mode: str = "live", now: datetime
@@ -33,6 +35,7 @@ def create_project(
         mode=mode,
         require_key=False,
         late_events=LATE_EVENT_POLICIES[0],
+        credit_returns=CREDIT_RETURN_POLICIES[0],
     )
     add_unique(session, project, f"project {spec.slug!r} already exists")
     return project
@@ -66,11 +69,14 @@ def update_project(
     rounding: RoundingMode | None = None,
     require_key: bool | None = None,
     late_events: str | None = None,
+    credit_returns: str | None = None,
 ) -> Project:
     """Change the settings that can change; currency and mode are fixed at creation."""
     project = get_project(session, slug)
     if late_events is not None:
         project.late_events = validate_late_events(late_events)
+    if credit_returns is not None:
+        project.credit_returns = validate_credit_returns(credit_returns)
     if name is not None:
         project.name = name.strip() or project.slug
     if rounding is not None:
@@ -87,6 +93,16 @@ def validate_late_events(policy: str) -> str:
         raise InvalidInput(
             f"late events: {policy!r} is not a late-event policy",
             hint="use correct (a linked correction), next_invoice or ignore",
+        )
+    return policy
+
+
+def validate_credit_returns(policy: str) -> str:
+    """What a credit note does with the credits its invoice consumed (services/settlement)."""
+    if policy not in CREDIT_RETURN_POLICIES:
+        raise InvalidInput(
+            f"credit returns: {policy!r} is not a policy",
+            hint="use restore (credits go back to their grants first) or keep",
         )
     return policy
 
@@ -113,5 +129,6 @@ def to_dict(project: Project) -> dict[str, Any]:
         "mode": project.mode,
         "require_key": project.require_key,
         "late_events": project.late_events,
+        "credit_returns": project.credit_returns,
         "created_at": format_ts(project.created_at),
     }

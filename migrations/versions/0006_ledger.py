@@ -1,0 +1,256 @@
+"""ledger (accounts, transactions, entries), credit grants, payments and refunds; invoice
+amounts due and paid; the project's credit-return policy
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-25
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import mysql
+
+revision: str = "0006"
+down_revision: str | None = "0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+UTC_DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+ID = sa.String(length=40)
+MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+SERIAL = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+APPEND_ONLY = ("ledger_entries", "ledger_transactions")
+MESSAGE = "the ledger is append-only: post a reversing transaction instead"
+
+
+def _fk(table: str, column: str, target: str) -> sa.ForeignKeyConstraint:
+    return sa.ForeignKeyConstraint(
+        [column], [f"{target}.id"], name=op.f(f"fk_{table}_{column}_{target}")
+    )
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("projects") as batch:
+        batch.add_column(
+            sa.Column(
+                "credit_returns", sa.String(length=16), server_default="restore", nullable=False
+            )
+        )
+    with op.batch_alter_table("invoices") as batch:
+        batch.add_column(
+            sa.Column("amount_due_minor", sa.BigInteger(), server_default="0", nullable=False)
+        )
+        batch.add_column(
+            sa.Column("amount_paid_minor", sa.BigInteger(), server_default="0", nullable=False)
+        )
+    op.create_table(
+        "ledger_accounts",
+        sa.Column("id", ID, nullable=False),
+        sa.Column("project_id", ID, nullable=False),
+        sa.Column("code", sa.String(length=40), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("holder", ID, nullable=False),
+        sa.Column("customer_id", ID, nullable=True),
+        sa.Column("balance", sa.BigInteger(), nullable=False),
+        sa.Column("version", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", UTC_DATETIME, nullable=False),
+        _fk("ledger_accounts", "customer_id", "customers"),
+        _fk("ledger_accounts", "project_id", "projects"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ledger_accounts")),
+        sa.UniqueConstraint(
+            "project_id",
+            "code",
+            "currency",
+            "holder",
+            name=op.f("uq_ledger_accounts_project_id_code_currency_holder"),
+        ),
+        **MYSQL_TABLE,
+    )
+    op.create_table(
+        "ledger_transactions",
+        sa.Column("id", ID, nullable=False),
+        sa.Column("project_id", ID, nullable=False),
+        sa.Column("idempotency_key", sa.String(length=255), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("reference", sa.String(length=64), nullable=False),
+        sa.Column("content_hash", sa.String(length=71), nullable=False),
+        sa.Column("memo", sa.String(length=500), nullable=False),
+        sa.Column("actor", sa.String(length=200), nullable=False),
+        sa.Column("effective_at", UTC_DATETIME, nullable=False),
+        sa.Column("created_at", UTC_DATETIME, nullable=False),
+        _fk("ledger_transactions", "project_id", "projects"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ledger_transactions")),
+        sa.UniqueConstraint(
+            "project_id",
+            "idempotency_key",
+            name=op.f("uq_ledger_transactions_project_id_idempotency_key"),
+        ),
+        **MYSQL_TABLE,
+    )
+    op.create_index(
+        op.f("ix_ledger_transactions_project_id_effective_at"),
+        "ledger_transactions",
+        ["project_id", "effective_at"],
+    )
+    op.create_index(
+        op.f("ix_ledger_transactions_project_id_reference"),
+        "ledger_transactions",
+        ["project_id", "reference"],
+    )
+    op.create_table(
+        "credit_grants",
+        sa.Column("id", ID, nullable=False),
+        sa.Column("project_id", ID, nullable=False),
+        sa.Column("customer_id", ID, nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("amount_minor", sa.BigInteger(), nullable=False),
+        sa.Column("remaining_minor", sa.BigInteger(), nullable=False),
+        sa.Column("priority", sa.Integer(), nullable=False),
+        sa.Column("category", sa.String(length=16), nullable=False),
+        sa.Column("expires_at", UTC_DATETIME, nullable=True),
+        sa.Column("reason", sa.String(length=500), nullable=True),
+        sa.Column("source", sa.String(length=16), nullable=False),
+        sa.Column("source_ref", sa.String(length=64), nullable=True),
+        sa.Column("idempotency_key", sa.String(length=255), nullable=True),
+        sa.Column("args_hash", sa.String(length=71), nullable=False),
+        sa.Column("created_at", UTC_DATETIME, nullable=False),
+        sa.Column("revoked_at", UTC_DATETIME, nullable=True),
+        sa.Column("revoke_reason", sa.String(length=500), nullable=True),
+        sa.Column("expired_at", UTC_DATETIME, nullable=True),
+        _fk("credit_grants", "customer_id", "customers"),
+        _fk("credit_grants", "project_id", "projects"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_credit_grants")),
+        sa.UniqueConstraint(
+            "project_id",
+            "idempotency_key",
+            name=op.f("uq_credit_grants_project_id_idempotency_key"),
+        ),
+        **MYSQL_TABLE,
+    )
+    op.create_index(
+        op.f("ix_credit_grants_project_id_customer_id"),
+        "credit_grants",
+        ["project_id", "customer_id"],
+    )
+    op.create_table(
+        "ledger_entries",
+        sa.Column("id", SERIAL, autoincrement=True, nullable=False),
+        sa.Column("transaction_id", ID, nullable=False),
+        sa.Column("project_id", ID, nullable=False),
+        sa.Column("account_id", ID, nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("grant_id", ID, nullable=True),
+        sa.Column("invoice_id", ID, nullable=True),
+        sa.Column("effective_at", UTC_DATETIME, nullable=False),
+        _fk("ledger_entries", "account_id", "ledger_accounts"),
+        _fk("ledger_entries", "grant_id", "credit_grants"),
+        _fk("ledger_entries", "invoice_id", "invoices"),
+        _fk("ledger_entries", "project_id", "projects"),
+        _fk("ledger_entries", "transaction_id", "ledger_transactions"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ledger_entries")),
+        **MYSQL_TABLE,
+    )
+    op.create_index(
+        op.f("ix_ledger_entries_account_id_effective_at"),
+        "ledger_entries",
+        ["account_id", "effective_at"],
+    )
+    op.create_index(op.f("ix_ledger_entries_grant_id"), "ledger_entries", ["grant_id"])
+    op.create_index(op.f("ix_ledger_entries_invoice_id"), "ledger_entries", ["invoice_id"])
+    op.create_index(op.f("ix_ledger_entries_transaction_id"), "ledger_entries", ["transaction_id"])
+    op.create_table(
+        "payments",
+        sa.Column("id", ID, nullable=False),
+        sa.Column("project_id", ID, nullable=False),
+        sa.Column("invoice_id", ID, nullable=False),
+        sa.Column("customer_id", ID, nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("amount_minor", sa.BigInteger(), nullable=False),
+        sa.Column("applied_minor", sa.BigInteger(), nullable=False),
+        sa.Column("refunded_minor", sa.BigInteger(), nullable=False),
+        sa.Column("overpayment_grant_id", ID, nullable=True),
+        sa.Column("reference", sa.String(length=255), nullable=True),
+        sa.Column("idempotency_key", sa.String(length=255), nullable=False),
+        sa.Column("args_hash", sa.String(length=71), nullable=False),
+        sa.Column("received_at", UTC_DATETIME, nullable=False),
+        sa.Column("created_at", UTC_DATETIME, nullable=False),
+        _fk("payments", "customer_id", "customers"),
+        _fk("payments", "invoice_id", "invoices"),
+        _fk("payments", "project_id", "projects"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_payments")),
+        sa.UniqueConstraint(
+            "project_id", "idempotency_key", name=op.f("uq_payments_project_id_idempotency_key")
+        ),
+        **MYSQL_TABLE,
+    )
+    op.create_index(op.f("ix_payments_invoice_id"), "payments", ["invoice_id"])
+    op.create_table(
+        "refunds",
+        sa.Column("id", ID, nullable=False),
+        sa.Column("project_id", ID, nullable=False),
+        sa.Column("payment_id", ID, nullable=False),
+        sa.Column("amount_minor", sa.BigInteger(), nullable=False),
+        sa.Column("reason", sa.String(length=500), nullable=True),
+        sa.Column("idempotency_key", sa.String(length=255), nullable=False),
+        sa.Column("args_hash", sa.String(length=71), nullable=False),
+        sa.Column("refunded_at", UTC_DATETIME, nullable=False),
+        sa.Column("created_at", UTC_DATETIME, nullable=False),
+        _fk("refunds", "payment_id", "payments"),
+        _fk("refunds", "project_id", "projects"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_refunds")),
+        sa.UniqueConstraint(
+            "project_id", "idempotency_key", name=op.f("uq_refunds_project_id_idempotency_key")
+        ),
+        **MYSQL_TABLE,
+    )
+    op.create_index(op.f("ix_refunds_payment_id"), "refunds", ["payment_id"])
+    for table in APPEND_ONLY:
+        _create_append_only_triggers(table)
+
+
+def _create_append_only_triggers(table: str) -> None:
+    """UPDATE and DELETE on the ledger refused by the database itself. SQLite, MariaDB/MySQL
+    and PostgreSQL have triggers; an engine without them keeps the rule in code only."""
+    bind = op.get_bind()
+    dialect = bind.dialect.name
+    if dialect == "sqlite":
+        for action in ("UPDATE", "DELETE"):
+            op.execute(
+                f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{MESSAGE}'); END"
+            )
+    elif dialect in ("mysql", "mariadb"):
+        for action in ("UPDATE", "DELETE"):
+            op.execute(
+                f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
+                f"FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{MESSAGE}'"
+            )
+    elif dialect == "postgresql":
+        op.execute(
+            "CREATE OR REPLACE FUNCTION neruba_ledger_append_only() RETURNS trigger "
+            f"LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION '{MESSAGE}'; END $$"
+        )
+        op.execute(
+            f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+            "FOR EACH ROW EXECUTE PROCEDURE neruba_ledger_append_only()"
+        )
+
+
+def downgrade() -> None:
+    op.drop_table("refunds")
+    op.drop_table("payments")
+    op.drop_table("ledger_entries")  # its triggers go with it
+    op.drop_table("credit_grants")
+    op.drop_table("ledger_transactions")
+    op.drop_table("ledger_accounts")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS neruba_ledger_append_only()")
+    with op.batch_alter_table("invoices") as batch:
+        batch.drop_column("amount_paid_minor")
+        batch.drop_column("amount_due_minor")
+    with op.batch_alter_table("projects") as batch:
+        batch.drop_column("credit_returns")

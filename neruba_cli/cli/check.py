@@ -1,0 +1,49 @@
+"""`neruba check`"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from neruba_cli.cli.output import table
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.services import check as sweep
+
+EXIT_DISCREPANCY = 4
+
+
+def register(app: typer.Typer) -> None:
+    @command(app, "check", scope="read")
+    def check(rt: Runtime) -> int:
+        """Consistency sweep of the ledger and every figure kept beside it. Exit 4 on any
+        discrepancy, with the list."""
+        with rt.transaction() as session:
+            project = rt.project(session)
+            report = sweep.run(session.connection(), project)
+        data = report.as_dict()
+        rows = [
+            (
+                item["name"],
+                Text(item["status"], style="green" if item["status"] == "ok" else "red"),
+                str(item["checked"]),
+                item["description"],
+            )
+            for item in data["checks"]
+        ]
+        summary = table(None, ("check", "status", "checked", "what"), rows)
+
+        def render(console: Console) -> None:
+            summary(console)
+            for item in data["checks"]:
+                for detail in item["details"]:
+                    console.print(Text(f"{item['name']}: ", style="red") + Text(detail))
+                hidden = item["problems"] - len(item["details"])
+                if hidden > 0:
+                    console.print(f"{item['name']}: ... and {hidden} more", markup=False)
+
+        rt.out.emit(data, render)
+        if report.ok:
+            return 0
+        rt.out.warn(f"{data['problems']} discrepancies found")
+        return EXIT_DISCREPANCY

@@ -1,0 +1,106 @@
+"""`neruba credits ...`: grant, revoke, list, expire."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from neruba_cli.cli.output import fields, table
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.timestamps import parse_ts
+from neruba_cli.services import credits
+
+app = typer.Typer(help="Credit grants: grant, revoke, list, expire.")
+
+CustomerArg = Annotated[str, typer.Argument(help="Customer external id (or cus_ id).")]
+LIST_COLUMNS = ("id", "amount", "remaining", "currency", "priority", "expires_at", "category")
+
+
+@command(app, "grant", group="credits", scope="credits", mutating=True)
+def grant(
+    rt: Runtime,
+    customer: CustomerArg,
+    amount: Annotated[str, typer.Argument(help="Amount in major units, e.g. 50.00.")],
+    currency: Annotated[
+        str | None, typer.Option(help="ISO 4217 code (default: the customer's currency).")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="When it expires (RFC 3339, e.g. 2027-01-01T00:00:00Z).")
+    ] = None,
+    priority: Annotated[int, typer.Option(help="1 is spent before 2.")] = credits.DEFAULT_PRIORITY,
+    category: Annotated[str, typer.Option(help="paid or promotional.")] = "promotional",
+    reason: Annotated[str | None, typer.Option(help="Why (kept with the grant).")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Grant once per key: a repeat is a no-op, other arguments an error."),
+    ] = None,
+) -> None:
+    """Grant credit to a customer: posted to the ledger, spent by invoices at finalization."""
+    request = credits.GrantRequest(
+        customer=customer,
+        amount=amount,
+        currency=currency,
+        expires_at=parse_ts(expires, field="--expires") if expires else None,
+        priority=priority,
+        category=category,
+        reason=reason,
+        idempotency_key=idempotency_key,
+    )
+    with rt.transaction() as session:
+        project = rt.project(session)
+    data, created = credits.grant(rt.engine(), project, request, actor=rt.actor.id, now=rt.now())
+    data["created"] = created
+    rt.out.emit(data, fields(data))
+    if created:
+        rt.out.say(
+            f"Granted {data['amount']} {data['currency']} to {data['customer']}: {data['id']}."
+        )
+    else:
+        rt.out.say(f"Already granted with this idempotency key: {data['id']} (nothing changed).")
+
+
+@command(app, "revoke", group="credits", scope="credits", mutating=True)
+def revoke(
+    rt: Runtime,
+    grant_id: Annotated[str, typer.Argument(metavar="GRANT", help="Grant id (grt_...).")],
+    reason: Annotated[str, typer.Option(help="Why (kept with the grant).")] = "revoked",
+) -> None:
+    """Remove what is left of a grant (what was spent stays spent)."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+    data = credits.revoke(
+        rt.engine(), project, grant_id, reason=reason, actor=rt.actor.id, now=rt.now()
+    )
+    rt.out.emit(data, fields(data))
+    rt.out.say(f"Revoked {data['revoked']} {data['currency']} left on {data['id']}.")
+
+
+@command(app, "list", group="credits", scope="read")
+def list_(rt: Runtime, customer: CustomerArg) -> None:
+    """A customer's grants: amount, remaining, expiry, priority, category, status."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        data = credits.list_grants(session.connection(), project, customer, at=rt.now())
+    columns = (*LIST_COLUMNS, "status", "reason")
+    rt.out.emit(data, table(None, columns, [[item[c] for c in columns] for item in data]))
+
+
+@command(app, "expire", group="credits", scope="credits", mutating=True)
+def expire(
+    rt: Runtime,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Expire grants expired by then (default: now).")
+    ] = None,
+) -> None:
+    """Post the expiry of what is left on expired grants (for cron; a rerun does nothing)."""
+    now = rt.now()
+    moment = parse_ts(as_of, field="--as-of") if as_of else now
+    with rt.transaction() as session:
+        project = rt.project(session)
+    report = credits.expire(rt.engine(), project, as_of=moment, actor=rt.actor.id, now=now)
+    data = report.as_dict()
+    columns = ("id", "customer", "expires_at", "expired", "currency", "category")
+    rows: list[list[Any]] = [[item[c] for c in columns] for item in report.expired]
+    rt.out.emit(data, table(None, columns, rows) if rows else None)
+    rt.out.say(f"Expired {len(report.expired)} grants.")

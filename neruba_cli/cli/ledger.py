@@ -1,0 +1,77 @@
+"""`neruba ledger show|balances`"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from neruba_cli.cli.output import table
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.timestamps import parse_ts
+from neruba_cli.services import ledger
+from neruba_cli.services.customers import get_customer
+
+app = typer.Typer(help="The double-entry ledger under every balance.")
+
+
+@command(app, "show", group="ledger", scope="read")
+def show(
+    rt: Runtime,
+    customer: Annotated[str | None, typer.Option(help="Only this customer's accounts.")] = None,
+    account: Annotated[
+        str | None,
+        typer.Option(help="Only this account: wallet, receivable, cash, revenue:usage, ..."),
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Effective at or after (RFC 3339).")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many transactions.")] = None,
+) -> None:
+    """Transactions and their entries (debits and credits), oldest first."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        who = get_customer(session, project, customer) if customer else None
+        data = ledger.show(
+            session.connection(),
+            project,
+            customer=who,
+            account=account,
+            since=parse_ts(since, field="--since") if since else None,
+            limit=limit,
+        )
+    rt.out.emit(data, _render(data))
+
+
+def _render(transactions: list[dict[str, Any]]) -> Any:
+    def render(console: Console) -> None:
+        grid = Table(header_style="bold")
+        for column in ("effective", "transaction", "account", "debit", "credit", "note"):
+            grid.add_column(column, overflow="fold")
+        for txn in transactions:
+            first = True
+            for entry in txn["entries"]:
+                note = entry["grant"] or entry["invoice"] or ""
+                grid.add_row(
+                    txn["effective_at"] if first else "",
+                    f"{txn['kind']} {txn['reference']}" if first else "",
+                    entry["account"],
+                    entry["debit"] or "",
+                    entry["credit"] or "",
+                    note,
+                )
+                first = False
+        console.print(grid)
+        console.print(f"{len(transactions)} transactions", markup=False)
+
+    return render
+
+
+@command(app, "balances", group="ledger", scope="read")
+def balances(rt: Runtime) -> None:
+    """Every account's balance on its normal side, and how many entries it has."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        data = ledger.balances(session.connection(), project)
+    columns = ("account", "currency", "normal", "balance", "entries")
+    rt.out.emit(data, table(None, columns, [[row[c] for c in columns] for row in data]))

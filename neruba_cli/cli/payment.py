@@ -1,0 +1,108 @@
+"""`neruba payment record|refund|list`"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from neruba_cli.cli.output import fields, table
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.timestamps import parse_ts
+from neruba_cli.services import payments
+
+app = typer.Typer(help="Payments against finalized invoices, and refunds.")
+
+
+@command(app, "record", group="payment", scope="billing", mutating=True)
+def record(
+    rt: Runtime,
+    invoice: Annotated[str, typer.Argument(help="Invoice number, e.g. ACME-000001.")],
+    amount: Annotated[str, typer.Argument(help="Amount received, in major units.")],
+    reference: Annotated[
+        str | None, typer.Option(help="Bank or PSP reference: names one payment (idempotent).")
+    ] = None,
+    at: Annotated[str | None, typer.Option(help="When it was received (RFC 3339).")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Record once per key (default: invoice + reference).")
+    ] = None,
+) -> None:
+    """Post a payment: the invoice owes less (paid when nothing is due); any overpayment
+    becomes credit in the customer's wallet."""
+    request = payments.PaymentRequest(
+        invoice=invoice,
+        amount=amount,
+        reference=reference,
+        at=parse_ts(at, field="--at") if at else None,
+        idempotency_key=idempotency_key,
+    )
+    with rt.transaction() as session:
+        project = rt.project(session)
+    data, created = payments.record(rt.engine(), project, request, actor=rt.actor.id, now=rt.now())
+    data["created"] = created
+    rt.out.emit(data, fields(data))
+    if not created:
+        rt.out.say(f"Already recorded as {data['id']} (nothing changed).")
+        return
+    rt.out.say(
+        f"Recorded {data['amount']} {data['currency']} on {data['invoice']}: "
+        f"{data['invoice_status']}, {data['invoice_amount_due']} due."
+    )
+    if data["overpayment_grant"]:
+        rt.out.say(
+            f"Overpayment {data['overpayment']} {data['currency']} is wallet credit "
+            f"({data['overpayment_grant']})."
+        )
+
+
+@command(app, "refund", group="payment", scope="billing", mutating=True)
+def refund(
+    rt: Runtime,
+    payment: Annotated[str, typer.Argument(help="Payment id (pay_...).")],
+    amount: Annotated[
+        str | None, typer.Argument(help="Amount (default: all that is left).", show_default=False)
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Why.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Refund once per key.")] = None,
+) -> None:
+    """Pay back (part of) a payment: the invoice owes it again."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+    data, created = payments.refund(
+        rt.engine(),
+        project,
+        payment,
+        amount=amount,
+        reason=reason,
+        idempotency_key=idempotency_key,
+        actor=rt.actor.id,
+        now=rt.now(),
+    )
+    data["created"] = created
+    rt.out.emit(data, fields(data))
+    rt.out.say(f"Refunded: {data['refunded']} {data['currency']} of {data['id']} in total.")
+
+
+@command(app, "list", group="payment", scope="read")
+def list_(
+    rt: Runtime,
+    invoice: Annotated[str | None, typer.Option(help="Only this invoice's payments.")] = None,
+    customer: Annotated[str | None, typer.Option(help="Only this customer's.")] = None,
+) -> None:
+    """Payments, oldest first."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        data = payments.list_payments(
+            session.connection(), project, invoice=invoice, customer=customer
+        )
+    columns = (
+        "id",
+        "invoice",
+        "customer",
+        "amount",
+        "applied",
+        "refunded",
+        "currency",
+        "reference",
+    )
+    rt.out.emit(data, table(None, columns, [[item[c] for c in columns] for item in data]))

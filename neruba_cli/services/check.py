@@ -1,0 +1,350 @@
+"""`neruba check`: the consistency sweep. Every figure Neruba keeps beside the ledger — an
+account's balance, a grant's remaining credit, an invoice's totals, amount due and amount paid
+— is recomputed from the ledger entries and compared. Each sweep is a few grouped queries, so
+it runs in one pass over the entries however large the ledger is.
+
+Ledger sweeps:
+- every transaction has at least two entries and sums to zero per currency;
+- every account's balance equals the sum of its entries;
+- every wallet's balance equals its grants' remaining credit;
+- every grant's remaining credit equals its entries, between zero and what was granted;
+- every finalized invoice's subtotal and credits applied equal its postings, its amount due
+  the sum of its receivable entries and its amount paid its payments net of refunds; drafts
+  have no postings and a void invoice owes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from neruba_cli.db.schema import (
+    CreditGrant,
+    Customer,
+    Invoice,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    Payment,
+    Project,
+    Refund,
+)
+from neruba_cli.domain.money import format_amount, from_minor_units, to_minor_units
+
+accounts_t = LedgerAccount.__table__
+entries_t = LedgerEntry.__table__
+transactions_t = LedgerTransaction.__table__
+grants_t = CreditGrant.__table__
+invoices_t = Invoice.__table__
+payments_t = Payment.__table__
+refunds_t = Refund.__table__
+customers_t = Customer.__table__
+MAX_LISTED = 50  # problems listed per check; the count is always exact
+
+
+@dataclass
+class CheckResult:
+    name: str
+    description: str
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def fail(self, problem: str) -> None:
+        self.count += 1
+        if len(self.problems) < MAX_LISTED:
+            self.problems.append(problem)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "status": "ok" if not self.count else "fail",
+            "checked": self.checked,
+            "problems": self.count,
+            "details": self.problems,
+        }
+
+
+@dataclass
+class CheckReport:
+    project: str
+    results: list[CheckResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(not result.count for result in self.results)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "ok": self.ok,
+            "problems": sum(result.count for result in self.results),
+            "checks": [result.as_dict() for result in self.results],
+        }
+
+
+Sweep = Callable[[Connection, Project, CheckResult], None]
+
+
+def run(conn: Connection, project: Project) -> CheckReport:
+    results = []
+    for name, description, sweep in SWEEPS:
+        result = CheckResult(name, description)
+        sweep(conn, project, result)
+        results.append(result)
+    return CheckReport(project.slug, results)
+
+
+def _money(units: int, currency: str) -> str:
+    return format_amount(from_minor_units(units, currency), currency)
+
+
+def _transactions_balance(conn: Connection, project: Project, result: CheckResult) -> None:
+    per_currency = (
+        select(
+            entries_t.c.transaction_id,
+            accounts_t.c.currency,
+            func.sum(entries_t.c.amount).label("total"),
+            func.count().label("entries"),
+        )
+        .join(accounts_t, accounts_t.c.id == entries_t.c.account_id)
+        .where(entries_t.c.project_id == project.id)
+        .group_by(entries_t.c.transaction_id, accounts_t.c.currency)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(
+            transactions_t.c.id,
+            transactions_t.c.idempotency_key,
+            per_currency.c.currency,
+            per_currency.c.total,
+            per_currency.c.entries,
+        )
+        .outerjoin(per_currency, per_currency.c.transaction_id == transactions_t.c.id)
+        .where(transactions_t.c.project_id == project.id)
+    ).all()
+    entries: dict[str, int] = {}
+    for row in rows:
+        entries[row.id] = entries.get(row.id, 0) + int(row.entries or 0)
+        if row.total is not None and int(row.total) != 0:
+            result.fail(
+                f"transaction {row.id} ({row.idempotency_key}) sums to "
+                f"{_money(int(row.total), row.currency)} {row.currency}, not zero"
+            )
+    for txn, count in entries.items():
+        if count < 2:
+            result.fail(f"transaction {txn} has {count} entries; a posting needs at least two")
+    result.checked = len(entries)
+
+
+def _account_balances(conn: Connection, project: Project, result: CheckResult) -> None:
+    sums = (
+        select(entries_t.c.account_id, func.sum(entries_t.c.amount).label("total"))
+        .where(entries_t.c.project_id == project.id)
+        .group_by(entries_t.c.account_id)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(accounts_t, sums.c.total, customers_t.c.external_id)
+        .outerjoin(sums, sums.c.account_id == accounts_t.c.id)
+        .outerjoin(customers_t, customers_t.c.id == accounts_t.c.customer_id)
+        .where(accounts_t.c.project_id == project.id)
+    ).all()
+    for row in rows:
+        entries = int(row.total or 0)
+        if entries != row.balance:
+            name = row.code if row.external_id is None else f"{row.code}:{row.external_id}"
+            result.fail(
+                f"account {name} ({row.currency}) has balance {_money(row.balance, row.currency)}"
+                f" but its entries sum to {_money(entries, row.currency)}"
+            )
+    result.checked = len(rows)
+
+
+def _grants(conn: Connection, project: Project, result: CheckResult) -> None:
+    sums = (
+        select(entries_t.c.grant_id, func.sum(entries_t.c.amount).label("total"))
+        .where(entries_t.c.project_id == project.id, entries_t.c.grant_id.is_not(None))
+        .group_by(entries_t.c.grant_id)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(grants_t, sums.c.total)
+        .outerjoin(sums, sums.c.grant_id == grants_t.c.id)
+        .where(grants_t.c.project_id == project.id)
+    ).all()
+    for row in rows:
+        posted = -int(row.total or 0)
+        currency = row.currency
+        if posted != row.remaining_minor:
+            result.fail(
+                f"grant {row.id} shows {_money(row.remaining_minor, currency)} {currency} "
+                f"remaining but its entries leave {_money(posted, currency)}"
+            )
+        if not 0 <= row.remaining_minor <= row.amount_minor:
+            result.fail(
+                f"grant {row.id} has {_money(row.remaining_minor, currency)} {currency} "
+                f"remaining of {_money(row.amount_minor, currency)} granted"
+            )
+    result.checked = len(rows)
+
+
+def _wallets(conn: Connection, project: Project, result: CheckResult) -> None:
+    remaining = dict(
+        (
+            (row.customer_id, row.currency),
+            int(row.total or 0),
+        )
+        for row in conn.execute(
+            select(
+                grants_t.c.customer_id,
+                grants_t.c.currency,
+                func.sum(grants_t.c.remaining_minor).label("total"),
+            )
+            .where(grants_t.c.project_id == project.id)
+            .group_by(grants_t.c.customer_id, grants_t.c.currency)
+        ).all()
+    )
+    wallets = conn.execute(
+        select(accounts_t, customers_t.c.external_id)
+        .join(customers_t, customers_t.c.id == accounts_t.c.customer_id)
+        .where(accounts_t.c.project_id == project.id, accounts_t.c.code == "wallet")
+    ).all()
+    seen = set()
+    for row in wallets:
+        key = (row.customer_id, row.currency)
+        seen.add(key)
+        held = -row.balance
+        if held != remaining.get(key, 0):
+            result.fail(
+                f"wallet of {row.external_id} holds {_money(held, row.currency)} {row.currency}"
+                f" but its grants have {_money(remaining.get(key, 0), row.currency)} left"
+            )
+        if held < 0:
+            result.fail(f"wallet of {row.external_id} is overdrawn ({row.currency})")
+    for key, left in remaining.items():
+        if key not in seen and left:
+            result.fail(f"grants of customer {key[0]} hold credit but no wallet was posted")
+    result.checked = len(wallets)
+
+
+def _receivables(conn: Connection, project: Project) -> dict[str, dict[str, int]]:
+    """Per invoice: receivable entries by the kind of transaction that posted them."""
+    rows = conn.execute(
+        select(
+            entries_t.c.invoice_id,
+            transactions_t.c.kind,
+            func.sum(entries_t.c.amount).label("total"),
+        )
+        .join(transactions_t, transactions_t.c.id == entries_t.c.transaction_id)
+        .where(entries_t.c.project_id == project.id, entries_t.c.invoice_id.is_not(None))
+        .group_by(entries_t.c.invoice_id, transactions_t.c.kind)
+    ).all()
+    found: dict[str, dict[str, int]] = {}
+    for row in rows:
+        found.setdefault(row.invoice_id, {})[row.kind] = int(row.total)
+    return found
+
+
+def _paid(conn: Connection, project: Project) -> dict[str, int]:
+    paid: dict[str, int] = {}
+    for invoice_id, total in conn.execute(
+        select(payments_t.c.invoice_id, func.sum(payments_t.c.applied_minor))
+        .where(payments_t.c.project_id == project.id)
+        .group_by(payments_t.c.invoice_id)
+    ).all():
+        paid[invoice_id] = int(total)
+    for invoice_id, total in conn.execute(
+        select(payments_t.c.invoice_id, func.sum(refunds_t.c.amount_minor))
+        .join(refunds_t, refunds_t.c.payment_id == payments_t.c.id)
+        .where(payments_t.c.project_id == project.id)
+        .group_by(payments_t.c.invoice_id)
+    ).all():
+        paid[invoice_id] = paid.get(invoice_id, 0) - int(total)
+    return paid
+
+
+def _invoices(conn: Connection, project: Project, result: CheckResult) -> None:
+    posted = _receivables(conn, project)
+    paid = _paid(conn, project)
+    checked = 0
+    for row in _invoice_rows(conn, project):
+        checked += 1
+        for problem in invoice_problems(row, posted.get(row.id, {}), paid.get(row.id, 0)):
+            result.fail(f"invoice {row.number}: {problem}")
+    result.checked = checked
+
+
+def _invoice_rows(conn: Connection, project: Project) -> Iterator[Any]:
+    query = (
+        select(
+            invoices_t.c.id,
+            invoices_t.c.number,
+            invoices_t.c.status,
+            invoices_t.c.currency,
+            invoices_t.c.subtotal,
+            invoices_t.c.credits_applied,
+            invoices_t.c.amount_due_minor,
+            invoices_t.c.amount_paid_minor,
+        )
+        .where(invoices_t.c.project_id == project.id)
+        .order_by(invoices_t.c.number)
+        .execution_options(yield_per=2000)
+    )
+    yield from conn.execute(query)
+
+
+def invoice_problems(row: Any, posted: dict[str, int], paid: int) -> list[str]:
+    """What disagrees between an invoice row and its receivable postings (by kind)."""
+    currency = row.currency
+    problems = []
+    due = sum(posted.values())
+    if row.status == "draft":
+        if posted:
+            problems.append("a draft has ledger postings")
+        return problems
+    if row.status == "void":
+        if due:
+            problems.append(f"void but still owes {_money(due, currency)} in the ledger")
+        return problems
+    subtotal = to_minor_units(Decimal(row.subtotal), currency)
+    finalized = posted.get("invoice_finalized", 0)
+    if finalized != subtotal:
+        problems.append(
+            f"subtotal {_money(subtotal, currency)} but {_money(finalized, currency)} posted"
+        )
+    credits = to_minor_units(Decimal(row.credits_applied), currency)
+    if -posted.get("credits_applied", 0) != credits:
+        problems.append(
+            f"credits applied {_money(credits, currency)} but "
+            f"{_money(-posted.get('credits_applied', 0), currency)} posted"
+        )
+    if due != row.amount_due_minor:
+        problems.append(
+            f"amount due {_money(row.amount_due_minor, currency)} but the ledger says "
+            f"{_money(due, currency)}"
+        )
+    if paid != row.amount_paid_minor:
+        problems.append(
+            f"amount paid {_money(row.amount_paid_minor, currency)} but payments net of "
+            f"refunds are {_money(paid, currency)}"
+        )
+    if row.status == "paid" and row.amount_due_minor > 0:
+        problems.append(f"marked paid but {_money(row.amount_due_minor, currency)} is due")
+    if row.status == "finalized" and subtotal > 0 and row.amount_due_minor <= 0:
+        problems.append("nothing is due but it is not marked paid")
+    return problems
+
+
+SWEEPS: list[tuple[str, str, Sweep]] = [
+    ("ledger.balanced", "every transaction sums to zero per currency", _transactions_balance),
+    ("ledger.accounts", "account balances equal the sum of their entries", _account_balances),
+    ("ledger.grants", "grants' remaining credit equals their entries", _grants),
+    ("ledger.wallets", "wallet balances equal their grants' remaining credit", _wallets),
+    ("ledger.invoices", "invoice totals, amounts due and paid equal their postings", _invoices),
+]

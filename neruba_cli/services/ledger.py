@@ -1,0 +1,364 @@
+"""Writing postings to the ledger, and reading it back.
+
+`post` is the only code that writes ledger rows. In the caller's transaction it checks the
+posting's idempotency key, writes the transaction and its entries, and moves the running
+balances that are views over them: each account's balance, each grant's remaining credit and
+each invoice's amount due. Nothing updates or deletes an entry; a mistake is corrected by a
+reversing posting.
+
+Running balances are moved with `SET x = x + delta` on rows taken in a fixed order (accounts by
+id, then grants, then invoices), so concurrent postings serialize on the rows they share and
+never lose an update. A grant's remaining credit may not go below zero: the update carries the
+condition, so two processes spending the same grant cannot both succeed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from neruba_cli.db.schema import (
+    CreditGrant,
+    Customer,
+    Invoice,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    Project,
+)
+from neruba_cli.domain.errors import InvalidInput, NerubaError
+from neruba_cli.domain.ids import new_id
+from neruba_cli.domain.ledger import ACCOUNT_CODES, AccountRef, Posting
+from neruba_cli.domain.money import format_amount, from_minor_units
+from neruba_cli.domain.timestamps import format_ts
+
+accounts_t = LedgerAccount.__table__
+transactions_t = LedgerTransaction.__table__
+entries_t = LedgerEntry.__table__
+grants_t = CreditGrant.__table__
+invoices_t = Invoice.__table__
+customers_t = Customer.__table__
+
+
+class IdempotencyConflict(NerubaError):
+    """The key was used before for a transaction with other content."""
+
+    kind = "idempotency_conflict"
+
+
+class Overdrawn(NerubaError):
+    """A posting would take a grant below zero: another process spent it first."""
+
+    kind = "overdrawn"
+
+
+@dataclass(frozen=True)
+class Posted:
+    transaction: str  # its id
+    created: bool  # False when the key was already posted with the same content
+
+
+def post(
+    conn: Connection,
+    project: Project,
+    posting: Posting,
+    *,
+    effective_at: datetime,
+    actor: str,
+    now: datetime,
+) -> Posted:
+    """Write one balanced posting (or find it already written) in the caller's transaction."""
+    existing = _existing(conn, project, posting)
+    if existing is not None:
+        return existing
+    txn_id = new_id("txn")
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                insert(transactions_t).values(
+                    id=txn_id,
+                    project_id=project.id,
+                    idempotency_key=posting.key,
+                    kind=posting.kind,
+                    reference=posting.reference[:64],
+                    content_hash=posting.content_hash,
+                    memo=posting.memo[:500],
+                    actor=actor[:200],
+                    effective_at=effective_at,
+                    created_at=now,
+                )
+            )
+    except IntegrityError:
+        # Another process posted the same key between our look and our insert.
+        found = _existing(conn, project, posting)
+        if found is None:
+            raise
+        return found
+    ids = account_ids(conn, project, {entry.account for entry in posting.entries}, now=now)
+    conn.execute(
+        insert(entries_t),
+        [
+            {
+                "transaction_id": txn_id,
+                "project_id": project.id,
+                "account_id": ids[entry.account],
+                "amount": entry.amount,
+                "grant_id": entry.grant,
+                "invoice_id": entry.invoice,
+                "effective_at": effective_at,
+            }
+            for entry in posting.entries
+        ],
+    )
+    _move_balances(conn, posting, ids)
+    return Posted(txn_id, True)
+
+
+def _existing(conn: Connection, project: Project, posting: Posting) -> Posted | None:
+    row = conn.execute(
+        select(transactions_t.c.id, transactions_t.c.content_hash, transactions_t.c.kind).where(
+            transactions_t.c.project_id == project.id,
+            transactions_t.c.idempotency_key == posting.key,
+        )
+    ).first()
+    if row is None:
+        return None
+    if row.content_hash != posting.content_hash:
+        raise IdempotencyConflict(
+            f"ledger key {posting.key!r} was already posted ({row.kind}, {row.id}) with other "
+            "amounts or accounts; nothing was written",
+            hint="a key names one transaction; use a new key for a new one",
+        )
+    return Posted(row.id, False)
+
+
+def _move_balances(conn: Connection, posting: Posting, ids: dict[AccountRef, str]) -> None:
+    by_account: dict[str, int] = {}
+    by_grant: dict[str, int] = {}
+    by_invoice: dict[str, int] = {}
+    for entry in posting.entries:
+        account = ids[entry.account]
+        by_account[account] = by_account.get(account, 0) + entry.amount
+        if entry.grant is not None:
+            by_grant[entry.grant] = by_grant.get(entry.grant, 0) - entry.amount
+        if entry.invoice is not None:
+            by_invoice[entry.invoice] = by_invoice.get(entry.invoice, 0) + entry.amount
+    for account, delta in sorted(by_account.items()):
+        conn.execute(
+            update(accounts_t)
+            .where(accounts_t.c.id == account)
+            .values(balance=accounts_t.c.balance + delta, version=accounts_t.c.version + 1)
+        )
+    for grant, delta in sorted(by_grant.items()):
+        moved = conn.execute(
+            update(grants_t)
+            .where(grants_t.c.id == grant, grants_t.c.remaining_minor + delta >= 0)
+            .values(remaining_minor=grants_t.c.remaining_minor + delta)
+        ).rowcount
+        if moved != 1:
+            raise Overdrawn(
+                f"grant {grant} has less credit left than {posting.kind} takes; nothing was "
+                "written",
+                hint="another process spent it at the same time; run again",
+            )
+    for invoice, delta in sorted(by_invoice.items()):
+        conn.execute(
+            update(invoices_t)
+            .where(invoices_t.c.id == invoice)
+            .values(amount_due_minor=invoices_t.c.amount_due_minor + delta)
+        )
+
+
+def account_ids(
+    conn: Connection, project: Project, refs: Iterable[AccountRef], *, now: datetime
+) -> dict[AccountRef, str]:
+    """The id of each account, opened on first use."""
+    found: dict[AccountRef, str] = {}
+    for ref in sorted(refs):
+        found[ref] = _account_id(conn, project, ref, now)
+    return found
+
+
+def _account_id(conn: Connection, project: Project, ref: AccountRef, now: datetime) -> str:
+    holder = ref.customer or ""
+    query = select(accounts_t.c.id).where(
+        accounts_t.c.project_id == project.id,
+        accounts_t.c.code == ref.code,
+        accounts_t.c.currency == ref.currency,
+        accounts_t.c.holder == holder,
+    )
+    found = conn.execute(query).scalar()
+    if found is not None:
+        return str(found)
+    account_id = new_id("acc")
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                insert(accounts_t).values(
+                    id=account_id,
+                    project_id=project.id,
+                    code=ref.code,
+                    currency=ref.currency,
+                    holder=holder,
+                    customer_id=ref.customer,
+                    balance=0,
+                    version=0,
+                    created_at=now,
+                )
+            )
+    except IntegrityError:
+        return str(conn.execute(query).scalar_one())  # opened by another process meanwhile
+    return account_id
+
+
+def lock_account(conn: Connection, project: Project, ref: AccountRef, *, now: datetime) -> str:
+    """Take the account row's write lock until the caller commits: every consumer of a wallet
+    takes it first, so reads of the wallet's grants that follow see the latest postings."""
+    account_id = _account_id(conn, project, ref, now)
+    conn.execute(
+        update(accounts_t)
+        .where(accounts_t.c.id == account_id)
+        .values(version=accounts_t.c.version + 1)
+    )
+    return account_id
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def show(
+    conn: Connection,
+    project: Project,
+    *,
+    customer: Customer | None = None,
+    account: str | None = None,
+    since: datetime | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Transactions with their entries, oldest first: all of them, one customer's, or those
+    touching accounts of one code (`credit_liability` names every wallet)."""
+    entry_filter = [entries_t.c.project_id == project.id]
+    if customer is not None:
+        entry_filter.append(accounts_t.c.customer_id == customer.id)
+    if account is not None:
+        entry_filter.append(accounts_t.c.code == account_code(account))
+    matching = (
+        select(entries_t.c.transaction_id)
+        .join(accounts_t, accounts_t.c.id == entries_t.c.account_id)
+        .where(and_(*entry_filter))
+    )
+    query = (
+        select(transactions_t)
+        .where(transactions_t.c.project_id == project.id, transactions_t.c.id.in_(matching))
+        .order_by(transactions_t.c.effective_at, transactions_t.c.created_at, transactions_t.c.id)
+    )
+    if since is not None:
+        query = query.where(transactions_t.c.effective_at >= since)
+    if limit is not None:
+        query = query.limit(limit)
+    transactions = conn.execute(query).all()
+    entries = _entries_of(conn, [t.id for t in transactions])
+    return [
+        {
+            "id": t.id,
+            "kind": t.kind,
+            "reference": t.reference,
+            "idempotency_key": t.idempotency_key,
+            "effective_at": format_ts(t.effective_at),
+            "posted_at": format_ts(t.created_at),
+            "actor": t.actor,
+            "memo": t.memo,
+            "entries": entries.get(t.id, []),
+        }
+        for t in transactions
+    ]
+
+
+def account_code(name: str) -> str:
+    if name == "credit_liability":
+        return "wallet"
+    if name not in ACCOUNT_CODES:
+        raise InvalidInput(
+            f"--account {name!r} is not an account",
+            hint="one of " + ", ".join(sorted(ACCOUNT_CODES | {"credit_liability"})),
+        )
+    return name
+
+
+def _entries_of(
+    conn: Connection, transaction_ids: Sequence[str]
+) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for start in range(0, len(transaction_ids), 500):
+        chunk = transaction_ids[start : start + 500]
+        rows = conn.execute(
+            select(
+                entries_t.c.transaction_id,
+                entries_t.c.amount,
+                entries_t.c.grant_id,
+                entries_t.c.invoice_id,
+                accounts_t.c.code,
+                accounts_t.c.currency,
+                customers_t.c.external_id,
+                invoices_t.c.number,
+            )
+            .join(accounts_t, accounts_t.c.id == entries_t.c.account_id)
+            .outerjoin(customers_t, customers_t.c.id == accounts_t.c.customer_id)
+            .outerjoin(invoices_t, invoices_t.c.id == entries_t.c.invoice_id)
+            .where(entries_t.c.transaction_id.in_(chunk))
+            .order_by(entries_t.c.id)
+        ).all()
+        for row in rows:
+            amount = from_minor_units(abs(row.amount), row.currency)
+            found.setdefault(row.transaction_id, []).append(
+                {
+                    "account": account_label(row.code, row.external_id),
+                    "currency": row.currency,
+                    "debit": format_amount(amount, row.currency) if row.amount > 0 else None,
+                    "credit": format_amount(amount, row.currency) if row.amount < 0 else None,
+                    "amount_minor": row.amount,
+                    "grant": row.grant_id,
+                    "invoice": row.number,
+                }
+            )
+    return found
+
+
+def account_label(code: str, customer: str | None) -> str:
+    return f"{code}:{customer}" if customer is not None else code
+
+
+def balances(conn: Connection, project: Project) -> list[dict[str, Any]]:
+    """Every account with its running balance (on its normal side) and entry count."""
+    counts = (
+        select(entries_t.c.account_id, func.count().label("entries"))
+        .where(entries_t.c.project_id == project.id)
+        .group_by(entries_t.c.account_id)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(accounts_t, customers_t.c.external_id, counts.c.entries)
+        .outerjoin(customers_t, customers_t.c.id == accounts_t.c.customer_id)
+        .outerjoin(counts, counts.c.account_id == accounts_t.c.id)
+        .where(accounts_t.c.project_id == project.id)
+        .order_by(accounts_t.c.code, accounts_t.c.currency, customers_t.c.external_id)
+    ).all()
+    result = []
+    for row in rows:
+        ref = AccountRef(row.code, row.currency, row.customer_id)
+        shown = row.balance if ref.debit_normal else -row.balance
+        result.append(
+            {
+                "account": account_label(row.code, row.external_id),
+                "currency": row.currency,
+                "normal": "debit" if ref.debit_normal else "credit",
+                "balance": format_amount(from_minor_units(shown, row.currency), row.currency),
+                "entries": int(row.entries or 0),
+            }
+        )
+    return result

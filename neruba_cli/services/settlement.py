@@ -1,0 +1,311 @@
+"""What finalizing or voiding an invoice does to the ledger, in the same transaction as the
+status change.
+
+Finalizing an invoice posts what the customer owes and the revenue by line kind, then spends
+the customer's credit on it (domain/credits.py: priority, then earliest expiry, then oldest;
+never an expired grant; never more than the total). The invoice document records which grants
+paid what, its `credits_applied` and the `total` still due — a new version of the document,
+kept as a revision like every other.
+
+A credit note (a correction with a negative total) is settled at finalization against the
+invoice it corrects, under the project's `credit_returns` policy (domain/ledger.py,
+`settle_credit_note`): `restore` gives back the credits the corrected invoice consumed first,
+then lowers what it still owes, then puts the rest in the wallet as paid credit; `keep` leaves
+spent credit spent. Credit given back to a grant that has since been revoked or whose expiry
+was posted leaves again at once, the way the grant's own remainder did.
+
+An invoice whose amount due reaches zero this way (credits, a credit note, payments) is `paid`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Row, insert, select, update
+
+from neruba_cli.db.schema import CreditGrant, Invoice, InvoiceRevision, Project
+from neruba_cli.domain import credits as credit_rules
+from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.ids import new_id
+from neruba_cli.domain.invoice import canonical_json
+from neruba_cli.domain.ledger import (
+    Allocation,
+    CreditReturns,
+    GrantFacts,
+    InvoiceFacts,
+    credit_expired,
+    credit_note_settled,
+    credit_revoked,
+    credits_applied,
+    invoice_finalized,
+    invoice_voided,
+    settle_credit_note,
+)
+from neruba_cli.domain.money import format_amount, from_minor_units, to_minor_units
+from neruba_cli.services import credits, ledger
+
+invoices_t = Invoice.__table__
+revisions_t = InvoiceRevision.__table__
+grants_t = CreditGrant.__table__
+FINAL = ("finalized", "paid")
+
+
+def finalize(
+    conn: Connection,
+    project: Project,
+    invoice_ids: Sequence[str],
+    *,
+    now: datetime,
+    actor: str,
+    strict: bool = False,
+) -> list[str]:
+    """Drafts → finalized, each posted and settled; the numbers finalized. `strict`: a draft
+    that changed meanwhile is an error rather than skipped."""
+    done = []
+    for invoice_id in invoice_ids:
+        changed = conn.execute(
+            update(invoices_t)
+            .where(invoices_t.c.id == invoice_id, invoices_t.c.status == "draft")
+            .values(status="finalized", finalized_at=now, updated_at=now)
+        ).rowcount
+        row = conn.execute(select(invoices_t).where(invoices_t.c.id == invoice_id)).one()
+        if changed != 1:
+            if strict:
+                raise InvalidInput(
+                    f"invoice {row.number} changed while it was being finalized; nothing was "
+                    "written",
+                    hint="`neruba invoice show` it and try again",
+                )
+            continue
+        _settle(conn, project, row, now=now, actor=actor)
+        done.append(row.number)
+    return done
+
+
+def facts(row: Row[Any], content: dict[str, Any] | None = None) -> InvoiceFacts:
+    """The invoice as the ledger sees it: revenue by line kind, in minor units."""
+    content = content if content is not None else orjson.loads(row.content)
+    revenue: dict[str, int] = {}
+    for line in content["lines"]:
+        units = to_minor_units(Decimal(line["amount"]), row.currency)
+        revenue[line["kind"]] = revenue.get(line["kind"], 0) + units
+    return InvoiceFacts(row.id, row.number, row.customer_id, row.currency, revenue)
+
+
+def _settle(
+    conn: Connection, project: Project, row: Row[Any], *, now: datetime, actor: str
+) -> None:
+    content = orjson.loads(row.content)
+    invoice = facts(row, content)
+    _post(conn, project, invoice_finalized(invoice), now, actor)
+    if invoice.subtotal > 0:
+        allocations = credits.spend_on_invoice(
+            conn,
+            project,
+            customer_id=row.customer_id,
+            currency=row.currency,
+            amount=invoice.subtotal,
+            now=now,
+        )
+        if allocations:
+            _post(conn, project, credits_applied(invoice, allocations), now, actor)
+            applied = sum(a.amount for a in allocations)
+            content["credits"] = credits.allocations_document(allocations, row.currency)
+            content["credits_applied"] = _money(applied, row.currency)
+            content["total"] = _money(invoice.subtotal - applied, row.currency)
+            _new_version(conn, row, content, now)
+    elif invoice.subtotal < 0:
+        _settle_credit_note(conn, project, row, invoice, content, now=now, actor=actor)
+    mark_paid_when_settled(conn, row.id, now)
+
+
+def _settle_credit_note(
+    conn: Connection,
+    project: Project,
+    row: Row[Any],
+    note: InvoiceFacts,
+    content: dict[str, Any],
+    *,
+    now: datetime,
+    actor: str,
+) -> None:
+    corrected = None
+    if row.corrects_id is not None:
+        corrected = conn.execute(
+            select(invoices_t).where(invoices_t.c.id == row.corrects_id).with_for_update()
+        ).one()
+        if corrected.status not in FINAL:
+            corrected = None
+    outstanding, returnable = 0, []
+    if corrected is not None:
+        outstanding = max(corrected.amount_due_minor, 0)
+        applied = credits.allocations_from(
+            orjson.loads(corrected.content).get("credits") or [], row.currency
+        )
+        returnable = credit_rules.returnable(applied, _returned(conn, project, corrected))
+    policy: CreditReturns = "keep" if project.credit_returns == "keep" else "restore"
+    settlement = settle_credit_note(
+        -note.subtotal, outstanding=outstanding, returnable=returnable, policy=policy
+    )
+    wallet_grant = None
+    if settlement.to_wallet:
+        wallet_grant = new_id("grt")
+        credits.insert_grant(
+            conn,
+            project,
+            grant_id=wallet_grant,
+            customer_id=row.customer_id,
+            currency=row.currency,
+            minor=settlement.to_wallet,
+            priority=credits.DEFAULT_PRIORITY,
+            category="paid",
+            expires_at=None,
+            reason=f"credit note {row.number}",
+            source="credit_note",
+            source_ref=row.number,
+            idempotency_key=None,
+            args_hash="",
+            now=now,
+        )
+    corrected_facts = facts(corrected) if corrected is not None else None
+    posting = credit_note_settled(note, corrected_facts, settlement, wallet_grant=wallet_grant)
+    _post(conn, project, posting, now, actor)
+    _release_spent_again(conn, project, settlement.restored, row.number, now, actor)
+    content["settlement"] = {
+        "corrects": None if corrected is None else corrected.number,
+        "to_invoice": _money(settlement.to_invoice, row.currency),
+        "credits_restored": credits.allocations_document(settlement.restored, row.currency),
+        "to_wallet": _money(settlement.to_wallet, row.currency),
+        "wallet_grant": wallet_grant,
+        "policy": policy,
+    }
+    _new_version(conn, row, content, now)
+    if corrected is not None:
+        mark_paid_when_settled(conn, corrected.id, now)
+
+
+def _returned(conn: Connection, project: Project, corrected: Row[Any]) -> dict[str, int]:
+    """Credit the corrected invoice's earlier credit notes already gave back, per grant."""
+    notes = conn.execute(
+        select(invoices_t.c.content, invoices_t.c.currency).where(
+            invoices_t.c.corrects_id == corrected.id, invoices_t.c.status.in_(FINAL)
+        )
+    ).all()
+    returned: dict[str, int] = {}
+    for note in notes:
+        settlement = orjson.loads(note.content).get("settlement") or {}
+        for allocation in credits.allocations_from(
+            settlement.get("credits_restored") or [], note.currency
+        ):
+            returned[allocation.grant] = returned.get(allocation.grant, 0) + allocation.amount
+    return returned
+
+
+def _release_spent_again(
+    conn: Connection,
+    project: Project,
+    restored: Sequence[Allocation],
+    reference: str,
+    now: datetime,
+    actor: str,
+) -> None:
+    """Credit given back to a grant that was revoked, or whose expiry was posted, leaves again
+    at once (the grant can no longer be spent, and no later expiry run would take it)."""
+    for allocation in restored:
+        grant = conn.execute(select(grants_t).where(grants_t.c.id == allocation.grant)).one()
+        grant_facts = GrantFacts(
+            grant.id, grant.customer_id, grant.currency, grant.amount_minor, grant.category
+        )
+        if grant.revoked_at is not None:
+            posting = credit_revoked(
+                grant_facts, allocation.amount, "revoked before it came back", after=reference
+            )
+        elif grant.expired_at is not None:
+            posting = credit_expired(grant_facts, allocation.amount, after=reference)
+        else:
+            continue
+        _post(conn, project, posting, now, actor)
+
+
+def void(conn: Connection, project: Project, row: Row[Any], *, now: datetime, actor: str) -> None:
+    """Reverse a finalized invoice in the ledger: revenue and receivable, and the credits it
+    consumed go back to their grants. (The caller checked nothing was paid.)"""
+    if row.status not in FINAL:
+        return
+    content = orjson.loads(row.content)
+    returned = credits.allocations_from(content.get("credits") or [], row.currency)
+    _post(conn, project, invoice_voided(facts(row, content), returned), now, actor)
+    _release_spent_again(conn, project, returned, row.number, now, actor)
+
+
+def check_voidable(row: Row[Any]) -> None:
+    if row.status in FINAL and row.kind == "credit_note":
+        raise InvalidInput(
+            f"credit note {row.number} is finalized and settled; it cannot be voided",
+            hint="a later run corrects the period again if the usage changes",
+        )
+    if row.amount_paid_minor > 0:
+        raise InvalidInput(
+            f"invoice {row.number} has payments recorded "
+            f"({_money(row.amount_paid_minor, row.currency)}); it cannot be voided",
+            hint="refund the payments first (`neruba payment refund`)",
+        )
+
+
+def mark_paid_when_settled(conn: Connection, invoice_id: str, now: datetime) -> None:
+    """finalized ↔ paid as the amount due reaches zero or becomes owed again. An invoice with
+    nothing to pay (a zero or negative subtotal) stays finalized."""
+    row = conn.execute(
+        select(invoices_t.c.status, invoices_t.c.subtotal, invoices_t.c.amount_due_minor).where(
+            invoices_t.c.id == invoice_id
+        )
+    ).one()
+    if row.status not in FINAL or row.subtotal <= 0:
+        return
+    wanted = "paid" if row.amount_due_minor <= 0 else "finalized"
+    if wanted != row.status:
+        conn.execute(
+            update(invoices_t)
+            .where(invoices_t.c.id == invoice_id)
+            .values(status=wanted, updated_at=now)
+        )
+
+
+def _new_version(conn: Connection, row: Row[Any], content: dict[str, Any], now: datetime) -> None:
+    """The finalized document with what settlement added, as the invoice's next version."""
+    version = row.version + 1
+    text = canonical_json(content).decode()
+    conn.execute(
+        update(invoices_t)
+        .where(invoices_t.c.id == row.id)
+        .values(
+            content=text,
+            credits_applied=Decimal(content["credits_applied"]),
+            total=Decimal(content["total"]),
+            version=version,
+            updated_at=now,
+        )
+    )
+    conn.execute(
+        insert(revisions_t).values(
+            invoice_id=row.id,
+            version=version,
+            run_id=row.run_id,
+            fingerprint=row.fingerprint,
+            content=text,
+            created_at=now,
+        )
+    )
+
+
+def _post(conn: Connection, project: Project, posting: Any, now: datetime, actor: str) -> None:
+    if posting is not None:
+        ledger.post(conn, project, posting, effective_at=now, actor=actor, now=now)
+
+
+def _money(minor: int, currency: str) -> str:
+    return format_amount(from_minor_units(minor, currency), currency)
