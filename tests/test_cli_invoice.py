@@ -93,6 +93,10 @@ DOCUMENT_KEYS = {
     "finalized_at",
     "voided_at",
     "void_reason",
+    "credits",
+    "amount_paid",
+    "amount_due",
+    "settlement",
 }
 OCTOBER = {"start": "2026-10-01T00:00:00Z", "end": "2026-11-01T00:00:00Z"}
 C1_CALLS = [f"2026-10-{day:02d}T{hour:02d}:00:00Z" for day in (2, 9, 17, 30) for hour in range(6)]

@@ -223,10 +223,17 @@ def test_demo_runs_on_its_own_sqlite_database(bare_cli: Cli, isolated: Path) -> 
     assert any(step.endswith("unchanged (no changes)") for step in demo["steps"])
     invoices = demo["invoices"]
     assert [(i["number"], i["customer"], i["kind"], i["status"]) for i in invoices] == [
-        ("DEMO-000001", "cus_acme", "invoice", "finalized"),
+        ("DEMO-000001", "cus_acme", "invoice", "paid"),
         ("DEMO-000002", "cus_initech", "invoice", "finalized"),
         ("DEMO-000003", "cus_acme", "supplemental", "finalized"),
     ]
+    # cus_initech's 50.00 welcome credit is spent at finalization; cus_acme paid by wire.
+    assert (invoices[1]["credits_applied"], invoices[1]["amount_due"]) == ("50.00", "138.58")
+    assert invoices[1]["total"] == "138.58" and invoices[1]["subtotal"] == "188.58"
+    assert (invoices[0]["amount_due"], invoices[0]["credits_applied"]) == ("0.00", "0.00")
+    assert any(s.startswith("granted cus_initech 50.00 USD promotional") for s in demo["steps"])
+    assert any("for DEMO-000001: paid, 0.00 due" in step for step in demo["steps"])
+    assert demo["steps"][-1].startswith("checked the ledger: consistent")
     # The late event: 900,000 tokens at 0.0000125 each, past the free 100,000 already.
     assert invoices[2]["total"] == "11.25"
     assert not (isolated / "neruba.db").exists()

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from neruba_cli.cli.output import fields, table
+from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services import credits
@@ -51,7 +51,7 @@ def grant(
         project = rt.project(session)
     data, created = credits.grant(rt.engine(), project, request, actor=rt.actor.id, now=rt.now())
     data["created"] = created
-    rt.out.emit(data, fields(data))
+    rt.out.emit(data)
     if created:
         rt.out.say(
             f"Granted {data['amount']} {data['currency']} to {data['customer']}: {data['id']}."
@@ -72,7 +72,7 @@ def revoke(
     data = credits.revoke(
         rt.engine(), project, grant_id, reason=reason, actor=rt.actor.id, now=rt.now()
     )
-    rt.out.emit(data, fields(data))
+    rt.out.emit(data)
     rt.out.say(f"Revoked {data['revoked']} {data['currency']} left on {data['id']}.")
 
 

@@ -51,14 +51,28 @@ def register(app: typer.Typer) -> None:
             if document is not None:
                 line(f"\nA quote on plan pro for {', '.join(DEMO_USAGE)}:")
                 render_quote(console, document)
-            invoice_columns = ("number", "customer", "kind", "status", "period", "total")
+            invoice_columns = (
+                "number",
+                "customer",
+                "kind",
+                "status",
+                "subtotal",
+                "credits_applied",
+                "total",
+                "amount_due",
+            )
+            headings = ("number", "customer", "kind", "status", "subtotal", "credits", "total")
             invoice_rows = [[row[c] for c in invoice_columns] for row in result.invoices]
             if invoice_rows:
                 line("")
-                table("Invoices", invoice_columns, invoice_rows)(console)
+                table("Invoices", (*headings, "due"), invoice_rows)(console)
             line("\nTry it yourself on the demo database:")
             on_demo = f"--db {result.database_url} --project {DEMO_PROJECT}"
             line(f"  neruba invoice show DEMO-000001 {on_demo}")
+            line(f"  neruba invoice explain DEMO-000002 {on_demo}")
+            line(f"  neruba wallet show cus_initech {on_demo}")
+            line(f"  neruba ledger show {on_demo}")
+            line(f"  neruba check {on_demo}")
             line(f"  neruba run list {on_demo}")
             line(f"  neruba customer list --db {result.database_url} --project {DEMO_PROJECT}")
             line(f"  neruba catalog show --db {result.database_url} --project {DEMO_PROJECT}")

@@ -216,11 +216,27 @@ def _render_document(data: dict[str, Any]) -> Renderer:
         grid.add_row("subtotal", "", data["subtotal"])
         grid.add_row("credits applied", "", data["credits_applied"])
         grid.add_row(Text("total", style="bold"), "", Text(data["total"], style="bold"))
+        if data.get("amount_due") is not None:
+            grid.add_row("amount paid", "", data["amount_paid"])
+            grid.add_row("amount due", "", data["amount_due"])
         console.print(grid)
+        for paid in data.get("credits") or []:
+            console.print(Text(f"credit {paid['grant']}: {paid['amount']}"))
+        settled = data.get("settlement")
+        if settled:
+            console.print(Text(_settlement_text(settled)))
         if data.get("void_reason"):
             console.print(Text(f"void since {data['voided_at']}: {data['void_reason']}"))
 
     return render
+
+
+def _settlement_text(settled: dict[str, Any]) -> str:
+    parts = [f"{settled['to_invoice']} off {settled['corrects'] or 'nothing'}"]
+    parts += [f"{c['amount']} back to {c['grant']}" for c in settled["credits_restored"]]
+    if settled["wallet_grant"]:
+        parts.append(f"{settled['to_wallet']} to the wallet ({settled['wallet_grant']})")
+    return f"settled ({settled['policy']}): " + "; ".join(parts)
 
 
 def _render_explanation(data: dict[str, Any]) -> Renderer:
@@ -286,5 +302,12 @@ def _render_explanation(data: dict[str, Any]) -> Renderer:
                 f"total {data['total']}"
             )
         )
+        for paid in data["credits"]:
+            console.print(
+                Text(
+                    f"credit {paid['grant']} paid {paid['amount']} ({paid['category']}, "
+                    f"priority {paid['priority']}, expires {paid['expires_at'] or 'never'})"
+                )
+            )
 
     return render

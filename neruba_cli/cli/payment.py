@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from neruba_cli.cli.output import fields, table
+from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services import payments
@@ -40,7 +40,7 @@ def record(
         project = rt.project(session)
     data, created = payments.record(rt.engine(), project, request, actor=rt.actor.id, now=rt.now())
     data["created"] = created
-    rt.out.emit(data, fields(data))
+    rt.out.emit(data)
     if not created:
         rt.out.say(f"Already recorded as {data['id']} (nothing changed).")
         return
@@ -79,7 +79,7 @@ def refund(
         now=rt.now(),
     )
     data["created"] = created
-    rt.out.emit(data, fields(data))
+    rt.out.emit(data)
     rt.out.say(f"Refunded: {data['refunded']} {data['currency']} of {data['id']} in total.")
 
 

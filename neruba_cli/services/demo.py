@@ -21,7 +21,7 @@ from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Customer, Invoice
 from neruba_cli.domain.billing_periods import resolve_label
-from neruba_cli.domain.money import format_amount
+from neruba_cli.domain.money import format_amount, from_minor_units
 from neruba_cli.domain.periods import month_period
 from neruba_cli.domain.quote import Quote, quote_document, quote_plan
 from neruba_cli.domain.tenancy import project_spec
@@ -31,9 +31,12 @@ from neruba_cli.services import (
     audit,
     billing,
     catalog,
+    check,
+    credits,
     customers,
     ingest,
     keys,
+    payments,
     projects,
     quote,
     subscriptions,
@@ -48,6 +51,7 @@ DEMO_DATABASE = "neruba-demo.db"
 DEMO_SUBSCRIBERS = ("cus_acme", "cus_initech")
 DEMO_EVENTS_PER_CUSTOMER = 400
 DEMO_PROJECT = "demo"
+DEMO_CREDIT = "50.00"
 
 
 @dataclass
@@ -259,11 +263,13 @@ def _demo_billing(engine: Any, folder: Path, actor: Actor, now: datetime) -> lis
     ]
     again = _ingest_file(engine, usage, actor, now)
     steps.append(f"ingested it again: {again.duplicates} duplicates, nothing stored twice")
+    steps.append(_demo_grant(engine, actor, now))
     first = _bill(engine, month, actor, now, finalize=True)
     steps.append(
         f"billed {month}: {billing.run_summary(first)['created']} invoices, finalized "
-        f"{', '.join(first.finalized)}"
+        f"{', '.join(first.finalized)} (cus_initech's credit applied at finalization)"
     )
+    steps.append(_demo_payment(engine, actor, now))
     rerun = _bill(engine, month, actor, now)
     steps.append(f"billed {month} again: {rerun.status} (no changes)")
     late = folder / "late.jsonl"
@@ -283,7 +289,55 @@ def _demo_billing(engine: Any, folder: Path, actor: Actor, now: datetime) -> lis
         f"a late event for cus_acme, billed {month} again: correction "
         f"{', '.join(map(str, numbers))} (the finalized invoice stays as it was)"
     )
+    with engine.connect() as conn, Session(engine) as session:
+        report = check.run(conn, projects.get_project(session, DEMO_PROJECT))
+    checked = sum(result.checked for result in report.results)
+    steps.append(
+        f"checked the ledger: {'consistent' if report.ok else 'DISCREPANCIES'} "
+        f"({checked} transactions, accounts, grants and invoices swept)"
+    )
     return steps
+
+
+def _demo_grant(engine: Any, actor: Actor, now: datetime) -> str:
+    """Promotional credit for cus_initech, spent by its invoice when it is finalized."""
+    with Session(engine, expire_on_commit=False) as session:
+        project = projects.get_project(session, DEMO_PROJECT)
+    request = credits.GrantRequest(
+        customer="cus_initech",
+        amount=DEMO_CREDIT,
+        expires_at=now + timedelta(days=90),
+        priority=1,
+        category="promotional",
+        reason="demo: welcome credit",
+        idempotency_key="demo-welcome-credit",
+    )
+    granted, _ = credits.grant(engine, project, request, actor=actor.id, now=now)
+    return (
+        f"granted cus_initech {granted['amount']} {granted['currency']} promotional credit "
+        f"({granted['id']}, priority 1, expires {granted['expires_at']})"
+    )
+
+
+def _demo_payment(engine: Any, actor: Actor, now: datetime) -> str:
+    """cus_acme pays its invoice in full by bank transfer."""
+    with Session(engine, expire_on_commit=False) as session:
+        project = projects.get_project(session, DEMO_PROJECT)
+        invoice = session.scalars(
+            select(Invoice)
+            .join(Customer, Customer.id == Invoice.customer_id)
+            .where(Invoice.project_id == project.id, Customer.external_id == "cus_acme")
+            .order_by(Invoice.number)
+        ).first()
+    assert invoice is not None
+    request = payments.PaymentRequest(
+        invoice=invoice.number, amount=str(invoice.total), reference="demo-wire-1"
+    )
+    paid, _ = payments.record(engine, project, request, actor=actor.id, now=now)
+    return (
+        f"recorded a payment of {paid['amount']} {paid['currency']} for {paid['invoice']}: "
+        f"{paid['invoice_status']}, {paid['invoice_amount_due']} due"
+    )
 
 
 def _bill(
@@ -311,7 +365,13 @@ def _demo_invoices(engine: Any) -> list[dict[str, Any]]:
                 "kind": invoice.kind,
                 "status": invoice.status,
                 "period": invoice.period,
+                "subtotal": format_amount(invoice.subtotal, invoice.currency),
+                "credits_applied": format_amount(invoice.credits_applied, invoice.currency),
                 "total": format_amount(invoice.total, invoice.currency),
+                "amount_due": format_amount(
+                    from_minor_units(invoice.amount_due_minor, invoice.currency),
+                    invoice.currency,
+                ),
                 "currency": invoice.currency,
             }
             for invoice, external_id in rows

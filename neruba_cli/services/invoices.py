@@ -190,6 +190,10 @@ def preview_document(
         "corrects": None,
         "run": None,
         "fingerprint": built.fingerprint,
+        "credits": [],  # credit is spent at finalization
+        "amount_paid": None,
+        "amount_due": None,
+        "settlement": None,
         "kind": content["kind"],
         "label": label,
         "version": None,
