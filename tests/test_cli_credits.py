@@ -125,6 +125,8 @@ def test_three_grants_pay_a_49_invoice_by_priority_then_expiry(shop: Cli) -> Non
     ]
     assert explained["credits"][0]["reason"] == "welcome"
     assert explained["lines"][0]["credits_applied"] == "49.00"
+    verified = ok(shop, "invoice", "verify", "--period", "2026-10")
+    assert verified["mismatches"] == 0, verified
     checked(shop)
 
     revoked = ok(shop, "credits", "revoke", a["id"], "--reason", "goodwill ended")
@@ -286,6 +288,8 @@ def test_credit_note_restores_consumed_credit_first(shop: Cli, engine: Engine) -
     assert remaining(shop, "c1") == {g["id"]: "20.00"}
     original = ok(shop, "invoice", "show", "ACME-000001")
     assert (original["amount_due"], original["status"]) == ("25.29", "finalized")
+    verified = ok(shop, "invoice", "verify", "--period", "2026-10")
+    assert verified["mismatches"] == 0, verified
     checked(shop)
 
 

@@ -417,6 +417,25 @@ def spend_on_invoice(
     return allocate(amount, states, currency=currency, at=now)
 
 
+def customers_with_credit(
+    conn: Connection, project: Project, customer_ids: set[str]
+) -> set[tuple[str, str]]:
+    """(customer, currency) pairs holding some credit, among these customers: the invoices
+    of the others are finalized without touching a wallet."""
+    found: set[tuple[str, str]] = set()
+    ids = sorted(customer_ids)
+    for start in range(0, len(ids), 500):
+        rows = conn.execute(
+            select(grants_t.c.customer_id, grants_t.c.currency)
+            .where(grants_t.c.project_id == project.id)
+            .where(grants_t.c.customer_id.in_(ids[start : start + 500]))
+            .where(grants_t.c.remaining_minor > 0)
+            .distinct()
+        ).all()
+        found.update((row.customer_id, row.currency) for row in rows)
+    return found
+
+
 def _has_credit(conn: Connection, project: Project, customer_id: str, currency: str) -> bool:
     """A cheap look before taking the wallet's lock: most customers hold no credit."""
     found = conn.execute(

@@ -794,7 +794,7 @@ def _recomputed_checks(
             built.content["period"]["label"],
             lines,
         )
-    stored = orjson.loads(row.content)
+    stored = settlement.as_billed(orjson.loads(row.content))
     if canonical_json(stored) != canonical_json(expected):
         changes = diff_lines(stored["lines"], expected["lines"])
         detail = ", ".join(

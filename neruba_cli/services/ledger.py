@@ -19,7 +19,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Table,
+    and_,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db.schema import (
@@ -73,87 +85,137 @@ def post(
     now: datetime,
 ) -> Posted:
     """Write one balanced posting (or find it already written) in the caller's transaction."""
-    existing = _existing(conn, project, posting)
-    if existing is not None:
-        return existing
-    txn_id = new_id("txn")
-    try:
-        with conn.begin_nested():
-            conn.execute(
-                insert(transactions_t).values(
-                    id=txn_id,
-                    project_id=project.id,
-                    idempotency_key=posting.key,
-                    kind=posting.kind,
-                    reference=posting.reference[:64],
-                    content_hash=posting.content_hash,
-                    memo=posting.memo[:500],
-                    actor=actor[:200],
-                    effective_at=effective_at,
-                    created_at=now,
+    return post_many(conn, project, [posting], effective_at=effective_at, actor=actor, now=now)[0]
+
+
+def post_many(
+    conn: Connection,
+    project: Project,
+    postings: Sequence[Posting],
+    *,
+    effective_at: datetime,
+    actor: str,
+    now: datetime,
+) -> list[Posted]:
+    """Write postings (or find them already written) in the caller's transaction, in a few
+    statements whatever their number: a billing run finalizes invoices a hundred at a time."""
+    if len({posting.key for posting in postings}) != len(postings):
+        raise ValueError("two postings with one idempotency key in one batch")
+    found = _existing(conn, project, postings)
+    fresh = [posting for posting in postings if posting.key not in found]
+    if fresh:
+        ids = [new_id("txn") for _ in fresh]
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    insert(transactions_t),
+                    [
+                        _transaction_row(txn_id, project, posting, effective_at, actor, now)
+                        for txn_id, posting in zip(ids, fresh, strict=True)
+                    ],
                 )
-            )
-    except IntegrityError:
-        # Another process posted the same key between our look and our insert.
-        found = _existing(conn, project, posting)
-        if found is None:
-            raise
-        return found
-    ids = account_ids(conn, project, {entry.account for entry in posting.entries}, now=now)
-    conn.execute(
-        insert(entries_t),
-        [
+        except IntegrityError:
+            if len(postings) == 1:
+                # Another process posted the same key between our look and our insert.
+                again = _existing(conn, project, postings)
+                if not again:
+                    raise
+                return [again[postings[0].key]]
+            return [
+                post(conn, project, posting, effective_at=effective_at, actor=actor, now=now)
+                for posting in postings
+            ]
+        refs = {entry.account for posting in fresh for entry in posting.entries}
+        accounts = account_ids(conn, project, refs, now=now)
+        rows = [
             {
                 "transaction_id": txn_id,
                 "project_id": project.id,
-                "account_id": ids[entry.account],
+                "account_id": accounts[entry.account],
                 "amount": entry.amount,
                 "grant_id": entry.grant,
                 "invoice_id": entry.invoice,
                 "effective_at": effective_at,
             }
+            for txn_id, posting in zip(ids, fresh, strict=True)
             for entry in posting.entries
-        ],
-    )
-    _move_balances(conn, posting, ids)
-    return Posted(txn_id, True)
-
-
-def _existing(conn: Connection, project: Project, posting: Posting) -> Posted | None:
-    row = conn.execute(
-        select(transactions_t.c.id, transactions_t.c.content_hash, transactions_t.c.kind).where(
-            transactions_t.c.project_id == project.id,
-            transactions_t.c.idempotency_key == posting.key,
+        ]
+        for start in range(0, len(rows), 1000):
+            conn.execute(insert(entries_t), rows[start : start + 1000])
+        _move_balances(conn, fresh, accounts)
+        found.update(
+            {posting.key: Posted(txn_id, True) for txn_id, posting in zip(ids, fresh, strict=True)}
         )
-    ).first()
-    if row is None:
-        return None
-    if row.content_hash != posting.content_hash:
-        raise IdempotencyConflict(
-            f"ledger key {posting.key!r} was already posted ({row.kind}, {row.id}) with other "
-            "amounts or accounts; nothing was written",
-            hint="a key names one transaction; use a new key for a new one",
-        )
-    return Posted(row.id, False)
+    return [found[posting.key] for posting in postings]
 
 
-def _move_balances(conn: Connection, posting: Posting, ids: dict[AccountRef, str]) -> None:
+def _transaction_row(
+    txn_id: str,
+    project: Project,
+    posting: Posting,
+    effective_at: datetime,
+    actor: str,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "id": txn_id,
+        "project_id": project.id,
+        "idempotency_key": posting.key,
+        "kind": posting.kind,
+        "reference": posting.reference[:64],
+        "content_hash": posting.content_hash,
+        "memo": posting.memo[:500],
+        "actor": actor[:200],
+        "effective_at": effective_at,
+        "created_at": now,
+    }
+
+
+def _existing(conn: Connection, project: Project, postings: Sequence[Posting]) -> dict[str, Posted]:
+    """The postings whose key is already taken: the same content is a no-op, other content
+    an error."""
+    wanted = {posting.key: posting for posting in postings}
+    keys = list(wanted)
+    found: dict[str, Posted] = {}
+    for start in range(0, len(keys), 500):
+        rows = conn.execute(
+            select(
+                transactions_t.c.id,
+                transactions_t.c.idempotency_key,
+                transactions_t.c.content_hash,
+                transactions_t.c.kind,
+            ).where(
+                transactions_t.c.project_id == project.id,
+                transactions_t.c.idempotency_key.in_(keys[start : start + 500]),
+            )
+        ).all()
+        for row in rows:
+            posting = wanted[row.idempotency_key]
+            if row.content_hash != posting.content_hash:
+                raise IdempotencyConflict(
+                    f"ledger key {posting.key!r} was already posted ({row.kind}, {row.id}) with "
+                    "other amounts or accounts; nothing was written",
+                    hint="a key names one transaction; use a new key for a new one",
+                )
+            found[posting.key] = Posted(row.id, False)
+    return found
+
+
+def _move_balances(
+    conn: Connection, postings: Sequence[Posting], ids: dict[AccountRef, str]
+) -> None:
     by_account: dict[str, int] = {}
     by_grant: dict[str, int] = {}
     by_invoice: dict[str, int] = {}
-    for entry in posting.entries:
-        account = ids[entry.account]
-        by_account[account] = by_account.get(account, 0) + entry.amount
-        if entry.grant is not None:
-            by_grant[entry.grant] = by_grant.get(entry.grant, 0) - entry.amount
-        if entry.invoice is not None:
-            by_invoice[entry.invoice] = by_invoice.get(entry.invoice, 0) + entry.amount
-    for account, delta in sorted(by_account.items()):
-        conn.execute(
-            update(accounts_t)
-            .where(accounts_t.c.id == account)
-            .values(balance=accounts_t.c.balance + delta, version=accounts_t.c.version + 1)
-        )
+    for posting in postings:
+        for entry in posting.entries:
+            account = ids[entry.account]
+            by_account[account] = by_account.get(account, 0) + entry.amount
+            if entry.grant is not None:
+                by_grant[entry.grant] = by_grant.get(entry.grant, 0) - entry.amount
+            if entry.invoice is not None:
+                by_invoice[entry.invoice] = by_invoice.get(entry.invoice, 0) + entry.amount
+    _add(conn, accounts_t, accounts_t.c.balance, by_account, bump=accounts_t.c.version)
     for grant, delta in sorted(by_grant.items()):
         moved = conn.execute(
             update(grants_t)
@@ -162,24 +224,61 @@ def _move_balances(conn: Connection, posting: Posting, ids: dict[AccountRef, str
         ).rowcount
         if moved != 1:
             raise Overdrawn(
-                f"grant {grant} has less credit left than {posting.kind} takes; nothing was "
-                "written",
+                f"grant {grant} has less credit left than the posting takes; nothing was written",
                 hint="another process spent it at the same time; run again",
             )
-    for invoice, delta in sorted(by_invoice.items()):
+    _add(conn, invoices_t, invoices_t.c.amount_due_minor, by_invoice)
+
+
+def _add(
+    conn: Connection,
+    table: Table,
+    column: Column[Any],
+    deltas: dict[str, int],
+    *,
+    bump: Column[Any] | None = None,
+) -> None:
+    """`column += delta` per row id, a few hundred rows per statement (rows locked in id
+    order by every writer, so concurrent postings cannot deadlock on them)."""
+    items = sorted((row_id, delta) for row_id, delta in deltas.items() if delta or bump is not None)
+    for start in range(0, len(items), 300):
+        chunk = items[start : start + 300]
+        if len(chunk) == 1:
+            change: Any = literal(chunk[0][1], BigInteger())
+        else:
+            change = case(
+                {row_id: literal(delta, BigInteger()) for row_id, delta in chunk},
+                value=table.c.id,
+            )
+        values: dict[Any, Any] = {column: column + change}
+        if bump is not None:
+            values[bump] = bump + 1
         conn.execute(
-            update(invoices_t)
-            .where(invoices_t.c.id == invoice)
-            .values(amount_due_minor=invoices_t.c.amount_due_minor + delta)
+            update(table).where(table.c.id.in_([row_id for row_id, _ in chunk])).values(values)
         )
 
 
 def account_ids(
     conn: Connection, project: Project, refs: Iterable[AccountRef], *, now: datetime
 ) -> dict[AccountRef, str]:
-    """The id of each account, opened on first use."""
+    """The id of each account, opened on first use (one query for all of them)."""
+    wanted = set(refs)
+    holders = sorted({ref.customer or "" for ref in wanted})
     found: dict[AccountRef, str] = {}
-    for ref in sorted(refs):
+    for start in range(0, len(holders), 500):
+        rows = conn.execute(
+            select(
+                accounts_t.c.id, accounts_t.c.code, accounts_t.c.currency, accounts_t.c.holder
+            ).where(
+                accounts_t.c.project_id == project.id,
+                accounts_t.c.holder.in_(holders[start : start + 500]),
+            )
+        ).all()
+        for row in rows:
+            ref = AccountRef(row.code, row.currency, row.holder or None)
+            if ref in wanted:
+                found[ref] = row.id
+    for ref in sorted(wanted - set(found)):
         found[ref] = _account_id(conn, project, ref, now)
     return found
 

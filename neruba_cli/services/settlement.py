@@ -52,6 +52,7 @@ invoices_t = Invoice.__table__
 revisions_t = InvoiceRevision.__table__
 grants_t = CreditGrant.__table__
 FINAL = ("finalized", "paid")
+SETTLEMENT_KEYS = ("credits", "settlement")
 
 
 def finalize(
@@ -64,26 +65,51 @@ def finalize(
     strict: bool = False,
 ) -> list[str]:
     """Drafts → finalized, each posted and settled; the numbers finalized. `strict`: a draft
-    that changed meanwhile is an error rather than skipped."""
-    done = []
-    for invoice_id in invoice_ids:
-        changed = conn.execute(
-            update(invoices_t)
-            .where(invoices_t.c.id == invoice_id, invoices_t.c.status == "draft")
-            .values(status="finalized", finalized_at=now, updated_at=now)
-        ).rowcount
-        row = conn.execute(select(invoices_t).where(invoices_t.c.id == invoice_id)).one()
-        if changed != 1:
-            if strict:
-                raise InvalidInput(
-                    f"invoice {row.number} changed while it was being finalized; nothing was "
-                    "written",
-                    hint="`neruba invoice show` it and try again",
-                )
-            continue
+    that changed meanwhile is an error rather than skipped.
+
+    Most invoices only post what the customer owes (no credit to spend, nothing to settle):
+    those are written together in a few statements; the others one by one."""
+    rows = conn.execute(
+        select(invoices_t)
+        .where(invoices_t.c.id.in_(list(invoice_ids)))
+        .order_by(invoices_t.c.number)
+    ).all()
+    drafts = [row for row in rows if row.status == "draft"]
+    if strict and len(drafts) != len(invoice_ids):
+        changed = next((row for row in rows if row.status != "draft"), None)
+        raise InvalidInput(
+            f"invoice {changed.number if changed else invoice_ids[0]} changed while it was "
+            "being finalized; nothing was written",
+            hint="`neruba invoice show` it and try again",
+        )
+    if not drafts:
+        return []
+    moved = conn.execute(
+        update(invoices_t)
+        .where(invoices_t.c.id.in_([row.id for row in drafts]), invoices_t.c.status == "draft")
+        .values(status="finalized", finalized_at=now, updated_at=now)
+    ).rowcount
+    if moved != len(drafts):
+        raise InvalidInput(
+            "invoices changed while they were being finalized; nothing was written",
+            hint="run the command again",
+        )
+    holding = credits.customers_with_credit(conn, project, {row.customer_id for row in drafts})
+    plain, settled = [], []
+    for row in drafts:
+        content = orjson.loads(row.content)
+        invoice = facts(row, content)
+        spends = invoice.subtotal > 0 and (row.customer_id, row.currency) in holding
+        if invoice.subtotal < 0 or spends:
+            settled.append(row)
+        else:
+            plain.append(invoice)
+    postings = [p for p in (invoice_finalized(invoice) for invoice in plain) if p is not None]
+    if postings:
+        ledger.post_many(conn, project, postings, effective_at=now, actor=actor, now=now)
+    for row in settled:  # (read before its status changed; nothing _settle uses did)
         _settle(conn, project, row, now=now, actor=actor)
-        done.append(row.number)
-    return done
+    return [row.number for row in drafts]
 
 
 def facts(row: Row[Any], content: dict[str, Any] | None = None) -> InvoiceFacts:
@@ -273,6 +299,16 @@ def mark_paid_when_settled(conn: Connection, invoice_id: str, now: datetime) -> 
             .where(invoices_t.c.id == invoice_id)
             .values(status=wanted, updated_at=now)
         )
+
+
+def as_billed(content: dict[str, Any]) -> dict[str, Any]:
+    """The document as the billing run computed it, without what finalization added
+    (credits spent, a credit note's settlement): what `invoice verify` recomputes."""
+    billed = {key: value for key, value in content.items() if key not in SETTLEMENT_KEYS}
+    if "credits" in content:
+        billed["credits_applied"] = _money(0, content["currency"])
+        billed["total"] = content["subtotal"]
+    return billed
 
 
 def _new_version(conn: Connection, row: Row[Any], content: dict[str, Any], now: datetime) -> None:
