@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import orjson
 from sqlalchemy import Connection, Engine, Row, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db.engine import begin_write
 from neruba_cli.db.schema import CreditGrant, Customer, LedgerEntry, LedgerTransaction, Project
@@ -124,6 +125,19 @@ def grant(
 ) -> tuple[dict[str, Any], bool]:
     """A new grant, posted to the ledger; (grant, created). The same idempotency key with the
     same arguments returns the first grant; with other arguments it is an error."""
+    try:
+        return _grant(engine, project, request, actor=actor, now=now)
+    except IntegrityError:
+        if request.idempotency_key is None:
+            raise
+        # Another process granted with the same key between our look and our insert: the
+        # unique key kept one grant; compare with it.
+        return _grant(engine, project, request, actor=actor, now=now)
+
+
+def _grant(
+    engine: Engine, project: Project, request: GrantRequest, *, actor: str, now: datetime
+) -> tuple[dict[str, Any], bool]:
     with begin_write(engine) as conn:
         customer = _customer(conn, project, request.customer)
         currency, minor = _validated(request, customer, now)

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, Row, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db.engine import begin_write
 from neruba_cli.db.schema import Customer, Invoice, Payment, Project, Refund
@@ -81,6 +82,18 @@ def record(
     engine: Engine, project: Project, request: PaymentRequest, *, actor: str, now: datetime
 ) -> tuple[dict[str, Any], bool]:
     """Record a payment; (payment, created)."""
+    try:
+        return _record(engine, project, request, actor=actor, now=now)
+    except IntegrityError:
+        if request.idempotency_key is None and request.reference is None:
+            raise
+        # The same payment recorded by another process meanwhile: compare with it.
+        return _record(engine, project, request, actor=actor, now=now)
+
+
+def _record(
+    engine: Engine, project: Project, request: PaymentRequest, *, actor: str, now: datetime
+) -> tuple[dict[str, Any], bool]:
     received_at = request.at or now
     if received_at > now:
         raise InvalidInput(f"--at {format_ts(received_at)} is in the future")
