@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any, cast
 
 import orjson
@@ -21,6 +22,7 @@ from sqlalchemy import Connection, Engine, Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db.engine import begin_write
+from neruba_cli.db.retry import retrying
 from neruba_cli.db.schema import CreditGrant, Customer, LedgerEntry, LedgerTransaction, Project
 from neruba_cli.domain.credits import MAX_PRIORITY, GrantState, allocate
 from neruba_cli.domain.errors import InvalidInput, NotFound
@@ -125,14 +127,18 @@ def grant(
 ) -> tuple[dict[str, Any], bool]:
     """A new grant, posted to the ledger; (grant, created). The same idempotency key with the
     same arguments returns the first grant; with other arguments it is an error."""
-    try:
-        return _grant(engine, project, request, actor=actor, now=now)
-    except IntegrityError:
-        if request.idempotency_key is None:
-            raise
-        # Another process granted with the same key between our look and our insert: the
-        # unique key kept one grant; compare with it.
-        return _grant(engine, project, request, actor=actor, now=now)
+
+    def attempt() -> tuple[dict[str, Any], bool]:
+        try:
+            return _grant(engine, project, request, actor=actor, now=now)
+        except IntegrityError:
+            if request.idempotency_key is None:
+                raise
+            # Another process granted with the same key between our look and our insert:
+            # the unique key kept one grant; compare with it.
+            return _grant(engine, project, request, actor=actor, now=now)
+
+    return retrying(attempt)
 
 
 def _grant(
@@ -142,6 +148,8 @@ def _grant(
         customer = _customer(conn, project, request.customer)
         currency, minor = _validated(request, customer, now)
         args_hash = _args_hash(customer.id, currency, minor, request)
+        # Every transaction that touches a wallet locks it first (services/ledger.py).
+        lock_wallet(conn, project, customer.id, currency, now=now)
         if request.idempotency_key is not None:
             previous = _by_key(conn, project, request.idempotency_key)
             if previous is not None:
@@ -204,10 +212,9 @@ def _grant_query(project: Project) -> Any:
 
 
 def _get(conn: Connection, project: Project, grant_id: str, *, lock: bool = False) -> Row[Any]:
-    query = _grant_query(project).where(grants_t.c.id == grant_id)
-    if lock:
-        query = query.with_for_update(of=grants_t)
-    row = conn.execute(query).first()
+    if lock:  # the grant's row only (MariaDB would also lock the joined customer row)
+        conn.execute(select(grants_t.c.id).where(grants_t.c.id == grant_id).with_for_update())
+    row = conn.execute(_grant_query(project).where(grants_t.c.id == grant_id)).first()
     if row is None:
         raise NotFound(
             f"grant {grant_id!r} does not exist in project {project.slug!r}",
@@ -266,6 +273,12 @@ def revoke(
         raise InvalidInput("--reason must say why the grant is revoked")
     if len(reason) > 500:
         raise InvalidInput("--reason is longer than 500 characters")
+    return retrying(lambda: _revoke(engine, project, grant_id, reason, actor=actor, now=now))
+
+
+def _revoke(
+    engine: Engine, project: Project, grant_id: str, reason: str, *, actor: str, now: datetime
+) -> dict[str, Any]:
     with begin_write(engine) as conn:
         row = _get(conn, project, grant_id)
         ledger.lock_account(conn, project, _wallet(row), now=now)
@@ -316,21 +329,27 @@ def expire(
         ).all()
     expired = []
     for candidate in due:
-        with begin_write(engine) as conn:
-            ledger.lock_account(conn, project, _wallet(candidate), now=now)
-            row = _get(conn, project, candidate.id, lock=True)
-            if row.expired_at is not None or row.revoked_at is not None:
-                continue  # another process got there first
-            posting = credit_expired(_facts(row), row.remaining_minor)
-            if posting is not None:
-                ledger.post(
-                    conn, project, posting, effective_at=row.expires_at, actor=actor, now=now
-                )
-            conn.execute(update(grants_t).where(grants_t.c.id == row.id).values(expired_at=now))
-            item = grant_dict(row, now)
-            item["expired"] = _money(row.remaining_minor, row.currency)
+        item = retrying(partial(_expire_one, engine, project, candidate, actor=actor, now=now))
+        if item is not None:
             expired.append(item)
     return ExpiryReport(as_of, expired)
+
+
+def _expire_one(
+    engine: Engine, project: Project, candidate: Row[Any], *, actor: str, now: datetime
+) -> dict[str, Any] | None:
+    with begin_write(engine) as conn:
+        ledger.lock_account(conn, project, _wallet(candidate), now=now)
+        row = _get(conn, project, candidate.id, lock=True)
+        if row.expired_at is not None or row.revoked_at is not None:
+            return None  # another process got there first
+        posting = credit_expired(_facts(row), row.remaining_minor)
+        if posting is not None:
+            ledger.post(conn, project, posting, effective_at=row.expires_at, actor=actor, now=now)
+        conn.execute(update(grants_t).where(grants_t.c.id == row.id).values(expired_at=now))
+        item = grant_dict(row, now)
+        item["expired"] = _money(row.remaining_minor, row.currency)
+        return item
 
 
 def list_grants(
@@ -408,7 +427,7 @@ def spend_on_invoice(
     for the rest of the caller's transaction (the caller posts the allocations)."""
     if amount <= 0 or not _has_credit(conn, project, customer_id, currency):
         return []
-    ledger.lock_account(conn, project, AccountRef(WALLET, currency, customer_id), now=now)
+    lock_wallet(conn, project, customer_id, currency, now=now)
     rows = conn.execute(
         select(grants_t)
         .where(grants_t.c.project_id == project.id, grants_t.c.customer_id == customer_id)
@@ -448,6 +467,15 @@ def customers_with_credit(
         ).all()
         found.update((row.customer_id, row.currency) for row in rows)
     return found
+
+
+def lock_wallet(
+    conn: Connection, project: Project, customer_id: str, currency: str, *, now: datetime
+) -> None:
+    """The wallet's row lock, which every transaction touching the wallet takes before any
+    other ledger row (services/ledger.py): granting, spending, revoking, expiring, an
+    overpayment, a credit note or a void giving credit back."""
+    ledger.lock_account(conn, project, AccountRef(WALLET, currency, customer_id), now=now)
 
 
 def _has_credit(conn: Connection, project: Project, customer_id: str, currency: str) -> bool:

@@ -25,12 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db import locks
+from neruba_cli.db.retry import retrying
 from neruba_cli.db.schema import (
     BillingRun,
     Customer,
@@ -473,11 +475,12 @@ class InvoiceWriter:
         done: list[str] = []
         for start in range(0, len(rows), WRITE_BATCH):
             chunk = rows[start : start + WRITE_BATCH]
-            with self.transaction() as conn:
-                done += settlement.finalize(
-                    conn, self.project, [row.id for row in chunk], now=self.now, actor=self.actor
-                )
+            done += retrying(partial(self._finalize_chunk, [row.id for row in chunk]))
         return done
+
+    def _finalize_chunk(self, ids: list[str]) -> list[str]:
+        with self.transaction() as conn:
+            return settlement.finalize(conn, self.project, ids, now=self.now, actor=self.actor)
 
     def close_run(self, report: RunReport) -> None:
         summary = run_summary(report)

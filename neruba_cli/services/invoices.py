@@ -24,6 +24,7 @@ import orjson
 from sqlalchemy import Connection, Engine, Row, func, select, update
 
 from neruba_cli.db import locks
+from neruba_cli.db.retry import retrying
 from neruba_cli.db.schema import Customer, Event, Invoice, InvoiceRevision, Project
 from neruba_cli.domain import credits as credit_rules
 from neruba_cli.domain.billing_periods import resolve_label
@@ -492,11 +493,15 @@ def _finalize_ids(
     """Finalize, post and settle a chunk of drafts in one fenced transaction."""
     if not rows:
         return []
-    with engine.begin() as conn:
-        locks.fence(conn, lease)
-        return settlement.finalize(
-            conn, project, [row.id for row in rows], now=now, actor=actor, strict=strict
-        )
+
+    def attempt() -> list[str]:
+        with engine.begin() as conn:
+            locks.fence(conn, lease)
+            return settlement.finalize(
+                conn, project, [row.id for row in rows], now=now, actor=actor, strict=strict
+            )
+
+    return retrying(attempt)
 
 
 def void(

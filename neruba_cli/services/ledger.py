@@ -6,10 +6,14 @@ balances that are views over them: each account's balance, each grant's remainin
 each invoice's amount due. Nothing updates or deletes an entry; a mistake is corrected by a
 reversing posting.
 
-Running balances are moved with `SET x = x + delta` on rows taken in a fixed order (accounts by
-id, then grants, then invoices), so concurrent postings serialize on the rows they share and
-never lose an update. A grant's remaining credit may not go below zero: the update carries the
-condition, so two processes spending the same grant cannot both succeed.
+Running balances are moved with `SET x = x + delta`, so concurrent postings serialize on the
+rows they share and never lose an update. A grant's remaining credit may not go below zero: the
+update carries the condition, so two processes spending the same grant cannot both succeed.
+
+Lock order, so that concurrent transactions cannot deadlock: the invoice a transaction
+settles (`FOR UPDATE`), then the customer's wallet account (`lock_account`, taken before any
+other ledger row by every transaction that touches a wallet: services/credits.lock_wallet),
+then the other accounts in id order, then grants, then invoices' amounts due.
 """
 
 from __future__ import annotations
@@ -238,8 +242,7 @@ def _add(
     *,
     bump: Column[Any] | None = None,
 ) -> None:
-    """`column += delta` per row id, a few hundred rows per statement (rows locked in id
-    order by every writer, so concurrent postings cannot deadlock on them)."""
+    """`column += delta` per row id, a few hundred rows per statement, in id order."""
     items = sorted((row_id, delta) for row_id, delta in deltas.items() if delta or bump is not None)
     for start in range(0, len(items), 300):
         chunk = items[start : start + 300]
@@ -278,9 +281,40 @@ def account_ids(
             ref = AccountRef(row.code, row.currency, row.holder or None)
             if ref in wanted:
                 found[ref] = row.id
-    for ref in sorted(wanted - set(found)):
+    missing = sorted(wanted - set(found))
+    if len(missing) > 1:
+        opened = {ref: new_id("acc") for ref in missing}
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    insert(accounts_t),
+                    [
+                        _account_row(project, ref, account_id, now)
+                        for ref, account_id in opened.items()
+                    ],
+                )
+            return found | opened
+        except IntegrityError:
+            pass  # another process opened some of them meanwhile: one by one below
+    for ref in missing:
         found[ref] = _account_id(conn, project, ref, now)
     return found
+
+
+def _account_row(
+    project: Project, ref: AccountRef, account_id: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "id": account_id,
+        "project_id": project.id,
+        "code": ref.code,
+        "currency": ref.currency,
+        "holder": ref.customer or "",
+        "customer_id": ref.customer,
+        "balance": 0,
+        "version": 0,
+        "created_at": now,
+    }
 
 
 def _account_id(conn: Connection, project: Project, ref: AccountRef, now: datetime) -> str:
@@ -297,19 +331,7 @@ def _account_id(conn: Connection, project: Project, ref: AccountRef, now: dateti
     account_id = new_id("acc")
     try:
         with conn.begin_nested():
-            conn.execute(
-                insert(accounts_t).values(
-                    id=account_id,
-                    project_id=project.id,
-                    code=ref.code,
-                    currency=ref.currency,
-                    holder=holder,
-                    customer_id=ref.customer,
-                    balance=0,
-                    version=0,
-                    created_at=now,
-                )
-            )
+            conn.execute(insert(accounts_t).values(**_account_row(project, ref, account_id, now)))
     except IntegrityError:
         return str(conn.execute(query).scalar_one())  # opened by another process meanwhile
     return account_id

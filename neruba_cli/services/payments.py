@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db.engine import begin_write
+from neruba_cli.db.retry import retrying
 from neruba_cli.db.schema import Customer, Invoice, Payment, Project, Refund
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.ids import new_id
@@ -82,13 +83,17 @@ def record(
     engine: Engine, project: Project, request: PaymentRequest, *, actor: str, now: datetime
 ) -> tuple[dict[str, Any], bool]:
     """Record a payment; (payment, created)."""
-    try:
-        return _record(engine, project, request, actor=actor, now=now)
-    except IntegrityError:
-        if request.idempotency_key is None and request.reference is None:
-            raise
-        # The same payment recorded by another process meanwhile: compare with it.
-        return _record(engine, project, request, actor=actor, now=now)
+
+    def attempt() -> tuple[dict[str, Any], bool]:
+        try:
+            return _record(engine, project, request, actor=actor, now=now)
+        except IntegrityError:
+            if request.idempotency_key is None and request.reference is None:
+                raise
+            # The same payment recorded by another process meanwhile: compare with it.
+            return _record(engine, project, request, actor=actor, now=now)
+
+    return retrying(attempt)
 
 
 def _record(
@@ -150,6 +155,7 @@ def _record(
             )
         )
         if excess_grant is not None:
+            credits.lock_wallet(conn, project, invoice.customer_id, invoice.currency, now=now)
             credits.insert_grant(
                 conn,
                 project,
@@ -203,6 +209,21 @@ def refund(
 ) -> tuple[dict[str, Any], bool]:
     """Pay back (part of) what a payment settled: the invoice owes it again. An overpayment's
     credit is returned by revoking its grant (`credits revoke`)."""
+    return retrying(
+        lambda: _refund(engine, project, payment_id, amount, reason, idempotency_key, actor, now)
+    )
+
+
+def _refund(
+    engine: Engine,
+    project: Project,
+    payment_id: str,
+    amount: str | None,
+    reason: str | None,
+    idempotency_key: str | None,
+    actor: str,
+    now: datetime,
+) -> tuple[dict[str, Any], bool]:
     with begin_write(engine) as conn:
         payment = conn.execute(
             select(payments_t)

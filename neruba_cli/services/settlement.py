@@ -104,12 +104,30 @@ def finalize(
             settled.append(row)
         else:
             plain.append(invoice)
+    _lock_for_settlement(conn, project, settled, now)
     postings = [p for p in (invoice_finalized(invoice) for invoice in plain) if p is not None]
     if postings:
         ledger.post_many(conn, project, postings, effective_at=now, actor=actor, now=now)
     for row in settled:  # (read before its status changed; nothing _settle uses did)
         _settle(conn, project, row, now=now, actor=actor)
     return [row.number for row in drafts]
+
+
+def _lock_for_settlement(
+    conn: Connection, project: Project, rows: Sequence[Row[Any]], now: datetime
+) -> None:
+    """Before any posting: the invoices the credit notes correct, then the wallets, in a
+    fixed order (services/ledger.py's lock order)."""
+    corrected = sorted({row.corrects_id for row in rows if row.corrects_id is not None})
+    if corrected:
+        conn.execute(
+            select(invoices_t.c.id)
+            .where(invoices_t.c.id.in_(corrected))
+            .order_by(invoices_t.c.id)
+            .with_for_update()
+        )
+    for customer_id, currency in sorted({(row.customer_id, row.currency) for row in rows}):
+        credits.lock_wallet(conn, project, customer_id, currency, now=now)
 
 
 def facts(row: Row[Any], content: dict[str, Any] | None = None) -> InvoiceFacts:
@@ -127,6 +145,13 @@ def _settle(
 ) -> None:
     content = orjson.loads(row.content)
     invoice = facts(row, content)
+    # Lock order: the corrected invoice, then the wallet, then the accounts of the postings
+    # (as a payment does: its invoice, then the wallet), so they cannot deadlock.
+    if invoice.subtotal < 0 and row.corrects_id is not None:
+        conn.execute(
+            select(invoices_t.c.id).where(invoices_t.c.id == row.corrects_id).with_for_update()
+        )
+    credits.lock_wallet(conn, project, row.customer_id, row.currency, now=now)
     _post(conn, project, invoice_finalized(invoice), now, actor)
     if invoice.subtotal > 0:
         allocations = credits.spend_on_invoice(
@@ -264,6 +289,8 @@ def void(conn: Connection, project: Project, row: Row[Any], *, now: datetime, ac
         return
     content = orjson.loads(row.content)
     returned = credits.allocations_from(content.get("credits") or [], row.currency)
+    if returned:
+        credits.lock_wallet(conn, project, row.customer_id, row.currency, now=now)
     _post(conn, project, invoice_voided(facts(row, content), returned), now, actor)
     _release_spent_again(conn, project, returned, row.number, now, actor)
 
