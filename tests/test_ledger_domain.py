@@ -27,6 +27,7 @@ from neruba_cli.domain.credits import GrantState, allocate, by_line, consumption
 from neruba_cli.domain.ledger import (
     BREAKAGE,
     CASH,
+    MAX_MINOR,
     PROMOTIONAL,
     RECEIVABLE,
     REVENUE_KINDS,
@@ -1306,3 +1307,15 @@ def test_overdrawn_grants_names_the_grants_a_posting_would_take_below_zero() -> 
     assert overdrawn_grants(posting, {"g1": 500, "g2": 100}) == []
     assert overdrawn_grants(posting, {"g1": 499, "g2": 100}) == ["g1"]
     assert overdrawn_grants(posting, {}) == ["g1", "g2"]
+
+
+# =========================================================================== limits
+
+
+def test_amounts_beyond_the_ledgers_64_bit_columns_are_refused() -> None:
+    # 200,000,000,000,000,000.00 USD passes money.parse_amount (under 10**26) but is 2·10**19
+    # minor units: more than a BIGINT entry holds
+    with pytest.raises(LedgerError, match="64-bit"):
+        credit_granted(GrantFacts("g1", "cus_a", "USD", 2 * 10**19, "paid"))
+    largest = credit_granted(GrantFacts("g1", "cus_a", "USD", MAX_MINOR, "paid"))
+    assert largest.content_hash.startswith("sha256:")

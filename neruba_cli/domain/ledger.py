@@ -60,6 +60,9 @@ ACCOUNT_CODES = frozenset(
 )
 
 
+MAX_MINOR = 2**63 - 1  # entries and balances are 64-bit integers (BIGINT)
+
+
 class LedgerError(ValueError):
     """A posting that breaks a ledger invariant: a bug upstream, never written."""
 
@@ -117,6 +120,8 @@ def check_balanced(entries: Sequence[Entry]) -> None:
             raise LedgerError(f"entry amount {entry.amount!r} is not an integer of minor units")
         if entry.amount == 0:
             raise LedgerError("a zero entry moves nothing")
+        if abs(entry.amount) > MAX_MINOR:
+            raise LedgerError(f"entry amount {entry.amount} exceeds the ledger's 64-bit range")
         if entry.grant is not None and entry.account.code != WALLET:
             raise LedgerError("only wallet entries name a grant")
         if entry.invoice is not None and entry.account.code != RECEIVABLE:

@@ -28,6 +28,7 @@ from neruba_cli.domain.credits import MAX_PRIORITY, GrantState, allocate
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.ledger import (
+    MAX_MINOR,
     WALLET,
     AccountRef,
     Allocation,
@@ -85,12 +86,7 @@ def _validated(request: GrantRequest, customer: Row[Any], now: datetime) -> tupl
     amount = parse_amount(request.amount, field="AMOUNT")
     if amount <= 0:
         raise InvalidInput(f"AMOUNT {request.amount!r} must be positive")
-    try:
-        minor = to_minor_units(amount, currency)
-    except InvalidInput:
-        raise InvalidInput(
-            f"AMOUNT {request.amount!r} has more decimals than {currency} has minor units"
-        ) from None
+    minor = minor_units(request.amount, amount, currency)
     if request.category not in CATEGORIES:
         raise InvalidInput(
             f"--category {request.category!r} is not a category", hint="paid or promotional"
@@ -105,6 +101,19 @@ def _validated(request: GrantRequest, customer: Row[Any], now: datetime) -> tupl
     if request.reason is not None and len(request.reason) > 500:
         raise InvalidInput("--reason is longer than 500 characters")
     return currency, minor
+
+
+def minor_units(text: str, amount: Decimal, currency: str, field: str = "AMOUNT") -> int:
+    """A positive amount as ledger minor units: whole minor units, within 64 bits."""
+    try:
+        minor = to_minor_units(amount, currency)
+    except InvalidInput:
+        raise InvalidInput(
+            f"{field} {text!r} has more decimals than {currency} has minor units"
+        ) from None
+    if minor > MAX_MINOR:
+        raise InvalidInput(f"{field} {text!r} is larger than the ledger holds")
+    return minor
 
 
 def _args_hash(customer_id: str, currency: str, minor: int, request: GrantRequest) -> str:

@@ -27,7 +27,7 @@ from neruba_cli.db.schema import Customer, Invoice, Payment, Project, Refund
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.ledger import PaymentFacts, payment_recorded, payment_refunded
-from neruba_cli.domain.money import format_amount, from_minor_units, parse_amount, to_minor_units
+from neruba_cli.domain.money import format_amount, from_minor_units, parse_amount
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services import credits, ledger, settlement
 from neruba_cli.services.ledger import IdempotencyConflict
@@ -51,12 +51,7 @@ def _minor(text: str, currency: str, field: str) -> int:
     amount = parse_amount(text, field=field)
     if amount <= 0:
         raise InvalidInput(f"{field} {text!r} must be positive")
-    try:
-        return to_minor_units(amount, currency)
-    except InvalidInput:
-        raise InvalidInput(
-            f"{field} {text!r} has more decimals than {currency} has minor units"
-        ) from None
+    return credits.minor_units(text, amount, currency, field)
 
 
 def _hash(document: dict[str, Any]) -> str:
