@@ -72,7 +72,7 @@ def returnable(applied: Sequence[Allocation], returned: Mapping[str, int]) -> li
         back = min(already.get(allocation.grant, 0), allocation.amount)
         already[allocation.grant] = already.get(allocation.grant, 0) - back
         if allocation.amount - back > 0:
-            left.append(Allocation(allocation.grant, allocation.amount - back))
+            left.append(Allocation(allocation.grant, allocation.amount - back, allocation.lapse))
     return list(reversed(left))
 
 

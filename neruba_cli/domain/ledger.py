@@ -200,10 +200,14 @@ class GrantFacts:
 
 @dataclass(frozen=True)
 class Allocation:
-    """Part of a grant spent on (or given back from) an invoice."""
+    """Part of a grant spent on (or given back from) an invoice. `lapse`: when credit is given
+    back to a grant that can no longer be spent (revoked, or past its expiry), it lapses at
+    once — to where the grant's own lapse goes (`lapse_account`) — instead of reaching the
+    wallet; `lapse` is then the grant's category."""
 
     grant: str
     amount: int
+    lapse: Category | None = None
 
 
 def _receivable(facts: InvoiceFacts | GrantFacts, amount: int, invoice: str) -> Entry:
@@ -217,6 +221,19 @@ def _wallet(customer: str, currency: str, amount: int, grant: str) -> Entry:
 def _counter_account(grant: GrantFacts) -> AccountRef:
     """Where a grant's credit came from: cash for paid credits, an expense for promotions."""
     return AccountRef(CASH if grant.category == "paid" else PROMOTIONAL, grant.currency)
+
+
+def lapse_account(category: Category, currency: str) -> AccountRef:
+    """Where credit goes when it lapses unused: breakage revenue for paid credit, the
+    promotion's expense reversed for promotional credit."""
+    return AccountRef(BREAKAGE if category == "paid" else PROMOTIONAL, currency)
+
+
+def _given_back(customer: str, currency: str, allocation: Allocation) -> Entry:
+    """Credit returning from an invoice: to its grant, or lapsing at once."""
+    if allocation.lapse is not None:
+        return Entry(lapse_account(allocation.lapse, currency), -allocation.amount)
+    return _wallet(customer, currency, -allocation.amount, allocation.grant)
 
 
 # --------------------------------------------------------------------------- rules
@@ -261,15 +278,11 @@ def credit_granted(grant: GrantFacts) -> Posting:
     return posting
 
 
-def credit_revoked(
-    grant: GrantFacts, remaining: int, reason: str = "", *, after: str = ""
-) -> Posting | None:
-    """What is left of the grant leaves the wallet, back to where it came from. (`after`:
-    credit given back to an already revoked grant by a correction leaves again at once; its
-    key names that correction.)"""
+def credit_revoked(grant: GrantFacts, remaining: int, reason: str = "") -> Posting | None:
+    """What is left of the grant leaves the wallet, back to where it came from."""
     return _posting(
         "credit_revoked",
-        f"grant:{grant.id}:revoked{after and ':' + after}",
+        f"grant:{grant.id}:revoked",
         grant.id,
         [
             _wallet(grant.customer, grant.currency, remaining, grant.id),
@@ -279,17 +292,13 @@ def credit_revoked(
     )
 
 
-def credit_expired(grant: GrantFacts, remaining: int, *, after: str = "") -> Posting | None:
+def credit_expired(grant: GrantFacts, remaining: int) -> Posting | None:
     """What is left at expiry leaves the wallet: unused paid credit is breakage revenue, an
-    unused promotion reverses its expense. (`after`: as for credit_revoked.)"""
-    counter = (
-        AccountRef(BREAKAGE, grant.currency)
-        if grant.category == "paid"
-        else AccountRef(PROMOTIONAL, grant.currency)
-    )
+    unused promotion reverses its expense."""
+    counter = lapse_account(grant.category, grant.currency)
     return _posting(
         "credit_expired",
-        f"grant:{grant.id}:expired{after and ':' + after}",
+        f"grant:{grant.id}:expired",
         grant.id,
         [_wallet(grant.customer, grant.currency, remaining, grant.id), Entry(counter, -remaining)],
     )
@@ -375,9 +384,10 @@ def settle_credit_note(
     """Split a credit note's `amount` (positive) between the corrected invoice and the wallet.
 
     `restore`: first give back the credits the corrected invoice consumed (most recently
-    consumed first, up to what was consumed and not yet given back), then lower what it still
-    owes, and put any rest in the wallet. `keep`: credits stay spent; lower what is owed, the
-    rest goes to the wallet."""
+    consumed first, up to what was consumed and not yet given back; credit of a grant that can
+    no longer be spent lapses at once, see Allocation), then lower what it still owes, and put
+    any rest in the wallet. `keep`: credits stay spent; lower what is owed, the rest goes to
+    the wallet."""
     if amount < 0 or outstanding < 0:
         raise LedgerError("settlement amounts are positive")
     left = amount
@@ -386,7 +396,7 @@ def settle_credit_note(
         for allocation in returnable:
             take = min(allocation.amount, left)
             if take > 0:
-                restored.append(Allocation(allocation.grant, take))
+                restored.append(Allocation(allocation.grant, take, allocation.lapse))
                 left -= take
     to_invoice = min(outstanding, left)
     left -= to_invoice
@@ -406,9 +416,7 @@ def credit_note_settled(
     if settlement.to_invoice:
         assert corrected is not None
         entries.append(_receivable(corrected, -settlement.to_invoice, corrected.id))
-    entries += [
-        _wallet(note.customer, note.currency, -a.amount, a.grant) for a in settlement.restored
-    ]
+    entries += [_given_back(note.customer, note.currency, a) for a in settlement.restored]
     if settlement.to_wallet:
         if wallet_grant is None:
             raise LedgerError("credit put in the wallet needs a grant to hold it")
@@ -421,14 +429,15 @@ def sum_settlement(settlement: CreditNoteSettlement) -> int:
 
 
 def invoice_voided(invoice: InvoiceFacts, returned: Sequence[Allocation]) -> Posting | None:
-    """Undo a finalized invoice: revenue and receivable reversed, its credits given back."""
+    """Undo a finalized invoice: revenue and receivable reversed, its credits given back
+    (or lapsing, for grants that can no longer be spent)."""
     entries = [_receivable(invoice, -invoice.subtotal, invoice.id)]
     for kind in sorted(invoice.revenue):
         entries.append(
             Entry(AccountRef(f"revenue:{kind}", invoice.currency), invoice.revenue[kind])
         )
     used = sum(a.amount for a in returned)
-    entries += [_wallet(invoice.customer, invoice.currency, -a.amount, a.grant) for a in returned]
+    entries += [_given_back(invoice.customer, invoice.currency, a) for a in returned]
     entries.append(_receivable(invoice, used, invoice.id))
     return _posting(
         "invoice_voided", f"invoice:{invoice.number}:voided", invoice.number, _merge(entries)

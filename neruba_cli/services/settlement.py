@@ -11,8 +11,9 @@ A credit note (a correction with a negative total) is settled at finalization ag
 invoice it corrects, under the project's `credit_returns` policy (domain/ledger.py,
 `settle_credit_note`): `restore` gives back the credits the corrected invoice consumed first,
 then lowers what it still owes, then puts the rest in the wallet as paid credit; `keep` leaves
-spent credit spent. Credit given back to a grant that has since been revoked or whose expiry
-was posted leaves again at once, the way the grant's own remainder did.
+spent credit spent. Credit given back to a grant that can no longer be spent (revoked, or past
+its expiry) lapses at once, where the grant's own remainder went or would go: breakage revenue
+for paid credit, the promotion's expense reversed for promotional credit.
 
 An invoice whose amount due reaches zero this way (credits, a credit note, payments) is `paid`.
 """
@@ -35,11 +36,8 @@ from neruba_cli.domain.invoice import canonical_json
 from neruba_cli.domain.ledger import (
     Allocation,
     CreditReturns,
-    GrantFacts,
     InvoiceFacts,
-    credit_expired,
     credit_note_settled,
-    credit_revoked,
     credits_applied,
     invoice_finalized,
     invoice_voided,
@@ -197,7 +195,8 @@ def _settle_credit_note(
         applied = credits.allocations_from(
             orjson.loads(corrected.content).get("credits") or [], row.currency
         )
-        returnable = credit_rules.returnable(applied, _returned(conn, project, corrected))
+        returned = _returned(conn, project, corrected)
+        returnable = _with_lapses(conn, credit_rules.returnable(applied, returned), now)
     policy: CreditReturns = "keep" if project.credit_returns == "keep" else "restore"
     settlement = settle_credit_note(
         -note.subtotal, outstanding=outstanding, returnable=returnable, policy=policy
@@ -225,11 +224,13 @@ def _settle_credit_note(
     corrected_facts = facts(corrected) if corrected is not None else None
     posting = credit_note_settled(note, corrected_facts, settlement, wallet_grant=wallet_grant)
     _post(conn, project, posting, now, actor)
-    _release_spent_again(conn, project, settlement.restored, row.number, now, actor)
+    back = [a for a in settlement.restored if a.lapse is None]
+    lapsed = [a for a in settlement.restored if a.lapse is not None]
     content["settlement"] = {
         "corrects": None if corrected is None else corrected.number,
         "to_invoice": _money(settlement.to_invoice, row.currency),
-        "credits_restored": credits.allocations_document(settlement.restored, row.currency),
+        "credits_restored": credits.allocations_document(back, row.currency),
+        "credits_lapsed": credits.allocations_document(lapsed, row.currency),
         "to_wallet": _money(settlement.to_wallet, row.currency),
         "wallet_grant": wallet_grant,
         "policy": policy,
@@ -249,37 +250,38 @@ def _returned(conn: Connection, project: Project, corrected: Row[Any]) -> dict[s
     returned: dict[str, int] = {}
     for note in notes:
         settlement = orjson.loads(note.content).get("settlement") or {}
-        for allocation in credits.allocations_from(
-            settlement.get("credits_restored") or [], note.currency
-        ):
+        given = (settlement.get("credits_restored") or []) + (
+            settlement.get("credits_lapsed") or []
+        )
+        for allocation in credits.allocations_from(given, note.currency):
             returned[allocation.grant] = returned.get(allocation.grant, 0) + allocation.amount
     return returned
 
 
-def _release_spent_again(
-    conn: Connection,
-    project: Project,
-    restored: Sequence[Allocation],
-    reference: str,
-    now: datetime,
-    actor: str,
-) -> None:
-    """Credit given back to a grant that was revoked, or whose expiry was posted, leaves again
-    at once (the grant can no longer be spent, and no later expiry run would take it)."""
-    for allocation in restored:
-        grant = conn.execute(select(grants_t).where(grants_t.c.id == allocation.grant)).one()
-        grant_facts = GrantFacts(
-            grant.id, grant.customer_id, grant.currency, grant.amount_minor, grant.category
+def _with_lapses(
+    conn: Connection, allocations: Sequence[Allocation], now: datetime
+) -> list[Allocation]:
+    """Credit to give back, marked to lapse where its grant can no longer be spent (revoked,
+    or past its expiry at `now`): it goes where the grant's own lapse goes, not to the
+    wallet, so a revoked paid grant never pays out cash twice and a wallet never holds credit
+    of an expired grant."""
+    if not allocations:
+        return []
+    grants = {
+        row.id: row
+        for row in conn.execute(
+            select(grants_t).where(grants_t.c.id.in_([a.grant for a in allocations]))
+        ).all()
+    }
+    marked = []
+    for allocation in allocations:
+        grant = grants[allocation.grant]
+        ended = grant.revoked_at is not None or (
+            grant.expires_at is not None and grant.expires_at <= now
         )
-        if grant.revoked_at is not None:
-            posting = credit_revoked(
-                grant_facts, allocation.amount, "revoked before it came back", after=reference
-            )
-        elif grant.expired_at is not None:
-            posting = credit_expired(grant_facts, allocation.amount, after=reference)
-        else:
-            continue
-        _post(conn, project, posting, now, actor)
+        lapse = grant.category if ended else None
+        marked.append(Allocation(allocation.grant, allocation.amount, lapse))
+    return marked
 
 
 def void(conn: Connection, project: Project, row: Row[Any], *, now: datetime, actor: str) -> None:
@@ -288,11 +290,11 @@ def void(conn: Connection, project: Project, row: Row[Any], *, now: datetime, ac
     if row.status not in FINAL:
         return
     content = orjson.loads(row.content)
-    returned = credits.allocations_from(content.get("credits") or [], row.currency)
+    spent = credits.allocations_from(content.get("credits") or [], row.currency)
+    returned = _with_lapses(conn, spent, now)
     if returned:
         credits.lock_wallet(conn, project, row.customer_id, row.currency, now=now)
     _post(conn, project, invoice_voided(facts(row, content), returned), now, actor)
-    _release_spent_again(conn, project, returned, row.number, now, actor)
 
 
 def check_voidable(row: Row[Any]) -> None:
