@@ -219,9 +219,12 @@ def test_payments_partial_full_overpaid_and_refunded(shop: Cli) -> None:
     )
     checked(shop)
 
-    second = ok(shop, "payment", "record", "ACME-000001", "35.00", "--at", "2026-11-20T00:00:00Z")
+    finalized_at = shown["finalized_at"]
+    early = fails(shop, 1, "payment", "record", "ACME-000001", "1", "--at", "2026-11-20T00:00:00Z")
+    assert "before ACME-000001 was finalized" in early["message"]
+    second = ok(shop, "payment", "record", "ACME-000001", "35.00", "--at", finalized_at)
     assert (second["applied"], second["overpayment"]) == ("29.00", "6.00")
-    assert second["invoice_status"] == "paid" and second["received_at"] == "2026-11-20T00:00:00Z"
+    assert second["invoice_status"] == "paid" and second["received_at"] == finalized_at
     credit = ok(shop, "wallet", "show", "c1")
     assert credit["balance"] == "6.00"
     assert credit["grants"][0]["category"] == "paid" and credit["grants"][0]["source"] == (
@@ -230,7 +233,11 @@ def test_payments_partial_full_overpaid_and_refunded(shop: Cli) -> None:
     assert ok(shop, "invoice", "show", "ACME-000001")["amount_paid"] == "49.00"
     checked(shop)
 
-    refunded = ok(shop, "payment", "refund", first["id"], "5.00", "--reason", "goodwill")
+    refunded = ok(shop, "payment", "refund", first["id"], "5.00", "--reason", "goodwill",
+                  "--idempotency-key", "rf-1")  # fmt: skip
+    again = ok(shop, "payment", "refund", first["id"], "5.00", "--reason", "goodwill",
+               "--idempotency-key", "rf-1")  # fmt: skip
+    assert (again["created"], again["refunded"]) == (False, "5.00")
     assert (refunded["refunded"], refunded["invoice_status"]) == ("5.00", "finalized")
     shown = ok(shop, "invoice", "show", "ACME-000001")
     assert (shown["status"], shown["amount_paid"], shown["amount_due"]) == (
@@ -414,3 +421,36 @@ def test_check_finds_tampering_and_exits_4(shop: Cli, engine: Engine) -> None:
     assert any("ACME-000002" in d and "amount due 0.07" in d for d in failing["ledger.invoices"])
     human = shop("check", "--project", "acme")
     assert human.exit_code == 4 and "discrepancies found" in human.stderr
+
+
+def test_check_finds_a_numbering_gap_and_a_total_that_disagrees(shop: Cli, engine: Engine) -> None:
+    ok(shop, "run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--finalize")
+    checked(shop)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE invoices SET number = 'ACME-000007' WHERE number = 'ACME-000002'")
+        )
+        conn.execute(text("UPDATE invoices SET total = '0.01' WHERE number = 'ACME-000001'"))
+    result = shop("check", "--project", "acme", "--json")
+    assert result.exit_code == 4
+    failing = {c["name"]: c["details"] for c in result.json()["checks"] if c["status"] == "fail"}
+    assert set(failing) == {"invoices.numbering", "ledger.invoices"}
+    assert "missing [2]" in failing["invoices.numbering"][0]
+    assert "unexpected [7]" in failing["invoices.numbering"][0]
+    assert any("the row's total 0.01 differs" in d for d in failing["ledger.invoices"])
+
+
+def test_invoices_finalized_before_the_ledger_are_posted_by_the_migration(shop: Cli) -> None:
+    """Downgrade to 0005 (no ledger), upgrade again: 0006 posts the finalized invoices."""
+    ok(shop, "run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--finalize")
+    before = ok(shop, "invoice", "show", "ACME-000002")
+    assert shop("db", "downgrade", "0005", "--yes").exit_code == 0
+    assert shop("db", "upgrade").exit_code == 0
+    checked(shop)
+    after = ok(shop, "invoice", "show", "ACME-000002")
+    assert (after["amount_due"], after["total"]) == ("25.29", before["total"])
+    kinds = [t["kind"] for t in ok(shop, "ledger", "show")]
+    assert kinds == ["invoice_finalized", "invoice_finalized"]
+    paid = ok(shop, "payment", "record", "ACME-000002", "25.29")
+    assert (paid["applied"], paid["invoice_status"]) == ("25.29", "paid")
+    checked(shop)

@@ -53,6 +53,7 @@ from neruba_cli.domain.ledger import (
     credits_applied,
     invoice_finalized,
     invoice_voided,
+    lapse_account,
     overdrawn_grants,
     payment_recorded,
     payment_refunded,
@@ -102,6 +103,13 @@ class GrantRecord:
     granted: bool = False  # by credit_granted (not an overpayment's or a credit note's)
     revoked: bool = False
     expired: bool = False  # its expiry was posted
+    # what it held when it could no longer be spent (revoked, or past its expiry): from then
+    # on only its own revocation or expiry moves it, to zero
+    frozen: int | None = None
+
+    def ended(self, at: datetime) -> bool:
+        """Can no longer be spent: revoked, or past its expiry (posted or not)."""
+        return self.revoked or (self.expires_at is not None and self.expires_at <= at)
 
     def state(self, remaining: int) -> GrantState:
         return GrantState(
@@ -120,7 +128,8 @@ class GrantRecord:
 class InvoiceRecord:
     facts: InvoiceFacts
     allocations: list[Allocation] = field(default_factory=list)  # in consumption order
-    restored: dict[str, int] = field(default_factory=dict)  # per grant, by its credit notes
+    # per grant, given back by its credit notes (to the wallet or lapsed)
+    restored: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     voided: bool = False
     owed: int = 0  # what it should still owe, tallied from the events
@@ -216,6 +225,12 @@ class LedgerMachine(RuleBasedStateMachine):
         check_balanced(posting.entries)
         assert all(total == 0 for total in currency_totals(posting.entries).values())
         assert overdrawn_grants(posting, self.balances.grants) == [], posting
+        for entry in posting.entries:
+            grant = self.grants.get(entry.grant) if entry.grant is not None else None
+            if grant is not None and grant.ended(self.now):
+                # credit of a grant that can no longer be spent never comes back to it
+                assert posting.kind in ("credit_revoked", "credit_expired"), posting
+                assert posting.reference == grant.facts.id and entry.amount > 0, posting
         self.balances.apply(posting)
         self.hashes[posting.key] = digest
         self.log.append(posting)
@@ -252,23 +267,45 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             self.expected[AccountRef(BREAKAGE, currency)] += amount
 
-    def release_spent_again(self, restored: list[Allocation], reference: str) -> None:
-        """Credit given back to a revoked grant, or one whose expiry was posted, leaves again
-        at once (as services/settlement.py does)."""
-        for allocation in restored:
+    def tally_lapsed(self, allocation: Allocation, currency: str) -> None:
+        """Credit given back that lapses at once, on the project accounts: as the grant's own
+        expiry would (breakage for paid credit, the promotion's expense reversed)."""
+        if allocation.lapse == "paid":
+            self.expected[AccountRef(BREAKAGE, currency)] += allocation.amount
+        elif allocation.lapse == "promotional":
+            self.expected[AccountRef(PROMOTIONAL, currency)] -= allocation.amount
+
+    def with_lapses(self, allocations: list[Allocation]) -> list[Allocation]:
+        """Credit to give back, marked to lapse where its grant can no longer be spent
+        (revoked, or past its expiry now), as services/settlement.py `_with_lapses` does."""
+        marked = []
+        for allocation in allocations:
             grant = self.grants[allocation.grant]
-            if grant.revoked:
-                posting = credit_revoked(grant.facts, allocation.amount, "gone", after=reference)
-                how = "revoked"
-            elif grant.expired:
-                posting = credit_expired(grant.facts, allocation.amount, after=reference)
-                how = "expired"
+            lapse = grant.facts.category if grant.ended(self.now) else None
+            marked.append(Allocation(allocation.grant, allocation.amount, lapse))
+        return marked
+
+    def give_back(self, given: list[Allocation], currency: str, posting: Posting | None) -> None:
+        """Record a posting giving credit back (a credit note's or a void's): credit of a grant
+        still usable returns to it; credit of one that can no longer be spent lapses and leaves
+        the grant as it was."""
+        before = {a.grant: self.remaining(a.grant) for a in given}
+        back: dict[str, int] = defaultdict(int)
+        for allocation in given:
+            grant = self.grants[allocation.grant]
+            if allocation.lapse is None:
+                back[allocation.grant] += allocation.amount
+                assert not grant.ended(self.now)
             else:
-                continue
-            self.record(posting)
-            event(f"credit given back to a grant whose credit was {how}")
-            self.tally_removed(grant, allocation.amount, how)
-            assert self.remaining(grant.facts.id) == 0
+                assert grant.ended(self.now) and allocation.lapse == grant.facts.category
+                how = "revoked" if grant.revoked else "expiry posted" if grant.expired else "due"
+                event(f"credit given back lapses ({allocation.lapse}, {how})")
+        self.record(posting)
+        for allocation in given:
+            assert self.remaining(allocation.grant) == before[allocation.grant] + back.get(
+                allocation.grant, 0
+            )
+            self.tally_lapsed(allocation, currency)
 
     def net_paid(self, invoice: str) -> int:
         return sum(
@@ -328,6 +365,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(by=st.integers(1, 3))
     def advance_clock(self, by: int) -> None:
         self.clock += by
+        for grant in self.grants.values():
+            if grant.frozen is None and grant.ended(self.now):
+                grant.frozen = self.remaining(grant.facts.id)
 
     @rule(
         customer=st.sampled_from(CUSTOMERS),
@@ -397,6 +437,7 @@ class LedgerMachine(RuleBasedStateMachine):
         left = self.remaining(grant.facts.id)
         self.record(credit_revoked(grant.facts, left, "operator"))
         grant.revoked = True
+        grant.frozen = 0
         self.tally_removed(grant, left, "revoked")
         assert self.remaining(grant.facts.id) == 0
 
@@ -415,6 +456,7 @@ class LedgerMachine(RuleBasedStateMachine):
             left = self.remaining(grant.facts.id)
             self.record(credit_expired(grant.facts, left))
             grant.expired = True
+            grant.frozen = 0
             self.tally_removed(grant, left, "expired")
             assert self.remaining(grant.facts.id) == 0
 
@@ -491,7 +533,11 @@ class LedgerMachine(RuleBasedStateMachine):
         amount = -note.subtotal
         outstanding = max(self.due(corrected.facts.id), 0)
         consumed = sum(a.amount for a in corrected.allocations)
-        back = returnable(corrected.allocations, corrected.restored)
+        left = returnable(corrected.allocations, corrected.restored)
+        assert all(a.lapse is None for a in left)
+        back = self.with_lapses(left)
+        # marking before or after working out what is left comes to the same
+        assert returnable(self.with_lapses(corrected.allocations), corrected.restored) == back
         assert sum(a.amount for a in back) == consumed - sum(corrected.restored.values())
         for allocation in back:
             spent = sum(a.amount for a in corrected.allocations if a.grant == allocation.grant)
@@ -503,23 +549,22 @@ class LedgerMachine(RuleBasedStateMachine):
         assert settlement.to_invoice <= outstanding
         if policy == "keep":
             assert settlement.restored == ()
+        offered = {a.grant: a.lapse for a in back}
+        assert all(a.lapse == offered[a.grant] for a in settlement.restored)
         wallet_grant = None
         if settlement.to_wallet:
             wallet_grant = self.new_grant(
                 note.customer, note.currency, settlement.to_wallet, "paid"
             ).facts.id
         before = self.due(corrected.facts.id)
-        remaining_before = {a.grant: self.remaining(a.grant) for a in settlement.restored}
-        self.record(
-            credit_note_settled(note, corrected.facts, settlement, wallet_grant=wallet_grant)
+        self.give_back(
+            list(settlement.restored),
+            note.currency,
+            credit_note_settled(note, corrected.facts, settlement, wallet_grant=wallet_grant),
         )
         assert self.due(note.id) == 0
         assert self.due(corrected.facts.id) == before - settlement.to_invoice
         for allocation in settlement.restored:
-            assert (
-                self.remaining(allocation.grant)
-                == remaining_before[allocation.grant] + allocation.amount
-            )
             corrected.restored[allocation.grant] = (
                 corrected.restored.get(allocation.grant, 0) + allocation.amount
             )
@@ -530,7 +575,6 @@ class LedgerMachine(RuleBasedStateMachine):
         event(f"credit note: to wallet {bool(settlement.to_wallet)}")
         if len(corrected.notes) > 1:
             event("second credit note on an invoice")
-        self.release_spent_again(list(settlement.restored), note.number)
 
     def _voidable(self) -> list[str]:
         return sorted(
@@ -544,14 +588,14 @@ class LedgerMachine(RuleBasedStateMachine):
     def void_invoice(self, data: st.DataObject) -> None:
         invoice = self.invoices[data.draw(st.sampled_from(self._voidable()))]
         facts = invoice.facts
-        self.record(invoice_voided(facts, invoice.allocations))
+        returned = self.with_lapses(invoice.allocations)
+        self.give_back(returned, facts.currency, invoice_voided(facts, returned))
         for kind, amount in facts.revenue.items():
             self.expected[AccountRef(f"revenue:{kind}", facts.currency)] -= amount
         invoice.voided = True
         invoice.owed = 0
         event(f"voided an invoice with credits {bool(invoice.allocations)}")
         assert self.due(facts.id) == 0
-        self.release_spent_again(invoice.allocations, facts.number)
 
     @precondition(lambda self: bool(self.log))
     @rule(data=st.data(), factor=st.integers(2, 5))
@@ -620,6 +664,8 @@ class LedgerMachine(RuleBasedStateMachine):
             assert 0 <= self.remaining(grant_id) <= grant.facts.amount, grant
             if grant.revoked or grant.expired:
                 assert self.remaining(grant_id) == 0
+            if grant.ended(self.now):
+                assert self.remaining(grant_id) == grant.frozen, grant
 
     @invariant()
     def wallets_are_the_sum_of_their_grants(self) -> None:
@@ -796,11 +842,17 @@ def test_allocate_order_examples() -> None:
 # =========================================================================== returns of credit
 
 
+lapses = st.sampled_from([None, None, "paid", "promotional"])
+
+
 @st.composite
 def spent(draw: st.DrawFn) -> list[Allocation]:
-    """An invoice's allocations, as allocate returns them: one per grant, positive."""
+    """An invoice's allocations, as allocate returns them: one per grant, positive (some
+    marked to lapse, as the services mark credit of a grant that can no longer be spent)."""
     count = draw(st.integers(0, 6))
-    return [Allocation(f"g{index}", draw(st.integers(1, 500))) for index in range(count)]
+    return [
+        Allocation(f"g{index}", draw(st.integers(1, 500)), draw(lapses)) for index in range(count)
+    ]
 
 
 @settings(max_examples=300, deadline=None)
@@ -812,9 +864,16 @@ def test_returnable_is_what_is_left_most_recent_first(
     returned = data.draw(st.dictionaries(st.sampled_from(grant_ids), st.integers(0, 600)))
     result = returnable(applied, returned)
     by_grant = {a.grant: a.amount for a in applied}
+    lapse = {a.grant: a.lapse for a in applied}
     assert all(a.amount > 0 for a in result)
     for allocation in result:
         assert allocation.amount == by_grant[allocation.grant] - returned.get(allocation.grant, 0)
+        assert allocation.lapse == lapse[allocation.grant]  # passed through
+    # marking what is left to lapse, or what was spent, comes to the same
+    unmarked = [Allocation(a.grant, a.amount) for a in applied]
+    assert [
+        Allocation(a.grant, a.amount, lapse[a.grant]) for a in returnable(unmarked, returned)
+    ] == result
     assert sum(a.amount for a in result) == sum(
         max(a.amount - returned.get(a.grant, 0), 0) for a in applied
     )
@@ -876,6 +935,7 @@ def test_settle_credit_note_splits_the_whole_amount(
         assert restored == min(amount, sum(a.amount for a in back))
         for given_back, offered in zip(settlement.restored, back, strict=False):
             assert given_back.grant == offered.grant and given_back.amount <= offered.amount
+            assert given_back.lapse == offered.lapse
         for given_back, offered in zip(settlement.restored[:-1], back, strict=False):
             assert given_back == offered
     # then what the invoice still owes, then the wallet
@@ -895,6 +955,20 @@ def test_settle_credit_note_examples() -> None:
     assert settle_credit_note(
         1_000, outstanding=400, returnable=back, policy="keep"
     ) == CreditNoteSettlement(400, (), 600)
+    # credit of grants that can no longer be spent is marked to lapse, whole or in part
+    ended = [Allocation("g2", 300, "paid"), Allocation("g1", 200, "promotional")]
+    assert settle_credit_note(
+        400, outstanding=400, returnable=ended, policy="restore"
+    ) == CreditNoteSettlement(
+        0, (Allocation("g2", 300, "paid"), Allocation("g1", 100, "promotional")), 0
+    )
+    mixed = [Allocation("g2", 300), Allocation("g1", 200, "paid")]
+    assert settle_credit_note(
+        600, outstanding=50, returnable=mixed, policy="restore"
+    ) == CreditNoteSettlement(50, (Allocation("g2", 300), Allocation("g1", 200, "paid")), 50)
+    assert settle_credit_note(
+        600, outstanding=50, returnable=mixed, policy="keep"
+    ) == CreditNoteSettlement(50, (), 550)
     with pytest.raises(LedgerError):
         settle_credit_note(-1, outstanding=0, returnable=[], policy="keep")
     with pytest.raises(LedgerError):
@@ -1133,8 +1207,9 @@ def test_credit_revoked_returns_what_is_left_to_its_source(
     assert (posting.key, posting.memo) == ("grant:g1:revoked", "mistake")
     assert moves(posting) == {(WALLET, "cus_a", "g1", None): 700, (counter, None, None, None): -700}
     assert credit_revoked(grant, 0) is None
-    again = credit_revoked(grant, 50, after="CN-7")
-    assert again is not None and again.key == "grant:g1:revoked:CN-7"
+    # one revocation per grant: credit given back to it later lapses in the giving posting
+    again = credit_revoked(grant, 50)
+    assert again is not None and again.key == "grant:g1:revoked"
 
 
 @pytest.mark.parametrize(
@@ -1159,8 +1234,9 @@ def test_credit_expired_is_breakage_or_reverses_the_promotion(
     else:
         assert balances.shown(usd(PROMOTIONAL)) == 1300  # the expense that was really given
     assert credit_expired(grant, 0) is None
-    later = credit_expired(grant, 5, after="INV-3")
-    assert later is not None and later.key == "grant:g1:expired:INV-3"
+    # the grant's expiry goes where credit given back to it after its expiry lapses
+    assert lapse_account(category, "USD") == usd(counter)
+    assert lapse_account(category, "JPY") == AccountRef(counter, "JPY")
 
 
 PAYMENT = PaymentFacts("pay_1", "cus_a", "USD", 3000, "inv_1", "INV-1")
@@ -1247,6 +1323,57 @@ def test_credit_note_settled_closes_the_note_against_invoice_grants_and_wallet()
     }
 
 
+def test_credit_note_settled_lets_credit_of_an_ended_grant_lapse() -> None:
+    """Credit given back to a promotion past its expiry reverses the promotion's expense;
+    to a revoked paid grant, it is breakage (the cash went back at the revocation)."""
+    note = InvoiceFacts("cn_1", "CN-1", "cus_a", "USD", {"usage": -2000})
+    settlement = CreditNoteSettlement(
+        900,
+        (
+            Allocation("g2", 600, "promotional"),
+            Allocation("g1", 300),
+            Allocation("g3", 100, "paid"),
+        ),
+        100,
+    )
+    posting = credit_note_settled(note, INVOICE, settlement, wallet_grant="g_new")
+    assert moves(posting) == {
+        (RECEIVABLE, "cus_a", None, "cn_1"): 2000,
+        (RECEIVABLE, "cus_a", None, "inv_1"): -900,
+        (PROMOTIONAL, None, None, None): -600,
+        (WALLET, "cus_a", "g1", None): -300,
+        (BREAKAGE, None, None, None): -100,
+        (WALLET, "cus_a", "g_new", None): -100,
+    }
+    assert all(e.grant is None for e in posting.entries if e.account.code != WALLET)
+    balances = Balances()
+    g1 = GrantFacts("g1", "cus_a", "USD", 500, "paid")
+    g2 = GrantFacts("g2", "cus_a", "USD", 800, "promotional")
+    g3 = GrantFacts("g3", "cus_a", "USD", 250, "paid")
+    spent = [Allocation("g1", 300), Allocation("g2", 600), Allocation("g3", 100)]
+    for step in (
+        credit_granted(g1),
+        credit_granted(g2),
+        credit_granted(g3),
+        invoice_finalized(INVOICE),
+        credits_applied(INVOICE, spent),
+        credit_expired(g2, 200),
+        credit_revoked(g3, 150),
+        invoice_finalized(note),
+        posting,
+    ):
+        assert step is not None
+        assert overdrawn_grants(step, balances.grants) == []
+        balances.apply(step)
+    # the ended grants stay empty; only the usable one and the new one hold credit
+    assert balances.grants == {"g1": 500, "g2": 0, "g3": 0, "g_new": 100}
+    assert balances.shown(usd(WALLET, "cus_a")) == 600
+    assert balances.shown(usd(PROMOTIONAL)) == 0  # the promotion went wholly unused
+    assert balances.shown(usd(BREAKAGE)) == 100
+    assert balances.shown(usd(CASH)) == 500 + 250 - 150
+    assert balances.invoices == {"inv_1": 4900 - 1000 - 900, "cn_1": 0}
+
+
 def test_invoice_voided_reverses_revenue_and_returns_credits() -> None:
     returned = [Allocation("g1", 1000), Allocation("g2", 500)]
     posting = invoice_voided(INVOICE, returned)
@@ -1278,6 +1405,51 @@ def test_invoice_voided_reverses_revenue_and_returns_credits() -> None:
     assert moves(invoice_voided(full, [Allocation("g1", 500)])) == {
         ("revenue:usage", None, None, None): 500,
         (WALLET, "cus_a", "g1", None): -500,
+    }
+
+
+def test_invoice_voided_lets_credit_of_an_ended_grant_lapse() -> None:
+    """Credit of a paid grant revoked since is breakage, not back in the wallet."""
+    returned = [Allocation("g1", 1000, "paid"), Allocation("g2", 500)]
+    posting = invoice_voided(INVOICE, returned)
+    assert posting is not None
+    assert moves(posting) == {
+        (RECEIVABLE, "cus_a", None, "inv_1"): -3400,
+        ("revenue:usage", None, None, None): 4000,
+        ("revenue:base_fee", None, None, None): 900,
+        (BREAKAGE, None, None, None): -1000,
+        (WALLET, "cus_a", "g2", None): -500,
+    }
+    g1 = GrantFacts("g1", "cus_a", "USD", 1200, "paid")
+    balances = Balances()
+    for step in (
+        credit_granted(g1),
+        credit_granted(GrantFacts("g2", "cus_a", "USD", 800, "promotional")),
+        invoice_finalized(INVOICE),
+        credits_applied(INVOICE, [Allocation("g1", 1000), Allocation("g2", 500)]),
+        credit_revoked(g1, 200),
+        posting,
+    ):
+        assert step is not None
+        assert overdrawn_grants(step, balances.grants) == []
+        balances.apply(step)
+    assert balances.invoices == {"inv_1": 0}
+    assert balances.grants == {"g1": 0, "g2": 800}  # the revoked grant stays empty
+    assert balances.shown(usd(WALLET, "cus_a")) == 800
+    assert balances.shown(usd(CASH)) == 1000  # 1200 in, 200 back at the revocation: once
+    assert balances.shown(usd(BREAKAGE)) == 1000
+    assert balances.shown(usd(PROMOTIONAL)) == 800
+    # several lapsing grants of one category come to one entry on their lapse account
+    full = InvoiceFacts("inv_9", "INV-9", "cus_a", "USD", {"usage": 900})
+    lapsed = [
+        Allocation("g1", 500, "paid"),
+        Allocation("g3", 300, "paid"),
+        Allocation("g2", 100, "promotional"),
+    ]
+    assert moves(invoice_voided(full, lapsed)) == {
+        ("revenue:usage", None, None, None): 900,
+        (BREAKAGE, None, None, None): -800,
+        (PROMOTIONAL, None, None, None): -100,
     }
 
 

@@ -9,10 +9,17 @@ Create Date: 2026-11-25
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
 
+import orjson
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
+
+from neruba_cli.domain.ids import new_id
+from neruba_cli.domain.ledger import AccountRef, InvoiceFacts, invoice_finalized
+from neruba_cli.domain.money import to_minor_units
 
 revision: str = "0006"
 down_revision: str | None = "0005"
@@ -208,8 +215,101 @@ def upgrade() -> None:
         **MYSQL_TABLE,
     )
     op.create_index(op.f("ix_refunds_payment_id"), "refunds", ["payment_id"])
+    _post_finalized_invoices()
     for table in APPEND_ONLY:
         _create_append_only_triggers(table)
+
+
+def _post_finalized_invoices() -> None:
+    """Invoices finalized before the ledger existed get their `invoice_finalized` posting
+    (effective when they were finalized) and their amount due, as finalization posts them
+    now, so payments, voids and `neruba check` treat them like any other."""
+    bind = op.get_bind()
+    invoices = sa.table(
+        "invoices",
+        *(sa.column(name) for name in ("id", "project_id", "number", "customer_id", "currency")),
+        *(sa.column(name) for name in ("status", "content", "amount_due_minor")),
+        sa.column("finalized_at", sa.DateTime()),
+    )
+    rows = bind.execute(
+        sa.select(invoices).where(invoices.c.status.in_(("finalized", "paid")))
+    ).all()
+    if not rows:
+        return
+    now = datetime.now(UTC).replace(tzinfo=None)  # the columns hold naive UTC
+    accounts: dict[tuple[str, AccountRef], str] = {}
+    balances: dict[str, int] = {}
+    transactions, entries = [], []
+    for row in rows:
+        revenue: dict[str, int] = {}
+        for line in orjson.loads(row.content)["lines"]:
+            units = to_minor_units(Decimal(line["amount"]), row.currency)
+            revenue[line["kind"]] = revenue.get(line["kind"], 0) + units
+        facts = InvoiceFacts(row.id, row.number, row.customer_id, row.currency, revenue)
+        posting = invoice_finalized(facts)
+        bind.execute(
+            sa.update(invoices)
+            .where(invoices.c.id == row.id)
+            .values(amount_due_minor=facts.subtotal)
+        )
+        if posting is None:
+            continue
+        txn_id = new_id("txn")
+        effective = row.finalized_at or now
+        transactions.append(
+            {
+                "id": txn_id,
+                "project_id": row.project_id,
+                "idempotency_key": posting.key,
+                "kind": posting.kind,
+                "reference": posting.reference[:64],
+                "content_hash": posting.content_hash,
+                "memo": "posted by migration 0006",
+                "actor": "migration 0006",
+                "effective_at": effective,
+                "created_at": now,
+            }
+        )
+        for entry in posting.entries:
+            slot = (row.project_id, entry.account)
+            if slot not in accounts:
+                accounts[slot] = new_id("acc")
+            account_id = accounts[slot]
+            balances[account_id] = balances.get(account_id, 0) + entry.amount
+            entries.append(
+                {
+                    "transaction_id": txn_id,
+                    "project_id": row.project_id,
+                    "account_id": account_id,
+                    "amount": entry.amount,
+                    "grant_id": None,
+                    "invoice_id": entry.invoice,
+                    "effective_at": effective,
+                }
+            )
+    account_rows = [
+        {
+            "id": account_id,
+            "project_id": project_id,
+            "code": ref.code,
+            "currency": ref.currency,
+            "holder": ref.customer or "",
+            "customer_id": ref.customer,
+            "balance": balances.get(account_id, 0),
+            "version": 0,
+            "created_at": now,
+        }
+        for (project_id, ref), account_id in accounts.items()
+    ]
+    metadata = sa.MetaData()
+    for name, table_rows in (
+        ("ledger_accounts", account_rows),
+        ("ledger_transactions", transactions),
+        ("ledger_entries", entries),
+    ):
+        table = sa.Table(name, metadata, autoload_with=bind)
+        for start in range(0, len(table_rows), 1000):
+            bind.execute(sa.insert(table), table_rows[start : start + 1000])
 
 
 def _create_append_only_triggers(table: str) -> None:

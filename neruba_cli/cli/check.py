@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         discrepancy, with the list."""
         with rt.transaction() as session:
             project = rt.project(session)
-            report = sweep.run(session.connection(), project)
+        report = sweep.run_consistent(rt.engine(), project)
         data = report.as_dict()
         rows = [
             (

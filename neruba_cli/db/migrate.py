@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 
@@ -40,13 +42,34 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    with engine.connect() as connection:
+    with engine.connect() as connection, _sqlite_batch_mode(connection):
         command.upgrade(alembic_config(connection), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    with engine.connect() as connection:
+    with engine.connect() as connection, _sqlite_batch_mode(connection):
         command.downgrade(alembic_config(connection), revision)
+
+
+@contextmanager
+def _sqlite_batch_mode(connection: Connection) -> Iterator[None]:
+    """SQLite changes a column by copying the table into a new one and dropping the old, which
+    its foreign keys would refuse once other tables point at rows: Alembic's batch mode wants
+    them off meanwhile (a pragma that only takes effect outside a transaction). Afterwards
+    `foreign_key_check` must find nothing, or the migration is reported as failed."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+        broken = raw.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise DatabaseError(f"the migration left rows that break foreign keys: {broken[:5]}")
+    finally:
+        raw.execute("PRAGMA foreign_keys=ON")
 
 
 def ensure_at_head(engine: Engine) -> None:

@@ -10,7 +10,11 @@ Ledger sweeps:
 - every grant's remaining credit equals its entries, between zero and what was granted;
 - every finalized invoice's subtotal and credits applied equal its postings, its amount due
   the sum of its receivable entries and its amount paid its payments net of refunds; drafts
-  have no postings and a void invoice owes nothing.
+  have no postings and a void invoice owes nothing;
+- every invoice's lines add up to its subtotal, its total is the subtotal less the credits
+  applied, and its row says what its document says.
+
+Invoice sweep: numbers run 1..N without a gap and the project's counter stands at N.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+import orjson
+from sqlalchemy import Connection, Engine, func, select
 
 from neruba_cli.db.schema import (
     CreditGrant,
     Customer,
     Invoice,
+    InvoiceSequence,
     LedgerAccount,
     LedgerEntry,
     LedgerTransaction,
@@ -43,6 +49,7 @@ invoices_t = Invoice.__table__
 payments_t = Payment.__table__
 refunds_t = Refund.__table__
 customers_t = Customer.__table__
+sequences_t = InvoiceSequence.__table__
 MAX_LISTED = 50  # problems listed per check; the count is always exact
 
 
@@ -89,6 +96,19 @@ class CheckReport:
 
 
 Sweep = Callable[[Connection, Project, CheckResult], None]
+
+
+def run_consistent(engine: Engine, project: Project) -> CheckReport:
+    """The sweep inside one snapshot of the database, so a grant or a payment committed while
+    it runs cannot make two of its queries disagree (REPEATABLE READ on MariaDB and
+    PostgreSQL; a SQLite read transaction is a snapshot already)."""
+    with engine.connect() as conn:
+        if conn.dialect.name != "sqlite":
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            if conn.dialect.name in ("mysql", "mariadb"):
+                conn.exec_driver_sql("SELECT 1")  # InnoDB takes the snapshot at the first read
+            return run(conn, project)
 
 
 def run(conn: Connection, project: Project) -> CheckReport:
@@ -289,6 +309,8 @@ def _invoice_rows(conn: Connection, project: Project) -> Iterator[Any]:
             invoices_t.c.currency,
             invoices_t.c.subtotal,
             invoices_t.c.credits_applied,
+            invoices_t.c.total,
+            invoices_t.c.content,
             invoices_t.c.amount_due_minor,
             invoices_t.c.amount_paid_minor,
         )
@@ -299,10 +321,31 @@ def _invoice_rows(conn: Connection, project: Project) -> Iterator[Any]:
     yield from conn.execute(query)
 
 
+def document_problems(row: Any) -> list[str]:
+    """The invoice row's totals against its document: lines add up to the subtotal, the total
+    is the subtotal less the credits applied, and the row says what the document says."""
+    currency = row.currency
+    content = orjson.loads(row.content)
+    problems = []
+    lines = sum((Decimal(line["amount"]) for line in content["lines"]), Decimal(0))
+    if format_amount(lines, currency) != content["subtotal"]:
+        problems.append(f"its lines add up to {format_amount(lines, currency)}, its subtotal "
+                        f"says {content['subtotal']}")  # fmt: skip
+    expected = Decimal(content["subtotal"]) - Decimal(content["credits_applied"])
+    if format_amount(expected, currency) != content["total"]:
+        problems.append(f"total {content['total']} is not subtotal less credits applied")
+    for name in ("subtotal", "credits_applied", "total"):
+        stored = format_amount(Decimal(getattr(row, name)), currency)
+        if stored != content[name]:
+            problems.append(f"the row's {name} {stored} differs from its document's "
+                            f"{content[name]}")  # fmt: skip
+    return problems
+
+
 def invoice_problems(row: Any, posted: dict[str, int], paid: int) -> list[str]:
     """What disagrees between an invoice row and its receivable postings (by kind)."""
     currency = row.currency
-    problems = []
+    problems = document_problems(row)
     due = sum(posted.values())
     if row.status == "draft":
         if posted:
@@ -341,10 +384,43 @@ def invoice_problems(row: Any, posted: dict[str, int], paid: int) -> list[str]:
     return problems
 
 
+def _numbering(conn: Connection, project: Project, result: CheckResult) -> None:
+    """Invoice numbers run 1, 2, ... N without a gap (void ones keep theirs), and the
+    project's counter stands at N."""
+    numbers = sorted(
+        _sequence_number(number, project.slug)
+        for (number,) in conn.execute(
+            select(invoices_t.c.number).where(invoices_t.c.project_id == project.id)
+        )
+    )
+    result.checked = len(numbers)
+    counter = conn.execute(
+        select(sequences_t.c.last_number).where(sequences_t.c.project_id == project.id)
+    ).scalar()
+    expected = list(range(1, len(numbers) + 1))
+    if numbers != expected:
+        missing = sorted(set(expected) - set(numbers))[:10]
+        extra = sorted(set(numbers) - set(expected))[:10]
+        result.fail(
+            f"invoice numbers are not 1..{len(numbers)} without gaps"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unexpected {extra}" if extra else "")
+        )
+    if (counter or 0) != len(numbers):
+        result.fail(f"the invoice counter stands at {counter or 0} for {len(numbers)} invoices")
+
+
+def _sequence_number(number: str, slug: str) -> int:
+    prefix = f"{slug.upper()}-"
+    tail = number[len(prefix) :] if number.startswith(prefix) else ""
+    return int(tail) if tail.isdigit() else -1
+
+
 SWEEPS: list[tuple[str, str, Sweep]] = [
     ("ledger.balanced", "every transaction sums to zero per currency", _transactions_balance),
     ("ledger.accounts", "account balances equal the sum of their entries", _account_balances),
     ("ledger.grants", "grants' remaining credit equals their entries", _grants),
     ("ledger.wallets", "wallet balances equal their grants' remaining credit", _wallets),
     ("ledger.invoices", "invoice totals, amounts due and paid equal their postings", _invoices),
+    ("invoices.numbering", "invoice numbers are gapless and match the counter", _numbering),
 ]

@@ -81,12 +81,18 @@ def _customer(conn: Connection, project: Project, ident: str) -> Row[Any]:
     return row
 
 
-def _validated(request: GrantRequest, customer: Row[Any], now: datetime) -> tuple[str, int]:
+def _parsed(request: GrantRequest, customer: Row[Any]) -> tuple[str, int]:
+    """Currency and amount in minor units: what the grant's idempotency compares."""
     currency = normalize_currency(request.currency or customer.currency)
     amount = parse_amount(request.amount, field="AMOUNT")
     if amount <= 0:
         raise InvalidInput(f"AMOUNT {request.amount!r} must be positive")
-    minor = minor_units(request.amount, amount, currency)
+    return currency, minor_units(request.amount, amount, currency)
+
+
+def _check_terms(request: GrantRequest, now: datetime) -> None:
+    """The rest of a new grant's validation (a repeated grant is not checked again: its
+    expiry may have passed since)."""
     if request.category not in CATEGORIES:
         raise InvalidInput(
             f"--category {request.category!r} is not a category", hint="paid or promotional"
@@ -100,7 +106,6 @@ def _validated(request: GrantRequest, customer: Row[Any], now: datetime) -> tupl
         )
     if request.reason is not None and len(request.reason) > 500:
         raise InvalidInput("--reason is longer than 500 characters")
-    return currency, minor
 
 
 def minor_units(text: str, amount: Decimal, currency: str, field: str = "AMOUNT") -> int:
@@ -155,7 +160,7 @@ def _grant(
 ) -> tuple[dict[str, Any], bool]:
     with begin_write(engine) as conn:
         customer = _customer(conn, project, request.customer)
-        currency, minor = _validated(request, customer, now)
+        currency, minor = _parsed(request, customer)
         args_hash = _args_hash(customer.id, currency, minor, request)
         # Every transaction that touches a wallet locks it first (services/ledger.py).
         lock_wallet(conn, project, customer.id, currency, now=now)
@@ -169,6 +174,7 @@ def _grant(
                         hint="a key names one grant; use a new key for a new grant",
                     )
                 return grant_dict(previous, now), False
+        _check_terms(request, now)
         grant_id = new_id("grt")
         insert_grant(
             conn,
@@ -294,14 +300,18 @@ def _revoke(
         row = _get(conn, project, grant_id, lock=True)
         if row.revoked_at is not None:
             raise InvalidInput(f"grant {grant_id} was already revoked ({row.revoke_reason})")
-        posting = credit_revoked(_facts(row), row.remaining_minor, reason)
+        values: dict[str, Any] = {"revoked_at": now, "revoke_reason": reason}
+        if row.expires_at is not None and row.expires_at <= now and row.expired_at is None:
+            # Past its expiry: what is left lapses as `credits expire` would post it (breakage
+            # or the promotion's expense), never back to cash.
+            posting = credit_expired(_facts(row), row.remaining_minor)
+            effective, values["expired_at"] = row.expires_at, now
+        else:
+            posting = credit_revoked(_facts(row), row.remaining_minor, reason)
+            effective = now
         if posting is not None:
-            ledger.post(conn, project, posting, effective_at=now, actor=actor, now=now)
-        conn.execute(
-            update(grants_t)
-            .where(grants_t.c.id == row.id)
-            .values(revoked_at=now, revoke_reason=reason)
-        )
+            ledger.post(conn, project, posting, effective_at=effective, actor=actor, now=now)
+        conn.execute(update(grants_t).where(grants_t.c.id == row.id).values(**values))
         result = grant_dict(_get(conn, project, grant_id), now)
     result["revoked"] = _money(row.remaining_minor, row.currency)
     return result
@@ -379,12 +389,14 @@ def wallet(
     """The customer's credit as of a moment: the wallet balance (the sum of its entries up to
     then) and each grant's remaining credit then."""
     row = _customer(conn, project, customer)
-    grants = conn.execute(
+    every = conn.execute(
         _grant_query(project)
-        .where(grants_t.c.customer_id == row.id, grants_t.c.created_at <= as_of)
+        .where(grants_t.c.customer_id == row.id)
         .order_by(grants_t.c.created_at, grants_t.c.id)
     ).all()
-    remaining = _remaining_as_of(conn, [g.id for g in grants], as_of)
+    remaining = _remaining_as_of(conn, [g.id for g in every], as_of)
+    # a grant made later but posted as of earlier (an overpayment received earlier) counts
+    grants = [g for g in every if g.created_at <= as_of or remaining.get(g.id, 0)]
     by_currency: dict[str, int] = {}
     items = []
     for grant_row in grants:

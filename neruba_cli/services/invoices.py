@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import orjson
@@ -537,7 +538,22 @@ def void(
             f"invoice {row.number} has corrections that are not void ({listed})",
             hint="void the corrections first",
         )
-    with _locked(engine, project, row.period, holder) as lease, engine.begin() as conn:
+    with _locked(engine, project, row.period, holder) as lease:
+        retrying(partial(_void_locked, engine, project, lease, row, reason, now, actor))
+    with engine.connect() as conn:
+        return document(get(conn, project, row.number))
+
+
+def _void_locked(
+    engine: Engine,
+    project: Project,
+    lease: locks.Lease,
+    row: Row[Any],
+    reason: str,
+    now: datetime,
+    actor: str,
+) -> None:
+    with engine.begin() as conn:
         locks.fence(conn, lease)
         # A run may have written a correction between the check above and the lock.
         corrected = conn.execute(
@@ -555,16 +571,16 @@ def void(
             update(invoices_t)
             .where(invoices_t.c.id == row.id, invoices_t.c.status == row.status)
             .where(invoices_t.c.version == row.version)
+            .where(invoices_t.c.amount_paid_minor == 0)  # a payment may have landed meanwhile
             .values(status="void", voided_at=now, void_reason=reason, updated_at=now)
         ).rowcount
         if changed != 1:
             raise InvalidInput(
-                f"invoice {row.number} changed while it was being voided; nothing was written",
+                f"invoice {row.number} changed while it was being voided (a run or a payment); "
+                "nothing was written",
                 hint="`neruba invoice show` it and try again",
             )
         settlement.void(conn, project, row, now=now, actor=actor)
-    with engine.connect() as conn:
-        return document(get(conn, project, row.number))
 
 
 class _locked:

@@ -97,7 +97,8 @@ def _record(
     received_at = request.at or now
     if received_at > now:
         raise InvalidInput(f"--at {format_ts(received_at)} is in the future")
-    if request.reference is not None and not request.reference.strip():
+    reference = None if request.reference is None else request.reference.strip()
+    if reference is not None and not reference:
         raise InvalidInput("--reference is empty")
     with begin_write(engine) as conn:
         invoice = _invoice(conn, project, request.invoice, lock=True)
@@ -109,11 +110,17 @@ def _record(
             )
         if invoice.subtotal <= 0:
             raise InvalidInput(f"{invoice.kind} {invoice.number} has nothing to pay")
+        if received_at < invoice.finalized_at:
+            raise InvalidInput(
+                f"--at {format_ts(received_at)} is before {invoice.number} was finalized "
+                f"({format_ts(invoice.finalized_at)})",
+                hint="a payment received before finalization is recorded as of finalization",
+            )
         amount = _minor(request.amount, invoice.currency, "AMOUNT")
         key = request.idempotency_key or (
-            f"{invoice.number}:{request.reference.strip()}" if request.reference else new_id("pay")
+            f"{invoice.number}:{reference}" if reference else new_id("pay")
         )
-        args_hash = _hash({"invoice": invoice.id, "amount": amount, "reference": request.reference})
+        args_hash = _hash({"invoice": invoice.id, "amount": amount, "reference": reference})
         previous = conn.execute(
             select(payments_t).where(
                 payments_t.c.project_id == project.id, payments_t.c.idempotency_key == key
@@ -142,7 +149,7 @@ def _record(
                 applied_minor=applied,
                 refunded_minor=0,
                 overpayment_grant_id=excess_grant,
-                reference=request.reference,
+                reference=reference,
                 idempotency_key=key,
                 args_hash=args_hash,
                 received_at=received_at,
@@ -228,9 +235,11 @@ def _refund(
         if payment is None:
             raise NotFound(f"payment {payment_id!r} does not exist in project {project.slug!r}")
         refundable = payment.applied_minor - payment.refunded_minor
-        minor = refundable if amount is None else _minor(amount, payment.currency, "AMOUNT")
+        asked = None if amount is None else _minor(amount, payment.currency, "AMOUNT")
+        minor = refundable if asked is None else asked
         key = idempotency_key or new_id("rfd")
-        args_hash = _hash({"payment": payment.id, "amount": minor, "reason": reason})
+        # the amount as asked: "the rest" stays the same request when it is repeated
+        args_hash = _hash({"payment": payment.id, "amount": asked, "reason": reason})
         previous = conn.execute(
             select(refunds_t).where(
                 refunds_t.c.project_id == project.id, refunds_t.c.idempotency_key == key
