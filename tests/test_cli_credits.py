@@ -147,6 +147,13 @@ def test_three_grants_pay_a_49_invoice_by_priority_then_expiry(shop: Cli) -> Non
         "credits_applied": 1,
         "credit_revoked": 1,
     }
+    latest = ok(shop, "ledger", "show", "--limit", "2")
+    assert [t["kind"] for t in latest] == ["credits_applied", "credit_revoked"]
+    wallets = ok(shop, "ledger", "show", "--account", "credit_liability")
+    assert len(wallets) == 5 and all(
+        any(e["account"] == "wallet:c1" for e in t["entries"]) for t in wallets
+    )
+    assert "not an account" in fails(shop, 1, "ledger", "show", "--account", "bank")["message"]
     for txn in ok(shop, "ledger", "show"):
         assert len(txn["entries"]) >= 2
         assert sum(entry["amount_minor"] for entry in txn["entries"]) == 0

@@ -26,7 +26,7 @@ def show(
         typer.Option(help="Only this account: wallet, receivable, cash, revenue:usage, ..."),
     ] = None,
     since: Annotated[str | None, typer.Option(help="Effective at or after (RFC 3339).")] = None,
-    limit: Annotated[int | None, typer.Option(help="At most this many transactions.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the latest N transactions.")] = None,
 ) -> None:
     """Transactions and their entries (debits and credits), oldest first."""
     with rt.transaction() as session:

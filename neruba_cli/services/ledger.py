@@ -362,7 +362,8 @@ def show(
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Transactions with their entries, oldest first: all of them, one customer's, or those
-    touching accounts of one code (`credit_liability` names every wallet)."""
+    touching accounts of one code (`credit_liability` names every wallet); `limit`: the
+    latest ones."""
     entry_filter = [entries_t.c.project_id == project.id]
     if customer is not None:
         entry_filter.append(accounts_t.c.customer_id == customer.id)
@@ -373,16 +374,28 @@ def show(
         .join(accounts_t, accounts_t.c.id == entries_t.c.account_id)
         .where(and_(*entry_filter))
     )
+    # Entries are numbered in the order they were written: the posting order within a moment.
+    written = (
+        select(entries_t.c.transaction_id, func.min(entries_t.c.id).label("seq"))
+        .where(entries_t.c.project_id == project.id)
+        .group_by(entries_t.c.transaction_id)
+        .subquery()
+    )
+    order = (transactions_t.c.effective_at, written.c.seq)
     query = (
         select(transactions_t)
+        .join(written, written.c.transaction_id == transactions_t.c.id)
         .where(transactions_t.c.project_id == project.id, transactions_t.c.id.in_(matching))
-        .order_by(transactions_t.c.effective_at, transactions_t.c.created_at, transactions_t.c.id)
     )
     if since is not None:
         query = query.where(transactions_t.c.effective_at >= since)
-    if limit is not None:
-        query = query.limit(limit)
-    transactions = conn.execute(query).all()
+    if limit is not None:  # the latest `limit`, still printed oldest first
+        if limit < 1:
+            raise InvalidInput("--limit must be at least 1")
+        newest = query.order_by(*(column.desc() for column in order)).limit(limit)
+        transactions = list(reversed(conn.execute(newest).all()))
+    else:
+        transactions = conn.execute(query.order_by(*order)).all()
     entries = _entries_of(conn, [t.id for t in transactions])
     return [
         {

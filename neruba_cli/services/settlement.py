@@ -12,8 +12,8 @@ invoice it corrects, under the project's `credit_returns` policy (domain/ledger.
 `settle_credit_note`): `restore` gives back the credits the corrected invoice consumed first,
 then lowers what it still owes, then puts the rest in the wallet as paid credit; `keep` leaves
 spent credit spent. Credit given back to a grant that can no longer be spent (revoked, or past
-its expiry) lapses at once, where the grant's own remainder went or would go: breakage revenue
-for paid credit, the promotion's expense reversed for promotional credit.
+its expiry) lapses at once, as unused credit does at expiry: breakage revenue for paid credit,
+the promotion's expense reversed for promotional credit.
 
 An invoice whose amount due reaches zero this way (credits, a credit note, payments) is `paid`.
 """
