@@ -461,3 +461,26 @@ def test_invoices_finalized_before_the_ledger_are_posted_by_the_migration(shop: 
     paid = ok(shop, "payment", "record", "ACME-000002", "25.29")
     assert (paid["applied"], paid["invoice_status"]) == ("25.29", "paid")
     checked(shop)
+
+
+def test_credit_of_a_revoked_grant_lapses_instead_of_returning(shop: Cli) -> None:
+    """The corrected invoice spent a paid grant that was revoked since: the credit note's
+    restored part lapses to breakage revenue; no cash moves and the wallet stays empty."""
+    g = grant(shop, "c1", "20.00", "--category", "paid")
+    ok(shop, "run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--finalize")
+    ok(shop, "credits", "revoke", g["id"], "--reason", "contract ended")
+    subscription = ok(shop, "subscription", "list", "--customer", "c1")[0]["id"]
+    ok(shop, "subscription", "cancel", subscription, "--at", "2026-10-17T00:00:00Z")
+    ok(shop, "run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--finalize")
+    note = next(i for i in ok(shop, "invoice", "list", "--customer", "c1") if i["corrects"])
+    settlement = ok(shop, "invoice", "show", note["number"])["settlement"]
+    assert settlement["credits_restored"] == []
+    assert settlement["credits_lapsed"] == [{"grant": g["id"], "amount": "20.00"}]
+    assert (settlement["to_invoice"], settlement["to_wallet"]) == ("3.71", "0.00")
+    balances = {b["account"]: b["balance"] for b in ok(shop, "ledger", "balances")}
+    assert balances["cash"] == "20.00"  # the grant's purchase; nothing paid out
+    assert balances["revenue:breakage"] == "20.00"
+    assert balances["wallet:c1"] == "0.00"
+    assert ok(shop, "invoice", "show", "ACME-000001")["amount_due"] == "25.29"
+    assert remaining(shop, "c1") == {g["id"]: "0.00"}
+    checked(shop)
