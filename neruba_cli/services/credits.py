@@ -521,18 +521,18 @@ def allocations_from(items: Sequence[dict[str, str]], currency: str) -> list[All
     ]
 
 
+def grants_by_id(conn: Connection, project: Project, ids: Sequence[str]) -> dict[str, Row[Any]]:
+    rows = conn.execute(_grant_query(project).where(grants_t.c.id.in_(list(ids)))).all()
+    return {row.id: row for row in rows}
+
+
 def explain_allocations(
     conn: Connection, project: Project, allocations: Sequence[Allocation], currency: str
 ) -> list[dict[str, Any]]:
     """Each grant that paid part of an invoice, with the terms that put it in that order."""
     if not allocations:
         return []
-    rows = {
-        row.id: row
-        for row in conn.execute(
-            _grant_query(project).where(grants_t.c.id.in_([a.grant for a in allocations]))
-        ).all()
-    }
+    rows = grants_by_id(conn, project, [a.grant for a in allocations])
     explained = []
     for allocation in allocations:
         row = rows.get(allocation.grant)

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Row, insert, select, update
+from sqlalchemy import Connection, Engine, Row, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db.engine import begin_write
@@ -121,18 +121,10 @@ def _record(
             f"{invoice.number}:{reference}" if reference else new_id("pay")
         )
         args_hash = _hash({"invoice": invoice.id, "amount": amount, "reference": reference})
-        previous = conn.execute(
-            select(payments_t).where(
-                payments_t.c.project_id == project.id, payments_t.c.idempotency_key == key
-            )
-        ).first()
+        previous = _previous(
+            conn, payments_t, project, key, args_hash, "payment", "invoice, amount or reference"
+        )
         if previous is not None:
-            if previous.args_hash != args_hash:
-                raise IdempotencyConflict(
-                    f"payment key {key!r} was already recorded as {previous.id} with another "
-                    "invoice, amount or reference; nothing was recorded",
-                    hint="a reference or key names one payment",
-                )
             return payment_dict(conn, previous), False
         payment_id = new_id("pay")
         outstanding = max(invoice.amount_due_minor, 0)
@@ -181,6 +173,29 @@ def _record(
         _move_paid(conn, invoice.id, applied, now)
         row = conn.execute(select(payments_t).where(payments_t.c.id == payment_id)).one()
         return payment_dict(conn, row), True
+
+
+def _previous(
+    conn: Connection,
+    table: Table,
+    project: Project,
+    key: str,
+    args_hash: str,
+    what: str,
+    fields: str,
+) -> Row[Any] | None:
+    """The payment or refund already recorded under `key`: None when there is none, an error
+    when it was recorded with other arguments."""
+    previous = conn.execute(
+        select(table).where(table.c.project_id == project.id, table.c.idempotency_key == key)
+    ).first()
+    if previous is not None and previous.args_hash != args_hash:
+        raise IdempotencyConflict(
+            f"{what} key {key!r} was already used for {previous.id} with another {fields}; "
+            f"nothing was recorded",
+            hint=f"a key (or a payment's reference) names one {what}",
+        )
+    return previous
 
 
 def _facts(payment_id: str, invoice: Row[Any], amount: int) -> PaymentFacts:
@@ -240,17 +255,7 @@ def _refund(
         key = idempotency_key or new_id("rfd")
         # the amount as asked: "the rest" stays the same request when it is repeated
         args_hash = _hash({"payment": payment.id, "amount": asked, "reason": reason})
-        previous = conn.execute(
-            select(refunds_t).where(
-                refunds_t.c.project_id == project.id, refunds_t.c.idempotency_key == key
-            )
-        ).first()
-        if previous is not None:
-            if previous.args_hash != args_hash:
-                raise IdempotencyConflict(
-                    f"refund key {key!r} was already used for {previous.id} with other "
-                    "arguments; nothing was refunded"
-                )
+        if _previous(conn, refunds_t, project, key, args_hash, "refund", "amount or reason"):
             return payment_dict(conn, payment), False
         if minor <= 0 or minor > refundable:
             raise InvalidInput(

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Row, insert, select, update
 
-from neruba_cli.db.schema import CreditGrant, Invoice, InvoiceRevision, Project
+from neruba_cli.db.schema import Invoice, InvoiceRevision, Project
 from neruba_cli.domain import credits as credit_rules
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.ids import new_id
@@ -48,7 +48,6 @@ from neruba_cli.services import credits, ledger
 
 invoices_t = Invoice.__table__
 revisions_t = InvoiceRevision.__table__
-grants_t = CreditGrant.__table__
 FINAL = ("finalized", "paid")
 SETTLEMENT_KEYS = ("credits", "settlement")
 
@@ -196,7 +195,7 @@ def _settle_credit_note(
             orjson.loads(corrected.content).get("credits") or [], row.currency
         )
         returned = _returned(conn, project, corrected)
-        returnable = _with_lapses(conn, credit_rules.returnable(applied, returned), now)
+        returnable = _with_lapses(conn, project, credit_rules.returnable(applied, returned), now)
     policy: CreditReturns = "keep" if project.credit_returns == "keep" else "restore"
     settlement = settle_credit_note(
         -note.subtotal, outstanding=outstanding, returnable=returnable, policy=policy
@@ -259,7 +258,7 @@ def _returned(conn: Connection, project: Project, corrected: Row[Any]) -> dict[s
 
 
 def _with_lapses(
-    conn: Connection, allocations: Sequence[Allocation], now: datetime
+    conn: Connection, project: Project, allocations: Sequence[Allocation], now: datetime
 ) -> list[Allocation]:
     """Credit to give back, marked to lapse where its grant can no longer be spent (revoked,
     or past its expiry at `now`): it goes where the grant's own lapse goes, not to the
@@ -267,12 +266,7 @@ def _with_lapses(
     of an expired grant."""
     if not allocations:
         return []
-    grants = {
-        row.id: row
-        for row in conn.execute(
-            select(grants_t).where(grants_t.c.id.in_([a.grant for a in allocations]))
-        ).all()
-    }
+    grants = credits.grants_by_id(conn, project, [a.grant for a in allocations])
     marked = []
     for allocation in allocations:
         grant = grants[allocation.grant]
@@ -291,7 +285,7 @@ def void(conn: Connection, project: Project, row: Row[Any], *, now: datetime, ac
         return
     content = orjson.loads(row.content)
     spent = credits.allocations_from(content.get("credits") or [], row.currency)
-    returned = _with_lapses(conn, spent, now)
+    returned = _with_lapses(conn, project, spent, now)
     if returned:
         credits.lock_wallet(conn, project, row.customer_id, row.currency, now=now)
     _post(conn, project, invoice_voided(facts(row, content), returned), now, actor)
