@@ -154,6 +154,9 @@ def test_three_grants_pay_a_49_invoice_by_priority_then_expiry(shop: Cli) -> Non
         any(e["account"] == "wallet:c1" for e in t["entries"]) for t in wallets
     )
     assert "not an account" in fails(shop, 1, "ledger", "show", "--account", "bank")["message"]
+    receivable = ok(shop, "ledger", "show", "--account", "receivable:c1")
+    assert [t["kind"] for t in receivable] == ["invoice_finalized", "credits_applied"]
+    assert ok(shop, "ledger", "show", "--account", "wallet:c2") == []
     for txn in ok(shop, "ledger", "show"):
         assert len(txn["entries"]) >= 2
         assert sum(entry["amount_minor"] for entry in txn["entries"]) == 0

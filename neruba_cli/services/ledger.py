@@ -49,7 +49,7 @@ from neruba_cli.db.schema import (
 )
 from neruba_cli.domain.errors import InvalidInput, NerubaError
 from neruba_cli.domain.ids import new_id
-from neruba_cli.domain.ledger import ACCOUNT_CODES, AccountRef, Posting
+from neruba_cli.domain.ledger import ACCOUNT_CODES, CUSTOMER_ACCOUNTS, AccountRef, Posting
 from neruba_cli.domain.money import format_amount, from_minor_units
 from neruba_cli.domain.timestamps import format_ts
 
@@ -368,7 +368,17 @@ def show(
     if customer is not None:
         entry_filter.append(accounts_t.c.customer_id == customer.id)
     if account is not None:
-        entry_filter.append(accounts_t.c.code == account_code(account))
+        code, holder = account_filter(account)
+        entry_filter.append(accounts_t.c.code == code)
+        if holder is not None:
+            entry_filter.append(
+                accounts_t.c.customer_id.in_(
+                    select(customers_t.c.id).where(
+                        customers_t.c.project_id == project.id,
+                        customers_t.c.external_id == holder,
+                    )
+                )
+            )
     matching = (
         select(entries_t.c.transaction_id)
         .join(accounts_t, accounts_t.c.id == entries_t.c.account_id)
@@ -413,15 +423,22 @@ def show(
     ]
 
 
-def account_code(name: str) -> str:
+def account_filter(name: str) -> tuple[str, str | None]:
+    """`--account`: a code (`wallet`, `revenue:usage`, `credit_liability` for every wallet) or
+    one customer's account as `ledger show` prints it (`wallet:CUSTOMER`)."""
     if name == "credit_liability":
-        return "wallet"
+        return "wallet", None
+    code, _, customer = name.partition(":")
+    if code in CUSTOMER_ACCOUNTS and customer:
+        return code, customer
     if name not in ACCOUNT_CODES:
         raise InvalidInput(
             f"--account {name!r} is not an account",
-            hint="one of " + ", ".join(sorted(ACCOUNT_CODES | {"credit_liability"})),
+            hint="one of "
+            + ", ".join(sorted(ACCOUNT_CODES | {"credit_liability"}))
+            + ", or wallet:CUSTOMER / receivable:CUSTOMER",
         )
-    return name
+    return name, None
 
 
 def _entries_of(
