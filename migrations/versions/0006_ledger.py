@@ -70,10 +70,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_ledger_accounts")),
         sa.UniqueConstraint(
             "project_id",
+            "holder",
             "code",
             "currency",
-            "holder",
-            name=op.f("uq_ledger_accounts_project_id_code_currency_holder"),
+            name=op.f("uq_ledger_accounts_project_id_holder_code_currency"),
         ),
         **MYSQL_TABLE,
     )

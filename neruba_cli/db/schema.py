@@ -437,7 +437,8 @@ class LedgerAccount(Base):
     positive), moved in the same transaction as they are written."""
 
     __tablename__ = "ledger_accounts"
-    __table_args__ = (UniqueConstraint("project_id", "code", "currency", "holder"), MYSQL_TABLE)
+    # holder first after the project: finalization looks accounts up by their customers
+    __table_args__ = (UniqueConstraint("project_id", "holder", "code", "currency"), MYSQL_TABLE)
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
