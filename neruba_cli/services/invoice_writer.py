@@ -32,7 +32,6 @@ from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db import locks
-from neruba_cli.db.bulk import insert_rows
 from neruba_cli.db.retry import retrying
 from neruba_cli.db.schema import (
     BillingRun,
@@ -426,9 +425,10 @@ class InvoiceWriter:
             revisions.append(
                 _revision_row(invoice_id, 1, self.run_id, built.fingerprint, content, self.now)
             )
-        insert_rows(conn, invoices_t, invoices)
-        insert_rows(conn, lines_t, lines)
-        insert_rows(conn, revisions_t, revisions)
+        conn.execute(insert(invoices_t), invoices)
+        if lines:
+            conn.execute(insert(lines_t), lines)
+        conn.execute(insert(revisions_t), revisions)
 
     def _ensure_run(self) -> None:
         if self.run_id is not None or self.lease is None:

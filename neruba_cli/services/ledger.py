@@ -38,7 +38,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from neruba_cli.db.bulk import insert_rows
 from neruba_cli.db.schema import (
     CreditGrant,
     Customer,
@@ -112,9 +111,8 @@ def post_many(
         ids = [new_id("txn") for _ in fresh]
         try:
             with conn.begin_nested():
-                insert_rows(
-                    conn,
-                    transactions_t,
+                conn.execute(
+                    insert(transactions_t),
                     [
                         _transaction_row(txn_id, project, posting, effective_at, actor, now)
                         for txn_id, posting in zip(ids, fresh, strict=True)
@@ -146,7 +144,8 @@ def post_many(
             for txn_id, posting in zip(ids, fresh, strict=True)
             for entry in posting.entries
         ]
-        insert_rows(conn, entries_t, rows)
+        for start in range(0, len(rows), 1000):
+            conn.execute(insert(entries_t), rows[start : start + 1000])
         _move_balances(conn, fresh, accounts)
         found.update(
             {posting.key: Posted(txn_id, True) for txn_id, posting in zip(ids, fresh, strict=True)}
@@ -287,9 +286,8 @@ def account_ids(
         opened = {ref: new_id("acc") for ref in missing}
         try:
             with conn.begin_nested():
-                insert_rows(
-                    conn,
-                    accounts_t,
+                conn.execute(
+                    insert(accounts_t),
                     [
                         _account_row(project, ref, account_id, now)
                         for ref, account_id in opened.items()
