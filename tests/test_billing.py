@@ -604,6 +604,13 @@ def test_late_events_after_finalization_make_exactly_the_corrections_needed(
     assert counts(engine) == settled
     assert {inv.id: inv for inv in invoices(engine)} == after
 
+    # finalizing the corrections settles them in the ledger; the sweep agrees with every figure
+    fourth = bill(engine, finalize=True)
+    assert len(fourth.finalized) == 7
+    swept = cli("check", "--project", "acme", "--json")
+    assert swept.exit_code == 0, swept.stdout
+    assert {c["name"]: c["checked"] for c in swept.json()["checks"]}["ledger.invoices"] == 37
+
 
 def test_a_late_event_that_changes_no_amount_is_reported_once(
     cli: Cli, engine: Engine, tmp_path: Path
