@@ -466,9 +466,12 @@ def test_invoices_finalized_before_the_ledger_are_posted_by_the_migration(shop: 
     checked(shop)
 
 
-def test_credit_of_a_revoked_grant_lapses_instead_of_returning(shop: Cli) -> None:
-    """The corrected invoice spent a paid grant that was revoked since: the credit note's
-    restored part lapses to breakage revenue; no cash moves and the wallet stays empty."""
+def test_credit_of_a_revoked_grant_stays_spent_and_the_note_lowers_what_is_owed(
+    shop: Cli,
+) -> None:
+    """The corrected invoice spent a paid grant that was revoked since: its credit is not given
+    back (the grant cannot be spent), so the whole note lowers what the invoice owes: the
+    customer ends up owing the corrected 25.29 less the 20.00 credit spent, as under `keep`."""
     g = grant(shop, "c1", "20.00", "--category", "paid")
     ok(shop, "run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--finalize")
     ok(shop, "credits", "revoke", g["id"], "--reason", "contract ended")
@@ -478,12 +481,40 @@ def test_credit_of_a_revoked_grant_lapses_instead_of_returning(shop: Cli) -> Non
     note = next(i for i in ok(shop, "invoice", "list", "--customer", "c1") if i["corrects"])
     settlement = ok(shop, "invoice", "show", note["number"])["settlement"]
     assert settlement["credits_restored"] == []
-    assert settlement["credits_lapsed"] == [{"grant": g["id"], "amount": "20.00"}]
-    assert (settlement["to_invoice"], settlement["to_wallet"]) == ("3.71", "0.00")
+    assert (settlement["to_invoice"], settlement["to_wallet"]) == ("23.71", "0.00")
+    assert ok(shop, "invoice", "show", "ACME-000001")["amount_due"] == "5.29"
     balances = {b["account"]: b["balance"] for b in ok(shop, "ledger", "balances")}
     assert balances["cash"] == "20.00"  # the grant's purchase; nothing paid out
-    assert balances["revenue:breakage"] == "20.00"
-    assert balances["wallet:c1"] == "0.00"
-    assert ok(shop, "invoice", "show", "ACME-000001")["amount_due"] == "25.29"
+    assert balances["wallet:c1"] == "0.00" and "revenue:breakage" not in balances
     assert remaining(shop, "c1") == {g["id"]: "0.00"}
     checked(shop)
+
+
+def test_voiding_gives_a_revoked_paid_grants_credit_back_as_new_credit(shop: Cli) -> None:
+    paid = grant(shop, "c1", "20.00", "--category", "paid")
+    ok(shop, "run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--finalize")
+    ok(shop, "credits", "revoke", paid["id"], "--reason", "contract ended")
+    ok(shop, "invoice", "void", "ACME-000001", "--reason", "billed in error", "--yes")
+    wallet = ok(shop, "wallet", "show", "c1")
+    assert wallet["balance"] == "20.00"
+    fresh = [g for g in wallet["grants"] if g["id"] != paid["id"]]
+    assert [(g["source"], g["category"], g["remaining"]) for g in fresh] == [
+        ("void", "paid", "20.00")
+    ]
+    assert remaining(shop, "c1")[paid["id"]] == "0.00"
+    balances = {b["account"]: b["balance"] for b in ok(shop, "ledger", "balances")}
+    assert balances["receivable:c1"] == "0.00" and balances["cash"] == "20.00"
+    checked(shop)
+
+
+def test_the_migration_settles_credit_notes_finalized_before_the_ledger(shop: Cli) -> None:
+    ok(shop, "run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--finalize")
+    subscription = ok(shop, "subscription", "list", "--customer", "c1")[0]["id"]
+    ok(shop, "subscription", "cancel", subscription, "--at", "2026-10-17T00:00:00Z")
+    ok(shop, "run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--finalize")
+    assert shop("db", "downgrade", "0005", "--yes").exit_code == 0
+    assert shop("db", "upgrade").exit_code == 0
+    checked(shop)
+    assert ok(shop, "invoice", "show", "ACME-000001")["amount_due"] == "25.29"
+    note = next(i for i in ok(shop, "invoice", "list", "--customer", "c1") if i["corrects"])
+    assert ok(shop, "invoice", "show", note["number"])["amount_due"] == "0.00"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -18,7 +19,14 @@ from alembic import op
 from sqlalchemy.dialects import mysql
 
 from neruba_cli.domain.ids import new_id
-from neruba_cli.domain.ledger import AccountRef, InvoiceFacts, invoice_finalized
+from neruba_cli.domain.ledger import (
+    AccountRef,
+    InvoiceFacts,
+    Posting,
+    credit_note_settled,
+    invoice_finalized,
+    settle_credit_note,
+)
 from neruba_cli.domain.money import to_minor_units
 
 revision: str = "0006"
@@ -223,43 +231,79 @@ def upgrade() -> None:
 def _post_finalized_invoices() -> None:
     """Invoices finalized before the ledger existed get their `invoice_finalized` posting
     (effective when they were finalized) and their amount due, as finalization posts them
-    now, so payments, voids and `neruba check` treat them like any other."""
+    now; a credit note among them is settled against the invoice it corrects (what that still
+    owes, the rest as paid credit in the wallet, as under the `keep` policy). Payments, voids
+    and `neruba check` then treat them like any other."""
     bind = op.get_bind()
     invoices = sa.table(
         "invoices",
         *(sa.column(name) for name in ("id", "project_id", "number", "customer_id", "currency")),
-        *(sa.column(name) for name in ("status", "content", "amount_due_minor")),
+        *(sa.column(name) for name in ("status", "content", "corrects_id", "amount_due_minor")),
         sa.column("finalized_at", sa.DateTime()),
     )
     rows = bind.execute(
-        sa.select(invoices).where(invoices.c.status.in_(("finalized", "paid")))
+        sa.select(invoices)
+        .where(invoices.c.status.in_(("finalized", "paid")))
+        .order_by(invoices.c.number)
     ).all()
     if not rows:
         return
-    now = datetime.now(UTC).replace(tzinfo=None)  # the columns hold naive UTC
-    accounts: dict[tuple[str, AccountRef], str] = {}
-    balances: dict[str, int] = {}
-    transactions, entries = [], []
+    book = _Book(datetime.now(UTC).replace(tzinfo=None))  # the columns hold naive UTC
+    facts: dict[str, InvoiceFacts] = {}
+    due: dict[str, int] = {}
     for row in rows:
         revenue: dict[str, int] = {}
         for line in orjson.loads(row.content)["lines"]:
             units = to_minor_units(Decimal(line["amount"]), row.currency)
             revenue[line["kind"]] = revenue.get(line["kind"], 0) + units
-        facts = InvoiceFacts(row.id, row.number, row.customer_id, row.currency, revenue)
-        posting = invoice_finalized(facts)
-        bind.execute(
-            sa.update(invoices)
-            .where(invoices.c.id == row.id)
-            .values(amount_due_minor=facts.subtotal)
+        invoice = facts[row.id] = InvoiceFacts(
+            row.id, row.number, row.customer_id, row.currency, revenue
         )
-        if posting is None:
+        effective = row.finalized_at or book.now
+        book.post(row.project_id, invoice_finalized(invoice), effective)
+        due[row.id] = invoice.subtotal
+        if invoice.subtotal >= 0:
             continue
+        corrected = facts.get(row.corrects_id) if row.corrects_id else None
+        outstanding = max(due.get(corrected.id, 0), 0) if corrected else 0
+        settlement = settle_credit_note(
+            -invoice.subtotal, outstanding=outstanding, returnable=(), policy="keep"
+        )
+        grant_id = None
+        if settlement.to_wallet:
+            grant_id = book.grant(row, settlement.to_wallet)
+        posting = credit_note_settled(invoice, corrected, settlement, wallet_grant=grant_id)
+        book.post(row.project_id, posting, effective)
+        due[row.id] = 0
+        if corrected is not None:
+            due[corrected.id] -= settlement.to_invoice
+    for invoice_id, amount in due.items():
+        values: dict[str, Any] = {"amount_due_minor": amount}
+        if amount <= 0 < facts[invoice_id].subtotal:
+            values["status"] = "paid"  # a credit note settled all it owed
+        bind.execute(sa.update(invoices).where(invoices.c.id == invoice_id).values(**values))
+    book.write(bind)
+
+
+class _Book:
+    """The rows the data migration writes, with the running balances they imply."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.accounts: dict[tuple[str, AccountRef], str] = {}
+        self.balances: dict[str, int] = {}
+        self.transactions: list[dict[str, object]] = []
+        self.entries: list[dict[str, object]] = []
+        self.grants: list[dict[str, object]] = []
+
+    def post(self, project_id: str, posting: Posting | None, effective: datetime) -> None:
+        if posting is None:
+            return
         txn_id = new_id("txn")
-        effective = row.finalized_at or now
-        transactions.append(
+        self.transactions.append(
             {
                 "id": txn_id,
-                "project_id": row.project_id,
+                "project_id": project_id,
                 "idempotency_key": posting.key,
                 "kind": posting.kind,
                 "reference": posting.reference[:64],
@@ -267,49 +311,73 @@ def _post_finalized_invoices() -> None:
                 "memo": "posted by migration 0006",
                 "actor": "migration 0006",
                 "effective_at": effective,
-                "created_at": now,
+                "created_at": self.now,
             }
         )
         for entry in posting.entries:
-            slot = (row.project_id, entry.account)
-            if slot not in accounts:
-                accounts[slot] = new_id("acc")
-            account_id = accounts[slot]
-            balances[account_id] = balances.get(account_id, 0) + entry.amount
-            entries.append(
+            slot = (project_id, entry.account)
+            account_id = self.accounts.setdefault(slot, new_id("acc"))
+            self.balances[account_id] = self.balances.get(account_id, 0) + entry.amount
+            self.entries.append(
                 {
                     "transaction_id": txn_id,
-                    "project_id": row.project_id,
+                    "project_id": project_id,
                     "account_id": account_id,
                     "amount": entry.amount,
-                    "grant_id": None,
+                    "grant_id": entry.grant,
                     "invoice_id": entry.invoice,
                     "effective_at": effective,
                 }
             )
-    account_rows = [
-        {
-            "id": account_id,
-            "project_id": project_id,
-            "code": ref.code,
-            "currency": ref.currency,
-            "holder": ref.customer or "",
-            "customer_id": ref.customer,
-            "balance": balances.get(account_id, 0),
-            "version": 0,
-            "created_at": now,
-        }
-        for (project_id, ref), account_id in accounts.items()
-    ]
-    metadata = sa.MetaData()
-    for name, table_rows in (
-        ("ledger_accounts", account_rows),
-        ("ledger_transactions", transactions),
-        ("ledger_entries", entries),
-    ):
-        table = sa.Table(name, metadata, autoload_with=bind)
-        for start in range(0, len(table_rows), 1000):
-            bind.execute(sa.insert(table), table_rows[start : start + 1000])
+
+    def grant(self, note: Any, amount: int) -> str:
+        grant_id = new_id("grt")
+        self.grants.append(
+            {
+                "id": grant_id,
+                "project_id": note.project_id,
+                "customer_id": note.customer_id,
+                "currency": note.currency,
+                "amount_minor": amount,
+                "remaining_minor": amount,
+                "priority": 1,
+                "category": "paid",
+                "expires_at": None,
+                "reason": f"credit note {note.number}",
+                "source": "credit_note",
+                "source_ref": note.number,
+                "idempotency_key": None,
+                "args_hash": "",
+                "created_at": self.now,
+            }
+        )
+        return grant_id
+
+    def write(self, bind: Any) -> None:
+        accounts = [
+            {
+                "id": account_id,
+                "project_id": project_id,
+                "code": ref.code,
+                "currency": ref.currency,
+                "holder": ref.customer or "",
+                "customer_id": ref.customer,
+                "balance": self.balances.get(account_id, 0),
+                "version": 0,
+                "created_at": self.now,
+            }
+            for (project_id, ref), account_id in self.accounts.items()
+        ]
+        metadata = sa.MetaData()
+        for name, rows in (
+            ("ledger_accounts", accounts),
+            ("credit_grants", self.grants),
+            ("ledger_transactions", self.transactions),
+            ("ledger_entries", self.entries),
+        ):
+            table = sa.Table(name, metadata, autoload_with=bind)
+            for start in range(0, len(rows), 1000):
+                bind.execute(sa.insert(table), rows[start : start + 1000])
 
 
 def _create_append_only_triggers(table: str) -> None:

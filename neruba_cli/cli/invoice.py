@@ -234,7 +234,6 @@ def _render_document(data: dict[str, Any]) -> Renderer:
 def _settlement_text(settled: dict[str, Any]) -> str:
     parts = [f"{settled['to_invoice']} off {settled['corrects'] or 'nothing'}"]
     parts += [f"{c['amount']} back to {c['grant']}" for c in settled["credits_restored"]]
-    parts += [f"{c['amount']} of {c['grant']} lapsed" for c in settled.get("credits_lapsed", [])]
     if settled["wallet_grant"]:
         parts.append(f"{settled['to_wallet']} to the wallet ({settled['wallet_grant']})")
     return f"settled ({settled['policy']}): " + "; ".join(parts)

@@ -206,6 +206,13 @@ def _grants(conn: Connection, project: Project, result: CheckResult) -> None:
                 f"grant {row.id} shows {_money(row.remaining_minor, currency)} {currency} "
                 f"remaining but its entries leave {_money(posted, currency)}"
             )
+        ended = row.revoked_at is not None or row.expired_at is not None
+        if ended and row.remaining_minor:
+            state = "revoked" if row.revoked_at is not None else "expired"
+            result.fail(
+                f"grant {row.id} is {state} but still holds "
+                f"{_money(row.remaining_minor, currency)} {currency}"
+            )
         if not 0 <= row.remaining_minor <= row.amount_minor:
             result.fail(
                 f"grant {row.id} has {_money(row.remaining_minor, currency)} {currency} "
@@ -376,6 +383,11 @@ def invoice_problems(row: Any, posted: dict[str, int], paid: int) -> list[str]:
         problems.append(
             f"amount paid {_money(row.amount_paid_minor, currency)} but payments net of "
             f"refunds are {_money(paid, currency)}"
+        )
+    if subtotal < 0 and row.amount_due_minor != 0:
+        problems.append(
+            f"its negative total was never settled ({_money(row.amount_due_minor, currency)} "
+            "left against the invoice it corrects or the wallet)"
         )
     if row.status == "paid" and row.amount_due_minor > 0:
         problems.append(f"marked paid but {_money(row.amount_due_minor, currency)} is due")

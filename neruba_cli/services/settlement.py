@@ -11,9 +11,9 @@ A credit note (a correction with a negative total) is settled at finalization ag
 invoice it corrects, under the project's `credit_returns` policy (domain/ledger.py,
 `settle_credit_note`): `restore` gives back the credits the corrected invoice consumed first,
 then lowers what it still owes, then puts the rest in the wallet as paid credit; `keep` leaves
-spent credit spent. Credit given back to a grant that can no longer be spent (revoked, or past
-its expiry) lapses at once, as unused credit does at expiry: breakage revenue for paid credit,
-the promotion's expense reversed for promotional credit.
+spent credit spent. Under either policy, credit of a grant that can no longer be spent (revoked,
+or past its expiry) stays spent, so the note lowers what is owed instead. Voiding gives spent
+credit back (see `void`).
 
 An invoice whose amount due reaches zero this way (credits, a credit note, payments) is `paid`.
 """
@@ -195,41 +195,22 @@ def _settle_credit_note(
             orjson.loads(corrected.content).get("credits") or [], row.currency
         )
         returned = _returned(conn, project, corrected)
-        returnable = _with_lapses(conn, project, credit_rules.returnable(applied, returned), now)
+        returnable = _live_only(conn, project, credit_rules.returnable(applied, returned), now)
     policy: CreditReturns = "keep" if project.credit_returns == "keep" else "restore"
     settlement = settle_credit_note(
         -note.subtotal, outstanding=outstanding, returnable=returnable, policy=policy
     )
     wallet_grant = None
     if settlement.to_wallet:
-        wallet_grant = new_id("grt")
-        credits.insert_grant(
-            conn,
-            project,
-            grant_id=wallet_grant,
-            customer_id=row.customer_id,
-            currency=row.currency,
-            minor=settlement.to_wallet,
-            priority=credits.DEFAULT_PRIORITY,
-            category="paid",
-            expires_at=None,
-            reason=f"credit note {row.number}",
-            source="credit_note",
-            source_ref=row.number,
-            idempotency_key=None,
-            args_hash="",
-            now=now,
-        )
+        wallet_grant = _new_paid_grant(conn, project, row, settlement.to_wallet, "credit_note", now)
     corrected_facts = facts(corrected) if corrected is not None else None
     posting = credit_note_settled(note, corrected_facts, settlement, wallet_grant=wallet_grant)
     _post(conn, project, posting, now, actor)
-    back = [a for a in settlement.restored if a.lapse is None]
-    lapsed = [a for a in settlement.restored if a.lapse is not None]
+
     content["settlement"] = {
         "corrects": None if corrected is None else corrected.number,
         "to_invoice": _money(settlement.to_invoice, row.currency),
-        "credits_restored": credits.allocations_document(back, row.currency),
-        "credits_lapsed": credits.allocations_document(lapsed, row.currency),
+        "credits_restored": credits.allocations_document(settlement.restored, row.currency),
         "to_wallet": _money(settlement.to_wallet, row.currency),
         "wallet_grant": wallet_grant,
         "policy": policy,
@@ -249,46 +230,86 @@ def _returned(conn: Connection, project: Project, corrected: Row[Any]) -> dict[s
     returned: dict[str, int] = {}
     for note in notes:
         settlement = orjson.loads(note.content).get("settlement") or {}
-        given = (settlement.get("credits_restored") or []) + (
-            settlement.get("credits_lapsed") or []
-        )
+        given = settlement.get("credits_restored") or []
         for allocation in credits.allocations_from(given, note.currency):
             returned[allocation.grant] = returned.get(allocation.grant, 0) + allocation.amount
     return returned
 
 
-def _with_lapses(
+def _ended(
+    conn: Connection, project: Project, grant_ids: Sequence[str], now: datetime
+) -> dict[str, Row[Any]]:
+    """The grants among these that can no longer be spent: revoked, or past their expiry."""
+    rows = credits.grants_by_id(conn, project, grant_ids)
+    return {
+        grant_id: row
+        for grant_id, row in rows.items()
+        if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now)
+    }
+
+
+def _live_only(
     conn: Connection, project: Project, allocations: Sequence[Allocation], now: datetime
 ) -> list[Allocation]:
-    """Credit to give back, marked to lapse where its grant can no longer be spent (revoked,
-    or past its expiry at `now`): it goes where the grant's own lapse goes, not to the
-    wallet, so a revoked paid grant never pays out cash twice and a wallet never holds credit
-    of an expired grant."""
-    if not allocations:
-        return []
-    grants = credits.grants_by_id(conn, project, [a.grant for a in allocations])
-    marked = []
-    for allocation in allocations:
-        grant = grants[allocation.grant]
-        ended = grant.revoked_at is not None or (
-            grant.expires_at is not None and grant.expires_at <= now
-        )
-        lapse = grant.category if ended else None
-        marked.append(Allocation(allocation.grant, allocation.amount, lapse))
-    return marked
+    """Credit a credit note may give back: only to grants that can still be spent. Credit of
+    a revoked or expired grant stays spent (as under `keep`), so the note lowers what the
+    invoice owes instead and the customer loses nothing."""
+    ended = _ended(conn, project, [a.grant for a in allocations], now)
+    return [a for a in allocations if a.grant not in ended]
 
 
 def void(conn: Connection, project: Project, row: Row[Any], *, now: datetime, actor: str) -> None:
-    """Reverse a finalized invoice in the ledger: revenue and receivable, and the credits it
-    consumed go back to their grants. (The caller checked nothing was paid.)"""
+    """Reverse a finalized invoice in the ledger: revenue and receivable, and the credit it
+    spent goes back — to its grant while the grant can still be spent; credit of an expired
+    grant (or a revoked promotion) lapses as it would have; credit of a revoked paid grant is
+    the customer's money and comes back as new paid credit. (The caller checked nothing was
+    paid.)"""
     if row.status not in FINAL:
         return
     content = orjson.loads(row.content)
     spent = credits.allocations_from(content.get("credits") or [], row.currency)
-    returned = _with_lapses(conn, project, spent, now)
-    if returned:
+    if spent:  # the wallet first, then the grants (services/ledger.py's lock order)
         credits.lock_wallet(conn, project, row.customer_id, row.currency, now=now)
+    ended = _ended(conn, project, [a.grant for a in spent], now)
+    returned: list[Allocation] = []
+    refunded = 0
+    for allocation in spent:
+        grant = ended.get(allocation.grant)
+        if grant is None:
+            returned.append(allocation)
+        elif grant.revoked_at is not None and grant.category == "paid":
+            refunded += allocation.amount
+        else:
+            returned.append(Allocation(allocation.grant, allocation.amount, grant.category))
+    if refunded:
+        wallet_grant = _new_paid_grant(conn, project, row, refunded, "void", now)
+        returned.append(Allocation(wallet_grant, refunded))
     _post(conn, project, invoice_voided(facts(row, content), returned), now, actor)
+
+
+def _new_paid_grant(
+    conn: Connection, project: Project, row: Row[Any], amount: int, source: str, now: datetime
+) -> str:
+    """Paid credit in the customer's wallet (no expiry), to be posted by the caller."""
+    grant_id = new_id("grt")
+    credits.insert_grant(
+        conn,
+        project,
+        grant_id=grant_id,
+        customer_id=row.customer_id,
+        currency=row.currency,
+        minor=amount,
+        priority=credits.DEFAULT_PRIORITY,
+        category="paid",
+        expires_at=None,
+        reason=f"{'credit note' if source == 'credit_note' else source} {row.number}",
+        source=source,
+        source_ref=row.number,
+        idempotency_key=None,
+        args_hash="",
+        now=now,
+    )
+    return grant_id
 
 
 def check_voidable(row: Row[Any]) -> None:
