@@ -277,7 +277,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def with_lapses(self, allocations: list[Allocation]) -> list[Allocation]:
         """Credit to give back, marked to lapse where its grant can no longer be spent
-        (revoked, or past its expiry now), as services/settlement.py `_with_lapses` does."""
+        (revoked, or past its expiry now): the domain's lapse rule, exercised here for credit
+        notes and voids alike (services/settlement.py uses it when voiding)."""
         marked = []
         for allocation in allocations:
             grant = self.grants[allocation.grant]
