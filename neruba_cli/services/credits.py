@@ -446,7 +446,9 @@ def spend_on_invoice(
 ) -> list[Allocation]:
     """Which grants pay up to `amount` of an invoice finalized now, with the wallet locked
     for the rest of the caller's transaction (the caller posts the allocations)."""
-    if amount <= 0 or not _has_credit(conn, project, customer_id, currency):
+    if amount <= 0 or (customer_id, currency) not in customers_with_credit(
+        conn, project, {customer_id}
+    ):
         return []
     lock_wallet(conn, project, customer_id, currency, now=now)
     rows = conn.execute(
@@ -497,17 +499,6 @@ def lock_wallet(
     other ledger row (services/ledger.py): granting, spending, revoking, expiring, an
     overpayment, a credit note or a void giving credit back."""
     ledger.lock_account(conn, project, AccountRef(WALLET, currency, customer_id), now=now)
-
-
-def _has_credit(conn: Connection, project: Project, customer_id: str, currency: str) -> bool:
-    """A cheap look before taking the wallet's lock: most customers hold no credit."""
-    found = conn.execute(
-        select(grants_t.c.id)
-        .where(grants_t.c.project_id == project.id, grants_t.c.customer_id == customer_id)
-        .where(grants_t.c.currency == currency, grants_t.c.remaining_minor > 0)
-        .limit(1)
-    ).first()
-    return found is not None
 
 
 def allocations_document(allocations: Sequence[Allocation], currency: str) -> list[dict[str, str]]:
