@@ -113,6 +113,11 @@ def from_minor_units(units: int, currency: str) -> Decimal:
     return Decimal(units).scaleb(-exponent(currency)).quantize(quantum(currency), context=_WIDE)
 
 
+def format_minor(units: int, currency: str) -> str:
+    """`format_amount` of a ledger amount in minor units (USD 4900 -> "49.00")."""
+    return format_amount(from_minor_units(units, currency), currency)
+
+
 def format_amount(amount: Decimal, currency: str) -> str:
     """The decimal string used in every JSON output: major units at the currency's precision."""
     return str(amount.quantize(quantum(currency), context=_WIDE))

@@ -39,7 +39,7 @@ from neruba_cli.db.schema import (
     Project,
     Refund,
 )
-from neruba_cli.domain.money import format_amount, from_minor_units, to_minor_units
+from neruba_cli.domain.money import format_amount, format_minor, to_minor_units
 
 accounts_t = LedgerAccount.__table__
 entries_t = LedgerEntry.__table__
@@ -120,10 +120,6 @@ def run(conn: Connection, project: Project) -> CheckReport:
     return CheckReport(project.slug, results)
 
 
-def _money(units: int, currency: str) -> str:
-    return format_amount(from_minor_units(units, currency), currency)
-
-
 def _transactions_balance(conn: Connection, project: Project, result: CheckResult) -> None:
     per_currency = (
         select(
@@ -154,7 +150,7 @@ def _transactions_balance(conn: Connection, project: Project, result: CheckResul
         if row.total is not None and int(row.total) != 0:
             result.fail(
                 f"transaction {row.id} ({row.idempotency_key}) sums to "
-                f"{_money(int(row.total), row.currency)} {row.currency}, not zero"
+                f"{format_minor(int(row.total), row.currency)} {row.currency}, not zero"
             )
     for txn, count in entries.items():
         if count < 2:
@@ -180,8 +176,9 @@ def _account_balances(conn: Connection, project: Project, result: CheckResult) -
         if entries != row.balance:
             name = row.code if row.external_id is None else f"{row.code}:{row.external_id}"
             result.fail(
-                f"account {name} ({row.currency}) has balance {_money(row.balance, row.currency)}"
-                f" but its entries sum to {_money(entries, row.currency)}"
+                f"account {name} ({row.currency}) has balance "
+                f"{format_minor(row.balance, row.currency)} but its entries sum to "
+                f"{format_minor(entries, row.currency)}"
             )
     result.checked = len(rows)
 
@@ -203,20 +200,20 @@ def _grants(conn: Connection, project: Project, result: CheckResult) -> None:
         currency = row.currency
         if posted != row.remaining_minor:
             result.fail(
-                f"grant {row.id} shows {_money(row.remaining_minor, currency)} {currency} "
-                f"remaining but its entries leave {_money(posted, currency)}"
+                f"grant {row.id} shows {format_minor(row.remaining_minor, currency)} {currency} "
+                f"remaining but its entries leave {format_minor(posted, currency)}"
             )
         ended = row.revoked_at is not None or row.expired_at is not None
         if ended and row.remaining_minor:
             state = "revoked" if row.revoked_at is not None else "expired"
             result.fail(
                 f"grant {row.id} is {state} but still holds "
-                f"{_money(row.remaining_minor, currency)} {currency}"
+                f"{format_minor(row.remaining_minor, currency)} {currency}"
             )
         if not 0 <= row.remaining_minor <= row.amount_minor:
             result.fail(
-                f"grant {row.id} has {_money(row.remaining_minor, currency)} {currency} "
-                f"remaining of {_money(row.amount_minor, currency)} granted"
+                f"grant {row.id} has {format_minor(row.remaining_minor, currency)} {currency} "
+                f"remaining of {format_minor(row.amount_minor, currency)} granted"
             )
     result.checked = len(rows)
 
@@ -249,8 +246,9 @@ def _wallets(conn: Connection, project: Project, result: CheckResult) -> None:
         held = -row.balance
         if held != remaining.get(key, 0):
             result.fail(
-                f"wallet of {row.external_id} holds {_money(held, row.currency)} {row.currency}"
-                f" but its grants have {_money(remaining.get(key, 0), row.currency)} left"
+                f"wallet of {row.external_id} holds {format_minor(held, row.currency)} "
+                f"{row.currency} but its grants have "
+                f"{format_minor(remaining.get(key, 0), row.currency)} left"
             )
         if held < 0:
             result.fail(f"wallet of {row.external_id} is overdrawn ({row.currency})")
@@ -360,37 +358,38 @@ def invoice_problems(row: Any, posted: dict[str, int], paid: int) -> list[str]:
         return problems
     if row.status == "void":
         if due:
-            problems.append(f"void but still owes {_money(due, currency)} in the ledger")
+            problems.append(f"void but still owes {format_minor(due, currency)} in the ledger")
         return problems
     subtotal = to_minor_units(Decimal(row.subtotal), currency)
     finalized = posted.get("invoice_finalized", 0)
     if finalized != subtotal:
         problems.append(
-            f"subtotal {_money(subtotal, currency)} but {_money(finalized, currency)} posted"
+            f"subtotal {format_minor(subtotal, currency)} but "
+            f"{format_minor(finalized, currency)} posted"
         )
     credits = to_minor_units(Decimal(row.credits_applied), currency)
     if -posted.get("credits_applied", 0) != credits:
         problems.append(
-            f"credits applied {_money(credits, currency)} but "
-            f"{_money(-posted.get('credits_applied', 0), currency)} posted"
+            f"credits applied {format_minor(credits, currency)} but "
+            f"{format_minor(-posted.get('credits_applied', 0), currency)} posted"
         )
     if due != row.amount_due_minor:
         problems.append(
-            f"amount due {_money(row.amount_due_minor, currency)} but the ledger says "
-            f"{_money(due, currency)}"
+            f"amount due {format_minor(row.amount_due_minor, currency)} but the ledger says "
+            f"{format_minor(due, currency)}"
         )
     if paid != row.amount_paid_minor:
         problems.append(
-            f"amount paid {_money(row.amount_paid_minor, currency)} but payments net of "
-            f"refunds are {_money(paid, currency)}"
+            f"amount paid {format_minor(row.amount_paid_minor, currency)} but payments net of "
+            f"refunds are {format_minor(paid, currency)}"
         )
     if subtotal < 0 and row.amount_due_minor != 0:
         problems.append(
-            f"its negative total was never settled ({_money(row.amount_due_minor, currency)} "
+            f"its negative total was never settled ({format_minor(row.amount_due_minor, currency)} "
             "left against the invoice it corrects or the wallet)"
         )
     if row.status == "paid" and row.amount_due_minor > 0:
-        problems.append(f"marked paid but {_money(row.amount_due_minor, currency)} is due")
+        problems.append(f"marked paid but {format_minor(row.amount_due_minor, currency)} is due")
     if row.status == "finalized" and subtotal > 0 and row.amount_due_minor <= 0:
         problems.append("nothing is due but it is not marked paid")
     return problems

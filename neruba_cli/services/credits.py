@@ -39,8 +39,7 @@ from neruba_cli.domain.ledger import (
     credit_revoked,
 )
 from neruba_cli.domain.money import (
-    format_amount,
-    from_minor_units,
+    format_minor,
     normalize_currency,
     parse_amount,
     to_minor_units,
@@ -254,8 +253,8 @@ def grant_dict(row: Row[Any], at: datetime) -> dict[str, Any]:
     return {
         "id": row.id,
         "customer": row.customer_external_id,
-        "amount": _money(row.amount_minor, currency),
-        "remaining": _money(row.remaining_minor, currency),
+        "amount": format_minor(row.amount_minor, currency),
+        "remaining": format_minor(row.remaining_minor, currency),
         "currency": currency,
         "priority": row.priority,
         "expires_at": format_ts(row.expires_at),
@@ -269,10 +268,6 @@ def grant_dict(row: Row[Any], at: datetime) -> dict[str, Any]:
         "revoked_at": format_ts(row.revoked_at),
         "revoke_reason": row.revoke_reason,
     }
-
-
-def _money(minor: int, currency: str) -> str:
-    return format_amount(from_minor_units(minor, currency), currency)
 
 
 def _facts(row: Row[Any]) -> GrantFacts:
@@ -313,7 +308,7 @@ def _revoke(
             ledger.post(conn, project, posting, effective_at=effective, actor=actor, now=now)
         conn.execute(update(grants_t).where(grants_t.c.id == row.id).values(**values))
         result = grant_dict(_get(conn, project, grant_id), now)
-    result["revoked"] = _money(row.remaining_minor, row.currency)
+    result["revoked"] = format_minor(row.remaining_minor, row.currency)
     return result
 
 
@@ -367,7 +362,7 @@ def _expire_one(
             ledger.post(conn, project, posting, effective_at=row.expires_at, actor=actor, now=now)
         conn.execute(update(grants_t).where(grants_t.c.id == row.id).values(expired_at=now))
         item = grant_dict(row, now)
-        item["expired"] = _money(row.remaining_minor, row.currency)
+        item["expired"] = format_minor(row.remaining_minor, row.currency)
         return item
 
 
@@ -402,7 +397,7 @@ def wallet(
     for grant_row in grants:
         item = grant_dict(grant_row, as_of)
         left = remaining.get(grant_row.id, 0)
-        item["remaining"] = _money(left, grant_row.currency)
+        item["remaining"] = format_minor(left, grant_row.currency)
         item["status"] = status(grant_row, as_of, left)
         by_currency[grant_row.currency] = by_currency.get(grant_row.currency, 0) + left
         items.append(item)
@@ -410,10 +405,10 @@ def wallet(
     return {
         "customer": row.external_id,
         "currency": currency,
-        "balance": _money(by_currency.get(currency, 0), currency),
+        "balance": format_minor(by_currency.get(currency, 0), currency),
         "as_of": format_ts(as_of),
         "other_currencies": {
-            code: _money(units, code)
+            code: format_minor(units, code)
             for code, units in sorted(by_currency.items())
             if code != currency
         },
@@ -502,7 +497,7 @@ def lock_wallet(
 
 
 def allocations_document(allocations: Sequence[Allocation], currency: str) -> list[dict[str, str]]:
-    return [{"grant": a.grant, "amount": _money(a.amount, currency)} for a in allocations]
+    return [{"grant": a.grant, "amount": format_minor(a.amount, currency)} for a in allocations]
 
 
 def allocations_from(items: Sequence[dict[str, str]], currency: str) -> list[Allocation]:
@@ -530,7 +525,7 @@ def explain_allocations(
         explained.append(
             {
                 "grant": allocation.grant,
-                "amount": _money(allocation.amount, currency),
+                "amount": format_minor(allocation.amount, currency),
                 "category": None if row is None else row.category,
                 "priority": None if row is None else row.priority,
                 "expires_at": None if row is None else format_ts(row.expires_at),

@@ -42,7 +42,7 @@ from neruba_cli.domain.invoice import (
     setup_document,
 )
 from neruba_cli.domain.ledger import Allocation
-from neruba_cli.domain.money import format_amount, from_minor_units, to_minor_units
+from neruba_cli.domain.money import format_amount, format_minor, to_minor_units
 from neruba_cli.domain.periods import Period
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services import billing, billing_plan, credits, settlement
@@ -125,7 +125,7 @@ def summary(row: Row[Any]) -> dict[str, Any]:
         "subtotal": format_amount(row.subtotal, currency),
         "credits_applied": format_amount(row.credits_applied, currency),
         "total": format_amount(row.total, currency),
-        "amount_paid": _minor(row.amount_paid_minor, currency),
+        "amount_paid": format_minor(row.amount_paid_minor, currency),
         "amount_due": _due(row),
         "corrects": row.corrects_number,
         "run": row.run_id,
@@ -134,15 +134,11 @@ def summary(row: Row[Any]) -> dict[str, Any]:
     }
 
 
-def _minor(units: int, currency: str) -> str:
-    return format_amount(from_minor_units(units, currency), currency)
-
-
 def _due(row: Row[Any]) -> str | None:
     """What the customer still owes on a finalized invoice (None on drafts and voids)."""
     if row.status not in FINAL:
         return None
-    return _minor(row.amount_due_minor, row.currency)
+    return format_minor(row.amount_due_minor, row.currency)
 
 
 def document(row: Row[Any]) -> dict[str, Any]:
@@ -163,7 +159,7 @@ def document(row: Row[Any]) -> dict[str, Any]:
         "run": row.run_id,
         "fingerprint": row.fingerprint,
         "credits": content.get("credits", []),
-        "amount_paid": _minor(row.amount_paid_minor, row.currency),
+        "amount_paid": format_minor(row.amount_paid_minor, row.currency),
         "amount_due": _due(row),
         "settlement": content.get("settlement"),
         "kind": row.kind,
@@ -242,7 +238,7 @@ def explain(conn: Connection, project: Project, row: Row[Any]) -> dict[str, Any]
         "credits_applied": content["credits_applied"],
         "credits": credits.explain_allocations(conn, project, spent, row.currency),
         "total": content["total"],
-        "amount_paid": _minor(row.amount_paid_minor, row.currency),
+        "amount_paid": format_minor(row.amount_paid_minor, row.currency),
         "amount_due": _due(row),
         "settlement": content.get("settlement"),
         "corrects": row.corrects_number,
@@ -311,7 +307,7 @@ def _explain_line(
         "events": explained_events,
         "amount_exact": line.get("amount_exact"),
         "amount": line["amount"],
-        "credits_applied": _minor(sum(a.amount for a in paid), row.currency),
+        "credits_applied": format_minor(sum(a.amount for a in paid), row.currency),
         "credits": credits.allocations_document(paid, row.currency),
         "why": _why(line, row.currency),
     }

@@ -50,7 +50,7 @@ from neruba_cli.db.schema import (
 from neruba_cli.domain.errors import InvalidInput, NerubaError
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.ledger import ACCOUNT_CODES, CUSTOMER_ACCOUNTS, AccountRef, Posting
-from neruba_cli.domain.money import format_amount, from_minor_units
+from neruba_cli.domain.money import format_amount, format_minor, from_minor_units
 from neruba_cli.domain.timestamps import format_ts
 
 accounts_t = LedgerAccount.__table__
@@ -508,7 +508,7 @@ def balances(conn: Connection, project: Project) -> list[dict[str, Any]]:
                 "account": account_label(row.code, row.external_id),
                 "currency": row.currency,
                 "normal": "debit" if ref.debit_normal else "credit",
-                "balance": format_amount(from_minor_units(shown, row.currency), row.currency),
+                "balance": format_minor(shown, row.currency),
                 "entries": int(row.entries or 0),
             }
         )

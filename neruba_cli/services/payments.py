@@ -27,7 +27,7 @@ from neruba_cli.db.schema import Customer, Invoice, Payment, Project, Refund
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.ledger import PaymentFacts, payment_recorded, payment_refunded
-from neruba_cli.domain.money import format_amount, from_minor_units, parse_amount
+from neruba_cli.domain.money import format_minor, parse_amount
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services import credits, ledger, settlement
 from neruba_cli.services.ledger import IdempotencyConflict
@@ -259,9 +259,9 @@ def _refund(
             return payment_dict(conn, payment), False
         if minor <= 0 or minor > refundable:
             raise InvalidInput(
-                f"payment {payment.id} has {_money(refundable, payment.currency)} "
+                f"payment {payment.id} has {format_minor(refundable, payment.currency)} "
                 f"{payment.currency} left to refund; cannot refund "
-                f"{_money(minor, payment.currency)}",
+                f"{format_minor(minor, payment.currency)}",
                 hint="an overpayment's credit is returned with `neruba credits revoke`",
             )
         refund_id = new_id("rfd")
@@ -295,10 +295,6 @@ def _refund(
         return payment_dict(conn, row), True
 
 
-def _money(minor: int, currency: str) -> str:
-    return format_amount(from_minor_units(minor, currency), currency)
-
-
 def payment_dict(conn: Connection, row: Row[Any]) -> dict[str, Any]:
     invoice = conn.execute(
         select(
@@ -316,16 +312,16 @@ def payment_dict(conn: Connection, row: Row[Any]) -> dict[str, Any]:
         "invoice": invoice.number,
         "customer": invoice.external_id,
         "currency": currency,
-        "amount": _money(row.amount_minor, currency),
-        "applied": _money(row.applied_minor, currency),
-        "overpayment": _money(row.amount_minor - row.applied_minor, currency),
+        "amount": format_minor(row.amount_minor, currency),
+        "applied": format_minor(row.applied_minor, currency),
+        "overpayment": format_minor(row.amount_minor - row.applied_minor, currency),
         "overpayment_grant": row.overpayment_grant_id,
-        "refunded": _money(row.refunded_minor, currency),
+        "refunded": format_minor(row.refunded_minor, currency),
         "reference": row.reference,
         "idempotency_key": row.idempotency_key,
         "received_at": format_ts(row.received_at),
         "invoice_status": invoice.status,
-        "invoice_amount_due": _money(invoice.amount_due_minor, currency),
+        "invoice_amount_due": format_minor(invoice.amount_due_minor, currency),
     }
 
 

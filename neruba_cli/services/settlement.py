@@ -43,7 +43,7 @@ from neruba_cli.domain.ledger import (
     invoice_voided,
     settle_credit_note,
 )
-from neruba_cli.domain.money import format_amount, from_minor_units, to_minor_units
+from neruba_cli.domain.money import format_minor, to_minor_units
 from neruba_cli.services import credits, ledger
 
 invoices_t = Invoice.__table__
@@ -163,8 +163,8 @@ def _settle(
             _post(conn, project, credits_applied(invoice, allocations), now, actor)
             applied = sum(a.amount for a in allocations)
             content["credits"] = credits.allocations_document(allocations, row.currency)
-            content["credits_applied"] = _money(applied, row.currency)
-            content["total"] = _money(invoice.subtotal - applied, row.currency)
+            content["credits_applied"] = format_minor(applied, row.currency)
+            content["total"] = format_minor(invoice.subtotal - applied, row.currency)
             _new_version(conn, row, content, now)
     elif invoice.subtotal < 0:
         _settle_credit_note(conn, project, row, invoice, content, now=now, actor=actor)
@@ -209,9 +209,9 @@ def _settle_credit_note(
 
     content["settlement"] = {
         "corrects": None if corrected is None else corrected.number,
-        "to_invoice": _money(settlement.to_invoice, row.currency),
+        "to_invoice": format_minor(settlement.to_invoice, row.currency),
         "credits_restored": credits.allocations_document(settlement.restored, row.currency),
-        "to_wallet": _money(settlement.to_wallet, row.currency),
+        "to_wallet": format_minor(settlement.to_wallet, row.currency),
         "wallet_grant": wallet_grant,
         "policy": policy,
     }
@@ -321,7 +321,7 @@ def check_voidable(row: Row[Any]) -> None:
     if row.amount_paid_minor > 0:
         raise InvalidInput(
             f"invoice {row.number} has payments recorded "
-            f"({_money(row.amount_paid_minor, row.currency)}); it cannot be voided",
+            f"({format_minor(row.amount_paid_minor, row.currency)}); it cannot be voided",
             hint="refund the payments first (`neruba payment refund`)",
         )
 
@@ -350,7 +350,7 @@ def as_billed(content: dict[str, Any]) -> dict[str, Any]:
     (credits spent, a credit note's settlement): what `invoice verify` recomputes."""
     billed = {key: value for key, value in content.items() if key not in SETTLEMENT_KEYS}
     if "credits" in content:
-        billed["credits_applied"] = _money(0, content["currency"])
+        billed["credits_applied"] = format_minor(0, content["currency"])
         billed["total"] = content["subtotal"]
     return billed
 
@@ -385,7 +385,3 @@ def _new_version(conn: Connection, row: Row[Any], content: dict[str, Any], now: 
 def _post(conn: Connection, project: Project, posting: Any, now: datetime, actor: str) -> None:
     if posting is not None:
         ledger.post(conn, project, posting, effective_at=now, actor=actor, now=now)
-
-
-def _money(minor: int, currency: str) -> str:
-    return format_amount(from_minor_units(minor, currency), currency)
