@@ -26,7 +26,9 @@ from neruba_cli.cli import (
     member,
     payment,
     project,
+    reconcile,
     run,
+    stripe,
     subscription,
     wallet,
 )
@@ -74,6 +76,8 @@ app.add_typer(credits.app, name="credits")
 app.add_typer(wallet.app, name="wallet")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(payment.app, name="payment")
+app.add_typer(stripe.app, name="stripe")
+app.add_typer(reconcile.app, name="reconcile")
 app.add_typer(key.app, name="key")
 app.add_typer(member.members_app, name="member")
 app.add_typer(member.invites_app, name="invite")

@@ -571,3 +571,105 @@ class Refund(Base):
     args_hash: Mapped[str] = mapped_column(String(71))
     refunded_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class StripeLink(Base):
+    """Which Stripe object carries a Neruba invoice or credit note, and how far its push got.
+
+    `generation` grows when the Stripe object has to be made anew (deleted on the Stripe side,
+    or replaced with `stripe push --replace`): it is part of every idempotency key, so a new
+    generation never replays an old request while a repeated push of one generation creates
+    nothing twice."""
+
+    __tablename__ = "stripe_links"
+    __table_args__ = (UniqueConstraint("project_id", "invoice_id"), MYSQL_TABLE)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    invoice_id: Mapped[str] = mapped_column(ID, ForeignKey("invoices.id"))
+    stripe_object: Mapped[str] = mapped_column(String(32))  # invoice | credit_note
+    stripe_id: Mapped[str | None] = mapped_column(String(255))
+    generation: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer)  # the invoice version pushed
+    state: Mapped[str] = mapped_column(String(16))  # created | finalized | voided
+    pushed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class StripeObject(Base):
+    """The local mirror of a Stripe object, keyed by its Stripe id; `data` is the object as
+    Stripe last returned it, the other columns are what reconciliation and payment matching
+    query. `deleted` marks an object a complete pull no longer found."""
+
+    __tablename__ = "stripe_objects"
+    __table_args__ = (
+        UniqueConstraint("project_id", "stripe_id"),
+        Index(None, "project_id", "object", "neruba_period"),
+        Index(None, "project_id", "neruba_invoice"),
+        Index(None, "project_id", "payment_intent"),
+        MYSQL_TABLE,
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    stripe_id: Mapped[str] = mapped_column(String(255))
+    object: Mapped[str] = mapped_column(String(32))
+    stripe_customer: Mapped[str | None] = mapped_column(String(255))
+    stripe_invoice: Mapped[str | None] = mapped_column(String(255))
+    payment_intent: Mapped[str | None] = mapped_column(String(255))
+    charge: Mapped[str | None] = mapped_column(String(255))
+    neruba_project: Mapped[str | None] = mapped_column(String(64))
+    neruba_invoice: Mapped[str | None] = mapped_column(String(64))
+    neruba_period: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str | None] = mapped_column(String(32))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    amount_paid: Mapped[int | None] = mapped_column(BigInteger)
+    amount_refunded: Mapped[int | None] = mapped_column(BigInteger)
+    stripe_created: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    deleted: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    data: Mapped[str] = mapped_column(LONG_TEXT)
+    sweep: Mapped[str | None] = mapped_column(String(40))  # the pull that last saw it
+    observed_at: Mapped[datetime] = mapped_column(UTCDateTime())  # as of this moment
+
+
+class StripeCursor(Base):
+    """Where a pull of one object type stands: `cursor` is the last object stored by the sweep
+    in progress (`starting_after` for the next page), so an interrupted pull resumes there."""
+
+    __tablename__ = "stripe_cursors"
+    __table_args__ = (MYSQL_TABLE,)
+
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"), primary_key=True)
+    object: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sweep: Mapped[str | None] = mapped_column(String(40))
+    since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cursor: Mapped[str | None] = mapped_column(String(255))
+    seen: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class StripeWebhookEvent(Base):
+    """A verified webhook delivery, kept once per Stripe event id (duplicates are no-ops);
+    `failed` ones wait for `stripe webhook reprocess` with the error that stopped them."""
+
+    __tablename__ = "stripe_webhook_events"
+    __table_args__ = (
+        UniqueConstraint("project_id", "event_id"),
+        Index(None, "project_id", "status"),
+        MYSQL_TABLE,
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    event_id: Mapped[str] = mapped_column(String(255))
+    type: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))  # received | processed | ignored | failed
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[str] = mapped_column(LONG_TEXT)  # the raw body that was verified
+    stripe_created: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

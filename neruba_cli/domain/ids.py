@@ -29,6 +29,7 @@ PREFIXES = frozenset(
         "rfd",
     }
     | {"mtr", "pln", "plv", "sub", "sph", "bat", "chg"}
+    | {"slk", "sob", "swh", "spl"}  # Stripe link, mirrored object, webhook event, pull sweep
 )
 
 

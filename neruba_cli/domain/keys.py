@@ -27,7 +27,11 @@ LOOKUP_RANDOM_CHARS = 8  # random characters kept in clear after the kind, for l
 KEY_KINDS = {"live": "nrb_live_", "test": "nrb_test_"}
 INVITE_KIND = "nrb_inv_"
 KEY_PATTERN = re.compile(r"^nrb_(live|test)_[0-9A-Za-z]{38}$")
-_ANY_SECRET = re.compile(r"(nrb_(?:live|test|inv)_[0-9A-Za-z]{8})[0-9A-Za-z]{30,}")
+# Neruba keys and invites, and Stripe secret/restricted keys and webhook secrets pasted by mistake
+_ANY_SECRET = re.compile(
+    r"(nrb_(?:live|test|inv)_[0-9A-Za-z]{8})[0-9A-Za-z]{30,}"
+    r"|((?:sk|rk)_(?:live|test)_[0-9A-Za-z]{4}|whsec_[0-9A-Za-z]{4})[0-9A-Za-z]{8,}"
+)
 INVITE_PATTERN = re.compile(r"^nrb_inv_[0-9A-Za-z]{38}$")
 
 SCOPES: tuple[str, ...] = ("ingest", "billing", "credits", "read", "admin")
@@ -132,6 +136,4 @@ def redact_secrets(text: str) -> str:
     Applied to every error message and audit record, so a secret pasted into the wrong
     argument (`key revoke nrb_live_...`) is never echoed or stored.
     """
-    return _ANY_SECRET.sub(
-        lambda match: match.group(0)[: match.end(1) - match.start(0)] + "…", text
-    )
+    return _ANY_SECRET.sub(lambda match: (match.group(1) or match.group(2)) + "…", text)

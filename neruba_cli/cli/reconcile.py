@@ -1,0 +1,99 @@
+"""`neruba reconcile stripe`"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from neruba_cli.cli.output import table
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.money import format_minor
+from neruba_cli.services import invoices, reconcile, stripe_pull
+from neruba_cli.services.stripe_gateway import Gateway
+
+EXIT_DISCREPANCY = 4
+
+app = typer.Typer(help="Compare what Neruba billed with what an outside system holds.")
+
+
+@command(app, "stripe", group="reconcile", scope="billing")
+def stripe(
+    rt: Runtime,
+    period: Annotated[str, typer.Option(help="YYYY-MM, previous or current.")],
+    output: Annotated[
+        Path | None, typer.Option(help="Also write the report to FILE.csv or FILE.json.")
+    ] = None,
+    pull: Annotated[
+        bool,
+        typer.Option(
+            "--pull",
+            help="Refresh the Stripe mirror first (payments are not applied: the report shows "
+            "what disagrees, `stripe pull` settles it).",
+        ),
+    ] = False,
+) -> int:
+    """The period's finalized invoices against the Stripe mirror: missing on either side,
+    amount, currency, status and customer mismatches. Exit 4 when anything disagrees."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+    label = invoices.period_label(period, project, rt.now())
+    if pull:
+        pulled = stripe_pull.pull(
+            rt.engine(),
+            project,
+            gateway=Gateway.from_environment,
+            since=None,
+            actor=rt.actor.id,
+            now=rt.now(),
+            apply=False,
+        )
+        for error in pulled.errors:
+            rt.out.warn(error)
+    with rt.engine().connect() as conn:
+        report = reconcile.reconcile_stripe(conn, project, label)
+    if output is not None:
+        reconcile.write_report(report, output)
+    data = report.as_dict()
+    rows = [
+        (
+            Text(item["kind"], style="red"),
+            item["invoice"] or "",
+            item["stripe_invoice"] or "",
+            (item["neruba"] or {}).get("total", ""),
+            (item["stripe"] or {}).get("total", ""),
+            (item["neruba"] or {}).get("status", ""),
+            (item["stripe"] or {}).get("status", ""),
+            f"{item['at_stake']} {item['currency']}",
+            item["reason"] or "",
+        )
+        for item in data["discrepancies"]
+    ]
+    stake = ", ".join(
+        f"{format_minor(minor, currency)} {currency}"
+        for currency, minor in report.at_stake().items()
+    )
+    kinds = ", ".join(f"{count} {kind}" for kind, count in report.counts().items() if count)
+    summary = f"{report.matched} matched" + (f", {kinds}; at stake {stake}" if kinds else "")
+
+    def render(console: Console) -> None:
+        if rows:
+            columns = (
+                "kind",
+                "invoice",
+                "stripe",
+                "neruba total",
+                "stripe total",
+                "neruba status",
+                "stripe status",
+                "at stake",
+                "reason",
+            )
+            table(f"Reconcile {label} with Stripe", columns, rows)(console)
+        console.print(Text(summary, style="red" if rows else "green"))
+
+    rt.out.emit(data, render)
+    return EXIT_DISCREPANCY if report.discrepancies else 0

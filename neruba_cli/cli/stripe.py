@@ -1,0 +1,264 @@
+"""`neruba stripe push|pull|webhook ingest|webhook list|webhook reprocess`"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from neruba_cli.cli.output import table
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.timestamps import parse_ts
+from neruba_cli.domain.webhook_signature import DEFAULT_TOLERANCE, SECRET_ENV, parse_secrets
+from neruba_cli.services import invoices, stripe_pull, stripe_push, stripe_webhooks
+from neruba_cli.services.stripe_gateway import Gateway
+from neruba_cli.services.stripe_webhooks import Delivery
+
+EXIT_REJECTED = 3
+
+app = typer.Typer(help="Push invoices to Stripe, pull payments back, ingest webhooks.")
+webhook_app = typer.Typer(help="Stripe webhook deliveries: verify, apply, retry.")
+app.add_typer(webhook_app, name="webhook")
+
+_ACTION_STYLE = {"failed": "red", "created": "green", "recreated": "yellow", "replaced": "yellow"}
+
+
+@command(app, "push", group="stripe", scope="billing", mutating=True)
+def push(
+    rt: Runtime,
+    period: Annotated[str, typer.Option(help="YYYY-MM, previous or current.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be pushed; Stripe is not called.")
+    ] = False,
+    replace: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Void this invoice's Stripe invoice and push it anew (repeatable), e.g. after "
+            "it was changed in Stripe."
+        ),
+    ] = None,
+) -> int:
+    """Finalized invoices of the period → Stripe invoices (one item per line), finalized.
+    Safe to repeat or resume: nothing is created twice. Exit 3 when Stripe refused some."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+    label = invoices.period_label(period, project, rt.now())
+    with ExitStack() as stack:
+        report = stripe_push.push(
+            rt.engine(),
+            project,
+            label,
+            gateway=Gateway.from_environment,
+            dry_run=dry_run,
+            replace=replace or (),
+            now=rt.now(),
+            progress=lambda total: stack.enter_context(rt.out.progress("Pushing to Stripe", total)),
+        )
+    data = report.as_dict()
+    rows = [
+        (
+            item["invoice"],
+            item["kind"],
+            Text(item["action"], style=_ACTION_STYLE.get(item["action"], "")),
+            item["stripe_id"] or "",
+            f"{item['total']} {item['currency']}" if item["total"] else "",
+            item["error"] or "",
+        )
+        for item in data["outcomes"]
+    ]
+    title = f"Stripe push {label}" + (" (dry run)" if dry_run else "")
+    rt.out.emit(data, table(title, ("invoice", "kind", "action", "stripe", "total", "error"), rows))
+    counts = ", ".join(f"{count} {action}" for action, count in sorted(data["counts"].items()))
+    rt.out.say(f"{len(rows)} invoices: {counts or 'nothing to push'}.")
+    if report.failed:
+        rt.out.warn(f"{report.failed} invoices were refused by Stripe; see the errors above")
+        return EXIT_REJECTED
+    return 0
+
+
+@command(app, "pull", group="stripe", scope="billing", mutating=True)
+def pull(
+    rt: Runtime,
+    since: Annotated[
+        str | None, typer.Option(help="Only objects created at or after this time (RFC 3339).")
+    ] = None,
+    apply: Annotated[
+        bool,
+        typer.Option(
+            "--apply/--no-apply", help="Record Stripe payments and refunds in the ledger."
+        ),
+    ] = True,
+) -> int:
+    """Mirror Stripe invoices, invoice payments, payment intents, charges, refunds and credit
+    notes; apply Stripe payments and refunds to the invoices. Resumes an interrupted pull."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+    with rt.out.progress("Pulling from Stripe") as bar:
+        seen: dict[str, int] = {}
+
+        def advance(kind: str, count: int) -> None:
+            seen[kind] = count
+            bar(sum(seen.values()))
+
+        report = stripe_pull.pull(
+            rt.engine(),
+            project,
+            gateway=Gateway.from_environment,
+            since=parse_ts(since, field="--since") if since else None,
+            actor=rt.actor.id,
+            now=rt.now(),
+            apply=apply,
+            progress=advance,
+        )
+    data = report.as_dict()
+    rows = [
+        (kind, str(count), str(data["deleted"].get(kind, 0)))
+        for kind, count in data["objects"].items()
+    ]
+
+    def render(console: Console) -> None:
+        table("Stripe pull", ("object", "seen", "gone from Stripe"), rows)(console)
+        for message in data["applied"]:
+            console.print(Text("applied: ", style="green") + Text(message))
+
+    rt.out.emit(data, render)
+    if report.resumed:
+        rt.out.say(f"Resumed the interrupted pull of {', '.join(report.resumed)}.")
+    for error in report.errors:
+        rt.out.warn(error)
+    return EXIT_REJECTED if report.errors else 0
+
+
+@command(webhook_app, "ingest", group="stripe webhook", scope="billing", mutating=True)
+def webhook_ingest(
+    rt: Runtime,
+    file: Annotated[
+        str,
+        typer.Argument(
+            help='The raw body (with --signature), or JSONL of {"headers", "body"}; - for stdin.'
+        ),
+    ],
+    signature: Annotated[
+        str | None,
+        typer.Option(help="The Stripe-Signature header of a single raw body."),
+    ] = None,
+    tolerance: Annotated[
+        int, typer.Option(help="Seconds a signature may be old (or ahead).", min=0)
+    ] = DEFAULT_TOLERANCE,
+) -> int:
+    """Verify deliveries against STRIPE_WEBHOOK_SECRET (comma-separated for rotation), store
+    each event once, apply it. Exit 3 when a delivery was refused (forged, stale, not JSON)."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+    secrets = parse_secrets(os.environ.get(SECRET_ENV))
+    raw = _read(file)
+    where = "stdin" if file == "-" else file
+    deliveries = (
+        [Delivery(raw, signature, where)] if signature is not None else list(_batch(raw, where))
+    )
+    report = stripe_webhooks.ingest(
+        rt.engine(),
+        project,
+        deliveries,
+        secrets=secrets,
+        tolerance=tolerance,
+        actor=rt.actor.id,
+        now=rt.now(),
+        strict=signature is not None,
+    )
+    data = report.as_dict()
+    rows = [(e["event"], e["type"], e["result"], e["note"] or "") for e in data["events"]]
+    rejected = [(r["where"], r["error"]) for r in data["rejected"]]
+
+    def render(console: Console) -> None:
+        if rows:
+            table("Webhook events", ("event", "type", "result", "note"), rows)(console)
+        if rejected:
+            table("Refused deliveries", ("where", "why"), rejected)(console)
+
+    rt.out.emit(data, render)
+    counts = data["counts"]
+    rt.out.say(", ".join(f"{count} {name}" for name, count in counts.items() if count) or "none")
+    return EXIT_REJECTED if report.rejected or counts["failed"] else 0
+
+
+def _read(file: str) -> bytes:
+    if file == "-":
+        return sys.stdin.buffer.read()
+    path = Path(file)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {file}: {exc.strerror or exc}") from None
+
+
+def _batch(raw: bytes, where: str) -> Iterator[Delivery]:
+    """JSONL: one delivery per line, `{"headers": {...}, "body": "<raw body>"}`; the body is
+    a string so the bytes Stripe signed survive (re-serialising JSON would change them)."""
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        place = f"{where}:{number}"
+        try:
+            item: Any = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield Delivery(b"", None, place, problem=f"the line is not JSON ({exc})")
+            continue
+        headers = item.get("headers") if isinstance(item, dict) else None
+        body = item.get("body") if isinstance(item, dict) else None
+        if not isinstance(headers, dict) or not isinstance(body, str):
+            problem = 'expected {"headers": {...}, "body": "<raw body>"}'
+            yield Delivery(b"", None, place, problem=problem)
+            continue
+        signature = next(
+            (str(value) for key, value in headers.items() if key.lower() == "stripe-signature"),
+            None,
+        )
+        yield Delivery(body.encode(), signature, place)
+
+
+@command(webhook_app, "list", group="stripe webhook", scope="read")
+def webhook_list(
+    rt: Runtime,
+    status: Annotated[
+        str | None, typer.Option(help="received | processed | ignored | failed")
+    ] = None,
+) -> None:
+    """Stored webhook events, oldest first."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        data = stripe_webhooks.list_events(session.connection(), project, status=status)
+    columns = ("event", "type", "status", "attempts", "received_at", "error")
+    rt.out.emit(data, table(None, columns, [[item[c] for c in columns] for item in data]))
+
+
+@command(webhook_app, "reprocess", group="stripe webhook", scope="billing", mutating=True)
+def webhook_reprocess(
+    rt: Runtime,
+    events: Annotated[
+        list[str] | None, typer.Argument(help="Event ids (default: every failed one).")
+    ] = None,
+) -> int:
+    """Apply again the webhook events that failed (after `stripe pull`, say). Exit 3 when some
+    still fail."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+    results = stripe_webhooks.reprocess(
+        rt.engine(), project, events or [], actor=rt.actor.id, now=rt.now()
+    )
+    rows = [(e["event"], e["type"], e["result"], e["note"] or "") for e in results]
+    rt.out.emit(results, table(None, ("event", "type", "result", "note"), rows))
+    failed = sum(1 for item in results if item["result"] == "failed")
+    rt.out.say(f"{len(results)} events reprocessed, {failed} still failing.")
+    if not results:
+        rt.out.say("Nothing waits for reprocessing.")
+    return EXIT_REJECTED if failed else 0

@@ -1,0 +1,120 @@
+"""How a Neruba invoice is written in Stripe: metadata, invoice items and idempotency keys.
+
+Pure functions over the invoice document, so a dry run, the push itself and reconciliation
+agree on what Stripe should hold. Each line becomes one invoice item; credits applied become one
+negative item, so Stripe's total is the total Neruba bills. Each item is converted to Stripe's
+units on its own (that is what Stripe receives), which is where a three-decimal currency can
+lose its last digit: `expected_total` is the sum Stripe will show, and reconciliation reports
+any difference to Neruba's total instead of hiding it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from neruba_cli.domain.money import RoundingMode
+from neruba_cli.domain.stripe_money import to_stripe
+
+CREDITS_LINE = "credits"
+
+
+@dataclass(frozen=True)
+class PushedInvoice:
+    """What the push needs of one Neruba invoice or credit note."""
+
+    project: str  # slug
+    project_id: str
+    number: str
+    kind: str  # invoice | supplemental | credit_note
+    period: str
+    version: int
+    generation: int
+    customer: str  # external id
+    currency: str
+    lines: tuple[tuple[str, Decimal], ...]  # (description, amount) in major units
+    credits_applied: Decimal
+    total: Decimal
+    rounding: RoundingMode
+    corrects: str | None = None
+
+
+@dataclass(frozen=True)
+class StripeItem:
+    line: str  # "0", "1", ... or CREDITS_LINE: metadata.neruba_line, to find it again
+    amount: int  # in Stripe's units
+    description: str
+
+
+def idempotency_key(invoice: PushedInvoice, step: str) -> str:
+    """Derived from the invoice number and version (and the generation once the Stripe object
+    had to be made anew), so a repeated push sends the same key for the same request."""
+    generation = f":g{invoice.generation}" if invoice.generation else ""
+    return f"neruba:{invoice.project_id}:{invoice.number}:v{invoice.version}{generation}:{step}"
+
+
+def customer_key(project_id: str, customer_id: str) -> str:
+    return f"neruba:{project_id}:customer:{customer_id}"
+
+
+def metadata(invoice: PushedInvoice) -> dict[str, str]:
+    data = {
+        "neruba_invoice": invoice.number,
+        "neruba_project": invoice.project,
+        "neruba_period": invoice.period,
+        "neruba_customer": invoice.customer,
+        "neruba_version": str(invoice.version),
+    }
+    if invoice.corrects is not None:
+        data["neruba_corrects"] = invoice.corrects
+    return data
+
+
+def items(invoice: PushedInvoice) -> list[StripeItem]:
+    """One item per line, then the credits applied as one negative item."""
+    result = [
+        StripeItem(str(index), _stripe(amount, invoice), description or f"line {index + 1}")
+        for index, (description, amount) in enumerate(invoice.lines)
+    ]
+    if invoice.credits_applied:
+        result.append(
+            StripeItem(CREDITS_LINE, -_stripe(invoice.credits_applied, invoice), "Credits applied")
+        )
+    return result
+
+
+def expected_total(invoice: PushedInvoice) -> int:
+    """The total Stripe computes from the items pushed (Stripe's units)."""
+    return sum(item.amount for item in items(invoice))
+
+
+def credit_note_lines(invoice: PushedInvoice) -> list[dict[str, Any]]:
+    """A credit note's lines as Stripe custom line items (Stripe takes positive amounts that
+    credit). A correction that also charges more on some line cannot be split that way, so it
+    goes as one line with the net credit."""
+    pushed = [item for item in items(invoice) if item.amount]
+    if any(item.amount > 0 for item in pushed):
+        net = -sum(item.amount for item in pushed)
+        pushed = [StripeItem("net", -net, f"Correction of {invoice.corrects or invoice.number}")]
+    return [
+        {
+            "type": "custom_line_item",
+            "description": item.description,
+            "quantity": 1,
+            "unit_amount": -item.amount,
+        }
+        for item in pushed
+    ]
+
+
+def missing_items(invoice: PushedInvoice, present: Sequence[Mapping[str, Any]]) -> list[StripeItem]:
+    """The items not yet attached to the Stripe invoice (after an interrupted push), found by
+    `metadata.neruba_line`."""
+    done = {str((item.get("metadata") or {}).get("neruba_line")) for item in present}
+    return [item for item in items(invoice) if item.line not in done]
+
+
+def _stripe(amount: Decimal, invoice: PushedInvoice) -> int:
+    return to_stripe(amount, invoice.currency, invoice.rounding)
