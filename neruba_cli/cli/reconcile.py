@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -63,10 +63,8 @@ def stripe(
             Text(item["kind"], style="red"),
             item["invoice"] or "",
             item["stripe_invoice"] or "",
-            (item["neruba"] or {}).get("total", ""),
-            (item["stripe"] or {}).get("total", ""),
-            (item["neruba"] or {}).get("status", ""),
-            (item["stripe"] or {}).get("status", ""),
+            _side(item["neruba"]),
+            _side(item["stripe"]),
             f"{item['at_stake']} {item['currency']}",
             item["reason"] or "",
         )
@@ -81,19 +79,16 @@ def stripe(
 
     def render(console: Console) -> None:
         if rows:
-            columns = (
-                "kind",
-                "invoice",
-                "stripe",
-                "neruba total",
-                "stripe total",
-                "neruba status",
-                "stripe status",
-                "at stake",
-                "reason",
-            )
+            columns = ("kind", "invoice", "stripe id", "neruba", "stripe", "at stake", "reason")
             table(f"Reconcile {label} with Stripe", columns, rows)(console)
         console.print(Text(summary, style="red" if rows else "green"))
 
     rt.out.emit(data, render)
     return EXIT_DISCREPANCY if report.discrepancies else 0
+
+
+def _side(side: dict[str, Any] | None) -> str:
+    """One side of a discrepancy in a cell: total and status, or a dash when it is missing."""
+    if side is None:
+        return "—"
+    return f"{side['total']} {side['status']}"

@@ -64,6 +64,8 @@ def push(
             progress=lambda total: stack.enter_context(rt.out.progress("Pushing to Stripe", total)),
         )
     data = report.as_dict()
+    errors = any(item["error"] for item in data["outcomes"])
+    columns = ("invoice", "kind", "action", "stripe", "total", "error")[: 6 if errors else 5]
     rows = [
         (
             item["invoice"],
@@ -72,11 +74,11 @@ def push(
             item["stripe_id"] or "",
             f"{item['total']} {item['currency']}" if item["total"] else "",
             item["error"] or "",
-        )
+        )[: len(columns)]
         for item in data["outcomes"]
     ]
     title = f"Stripe push {label}" + (" (dry run)" if dry_run else "")
-    rt.out.emit(data, table(title, ("invoice", "kind", "action", "stripe", "total", "error"), rows))
+    rt.out.emit(data, table(title, columns, rows))
     counts = ", ".join(f"{count} {action}" for action, count in sorted(data["counts"].items()))
     rt.out.say(f"{len(rows)} invoices: {counts or 'nothing to push'}.")
     if report.failed:
