@@ -537,3 +537,177 @@ def test_webhooks_verify_apply_dedupe_and_reprocess(
         "evt_failed_1": "processed",
     }
     checked(cli)
+
+
+# --------------------------------------------------------------------------- review findings
+
+
+def cancel_c01(cli: Cli, at: str = "2026-10-17T00:00:00Z") -> None:
+    subscription = ok(cli, "subscription", "list", "--customer", "c01")[0]["id"]
+    ok(cli, "subscription", "cancel", subscription, "--at", at)
+
+
+def test_a_credit_note_restoring_credit_leaves_stripe_owing_what_neruba_says(
+    cli: Cli, tmp_path: Path, stripe: FakeStripe
+) -> None:
+    """49.00 with 5.00 of credit applied (44.00 due), corrected by -23.71: Neruba gives the
+    5.00 back to the grant and takes 18.71 off the invoice (25.29 due). Stripe must also ask
+    25.29, not 20.29, and must not credit the customer's balance."""
+    build_shop(cli, tmp_path, 1)
+    ok(cli, "credits", "grant", "c01", "5.00")
+    bill(cli)
+    ok(cli, "stripe", "push", "--period", PERIOD)
+    cancel_c01(cli)
+    bill(cli)
+    assert ok(cli, "stripe", "push", "--period", PERIOD)["counts"] == {
+        "up_to_date": 1,
+        "created": 1,
+    }
+    assert ok(cli, "invoice", "show", "ACME-000001")["amount_due"] == "25.29"
+    assert ok(cli, "wallet", "show", "c01")["balance"] == "5.00"
+    (invoice,) = stripe.objects("invoice")
+    (note,) = stripe.objects("credit_note")
+    assert (invoice["total"], invoice["amount_remaining"]) == (4400, 2529)
+    assert (note["total"], note.get("out_of_band_amount")) == (1871, None)
+    assert [c.get("balance", 0) for c in stripe.objects("customer")] == [0]
+    clean = ok(cli, "reconcile", "stripe", "--period", PERIOD, "--pull")
+    assert clean["discrepancies"] == [] and clean["matched"] == 2
+    stripe.pay_invoice(invoice["id"])
+    assert len(ok(cli, "stripe", "pull")["applied"]) == 1
+    assert ok(cli, "invoice", "show", "ACME-000001")["status"] == "paid"
+    assert ok(cli, "reconcile", "stripe", "--period", PERIOD, "--pull")["discrepancies"] == []
+    checked(cli)
+
+
+def test_a_credit_note_on_a_paid_invoice_is_credited_out_of_band(
+    cli: Cli, tmp_path: Path, stripe: FakeStripe
+) -> None:
+    """Paid in Stripe, then corrected: Neruba puts the 23.71 in the wallet (spent on the next
+    invoice), so Stripe records it out of band instead of crediting the customer's balance."""
+    build_shop(cli, tmp_path, 1)
+    bill(cli)
+    ok(cli, "stripe", "push", "--period", PERIOD)
+    stripe.pay_invoice(stripe.objects("invoice")[0]["id"])
+    ok(cli, "stripe", "pull")
+    cancel_c01(cli)
+    bill(cli)
+    ok(cli, "stripe", "push", "--period", PERIOD)
+    assert ok(cli, "wallet", "show", "c01")["balance"] == "23.71"
+    (note,) = stripe.objects("credit_note")
+    assert (note["total"], note["out_of_band_amount"]) == (2371, 2371)
+    assert [c.get("balance", 0) for c in stripe.objects("customer")] == [0]
+    assert ok(cli, "reconcile", "stripe", "--period", PERIOD, "--pull")["matched"] == 2
+
+
+def test_a_push_killed_after_stripe_made_the_credit_note_finishes_on_rerun(
+    cli: Cli, tmp_path: Path, stripe: FakeStripe
+) -> None:
+    build_shop(cli, tmp_path, 1)
+    bill(cli)
+    ok(cli, "stripe", "push", "--period", PERIOD)
+    cancel_c01(cli, "2026-10-05T00:00:00Z")
+    bill(cli)
+    stripe.add_fault(Fault("POST", "/v1/credit_notes", "hang", after_apply=True))
+    kill_when_hung(cli, stripe, spawn(cli.db_url or "", "stripe", "push", "--period", PERIOD))
+    report = ok(cli, "stripe", "push", "--period", PERIOD)
+    assert {o["invoice"]: o["action"] for o in report["outcomes"]} == {
+        "ACME-000001": "up_to_date",
+        "ACME-000002": "resumed",
+    }
+    assert len(stripe.objects("credit_note")) == 1
+    assert ok(cli, "stripe", "push", "--period", PERIOD)["counts"] == {"up_to_date": 2}
+
+
+def test_replacing_an_invoice_paid_in_stripe_is_refused(
+    cli: Cli, tmp_path: Path, stripe: FakeStripe
+) -> None:
+    build_shop(cli, tmp_path, 1)
+    bill(cli)
+    ok(cli, "stripe", "push", "--period", PERIOD)
+    stripe.pay_invoice(stripe.objects("invoice")[0]["id"])
+    report = run(cli, 3, "stripe", "push", "--period", PERIOD, "--replace", "ACME-000001")
+    (outcome,) = report["outcomes"]
+    assert outcome["action"] == "failed" and "bill the customer twice" in outcome["error"]
+    assert [i["status"] for i in stripe.objects("invoice")] == ["paid"]
+
+
+def test_a_push_or_webhook_during_a_pull_does_not_make_live_objects_look_deleted(
+    cli: Cli, tmp_path: Path, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build_shop(cli, tmp_path, 3)
+    bill(cli)
+    ok(cli, "stripe", "push", "--period", PERIOD)
+    monkeypatch.setenv("NERUBA_STRIPE_MAX_RETRIES", "0")
+    monkeypatch.setattr(stripe_gateway, "PAGE_SIZE", 2)
+    stripe.add_fault(Fault("GET", "/v1/invoices", "500", skip=1))
+    run(cli, 1, "stripe", "pull")
+    time.sleep(1.1)
+    assert ok(cli, "stripe", "push", "--period", PERIOD)["counts"] == {"up_to_date": 3}
+    newest = max(stripe.objects("invoice"), key=lambda i: i["created"])
+    deliver(cli, tmp_path, event("invoice.payment_failed", newest, "evt_during_pull"))
+    resumed = ok(cli, "stripe", "pull")
+    assert resumed["resumed"] == ["invoice"] and resumed["deleted"] == {
+        kind: 0 for kind in resumed["objects"]
+    }
+    assert ok(cli, "reconcile", "stripe", "--period", PERIOD)["matched"] == 3
+
+
+def test_a_zero_invoice_paid_by_stripe_on_finalization_matches(
+    cli: Cli, tmp_path: Path, stripe: FakeStripe
+) -> None:
+    assert cli("project", "create", "acme", "--timezone", "UTC").exit_code == 0
+    free = CATALOG.replace('code = "gulf"', 'code = "free"').replace('"1.234"', '"0.000"')
+    (tmp_path / "catalog.toml").write_text(free.replace('currency = "KWD"', 'currency = "USD"'))
+    ok(cli, "catalog", "apply", str(tmp_path / "catalog.toml"))
+    ok(cli, "customer", "create", "z1", "--currency", "USD")
+    ok(cli, "subscription", "create", "z1", "free", "--start", "2026-10-01T00:00:00Z")
+    (row,) = bill(cli)
+    assert (row["total"], row["amount_due"]) == ("0.00", "0.00")
+    ok(cli, "stripe", "push", "--period", PERIOD)
+    assert [i["status"] for i in stripe.objects("invoice")] == ["paid"]
+    assert ok(cli, "reconcile", "stripe", "--period", PERIOD, "--pull")["matched"] == 1
+
+
+def test_stripe_rounding_of_a_paid_kwd_invoice_shows_as_rounding_not_as_unpaid(
+    cli: Cli, tmp_path: Path, stripe: FakeStripe
+) -> None:
+    """1.234 KWD goes to Stripe as 1.230 and is paid there: 0.004 stays due here, which is
+    what Stripe's units could not ask for; reconcile reports the rounding, not a status."""
+    assert cli("project", "create", "acme", "--timezone", "UTC").exit_code == 0
+    (tmp_path / "catalog.toml").write_text(CATALOG)
+    ok(cli, "catalog", "apply", str(tmp_path / "catalog.toml"))
+    ok(cli, "customer", "create", "k1", "--currency", "KWD")
+    ok(cli, "subscription", "create", "k1", "gulf", "--start", "2026-10-01T00:00:00Z")
+    bill(cli)
+    ok(cli, "stripe", "push", "--period", PERIOD)
+    (invoice,) = stripe.objects("invoice")
+    stripe.pay_invoice(invoice["id"])
+    ok(cli, "stripe", "pull")
+    assert ok(cli, "invoice", "show", "ACME-000001")["amount_due"] == "0.004"
+    report = run(cli, 4, "reconcile", "stripe", "--period", PERIOD)
+    assert kinds(report) == [("amount_mismatch", "ACME-000001")]
+    assert report["discrepancies"][0]["reason"] == "stripe_rounding"
+
+
+def test_a_refund_of_what_stripe_rounded_up_is_reported_not_retried_forever(
+    cli: Cli, tmp_path: Path, stripe: FakeStripe
+) -> None:
+    """1.235 KWD goes to Stripe as 1.240: the 0.005 Stripe collected beyond the invoice is
+    wallet credit here, so refunding the whole charge refunds 1.235 and says so."""
+    assert cli("project", "create", "acme", "--timezone", "UTC").exit_code == 0
+    (tmp_path / "catalog.toml").write_text(CATALOG.replace('"1.234"', '"1.235"'))
+    ok(cli, "catalog", "apply", str(tmp_path / "catalog.toml"))
+    ok(cli, "customer", "create", "k1", "--currency", "KWD")
+    ok(cli, "subscription", "create", "k1", "gulf", "--start", "2026-10-01T00:00:00Z")
+    bill(cli)
+    ok(cli, "stripe", "push", "--period", PERIOD)
+    (invoice,) = stripe.objects("invoice")
+    assert invoice["total"] == 1240
+    stripe.pay_invoice(invoice["id"])
+    stripe.refund_charge(stripe.objects("charge")[0]["id"])
+    first = ok(cli, "stripe", "pull")
+    refund = [m for m in first["applied"] if "refunded" in m]
+    assert len(refund) == 1 and "1.235 KWD refunded" in refund[0] and "0.005 KWD" in refund[0]
+    assert ok(cli, "stripe", "pull")["applied"] == []
+    assert ok(cli, "wallet", "show", "k1")["balance"] == "0.005"
+    checked(cli)

@@ -20,7 +20,7 @@ EXIT_DISCREPANCY = 4
 app = typer.Typer(help="Compare what Neruba billed with what an outside system holds.")
 
 
-@command(app, "stripe", group="reconcile", scope="billing")
+@command(app, "stripe", group="reconcile", scope="billing", mutating=True)
 def stripe(
     rt: Runtime,
     period: Annotated[str, typer.Option(help="YYYY-MM, previous or current.")],

@@ -158,7 +158,8 @@ def webhook_ingest(
     ] = DEFAULT_TOLERANCE,
 ) -> int:
     """Verify deliveries against STRIPE_WEBHOOK_SECRET (comma-separated for rotation), store
-    each event once, apply it. Exit 3 when a delivery was refused (forged, stale, not JSON)."""
+    each event once, apply it. A refused single delivery (forged, stale, not JSON) exits 1; a
+    batch exits 3 when some deliveries were refused or failed to apply."""
     with rt.transaction() as session:
         project = rt.project(session)
     secrets = parse_secrets(os.environ.get(SECRET_ENV))

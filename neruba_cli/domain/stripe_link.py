@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from neruba_cli.domain.money import RoundingMode
-from neruba_cli.domain.stripe_money import to_stripe
+from neruba_cli.domain.stripe_money import iso_minor_to_stripe, to_stripe
 
 CREDITS_LINE = "credits"
 
@@ -66,6 +66,7 @@ def metadata(invoice: PushedInvoice) -> dict[str, str]:
         "neruba_period": invoice.period,
         "neruba_customer": invoice.customer,
         "neruba_version": str(invoice.version),
+        "neruba_generation": str(invoice.generation),
     }
     if invoice.corrects is not None:
         data["neruba_corrects"] = invoice.corrects
@@ -90,14 +91,15 @@ def expected_total(invoice: PushedInvoice) -> int:
     return sum(item.amount for item in items(invoice))
 
 
-def credit_note_lines(invoice: PushedInvoice) -> list[dict[str, Any]]:
-    """A credit note's lines as Stripe custom line items (Stripe takes positive amounts that
-    credit). A correction that also charges more on some line cannot be split that way, so it
-    goes as one line with the net credit."""
+def credit_note_lines(invoice: PushedInvoice, amount: int) -> list[dict[str, Any]]:
+    """The Stripe credit note's lines (Stripe takes positive amounts that credit): the note's
+    own lines when they add up to `amount` and all credit, else one line with `amount` (credit
+    Neruba restored to grants stays out of Stripe, and Stripe cannot take a line that
+    charges)."""
     pushed = [item for item in items(invoice) if item.amount]
-    if any(item.amount > 0 for item in pushed):
-        net = -sum(item.amount for item in pushed)
-        pushed = [StripeItem("net", -net, f"Correction of {invoice.corrects or invoice.number}")]
+    if any(item.amount > 0 for item in pushed) or -sum(i.amount for i in pushed) != amount:
+        what = f"Correction of {invoice.corrects or invoice.number}"
+        pushed = [StripeItem("net", -amount, what)]
     return [
         {
             "type": "custom_line_item",
@@ -107,6 +109,27 @@ def credit_note_lines(invoice: PushedInvoice) -> list[dict[str, Any]]:
         }
         for item in pushed
     ]
+
+
+@dataclass(frozen=True)
+class CreditNoteSplit:
+    """A Stripe credit note's amount in Stripe's units, from how Neruba settled the note:
+    `pre_payment` is what it took off the corrected invoice's amount due (Stripe lowers the
+    open invoice by as much), `out_of_band` what it put in the customer's wallet (Neruba
+    carries that credit and spends it on a later invoice, so Stripe must not credit the
+    customer's balance too). Credit restored to grants is Neruba's own and stays out."""
+
+    amount: int
+    pre_payment: int
+    out_of_band: int
+
+
+def credit_note_split(invoice: PushedInvoice, to_invoice: int, to_wallet: int) -> CreditNoteSplit:
+    """`to_invoice`, `to_wallet`: the settlement's ISO minor units. Depends only on the note,
+    so a repeated request carries the same parameters under the same idempotency key."""
+    pre = iso_minor_to_stripe(to_invoice, invoice.currency, invoice.rounding)
+    out = iso_minor_to_stripe(to_wallet, invoice.currency, invoice.rounding)
+    return CreditNoteSplit(pre + out, pre, out)
 
 
 def missing_items(invoice: PushedInvoice, present: Sequence[Mapping[str, Any]]) -> list[StripeItem]:

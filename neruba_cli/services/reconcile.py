@@ -17,9 +17,9 @@ from sqlalchemy import Connection, or_, select
 
 from neruba_cli.db.schema import Customer, Project, StripeLink, StripeObject
 from neruba_cli.domain import reconcile as domain
+from neruba_cli.domain import stripe_link
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.money import to_minor_units
-from neruba_cli.domain.stripe_link import expected_total
 from neruba_cli.domain.stripe_money import from_stripe, stripe_to_iso_minor
 from neruba_cli.services import invoices, stripe_push
 
@@ -69,6 +69,12 @@ def _neruba(conn: Connection, project: Project, rows: list[Any]) -> list[domain.
     for row in rows:
         link = links.get(row.id)
         pushed = stripe_push.expected(project, row, link)
+        restored, expected_total = 0, stripe_link.expected_total(pushed)
+        if row.kind == "credit_note":
+            settled = stripe_push.settlement_of(row)
+            restored = settled.restored
+            split = stripe_link.credit_note_split(pushed, settled.to_invoice, settled.to_wallet)
+            expected_total = -split.amount
         sides.append(
             domain.NerubaSide(
                 number=row.number,
@@ -79,7 +85,8 @@ def _neruba(conn: Connection, project: Project, rows: list[Any]) -> list[domain.
                 currency=row.currency,
                 total=to_minor_units(row.total, row.currency),
                 amount_due=int(row.amount_due_minor),
-                expected_stripe_total=_iso(expected_total(pushed), row.currency),
+                expected_stripe_total=_iso(expected_total, row.currency),
+                restored=restored,
                 linked=None if link is None else link.stripe_id,
             )
         )

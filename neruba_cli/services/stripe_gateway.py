@@ -172,6 +172,11 @@ class Gateway:
             lambda: invoices.void_invoice(invoice_id, options={"idempotency_key": key}),
         )
 
+    def delete_draft(self, invoice_id: str) -> None:
+        """Stripe deletes draft invoices (a finalized one can only be voided)."""
+        invoices = self._client.v1.invoices
+        self._call(f"delete {invoice_id}", lambda: invoices.delete(invoice_id))
+
     def list_page(self, resource: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
         """One page (newest first, `starting_after` for the next); (objects, has_more)."""
         service = self._service(resource)

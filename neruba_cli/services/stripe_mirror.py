@@ -39,6 +39,12 @@ def _id(value: Any) -> str | None:
     return str(value) if value else None
 
 
+def _text(value: Any, length: int) -> str | None:
+    """A metadata value as a column holds it: anyone can write long values into Stripe
+    metadata, and one such object must not stop a pull (the whole value stays in `data`)."""
+    return str(value)[:length] if value else None
+
+
 def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -55,11 +61,11 @@ def columns(obj: dict[str, Any]) -> dict[str, Any]:
         "stripe_invoice": _id(obj.get("invoice")),
         "payment_intent": _id(obj.get("payment_intent")) or _id(payment.get("payment_intent")),
         "charge": _id(obj.get("charge")),
-        "neruba_project": metadata.get("neruba_project"),
-        "neruba_invoice": metadata.get("neruba_invoice"),
-        "neruba_period": metadata.get("neruba_period"),
-        "status": obj.get("status"),
-        "currency": (obj.get("currency") or "").upper() or None,
+        "neruba_project": _text(metadata.get("neruba_project"), 64),
+        "neruba_invoice": _text(metadata.get("neruba_invoice"), 64),
+        "neruba_period": _text(metadata.get("neruba_period"), 16),
+        "status": _text(obj.get("status"), 32),
+        "currency": _text((obj.get("currency") or "").upper(), 3),
         "amount": _int(obj.get("total", obj.get("amount", obj.get("amount_paid")))),
         "amount_paid": _int(obj.get("amount_paid", obj.get("amount_received"))),
         "amount_refunded": _int(obj.get("amount_refunded")),
@@ -82,12 +88,9 @@ def upsert(
     """Store the object unless the mirror already holds a newer view of it."""
     if obj.get("object") not in MIRRORED or not obj.get("id"):
         return
-    values = {
-        **columns(obj),
-        "data": orjson.dumps(obj).decode(),
-        "observed_at": observed_at,
-        "sweep": sweep,
-    }
+    values = {**columns(obj), "data": orjson.dumps(obj).decode(), "observed_at": observed_at}
+    if sweep is not None:
+        values["sweep"] = sweep  # a push or a webhook leaves the pull's mark as it is
     where = (objects_t.c.project_id == project.id, objects_t.c.stripe_id == obj["id"])
     changed = conn.execute(
         update(objects_t).where(*where, objects_t.c.observed_at <= observed_at).values(**values)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 
 from neruba_cli.db import locks
-from neruba_cli.db.schema import Invoice, Payment, Project, Refund
+from neruba_cli.db.schema import Invoice, Payment, Project, Refund, StripeCursor
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.money import format_minor
 from neruba_cli.domain.stripe_money import stripe_to_iso_minor
@@ -24,6 +24,7 @@ from neruba_cli.services import payments, stripe_mirror
 payments_t = Payment.__table__
 refunds_t = Refund.__table__
 invoices_t = Invoice.__table__
+cursors_t = StripeCursor.__table__
 
 
 def _lock(engine: Engine, project: Project) -> locks.Lease:
@@ -130,15 +131,20 @@ def apply_charge(
                 now=now,
             )
             left -= part
-        if left > 0:
-            raise InvalidInput(
-                f"Stripe refunded {format_minor(refunded, currency)} {currency} on {charge}; "
-                f"{format_minor(left, currency)} of it matches no payment recorded from Stripe",
-                hint="run `neruba stripe pull` so the payment is recorded first",
-            )
     finally:
         locks.release(engine, lease)
-    return f"{charge}: {format_minor(refunded - recorded, currency)} {currency} refunded in Stripe"
+    done = refunded - recorded - left
+    if done <= 0:
+        return None
+    message = f"{charge}: {format_minor(done, currency)} {currency} refunded in Stripe"
+    if left > 0:
+        # what Stripe took beyond the invoice (its rounding up, or an overpayment) is wallet
+        # credit here, returned by revoking that grant rather than by a refund
+        message += (
+            f"; {format_minor(left, currency)} {currency} of it paid more than the invoice and "
+            "is wallet credit here (`neruba credits revoke` returns it)"
+        )
+    return message
 
 
 def _invoice_of(conn: Connection, project: Project, charge: dict[str, Any]) -> str | None:
@@ -148,6 +154,8 @@ def _invoice_of(conn: Connection, project: Project, charge: dict[str, Any]) -> s
         return None
     stripe_invoice = stripe_mirror.invoice_for_payment_intent(conn, project, str(intent))
     if stripe_invoice is None:
+        if _swept_after(conn, project, charge):
+            return None  # a complete pull found no invoice payment for it: not an invoice's
         raise NotFound(
             f"charge {charge['id']}: no invoice payment for {intent} in the mirror",
             hint="run `neruba stripe pull`, then `neruba stripe webhook reprocess`",
@@ -155,6 +163,22 @@ def _invoice_of(conn: Connection, project: Project, charge: dict[str, Any]) -> s
     mirrored = stripe_mirror.get(conn, project, stripe_invoice)
     metadata = (mirrored or {}).get("metadata") or {}
     return stripe_invoice if metadata.get("neruba_project") == project.slug else None
+
+
+def _swept_after(conn: Connection, project: Project, charge: dict[str, Any]) -> bool:
+    """Whether a complete pull of invoice payments started after the charge was made."""
+    swept = conn.execute(
+        select(cursors_t.c.started_at).where(
+            cursors_t.c.project_id == project.id,
+            cursors_t.c.object == "invoice_payment",
+            cursors_t.c.completed_at.is_not(None),
+            cursors_t.c.since.is_(None),
+        )
+    ).scalar()
+    created = charge.get("created")
+    return (
+        swept is not None and created is not None and swept > datetime.fromtimestamp(created, UTC)
+    )
 
 
 def _sum(conn: Connection, table: Any, project: Project, prefix: str) -> int:

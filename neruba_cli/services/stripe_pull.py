@@ -4,8 +4,8 @@ then apply what Stripe collected and refunded to Neruba's invoices.
 Each object type is swept page by page (newest first, `starting_after`); after every page the
 objects and the cursor are stored in one transaction, so a pull that is interrupted resumes
 after the last stored page. A sweep that reaches the end marks the mirrored objects it did not
-see as deleted in Stripe — only those created before it started, so an object a concurrent
-push just made is never taken for a deleted one.
+see as deleted in Stripe — only those created and last seen before it started, so an object
+a concurrent push or webhook just stored is never taken for a deleted one.
 """
 
 from __future__ import annotations
@@ -189,6 +189,7 @@ def _mark_deleted(
             objects_t.c.deleted.is_(False),
             or_(objects_t.c.sweep.is_(None), objects_t.c.sweep != sweep),
             objects_t.c.stripe_created < started,
+            objects_t.c.observed_at < started,  # not just stored by a push or a webhook
         )
         .values(deleted=True)
     )

@@ -27,7 +27,7 @@ from neruba_cli.db.schema import Customer, Invoice, Project, StripeLink
 from neruba_cli.domain import stripe_link
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.ids import new_id
-from neruba_cli.domain.money import RoundingMode, format_amount
+from neruba_cli.domain.money import RoundingMode, format_amount, to_minor_units
 from neruba_cli.domain.stripe_link import PushedInvoice
 from neruba_cli.services import invoices, stripe_mirror
 from neruba_cli.services.stripe_gateway import Gateway, StripeFailure
@@ -37,6 +37,8 @@ invoices_t = Invoice.__table__
 customers_t = Customer.__table__
 
 PUSHED_STATUSES = ("finalized", "paid", "void")
+# the metadata that names one push of one invoice
+_IDENTITY = ("neruba_project", "neruba_invoice", "neruba_version", "neruba_generation")
 DUE_DAYS = 30
 
 
@@ -175,6 +177,29 @@ def _pushed(project: Project, row: Row[Any], link: Row[Any] | None) -> PushedInv
     )
 
 
+@dataclass(frozen=True)
+class Settled:
+    """How a credit note was settled (ISO minor units): off the corrected invoice's amount
+    due, into the wallet as paid credit, and back to the grants it had consumed."""
+
+    to_invoice: int = 0
+    to_wallet: int = 0
+    restored: int = 0
+
+
+def settlement_of(row: Row[Any]) -> Settled:
+    settled = orjson.loads(row.content).get("settlement") or {}
+
+    def minor(value: str | None) -> int:
+        return to_minor_units(Decimal(value or "0"), row.currency)
+
+    return Settled(
+        minor(settled.get("to_invoice")),
+        minor(settled.get("to_wallet")),
+        sum(minor(item["amount"]) for item in settled.get("credits_restored") or []),
+    )
+
+
 def expected(project: Project, row: Row[Any], link: Row[Any] | None) -> PushedInvoice:
     """The invoice as the push writes it (for reconciliation's expected Stripe total)."""
     return _pushed(project, row, link)
@@ -291,16 +316,19 @@ class _Pusher:
             None if link.stripe_id is None else self.gateway.retrieve("invoices", link.stripe_id)
         )
         if replace and found is not None:
-            if found["status"] in ("open", "uncollectible"):
-                key = stripe_link.idempotency_key(_pushed(self.project, self.row, link), "void")
-                self._mirror(self.gateway.void_invoice(found["id"], key=key))
+            self._retire(found, link)
             link = self._record(generation=link.generation + 1, stripe_id=None, state="new")
             found, action = None, "replaced"
         elif link.stripe_id is not None and found is None:
             link = self._record(generation=link.generation + 1, stripe_id=None, state="new")
             action = "recreated"  # deleted on the Stripe side
         pushed = _pushed(self.project, self.row, link)
+        if found is None and link.state == "creating":
+            found = self._made_earlier(customer, pushed)  # beyond Stripe's 24 h of keys
+            if found is not None:
+                link = self._record(stripe_id=found["id"], state="created")
         if found is None:
+            link = self._record(state="creating")
             found = self.gateway.create(
                 "invoices",
                 {
@@ -340,6 +368,34 @@ class _Pusher:
         if link.state != "finalized":
             self._record(state="finalized", pushed_at=self.now)
         return action
+
+    def _made_earlier(self, customer: str, pushed: PushedInvoice) -> dict[str, Any] | None:
+        """The Stripe invoice an interrupted push made but could not record, found by its
+        metadata (idempotency keys alone cover a rerun within Stripe's 24 hours)."""
+        wanted = stripe_link.metadata(pushed)
+        for invoice in self.gateway.list_all("invoices", {"customer": customer}):
+            metadata = invoice.get("metadata") or {}
+            same = all(metadata.get(k) == wanted[k] for k in _IDENTITY)
+            if same and invoice.get("status") != "void":
+                return invoice
+        return None
+
+    def _retire(self, found: dict[str, Any], link: Row[Any]) -> None:
+        """Take a Stripe invoice out of service before it is replaced: void it, delete a
+        draft; a paid one is refused, since replacing it would bill the customer twice."""
+        status = found["status"]
+        if status == "paid":
+            raise StripeFailure(
+                f"{self.row.number} is paid in Stripe ({found['id']}); replacing it would bill "
+                "the customer twice",
+                hint="correct it with a credit note instead (`neruba run bill` after the fix)",
+                http_status=400,
+            )
+        if status in ("open", "uncollectible"):
+            key = stripe_link.idempotency_key(_pushed(self.project, self.row, link), "void")
+            self._mirror(self.gateway.void_invoice(found["id"], key=key))
+        elif status == "draft":
+            self.gateway.delete_draft(found["id"])
 
     def _customer(self) -> str:
         """The customer's Stripe id, creating the Stripe customer the first time."""
@@ -387,6 +443,17 @@ class _Pusher:
                 hint=f"push {self.row.corrects_number}'s period first",
                 http_status=400,
             )
+        pushed = _pushed(self.project, self.row, link)
+        existing = [
+            note
+            for note in self.gateway.list_all("credit_notes", {"invoice": original.stripe_id})
+            if (note.get("metadata") or {}).get("neruba_invoice") == pushed.number
+            and note.get("status") != "void"
+        ]
+        if existing:  # made by a push that was stopped before it could record it
+            self._mirror(existing[0])
+            self._record(stripe_id=existing[0]["id"], state="finalized", pushed_at=self.now)
+            return "resumed"
         target = self.gateway.retrieve("invoices", original.stripe_id)
         if target is None or target["status"] not in ("open", "paid"):
             state = "deleted" if target is None else target["status"]
@@ -396,20 +463,19 @@ class _Pusher:
                 hint="`neruba reconcile stripe` shows what to fix",
                 http_status=400,
             )
-        pushed = _pushed(self.project, self.row, link)
-        lines = stripe_link.credit_note_lines(pushed)
-        amount = sum(line["unit_amount"] for line in lines)
+        settled = settlement_of(self.row)
+        split = stripe_link.credit_note_split(pushed, settled.to_invoice, settled.to_wallet)
+        if split.amount <= 0:
+            self._record(state="finalized", pushed_at=self.now)
+            return "skipped"  # all of it restored credit: nothing for Stripe to credit
         params: dict[str, Any] = {
             "invoice": target["id"],
-            "lines": lines,
+            "lines": stripe_link.credit_note_lines(pushed, split.amount),
             "memo": f"{pushed.number}: correction of {pushed.corrects}",
             "metadata": stripe_link.metadata(pushed),
         }
-        credited = max(amount - int(target.get("amount_remaining") or 0), 0)
-        if target["status"] == "paid":
-            credited = amount
-        if credited:
-            params["credit_amount"] = credited  # to the customer's balance, like Neruba's wallet
+        if split.out_of_band:
+            params["out_of_band_amount"] = split.out_of_band
         created = self.gateway.create(
             "credit_notes", params, key=stripe_link.idempotency_key(pushed, "credit_note")
         )
@@ -423,6 +489,9 @@ class _Pusher:
         if link.stripe_id is None or link.stripe_object != "invoice":
             return "skipped"  # never reached Stripe: nothing to void there
         found = self.gateway.retrieve("invoices", link.stripe_id)
+        if found is not None and found["status"] == "draft":
+            self.gateway.delete_draft(found["id"])
+            found = None
         if found is not None and found["status"] in ("open", "uncollectible"):
             key = stripe_link.idempotency_key(_pushed(self.project, self.row, link), "void")
             found = self.gateway.void_invoice(found["id"], key=key)
