@@ -200,8 +200,10 @@ def _choose(invoice: NerubaSide, candidates: Sequence[StripeSide]) -> StripeSide
 
 def _compare(invoice: NerubaSide, found: StripeSide | None, was_deleted: bool) -> list[Discrepancy]:
     if found is None:
-        if invoice.status == "void":
-            return []  # never pushed, or removed on both sides: nothing is owed either way
+        if invoice.status == "void" or abs(invoice.total) == invoice.restored:
+            # never pushed or removed on both sides, or a credit note whose credit all went
+            # back to grants (nothing for Stripe to credit): nothing is owed either way
+            return []
         return [
             Discrepancy(
                 "missing_in_stripe",

@@ -124,6 +124,16 @@ def get(conn: Connection, project: Project, stripe_id: str) -> dict[str, Any] | 
     return data
 
 
+def is_live(conn: Connection, project: Project, stripe_id: str) -> bool:
+    """Whether the mirror holds the object and no pull found it gone."""
+    row = conn.execute(
+        select(objects_t.c.deleted).where(
+            objects_t.c.project_id == project.id, objects_t.c.stripe_id == stripe_id
+        )
+    ).first()
+    return row is not None and not row.deleted
+
+
 def invoice_for_payment_intent(
     conn: Connection, project: Project, payment_intent: str
 ) -> str | None:

@@ -303,6 +303,12 @@ class _Pusher:
             )
         return self._current_link()
 
+    def _live(self, stripe_id: str | None) -> bool:
+        if stripe_id is None:
+            return False
+        with self.engine.connect() as conn:
+            return stripe_mirror.is_live(conn, self.project, stripe_id)
+
     def _mirror(self, obj: dict[str, Any]) -> None:
         with begin_write(self.engine) as conn:
             stripe_mirror.upsert(conn, self.project, obj, observed_at=self.now)
@@ -311,6 +317,8 @@ class _Pusher:
 
     def _invoice(self, link: Row[Any], *, replace: bool) -> str:
         action = "up_to_date"
+        if link.state == "finalized" and not replace and self._live(link.stripe_id):
+            return action  # pushed, and no pull has found it gone: Stripe is not asked again
         customer = self._customer()
         found = (
             None if link.stripe_id is None else self.gateway.retrieve("invoices", link.stripe_id)
@@ -432,6 +440,8 @@ class _Pusher:
     # -- corrections ----------------------------------------------------------------------
 
     def _credit_note(self, link: Row[Any]) -> str:
+        if link.state == "finalized" and (link.stripe_id is None or self._live(link.stripe_id)):
+            return "up_to_date"
         if link.stripe_id is not None and self.gateway.retrieve("credit_notes", link.stripe_id):
             return "up_to_date"
         with self.engine.connect() as conn:
