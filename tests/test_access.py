@@ -97,9 +97,19 @@ MATRIX: dict[str, list[str]] = {
     "stripe webhook reprocess": [],
     "reconcile stripe": ["--period", "2026-10"],
     "check": [],
+    "export invoices": ["--output", "export-invoices.out"],
+    "export lines": ["--output", "export-lines.out"],
+    "export ledger": ["--output", "export-ledger.out"],
+    "export events": ["--output", "export-events.out"],
+    "export usage": ["--output", "export-usage.out"],
+    "export credits": ["--output", "export-credits.out"],
+    "export payments": ["--output", "export-payments.out"],
     "locks list": [],
+    "usage show": ["c1"],
     "locks release": ["{project}:billing", "--yes"],
     "audit list": [],
+    "compare": ["stripe", "--period", "2026-10"],
+    "simulate": ["--catalog", "catalog.toml", "--period", "2026-10"],
 }
 
 ALL = ",".join(SCOPES)

@@ -12,11 +12,13 @@ from neruba_cli.cli import (
     audit,
     catalog,
     check,
+    compare,
     credits,
     customer,
     db,
     demo,
     doctor,
+    export,
     ingest,
     init,
     invoice,
@@ -28,8 +30,10 @@ from neruba_cli.cli import (
     project,
     reconcile,
     run,
+    simulate,
     stripe,
     subscription,
+    usage,
     wallet,
 )
 from neruba_cli.cli.output import Output
@@ -64,6 +68,8 @@ init.register(app)
 demo.register(app)
 doctor.register(app)
 check.register(app)
+compare.register(app)
+simulate.register(app)
 ingest.register(app)
 app.add_typer(db.app, name="db")
 app.add_typer(project.app, name="project")
@@ -78,11 +84,13 @@ app.add_typer(ledger.app, name="ledger")
 app.add_typer(payment.app, name="payment")
 app.add_typer(stripe.app, name="stripe")
 app.add_typer(reconcile.app, name="reconcile")
+app.add_typer(export.app, name="export")
 app.add_typer(key.app, name="key")
 app.add_typer(member.members_app, name="member")
 app.add_typer(member.invites_app, name="invite")
 app.add_typer(locks.app, name="locks")
 app.add_typer(audit.app, name="audit")
+app.add_typer(usage.app, name="usage")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.text import Text
 
 from neruba_cli.cli.catalog import render_quote
+from neruba_cli.cli.compare import render as render_compare
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
@@ -66,6 +67,15 @@ def register(app: typer.Typer) -> None:
             if invoice_rows:
                 line("")
                 table("Invoices", (*headings, "due"), invoice_rows)(console)
+            if result.compare_report is not None:
+                line("")
+                report = result.compare_report
+                data = {
+                    "summary": report.summary(),
+                    "differences": report.customer_dicts(differing_only=True),
+                    "lines": report.line_dicts(),
+                }
+                render_compare(console, report, data, "invoice")
             line("\nTry it yourself on the demo database:")
             on_demo = f"--db {result.database_url} --project {DEMO_PROJECT}"
             line(f"  neruba invoice show DEMO-000001 {on_demo}")

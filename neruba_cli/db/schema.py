@@ -673,3 +673,18 @@ class StripeWebhookEvent(Base):
     stripe_created: Mapped[datetime | None] = mapped_column(UTCDateTime())
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ExportWatermark(Base):
+    """Where a named export (`neruba export KIND --name NAME`) stands: the watermark of its last
+    complete file, so the next run ships only what came after. Written only once the file is
+    in place under its real name; services/export.py explains what a watermark is per kind."""
+
+    __tablename__ = "export_watermarks"
+    __table_args__ = (MYSQL_TABLE,)
+
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    watermark: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

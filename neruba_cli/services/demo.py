@@ -9,6 +9,7 @@ import random
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from neruba_cli.services import (
     billing,
     catalog,
     check,
+    compare,
     credits,
     customers,
     ingest,
@@ -39,6 +41,7 @@ from neruba_cli.services import (
     payments,
     projects,
     quote,
+    report_files,
     subscriptions,
 )
 from neruba_cli.services.access import Access, Actor
@@ -52,6 +55,7 @@ DEMO_SUBSCRIBERS = ("cus_acme", "cus_initech")
 DEMO_EVENTS_PER_CUSTOMER = 400
 DEMO_PROJECT = "demo"
 DEMO_CREDIT = "50.00"
+DEMO_BASELINE = "demo-baseline.csv"
 
 
 @dataclass
@@ -64,6 +68,8 @@ class DemoResult:
     steps: list[str] = field(default_factory=list)
     quote: Quote | None = None
     invoices: list[dict[str, Any]] = field(default_factory=list)
+    compare: dict[str, Any] | None = None  # the baseline comparison's summary
+    compare_report: Any = None  # the comparison itself, for the terminal rendering
 
     def as_dict(self) -> dict[str, Any]:
         report = self.customer_import
@@ -83,6 +89,7 @@ class DemoResult:
             "steps": self.steps,
             "quote": None if self.quote is None else quote_document(self.quote),
             "invoices": self.invoices,
+            "compare": self.compare,
         }
 
 
@@ -110,6 +117,9 @@ def run_demo(folder: Path, *, actor: Actor, now: datetime) -> DemoResult:
         steps.extend(_demo_catalog(engine, now))
         demo_quote = _demo_quote(engine)
         steps.extend(_demo_billing(engine, folder, actor, now))
+        compare_step, compared, compare_report = _demo_compare(engine, folder, url, now)
+        steps.append(compare_step)
+        steps.append(_demo_check(engine))
         for command, arguments, code in (
             ("project create", {"slug": DEMO_PROJECT}, 0),
             ("customer import", {"file": "demo_customers.csv"}, 3 if report.rejected else 0),
@@ -135,6 +145,8 @@ def run_demo(folder: Path, *, actor: Actor, now: datetime) -> DemoResult:
             steps=steps,
             quote=demo_quote,
             invoices=_demo_invoices(engine),
+            compare=compared,
+            compare_report=compare_report,
         )
     finally:
         engine.dispose()
@@ -289,14 +301,59 @@ def _demo_billing(engine: Any, folder: Path, actor: Actor, now: datetime) -> lis
         f"a late event for cus_acme, billed {month} again: correction "
         f"{', '.join(map(str, numbers))} (the finalized invoice stays as it was)"
     )
+    return steps
+
+
+def _demo_check(engine: Any) -> str:
     with engine.connect() as conn, Session(engine) as session:
         report = check.run(conn, projects.get_project(session, DEMO_PROJECT))
     checked = sum(result.checked for result in report.results)
-    steps.append(
+    return (
         f"checked the ledger: {'consistent' if report.ok else 'DISCREPANCIES'} "
         f"({checked} transactions, accounts, grants and invoices swept)"
     )
-    return steps
+
+
+def _demo_compare(
+    engine: Any, folder: Path, url: str, now: datetime
+) -> tuple[str, dict[str, Any], compare.Report]:
+    """The month against a legacy system's export that differs on purpose (a late event, a
+    charge the legacy system never priced, a rounding, a customer only it billed); the
+    report files go to DIR/compare."""
+    month = _previous_month(now)
+    baseline = folder / DEMO_BASELINE
+    resource = files("neruba_cli.resources").joinpath(DEMO_BASELINE)
+    baseline.write_bytes(resource.read_bytes())
+    options = compare.CompareOptions(baseline=str(baseline), label=month, tolerance=Decimal("0.01"))
+    with Session(engine, expire_on_commit=False) as session:
+        project = projects.get_project(session, DEMO_PROJECT)
+    with engine.connect() as conn:
+        report = compare.compare(conn, project, options)
+    written = report_files.write(report, folder / "compare")
+    summary = report.summary()
+    found = "; ".join(
+        f"{item['customer']} {_signed(item['difference'])} {item['currency']} ({item['reason']})"
+        for item in summary["largest"]
+    )
+    drift = ", ".join(
+        f"{money['drift']} {code}"
+        + (f" ({money['drift_percent']}%)" if money["drift_percent"] else "")
+        for code, money in summary["currencies"].items()
+    )
+    step = (
+        f"compared {month} with {DEMO_BASELINE}, a legacy system's export that differs on "
+        f"purpose: {summary['customers']} customers, {summary['matched']} matched, drift "
+        f"{drift}: {found}; report in {written['report.html']} (again, line by line: "
+        f"neruba compare {baseline} --period {month} --by line --db {url} --project "
+        f"{DEMO_PROJECT})"
+    )
+    return step, summary, report
+
+
+def _signed(amount: str | None) -> str:
+    if amount is None:
+        return "(currencies differ)"
+    return amount if amount.startswith("-") else f"+{amount}"
 
 
 def _demo_grant(engine: Any, actor: Actor, now: datetime) -> str:

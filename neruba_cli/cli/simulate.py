@@ -1,0 +1,68 @@
+"""`neruba simulate --catalog NEW.toml --period P`"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from neruba_cli.cli.compare import check_by, finish
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.services import invoices
+from neruba_cli.services import simulate as service
+
+
+def register(app: typer.Typer) -> None:
+    @command(app, "simulate", scope="read")
+    def simulate(
+        rt: Runtime,
+        catalog: Annotated[
+            Path, typer.Option("--catalog", help="Candidate catalog TOML ([[meters]], [[plans]]).")
+        ],
+        period: Annotated[str, typer.Option(help="YYYY-MM, previous or current.")],
+        customer: Annotated[
+            list[str] | None,
+            typer.Option("--customer", help="Only this customer (repeatable)."),
+        ] = None,
+        by: Annotated[
+            str, typer.Option("--by", help="invoice (a row per customer) or line.")
+        ] = "invoice",
+        output: Annotated[
+            Path | None,
+            typer.Option(help="Folder for summary.json, customers.csv, lines.csv, report.html."),
+        ] = None,
+    ) -> int:
+        """What-if pricing: bill a past month's stored usage on a candidate catalog and
+        compare it with the invoices issued (per customer, per line, revenue impact). Writes
+        nothing to the database."""
+        check_by(by)
+        data = read_toml(catalog)
+        with rt.transaction() as session:
+            project = rt.project(session)
+        label = invoices.period_label(period, project, rt.now())
+        with rt.out.progress("Simulating"):
+            report = service.simulate(
+                rt.engine(),
+                project,
+                data,
+                source=catalog.name,
+                label=label,
+                customers=tuple(customer or ()),
+                now=rt.now(),
+            )
+        return finish(rt, report, by=by, output=output)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: not UTF-8 text") from None
