@@ -548,11 +548,11 @@ def test_bad_baselines_name_the_file_and_the_lines(sqlite_cli: Cli, tmp_path: Pa
     assert run(cli, 2, "compare", str(good), "--period", PERIOD, "--preset", "chargebee")
     assert (
         "--fail-over"
-        in run(cli, 1, "compare", str(good), "--period", PERIOD, "--fail-over", "lots")["message"]
+        in run(cli, 2, "compare", str(good), "--period", PERIOD, "--fail-over", "lots")["message"]
     )
     assert (
         "--tolerance"
-        in run(cli, 1, "compare", str(good), "--period", PERIOD, "--tolerance", "-1")["message"]
+        in run(cli, 2, "compare", str(good), "--period", PERIOD, "--tolerance", "-1")["message"]
     )
     (tmp_path / "taken").write_text("a file")
     assert (
@@ -564,6 +564,55 @@ def test_bad_baselines_name_the_file_and_the_lines(sqlite_cli: Cli, tmp_path: Pa
 
 
 # --------------------------------------------------------------------------- the HTML report
+
+
+def test_invoice_dated_files_mixed_currencies_and_formula_cells(
+    sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    cli = sqlite_cli
+    build_shop(cli, tmp_path, 2)
+    bill(cli)
+    amounts = {row["customer"]: row["total"] for row in ok(cli, "invoice", "list")}
+    # only an invoice date: October's invoices dated 2026-11-01 must not all vanish silently
+    dated = write_csv(
+        tmp_path / "dated.csv",
+        ["customer", "invoice_date", "description", "amount"],
+        [["c001", "2026-11-01", FEE, amounts["c001"]], ["c002", "2026-11-01", FEE, "1.00"]],
+    )
+    message = run(cli, 1, "compare", str(dated), "--period", PERIOD)["message"]
+    assert "dated.csv" in message and "2026-11" in message and "period" in message
+    # formula-like text gets a leading ', amounts (negative ones too) stay numbers
+    tricky = write_csv(
+        tmp_path / "tricky.csv",
+        ["customer", "description", "amount"],
+        [
+            ["c001", FEE, amounts["c001"]],
+            ["c001", "=HYPERLINK(1)", "-12.50"],
+            ["c002", FEE, amounts["c002"]],
+            ["=cmd", "@x", "3.00"],
+        ],
+    )
+    run(cli, 0, "compare", str(tricky), "--period", PERIOD, "--output", str(tmp_path / "out"))
+    lines = {row["line"]: row for row in read_csv(tmp_path / "out" / "lines.csv")}
+    assert set(lines) == {"'=HYPERLINK(1)", "'@x"}
+    assert lines["'=HYPERLINK(1)"]["baseline_amount"] == "-12.50"
+    assert lines["'=HYPERLINK(1)"]["difference"] == "12.50"
+    assert lines["'@x"]["customer"] == "'=cmd"
+    customers = {row["customer"]: row for row in read_csv(tmp_path / "out" / "customers.csv")}
+    assert customers["'=cmd"]["difference"] == "-3.00"
+    # one customer's documents in two currencies are never added up
+    assert cli.db_url is not None
+    engine = create_db_engine(cli.db_url)
+    with engine.begin() as conn:
+        c001 = conn.execute(select(Customer.id).where(Customer.external_id == "c001")).scalar()
+        conn.execute(
+            update(Invoice)
+            .where(Invoice.customer_id != c001, Invoice.period == PERIOD)
+            .values(customer_id=c001, currency="EUR", revision=99)
+        )
+    engine.dispose()
+    message = run(cli, 1, "compare", str(tricky), "--period", PERIOD)["message"]
+    assert "c001" in message and "EUR" in message and "USD" in message
 
 
 def png_colours(path: Path) -> tuple[int, int, set[bytes]]:

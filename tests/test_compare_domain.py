@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from neruba_cli.domain import compare as cmp
 from neruba_cli.domain import report_html
-from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.errors import InvalidInput, UsageError
 from neruba_cli.domain.stats import nearest_rank, percent_of, percent_text
 
 D = Decimal
@@ -325,6 +325,56 @@ def test_percentages() -> None:
     assert percent_text(D("12.345")) == "12.34" and percent_text(None) is None
 
 
+def test_carried_late_usage_never_nets_into_this_periods_line() -> None:
+    sep = (datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC))
+    carried = line(
+        "tokens (correction)",
+        "3.00",
+        kind="usage",
+        meter="tokens",
+        quantity=D(300),
+        service=sep,
+        late=True,
+    )
+    ours = side("c", usage("tokens", "10.00", "1000"), carried)
+    (pairing,) = cmp.match([ours], [side("c", usage("tokens", "10.00", "1000"))])
+    by_late = {pair.ours.late: pair for pair in pairing.lines if pair.ours}
+    assert by_late[False].ours is not None and by_late[False].ours.service == OCT
+    assert by_late[True].ours is not None and by_late[True].ours.service == sep
+    assert by_late[True].theirs is None
+    result = assess_one(ours, side("c", usage("tokens", "10.00", "1000")))
+    assert [(r.status, r.reason, r.difference) for r in result.differing_lines] == [
+        ("only_in_ours", "late_event", D("3.00"))
+    ]
+    assert result.reason == "late_event"
+
+
+def test_line_rows_are_largest_first_within_each_currency() -> None:
+    results = cmp.assess(
+        cmp.match(
+            [
+                side("a", line("x", "1.00"), line("y", "9.00")),
+                side("b", line("x", "5.00"), currency="EUR"),
+                side("c", line("x", "100.00")),
+            ],
+            [
+                side("a", line("x", "0.00"), line("y", "0.00")),
+                side("b", line("x", "0.00"), currency="EUR"),
+                side("c", line("x", "50.00")),
+            ],
+        ),
+        tolerance=D(0),
+    )
+    report = cmp.Report("compare", "2026-10", "file.csv", cmp.Labels(), D(0), tuple(results))
+    rows = [(r["currency"], r["customer"], r["difference"]) for r in report.line_dicts()]
+    assert rows == [
+        ("EUR", "b", "5.00"),
+        ("USD", "c", "50.00"),
+        ("USD", "a", "9.00"),
+        ("USD", "a", "1.00"),
+    ]
+
+
 # --------------------------------------------------------------------------- --fail-over
 
 
@@ -332,7 +382,7 @@ def test_fail_over_amounts_and_percentages() -> None:
     assert cmp.parse_threshold("25.00") == cmp.Threshold("25.00", D("25.00"), None)
     assert cmp.parse_threshold(" 2% ") == cmp.Threshold("2%", None, D(2))
     for bad in ("abc", "-1", "%", "NaN", "Infinity", "-2%"):
-        with pytest.raises(InvalidInput, match="--fail-over"):
+        with pytest.raises(UsageError, match="--fail-over"):
             cmp.parse_threshold(bad)
     results = cmp.assess(
         cmp.match(

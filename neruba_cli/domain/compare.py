@@ -13,8 +13,9 @@ The rules, exactly:
   `only_in_<side>`.
 - **Lines** are matched by their description, compared case-insensitively with runs of white
   space folded and a trailing " (correction)" dropped, so a correction nets into the line it
-  corrects. A line of theirs that names a meter matches our usage line of that meter when
-  its description matches nothing. Lines sharing a key are summed on each side.
+  corrects; our carried late usage (an earlier period's) stays a line of its own. A line of
+  theirs that names a meter matches our usage line of that meter when its description matches
+  nothing. Lines sharing a key are summed on each side.
 - **Differences** are ours − theirs, exact Decimals (a missing side counts as 0). A customer
   whose totals differ by no more than the tolerance (major units, inclusive) is `matched`;
   what was tolerated is reported separately. Currencies that differ are `currency_differs`,
@@ -41,7 +42,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.errors import InvalidInput, UsageError
 from neruba_cli.domain.money import decimal_text, format_amount, quantum
 from neruba_cli.domain.stats import nearest_rank, percent_of, percent_text
 
@@ -413,6 +414,16 @@ def own_key(line: SourceLine) -> str:
     return line_key(line.description) or line_key(line.meter)
 
 
+LATE_KEY_SUFFIX = " (late)"
+
+
+def our_key(line: SourceLine) -> str:
+    """Our line's key: its own, kept apart for carried late usage, which bills an earlier
+    period and must not net into this period's line of the same description."""
+    key = own_key(line)
+    return key + LATE_KEY_SUFFIX if line.late else key
+
+
 def group_lines(
     lines: Iterable[SourceLine], key_of: Callable[[SourceLine], str]
 ) -> dict[str, Line]:
@@ -426,6 +437,14 @@ def group_lines(
         quantities = [m.quantity for m in members]
         fee = next((m for m in members if m.kind == "base_fee" and m.full_fee is not None), None)
         windows = [m.service for m in members if m.service is not None]
+        # A usage window spans only the lines of one period: our carried late lines are keyed
+        # apart from this period's (`our_key`), and late lines of different periods have no
+        # single window at all.
+        service = None
+        if windows and not any(m.late for m in members):
+            service = (min(w[0] for w in windows), max(w[1] for w in windows))
+        elif len(set(windows)) == 1:
+            service = windows[0]
         result[key] = Line(
             key=key,
             description=first.description.removesuffix(CORRECTION_SUFFIX),
@@ -439,7 +458,7 @@ def group_lines(
             kind=first.kind,
             full_fee=None if fee is None else fee.full_fee,
             days=None if fee is None else fee.days,
-            service=((min(w[0] for w in windows), max(w[1] for w in windows)) if windows else None),
+            service=service,
             late=all(m.late for m in members),
             sources=tuple(dict.fromkeys(m.source for m in members if m.source)),
         )
@@ -449,10 +468,10 @@ def group_lines(
 def pair_lines(ours: Sequence[SourceLine], theirs: Sequence[SourceLine]) -> tuple[LinePair, ...]:
     """Our lines keyed by description; theirs by description when it names one of ours, else
     by meter (our usage line of that meter), else by their own description."""
-    mine = group_lines(ours, own_key)
+    mine = group_lines(ours, our_key)
     usage_by_meter: dict[str, str] = {}
     for key, line in mine.items():
-        if line.kind == "usage" and line.meter:
+        if line.kind == "usage" and line.meter and not line.late:
             usage_by_meter.setdefault(line_key(line.meter), key)
 
     def their_key(line: SourceLine) -> str:
@@ -684,7 +703,7 @@ def parse_threshold(text: str) -> Threshold:
     except InvalidOperation:
         value = Decimal("NaN")
     if not value.is_finite() or value < 0:
-        raise InvalidInput(
+        raise UsageError(
             f"--fail-over: {text!r} is not an amount or a percentage",
             hint="e.g. --fail-over 25.00 or --fail-over 2%",
         )
@@ -780,14 +799,24 @@ class Report:
         return [customer_dict(result, self.labels) for result in chosen]
 
     def line_dicts(self) -> list[dict[str, Any]]:
-        """Every line that differs, of every customer (tolerated ones too), largest first."""
+        """Every line that differs, of every customer (tolerated ones too): by currency, then
+        largest |difference| first."""
+        found = [(result, line) for result in self.results for line in result.differing_lines]
+        # Largest first within a currency: amounts of two currencies are never ranked together.
+        found.sort(
+            key=lambda item: (
+                item[0].currency,
+                -abs(item[1].difference),
+                item[0].customer,
+                item[1].pair.description,
+            )
+        )
         rows = []
-        for result in self.results:
-            for line in result.differing_lines:
-                row = line_dict(line, result.currency, self.labels)
-                row["customer"] = result.customer
-                row["customer_status"] = self.labels.status(result.status)
-                rows.append(row)
+        for result, line in found:
+            row = line_dict(line, result.currency, self.labels)
+            row["customer"] = result.customer
+            row["customer_status"] = self.labels.status(result.status)
+            rows.append(row)
         return rows
 
 

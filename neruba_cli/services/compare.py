@@ -175,7 +175,8 @@ def neruba_sides(
     out (drafts)."""
     lines: dict[str, list[domain.SourceLine]] = defaultdict(list)
     documents: dict[str, list[str]] = defaultdict(list)
-    currencies: dict[str, str] = {}
+    currencies: dict[str, tuple[str, str]] = {}
+    mixed: list[str] = []
     drafts = 0
     for row in invoices.select_rows(conn, project, label=label):
         customer = row.customer_external_id
@@ -185,10 +186,14 @@ def neruba_sides(
             drafts += 1
         if row.status not in FINAL:
             continue
+        first = currencies.setdefault(customer, (row.currency, row.number))
+        if first[0] != row.currency:
+            mixed.append(f"{customer}: {row.number} is in {row.currency}, {first[1]} in {first[0]}")
+            continue
         content = orjson.loads(row.content)
         lines[customer] += domain.invoice_lines(content["lines"], row.number)
         documents[customer].append(row.number)
-        currencies.setdefault(customer, row.currency)
+    _refuse_mixed_currencies("Neruba", mixed)
     notes = []
     if drafts:
         notes.append(
@@ -196,10 +201,23 @@ def neruba_sides(
             f"(`neruba invoice finalize --period {label}`)"
         )
     sides = [
-        domain.CustomerSide(customer, currencies[customer], tuple(lines[customer]), tuple(docs))
+        domain.CustomerSide(customer, currencies[customer][0], tuple(lines[customer]), tuple(docs))
         for customer, docs in documents.items()
     ]
     return sides, notes
+
+
+def _refuse_mixed_currencies(side: str, mixed: Sequence[str]) -> None:
+    """Amounts in two currencies never add up: like a CSV baseline billing one customer in two
+    currencies, documents of one customer in two currencies stop the comparison."""
+    if mixed:
+        shown = "; ".join(mixed[:MAX_REPORTED_PROBLEMS])
+        more = len(mixed) - MAX_REPORTED_PROBLEMS
+        raise InvalidInput(
+            f"{side}: {len(mixed)} document(s) bill a customer in a second currency: {shown}"
+            + (f"; and {more} more" if more > 0 else ""),
+            hint="one customer is billed in one currency; nothing was compared",
+        )
 
 
 # --------------------------------------------------------------------------- the Stripe mirror
@@ -220,7 +238,8 @@ def stripe_sides(
     ).all()
     lines: dict[str, list[domain.SourceLine]] = defaultdict(list)
     documents: dict[str, list[str]] = defaultdict(list)
-    currencies: dict[str, str] = {}
+    currencies: dict[str, tuple[str, str]] = {}
+    mixed: list[str] = []
     known: dict[str, bool] = {}
     notes: list[str] = []
     for row in rows:
@@ -229,19 +248,19 @@ def stripe_sides(
             continue
         customer, is_known = _stripe_customer(data, directory)
         currency = normalize_currency(str(data.get("currency") or project.currency))
-        if currencies.setdefault(customer, currency) != currency:
-            notes.append(
-                f"Stripe {row.stripe_id} bills {customer} in {currency}, another of its "
-                f"documents in {currencies[customer]}; compared in {currencies[customer]}"
-            )
+        first = currencies.setdefault(customer, (currency, row.stripe_id))
+        if first[0] != currency:
+            mixed.append(f"{customer}: {row.stripe_id} is in {currency}, {first[1]} in {first[0]}")
+            continue
         found, note = _stripe_lines(row.stripe_id, row.object, data, currency)
         lines[customer] += found
         if note:
             notes.append(note)
         documents[customer].append(row.stripe_id)
         known[customer] = is_known
+    _refuse_mixed_currencies("Stripe", mixed)
     sides = [
-        domain.CustomerSide(c, currencies[c], tuple(lines[c]), tuple(docs), known[c])
+        domain.CustomerSide(c, currencies[c][0], tuple(lines[c]), tuple(docs), known[c])
         for c, docs in documents.items()
     ]
     return sides, notes
@@ -304,6 +323,7 @@ class BaselineRow:
     quantity: Decimal | None
     amount: Decimal
     currency: str | None
+    dated_by_invoice: bool = False  # `when` is the invoice date (no period cell)
 
 
 def header_key(name: str) -> str:
@@ -445,7 +465,8 @@ def _row(line: int, record: Sequence[str], columns: Mapping[str, int]) -> Baseli
             raise InvalidInput(f"quantity {quantity_text!r} is not a number")
     currency_text = cell("currency")
     currency = normalize_currency(currency_text) if currency_text else None
-    when_text = cell("period") or cell("invoice_date")
+    period_text = cell("period")
+    when_text = period_text or cell("invoice_date")
     return BaselineRow(
         line=line,
         customer=customer,
@@ -456,6 +477,7 @@ def _row(line: int, record: Sequence[str], columns: Mapping[str, int]) -> Baseli
         quantity=quantity,
         amount=amount,
         currency=currency,
+        dated_by_invoice=bool(when_text) and not period_text,
     )
 
 
@@ -541,6 +563,18 @@ def csv_sides(
         raise InvalidInput(
             f"{source}: {len(problems)} bad line(s): {'; '.join(problems[:MAX_REPORTED_PROBLEMS])}",
             hint="one customer is billed in one currency; nothing was compared",
+        )
+    # An invoice date only approximates the period: an invoice for October is often dated
+    # 2026-11-01, so a file dated only by invoice could drop every row of the period asked
+    # for. Rather than compare nothing (and report every customer as missing), stop and ask
+    # for the real period.
+    if rows and skipped == len(rows) and all(row.dated_by_invoice for row in rows):
+        found = sorted({row_label for _, _, row_label in resolved if row_label is not None})
+        shown = ", ".join(found[:10]) + (" …" if len(found) > 10 else "")
+        raise InvalidInput(
+            f"{source}: no row is of {label}: its periods come from invoice dates "
+            f"({shown}), as the file has no period column",
+            hint="add a `period` column (YYYY-MM) or name one with --map period=COLUMN",
         )
     notes = []
     if skipped:
@@ -647,5 +681,5 @@ def parse_tolerance(text: str) -> Decimal:
     except InvalidOperation:
         value = Decimal("NaN")
     if not value.is_finite() or value < 0:
-        raise InvalidInput(f"--tolerance: {text!r} is not an amount", hint="major units, e.g. 0.01")
+        raise UsageError(f"--tolerance: {text!r} is not an amount", hint="major units, e.g. 0.01")
     return value

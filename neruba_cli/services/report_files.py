@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +104,24 @@ def _csv(columns: tuple[str, ...], rows: list[list[Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
-    writer.writerows(rows)
+    writer.writerows([_safe(value) for value in row] for row in rows)
     return buffer.getvalue()
+
+
+NUMBER = re.compile(r"-?\d+(\.\d+)?\Z")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _cell(value: Any) -> Any:
     return "" if value is None else value
+
+
+def _safe(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (= + - @, tab, CR first) gets a
+    leading `'`; numbers (an amount like -12.50) are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not NUMBER.match(value):
+        return "'" + value
+    return value
 
 
 def _customers_csv(report: Report, customers: list[dict[str, Any]]) -> str:
