@@ -41,54 +41,8 @@ from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Customer, Event, ExportWatermark, Project, Refund
 from neruba_cli.services.export import COLUMNS
 from tests.conftest import Cli, Outcome
+from tests.test_cli_invoice import CATALOG  # the same shop: meters, pro and basic
 
-CATALOG = """
-[[meters]]
-code = "api_calls"
-aggregation = "count"
-
-[[meters]]
-code = "tokens"
-aggregation = "sum"
-field = "properties.tokens"
-
-[[plans]]
-code = "pro"
-name = "Pro"
-currency = "USD"
-interval = "month"
-base_fee = "49.00"
-base_fee_timing = "arrears"
-proration = "day"
-
-  [[plans.charges]]
-  meter = "api_calls"
-  model = "graduated"
-  tiers = [
-    { up_to = 10, unit_amount = "0" },
-    { up_to = inf, unit_amount = "0.50" },
-  ]
-
-  [[plans.charges]]
-  meter = "tokens"
-  model = "per_unit"
-  unit_amount = "0.001"
-  free_units = 100
-
-[[plans]]
-code = "basic"
-name = "Basic"
-currency = "USD"
-interval = "month"
-base_fee = "10.00"
-base_fee_timing = "arrears"
-proration = "day"
-
-  [[plans.charges]]
-  meter = "api_calls"
-  model = "per_unit"
-  unit_amount = "0.10"
-"""
 AS_OF = "2026-11-02T00:00:00Z"
 REPO = Path(__file__).resolve().parent.parent
 
