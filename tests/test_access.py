@@ -37,6 +37,7 @@ MATRIX: dict[str, list[str]] = {
     "init": [],
     "demo": ["--dir", "demo-out"],
     "doctor": [],
+    "stats": [],
     "db upgrade": [],
     "db current": [],
     "db downgrade": ["base", "--yes"],

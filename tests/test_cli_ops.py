@@ -70,6 +70,11 @@ def test_init_writes_config_and_migrates(bare_cli: Cli, isolated: Path) -> None:
         "database",
         "schema",
         "locks",
+        "runs",
+        "imports",
+        "webhooks",
+        "stripe",
+        "clock",
         "project",
     ]
 

@@ -31,6 +31,7 @@ from neruba_cli.cli import (
     reconcile,
     run,
     simulate,
+    stats,
     stripe,
     subscription,
     usage,
@@ -68,6 +69,7 @@ init.register(app)
 demo.register(app)
 doctor.register(app)
 check.register(app)
+stats.register(app)
 compare.register(app)
 simulate.register(app)
 ingest.register(app)

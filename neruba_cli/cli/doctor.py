@@ -17,7 +17,9 @@ _STYLE = {"ok": "green", "warn": "yellow", "fail": "red"}
 def register(app: typer.Typer) -> None:
     @command(app, "doctor", scope="read")
     def doctor(rt: Runtime) -> int:
-        """Check configuration, database, schema and locks. Exit 1 when unhealthy."""
+        """Check configuration, database, schema, locks, stuck billing runs and imports,
+        failed Stripe webhooks, the Stripe key and clock skew. Exit 1 when a check fails;
+        warnings keep exit 0."""
         prefix = access.lock_prefix(rt.access)
         report = diagnose(lambda: rt.settings, now=rt.now(), lock_prefix=prefix)
         rows = [

@@ -81,6 +81,7 @@ def run_bill(
         lease = locks.acquire(
             engine, lock_name(project, label), holder=holder, ttl=options.lease, wait=options.wait
         )
+        _close_abandoned(engine, project, label, lease)
     writer = InvoiceWriter(engine, project, label, lease, options, actor=actor, now=now)
     try:
         with engine.connect() as conn:
@@ -122,6 +123,22 @@ def run_bill(
 
 def lock_name(project: Project, label: str) -> str:
     return f"{project.slug}:bill:{label}"
+
+
+ABANDONED = "abandoned: its process stopped before finishing"
+
+
+def _close_abandoned(engine: Engine, project: Project, label: str, lease: locks.Lease) -> None:
+    """Earlier runs of this month still `running` lost their lease to this one, so none of
+    their writes can commit any more: their process was killed. Mark them failed (what they
+    wrote is whole invoices, which this run takes over) so they stop looking in progress."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(runs_t)
+            .where(runs_t.c.project_id == project.id, runs_t.c.period == label)
+            .where(runs_t.c.status == "running", runs_t.c.lock_token != lease.token)
+            .values(status="failed", finished_at=datetime.now(UTC), message=ABANDONED)
+        )
 
 
 def _bill_chunk(

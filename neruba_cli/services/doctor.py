@@ -1,30 +1,43 @@
-"""Health checks: configuration, database reachability, schema version, locks, project."""
+"""Health checks: configuration, database reachability, schema version, locks, project, stuck
+billing runs and imports, failed webhooks, the Stripe key and the clocks.
+
+This module gathers the facts (queries, lock rows, whether a process is alive, clock
+readings); domain/health.py decides what they mean. Checks after `schema` read tables, so
+they run only once the schema is at head."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import socket
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Engine, select, text
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from neruba_cli.config import Settings
 from neruba_cli.db import locks, migrate
 from neruba_cli.db.engine import create_db_engine, explain_error, redact, sqlite_file
-from neruba_cli.db.schema import Project
+from neruba_cli.db.schema import (
+    BillingRun,
+    Event,
+    ImportBatch,
+    LedgerTransaction,
+    Lock,
+    Project,
+    StripeLink,
+    StripeWebhookEvent,
+)
+from neruba_cli.domain import health
 from neruba_cli.domain.errors import DatabaseError, NerubaError
+from neruba_cli.domain.health import BatchFacts, Check, RunFacts, Status
+from neruba_cli.services import stripe_gateway
 
-Status = Literal["ok", "warn", "fail"]
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: Status
-    detail: str
+__all__ = ["Check", "Report", "Status", "diagnose"]
 
 
 @dataclass
@@ -45,9 +58,16 @@ class Report:
 
 
 def diagnose(
-    load_settings: Callable[[], Settings], *, now: datetime, lock_prefix: str | None = None
+    load_settings: Callable[[], Settings],
+    *,
+    now: datetime,
+    lock_prefix: str | None = None,
+    env: Mapping[str, str] = os.environ,
 ) -> Report:
-    """Run checks in order; a failed check that later ones depend on ends the run."""
+    """Run checks in order; a failed check that later ones depend on ends the run.
+
+    `lock_prefix` (`slug:` for an API key) confines every project-specific finding to that
+    project, as it does the lock listing."""
     report = Report()
     try:
         settings = load_settings()
@@ -70,7 +90,13 @@ def diagnose(
             _check_schema(report, engine)
         if report.healthy:
             _check_locks(report, engine, now, lock_prefix)
-            _check_project(report, engine, settings)
+            project_ids = _confined_projects(engine, lock_prefix)
+            _check_runs(report, engine, now, project_ids)
+            _check_imports(report, engine, now, project_ids)
+            _check_webhooks(report, engine, now, project_ids)
+            _check_stripe(report, engine, env, project_ids)
+            _check_clock(report, engine, project_ids)
+            _check_project(report, engine, settings)  # last, as before these checks existed
     finally:
         engine.dispose()
     return report
@@ -101,7 +127,9 @@ def _check_schema(report: Report, engine: Engine) -> None:
         report.checks.append(Check("schema", "ok", f"at head ({head})"))
     else:
         state = "empty" if current is None else f"at {current}"
-        detail = f"schema is {state}, head is {head}: run `neruba db upgrade`"
+        pending = _pending_revisions(current)
+        listed = f" ({len(pending)} pending: {', '.join(pending)})" if pending else ""
+        detail = f"schema is {state}, head is {head}{listed}: run `neruba db upgrade`"
         report.checks.append(Check("schema", "fail", detail))
 
 
@@ -127,3 +155,184 @@ def _check_project(report: Report, engine: Engine, settings: Settings) -> None:
         source = settings.sources.get("project", "config")
         detail = f"project {settings.project!r} (from {source}) does not exist"
         report.checks.append(Check("project", "fail", detail))
+
+
+def _pending_revisions(current: str | None) -> list[str]:
+    """Revisions between the database's and head, oldest first; [] when the database's
+    revision is unknown to this code (a newer Neruba migrated it)."""
+    script = ScriptDirectory.from_config(migrate.alembic_config())
+    try:
+        walked = list(script.iterate_revisions("heads", current or "base"))
+    except Exception:  # alembic raises several kinds for an unknown revision
+        return []
+    return [revision.revision for revision in reversed(walked)]
+
+
+def _confined_projects(engine: Engine, prefix: str | None) -> list[str] | None:
+    """Project ids a key may see (None: every project, for the operator)."""
+    if prefix is None:
+        return None
+    with engine.connect() as conn:
+        found = conn.scalar(select(Project.id).where(Project.slug == prefix[:-1]))
+    return [found] if found is not None else []
+
+
+def _confine(query: Any, column: Any, project_ids: list[str] | None) -> Any:
+    return query if project_ids is None else query.where(column.in_(project_ids))
+
+
+def _check_runs(
+    report: Report, engine: Engine, now: datetime, project_ids: list[str] | None
+) -> None:
+    runs_t, locks_t = BillingRun.__table__, Lock.__table__
+    query = (
+        select(
+            runs_t.c.id,
+            runs_t.c.period,
+            runs_t.c.holder,
+            runs_t.c.lock_token,
+            Project.slug,
+        )
+        .join(Project.__table__, Project.id == runs_t.c.project_id)
+        .where(runs_t.c.status == "running")
+        .order_by(runs_t.c.started_at)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(_confine(query, runs_t.c.project_id, project_ids)).all()
+        names = sorted({f"{row.slug}:bill:{row.period}" for row in rows})
+        held = {
+            lock.name: lock
+            for lock in conn.execute(select(locks_t).where(locks_t.c.name.in_(names))).all()
+        }
+    facts = []
+    for row in rows:
+        name = f"{row.slug}:bill:{row.period}"  # services/billing.py lock_name
+        lock = held.get(name)
+        facts.append(
+            RunFacts(
+                id=row.id,
+                period=row.period,
+                holder=row.holder,
+                lock_token=int(row.lock_token),
+                lock_name=name,
+                lock_holder=lock.holder if lock is not None else None,
+                lock_token_now=int(lock.token) if lock is not None else None,
+                lock_expires_at=_aware(lock.expires_at) if lock is not None else None,
+                holder_alive=holder_alive(row.holder),
+            )
+        )
+    report.checks.append(health.runs_check(facts, now))
+
+
+def holder_alive(holder: str) -> bool | None:
+    """Whether a lock holder (`user@host:pid`, db/locks.py default_holder) still runs: known
+    only for this host; None elsewhere or for a holder of another shape."""
+    _user, _at, rest = holder.rpartition("@")
+    host, _colon, pid_text = rest.rpartition(":")
+    if not _at or host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    except OSError:
+        return None
+    return True
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """Core selects of raw lock rows come back typed already; keep them aware in UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _check_imports(
+    report: Report, engine: Engine, now: datetime, project_ids: list[str] | None
+) -> None:
+    query = (
+        select(ImportBatch.id, ImportBatch.source, ImportBatch.started_at)
+        .where(ImportBatch.status == "running")
+        .order_by(ImportBatch.started_at)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(_confine(query, ImportBatch.project_id, project_ids)).all()
+    batches = [BatchFacts(row.id, row.source, row.started_at) for row in rows]
+    report.checks.append(health.imports_check(batches, now))
+
+
+def _check_webhooks(
+    report: Report, engine: Engine, now: datetime, project_ids: list[str] | None
+) -> None:
+    query = select(func.count(), func.min(StripeWebhookEvent.received_at)).where(
+        StripeWebhookEvent.status == "failed"
+    )
+    with engine.connect() as conn:
+        count, oldest = conn.execute(
+            _confine(query, StripeWebhookEvent.project_id, project_ids)
+        ).one()
+    report.checks.append(health.webhooks_check(int(count), _aware(oldest), now))
+
+
+def _check_stripe(
+    report: Report, engine: Engine, env: Mapping[str, str], project_ids: list[str] | None
+) -> None:
+    key = stripe_gateway.key_status(env)
+    pushed = 0
+    if not key.present:
+        query = select(func.count()).where(StripeLink.stripe_id.is_not(None))
+        with engine.connect() as conn:
+            pushed = int(conn.scalar(_confine(query, StripeLink.project_id, project_ids)) or 0)
+    report.checks.append(
+        health.stripe_check(key.present, key.well_formed, key.mode, key.problem, pushed)
+    )
+
+
+def _check_clock(report: Report, engine: Engine, project_ids: list[str] | None) -> None:
+    with engine.connect() as conn:
+        newest, what = _newest_stored(conn, project_ids)
+        server = None
+        if engine.dialect.name != "sqlite":
+            before = datetime.now(UTC)
+            server = _server_utc(conn)
+            after = datetime.now(UTC)
+    local = datetime.now(UTC) if server is None else before + (after - before) / 2
+    report.checks.append(health.clock_check(local, server, newest, newest_what=what))
+
+
+def _server_utc(conn: Any) -> datetime:
+    """The database server's clock in UTC. CURRENT_TIMESTAMP is in the session's time zone
+    on MariaDB, and PostgreSQL's now() is the transaction's start: ask each for UTC, now."""
+    if conn.dialect.name == "postgresql":
+        sql = "SELECT clock_timestamp() AT TIME ZONE 'UTC'"
+    else:
+        sql = "SELECT UTC_TIMESTAMP(6)"
+    value: datetime = conn.execute(text(sql)).scalar_one()
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _newest_stored(conn: Any, project_ids: list[str] | None) -> tuple[datetime | None, str]:
+    """The newest event receipt and ledger transaction. Ids grow with insertion (events:
+    autoincrement; ledger: time-ordered ids), so the last row by primary key is the newest
+    without scanning a table that has no index on the timestamp."""
+    found: list[tuple[datetime, str]] = []
+    event = _confine(
+        select(Event.received_at).order_by(Event.id.desc()).limit(1), Event.project_id, project_ids
+    )
+    ledger = _confine(
+        select(LedgerTransaction.created_at).order_by(LedgerTransaction.id.desc()).limit(1),
+        LedgerTransaction.project_id,
+        project_ids,
+    )
+    for query, what in ((event, "event received_at"), (ledger, "ledger transaction created_at")):
+        value = conn.execute(query).scalar()
+        if value is not None:
+            found.append((_aware(value) or value, what))
+    if not found:
+        return None, "stored record"
+    return max(found)

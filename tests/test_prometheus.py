@@ -1,0 +1,171 @@
+"""The Prometheus text format writer (domain/prometheus.py), checked by an independent parser
+of the format's rules; tests/test_cli_stats.py parses `neruba stats --prometheus` with it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from neruba_cli.domain import prometheus
+from neruba_cli.domain.prometheus import Family, Sample
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_SAMPLE = re.compile(rf"^({_NAME})(?:\{{(.*)\}})? (\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)')
+_TYPES = {"counter", "gauge", "summary", "histogram", "untyped"}
+
+
+@dataclass(frozen=True)
+class Parsed:
+    name: str
+    family: str
+    labels: dict[str, str]
+    value: Decimal
+
+
+def parse_exposition(text: str) -> tuple[dict[str, str], list[Parsed]]:
+    """Read a text exposition strictly: every sample after its family's TYPE line, each family
+    in one block, label values unescaped, values parsed. Returns (types, samples)."""
+    assert text.endswith("\n"), "the last line ends with a line feed"
+    types: dict[str, str] = {}
+    helps: set[str] = set()
+    finished: set[str] = set()
+    current: str | None = None
+    samples: list[Parsed] = []
+    for number, line in enumerate(text[:-1].split("\n"), start=1):
+        where = f"line {number}: {line!r}"
+        if line.startswith("# HELP "):
+            name = line.split(" ", 3)[2]
+            assert re.fullmatch(_NAME, name) and name not in helps, where
+            helps.add(name)
+            continue
+        if line.startswith("# TYPE "):
+            _hash, _type, name, kind = line.split(" ")
+            assert re.fullmatch(_NAME, name) and kind in _TYPES, where
+            assert name not in types, f"second TYPE for {name}: {where}"
+            if current is not None:
+                finished.add(current)
+            types[name], current = kind, name
+            continue
+        assert not line.startswith("#") and line.strip(), where
+        match = _SAMPLE.match(line)
+        assert match, where
+        name, label_text, value_text = match.groups()
+        family = name
+        for suffix in ("_sum", "_count"):
+            base = name.removesuffix(suffix)
+            if name.endswith(suffix) and types.get(base) == "summary":
+                family = base
+        assert family in types, f"sample before a TYPE line for its family: {where}"
+        assert family == current and family not in finished, f"family split: {where}"
+        labels: dict[str, str] = {}
+        rest = label_text or ""
+        while rest:
+            found = _LABEL.match(rest)
+            assert found, f"bad labels: {where}"
+            label, escaped, _sep = found.groups()
+            assert label not in labels and not label.startswith("__"), where
+            labels[label] = prometheus.unescape_label_value(escaped)
+            rest = rest[found.end() :]
+        float(value_text)  # what Prometheus does with it
+        samples.append(Parsed(name, family, labels, Decimal(value_text)))
+    return types, samples
+
+
+# --------------------------------------------------------------------------- properties
+
+label_values = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40
+) | st.sampled_from(['"', "\\", "\n", '\\"', "\\n", 'a\\"b\nc', "\\\\n"])
+
+
+@given(label_values)
+def test_label_escaping_round_trips(value: str) -> None:
+    escaped = prometheus.escape_label_value(value)
+    assert "\n" not in escaped
+    assert prometheus.unescape_label_value(escaped) == value
+    assert re.fullmatch(r'(?:[^"\\\n]|\\[\\"n])*', escaped)
+
+
+@given(st.lists(label_values, min_size=1, max_size=3), st.integers(-(10**20), 10**20))
+def test_rendered_samples_parse_back(values: list[str], number: int) -> None:
+    labels = tuple((f"l{i}", value) for i, value in enumerate(values))
+    family = Family(
+        "neruba_x", "gauge", 'help with \\ and\nnewline "quoted"', (Sample(labels, number),)
+    )
+    text = prometheus.render([family])
+    assert text.splitlines()[0] == '# HELP neruba_x help with \\\\ and\\nnewline "quoted"'
+    types, samples = parse_exposition(text)
+    assert types == {"neruba_x": "gauge"}
+    assert samples == [Parsed("neruba_x", "neruba_x", dict(labels), Decimal(number))]
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False, places=None))
+def test_decimal_values_are_plain_and_exact(value: Decimal) -> None:
+    text = prometheus.format_value(value)
+    assert "E" not in text.upper() or text in ("+Inf", "-Inf")
+    assert Decimal(text) == value
+    float(text)
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 1), timezones=st.just(UTC)))
+def test_timestamps_are_exact_to_the_microsecond(moment: datetime) -> None:
+    stamp = prometheus.timestamp_seconds(moment)
+    back = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(stamp * 1_000_000))
+    assert back == moment
+
+
+def test_special_values_and_refusals() -> None:
+    assert prometheus.format_value(Decimal("1E+3")) == "1000"
+    assert prometheus.format_value(Decimal("0.10")) == "0.10"
+    assert prometheus.format_value(Decimal("-0.000001")) == "-0.000001"
+    assert prometheus.format_value(Decimal("Infinity")) == "+Inf"
+    assert prometheus.format_value(Decimal("NaN")) == "NaN"
+    with pytest.raises(TypeError):
+        prometheus.format_value(0.1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        prometheus.format_value(True)
+    with pytest.raises(ValueError, match="metric name"):
+        prometheus.render([Family("1bad", "gauge", "x")])
+    with pytest.raises(ValueError, match="label name"):
+        prometheus.render([Family("ok", "gauge", "x", (Sample((("__x", "v"),), 1),))])
+    with pytest.raises(ValueError, match="given twice"):
+        prometheus.render([Family("ok", "gauge", "x"), Family("ok", "gauge", "y")])
+    with pytest.raises(ValueError, match="suffix"):
+        prometheus.render([Family("ok", "gauge", "x", (Sample((), 1, "_sum"),))])
+    assert prometheus.render([]) == ""
+
+
+def test_a_summary_renders_quantiles_sum_and_count() -> None:
+    family = Family(
+        "lag_seconds",
+        "summary",
+        "lag",
+        (
+            Sample((("quantile", "0.5"),), Decimal("1.5")),
+            Sample((), Decimal("3.0"), "_sum"),
+            Sample((), 2, "_count"),
+        ),
+    )
+    types, samples = parse_exposition(prometheus.render([family]))
+    assert types == {"lag_seconds": "summary"}
+    assert [(s.name, s.family, s.value) for s in samples] == [
+        ("lag_seconds", "lag_seconds", Decimal("1.5")),
+        ("lag_seconds_sum", "lag_seconds", Decimal("3.0")),
+        ("lag_seconds_count", "lag_seconds", Decimal(2)),
+    ]
+
+
+def test_the_parser_catches_what_the_format_forbids() -> None:
+    with pytest.raises(AssertionError, match="before a TYPE"):
+        parse_exposition('x{a="b"} 1\n')
+    with pytest.raises(AssertionError, match="family split"):
+        parse_exposition("# TYPE x gauge\n# TYPE y gauge\ny 1\nx 2\n")
+    with pytest.raises(AssertionError, match="bad labels"):
+        parse_exposition('# TYPE x gauge\nx{a="b"c"} 1\n')
