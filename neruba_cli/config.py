@@ -38,12 +38,21 @@ class _DefaultsSection(BaseModel):
     project: str | None = None
 
 
+class _PrivacySection(BaseModel):
+    """`[privacy]`: the event properties that hold personal data (`neruba customer forget`
+    removes them from the customer's events)."""
+
+    model_config = ConfigDict(extra="forbid")
+    personal_properties: list[str] = []
+
+
 class ConfigFile(BaseModel):
     """The schema of neruba.toml; unknown keys are errors so typos do not pass silently."""
 
     model_config = ConfigDict(extra="forbid")
     database: _DatabaseSection = _DatabaseSection()
     defaults: _DefaultsSection = _DefaultsSection()
+    privacy: _PrivacySection = _PrivacySection()
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class Settings:
     project: str | None
     config_path: Path | None
     sources: dict[str, str] = field(default_factory=dict)
+    personal_properties: tuple[str, ...] = ()  # [privacy] personal_properties
 
 
 def find_config_file(
@@ -118,6 +128,7 @@ def resolve_settings(
         project=slug,
         config_path=path,
         sources={"database_url": url_source, "project": slug_source},
+        personal_properties=tuple(file.privacy.personal_properties),
     )
 
 

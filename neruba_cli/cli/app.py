@@ -29,6 +29,7 @@ from neruba_cli.cli import (
     payment,
     project,
     reconcile,
+    retention,
     run,
     simulate,
     stats,
@@ -93,6 +94,7 @@ app.add_typer(member.invites_app, name="invite")
 app.add_typer(locks.app, name="locks")
 app.add_typer(audit.app, name="audit")
 app.add_typer(usage.app, name="usage")
+app.add_typer(retention.app, name="retention")
 
 
 def main() -> None:

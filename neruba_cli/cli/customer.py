@@ -10,7 +10,8 @@ import typer
 from neruba_cli.cli.output import fields, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.tenancy import customer_spec
-from neruba_cli.services import customers, projects
+from neruba_cli.domain.timestamps import format_ts
+from neruba_cli.services import customers, privacy, projects
 from neruba_cli.services.rejects import RejectsWriter, default_rejects_path
 from neruba_cli.services.tabular import read_csv
 
@@ -120,4 +121,54 @@ def show(
     with rt.transaction() as session:
         found = customers.get_customer(session, rt.project(session), customer)
         data = customers.to_dict(found)
+        data["forgotten_at"] = format_ts(found.forgotten_at)
+        data["forgotten_by"] = found.forgotten_by
     rt.out.emit(data, fields(data))
+    if found.forgotten_at is not None:
+        rt.out.say(
+            f"Customer {found.external_id} was forgotten on {data['forgotten_at']} "
+            f"by {found.forgotten_by}: personal data removed, financial records kept."
+        )
+
+
+@command(app, "forget", group="customer", scope="admin", mutating=True)
+def forget(
+    rt: Runtime,
+    customer: Annotated[
+        str, typer.Argument(help="External id or Neruba id (cus_...); the id itself is kept.")
+    ],
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm without asking.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would be removed; change nothing.")
+    ] = False,
+) -> None:
+    """Remove a customer's personal data and keep the financial records.
+
+    The name and e-mail are cleared, the event properties listed in `[privacy]
+    personal_properties` (neruba.toml) are removed from the customer's events, and the local
+    Stripe mirror and audit trail lose the customer's name and e-mail. Invoices, the ledger,
+    event quantities and the external id stay. Refused when a meter reads one of those
+    properties. Forgetting twice changes nothing.
+    """
+    engine = rt.engine()
+    with rt.transaction() as session:
+        project = rt.project(session)
+    report = privacy.prepare(
+        engine, project, customer, rt.settings.personal_properties, dry_run=dry_run
+    )
+    if not report.already_forgotten and not dry_run:
+        rt.confirm(
+            f"Forget customer {report.customer}? Their personal data is removed for good",
+            yes=yes,
+        )
+    report = privacy.forget(engine, project, report, actor=rt.actor.id, now=rt.now())
+    data = report.as_dict()
+    rt.out.emit(data, fields(data))
+    if report.already_forgotten:
+        rt.out.say(f"Customer {report.customer} was already forgotten; nothing changed.")
+        return
+    verb = "Would remove" if dry_run else "Removed"
+    rt.out.say(
+        f"{verb} name, e-mail and {report.properties_removed} personal properties from "
+        f"{report.events} events of customer {report.customer}; invoices and ledger kept."
+    )

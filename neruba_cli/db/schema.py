@@ -92,6 +92,9 @@ class Customer(Base):
     stripe_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # `neruba customer forget`: when and by whom the personal data was removed
+    forgotten_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    forgotten_by: Mapped[str | None] = mapped_column(String(200))
 
 
 class AuditRecord(Base):
@@ -688,3 +691,24 @@ class ExportWatermark(Base):
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     watermark: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RetentionRun(Base):
+    """One `neruba retention apply`: which months it cleared and how far it got. A run that
+    was killed keeps `finished_at` empty; running the command again finishes the job."""
+
+    __tablename__ = "retention_runs"
+    __table_args__ = (Index(None, "project_id", "started_at"), MYSQL_TABLE)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    older_than: Mapped[str] = mapped_column(String(16))  # as given: 13m, 90d, 2y
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime())
+    periods: Mapped[str] = mapped_column(Text)  # JSON list of YYYY-MM
+    kept_properties: Mapped[str] = mapped_column(Text)  # JSON list: what meters read
+    events_touched: Mapped[int] = mapped_column(BigInteger)
+    properties_dropped: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # running | completed | failed
+    actor: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -1,0 +1,109 @@
+"""`neruba retention ...`"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Annotated, Any
+
+import typer
+
+from neruba_cli.cli.output import Output, fields, table
+from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.retention import parse_age
+from neruba_cli.domain.timestamps import parse_ts
+from neruba_cli.services import retention
+
+app = typer.Typer(help="Retention: drop raw event detail of closed, reconciled periods.")
+
+
+@command(app, "apply", group="retention", scope="admin", mutating=True)
+def apply(
+    rt: Runtime,
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            help="Only months that ended longer ago than this: 13m (months), 90d, 8w, 2y.",
+        ),
+    ],
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Measure the age from this moment (default: now)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report the months and events; change nothing.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm without asking.")] = False,
+) -> None:
+    """Remove the event properties no meter reads, for finalized, settled months.
+
+    A month qualifies when it ended more than --older-than ago, all its invoices are final
+    (finalized, paid or void), no events arrived after its last billing run, and, where the
+    project pushes to Stripe, every final invoice was pushed. Properties that a meter reads
+    are kept, so a rerun of those months gives the same invoices. Rerunning after an
+    interruption finishes the job.
+    """
+    age = parse_age(older_than)
+    moment = parse_ts(as_of, field="--as-of") if as_of else rt.now()
+    engine = rt.engine()
+    with rt.transaction() as session:
+        project = rt.project(session)
+    if not dry_run:
+        rt.confirm(
+            f"Drop event properties no meter reads from {project.slug}'s months that ended "
+            f"before {older_than} ago? This cannot be undone",
+            yes=yes,
+        )
+    with _progress(rt.out) as progress_total:
+        report = retention.apply(
+            engine,
+            project,
+            age,
+            as_of=moment,
+            dry_run=dry_run,
+            actor=rt.actor.id,
+            now=rt.now(),
+            progress_total=progress_total,
+        )
+    data = report.as_dict()
+    rt.out.emit(data, fields(_human(data)))
+    verb = "Would drop" if dry_run else "Dropped"
+    periods = ", ".join(report.periods) or "none"
+    rt.out.say(
+        f"{verb} {report.properties_dropped} properties from {report.events} events "
+        f"of {len(report.periods)} month(s): {periods}."
+    )
+    for skipped in report.skipped:
+        if skipped["reason"] != "not old enough":
+            rt.out.warn(f"{skipped['period']} kept: {skipped['reason']}")
+
+
+@command(app, "list", group="retention", scope="read")
+def list_(rt: Runtime) -> None:
+    """The retention runs of the project: when, which months, how many events changed."""
+    with rt.transaction() as session:
+        project = rt.project(session)
+        rows = retention.list_runs(session.connection(), project)
+    columns = ("run", "older_than", "periods", "events", "properties_dropped", "status")
+    rendered = [[", ".join(row[c]) if c == "periods" else row[c] for c in columns] for row in rows]
+    rt.out.emit(rows, table(None, columns, rendered))
+
+
+def _human(data: dict[str, Any]) -> dict[str, Any]:
+    shown = dict(data)
+    shown["periods"] = ", ".join(data["periods"]) or "none"
+    shown["kept_properties"] = ", ".join(data["kept_properties"]) or "none"
+    shown["skipped"] = ", ".join(f"{s['period']} ({s['reason']})" for s in data["skipped"])
+    return shown
+
+
+@contextmanager
+def _progress(out: Output) -> Iterator[Callable[[int], Callable[[int], None]]]:
+    """A bar over the events of the eligible months, once their number is known."""
+    with ExitStack() as stack:
+
+        def start(total: int) -> Callable[[int], None]:
+            return stack.enter_context(out.progress("Dropping event properties", total=total))
+
+        yield start

@@ -1,0 +1,207 @@
+"""`neruba customer forget`: remove a customer's personal data, keep the books.
+
+What goes and what stays is in domain/privacy.py. The events are rewritten in batches, one
+transaction each (only events that still carry a personal property are touched); the last
+transaction clears the name and e-mail, scrubs the Stripe mirror and the audit arguments,
+and sets `forgotten_at`. A forget that was interrupted is finished by running it again; once
+`forgotten_at` is set, another forget changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy.orm import Session
+
+from neruba_cli.db.schema import AuditRecord, Customer, Event, Project, StripeObject
+from neruba_cli.domain import privacy
+from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.timestamps import format_ts
+from neruba_cli.services import customers
+from neruba_cli.services.retention import meters_in_use
+
+BATCH = 2000
+
+events_t = Event.__table__
+customers_t = Customer.__table__
+objects_t = StripeObject.__table__
+audit_t = AuditRecord.__table__
+
+
+@dataclass
+class ForgetReport:
+    customer: str  # external id
+    id: str
+    personal_properties: list[str]
+    dry_run: bool
+    already_forgotten: bool = False
+    forgotten_at: datetime | None = None
+    forgotten_by: str | None = None
+    events: int = 0
+    properties_removed: int = 0
+    stripe_objects: int = 0
+    audit_records: int = 0
+    kept: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "customer": self.customer,
+            "id": self.id,
+            "dry_run": self.dry_run,
+            "already_forgotten": self.already_forgotten,
+            "forgotten_at": format_ts(self.forgotten_at),
+            "forgotten_by": self.forgotten_by,
+            "personal_properties": self.personal_properties,
+            "events": self.events,
+            "properties_removed": self.properties_removed,
+            "stripe_objects": self.stripe_objects,
+            "audit_records": self.audit_records,
+        }
+
+
+def prepare(
+    engine: Engine, project: Project, ident: str, personal: Sequence[str], *, dry_run: bool
+) -> ForgetReport:
+    """Find the customer and refuse a config that would strip what a meter reads."""
+    names = privacy.personal_properties(personal)
+    with Session(engine) as session:
+        customer = customers.get_customer(session, project, ident)
+        report = ForgetReport(customer.external_id, customer.id, list(names), dry_run)
+        if customer.forgotten_at is not None:
+            report.already_forgotten = True
+            report.forgotten_at = customer.forgotten_at
+            report.forgotten_by = customer.forgotten_by
+            return report
+        uses = privacy.meter_uses(names, meters_in_use(session.connection(), project))
+    if uses:
+        listing = "; ".join(str(use) for use in uses)
+        raise InvalidInput(
+            f"refusing to forget {customer.external_id!r}: {listing}; removing it would change "
+            "the invoices of a rerun",
+            hint="take the property out of [privacy] personal_properties, or stop the meter "
+            "from reading it (a new catalog version) first",
+        )
+    return report
+
+
+def forget(
+    engine: Engine, project: Project, report: ForgetReport, *, actor: str, now: datetime
+) -> ForgetReport:
+    """Carry out (or, for a dry run, count) what `prepare` found to do."""
+    if report.already_forgotten:
+        return report
+    _strip_events(engine, project, report)
+    with engine.begin() as conn:
+        stripe_id = conn.execute(
+            select(customers_t.c.stripe_id).where(customers_t.c.id == report.id)
+        ).scalar_one()
+        write = not report.dry_run
+        report.stripe_objects = _scrub_stripe(conn, project, stripe_id, write=write)
+        report.audit_records = _scrub_audit(conn, project, report.customer, write=write)
+        if not report.dry_run:
+            conn.execute(
+                update(customers_t)
+                .where(customers_t.c.id == report.id, customers_t.c.forgotten_at.is_(None))
+                .values(name=None, email=None, forgotten_at=now, forgotten_by=actor, updated_at=now)
+            )
+            report.forgotten_at, report.forgotten_by = now, actor
+    return report
+
+
+def _strip_events(engine: Engine, project: Project, report: ForgetReport) -> None:
+    """Remove the personal properties from the customer's events, a batch per transaction.
+    Only the `properties` column changes: the payload hash stays, so the original line
+    re-imported is a duplicate."""
+    personal = set(report.personal_properties)
+    if not personal:
+        return
+    after = 0
+    while True:
+        with engine.begin() as conn:
+            rows = conn.execute(
+                select(events_t.c.id, events_t.c.properties)
+                .where(
+                    events_t.c.project_id == project.id,
+                    events_t.c.customer_id == report.id,
+                    events_t.c.id > after,
+                )
+                .order_by(events_t.c.id)
+                .limit(BATCH)
+            ).all()
+            changes = []
+            for event_id, text in rows:
+                if text in ("{}", ""):
+                    continue
+                remaining, removed = privacy.without(orjson.loads(text), personal)
+                if removed:
+                    report.properties_removed += removed
+                    changes.append(
+                        {"b_id": event_id, "b_properties": orjson.dumps(remaining).decode()}
+                    )
+            report.events += len(changes)
+            if changes and not report.dry_run:
+                conn.execute(
+                    update(events_t)
+                    .where(events_t.c.id == bindparam("b_id"))
+                    .values(properties=bindparam("b_properties")),
+                    changes,
+                )
+        if len(rows) < BATCH:
+            return
+        after = rows[-1].id
+
+
+def _scrub_stripe(conn: Connection, project: Project, stripe_id: str | None, *, write: bool) -> int:
+    """The customer's name, e-mail, phone and addresses in the mirrored Stripe objects."""
+    if not stripe_id:
+        return 0
+    rows = conn.execute(
+        select(objects_t.c.id, objects_t.c.data).where(
+            objects_t.c.project_id == project.id,
+            (objects_t.c.stripe_customer == stripe_id) | (objects_t.c.stripe_id == stripe_id),
+        )
+    ).all()
+    changed = 0
+    for row_id, data in rows:
+        scrubbed, touched = privacy.scrub_stripe_object(orjson.loads(data))
+        if touched:
+            changed += 1
+            if write:
+                conn.execute(
+                    update(objects_t)
+                    .where(objects_t.c.id == row_id)
+                    .values(data=orjson.dumps(scrubbed).decode())
+                )
+    return changed
+
+
+def _scrub_audit(conn: Connection, project: Project, external_id: str, *, write: bool) -> int:
+    """The name and e-mail given to `customer create` for this customer, in the audit trail."""
+    needle = orjson.dumps({"external_id": external_id}).decode()[1:-1]  # "external_id":"..."
+    rows = conn.execute(
+        select(audit_t.c.id, audit_t.c.arguments).where(
+            audit_t.c.project_slug == project.slug,
+            audit_t.c.command == "customer create",
+            audit_t.c.arguments.contains(needle, autoescape=True),
+        )
+    ).all()
+    changed = 0
+    for row_id, arguments in rows:
+        parsed = orjson.loads(arguments)
+        if parsed.get("external_id") != external_id:
+            continue
+        scrubbed, touched = privacy.scrub_audit_arguments(parsed)
+        if touched:
+            changed += 1
+            if write:
+                conn.execute(
+                    update(audit_t)
+                    .where(audit_t.c.id == row_id)
+                    .values(arguments=orjson.dumps(scrubbed, option=orjson.OPT_SORT_KEYS).decode())
+                )
+    return changed

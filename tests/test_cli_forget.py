@@ -1,0 +1,196 @@
+"""`neruba customer forget` end to end on every dialect: personal data goes, the books stay
+explainable and verifiable, replays stay duplicates, and a meter's property is refused.
+
+Reuses the retention shop (tests/test_cli_retention.py): c1 and c2 on plan pro, events with
+region/tokens (read by meters) and email/ip/user_agent (personal), October 2025 finalized."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import Engine, select, update
+
+from neruba_cli.db.schema import AuditRecord, Customer, Event, Invoice, InvoiceRevision
+from tests.conftest import Cli
+from tests.test_cli_invoice import ok
+from tests.test_cli_retention import PERSONAL, shop  # noqa: F401  (the fixture)
+
+CONFIG = '[privacy]\npersonal_properties = ["email", "ip", "user_agent"]\n'
+
+
+@pytest.fixture
+def named(shop: Cli, tmp_path: Path, engine: Engine) -> Cli:  # noqa: F811
+    """The shop with a name and e-mail on c1 (given on `customer create` for c3), and the
+    privacy config beside the database."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(Customer)
+            .where(Customer.external_id == "c1")
+            .values(name="Ann Example", email=PERSONAL["email"], stripe_id="cus_ann")
+        )
+    made = shop(
+        "customer",
+        "create",
+        "c3",
+        "--name",
+        "Cee Three",
+        "--email",
+        "c3@example.com",
+        "--currency",
+        "USD",
+        "--project",
+        "acme",
+    )
+    assert made.exit_code == 0, made.stderr
+    (tmp_path / "neruba.toml").write_text(CONFIG)
+    return shop
+
+
+def events_of(engine: Engine, external_id: str) -> dict[str, dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Event.idempotency_key, Event.properties)
+            .join(Customer, Customer.id == Event.customer_id)
+            .where(Customer.external_id == external_id)
+        ).all()
+    return {key: orjson.loads(text) for key, text in rows}
+
+
+def test_forget_removes_personal_data_and_keeps_the_books(
+    named: Cli, engine: Engine, tmp_path: Path
+) -> None:
+    c1_invoice = next(
+        i for i in ok(named, "invoice", "list", "--period", "2025-10") if i["customer"] == "c1"
+    )["number"]
+    before = ok(named, "invoice", "show", c1_invoice)
+    c2_before = events_of(engine, "c2")
+
+    dry = ok(named, "customer", "forget", "c1", "--dry-run")
+    assert (dry["dry_run"], dry["events"], dry["properties_removed"]) == (True, 73, 73 * 3)
+    assert ok(named, "customer", "show", "c1")["email"] == PERSONAL["email"]
+    refused = named("customer", "forget", "c1", "--project", "acme")
+    assert refused.exit_code == 2 and "--yes" in refused.stderr
+
+    done = ok(named, "customer", "forget", "c1", "--yes")
+    assert (done["events"], done["properties_removed"], done["already_forgotten"]) == (
+        73,
+        219,
+        False,
+    )
+    assert done["customer"] == "c1" and done["forgotten_at"] is not None
+    shown = ok(named, "customer", "show", "c1")
+    assert (shown["name"], shown["email"], shown["external_id"]) == (None, None, "c1")
+    assert shown["forgotten_at"] == done["forgotten_at"] and shown["forgotten_by"]
+    human = named("customer", "show", "c1", "--project", "acme")
+    assert "was forgotten on" in human.stdout + human.stderr
+
+    for key, properties in events_of(engine, "c1").items():
+        assert not set(properties) & set(PERSONAL), (key, properties)
+        assert set(properties) in ({"region"}, {"tokens", "model"}, {"tokens"}), properties
+    assert events_of(engine, "c2") == c2_before  # only c1 was forgotten
+
+    # Nothing personal is left in invoice documents or the audit arguments.
+    with engine.connect() as conn:
+        documents = conn.execute(select(Invoice.content)).scalars().all()
+        documents += conn.execute(select(InvoiceRevision.content)).scalars().all()
+        audit = conn.execute(select(AuditRecord.command, AuditRecord.arguments)).all()
+    for text in [*documents, *(arguments for _, arguments in audit)]:
+        assert "Ann Example" not in text and PERSONAL["email"] not in text
+    forget_audit = [orjson.loads(a) for command, a in audit if command == "customer forget"]
+    assert {"customer": "c1", "yes": True} in forget_audit
+
+    # The books: show, explain, verify, rerun and check all still work.
+    assert ok(named, "invoice", "show", c1_invoice) == before
+    explained = ok(named, "invoice", "explain", c1_invoice)
+    assert {line["meter"] for line in explained["lines"]} >= {"eu_calls", "tokens"}
+    verified = ok(named, "invoice", "verify", "--period", "2025-10")
+    assert verified["mismatches"] == 0 and verified["checked"] == 2
+    rerun = ok(named, "run", "bill", "--period", "2025-10", "--as-of", "2025-11-03T00:00:00Z")
+    assert rerun["status"] == "unchanged" and rerun["corrections"] == 0
+    checked = named("check", "--project", "acme", "--json")
+    assert checked.exit_code == 0, checked.stdout + checked.stderr
+
+    # Re-importing the original lines: duplicates, never conflicts.
+    again = named(
+        "ingest",
+        str(tmp_path / "events.jsonl"),
+        "--project",
+        "acme",
+        "--max-future",
+        "3650d",
+        "--json",
+    )
+    summary = again.json()
+    assert (summary["accepted"], summary["conflicts"], summary["duplicates"]) == (0, 0, 144)
+
+    # A second forget is a no-op.
+    second = ok(named, "customer", "forget", "c1", "--yes")
+    assert second["already_forgotten"] is True and second["events"] == 0
+    assert second["forgotten_at"] == done["forgotten_at"]
+
+
+def test_forget_scrubs_the_create_audit_and_stripe_mirror(named: Cli, engine: Engine) -> None:
+    from datetime import UTC, datetime
+
+    from neruba_cli.db.schema import Project, StripeObject
+    from neruba_cli.domain.ids import new_id
+
+    with engine.begin() as conn:
+        project_id = conn.execute(select(Project.id)).scalar_one()
+        now = datetime.now(UTC)
+        data = {
+            "id": "in_1",
+            "object": "invoice",
+            "customer": "cus_ann",
+            "total": 100,
+            "customer_email": PERSONAL["email"],
+            "customer_name": "Ann Example",
+        }
+        conn.execute(
+            StripeObject.__table__.insert().values(
+                id=new_id("sob"),
+                project_id=project_id,
+                stripe_id="in_1",
+                object="invoice",
+                stripe_customer="cus_ann",
+                data=orjson.dumps(data).decode(),
+                observed_at=now,
+            )
+        )
+    done = ok(named, "customer", "forget", "c1", "--yes")
+    assert done["stripe_objects"] == 1
+    with engine.connect() as conn:
+        mirrored = orjson.loads(conn.execute(select(StripeObject.data)).scalar_one())
+    assert mirrored["customer_email"] is None and mirrored["customer_name"] is None
+    assert mirrored["total"] == 100 and mirrored["customer"] == "cus_ann"
+
+    c3 = ok(named, "customer", "forget", "c3", "--yes")
+    assert (c3["audit_records"], c3["events"]) == (1, 0)
+    created = [row for row in ok(named, "audit", "list") if row["command"] == "customer create"]
+    c3_args = next(row["arguments"] for row in created if row["arguments"]["external_id"] == "c3")
+    assert c3_args["name"] == "[forgotten]" and c3_args["email"] == "[forgotten]"
+
+
+def test_forget_refuses_a_property_a_meter_reads(
+    named: Cli, engine: Engine, tmp_path: Path
+) -> None:
+    (tmp_path / "neruba.toml").write_text(
+        '[privacy]\npersonal_properties = ["email", "region", "tokens"]\n'
+    )
+    refused = named("customer", "forget", "c1", "--yes", "--project", "acme", "--json")
+    assert refused.exit_code == 1
+    message = refused.error()["message"]
+    assert "meter 'eu_calls'" in message and "'region' as its filter" in message
+    assert "meter 'tokens'" in message and "'tokens' as its field" in message
+    assert ok(named, "customer", "show", "c1")["forgotten_at"] is None
+    assert any("email" in p for p in events_of(engine, "c1").values())  # nothing changed
+
+    (tmp_path / "neruba.toml").write_text('[privacy]\npersonal_properties = ["e-mail"]\n')
+    bad = named("customer", "forget", "c1", "--yes", "--project", "acme")
+    assert bad.exit_code == 1 and "not a property name" in bad.stderr
+    (tmp_path / "neruba.toml").write_text(CONFIG)
+    missing = named("customer", "forget", "nobody", "--yes", "--project", "acme")
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr

@@ -1,0 +1,281 @@
+"""`neruba retention apply` end to end on every dialect: the core promise is that a month it
+cleared still reruns to the same invoices, verifies, and passes `neruba check`, while months
+with a draft or with late events are left alone.
+
+The shop: project acme (UTC), plan pro (10.00 in arrears; eu_calls counts events whose
+region is "eu", 0.10 each; tokens sums properties.tokens at 0.001) for c1 and c2 from
+2025-10-01. Events carry personal extras (email, ip, user_agent) that no meter reads.
+
+- 2025-10: billed and finalized — eligible.
+- 2025-11: billed, left as drafts — not touched.
+- 2025-12: billed and finalized, then a late event arrives with no rerun — not touched.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import Engine, select
+
+from neruba_cli.db.schema import Event, RetentionRun
+from tests.conftest import Cli
+from tests.test_billing import Ev, ingest, write_jsonl
+from tests.test_cli_invoice import bill, ok
+
+CATALOG = """
+[[meters]]
+code = "eu_calls"
+aggregation = "count"
+filter = { region = "eu" }
+
+[[meters]]
+code = "tokens"
+aggregation = "sum"
+field = "properties.tokens"
+
+[[plans]]
+code = "pro"
+currency = "USD"
+interval = "month"
+base_fee = "10.00"
+base_fee_timing = "arrears"
+proration = "day"
+
+  [[plans.charges]]
+  meter = "eu_calls"
+  model = "per_unit"
+  unit_amount = "0.10"
+
+  [[plans.charges]]
+  meter = "tokens"
+  model = "per_unit"
+  unit_amount = "0.001"
+"""
+
+PERSONAL = {"email": "ann@example.com", "ip": "192.0.2.7", "user_agent": "curl/8.0"}
+MONTHS = {
+    "2025-10": datetime(2025, 10, 1, tzinfo=UTC),
+    "2025-11": datetime(2025, 11, 1, tzinfo=UTC),
+}
+MONTHS["2025-12"] = datetime(2025, 12, 1, tzinfo=UTC)
+AS_OF = "2027-02-01T00:00:00Z"  # 13 months before is 2026-01-01: all three months are old
+
+
+def month_events(label: str, start: datetime) -> list[Ev]:
+    events = []
+    for customer in ("c1", "c2"):
+        for i in range(12):
+            ts = start + timedelta(days=i * 2, hours=i)
+            region = "eu" if i % 3 else "us"
+            events.append(
+                Ev(
+                    f"{label}-{customer}-call-{i}",
+                    customer,
+                    "eu_calls",
+                    ts,
+                    properties={"region": region, **PERSONAL},
+                )
+            )
+            events.append(
+                Ev(
+                    f"{label}-{customer}-tok-{i}",
+                    customer,
+                    "tokens",
+                    ts,
+                    Decimal(1),
+                    properties={"tokens": 100 + i, "model": "large", **PERSONAL},
+                )
+            )
+    return events
+
+
+@pytest.fixture
+def shop(cli: Cli, tmp_path: Path) -> Cli:
+    assert cli("project", "create", "acme", "--timezone", "UTC").exit_code == 0
+    for external in ("c1", "c2"):
+        made = cli("customer", "create", external, "--currency", "USD", "--project", "acme")
+        assert made.exit_code == 0, made.stderr
+    (tmp_path / "catalog.toml").write_text(CATALOG)
+    ok(cli, "catalog", "apply", str(tmp_path / "catalog.toml"))
+    for external in ("c1", "c2"):
+        ok(cli, "subscription", "create", external, "pro", "--start", "2025-10-01T00:00:00Z")
+    events = [e for label, start in MONTHS.items() for e in month_events(label, start)]
+    ingest(cli, write_jsonl(tmp_path / "events.jsonl", events))
+    assert bill(cli, "2025-10", "2025-11-02T00:00:00Z")["invoices"] == 2
+    ok(cli, "invoice", "finalize", "--period", "2025-10")
+    assert bill(cli, "2025-11", "2025-12-02T00:00:00Z")["invoices"] == 2  # drafts
+    assert bill(cli, "2025-12", "2026-01-02T00:00:00Z")["invoices"] == 2
+    ok(cli, "invoice", "finalize", "--period", "2025-12")
+    late = Ev(
+        "late-1",
+        "c1",
+        "tokens",
+        datetime(2025, 12, 30, tzinfo=UTC),
+        Decimal(1),
+        properties={"tokens": 5000, **PERSONAL},
+    )
+    ingest(cli, write_jsonl(tmp_path / "late.jsonl", [late]))
+    return cli
+
+
+def stored_properties(engine: Engine, prefix: str) -> dict[str, dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Event.idempotency_key, Event.properties).where(
+                Event.idempotency_key.like(f"{prefix}%")
+            )
+        ).all()
+    return {key: orjson.loads(text) for key, text in rows}
+
+
+def shown(cli: Cli, period: str) -> dict[str, Any]:
+    return {
+        item["number"]: ok(cli, "invoice", "show", item["number"])
+        for item in ok(cli, "invoice", "list", "--period", period)
+    }
+
+
+def test_retention_keeps_invoices_identical_and_skips_open_months(
+    shop: Cli, engine: Engine, tmp_path: Path
+) -> None:
+    before = {period: shown(shop, period) for period in MONTHS}
+    before_nov = stored_properties(engine, "2025-11")
+    before_dec = stored_properties(engine, "2025-12")
+
+    dry = ok(shop, "retention", "apply", "--older-than", "13m", "--as-of", AS_OF, "--dry-run")
+    assert dry["periods"] == ["2025-10"] and dry["dry_run"] is True
+    assert dry["events"] == 48 and dry["properties_dropped"] == 24 * 3 + 24 * 4
+    assert dry["kept_properties"] == ["region", "tokens"]
+    reasons = {s["period"]: s["reason"] for s in dry["skipped"]}
+    assert "draft" in reasons["2025-11"] and "events arrived" in reasons["2025-12"]
+    assert stored_properties(engine, "2025-10")["2025-10-c1-call-1"]["email"] == PERSONAL["email"]
+
+    # Not on a terminal: --yes is required, and nothing changes without it.
+    refused = shop(
+        "retention", "apply", "--older-than", "13m", "--as-of", AS_OF, "--project", "acme"
+    )
+    assert refused.exit_code == 2 and "--yes" in refused.stderr
+    applied = ok(shop, "retention", "apply", "--older-than", "13m", "--as-of", AS_OF, "--yes")
+    assert (applied["periods"], applied["events"], applied["dry_run"]) == (
+        ["2025-10"],
+        dry["events"],
+        False,
+    )
+    assert applied["properties_dropped"] == dry["properties_dropped"]
+
+    october = stored_properties(engine, "2025-10")
+    assert len(october) == 48
+    for key, properties in october.items():
+        if "-call-" in key:
+            assert set(properties) == {"region"}, (key, properties)
+        else:
+            assert set(properties) == {"tokens"}, (key, properties)
+    assert october["2025-10-c2-tok-3"] == {"tokens": 103}
+    assert stored_properties(engine, "2025-11") == before_nov  # drafts: untouched
+    assert stored_properties(engine, "2025-12") == before_dec  # late events: untouched
+
+    # The month reruns to the same invoices, verifies, and the books check out.
+    rerun = bill(shop, "2025-10", "2027-02-01T00:00:00Z")
+    assert rerun["status"] == "unchanged" and rerun["corrections"] == 0, rerun
+    assert shown(shop, "2025-10") == before["2025-10"]
+    verified = ok(shop, "invoice", "verify", "--period", "2025-10")
+    assert verified["checked"] == 2 and verified["mismatches"] == 0, verified
+    explained = ok(shop, "invoice", "explain", next(iter(before["2025-10"])))
+    tokens = next(line for line in explained["lines"] if line["meter"] == "tokens")
+    assert tokens["events"]["count"] == 12
+    checked = shop("check", "--project", "acme", "--json")
+    assert checked.exit_code == 0, checked.stdout + checked.stderr
+
+    # Running again finishes nothing new: idempotent, and recorded both times.
+    again = ok(shop, "retention", "apply", "--older-than", "13m", "--as-of", AS_OF, "--yes")
+    assert (again["periods"], again["events"], again["properties_dropped"]) == (["2025-10"], 0, 0)
+    runs = ok(shop, "retention", "list")
+    assert [(r["periods"], r["events"], r["status"]) for r in runs] == [
+        (["2025-10"], 48, "completed"),
+        (["2025-10"], 0, "completed"),
+    ]
+    assert runs[0]["older_than"] == "13m" and runs[0]["finished_at"] is not None
+
+    # After a rerun picks up December's late event, December becomes eligible too.
+    rerun_dec = ok(shop, "run", "bill", "--period", "2025-12", "--as-of", AS_OF, "--finalize")
+    assert rerun_dec["corrections"] == 1, rerun_dec
+    later = ok(shop, "retention", "apply", "--older-than", "13m", "--as-of", AS_OF, "--yes")
+    assert later["periods"] == ["2025-10", "2025-12"] and later["events"] == 49
+    assert stored_properties(engine, "late") == {"late-1": {"tokens": 5000}}
+
+
+def test_reimporting_the_original_file_gives_duplicates_not_conflicts(
+    shop: Cli, engine: Engine, tmp_path: Path
+) -> None:
+    ok(shop, "retention", "apply", "--older-than", "13m", "--as-of", AS_OF, "--yes")
+    assert stored_properties(engine, "2025-10")["2025-10-c1-call-1"] == {"region": "eu"}
+    again = shop(
+        "ingest",
+        str(tmp_path / "events.jsonl"),
+        "--project",
+        "acme",
+        "--max-future",
+        "3650d",
+        "--json",
+    )
+    summary = again.json()
+    assert (summary["accepted"], summary["conflicts"], summary["rejected"]) == (0, 0, 0), summary
+    assert summary["duplicates"] == summary["lines"] == 3 * 48
+
+
+def test_young_months_and_bad_ages_are_refused(shop: Cli) -> None:
+    young = ok(shop, "retention", "apply", "--older-than", "2y", "--as-of", AS_OF, "--dry-run")
+    assert young["periods"] == [] and young["events"] == 0
+    assert {s["reason"] for s in young["skipped"]} == {"not old enough"}
+    bad = shop("retention", "apply", "--older-than", "5h", "--project", "acme", "--json")
+    assert bad.exit_code == 1 and "days, weeks, months or years" in bad.stderr
+    worse = shop("retention", "apply", "--older-than", "soon", "--project", "acme")
+    assert worse.exit_code == 1 and "not a duration" in worse.stderr
+
+
+def test_a_month_not_pushed_to_stripe_is_not_touched(shop: Cli, engine: Engine) -> None:
+    """Once the project pushes to Stripe, an unpushed final invoice keeps its month open."""
+    from neruba_cli.db.schema import Invoice, StripeLink
+    from neruba_cli.domain.ids import new_id
+
+    with engine.begin() as conn:
+        invoice = conn.execute(
+            select(Invoice.id, Invoice.project_id).where(Invoice.period == "2025-12").limit(1)
+        ).one()
+        now = datetime.now(UTC)
+        conn.execute(
+            StripeLink.__table__.insert().values(
+                id=new_id("slk"),
+                project_id=invoice.project_id,
+                invoice_id=invoice.id,
+                stripe_object="invoice",
+                stripe_id="in_test",
+                generation=1,
+                version=1,
+                state="finalized",
+                pushed_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    dry = ok(shop, "retention", "apply", "--older-than", "13m", "--as-of", AS_OF, "--dry-run")
+    assert dry["periods"] == []
+    reasons = {s["period"]: s["reason"] for s in dry["skipped"]}
+    assert "not pushed to Stripe" in reasons["2025-10"]
+
+
+def test_the_run_is_recorded_and_audited(shop: Cli, engine: Engine) -> None:
+    ok(shop, "retention", "apply", "--older-than", "13m", "--as-of", AS_OF, "--yes")
+    audit = [row for row in ok(shop, "audit", "list") if row["command"] == "retention apply"]
+    assert audit[-1]["arguments"] == {"older_than": "13m", "as_of": AS_OF, "yes": True}
+    assert audit[-1]["outcome"] == "ok"
+    with engine.connect() as conn:
+        run = conn.execute(select(RetentionRun.__table__)).one()
+    assert (run.status, run.events_touched, run.properties_dropped) == ("completed", 48, 168)
+    assert orjson.loads(run.periods) == ["2025-10"] and run.finished_at is not None
+    assert orjson.loads(run.kept_properties) == ["region", "tokens"]
