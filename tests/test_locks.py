@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
+import socket
+import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -195,6 +198,36 @@ def test_stale_lock_is_reported_stale(engine: Engine) -> None:
     (state,) = locks.list_held(engine)
     assert not state.is_stale(T0 + MINUTE - SECOND)
     assert state.is_stale(T0 + MINUTE)
+
+
+def test_holder_alive_reads_only_this_hosts_processes() -> None:
+    here = socket.gethostname()
+    assert locks.holder_alive(f"me@{here}:{os.getpid()}") is True
+    assert locks.holder_alive(f"me@{here}:{_dead_pid()}") is False
+    assert locks.holder_alive("me@some-other-host:1") is None
+    assert locks.holder_alive("tests") is None
+
+
+def _dead_pid() -> int:
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    return finished.pid
+
+
+def test_a_dead_local_holders_lease_is_taken_over_before_it_expires(engine: Engine) -> None:
+    dead = f"cron@{socket.gethostname()}:{_dead_pid()}"
+    old = locks.acquire(engine, "billing", holder=dead, ttl=MINUTE, clock=at(T0))
+    lease = locks.acquire(engine, "billing", holder="bob", ttl=MINUTE, clock=at(T0 + SECOND))
+    assert (lease.holder, lease.token) == ("bob", old.token + 1)
+    with pytest.raises(LockLost), engine.begin() as conn:  # the dead holder is fenced off
+        locks.fence(conn, old, clock=at(T0 + SECOND))
+
+
+def test_a_live_or_remote_holders_lease_is_not_taken_over(engine: Engine) -> None:
+    for holder in (f"cron@{socket.gethostname()}:{os.getpid()}", "cron@elsewhere:1"):
+        locks.acquire(engine, holder, holder=holder, ttl=MINUTE, clock=at(T0))
+        with pytest.raises(LockHeld):
+            locks.acquire(engine, holder, holder="bob", ttl=MINUTE, clock=at(T0 + SECOND))
 
 
 # -- waiting ------------------------------------------------------------------------------------

@@ -65,6 +65,27 @@ def default_holder() -> str:
     return f"{user}@{socket.gethostname()}:{os.getpid()}"
 
 
+def holder_alive(holder: str) -> bool | None:
+    """Whether a lock holder (`user@host:pid`, `default_holder`) still runs: known only for
+    this host; None elsewhere or for a holder of another shape."""
+    _user, at, rest = holder.rpartition("@")
+    host, _colon, pid_text = rest.rpartition(":")
+    if not at or host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    except OSError:
+        return None
+    return True
+
+
 def acquire(
     engine: Engine,
     name: str,
@@ -82,6 +103,8 @@ def acquire(
     deadline = time.monotonic() + wait
     while True:
         lease = _try_acquire(engine, name, holder, ttl, clock())
+        if lease is None:
+            lease = _take_from_dead_holder(engine, name, holder, ttl, clock())
         if lease is not None:
             return lease
         if time.monotonic() >= deadline:
@@ -113,6 +136,31 @@ def _try_acquire(
         return Lease(name, holder, 1, now, expires)
     except IntegrityError:
         return None  # the row exists and is held (or someone inserted it just now)
+
+
+def _take_from_dead_holder(
+    engine: Engine, name: str, holder: str, ttl: timedelta, now: datetime
+) -> Lease | None:
+    """A lease whose holder is a process of this host that no longer exists (killed, crashed)
+    is taken over at once instead of after its expiry, so a cron rerun after a crash just
+    works. The takeover is conditional on the exact holder and token read, and it advances the
+    fencing token like any acquisition: if that process were somehow still writing, its next
+    fenced write fails."""
+    state = get(engine, name)
+    if state is None or state.holder is None or holder_alive(state.holder) is not False:
+        return None
+    expires = now + ttl
+    with engine.begin() as conn:
+        taken = conn.execute(
+            update(_locks)
+            .where(_locks.c.name == name)
+            .where(_locks.c.holder == state.holder, _locks.c.token == state.token)
+            .values(holder=holder, token=_locks.c.token + 1, acquired_at=now, expires_at=expires)
+        ).rowcount
+        if taken != 1:
+            return None
+        token = conn.execute(select(_locks.c.token).where(_locks.c.name == name)).scalar_one()
+    return Lease(name, holder, int(token), now, expires)
 
 
 def _held_error(engine: Engine, name: str) -> LockHeld:

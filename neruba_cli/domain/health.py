@@ -85,8 +85,9 @@ def runs_check(runs: list[RunFacts], now: datetime) -> Check:
     for run, reason in stuck:
         step = f"rerun `neruba run bill --period {run.period}`"
         if run.holder_alive is False and reason.startswith("its process"):
-            # the dead process's lease has not expired yet: free it rather than wait
-            step = f"`neruba locks release {run.lock_name}`, then {step}"
+            # the lease has not expired yet: a rerun on this host takes it over from the dead
+            # process (db/locks.py); another host would wait for its expiry
+            step += f" on this host (elsewhere, `neruba locks release {run.lock_name}` first)"
         parts.append(f"{run.id} ({run.period}): {reason}; {step}")
     detail = (
         f"{len(stuck)} stuck: "

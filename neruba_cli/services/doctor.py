@@ -8,7 +8,6 @@ they run only once the schema is at head."""
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -218,31 +217,10 @@ def _check_runs(
                 lock_holder=lock.holder if lock is not None else None,
                 lock_token_now=int(lock.token) if lock is not None else None,
                 lock_expires_at=_aware(lock.expires_at) if lock is not None else None,
-                holder_alive=holder_alive(row.holder),
+                holder_alive=locks.holder_alive(row.holder),
             )
         )
     report.checks.append(health.runs_check(facts, now))
-
-
-def holder_alive(holder: str) -> bool | None:
-    """Whether a lock holder (`user@host:pid`, db/locks.py default_holder) still runs: known
-    only for this host; None elsewhere or for a holder of another shape."""
-    _user, _at, rest = holder.rpartition("@")
-    host, _colon, pid_text = rest.rpartition(":")
-    if not _at or host != socket.gethostname() or not pid_text.isdigit():
-        return None
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    except OSError:
-        return None
-    return True
 
 
 def _aware(moment: datetime | None) -> datetime | None:
