@@ -16,8 +16,9 @@ EXIT_DISCREPANCY = 4
 def register(app: typer.Typer) -> None:
     @command(app, "check", scope="read")
     def check(rt: Runtime) -> int:
-        """Consistency sweep of the ledger and every figure kept beside it. Exit 4 on any
-        discrepancy, with the list."""
+        """Consistency sweep of the ledger, invoices, billed events and import receipts. Exit
+        4 on any discrepancy, with the list; notes (late events awaiting a rerun, an import
+        still running) are listed but do not fail."""
         with rt.transaction() as session:
             project = rt.project(session)
         report = sweep.run_consistent(rt.engine(), project)
@@ -41,6 +42,12 @@ def register(app: typer.Typer) -> None:
                 hidden = item["problems"] - len(item["details"])
                 if hidden > 0:
                     console.print(f"{item['name']}: ... and {hidden} more", markup=False)
+            for item in data["checks"]:
+                for note in item["notes"]:
+                    console.print(Text(f"{item['name']} (note): ", style="yellow") + Text(note))
+                hidden = item["noted"] - len(item["notes"])
+                if hidden > 0:
+                    console.print(f"{item['name']} (note): ... and {hidden} more", markup=False)
 
         rt.out.emit(data, render)
         if report.ok:
