@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -149,6 +150,12 @@ def _mysql_engine(url: URL) -> Engine:
             "init_command": f"SET SESSION sql_mode='{_MYSQL_SQL_MODE}', time_zone='+00:00'",
         },
     )
+
+
+# psycopg logs a warning to stderr (Python's last-resort handler) when a COPY cannot be ended
+# because the server went away, beside the error that is then raised and reported as one
+# line: the driver's own logging stays quiet.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
 def _postgres_engine(url: URL) -> Engine:

@@ -77,4 +77,6 @@ def _text(raw: dict[str, Any], name: str) -> str:
         raise Rejected(
             f"{name} is required" if value is None else f"{name} must be a non-empty string"
         )
+    if "\x00" in value:  # PostgreSQL cannot store it in text: refused on every database
+        raise Rejected(f"{name} contains a NUL character (\\u0000)")
     return value.strip()

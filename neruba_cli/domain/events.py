@@ -135,7 +135,10 @@ class EventChecker:
             raise Rejected("properties must be a JSON object")
         event = EventInput(key, customer, meter, timestamp, quantity, properties)
         stamp = timestamp.isoformat(timespec="microseconds")
-        digest = hashlib.sha256(_canonical_payload(event, stamp, text)).hexdigest()
+        payload = _canonical_payload(event, stamp, text)
+        if b"\\u0000" in payload and _has_nul(properties):  # the scan only when it may be
+            raise Rejected("properties contain a NUL character (\\u0000)")
+        digest = hashlib.sha256(payload).hexdigest()
         return CheckedEvent(event, digest, stamp, text)
 
 
@@ -177,7 +180,21 @@ def _text(raw: dict[str, Any], name: str) -> str:
     value = value.strip()
     if not value:
         raise Rejected(f"{name} is empty")
+    if "\x00" in value:
+        raise Rejected(f"{name} contains a NUL character (\\u0000)")
     return value
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL character is in any string of a JSON value (object keys too): PostgreSQL
+    cannot store one in text, so no database is asked to (the same file, the same outcome)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in key or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def parse_timestamp(value: Any, assume_tz: tzinfo | None = None) -> datetime:
@@ -191,7 +208,10 @@ def parse_timestamp(value: Any, assume_tz: tzinfo | None = None) -> datetime:
         if assume_tz is None:
             raise Rejected("timestamp has no time-zone offset")
         moment = moment.replace(tzinfo=assume_tz)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
+        raise Rejected(f"timestamp {value!r} is out of range in UTC") from None
 
 
 def parse_quantity(value: Any) -> Decimal:
@@ -222,6 +242,14 @@ def parse_quantity(value: Any) -> Decimal:
 
 
 def _storable(amount: Decimal) -> Decimal:
+    # Bounds first, from the exponent alone: canonical() writes every digit out, and
+    # "1e999999999" (or "0e999999999") would take minutes and gigabytes to write.
+    if amount.is_zero():
+        return Decimal(0)
+    if amount.adjusted() >= MAX_INTEGER_DIGITS:
+        raise Rejected(f"quantity has more than {MAX_INTEGER_DIGITS} integer digits")
+    if amount.adjusted() < -MAX_SCALE:
+        raise Rejected(f"quantity has more than {MAX_SCALE} decimal places")
     value = canonical(amount)
     _, digits, exp = value.as_tuple()
     assert isinstance(exp, int)

@@ -69,7 +69,7 @@ def parse_amount(value: object, *, field: str = "amount") -> Decimal:
         raise InvalidInput(f"{field}: expected an amount, got {type(value).__name__}")
     if not amount.is_finite():
         raise InvalidInput(f"{field}: {value!r} is not a finite amount")
-    if abs(amount) >= MAX_AMOUNT:
+    if amount.copy_abs() >= MAX_AMOUNT:  # exact: abs() would overflow on "1e999999999"
         raise InvalidInput(f"{field}: {value!r} is larger than any amount Neruba stores")
     exp = amount.as_tuple().exponent
     if isinstance(exp, int) and -exp > MAX_PRICE_PLACES:
