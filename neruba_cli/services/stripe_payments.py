@@ -9,7 +9,7 @@ per project serialises the read-then-record step.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
@@ -27,8 +27,23 @@ invoices_t = Invoice.__table__
 cursors_t = StripeCursor.__table__
 
 
+# The lease covers one read-then-record step (a few queries), so it can be short. A process of
+# this host killed inside that step is taken over at once (db/locks.py); one on another host
+# cannot be seen to be dead, and with the default ten-minute lease it would make every pull
+# and webhook elsewhere wait 60 s per invoice and fail, for ten minutes. This lease expires
+# before the next applier's wait runs out.
+APPLY_TTL = timedelta(seconds=30)
+APPLY_WAIT = 60.0
+
+
 def _lock(engine: Engine, project: Project) -> locks.Lease:
-    return locks.acquire(engine, f"{project.slug}:stripe:apply", wait=60.0, poll_interval=0.05)
+    return locks.acquire(
+        engine,
+        f"{project.slug}:stripe:apply",
+        ttl=APPLY_TTL,
+        wait=APPLY_WAIT,
+        poll_interval=0.05,
+    )
 
 
 def paid_key_prefix(stripe_invoice: str) -> str:
