@@ -194,3 +194,76 @@ def test_forget_refuses_a_property_a_meter_reads(
     (tmp_path / "neruba.toml").write_text(CONFIG)
     missing = named("customer", "forget", "nobody", "--yes", "--project", "acme")
     assert missing.exit_code == 1 and "does not exist" in missing.stderr
+
+
+def test_forget_scrubs_stored_stripe_webhook_bodies(named: Cli, engine: Engine) -> None:
+    """A verified webhook delivery keeps its raw body; one about the forgotten customer held
+    the name and e-mail after forget until the bodies were scrubbed too. Reprocessing reads
+    the stored body without verifying it again, so it stays valid JSON of the same shape."""
+    from datetime import UTC, datetime
+
+    from neruba_cli.db.schema import Project, StripeWebhookEvent
+    from neruba_cli.domain.ids import new_id
+
+    def delivery(event_id: str, obj: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": event_id,
+            "object": "event",
+            "type": "invoice.paid",
+            "data": {"object": obj, "previous_attributes": {"customer_email": "old@example.com"}},
+        }
+
+    ann = delivery(
+        "evt_ann",
+        {
+            "id": "in_9",
+            "object": "invoice",
+            "customer": "cus_ann",
+            "amount_paid": 500,
+            "customer_email": PERSONAL["email"],
+            "customer_name": "Ann Example",
+        },
+    )
+    other = delivery(
+        "evt_other",
+        {
+            "id": "in_8",
+            "object": "invoice",
+            "customer": "cus_bob",
+            "amount_paid": 700,
+            "customer_email": "bob@example.com",
+            "description": "mentions cus_ann",
+        },
+    )
+    with engine.begin() as conn:
+        project_id = conn.execute(select(Project.id)).scalar_one()
+        for event in (ann, other):
+            conn.execute(
+                StripeWebhookEvent.__table__.insert().values(
+                    id=new_id("swh"),
+                    project_id=project_id,
+                    event_id=event["id"],
+                    type=event["type"],
+                    status="processed",
+                    attempts=1,
+                    payload=orjson.dumps(event).decode(),
+                    received_at=datetime.now(UTC),
+                )
+            )
+    dry = ok(named, "customer", "forget", "c1", "--dry-run")
+    assert dry["webhook_events"] == 1
+    done = ok(named, "customer", "forget", "c1", "--yes")
+    assert done["webhook_events"] == 1
+    with engine.connect() as conn:
+        stored = {
+            event_id: orjson.loads(payload)
+            for event_id, payload in conn.execute(
+                select(StripeWebhookEvent.event_id, StripeWebhookEvent.payload)
+            )
+        }
+    scrubbed = stored["evt_ann"]["data"]
+    assert PERSONAL["email"] not in orjson.dumps(stored["evt_ann"]).decode()
+    assert "Ann Example" not in orjson.dumps(stored["evt_ann"]).decode()
+    assert scrubbed["object"]["amount_paid"] == 500 and scrubbed["object"]["customer"] == "cus_ann"
+    assert scrubbed["previous_attributes"]["customer_email"] is None
+    assert stored["evt_other"] == other  # another customer's delivery is left alone

@@ -6,7 +6,8 @@
   config names as personal (`[privacy] personal_properties`), removed from the customer's
   events; the same name and e-mail in earlier `customer create` audit arguments; the
   customer's name, e-mail, phone, address and shipping details in the local Stripe mirror
-  (Stripe itself keeps its own copy: delete the customer in Stripe as well).
+  and in the stored bodies of Stripe webhook deliveries about the customer (Stripe itself
+  keeps its own copy: delete the customer in Stripe as well).
 - **Stays**: the external id (invoices, the ledger and Stripe link by it, so the operator must
   choose external ids that are not personal data), quantities, timestamps, the payload hash
   of each event (a hash reveals nothing, and re-importing an original line must still be a

@@ -2,9 +2,9 @@
 
 What goes and what stays is in domain/privacy.py. The events are rewritten in batches, one
 transaction each (only events that still carry a personal property are touched); the last
-transaction clears the name and e-mail, scrubs the Stripe mirror and the audit arguments,
-and sets `forgotten_at`. A forget that was interrupted is finished by running it again; once
-`forgotten_at` is set, another forget changes nothing.
+transaction clears the name and e-mail, scrubs the Stripe mirror, the stored webhook bodies
+and the audit arguments, and sets `forgotten_at`. A forget that was interrupted is finished
+by running it again; once `forgotten_at` is set, another forget changes nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ import orjson
 from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from neruba_cli.db.schema import AuditRecord, Customer, Event, Project, StripeObject
+from neruba_cli.db.schema import (
+    AuditRecord,
+    Customer,
+    Event,
+    Project,
+    StripeObject,
+    StripeWebhookEvent,
+)
 from neruba_cli.domain import privacy
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.timestamps import format_ts
@@ -30,6 +37,7 @@ BATCH = 2000
 events_t = Event.__table__
 customers_t = Customer.__table__
 objects_t = StripeObject.__table__
+webhooks_t = StripeWebhookEvent.__table__
 audit_t = AuditRecord.__table__
 
 
@@ -45,6 +53,7 @@ class ForgetReport:
     events: int = 0
     properties_removed: int = 0
     stripe_objects: int = 0
+    webhook_events: int = 0
     audit_records: int = 0
     kept: list[str] = field(default_factory=list)
 
@@ -60,6 +69,7 @@ class ForgetReport:
             "events": self.events,
             "properties_removed": self.properties_removed,
             "stripe_objects": self.stripe_objects,
+            "webhook_events": self.webhook_events,
             "audit_records": self.audit_records,
         }
 
@@ -102,6 +112,7 @@ def forget(
         ).scalar_one()
         write = not report.dry_run
         report.stripe_objects = _scrub_stripe(conn, project, stripe_id, write=write)
+        report.webhook_events = _scrub_webhooks(conn, project, stripe_id, write=write)
         report.audit_records = _scrub_audit(conn, project, report.customer, write=write)
         if not report.dry_run:
             conn.execute(
@@ -176,6 +187,46 @@ def _scrub_stripe(conn: Connection, project: Project, stripe_id: str | None, *, 
                     update(objects_t)
                     .where(objects_t.c.id == row_id)
                     .values(data=orjson.dumps(scrubbed).decode())
+                )
+    return changed
+
+
+def _scrub_webhooks(
+    conn: Connection, project: Project, stripe_id: str | None, *, write: bool
+) -> int:
+    """The same details in the stored bodies of Stripe webhook deliveries about the customer
+    (`data.object` and the `previous_attributes` of an update). `stripe webhook reprocess`
+    parses the stored body without verifying its signature again, so it still works."""
+    if not stripe_id:
+        return 0
+    rows = conn.execute(
+        select(webhooks_t.c.id, webhooks_t.c.payload).where(
+            webhooks_t.c.project_id == project.id,
+            webhooks_t.c.payload.contains(stripe_id, autoescape=True),
+        )
+    ).all()
+    changed = 0
+    for row_id, payload in rows:
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        data = event.get("data") if isinstance(event, dict) else None
+        obj = data.get("object") if isinstance(data, dict) else None
+        if not isinstance(obj, dict) or stripe_id not in (obj.get("customer"), obj.get("id")):
+            continue
+        touched = False
+        for part in ("object", "previous_attributes"):
+            if isinstance(data.get(part), dict):
+                data[part], scrubbed = privacy.scrub_stripe_object(data[part])
+                touched = touched or scrubbed
+        if touched:
+            changed += 1
+            if write:
+                conn.execute(
+                    update(webhooks_t)
+                    .where(webhooks_t.c.id == row_id)
+                    .values(payload=orjson.dumps(event).decode())
                 )
     return changed
 

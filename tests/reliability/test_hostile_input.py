@@ -42,6 +42,7 @@ from sqlalchemy import Engine, func, select
 
 from neruba_cli.db.schema import Charge, Event, ImportBatch
 from tests.conftest import Cli
+from tests.reliability.conftest import assert_check_ok
 from tests.test_catalog import EXAMPLE
 from tests.test_ingest import event
 
@@ -125,6 +126,7 @@ def assert_replay_accepts_nothing(cli: Cli, engine: Engine, path: Path, first: I
     assert again.summary["lines"] == first.summary["lines"]
     # what was stored (by this file or before it) is a duplicate now; what was refused still is
     assert set(again.rejects) == set(first.rejects), (again.rejects, first.rejects)
+    assert_check_ok(cli, f"after importing {path.name} twice")  # receipts = stored events
 
 
 def count_events(engine: Engine) -> int:
