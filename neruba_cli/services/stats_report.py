@@ -252,7 +252,6 @@ def families(stats: Stats) -> list[Family]:
         for q, value in (("0.5", lag.p50), ("0.95", lag.p95))
         if value is not None
     ]
-    lag_samples += [Sample((project,), lag.total, "_sum"), Sample((project,), lag.count, "_count")]
     run = stats.last_run
     return [
         Family(
@@ -264,12 +263,20 @@ def families(stats: Stats) -> list[Family]:
                 for meter, n in sorted(stats.events_total.items())
             ),
         ),
+        # Gauges, not a summary: the figures are over a moving sample of the newest events,
+        # so a summary's _sum and _count would go down and break rate().
         Family(
             "neruba_ingest_lag_seconds",
-            "summary",
+            "gauge",
             f"received_at - ts of events received in the last {stats.days} days "
-            f"(newest {LAG_SAMPLE} at most).",
+            f"(newest {LAG_SAMPLE} at most), by nearest-rank quantile.",
             tuple(lag_samples),
+        ),
+        Family(
+            "neruba_ingest_lag_sample_events",
+            "gauge",
+            "Events the ingest lag quantiles were taken over.",
+            (Sample((project,), lag.count),),
         ),
         Family(
             "neruba_ingest_lag_max_seconds",
