@@ -6,6 +6,8 @@ region/tokens (read by meters) and email/ip/user_agent (personal), October 2025 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from sqlalchemy import Engine, select, update
 
 from neruba_cli.db.schema import AuditRecord, Customer, Event, Invoice, InvoiceRevision
 from tests.conftest import Cli
+from tests.test_billing import Ev, ingest, write_jsonl
 from tests.test_cli_invoice import ok
 from tests.test_cli_retention import PERSONAL, shop  # noqa: F401  (the fixture)
 
@@ -126,14 +129,57 @@ def test_forget_removes_personal_data_and_keeps_the_books(
     summary = again.json()
     assert (summary["accepted"], summary["conflicts"], summary["duplicates"]) == (0, 0, 144)
 
-    # A second forget is a no-op.
+    # A second forget with nothing new removes nothing and keeps the first forget's record.
     second = ok(named, "customer", "forget", "c1", "--yes")
-    assert second["already_forgotten"] is True and second["events"] == 0
-    assert second["forgotten_at"] == done["forgotten_at"]
+    assert second["already_forgotten"] is True
+    assert (second["events"], second["properties_removed"], second["audit_records"]) == (0, 0, 0)
+    assert second["name_and_email"] is False
+    assert (second["forgotten_at"], second["forgotten_by"]) == (
+        done["forgotten_at"],
+        done["forgotten_by"],
+    )
+
+
+def test_forgetting_again_removes_what_arrived_since(
+    named: Cli, engine: Engine, tmp_path: Path
+) -> None:
+    """Events ingested after a forget may carry personal properties again (and an import may
+    set the name again): a second forget removes them, keeping the first forget's record."""
+    done = ok(named, "customer", "forget", "c1", "--yes")
+    assert done["already_forgotten"] is False and done["name_and_email"] is True
+    late = Ev(
+        "after-forget-1",
+        "c1",
+        "tokens",
+        datetime(2026, 1, 5, tzinfo=UTC),
+        Decimal(1),
+        properties={"tokens": 7, "ip": PERSONAL["ip"], "model": "small"},
+    )
+    ingest(named, write_jsonl(tmp_path / "after.jsonl", [late]))
+    with engine.begin() as conn:
+        conn.execute(update(Customer).where(Customer.external_id == "c1").values(name="Ann"))
+
+    dry = ok(named, "customer", "forget", "c1", "--dry-run")
+    assert (dry["already_forgotten"], dry["events"], dry["properties_removed"]) == (True, 1, 1)
+    assert events_of(engine, "c1")["after-forget-1"]["ip"] == PERSONAL["ip"]  # a dry run
+
+    again = named("customer", "forget", "c1", "--yes", "--project", "acme")
+    assert again.exit_code == 0, again.stderr
+    assert "already forgotten" in again.stderr and "1 personal properties from 1 events" in (
+        again.stderr
+    )
+    second = ok(named, "customer", "forget", "c1", "--yes")  # and once more: nothing left
+    assert (second["events"], second["properties_removed"]) == (0, 0)
+    assert events_of(engine, "c1")["after-forget-1"] == {"tokens": 7, "model": "small"}
+    shown = ok(named, "customer", "show", "c1")
+    assert shown["name"] is None
+    assert (shown["forgotten_at"], shown["forgotten_by"]) == (
+        done["forgotten_at"],
+        done["forgotten_by"],
+    )
 
 
 def test_forget_scrubs_the_create_audit_and_stripe_mirror(named: Cli, engine: Engine) -> None:
-    from datetime import UTC, datetime
 
     from neruba_cli.db.schema import Project, StripeObject
     from neruba_cli.domain.ids import new_id
@@ -167,11 +213,24 @@ def test_forget_scrubs_the_create_audit_and_stripe_mirror(named: Cli, engine: En
     assert mirrored["customer_email"] is None and mirrored["customer_name"] is None
     assert mirrored["total"] == 100 and mirrored["customer"] == "cus_ann"
 
+    # A later `stripe pull` refreshes the mirror with the details Stripe still holds: a
+    # second forget scrubs them again.
+    with engine.begin() as conn:
+        conn.execute(StripeObject.__table__.update().values(data=orjson.dumps(data).decode()))
+    again = ok(named, "customer", "forget", "c1", "--yes")
+    assert (again["already_forgotten"], again["stripe_objects"], again["events"]) == (True, 1, 0)
+    assert again["forgotten_at"] == done["forgotten_at"]
+    with engine.connect() as conn:
+        mirrored = orjson.loads(conn.execute(select(StripeObject.data)).scalar_one())
+    assert mirrored["customer_email"] is None and mirrored["customer_name"] is None
+
     c3 = ok(named, "customer", "forget", "c3", "--yes")
     assert (c3["audit_records"], c3["events"]) == (1, 0)
     created = [row for row in ok(named, "audit", "list") if row["command"] == "customer create"]
     c3_args = next(row["arguments"] for row in created if row["arguments"]["external_id"] == "c3")
     assert c3_args["name"] == "[forgotten]" and c3_args["email"] == "[forgotten]"
+    c3_again = ok(named, "customer", "forget", "c3", "--yes")
+    assert (c3_again["already_forgotten"], c3_again["audit_records"]) == (True, 0)
 
 
 def test_forget_refuses_a_property_a_meter_reads(
@@ -200,7 +259,6 @@ def test_forget_scrubs_stored_stripe_webhook_bodies(named: Cli, engine: Engine) 
     """A verified webhook delivery keeps its raw body; one about the forgotten customer held
     the name and e-mail after forget until the bodies were scrubbed too. Reprocessing reads
     the stored body without verifying it again, so it stays valid JSON of the same shape."""
-    from datetime import UTC, datetime
 
     from neruba_cli.db.schema import Project, StripeWebhookEvent
     from neruba_cli.domain.ids import new_id
@@ -235,21 +293,25 @@ def test_forget_scrubs_stored_stripe_webhook_bodies(named: Cli, engine: Engine) 
             "description": "mentions cus_ann",
         },
     )
-    with engine.begin() as conn:
-        project_id = conn.execute(select(Project.id)).scalar_one()
-        for event in (ann, other):
-            conn.execute(
-                StripeWebhookEvent.__table__.insert().values(
-                    id=new_id("swh"),
-                    project_id=project_id,
-                    event_id=event["id"],
-                    type=event["type"],
-                    status="processed",
-                    attempts=1,
-                    payload=orjson.dumps(event).decode(),
-                    received_at=datetime.now(UTC),
+
+    def store(*events: dict[str, Any]) -> None:
+        with engine.begin() as conn:
+            project_id = conn.execute(select(Project.id)).scalar_one()
+            for event in events:
+                conn.execute(
+                    StripeWebhookEvent.__table__.insert().values(
+                        id=new_id("swh"),
+                        project_id=project_id,
+                        event_id=event["id"],
+                        type=event["type"],
+                        status="processed",
+                        attempts=1,
+                        payload=orjson.dumps(event).decode(),
+                        received_at=datetime.now(UTC),
+                    )
                 )
-            )
+
+    store(ann, other)
     dry = ok(named, "customer", "forget", "c1", "--dry-run")
     assert dry["webhook_events"] == 1
     done = ok(named, "customer", "forget", "c1", "--yes")
@@ -267,3 +329,14 @@ def test_forget_scrubs_stored_stripe_webhook_bodies(named: Cli, engine: Engine) 
     assert scrubbed["object"]["amount_paid"] == 500 and scrubbed["object"]["customer"] == "cus_ann"
     assert scrubbed["previous_attributes"]["customer_email"] is None
     assert stored["evt_other"] == other  # another customer's delivery is left alone
+
+    # A delivery received after the forget still names the customer: forgetting again
+    # scrubs it, and only it.
+    store({**ann, "id": "evt_ann_later"})
+    again = ok(named, "customer", "forget", "c1", "--yes")
+    assert (again["already_forgotten"], again["webhook_events"]) == (True, 1)
+    with engine.connect() as conn:
+        later = conn.execute(
+            select(StripeWebhookEvent.payload).where(StripeWebhookEvent.event_id == "evt_ann_later")
+        ).scalar_one()
+    assert PERSONAL["email"] not in later and "Ann Example" not in later

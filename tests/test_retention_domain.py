@@ -12,8 +12,16 @@ from hypothesis import strategies as st
 
 from neruba_cli.domain import privacy
 from neruba_cli.domain.aggregation import MeterSpec
-from neruba_cli.domain.errors import InvalidInput
-from neruba_cli.domain.retention import MonthFacts, judge, keep_only, parse_age, read_properties
+from neruba_cli.domain.errors import InvalidInput, UsageError
+from neruba_cli.domain.retention import (
+    SKIP_CODES,
+    MonthFacts,
+    check_as_of,
+    judge,
+    keep_only,
+    parse_age,
+    read_properties,
+)
 
 NAMES = st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True)
 VALUES = st.one_of(st.integers(), st.text(max_size=5), st.booleans(), st.none())
@@ -76,18 +84,34 @@ def test_a_closed_settled_month_is_eligible() -> None:
 
 
 @pytest.mark.parametrize(
-    ("changes", "stripe", "reason"),
+    ("changes", "stripe", "reason", "code"),
     [
-        ({"invoices": 0, "last_end": None}, False, "no invoices"),
-        ({"last_end": CUTOFF + timedelta(microseconds=1)}, False, "not old enough"),
-        ({"drafts": 1}, False, "draft"),
-        ({"pending": 3}, False, "events arrived after its last billing run"),
-        ({"unpushed": 1}, True, "not pushed to Stripe"),
+        ({"invoices": 0, "last_end": None}, False, "no invoices", "no_invoices"),
+        (
+            {"last_end": CUTOFF + timedelta(microseconds=1)},
+            False,
+            "not old enough",
+            "not_old_enough",
+        ),
+        ({"drafts": 1}, False, "draft", "drafts"),
+        ({"pending": 3}, False, "events arrived after its last billing run", "pending_events"),
+        ({"unpushed": 1}, True, "not pushed to Stripe", "not_pushed"),
     ],
 )
-def test_each_rule_keeps_a_month_out(changes: dict[str, Any], stripe: bool, reason: str) -> None:
+def test_each_rule_keeps_a_month_out(
+    changes: dict[str, Any], stripe: bool, reason: str, code: str
+) -> None:
     verdict = judge(facts(**changes), CUTOFF, pushes_to_stripe=stripe)
     assert not verdict.eligible and verdict.reason is not None and reason in verdict.reason
+    assert verdict.code == code and code in SKIP_CODES  # what scripts and the CLI compare
+
+
+def test_an_as_of_in_the_future_is_a_usage_error() -> None:
+    check_as_of(CUTOFF, CUTOFF)  # now itself is fine
+    check_as_of(CUTOFF - timedelta(days=1), CUTOFF)
+    with pytest.raises(UsageError, match=r"--as-of .* is in the future") as raised:
+        check_as_of(CUTOFF + timedelta(seconds=1), CUTOFF)
+    assert raised.value.exit_code == 2
 
 
 @given(
@@ -115,6 +139,7 @@ def test_eligible_exactly_when_every_rule_holds(
     verdict = judge(month, CUTOFF, pushes_to_stripe=stripe)
     assert verdict.eligible == expected
     assert (verdict.reason is None) == expected
+    assert (verdict.code is None) == expected
 
 
 # --------------------------------------------------------------------------- properties

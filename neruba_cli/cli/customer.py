@@ -148,7 +148,8 @@ def forget(
     personal_properties` (neruba.toml) are removed from the customer's events, and the local
     Stripe mirror and audit trail lose the customer's name and e-mail. Invoices, the ledger,
     event quantities and the external id stay. Refused when a meter reads one of those
-    properties. Forgetting twice changes nothing.
+    properties. Forgetting again scrubs what arrived since (later events, a refreshed Stripe
+    mirror) and keeps the first forget's date and actor.
     """
     engine = rt.engine()
     with rt.transaction() as session:
@@ -164,10 +165,18 @@ def forget(
     report = privacy.forget(engine, project, report, actor=rt.actor.id, now=rt.now())
     data = report.as_dict()
     rt.out.emit(data, fields(data))
-    if report.already_forgotten:
-        rt.out.say(f"Customer {report.customer} was already forgotten; nothing changed.")
-        return
     verb = "Would remove" if dry_run else "Removed"
+    if report.already_forgotten:
+        since = (
+            f"{report.properties_removed} personal properties from {report.events} events, "
+            f"{report.stripe_objects} Stripe mirror objects, {report.webhook_events} webhook "
+            f"bodies and {report.audit_records} audit records"
+        )
+        rt.out.say(
+            f"Customer {report.customer} was already forgotten on {data['forgotten_at']}; "
+            f"{verb.lower()} what arrived since: {since}."
+        )
+        return
     rt.out.say(
         f"{verb} name, e-mail and {report.properties_removed} personal properties from "
         f"{report.events} events of customer {report.customer}; invoices and ledger kept."

@@ -10,7 +10,7 @@ import typer
 
 from neruba_cli.cli.output import Output, fields, table
 from neruba_cli.cli.runtime import Runtime, command
-from neruba_cli.domain.retention import parse_age
+from neruba_cli.domain.retention import NOT_OLD_ENOUGH, check_as_of, parse_age
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services import retention
 
@@ -42,10 +42,12 @@ def apply(
     (finalized, paid or void), no events arrived after its last billing run, and, where the
     project pushes to Stripe, every final invoice was pushed. Properties that a meter reads
     are kept, so a rerun of those months gives the same invoices. Rerunning after an
-    interruption finishes the job.
+    interruption finishes the job. --as-of may not lie in the future (exit 2).
     """
     age = parse_age(older_than)
-    moment = parse_ts(as_of, field="--as-of") if as_of else rt.now()
+    now = rt.now()
+    moment = parse_ts(as_of, field="--as-of") if as_of else now
+    check_as_of(moment, now)  # before asking for confirmation
     engine = rt.engine()
     with rt.transaction() as session:
         project = rt.project(session)
@@ -63,7 +65,7 @@ def apply(
             as_of=moment,
             dry_run=dry_run,
             actor=rt.actor.id,
-            now=rt.now(),
+            now=now,
             progress_total=progress_total,
         )
     data = report.as_dict()
@@ -75,7 +77,7 @@ def apply(
         f"of {len(report.periods)} month(s): {periods}."
     )
     for skipped in report.skipped:
-        if skipped["reason"] != "not old enough":
+        if skipped["code"] != NOT_OLD_ENOUGH:
             rt.out.warn(f"{skipped['period']} kept: {skipped['reason']}")
 
 
@@ -86,6 +88,9 @@ def list_(rt: Runtime) -> None:
         project = rt.project(session)
         rows = retention.list_runs(session.connection(), project)
     columns = ("run", "older_than", "periods", "events", "properties_dropped", "status")
+    for row in rows:
+        if row["message"]:
+            rt.out.warn(f"{row['run']}: {row['message']}")
     rendered = [[", ".join(row[c]) if c == "periods" else row[c] for c in columns] for row in rows]
     rt.out.emit(rows, table(None, columns, rendered))
 

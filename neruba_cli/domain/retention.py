@@ -35,11 +35,20 @@ from datetime import datetime
 from typing import Any
 
 from neruba_cli.domain.aggregation import MeterSpec
-from neruba_cli.domain.errors import InvalidInput
-from neruba_cli.domain.timestamps import parse_duration, shift_by_duration
+from neruba_cli.domain.errors import InvalidInput, UsageError
+from neruba_cli.domain.timestamps import format_ts, parse_duration, shift_by_duration
 
 AGE_UNITS = ("d", "w", "m", "y")
 FINAL_STATUSES = ("finalized", "paid", "void")
+
+# Why a month is skipped, for scripts (`skipped[].code` of `retention apply --json`); one per
+# rule, in the order `judge` tests them. Only NOT_OLD_ENOUGH is the normal state of a month.
+NO_INVOICES = "no_invoices"
+NOT_OLD_ENOUGH = "not_old_enough"
+DRAFTS = "drafts"
+PENDING_EVENTS = "pending_events"
+NOT_PUSHED = "not_pushed"
+SKIP_CODES = (NO_INVOICES, NOT_OLD_ENOUGH, DRAFTS, PENDING_EVENTS, NOT_PUSHED)
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,17 @@ def parse_age(text: str) -> Age:
     return Age(raw, amount, unit)
 
 
+def check_as_of(as_of: datetime, now: datetime) -> None:
+    """Ages are measured from a moment that has passed: a future `--as-of` would count months
+    as old that are not (and their events may still be billed), so it is a usage error."""
+    if as_of > now:
+        raise UsageError(
+            f"--as-of {format_ts(as_of)} is in the future: it would count months as old "
+            "that are not",
+            hint="leave --as-of out to measure from now, or give a moment in the past",
+        )
+
+
 @dataclass(frozen=True)
 class MonthFacts:
     """What the database says about one billing month."""
@@ -85,22 +105,24 @@ class Verdict:
     label: str
     eligible: bool
     reason: str | None  # why not, for the operator
+    code: str | None = None  # why not, for a program: one of SKIP_CODES
 
 
 def judge(facts: MonthFacts, cutoff: datetime, *, pushes_to_stripe: bool) -> Verdict:
     """Rule 1-5 of the module docstring, in the order an operator would fix them."""
     if facts.invoices == 0 or facts.last_end is None:
-        return Verdict(facts.label, False, "no invoices")
+        return Verdict(facts.label, False, "no invoices", NO_INVOICES)
     if facts.last_end > cutoff:
-        return Verdict(facts.label, False, "not old enough")
+        return Verdict(facts.label, False, "not old enough", NOT_OLD_ENOUGH)
     if facts.drafts:
-        return Verdict(facts.label, False, f"{facts.drafts} draft invoice(s)")
+        return Verdict(facts.label, False, f"{facts.drafts} draft invoice(s)", DRAFTS)
     if facts.pending:
         return Verdict(
             facts.label,
             False,
             f"events arrived after its last billing run for {facts.pending} customer period(s)"
             f" (rerun `neruba run bill --period {facts.label}`)",
+            PENDING_EVENTS,
         )
     if pushes_to_stripe and facts.unpushed:
         return Verdict(
@@ -108,6 +130,7 @@ def judge(facts: MonthFacts, cutoff: datetime, *, pushes_to_stripe: bool) -> Ver
             False,
             f"{facts.unpushed} final invoice(s) not pushed to Stripe"
             f" (`neruba stripe push --period {facts.label}`)",
+            NOT_PUSHED,
         )
     return Verdict(facts.label, True, None)
 

@@ -1,10 +1,16 @@
 """`neruba customer forget`: remove a customer's personal data, keep the books.
 
 What goes and what stays is in domain/privacy.py. The events are rewritten in batches, one
-transaction each (only events that still carry a personal property are touched); the last
-transaction clears the name and e-mail, scrubs the Stripe mirror, the stored webhook bodies
-and the audit arguments, and sets `forgotten_at`. A forget that was interrupted is finished
-by running it again; once `forgotten_at` is set, another forget changes nothing.
+transaction each (services/event_properties.py; only events that still carry a personal
+property are touched); the last transaction clears the name and e-mail, scrubs the Stripe
+mirror, the stored webhook bodies and the audit arguments, and sets `forgotten_at`.
+
+Forget can be repeated, and each run does the whole scrub again: a forget that was
+interrupted is finished by running it again, and a customer forgotten earlier loses what
+arrived since (events ingested later with a personal property, a Stripe mirror refreshed by a
+later `stripe pull`, a name set again by `customer import`). A repeated forget keeps the
+original `forgotten_at` / `forgotten_by`, reports `already_forgotten` and counts only what
+it removed this time; with nothing new, it removes nothing.
 """
 
 from __future__ import annotations
@@ -15,13 +21,12 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import (
     AuditRecord,
     Customer,
-    Event,
     Project,
     StripeObject,
     StripeWebhookEvent,
@@ -29,12 +34,11 @@ from neruba_cli.db.schema import (
 from neruba_cli.domain import privacy
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.timestamps import format_ts
-from neruba_cli.services import customers
+from neruba_cli.services import customers, event_properties
 from neruba_cli.services.retention import meters_in_use
 
-BATCH = 2000
+BATCH = event_properties.BATCH
 
-events_t = Event.__table__
 customers_t = Customer.__table__
 objects_t = StripeObject.__table__
 webhooks_t = StripeWebhookEvent.__table__
@@ -52,6 +56,7 @@ class ForgetReport:
     forgotten_by: str | None = None
     events: int = 0
     properties_removed: int = 0
+    name_and_email: bool = False  # the name or e-mail was set (and is cleared)
     stripe_objects: int = 0
     webhook_events: int = 0
     audit_records: int = 0
@@ -68,6 +73,7 @@ class ForgetReport:
             "personal_properties": self.personal_properties,
             "events": self.events,
             "properties_removed": self.properties_removed,
+            "name_and_email": self.name_and_email,
             "stripe_objects": self.stripe_objects,
             "webhook_events": self.webhook_events,
             "audit_records": self.audit_records,
@@ -77,7 +83,8 @@ class ForgetReport:
 def prepare(
     engine: Engine, project: Project, ident: str, personal: Sequence[str], *, dry_run: bool
 ) -> ForgetReport:
-    """Find the customer and refuse a config that would strip what a meter reads."""
+    """Find the customer and refuse a config that would strip what a meter reads (also when
+    the customer was forgotten before: a repeated forget strips events again)."""
     names = privacy.personal_properties(personal)
     with Session(engine) as session:
         customer = customers.get_customer(session, project, ident)
@@ -86,7 +93,6 @@ def prepare(
             report.already_forgotten = True
             report.forgotten_at = customer.forgotten_at
             report.forgotten_by = customer.forgotten_by
-            return report
         uses = privacy.meter_uses(names, meters_in_use(session.connection(), project))
     if uses:
         listing = "; ".join(str(use) for use in uses)
@@ -102,69 +108,66 @@ def prepare(
 def forget(
     engine: Engine, project: Project, report: ForgetReport, *, actor: str, now: datetime
 ) -> ForgetReport:
-    """Carry out (or, for a dry run, count) what `prepare` found to do."""
-    if report.already_forgotten:
-        return report
+    """Carry out (or, for a dry run, count) what `prepare` found to do. Every count is of
+    what this run removed (or would): a repeated forget counts only what arrived since."""
     _strip_events(engine, project, report)
     with engine.begin() as conn:
-        stripe_id = conn.execute(
-            select(customers_t.c.stripe_id).where(customers_t.c.id == report.id)
-        ).scalar_one()
+        row = conn.execute(
+            select(
+                customers_t.c.stripe_id,
+                customers_t.c.name,
+                customers_t.c.email,
+                customers_t.c.forgotten_at,
+                customers_t.c.forgotten_by,
+            ).where(customers_t.c.id == report.id)
+        ).one()
         write = not report.dry_run
-        report.stripe_objects = _scrub_stripe(conn, project, stripe_id, write=write)
-        report.webhook_events = _scrub_webhooks(conn, project, stripe_id, write=write)
+        report.name_and_email = row.name is not None or row.email is not None
+        report.stripe_objects = _scrub_stripe(conn, project, row.stripe_id, write=write)
+        report.webhook_events = _scrub_webhooks(conn, project, row.stripe_id, write=write)
         report.audit_records = _scrub_audit(conn, project, report.customer, write=write)
-        if not report.dry_run:
+        if row.forgotten_at is not None:  # forgotten before (maybe by a concurrent forget)
+            report.already_forgotten = True
+            report.forgotten_at, report.forgotten_by = row.forgotten_at, row.forgotten_by
+        if write and report.name_and_email:
             conn.execute(
                 update(customers_t)
-                .where(customers_t.c.id == report.id, customers_t.c.forgotten_at.is_(None))
-                .values(name=None, email=None, forgotten_at=now, forgotten_by=actor, updated_at=now)
+                .where(customers_t.c.id == report.id)
+                .values(name=None, email=None, updated_at=now)
             )
-            report.forgotten_at, report.forgotten_by = now, actor
+        if write and row.forgotten_at is None:
+            first = conn.execute(
+                update(customers_t)
+                .where(customers_t.c.id == report.id, customers_t.c.forgotten_at.is_(None))
+                .values(forgotten_at=now, forgotten_by=actor, updated_at=now)
+            )
+            if first.rowcount:
+                report.forgotten_at, report.forgotten_by = now, actor
+            else:  # a concurrent forget set it first: keep its record
+                report.already_forgotten = True
+                report.forgotten_at, report.forgotten_by = conn.execute(
+                    select(customers_t.c.forgotten_at, customers_t.c.forgotten_by).where(
+                        customers_t.c.id == report.id
+                    )
+                ).one()
     return report
 
 
 def _strip_events(engine: Engine, project: Project, report: ForgetReport) -> None:
-    """Remove the personal properties from the customer's events, a batch per transaction.
-    Only the `properties` column changes: the payload hash stays, so the original line
-    re-imported is a duplicate."""
-    personal = set(report.personal_properties)
+    """Remove the personal properties from the customer's events, a batch per transaction."""
+    personal = frozenset(report.personal_properties)
     if not personal:
         return
-    after = 0
-    while True:
-        with engine.begin() as conn:
-            rows = conn.execute(
-                select(events_t.c.id, events_t.c.properties)
-                .where(
-                    events_t.c.project_id == project.id,
-                    events_t.c.customer_id == report.id,
-                    events_t.c.id > after,
-                )
-                .order_by(events_t.c.id)
-                .limit(BATCH)
-            ).all()
-            changes = []
-            for event_id, text in rows:
-                if text in ("{}", ""):
-                    continue
-                remaining, removed = privacy.without(orjson.loads(text), personal)
-                if removed:
-                    report.properties_removed += removed
-                    changes.append(
-                        {"b_id": event_id, "b_properties": orjson.dumps(remaining).decode()}
-                    )
-            report.events += len(changes)
-            if changes and not report.dry_run:
-                conn.execute(
-                    update(events_t)
-                    .where(events_t.c.id == bindparam("b_id"))
-                    .values(properties=bindparam("b_properties")),
-                    changes,
-                )
-        if len(rows) < BATCH:
-            return
-        after = rows[-1].id
+    selection = event_properties.Selection(project.id, [report.id])
+    for batch in event_properties.rewrite(
+        engine,
+        selection,
+        lambda properties: privacy.without(properties, personal),
+        write=not report.dry_run,
+        batch_size=BATCH,
+    ):
+        report.events += batch.events
+        report.properties_removed += batch.removed
 
 
 def _scrub_stripe(conn: Connection, project: Project, stripe_id: str | None, *, write: bool) -> int:

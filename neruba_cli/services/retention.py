@@ -2,11 +2,14 @@
 
 The rule of which months qualify and which properties go is in domain/retention.py. This
 module gathers the facts (invoices per month, event counts per customer period, Stripe links),
-then rewrites the events' `properties` in batches of `BATCH` events, one transaction each,
-under a lease so that two operators never run it at once. Each batch rewrites only events
+then rewrites the events' `properties` in batches of `BATCH` events, one transaction each
+(services/event_properties.py, which pages along the events index), under a lease so that
+two operators never run it at once. Each batch rewrites only events
 that still carry a droppable key, so a run that was killed is finished by running the command
 again (it finds the same months, and the events already done have nothing left to drop).
-`retention_runs` records each run: the months, what was kept, how many events changed.
+`retention_runs` records each run: the months, what was kept, how many events changed. A run
+whose process was killed stays `running` until the next run takes the lease: that run marks
+it `failed` (its `finished_at` stays empty, and `retention list` shows it as abandoned).
 """
 
 from __future__ import annotations
@@ -18,21 +21,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, bindparam, case, func, insert, select, update
+from sqlalchemy import Connection, Engine, case, func, insert, select, update
 
 from neruba_cli.db import locks, usage_sql
-from neruba_cli.db.schema import Event, Invoice, Meter, Project, RetentionRun, StripeLink
+from neruba_cli.db.schema import Invoice, Meter, Project, RetentionRun, StripeLink
 from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.catalog import parse_catalog
 from neruba_cli.domain.ids import new_id
-from neruba_cli.domain.retention import Age, MonthFacts, Verdict, judge, keep_only, read_properties
+from neruba_cli.domain.retention import (
+    Age,
+    MonthFacts,
+    Verdict,
+    check_as_of,
+    judge,
+    keep_only,
+    read_properties,
+)
 from neruba_cli.domain.timestamps import format_ts
-from neruba_cli.services import billing_plan
+from neruba_cli.services import billing_plan, event_properties
+from neruba_cli.services.billing import ABANDONED
 
-BATCH = 2000  # events per transaction
+BATCH = event_properties.BATCH  # events per transaction
 CUSTOMER_BATCH = 500
 
-events_t = Event.__table__
 invoices_t = Invoice.__table__
 links_t = StripeLink.__table__
 meters_t = Meter.__table__
@@ -209,7 +220,7 @@ class RetentionReport:
     cutoff: datetime
     dry_run: bool
     periods: list[str]
-    skipped: list[dict[str, str]]
+    skipped: list[dict[str, str]]  # {"period", "code", "reason"}
     kept_properties: list[str]
     events_in_periods: int = 0
     events: int = 0  # events whose properties changed (or would)
@@ -246,9 +257,14 @@ def apply(
     progress_total: Callable[[int], Progress] | None = None,
     batch_size: int = BATCH,
 ) -> RetentionReport:
-    """Plan, then (unless a dry run) rewrite the events of every eligible month."""
+    """Plan, then (unless a dry run) rewrite the events of every eligible month. `now` is
+    the command's clock: the run's start and finish are recorded with it. An `as_of` after
+    `now` is refused: it would make months eligible that are not old enough yet."""
+    check_as_of(as_of, now)
     lease = None if dry_run else locks.acquire(engine, lock_name(project))
     try:
+        if lease is not None:
+            close_abandoned(engine, project)
         with engine.connect() as conn:
             planned = plan(conn, project, age, as_of)
         report = RetentionReport(
@@ -259,7 +275,7 @@ def apply(
             dry_run=dry_run,
             periods=planned.periods,
             skipped=[
-                {"period": v.label, "reason": v.reason or ""}
+                {"period": v.label, "code": v.code or "", "reason": v.reason or ""}
                 for v in planned.verdicts
                 if not v.eligible
             ],
@@ -272,22 +288,20 @@ def apply(
         scanned = 0
         try:
             for scope in planned.scopes:
-                for (start, end), customer_ids in scope.windows.items():
-                    for first in range(0, len(customer_ids), CUSTOMER_BATCH):
-                        chunk = customer_ids[first : first + CUSTOMER_BATCH]
-                        for seen in _rewrite(
-                            engine, project, report, planned.kept, (start, end), chunk, batch_size
-                        ):
-                            scanned += seen
-                            advance(scanned)
-                            if lease is not None:
-                                lease = locks.renew(engine, lease)
+                for window, customer_ids in scope.windows.items():
+                    for seen in _rewrite(
+                        engine, project, report, planned.kept, window, customer_ids, batch_size
+                    ):
+                        scanned += seen
+                        advance(scanned)
+                        if lease is not None:
+                            lease = locks.renew(engine, lease)
         except BaseException:
             if report.run is not None:
-                _close_run(engine, report, status="failed")
+                _close_run(engine, report, status="failed", now=now)
             raise
         if report.run is not None:
-            _close_run(engine, report, status="completed")
+            _close_run(engine, report, status="completed", now=now)
         return report
     finally:
         if lease is not None:
@@ -296,6 +310,20 @@ def apply(
 
 def lock_name(project: Project) -> str:
     return f"{project.slug}:retention"
+
+
+def close_abandoned(engine: Engine, project: Project) -> int:
+    """Runs of the project still `running` while this one holds the retention lease lost
+    their lease, so their process stopped (killed) before finishing: mark them failed so they
+    stop looking in progress. Called before this run's own row exists. `finished_at` stays
+    empty: when they stopped is not known; `retention list` shows them as abandoned."""
+    with engine.begin() as conn:
+        closed = conn.execute(
+            update(runs_t)
+            .where(runs_t.c.project_id == project.id, runs_t.c.status == "running")
+            .values(status="failed")
+        )
+    return int(closed.rowcount or 0)
 
 
 def _rewrite(
@@ -307,57 +335,31 @@ def _rewrite(
     customer_ids: list[str],
     batch_size: int,
 ) -> Iterator[int]:
-    """Page through the window's events by id; each page is read and rewritten in one
-    transaction together with the run's counters. Yields how many events each page held."""
+    """Rewrite the window's events of these customers, a batch per transaction together
+    with the run's counters. Yields how many events each batch read."""
     start, end = window
-    after = 0
-    while True:
-        with engine.begin() as conn:
-            rows = conn.execute(
-                select(events_t.c.id, events_t.c.properties)
-                .where(
-                    events_t.c.project_id == project.id,
-                    events_t.c.customer_id.in_(customer_ids),
-                    events_t.c.ts >= start,
-                    events_t.c.ts < end,
-                    events_t.c.id > after,
-                )
-                .order_by(events_t.c.id)
-                .limit(batch_size)
-            ).all()
-            changes = []
-            dropped = 0
-            for event_id, text in rows:
-                if text in ("{}", ""):
-                    continue
-                remaining, removed = keep_only(orjson.loads(text), kept)
-                if removed:
-                    dropped += removed
-                    changes.append(
-                        {"b_id": event_id, "b_properties": orjson.dumps(remaining).decode()}
-                    )
-            if changes and not report.dry_run:
-                conn.execute(
-                    update(events_t)
-                    .where(events_t.c.id == bindparam("b_id"))
-                    .values(properties=bindparam("b_properties")),
-                    changes,
-                )
-                conn.execute(
-                    update(runs_t)
-                    .where(runs_t.c.id == report.run)
-                    .values(
-                        events_touched=report.events + len(changes),
-                        properties_dropped=report.properties_dropped + dropped,
-                    )
-                )
-        report.events += len(changes)  # counted once the batch is committed
-        report.properties_dropped += dropped
-        if rows:
-            after = rows[-1].id
-            yield len(rows)
-        if len(rows) < batch_size:
-            return
+
+    def count(conn: Connection, batch: event_properties.Batch) -> None:
+        conn.execute(
+            update(runs_t)
+            .where(runs_t.c.id == report.run)
+            .values(
+                events_touched=report.events + batch.events,
+                properties_dropped=report.properties_dropped + batch.removed,
+            )
+        )
+
+    for batch in event_properties.rewrite(
+        engine,
+        event_properties.Selection(project.id, customer_ids, start, end),
+        lambda properties: keep_only(properties, kept),
+        write=not report.dry_run,
+        batch_size=batch_size,
+        before_commit=None if report.dry_run else count,
+    ):
+        report.events += batch.events  # counted once the batch is committed
+        report.properties_dropped += batch.removed
+        yield batch.scanned
 
 
 def _open_run(
@@ -381,7 +383,7 @@ def _open_run(
         )
 
 
-def _close_run(engine: Engine, report: RetentionReport, *, status: str) -> None:
+def _close_run(engine: Engine, report: RetentionReport, *, status: str, now: datetime) -> None:
     with engine.begin() as conn:
         conn.execute(
             update(runs_t)
@@ -390,7 +392,7 @@ def _close_run(engine: Engine, report: RetentionReport, *, status: str) -> None:
                 status=status,
                 events_touched=report.events,
                 properties_dropped=report.properties_dropped,
-                finished_at=datetime.now(UTC),
+                finished_at=now,
             )
         )
 
@@ -409,6 +411,7 @@ def list_runs(conn: Connection, project: Project) -> list[dict[str, Any]]:
             "events": int(row.events_touched),
             "properties_dropped": int(row.properties_dropped),
             "status": row.status,
+            "message": ABANDONED if row.status == "failed" and row.finished_at is None else None,
             "actor": row.actor,
             "started_at": format_ts(row.started_at),
             "finished_at": format_ts(row.finished_at),
