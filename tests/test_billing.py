@@ -41,7 +41,7 @@ from neruba_cli.db.schema import (
     Lock,
     Project,
 )
-from neruba_cli.services.billing import RunOptions, RunReport, lock_name, run_bill
+from neruba_cli.services.billing import ABANDONED, RunOptions, RunReport, lock_name, run_bill
 from tests.conftest import Cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -851,5 +851,6 @@ def test_a_killed_run_then_a_rerun_equals_a_clean_run(
     assert sorted(inv.number for inv in invoices(engine)) == clean_numbers
     assert_gapless(engine)
     with engine.connect() as conn:
-        statuses = conn.execute(select(BillingRun.status)).scalars().all()
-    assert sorted(statuses) == ["completed", "running"]  # the killed one died "running"
+        statuses = dict(conn.execute(select(BillingRun.status, BillingRun.message)).all())
+    # the killed one died "running"; the rerun closed it
+    assert sorted(statuses) == ["completed", "failed"] and statuses["failed"] == ABANDONED

@@ -352,7 +352,8 @@ def test_expired_grants_are_never_spent_and_expire_posts_what_is_left(
         with Session(bind=conn) as session:
             project = get_project(session, "acme")
     soon = credits.GrantRequest("c1", "10.00", expires_at=start + timedelta(days=1), priority=1)
-    later = credits.GrantRequest("c1", "10.00", expires_at=start + timedelta(days=30), priority=2)
+    # far enough ahead that `credits expire` at today's date never reaches it
+    later = credits.GrantRequest("c1", "10.00", expires_at=start + timedelta(days=3650), priority=2)
     first, _ = credits.grant(engine, project, soon, actor="test", now=start)
     second, _ = credits.grant(engine, project, later, actor="test", now=start)
     ok(shop, "run", "bill", "--period", "2026-10", "--as-of", AS_OF)

@@ -156,6 +156,12 @@ def test_any_whole_days_of_a_fee_is_proration(
     assert cmp.is_proration(-difference, fee_amount, days, D("0.01"))
 
 
+def test_rounding_can_make_most_days_of_a_small_fee_look_like_all_of_it() -> None:
+    # 21 days of a 0.02 fee over 28 is 0.015, which rounds to the whole 0.02
+    assert cmp.is_proration(D("0.02"), D("0.02"), 28, D("0.01"))
+    assert not cmp.is_proration(D("0.05"), D("0.02"), 28, D("0.01"))  # more than the fee
+
+
 def test_late_events_explain_extra_usage_only_when_they_cover_the_excess() -> None:
     ours = side("c", usage("api_calls", "15.00", "1500"))
     theirs = side("c", line("api_calls", "12.00", meter="api_calls", quantity=D(1200)))

@@ -10,7 +10,6 @@ import typer
 from neruba_cli.cli.output import fields, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.tenancy import customer_spec
-from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services import customers, privacy, projects
 from neruba_cli.services.rejects import RejectsWriter, default_rejects_path
 from neruba_cli.services.tabular import read_csv
@@ -121,8 +120,6 @@ def show(
     with rt.transaction() as session:
         found = customers.get_customer(session, rt.project(session), customer)
         data = customers.to_dict(found)
-        data["forgotten_at"] = format_ts(found.forgotten_at)
-        data["forgotten_by"] = found.forgotten_by
     rt.out.emit(data, fields(data))
     if found.forgotten_at is not None:
         rt.out.say(

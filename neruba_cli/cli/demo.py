@@ -15,6 +15,7 @@ from neruba_cli.cli.compare import render as render_compare
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
+from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.access import PUBLIC, operator_access
 from neruba_cli.services.demo import DEMO_PROJECT, DEMO_USAGE, run_demo
 
@@ -29,12 +30,20 @@ def register(app: typer.Typer) -> None:
                 "--dir", help="Folder for the demo database (default: a new temp folder)."
             ),
         ] = None,
+        as_of: Annotated[
+            str | None,
+            typer.Option(
+                help="Run the demo as if it were this moment, RFC 3339 (default: now); it "
+                "bills the calendar month before it."
+            ),
+        ] = None,
     ) -> None:
         """Run Neruba end to end on a throwaway SQLite database and show what it did."""
         if rt.options.db:
             raise UsageError("demo always uses its own SQLite database; use --dir to place it")
+        moment = parse_ts(as_of, field="--as-of") if as_of else rt.now()
         folder = directory or Path(tempfile.mkdtemp(prefix="neruba-demo-"))
-        result = run_demo(folder.resolve(), actor=operator_access().actor, now=rt.now())
+        result = run_demo(folder.resolve(), actor=operator_access().actor, now=moment)
 
         def render(console: Console) -> None:
             def line(text: str) -> None:

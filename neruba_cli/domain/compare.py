@@ -313,12 +313,14 @@ def is_proration(
     difference: Decimal, fee: Decimal | None, days: int | None, minor: Decimal
 ) -> bool:
     """True when |difference| is k days' worth of `fee` (k = 1 .. days − 1), give or take one
-    minor unit of rounding."""
+    minor unit of rounding. The nearest k is clamped into that range before the tolerance is
+    applied: on a small fee, rounding can make 27 days of 28 look like the whole fee."""
     if fee is None or days is None or fee == 0 or days < 2:
         return False
     daily = abs(fee) / days
-    k = (abs(difference) / daily).to_integral_value()
-    return 1 <= k < days and abs(abs(difference) - k * daily) <= minor
+    nearest = int((abs(difference) / daily).to_integral_value())
+    k = min(max(nearest, 1), days - 1)
+    return abs(abs(difference) - k * daily) <= minor
 
 
 def classify_simulated(pair: LinePair, currency: str, late: LateUsage | None) -> str:

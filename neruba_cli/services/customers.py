@@ -245,4 +245,6 @@ def to_dict(customer: Customer) -> dict[str, Any]:
         "stripe_id": customer.stripe_id,
         "created_at": format_ts(customer.created_at),
         "updated_at": format_ts(customer.updated_at),
+        "forgotten_at": format_ts(customer.forgotten_at),
+        "forgotten_by": customer.forgotten_by,
     }
