@@ -122,7 +122,12 @@ def run_bill(
 
 
 def lock_name(project: Project, label: str) -> str:
-    return f"{project.slug}:bill:{label}"
+    return month_lock(project.slug, label)
+
+
+def month_lock(slug: str, label: str) -> str:
+    """The lease a billing run of one month holds (doctor reads it by the project's slug)."""
+    return f"{slug}:bill:{label}"
 
 
 ABANDONED = "abandoned: its process stopped before finishing"

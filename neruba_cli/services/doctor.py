@@ -35,6 +35,7 @@ from neruba_cli.domain import health
 from neruba_cli.domain.errors import DatabaseError, NerubaError
 from neruba_cli.domain.health import BatchFacts, Check, RunFacts, Status
 from neruba_cli.services import stripe_gateway
+from neruba_cli.services.billing import month_lock
 
 __all__ = ["Check", "Report", "Status", "diagnose"]
 
@@ -198,14 +199,14 @@ def _check_runs(
     )
     with engine.connect() as conn:
         rows = conn.execute(_confine(query, runs_t.c.project_id, project_ids)).all()
-        names = sorted({f"{row.slug}:bill:{row.period}" for row in rows})
+        names = sorted({month_lock(row.slug, row.period) for row in rows})
         held = {
             lock.name: lock
             for lock in conn.execute(select(locks_t).where(locks_t.c.name.in_(names))).all()
         }
     facts = []
     for row in rows:
-        name = f"{row.slug}:bill:{row.period}"  # services/billing.py lock_name
+        name = month_lock(row.slug, row.period)
         lock = held.get(name)
         facts.append(
             RunFacts(
