@@ -29,7 +29,7 @@ from neruba_cli.domain.keys import (
     parse_scopes,
     parse_secret,
 )
-from neruba_cli.services.access import OPERATOR, PUBLIC
+from neruba_cli.services.tenancy.access import OPERATOR, PUBLIC
 from tests.conftest import Cli, Outcome
 
 # One line per command: sample arguments; {project} is the project the command targets.

@@ -41,7 +41,7 @@ from neruba_cli.db.schema import (
     Lock,
     Project,
 )
-from neruba_cli.services.billing import ABANDONED, RunOptions, RunReport, lock_name, run_bill
+from neruba_cli.services.billing.run import ABANDONED, RunOptions, RunReport, lock_name, run_bill
 from tests.conftest import Cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -719,13 +719,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Project
-from neruba_cli.services import billing, billing_plan, invoice_writer
+from neruba_cli.services.billing import run as billing_run
+from neruba_cli.services.billing import plan as billing_plan
+from neruba_cli.services.billing import writer as billing_writer
 
 url, slug, label, as_of = sys.argv[1:5]
 lease = float(sys.argv[5]) if len(sys.argv) > 5 else 600
 wait = float(sys.argv[6]) if len(sys.argv) > 6 else 0
 if len(sys.argv) > 7:  # smaller batches: a pause point between whole invoices
-    billing_plan.CUSTOMER_BATCH, invoice_writer.WRITE_BATCH = int(sys.argv[7]), int(sys.argv[7])
+    billing_plan.CUSTOMER_BATCH, billing_writer.WRITE_BATCH = int(sys.argv[7]), int(sys.argv[7])
 engine = create_db_engine(url)
 with Session(engine) as session:
     project = session.scalars(select(Project).where(Project.slug == slug)).one()
@@ -745,11 +747,11 @@ def total(n):
     return step
 
 as_of_ts = datetime.fromisoformat(as_of)
-options = billing.RunOptions(
+options = billing_run.RunOptions(
     label=label, as_of=as_of_ts, lease=timedelta(seconds=lease), wait=wait
 )
 try:
-    report = billing.run_bill(
+    report = billing_run.run_bill(
         engine, project, options, actor="t", now=as_of_ts, progress_total=total
     )
 except Exception as exc:

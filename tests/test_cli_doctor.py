@@ -15,7 +15,7 @@ from sqlalchemy import Engine, insert, select
 from neruba_cli.db.schema import BillingRun, ImportBatch, Project, StripeWebhookEvent
 from neruba_cli.domain import health
 from neruba_cli.domain.health import BatchFacts, RunFacts
-from neruba_cli.services.billing import ABANDONED
+from neruba_cli.services.billing.run import ABANDONED
 from tests.conftest import Cli
 from tests.test_billing import (
     AFTER_OCTOBER,

@@ -255,7 +255,7 @@ def test_demo_runs_on_its_own_sqlite_database(bare_cli: Cli, isolated: Path) -> 
 def test_internal_errors_have_no_locals_unless_debug(
     bare_cli: Cli, monkeypatch: pytest.MonkeyPatch, debug: str
 ) -> None:
-    import neruba_cli.services.projects as projects
+    import neruba_cli.services.tenancy.projects as projects
 
     def boom(*_args, **_kwargs):
         secret_value = "s3cr3t-local"  # noqa: F841 - must never be printed without debug

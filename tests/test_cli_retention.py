@@ -28,8 +28,8 @@ from neruba_cli.db.schema import Customer, Event, Project, RetentionRun
 from neruba_cli.domain.errors import UsageError
 from neruba_cli.domain.retention import keep_only, parse_age
 from neruba_cli.domain.timestamps import format_ts
-from neruba_cli.services import event_properties, retention
-from neruba_cli.services.billing import ABANDONED
+from neruba_cli.services.billing.run import ABANDONED
+from neruba_cli.services.ops import event_properties, retention
 from tests.conftest import Cli
 from tests.test_billing import Ev, ingest, write_jsonl
 from tests.test_cli_invoice import bill, ok

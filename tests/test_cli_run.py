@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from neruba_cli.db import locks
 from neruba_cli.db.schema import BillingRun, Invoice, InvoiceRevision, Project
-from neruba_cli.services import billing
+from neruba_cli.services.billing import run as billing_run
 from tests.conftest import Cli
 
 AS_OF = "2026-11-02T00:00:00Z"
@@ -331,7 +331,7 @@ def test_a_bad_period_and_a_held_lock(shop: Cli, engine: Engine) -> None:
 
     with Session(engine) as session:
         project = session.scalars(select(Project).where(Project.slug == "acme")).one()
-        name = billing.lock_name(project, "2026-10")
+        name = billing_run.lock_name(project, "2026-10")
     lease = locks.acquire(engine, name, holder="cron@billing-host:4242")
     held = shop("run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--project", "acme")
     assert held.exit_code == 5

@@ -25,7 +25,7 @@ import pytest
 from stripe import HTTPClient
 
 from neruba_cli.domain.webhook_signature import sign
-from neruba_cli.services import stripe_gateway
+from neruba_cli.services.stripe import gateway as stripe_gateway
 from tests.conftest import Cli
 from tests.stripe_server import FakeStripe, Fault
 

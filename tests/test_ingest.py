@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from neruba_cli.db.schema import Event
-from neruba_cli.services import ingest as ingest_service
+from neruba_cli.services.ingest import pipeline as ingest_service
 from tests.conftest import Cli
 from tests.test_catalog import EXAMPLE
 

@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from neruba_cli.db.schema import Customer, Event, ImportBatch
-from neruba_cli.services.ingest import BATCH
+from neruba_cli.services.ingest.pipeline import BATCH
 from tests.conftest import Cli
 from tests.test_catalog import EXAMPLE
 

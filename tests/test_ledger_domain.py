@@ -278,7 +278,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def with_lapses(self, allocations: list[Allocation]) -> list[Allocation]:
         """Credit to give back, marked to lapse where its grant can no longer be spent
         (revoked, or past its expiry now): the domain's lapse rule, exercised here for credit
-        notes and voids alike (services/settlement.py uses it when voiding)."""
+        notes and voids alike (services/invoices/settlement.py uses it when voiding)."""
         marked = []
         for allocation in allocations:
             grant = self.grants[allocation.grant]
@@ -438,7 +438,7 @@ class LedgerMachine(RuleBasedStateMachine):
         left = self.remaining(grant.facts.id)
         if grant.ended(self.now) and not grant.expired:
             # past its expiry, not yet posted: what is left lapses as the expiry would post
-            # it, never back to cash (as services/credits.py `_revoke` does)
+            # it, never back to cash (as services/ledger/credits.py `_revoke` does)
             self.record(credit_expired(grant.facts, left))
             grant.expired = True
             how = "expired"

@@ -9,7 +9,7 @@ import typer
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_since
-from neruba_cli.services import audit, projects
+from neruba_cli.services.tenancy import audit, projects
 
 app = typer.Typer(help="The audit trail of mutating commands.")
 

@@ -17,7 +17,9 @@ from neruba_cli.domain.catalog import meter_document, plan_document
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.periods import month_period
 from neruba_cli.domain.quote import quote_document, quote_plan
-from neruba_cli.services import catalog, projects, quote
+from neruba_cli.services.catalog import quote
+from neruba_cli.services.catalog import store as catalog_store
+from neruba_cli.services.tenancy import projects
 
 app = typer.Typer(help="The pricing catalog: meters, versioned plans, and quotes.")
 
@@ -44,8 +46,10 @@ def apply(
     data = _read_toml(file)
     with rt.transaction() as session:
         project = rt.project(session)
-        parsed = catalog.parse_for_project(session, project, data, source=str(file))
-        report = catalog.apply_catalog(session, project, parsed, now=rt.now(), dry_run=dry_run)
+        parsed = catalog_store.parse_for_project(session, project, data, source=str(file))
+        report = catalog_store.apply_catalog(
+            session, project, parsed, now=rt.now(), dry_run=dry_run
+        )
     result = {**report.as_dict(), "dry_run": dry_run}
     rt.out.emit(result)
     verb = "Would apply" if dry_run else "Applied"
@@ -63,8 +67,10 @@ def show(rt: Runtime) -> None:
     """Show meters and the current version of every plan, tiers included."""
     with rt.transaction() as session:
         project = rt.project(session)
-        meters = sorted(catalog.stored_meters(session, project).values(), key=lambda m: m.code)
-        plans = catalog.current_plans(session, project)
+        meters = sorted(
+            catalog_store.stored_meters(session, project).values(), key=lambda m: m.code
+        )
+        plans = catalog_store.current_plans(session, project)
     data = {
         "meters": [meter_document(meter) for meter in meters],
         "plans": [
@@ -124,8 +130,8 @@ def export(
 ) -> None:
     """Export the current catalog as TOML; applying it back changes nothing."""
     with rt.transaction() as session:
-        document = catalog.export_document(session, rt.project(session))
-    text = tomli_w.dumps(catalog.toml_ready(copy.deepcopy(document)))
+        document = catalog_store.export_document(session, rt.project(session))
+    text = tomli_w.dumps(catalog_store.toml_ready(copy.deepcopy(document)))
     if output is None:
         if rt.out.json:
             rt.out.emit(document)
@@ -155,10 +161,10 @@ def quote_(
     ] = None,
 ) -> None:
     """Price usage on a plan for one full period, storing nothing."""
-    code, version = catalog.parse_plan_ref(plan)
+    code, version = catalog_store.parse_plan_ref(plan)
     with rt.transaction() as session:
         project = rt.project(session)
-        stored = catalog.get_plan(session, project, code, version)
+        stored = catalog_store.get_plan(session, project, code, version)
         defaults = projects.spec_of(project)
     if currency and currency.strip().upper() != stored.plan.currency:
         raise InvalidInput(f"plan {code} is priced in {stored.plan.currency}, not {currency}")

@@ -8,7 +8,7 @@ from rich.text import Text
 
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
-from neruba_cli.services import check as sweep
+from neruba_cli.services.ops import check as sweep
 
 EXIT_DISCREPANCY = 4
 

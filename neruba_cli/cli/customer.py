@@ -10,9 +10,10 @@ import typer
 from neruba_cli.cli.output import fields, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.tenancy import customer_spec
-from neruba_cli.services import customers, privacy, projects
-from neruba_cli.services.rejects import RejectsWriter, default_rejects_path
-from neruba_cli.services.tabular import read_csv
+from neruba_cli.services.ingest.rejects import RejectsWriter, default_rejects_path
+from neruba_cli.services.ingest.tabular import read_csv
+from neruba_cli.services.ops import privacy
+from neruba_cli.services.tenancy import customers, projects
 
 EXIT_REJECTED = 3
 

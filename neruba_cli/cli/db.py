@@ -10,7 +10,7 @@ from neruba_cli.cli.output import fields
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import redact
-from neruba_cli.services.access import OPERATOR
+from neruba_cli.services.tenancy.access import OPERATOR
 
 app = typer.Typer(help="Database schema: upgrade, current revision, downgrade.")
 

@@ -16,8 +16,8 @@ from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
 from neruba_cli.domain.timestamps import parse_ts
-from neruba_cli.services.access import PUBLIC, operator_access
-from neruba_cli.services.demo import DEMO_PROJECT, DEMO_USAGE, run_demo
+from neruba_cli.services.ops.demo import DEMO_PROJECT, DEMO_USAGE, run_demo
+from neruba_cli.services.tenancy.access import PUBLIC, operator_access
 
 
 def register(app: typer.Typer) -> None:

@@ -7,8 +7,8 @@ from rich.text import Text
 
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
-from neruba_cli.services import access
-from neruba_cli.services.doctor import diagnose
+from neruba_cli.services.ops.doctor import diagnose
+from neruba_cli.services.tenancy import access
 
 EXIT_UNHEALTHY = 1
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "red"}

@@ -11,7 +11,7 @@ import typer
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
 from neruba_cli.domain.timestamps import parse_fixed_duration
-from neruba_cli.services import export
+from neruba_cli.services.export import streams as export_streams
 
 app = typer.Typer(
     help="Stream invoices, lines, the ledger, events, usage, credits or payments to CSV or "
@@ -48,34 +48,36 @@ def _export(
     compress = compress or output.lower().endswith(".gz")
     if output == "-" and compress and sys.stdout.isatty():
         raise UsageError("--gzip would write binary to the terminal", hint="pass --output FILE")
-    request = export.ExportRequest(
+    request = export_streams.ExportRequest(
         kind=kind,
-        fmt=export.guess_format(output, fmt),
+        fmt=export_streams.guess_format(output, fmt),
         period=period,
         customer=customer,
         since=since,
         name=name,
         overlap=parse_fixed_duration(overlap, field="--overlap"),
     )
-    export.check_request(request)
+    export_streams.check_request(request)
     with rt.transaction() as session:
         project = rt.project(session)
     engine = rt.engine()
     to_file = output != "-"
-    with export.named_lease(engine, project, request) as lease:
-        plan = export.make_plan(engine, project, request, now=rt.now())
-        total = export.count(engine, plan) if to_file and rt.out.interactive else None
+    with export_streams.named_lease(engine, project, request) as lease:
+        plan = export_streams.make_plan(engine, project, request, now=rt.now())
+        total = export_streams.count(engine, plan) if to_file and rt.out.interactive else None
         with (
             rt.out.progress(f"Exporting {kind}", total) as bar,
-            export.destination(output, compress=compress) as out,
+            export_streams.destination(output, compress=compress) as out,
         ):
             shown = bar if to_file else (lambda _done: None)
-            rows = export.write(engine, plan, out, export.keep_alive(engine, lease, shown))
+            rows = export_streams.write(
+                engine, plan, out, export_streams.keep_alive(engine, lease, shown)
+            )
         if lease is not None and name is not None:
-            export.store_watermark(
+            export_streams.store_watermark(
                 engine, project, name, kind, plan.watermark, lease=lease, now=rt.now()
             )
-    result = export.ExportResult(
+    result = export_streams.ExportResult(
         kind=kind,
         fmt=request.fmt,
         rows=rows,
@@ -169,5 +171,5 @@ def _register(kind: str) -> None:
     command(app, kind, group="export", scope="read")(run)
 
 
-for _kind in export.KINDS:
+for _kind in export_streams.KINDS:
     _register(_kind)

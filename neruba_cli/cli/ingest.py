@@ -22,9 +22,11 @@ from neruba_cli.domain.timestamps import (
     parse_since,
     validate_timezone,
 )
-from neruba_cli.services import billing, catalog, ingest
-from neruba_cli.services.event_input import Source, content_digest, guess_format
-from neruba_cli.services.rejects import RejectsWriter, default_rejects_path
+from neruba_cli.services.billing import run as billing_run
+from neruba_cli.services.catalog import store as catalog_store
+from neruba_cli.services.ingest import pipeline as ingest_pipeline
+from neruba_cli.services.ingest.readers import Source, content_digest, guess_format
+from neruba_cli.services.ingest.rejects import RejectsWriter, default_rejects_path
 
 EXIT_REJECTED = 3
 events_app = typer.Typer(help="Stored usage events and import receipts.")
@@ -64,7 +66,7 @@ def register(app: typer.Typer) -> None:
                 raise InvalidInput(f"cannot read {path}: no such file")
         if files.count("-") > 1:
             raise UsageError("stdin (-) can be read only once")
-        options = ingest.IngestOptions(
+        options = ingest_pipeline.IngestOptions(
             fmt=fmt,
             dry_run=dry_run,
             assume_tz=ZoneInfo(validate_timezone(assume_timezone)) if assume_timezone else None,
@@ -75,8 +77,8 @@ def register(app: typer.Typer) -> None:
         rejects_path = rejects or default_rejects_path(Path("stdin" if first == "-" else first))
         with rt.transaction() as session:
             project = rt.project(session)
-            meters = catalog.stored_meters(session, project)
-        earlier = ingest.imports_with_digest(rt.engine(), project, content_digest(files))
+            meters = catalog_store.stored_meters(session, project)
+        earlier = ingest_pipeline.imports_with_digest(rt.engine(), project, content_digest(files))
         if earlier:
             rt.out.warn(
                 f"this content was already imported ({', '.join(earlier)}); "
@@ -88,7 +90,7 @@ def register(app: typer.Typer) -> None:
             RejectsWriter(rejects_path) as writer,
             import_progress(rt.out, total or None) as progress,
         ):
-            summary = ingest.ingest(
+            summary = ingest_pipeline.ingest(
                 rt.engine(),
                 project,
                 source,
@@ -143,13 +145,13 @@ def receipts(
         project = rt.project(session)
         conn = session.connection()
         rows = [
-            ingest.receipt_dict(
+            ingest_pipeline.receipt_dict(
                 batch,
-                billing.stale_invoices(
+                billing_run.stale_invoices(
                     conn, project.id, batch.id, batch.first_event_at, batch.last_event_at
                 ),
             )
-            for batch in ingest.list_receipts(session, project, limit)
+            for batch in ingest_pipeline.list_receipts(session, project, limit)
         ]
     columns = (
         "batch",
@@ -177,7 +179,7 @@ def list_(
     """List stored events, newest first."""
     start = parse_since(since, now=rt.now()) if since else None
     with rt.transaction() as session:
-        rows = ingest.list_events(
+        rows = ingest_pipeline.list_events(
             session, rt.project(session), customer=customer, meter=meter, since=start, limit=limit
         )
     columns = ("timestamp", "customer", "meter", "quantity", "idempotency_key", "batch")
@@ -214,7 +216,7 @@ def charge_add(
         raise InvalidInput(str(exc)) from None
     with rt.transaction() as session:
         project = rt.project(session)
-    outcome, summary = ingest.record_charge(rt.engine(), project, charge, now=now)
+    outcome, summary = ingest_pipeline.record_charge(rt.engine(), project, charge, now=now)
     if outcome == "rejected":
         raise InvalidInput(summary.rejects[0].reason)
     data: dict[str, Any] = {

@@ -11,7 +11,7 @@ from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.config import CONFIG_FILE_NAME, resolve_settings, write_config_file
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import parse_database_url, redact
-from neruba_cli.services.access import OPERATOR
+from neruba_cli.services.tenancy.access import OPERATOR
 
 
 def register(app: typer.Typer) -> None:

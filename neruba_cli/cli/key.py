@@ -10,7 +10,7 @@ from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.keys import SCOPES, parse_scopes
 from neruba_cli.domain.timestamps import parse_expiry
-from neruba_cli.services import keys
+from neruba_cli.services.tenancy import keys
 
 app = typer.Typer(help="Project API keys: scoped, expiring, revocable; the secret is shown once.")
 

@@ -11,8 +11,8 @@ from rich.table import Table
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
-from neruba_cli.services import ledger
-from neruba_cli.services.customers import get_customer
+from neruba_cli.services.ledger import postings as ledger_postings
+from neruba_cli.services.tenancy.customers import get_customer
 
 app = typer.Typer(help="The double-entry ledger under every balance.")
 
@@ -32,7 +32,7 @@ def show(
     with rt.transaction() as session:
         project = rt.project(session)
         who = get_customer(session, project, customer) if customer else None
-        data = ledger.show(
+        data = ledger_postings.show(
             session.connection(),
             project,
             customer=who,
@@ -72,6 +72,6 @@ def balances(rt: Runtime) -> None:
     """Every account's balance on its normal side, and how many entries it has."""
     with rt.transaction() as session:
         project = rt.project(session)
-        data = ledger.balances(session.connection(), project)
+        data = ledger_postings.balances(session.connection(), project)
     columns = ("account", "currency", "normal", "balance", "entries")
     rt.out.emit(data, table(None, columns, [[row[c] for c in columns] for row in data]))

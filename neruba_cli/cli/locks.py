@@ -10,7 +10,7 @@ from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.db import locks
 from neruba_cli.domain.timestamps import format_ts
-from neruba_cli.services import access
+from neruba_cli.services.tenancy import access
 
 app = typer.Typer(help="Lease locks: list who holds what, release a lock whose holder died.")
 

@@ -11,8 +11,8 @@ from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.keys import ROLES
 from neruba_cli.domain.timestamps import parse_expiry
-from neruba_cli.services import members
-from neruba_cli.services.access import PUBLIC
+from neruba_cli.services.tenancy import members
+from neruba_cli.services.tenancy.access import PUBLIC
 
 members_app = typer.Typer(help="Members of a project and their roles.")
 invites_app = typer.Typer(help="Invitations to join a project (the token is shown once).")

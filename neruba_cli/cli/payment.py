@@ -9,7 +9,7 @@ import typer
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
-from neruba_cli.services import payments
+from neruba_cli.services.ledger import payments
 
 app = typer.Typer(help="Payments against finalized invoices, and refunds.")
 

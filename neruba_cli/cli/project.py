@@ -9,8 +9,8 @@ import typer
 from neruba_cli.cli.output import fields, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.tenancy import project_spec, validate_mode, validate_rounding
-from neruba_cli.services import projects
-from neruba_cli.services.access import OPERATOR
+from neruba_cli.services.tenancy import projects
+from neruba_cli.services.tenancy.access import OPERATOR
 
 app = typer.Typer(help="Projects (tenants): each has its own customers, catalog and invoices.")
 

@@ -12,8 +12,10 @@ from rich.text import Text
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.money import format_minor
-from neruba_cli.services import invoices, reconcile, stripe_pull
-from neruba_cli.services.stripe_gateway import Gateway
+from neruba_cli.services.invoices import documents as invoices_documents
+from neruba_cli.services.stripe import pull as stripe_pull
+from neruba_cli.services.stripe import reconcile
+from neruba_cli.services.stripe.gateway import Gateway
 
 EXIT_DISCREPANCY = 4
 
@@ -40,7 +42,7 @@ def stripe(
     amount, currency, status and customer mismatches. Exit 4 when anything disagrees."""
     with rt.transaction() as session:
         project = rt.project(session)
-    label = invoices.period_label(period, project, rt.now())
+    label = invoices_documents.period_label(period, project, rt.now())
     if pull:
         pulled = stripe_pull.pull(
             rt.engine(),

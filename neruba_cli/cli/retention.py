@@ -12,7 +12,7 @@ from neruba_cli.cli.output import Output, fields, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.retention import NOT_OLD_ENOUGH, check_as_of, parse_age
 from neruba_cli.domain.timestamps import parse_ts
-from neruba_cli.services import retention
+from neruba_cli.services.ops import retention
 
 app = typer.Typer(help="Retention: drop raw event detail of closed, reconciled periods.")
 

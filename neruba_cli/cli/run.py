@@ -18,7 +18,8 @@ from neruba_cli.cli.output import Output, fields, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.money import format_amount
 from neruba_cli.domain.timestamps import format_ts, parse_ts
-from neruba_cli.services import billing, runs
+from neruba_cli.services.billing import run as billing_run
+from neruba_cli.services.billing import runs
 
 app = typer.Typer(help="Billing runs: bill a month, then list, show and diff the runs.")
 
@@ -57,7 +58,7 @@ def bill(
     another run holds the month's lock.
     """
     moment = parse_ts(as_of, field="--as-of") if as_of else rt.now()
-    options = billing.RunOptions(
+    options = billing_run.RunOptions(
         label=period,
         as_of=moment,
         customers=tuple(customer or ()),
@@ -69,7 +70,7 @@ def bill(
     with rt.transaction() as session:
         project = rt.project(session)
     with _progress(rt.out, "Billing") as start:
-        report = billing.run_bill(
+        report = billing_run.run_bill(
             rt.engine(),
             project,
             options,
@@ -81,9 +82,9 @@ def bill(
     rt.out.emit(data, _render_report(data))
 
 
-def report_to_dict(report: billing.RunReport) -> dict[str, Any]:
+def report_to_dict(report: billing_run.RunReport) -> dict[str, Any]:
     """`run bill --json`: the documented keys first, then the details."""
-    counts = billing.run_summary(report)
+    counts = billing_run.run_summary(report)
     status = "dry_run" if report.dry_run else report.status
     changes = []
     for outcome in report.outcomes:

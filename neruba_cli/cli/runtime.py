@@ -34,8 +34,8 @@ from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine, explain_error, sqlite_file
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.errors import DatabaseError, NerubaError, UsageError
-from neruba_cli.services import access, audit, projects
-from neruba_cli.services.access import Access, Actor
+from neruba_cli.services.tenancy import access, audit, projects
+from neruba_cli.services.tenancy.access import Access, Actor
 
 EXIT_INTERRUPTED = 130
 CREATES_DATABASE = ("init", "db upgrade")  # the only commands that may create a SQLite file
@@ -110,7 +110,7 @@ _COMMON_NAMES = tuple(parameter.name for parameter in _COMMON_PARAMETERS)
 
 @dataclass(frozen=True)
 class CommandPolicy:
-    """What a command needs: its scope (see services/access.py) and how it is recorded."""
+    """What a command needs: its scope (see services/tenancy/access.py) and how it is recorded."""
 
     name: str
     scope: str
@@ -261,7 +261,7 @@ def command(
 ) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
     """Register `fn(rt, **params)` as a command with the common options appended.
 
-    `scope` is what the command needs (see services/access.py); it is checked before the
+    `scope` is what the command needs (see services/tenancy/access.py); it is checked before the
     command runs. The wrapper turns NerubaError and database errors into one line and the
     documented exit code, and writes an audit record for every mutating command, whether it
     succeeded or not.

@@ -11,7 +11,7 @@ from rich.console import Console
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain import prometheus
-from neruba_cli.services import stats_report
+from neruba_cli.services.ops import stats as ops_stats
 
 
 def register(app: typer.Typer) -> None:
@@ -38,10 +38,10 @@ def register(app: typer.Typer) -> None:
         billing run, invoices by status and currency, wallet liabilities."""
         with rt.transaction() as session:
             project = rt.project(session)
-        report = stats_report.collect(rt.engine(), project, now=rt.now(), days=days)
+        report = ops_stats.collect(rt.engine(), project, now=rt.now(), days=days)
         if prometheus_file is not None:
-            text = prometheus.render(stats_report.families(report))
-            stats_report.write_textfile(prometheus_file, text)
+            text = prometheus.render(ops_stats.families(report))
+            ops_stats.write_textfile(prometheus_file, text)
             rt.out.say(f"Wrote {prometheus_file}")
         data = report.as_dict()
         rt.out.emit(data, lambda console: _render(console, data))

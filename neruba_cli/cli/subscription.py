@@ -10,9 +10,9 @@ import typer
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
-from neruba_cli.services import subscriptions
-from neruba_cli.services.rejects import RejectsWriter, default_rejects_path
-from neruba_cli.services.tabular import read_csv
+from neruba_cli.services.catalog import subscriptions
+from neruba_cli.services.ingest.rejects import RejectsWriter, default_rejects_path
+from neruba_cli.services.ingest.tabular import read_csv
 
 EXIT_REJECTED = 3
 

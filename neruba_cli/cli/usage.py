@@ -14,7 +14,7 @@ from neruba_cli.cli.output import Renderer
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.domain.usage_chart import bar, bar_eighths, granularity
-from neruba_cli.services import usage_view
+from neruba_cli.services.analysis import usage as analysis_usage
 
 app = typer.Typer(help="Usage: what a customer used, bucket by bucket, and what it will cost.")
 
@@ -61,7 +61,7 @@ def show(
     moment = parse_ts(as_of, field="--as-of") if as_of else rt.now()
     with rt.transaction() as session:
         project = rt.project(session)
-    data = usage_view.show(
+    data = analysis_usage.show(
         rt.engine(), project, customer, period=period, meter=meter, by=size, as_of=moment
     )
     rt.out.emit(data, _render(data))

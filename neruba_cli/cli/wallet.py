@@ -10,7 +10,7 @@ from rich.console import Console
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
-from neruba_cli.services import credits
+from neruba_cli.services.ledger import credits
 
 app = typer.Typer(help="Customer wallets: the credit a customer holds.")
 

@@ -681,7 +681,8 @@ class StripeWebhookEvent(Base):
 class ExportWatermark(Base):
     """Where a named export (`neruba export KIND --name NAME`) stands: the watermark of its last
     complete file, so the next run ships only what came after. Written only once the file is
-    in place under its real name; services/export.py explains what a watermark is per kind."""
+    in place under its real name; services/export/streams.py explains what a watermark is per
+    kind."""
 
     __tablename__ = "export_watermarks"
     __table_args__ = (MYSQL_TABLE,)

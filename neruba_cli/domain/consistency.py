@@ -1,7 +1,7 @@
 """The rules `neruba check` holds stored rows to beyond the ledger: invoice line rows against
 their documents, corrections against the invoices they correct, event counts against the
 events stored, import receipts against what they imported. Plain values in, problems out as
-sentences an operator can act on; services/check.py only reads the rows.
+sentences an operator can act on; services/ops/check.py only reads the rows.
 
 Why these rules and not stricter ones is written beside each: a rule that fails on a normal
 sequence of ingest and runs would teach operators to ignore the sweep.
@@ -124,7 +124,7 @@ class InvoiceFacts:
 def correction_problems(invoice: InvoiceFacts, target: InvoiceFacts | None) -> list[str]:
     """A correction (credit note or supplemental invoice) is a later revision of one
     customer-period's invoice, written by a run once that invoice was final
-    (services/invoice_writer.py: `corrects` is the period's first final invoice, `revision`
+    (services/billing/writer.py: `corrects` is the period's first final invoice, `revision`
     the next free one); its kind says the sign of its lines. A plain invoice corrects nothing:
     it may carry a revision above 0, but only because earlier ones were voided.
 

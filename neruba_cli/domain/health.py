@@ -7,7 +7,7 @@ values, without a database, a dead process or a wrong clock.
 How serious each finding is, and why:
 
 - **A stuck billing run is a warning, not a failure.** A run writes whole invoices, a batch per
-  transaction, each fenced by its lease (services/invoice_writer.py), so a run whose process
+  transaction, each fenced by its lease (services/billing/writer.py), so a run whose process
   died left nothing half-written: only a `running` record and a month some customers may not
   be invoiced for yet. Rerunning the month finishes the work and closes the old record.
 - **A stuck import batch is a warning.** Events are committed a batch at a time and are

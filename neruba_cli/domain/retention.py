@@ -2,7 +2,7 @@
 
 `neruba retention apply --older-than AGE` drops event properties that no meter reads, for the
 events of closed, settled months only, so that a rerun of such a month still gives the same
-invoices. The rule, in full (services/retention.py gathers the facts, this module decides):
+invoices. The rule, in full (services/ops/retention.py gathers the facts, this module decides):
 
 A month (YYYY-MM, the label of `run bill --period` and of `invoices.period`) is **eligible**
 when all of these hold:
@@ -14,7 +14,7 @@ when all of these hold:
 4. nothing is pending: for each customer and billing period of the month, the live invoice
    (the latest revision that is not void) counted exactly the events that are stored for that
    customer and period now. This is the test a billing run uses to notice late events
-   (services/billing_plan.py `needs_pricing`): events are append-only, so an unchanged count
+   (services/billing/plan.py `needs_pricing`): events are append-only, so an unchanged count
    means nothing arrived since the last run;
 5. when the project pushes to Stripe (it has any Stripe link at all), every finalized or paid
    invoice of the month was pushed and its Stripe invoice finalized.

@@ -82,9 +82,10 @@ INGESTED = 20_000  # lines in the ingest scenario: 4 batches of 5000
 CLI_MAIN = """
 import sys
 from neruba_cli.db import engine
-from neruba_cli.services import billing_plan, invoice_writer
+from neruba_cli.services.billing import plan as billing_plan
+from neruba_cli.services.billing import writer as billing_writer
 engine.SQLITE_BUSY_TIMEOUT_MS = 1000
-billing_plan.CUSTOMER_BATCH = invoice_writer.WRITE_BATCH = 20
+billing_plan.CUSTOMER_BATCH = billing_writer.WRITE_BATCH = 20
 from neruba_cli.cli.app import main
 sys.argv[0] = "neruba"
 main()

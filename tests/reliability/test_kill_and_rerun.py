@@ -33,8 +33,8 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from neruba_cli.db.schema import BillingRun, CreditGrant, Event, ImportBatch, Invoice, Payment
-from neruba_cli.services import stripe_payments
-from neruba_cli.services.ingest import BATCH
+from neruba_cli.services.ingest.pipeline import BATCH
+from neruba_cli.services.stripe import payments as stripe_payments
 from tests.conftest import Cli
 from tests.reliability.conftest import (
     assert_check_ok,

@@ -1,0 +1,1 @@
+"""Reading billing against other figures: compare, simulate, usage views and report files."""

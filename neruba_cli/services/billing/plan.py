@@ -1,0 +1,603 @@
+"""What a month bills and the inputs of each invoice, read from the database but never
+written to it: a run (services/billing/run.py) and the on-demand computations (`invoice verify`,
+`invoice preview`) go through these same steps, so what they show is what a run would
+write.
+
+1. **Plan**: which (customer, billing period) pairs the month bills (domain/billing_periods.py)
+   and each one's terms: subscriptions, phases on plan versions, base fees, one-off charges.
+2. **Detect**: invoices already written for a pair are skipped when neither their terms (the
+   setup fingerprint) nor the customer's number of events in the period changed — events are
+   append-only, so a count that did not move means nothing arrived. Only the rest is priced, so
+   a rerun after a few late events touches a few customers.
+3. **Aggregate** the usage of what is left in the database: one GROUP BY per meter and window
+   for a batch of customers (db/usage_sql.py), never a loop over events. The event spans that
+   detection already read are reused instead of being queried again.
+4. **Build** each invoice with the pure domain (domain/invoice.py), so pricing stays free of
+   the database and testable on its own.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, select
+from sqlalchemy.orm import Session, defer
+
+from neruba_cli.db import usage_sql
+from neruba_cli.db.schema import (
+    Charge,
+    Customer,
+    Invoice,
+    PlanVersion,
+    Project,
+    Subscription,
+    SubscriptionPhase,
+)
+from neruba_cli.domain.aggregation import MeterSpec
+from neruba_cli.domain.billing_periods import Schedule, billed_periods, is_first_period, next_period
+from neruba_cli.domain.catalog import MeterDef, PlanDef, load_version
+from neruba_cli.domain.errors import NotFound
+from neruba_cli.domain.invoice import (
+    BuiltInvoice,
+    CarriedUsage,
+    InvoiceInput,
+    MeterUsage,
+    OneOffCharge,
+    PhasePlan,
+    SubscriptionTerms,
+    UsagePiece,
+    build_invoice,
+    fingerprint_of,
+    inputs_document,
+    setup_document,
+)
+from neruba_cli.domain.money import RoundingMode
+from neruba_cli.domain.periods import Period, Phase, month_period, split_period
+
+CUSTOMER_BATCH = 500  # customers per aggregation query
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # where recurring gauges start from zero
+FINAL = ("finalized", "paid")
+
+invoices_t = Invoice.__table__
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass
+class StoredPlanVersion:
+    plan: PlanDef
+    meters: dict[str, MeterDef]
+    key: str  # CODE@VERSION
+    fingerprint: str
+
+
+@dataclass
+class WorkItem:
+    """One customer's invoice for one billing period, before usage is known."""
+
+    customer: Customer
+    label: str  # the month whose run bills it
+    period: Period
+    terms: list[SubscriptionTerms]
+    charges: list[OneOffCharge]
+    closed: bool  # the period ended by --as-of
+    existing: list[Invoice] = field(default_factory=list)
+    raw_count: int = 0
+    recurring: bool = False
+    carried: list[CarriedUsage] = field(default_factory=list)  # late usage it takes in
+    carried_elsewhere: list[list[dict[str, Any]]] = field(default_factory=list)
+    fallback: bool = False  # next_invoice, but no open invoice can take it: correct instead
+    orphan: bool = False  # invoiced before, but the month no longer bills this period
+    window_stats: dict[str, tuple[int, datetime, datetime]] | None = None  # by meter
+
+    @property
+    def key(self) -> tuple[str, datetime, datetime]:
+        return (self.customer.id, self.period.start, self.period.end)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_items(
+    conn: Connection,
+    project: Project,
+    label: str,
+    as_of: datetime,
+    only: Sequence[str] = (),
+) -> list[WorkItem]:
+    """Every (customer, period) the month bills, sorted by customer external id and period."""
+    customers = load_customers(conn, project, only)
+    versions = plan_versions(conn, project)
+    subscriptions = load_subscriptions(conn, project, customers, versions)
+    items: dict[tuple[str, datetime, datetime], WorkItem] = {}
+    for customer_id, subs in subscriptions.items():
+        customer = customers[customer_id]
+        for sub, phases in subs:
+            schedule = subscription_schedule(sub, phases, customer)
+            for period in billed_periods(schedule, label):
+                key = (customer.id, period.start, period.end)
+                item = items.get(key)
+                if item is None:
+                    item = items[key] = WorkItem(
+                        customer, label, period, [], [], period.end <= as_of
+                    )
+                item.terms.append(_terms(sub, phases, schedule, period))
+                item.recurring = item.recurring or _has_recurring(phases)
+    _place_charges(conn, project, label, customers, items, as_of)
+    return sorted(items.values(), key=lambda i: (i.customer.external_id, i.period.start))
+
+
+def load_customers(conn: Connection, project: Project, only: Sequence[str]) -> dict[str, Customer]:
+    query = select(Customer).where(Customer.project_id == project.id)
+    if only:
+        query = query.where(Customer.external_id.in_(list(only)))
+    with Session(bind=conn) as session:
+        found = {c.id: c for c in session.scalars(query)}
+        session.expunge_all()
+    missing = sorted(set(only) - {c.external_id for c in found.values()})
+    if missing:
+        raise NotFound(
+            f"customer {', '.join(repr(m) for m in missing)} does not exist in project "
+            f"{project.slug!r}"
+        )
+    return found
+
+
+def plan_versions(conn: Connection, project: Project) -> dict[str, StoredPlanVersion]:
+    from neruba_cli.db.schema import Plan
+
+    rows = conn.execute(
+        select(PlanVersion.__table__, Plan.code)
+        .join(Plan, Plan.id == PlanVersion.plan_id)
+        .where(Plan.project_id == project.id)
+    ).all()
+    found: dict[str, StoredPlanVersion] = {}
+    for version in rows:
+        code = version.code
+        plan, meters = load_version(orjson.loads(version.definition))
+        found[version.id] = StoredPlanVersion(
+            plan, meters, f"{code}@{version.version}", version.fingerprint
+        )
+    return found
+
+
+def load_subscriptions(
+    conn: Connection,
+    project: Project,
+    customers: dict[str, Customer],
+    versions: dict[str, StoredPlanVersion],
+) -> dict[str, list[tuple[Subscription, list[PhasePlan]]]]:
+    subs = conn.execute(
+        select(Subscription.__table__).where(Subscription.project_id == project.id)
+    ).all()
+    phases = conn.execute(
+        select(SubscriptionPhase.__table__)
+        .join(Subscription, Subscription.id == SubscriptionPhase.subscription_id)
+        .where(Subscription.project_id == project.id)
+        .order_by(SubscriptionPhase.start_at)
+    ).all()
+    by_sub: dict[str, list[PhasePlan]] = defaultdict(list)
+    for row in phases:
+        stored = versions[row.plan_version_id]
+        by_sub[row.subscription_id].append(
+            PhasePlan(
+                phase=Phase(row.start_at, row.end_at, stored.key),
+                plan=stored.plan,
+                fingerprint=stored.fingerprint,
+                meters={code: m.spec for code, m in stored.meters.items()},
+            )
+        )
+    result: dict[str, list[tuple[Subscription, list[PhasePlan]]]] = defaultdict(list)
+    for row in sorted(subs, key=lambda r: (r.start_at, r.id)):
+        if row.customer_id in customers and by_sub.get(row.id):
+            result[row.customer_id].append((row, _unique_keys(by_sub[row.id])))
+    return result
+
+
+def _unique_keys(phases: list[PhasePlan]) -> list[PhasePlan]:
+    """Phase keys must be unique within a subscription (a plan can come back after a change)."""
+    seen: dict[str, int] = {}
+    unique = []
+    for pp in phases:
+        n = seen.get(pp.phase.key, 0)
+        seen[pp.phase.key] = n + 1
+        if n:
+            key = f"{pp.phase.key}#{n + 1}"
+            pp = PhasePlan(
+                Phase(pp.phase.start, pp.phase.end, key), pp.plan, pp.fingerprint, pp.meters
+            )
+        unique.append(pp)
+    return unique
+
+
+def subscription_schedule(sub: Any, phases: list[PhasePlan], customer: Customer) -> Schedule:
+    return Schedule(
+        interval=phases[0].plan.interval,
+        anchor=sub.anchor,
+        start=sub.start_at,
+        end=sub.end_at,
+        tz=customer.timezone,
+    )
+
+
+def _has_recurring(phases: list[PhasePlan]) -> bool:
+    return any(
+        spec.aggregation == "weighted_sum" and spec.recurring
+        for pp in phases
+        for spec in pp.meters.values()
+    )
+
+
+def _terms(
+    sub: Any, phases: list[PhasePlan], schedule: Schedule, period: Period
+) -> SubscriptionTerms:
+    from neruba_cli.domain.periods import trial_end
+
+    fee_periods: list[tuple[Period, str]] = [(period, "arrears")]
+    following = next_period(schedule, period)
+    if is_first_period(schedule, period):
+        fee_periods.append((period, "advance"))
+    if following is not None:
+        fee_periods.append((following, "advance"))
+    clipped = [
+        PhasePlan(
+            Phase(pp.phase.start, _clip(pp.phase.end, sub.end_at), pp.phase.key),
+            pp.plan,
+            pp.fingerprint,
+            pp.meters,
+        )
+        for pp in phases
+    ]
+    pieces = [
+        UsagePiece(phase.key, start, end, {})
+        for phase, start, end in split_period(period, [pp.phase for pp in clipped])
+    ]
+    trial = trial_end(sub.start_at, sub.trial_days, schedule.tz) if sub.trial_days else None
+    return SubscriptionTerms(
+        id=sub.id,
+        start=sub.start_at,
+        end=sub.end_at,
+        trial_end=trial,
+        phases=tuple(clipped),
+        fee_periods=tuple(fee_periods),  # type: ignore[arg-type]
+        pieces=tuple(pieces),
+    )
+
+
+def _clip(end: datetime | None, cancel: datetime | None) -> datetime | None:
+    if cancel is None:
+        return end
+    return cancel if end is None else min(end, cancel)
+
+
+def _place_charges(
+    conn: Connection,
+    project: Project,
+    label: str,
+    customers: dict[str, Customer],
+    items: dict[tuple[str, datetime, datetime], WorkItem],
+    as_of: datetime,
+) -> None:
+    """One-off charges dated in the month (the customer's local month) go on the customer's
+    first invoice of the run; a customer with charges but no subscription period in the month
+    gets an invoice for the calendar month."""
+    by_customer: dict[str, list[WorkItem]] = defaultdict(list)
+    for item in items.values():
+        by_customer[item.customer.id].append(item)
+    months: dict[str, Period] = {}
+    widest_start = widest_end = None
+    for customer in customers.values():
+        month = months.setdefault(customer.timezone, month_period(label, customer.timezone))
+        widest_start = month.start if widest_start is None else min(widest_start, month.start)
+        widest_end = month.end if widest_end is None else max(widest_end, month.end)
+    if widest_start is None or widest_end is None:
+        return
+    rows = conn.execute(
+        select(Charge.__table__)
+        .where(Charge.project_id == project.id)
+        .where(Charge.at >= widest_start, Charge.at < widest_end)
+        .order_by(Charge.at, Charge.idempotency_key)
+    ).all()
+    for row in rows:
+        customer = customers.get(row.customer_id)
+        if customer is None:
+            continue
+        month = months[customer.timezone]
+        if not month.start <= row.at < month.end:
+            continue
+        targets = sorted(by_customer[customer.id], key=lambda i: i.period.start)
+        if not targets:
+            item = WorkItem(customer, label, month, [], [], month.end <= as_of)
+            items[item.key] = item
+            by_customer[customer.id].append(item)
+            targets = [item]
+        targets[0].charges.append(
+            OneOffCharge(row.idempotency_key, row.description, Decimal(row.amount), row.at)
+        )
+
+
+# --------------------------------------------------------------------------- change detection
+
+
+def attach_existing(conn: Connection, project: Project, items: list[WorkItem]) -> None:
+    """The stored invoices of each item, without their documents (`documents` reads those
+    only for the few items a correction needs them for)."""
+    if not items:
+        return
+    by_key = {item.key: item for item in items}
+    customer_ids = sorted({item.customer.id for item in items})
+    with Session(bind=conn) as session:
+        for start in range(0, len(customer_ids), CUSTOMER_BATCH):
+            rows = session.scalars(
+                select(Invoice)
+                .options(defer(Invoice.content), defer(Invoice.inputs))
+                .where(Invoice.project_id == project.id)
+                .where(Invoice.customer_id.in_(customer_ids[start : start + CUSTOMER_BATCH]))
+                .order_by(Invoice.revision)
+            )
+            for row in rows:
+                item = by_key.get((row.customer_id, row.period_start, row.period_end))
+                if item is not None:
+                    item.existing.append(row)
+        session.expunge_all()
+
+
+def documents(conn: Connection, invoices: Sequence[Invoice]) -> list[list[dict[str, Any]]]:
+    """The stored lines of these invoices, in the order given."""
+    ids = [invoice.id for invoice in invoices]
+    query = select(invoices_t.c.id, invoices_t.c.content).where(invoices_t.c.id.in_(ids))
+    rows = {invoice_id: content for invoice_id, content in conn.execute(query)}
+    return [orjson.loads(rows[invoice_id])["lines"] for invoice_id in ids]
+
+
+def latest_invoice(item: WorkItem) -> Invoice | None:
+    live = [inv for inv in item.existing if inv.status != "void"]
+    return live[-1] if live else None
+
+
+def count_events(conn: Connection, project: Project, chunk: list[WorkItem]) -> None:
+    """Each item's number of events in its period. Where every item of a window already has
+    an invoice (a rerun), a plain count is enough; otherwise one pass also gives the event
+    spans per meter that pricing reuses."""
+    windows: dict[tuple[datetime, datetime], list[WorkItem]] = defaultdict(list)
+    for item in chunk:
+        windows[(item.period.start, item.period.end)].append(item)
+    for (start, end), group in windows.items():
+        ids = sorted({item.customer.id for item in group})
+        if all(item.existing for item in group):
+            counts = usage_sql.event_counts(
+                conn, project_id=project.id, start=start, end=end, customer_ids=ids
+            )
+            for item in group:
+                item.raw_count = counts.get(item.customer.id, 0)
+            continue
+        stats = usage_sql.meter_stats(
+            conn, project_id=project.id, start=start, end=end, customer_ids=ids
+        )
+        per_customer: dict[str, dict[str, tuple[int, datetime, datetime]]] = defaultdict(dict)
+        for (customer_id, meter), span in stats.items():
+            per_customer[customer_id][meter] = span
+        for item in group:
+            item.window_stats = per_customer.get(item.customer.id, {})
+            item.raw_count = sum(span[0] for span in item.window_stats.values())
+
+
+def orphaned_items(
+    conn: Connection, project: Project, label: str, items: list[WorkItem], only: Sequence[str]
+) -> list[WorkItem]:
+    """Live invoices of month `label` that no planned item claims any more: the customer's
+    time zone moved its periods, a backdated cancellation removed one, or a subscription took
+    over a month billed for one-off charges alone. Each becomes an item with nothing to bill,
+    so its draft is voided and a finalized one is reversed by a credit note."""
+    claimed = {item.key for item in items}
+    rows = conn.execute(
+        select(Invoice.customer_id, Invoice.period_start, Invoice.period_end)
+        .where(Invoice.project_id == project.id)
+        .where(Invoice.period == label)
+        .where(Invoice.status != "void")
+        .distinct()
+    ).all()
+    unclaimed = [tuple(row) for row in rows if tuple(row) not in claimed]
+    if not unclaimed:
+        return []
+    wanted = sorted({customer_id for customer_id, _, _ in unclaimed})
+    query = select(Customer).where(Customer.id.in_(wanted))
+    if only:
+        query = query.where(Customer.external_id.in_(list(only)))
+    with Session(bind=conn) as session:
+        customers = {c.id: c for c in session.scalars(query)}
+        session.expunge_all()
+    orphans = [
+        WorkItem(customers[customer_id], label, Period(start, end), [], [], True, orphan=True)
+        for customer_id, start, end in unclaimed
+        if customer_id in customers
+    ]
+    attach_existing(conn, project, orphans)
+    return sorted(orphans, key=lambda i: (i.customer.external_id, i.period.start))
+
+
+def restore_carried(conn: Connection, items: list[WorkItem]) -> None:
+    """An invoice that took in late usage of an earlier month (policy next_invoice) keeps it:
+    its recomputation must carry the same lines, or the difference would reverse them."""
+    wanted = {}
+    for item in items:
+        finals = [inv for inv in item.existing if inv.status in FINAL]
+        if finals and not item.carried:
+            wanted[finals[-1].id] = item
+    if not wanted:
+        return
+    ids = sorted(wanted)
+    for start in range(0, len(ids), CUSTOMER_BATCH):
+        rows = conn.execute(
+            select(Invoice.id, Invoice.inputs)
+            .where(Invoice.id.in_(ids[start : start + CUSTOMER_BATCH]))
+            .where(Invoice.inputs.like('%"carried":[{%'))
+        )
+        for invoice_id, inputs in rows:
+            wanted[invoice_id].carried = [
+                CarriedUsage(entry["source"], tuple(entry["lines"]))
+                for entry in orjson.loads(inputs)["carried"]
+            ]
+
+
+def needs_pricing(item: WorkItem, project: Project, *, final_only: bool = False) -> bool:
+    if item.orphan:
+        return True
+    latest = latest_invoice(item)
+    if final_only:
+        finals = [inv for inv in item.existing if inv.status in FINAL]
+        latest = finals[-1] if finals else None
+    if latest is None or item.recurring:
+        return True
+    setup = _setup_fingerprint(item, project)
+    return latest.setup_fingerprint != setup or latest.event_count != item.raw_count
+
+
+def _invoice_input(item: WorkItem, project: Project) -> InvoiceInput:
+    rounding: RoundingMode = "half_up" if project.rounding == "half_up" else "half_even"
+    return InvoiceInput(
+        customer=item.customer.external_id,
+        currency=item.customer.currency,
+        timezone=item.customer.timezone,
+        rounding=rounding,
+        period=item.period,
+        label=item.label,
+        subscriptions=tuple(item.terms),
+        charges=tuple(item.charges),
+        carried=tuple(item.carried),
+    )
+
+
+def _setup_fingerprint(item: WorkItem, project: Project) -> str:
+    return fingerprint_of(setup_document(inputs_document(_invoice_input(item, project))))
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def build(conn: Connection, project: Project, items: list[WorkItem]) -> dict[Any, BuiltInvoice]:
+    """Aggregate the usage of every piece of every item in the database, then build."""
+    wanted: dict[tuple[datetime, datetime, MeterSpec], set[str]] = defaultdict(set)
+    percentage: set[tuple[datetime, datetime, MeterSpec, str]] = set()
+    for item in items:
+        for terms in item.terms:
+            plans = {pp.phase.key: pp for pp in terms.phases}
+            for piece in terms.pieces:
+                pp = plans[piece.phase_key]
+                for charge in pp.plan.charges:
+                    spec = pp.meters[charge.meter]
+                    wanted[(piece.start, piece.end, spec)].add(item.customer.id)
+                    if charge.model == "percentage":
+                        percentage.add((piece.start, piece.end, spec, item.customer.id))
+    known = _known_spans(items)
+    results: dict[tuple[datetime, datetime, MeterSpec, str], MeterUsage] = {}
+    for (start, end, spec), customer_ids in wanted.items():
+        ids = sorted(customer_ids)
+        spans = _spans(known, spec, start, end, ids)
+        for usage_customer, usage in _aggregate(
+            conn, project, spec, start, end, ids, percentage, spans
+        ):
+            results[(start, end, spec, usage_customer)] = usage
+    built: dict[Any, BuiltInvoice] = {}
+    for item in items:
+        item.terms = [_with_usage(terms, item.customer.id, results) for terms in item.terms]
+        built[item.key] = build_invoice(_invoice_input(item, project))
+    return built
+
+
+def _aggregate(
+    conn: Connection,
+    project: Project,
+    spec: MeterSpec,
+    start: datetime,
+    end: datetime,
+    ids: list[str],
+    percentage: set[tuple[datetime, datetime, MeterSpec, str]],
+    spans: dict[str, tuple[int, datetime, datetime]] | None,
+) -> Iterable[tuple[str, MeterUsage]]:
+    openings = None
+    if spec.aggregation == "weighted_sum" and spec.recurring:
+        openings = usage_sql.closing_levels(
+            conn, spec, project_id=project.id, start=_EPOCH, end=start, customer_ids=ids
+        )
+    values = usage_sql.aggregate_usage(
+        conn,
+        spec,
+        project_id=project.id,
+        start=start,
+        end=end,
+        customer_ids=ids,
+        openings=openings,
+    )
+    if spans is None:
+        spans = usage_sql.event_stats(
+            conn, spec, project_id=project.id, start=start, end=end, customer_ids=ids
+        )
+    for customer_id in ids:
+        count, first, last = spans.get(customer_id, (0, None, None))
+        transactions = None
+        if (start, end, spec, customer_id) in percentage:
+            transactions = tuple(
+                usage_sql.transaction_values(
+                    conn, spec, project_id=project.id, customer_id=customer_id, start=start, end=end
+                )
+            )
+        value = values.get(customer_id, Decimal(0))
+        yield customer_id, MeterUsage(value, count, first, last, transactions)
+
+
+Span = tuple[int, datetime, datetime]
+
+
+def _known_spans(items: list[WorkItem]) -> dict[tuple[datetime, datetime, str], dict[str, Span]]:
+    """The per-meter event spans the change detection already read, by window and customer."""
+    return {
+        (item.period.start, item.period.end, item.customer.id): item.window_stats
+        for item in items
+        if item.window_stats is not None
+    }
+
+
+def _spans(
+    known: dict[tuple[datetime, datetime, str], dict[str, Span]],
+    spec: MeterSpec,
+    start: datetime,
+    end: datetime,
+    ids: list[str],
+) -> dict[str, Span] | None:
+    """A plain meter's (quantity, no filters) event spans from what is known, or None when
+    they must be queried (a filtered meter, a property field, a piece of a period)."""
+    if spec.field != "quantity" or spec.filters:
+        return None
+    found: dict[str, Span] = {}
+    for customer_id in ids:
+        stats = known.get((start, end, customer_id))
+        if stats is None:
+            return None
+        if spec.code in stats:
+            found[customer_id] = stats[spec.code]
+    return found
+
+
+def _with_usage(
+    terms: SubscriptionTerms,
+    customer_id: str,
+    results: dict[tuple[datetime, datetime, MeterSpec, str], MeterUsage],
+) -> SubscriptionTerms:
+    plans = {pp.phase.key: pp for pp in terms.phases}
+    pieces = []
+    for piece in terms.pieces:
+        pp = plans[piece.phase_key]
+        usage = {
+            charge.meter: results[(piece.start, piece.end, pp.meters[charge.meter], customer_id)]
+            for charge in pp.plan.charges
+        }
+        pieces.append(UsagePiece(piece.phase_key, piece.start, piece.end, usage))
+    return replace(terms, pieces=tuple(pieces))

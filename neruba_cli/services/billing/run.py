@@ -1,0 +1,407 @@
+"""`neruba run bill`: a locked, fenced, deterministic billing run for one month.
+
+The run holds the month's lease lock throughout, so two runs of one month never interleave,
+and prices a batch of customers at a time, so each aggregation query names a bounded number of
+customers:
+
+1. **Plan**, **detect** what changed, **aggregate** and **build** (services/billing/plan.py).
+2. **Decide and write** (services/billing/writer.py): whole invoices, a batch per
+   transaction, each fenced by the run's lease token.
+
+Policy `next_invoice` is settled here rather than in the writer: the late usage of the
+previous month's finalized invoices is a difference between two months' plans, and it lands
+on each customer's first invoice of this month (or, where none is open, on a correction).
+
+A run that changed nothing writes nothing (not even a run record) and says "no changes".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, select, update
+
+from neruba_cli.db import locks, usage_sql
+from neruba_cli.db.schema import BillingRun, Invoice, Project
+from neruba_cli.domain.billing_periods import resolve_label
+from neruba_cli.domain.invoice import BuiltInvoice, CarriedUsage, correction_lines, run_fingerprint
+from neruba_cli.domain.periods import Period
+from neruba_cli.domain.timestamps import format_ts
+from neruba_cli.services.billing import plan as billing_plan
+from neruba_cli.services.billing.plan import (
+    FINAL,
+    WorkItem,
+    attach_existing,
+    build,
+    count_events,
+    documents,
+    latest_invoice,
+    load_customers,
+    load_subscriptions,
+    needs_pricing,
+    orphaned_items,
+    plan_items,
+    plan_versions,
+    restore_carried,
+    subscription_schedule,
+)
+from neruba_cli.services.billing.writer import InvoiceWriter, Outcome, RunOptions, RunReport
+from neruba_cli.services.billing.writer import run_summary as run_summary  # re-exported
+
+LATE_EVENT_POLICIES = ("correct", "next_invoice", "ignore")
+
+invoices_t = Invoice.__table__
+runs_t = BillingRun.__table__
+events_t = usage_sql.events
+
+
+Progress = Callable[[int], None]
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_bill(
+    engine: Engine,
+    project: Project,
+    options: RunOptions,
+    *,
+    actor: str,
+    now: datetime,
+    progress_total: Callable[[int], Progress] | None = None,
+    holder: str | None = None,
+) -> RunReport:
+    label = resolve_label(options.label, as_of=options.as_of, tz=project.timezone)
+    report = RunReport(period=label, dry_run=options.dry_run)
+    lease = None
+    if not options.dry_run:
+        lease = locks.acquire(
+            engine, lock_name(project, label), holder=holder, ttl=options.lease, wait=options.wait
+        )
+        _close_abandoned(engine, project, label, lease)
+    writer = InvoiceWriter(engine, project, label, lease, options, actor=actor, now=now)
+    try:
+        with engine.connect() as conn:
+            items = plan_items(conn, project, label, options.as_of, options.customers)
+            attach_existing(conn, project, items)
+            items += orphaned_items(conn, project, label, items, options.customers)
+            restore_carried(conn, items)
+            if project.late_events == "next_invoice":
+                _fall_back_where_next_is_final(conn, project, label, items)
+                items += _late_carry(conn, project, label, items, options)
+        advance = progress_total(len(items)) if progress_total else (lambda _n: None)
+        for start in range(0, len(items), billing_plan.CUSTOMER_BATCH):
+            chunk = items[start : start + billing_plan.CUSTOMER_BATCH]
+            outcomes = _bill_chunk(engine, project, chunk, writer, report)
+            report.outcomes += outcomes
+            advance(len(chunk))
+        writer.flush()
+        if options.finalize and not options.dry_run:
+            report.finalized = writer.finalize_period()
+        report.fingerprint = run_fingerprint(
+            (o.customer, format_ts(o.period.start) or "", o.fingerprint or "")
+            for o in report.outcomes
+            if o.fingerprint
+        )
+        report.run = writer.run_id
+        if writer.run_id is not None:
+            writer.close_run(report)
+        elif not options.dry_run:
+            report.status = "unchanged"
+        return report
+    except BaseException as exc:
+        if writer.run_id is not None:
+            _fail_run(engine, writer.run_id, exc, now)
+        raise
+    finally:
+        if writer.lease is not None:
+            locks.release(engine, writer.lease)
+
+
+def lock_name(project: Project, label: str) -> str:
+    return month_lock(project.slug, label)
+
+
+def month_lock(slug: str, label: str) -> str:
+    """The lease a billing run of one month holds (doctor reads it by the project's slug)."""
+    return f"{slug}:bill:{label}"
+
+
+ABANDONED = "abandoned: its process stopped before finishing"
+
+
+def _close_abandoned(engine: Engine, project: Project, label: str, lease: locks.Lease) -> None:
+    """Earlier runs of this month still `running` lost their lease to this one, so none of
+    their writes can commit any more: their process was killed. Mark them failed (what they
+    wrote is whole invoices, which this run takes over) so they stop looking in progress."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(runs_t)
+            .where(runs_t.c.project_id == project.id, runs_t.c.period == label)
+            .where(runs_t.c.status == "running", runs_t.c.lock_token != lease.token)
+            .values(status="failed", finished_at=datetime.now(UTC), message=ABANDONED)
+        )
+
+
+def _bill_chunk(
+    engine: Engine,
+    project: Project,
+    chunk: list[WorkItem],
+    writer: InvoiceWriter,
+    report: RunReport,
+) -> list[Outcome]:
+    with engine.connect() as conn:
+        count_events(conn, project, chunk)
+        todo = [item for item in chunk if needs_pricing(item, project)]
+        built = build(conn, project, todo) if todo else {}
+    outcomes: list[Outcome] = []
+    for item in chunk:
+        invoice = built.get(item.key)
+        if invoice is None:
+            outcomes.append(_unchanged(item))
+            continue
+        outcomes.append(writer.settle(item, invoice))
+    return outcomes
+
+
+def _unchanged(item: WorkItem) -> Outcome:
+    latest = latest_invoice(item)
+    assert latest is not None
+    return Outcome(
+        item.customer.external_id,
+        item.period,
+        "unchanged",
+        number=latest.number,
+        total=latest.total,
+        currency=latest.currency,
+        fingerprint=latest.fingerprint,
+    )
+
+
+def _fail_run(engine: Engine, run_id: str, exc: BaseException, now: datetime) -> None:
+    """Best effort: mark the run failed (its invoices so far are whole and stay)."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                update(runs_t)
+                .where(runs_t.c.id == run_id, runs_t.c.status == "running")
+                .values(status="failed", finished_at=datetime.now(UTC), message=str(exc)[:2000])
+            )
+    except Exception:  # the database may be what failed
+        pass
+
+
+# --------------------------------------------------------------------------- next_invoice
+
+
+def _late_carry(
+    conn: Connection, project: Project, label: str, items: list[WorkItem], options: RunOptions
+) -> list[WorkItem]:
+    """Policy `next_invoice`: late usage of the previous month's finalized invoices goes on
+    each customer's first invoice of this month, as difference lines marked `late_from`.
+
+    A customer with no open invoice this month to take it (none billed, or already
+    finalized) gets a correction of the late period instead; those items are returned so the
+    run settles them like any correction. Late events older than the previous month are
+    corrected by rerunning their own month (`_fall_back_where_next_is_final`): its following
+    month is finalized by then, so nothing can carry them any more.
+    """
+    previous = _previous_label(label)
+    earlier = plan_items(conn, project, previous, options.as_of, options.customers)
+    attach_existing(conn, project, earlier)
+    earlier = [i for i in earlier if any(inv.status in FINAL for inv in i.existing)]
+    if not earlier:
+        return []
+    restore_carried(conn, earlier)
+    count_events(conn, project, earlier)
+    changed = [i for i in earlier if needs_pricing(i, project, final_only=True)]
+    if not changed:
+        return []
+    built = build(conn, project, changed)
+    first: dict[str, WorkItem] = {}
+    for item in items:
+        first.setdefault(item.customer.id, item)
+    fallbacks: list[WorkItem] = []
+    for item in changed:
+        finals = [inv for inv in item.existing if inv.status in FINAL]
+        target = first.get(item.customer.id)
+        carried_before = _carried_lines(conn, target, finals[0].number) if target else []
+        open_target = target is not None and not any(inv.status in FINAL for inv in target.existing)
+        billed = documents(conn, finals) + carried_before
+        delta = correction_lines(built[item.key].content["lines"], billed, item.customer.currency)
+        if not delta:
+            continue
+        if open_target and target is not None:
+            target.carried.append(CarriedUsage(finals[0].number, tuple(delta)))
+        else:
+            item.fallback = True
+            item.carried_elsewhere = carried_before
+            fallbacks.append(item)
+    return fallbacks
+
+
+def _fall_back_where_next_is_final(
+    conn: Connection, project: Project, label: str, items: list[WorkItem]
+) -> None:
+    """Rerunning a month whose late usage can no longer be carried (the customer's invoice of
+    the month after is already finalized) corrects it instead, counting what was carried."""
+    late: dict[str, list[WorkItem]] = {}
+    for item in items:
+        if any(invoice.status in FINAL for invoice in item.existing):
+            late.setdefault(item.customer.id, []).append(item)
+    if not late:
+        return
+    following = conn.execute(
+        select(invoices_t.c.customer_id, invoices_t.c.content)
+        .where(invoices_t.c.project_id == project.id)
+        .where(invoices_t.c.period == _next_label(label))
+        .where(invoices_t.c.status.in_(FINAL))
+        .where(invoices_t.c.customer_id.in_(sorted(late)))
+    ).all()
+    documents_by_customer: dict[str, list[list[dict[str, Any]]]] = {}
+    for customer_id, content in following:
+        documents_by_customer.setdefault(customer_id, []).append(orjson.loads(content)["lines"])
+    for customer_id, lines_of_each in documents_by_customer.items():
+        for item in late[customer_id]:
+            source = next(i for i in item.existing if i.status in FINAL).number
+            item.fallback = True
+            item.carried_elsewhere = [
+                [_uncarried(line) for line in lines if line.get("late_from") == source]
+                for lines in lines_of_each
+            ]
+
+
+def _next_label(label: str) -> str:
+    year, month = int(label[:4]), int(label[5:7])
+    return f"{year + 1:04d}-01" if month == 12 else f"{year:04d}-{month + 1:02d}"
+
+
+def _carried_lines(conn: Connection, target: WorkItem, source: str) -> list[list[dict[str, Any]]]:
+    """Lines already carried from `source` onto finalized invoices of the target period."""
+    finals = [inv for inv in target.existing if inv.status in FINAL]
+    return [
+        [_uncarried(line) for line in lines if line.get("late_from") == source]
+        for lines in documents(conn, finals)
+    ]
+
+
+def _uncarried(line: dict[str, Any]) -> dict[str, Any]:
+    """A carried line as its source period would key it (so differences line up)."""
+    plain = dict(line)
+    plain.pop("late_from", None)
+    return plain
+
+
+def _previous_label(label: str) -> str:
+    year, month = int(label[:4]), int(label[5:7])
+    return f"{year - 1:04d}-12" if month == 1 else f"{year:04d}-{month - 1:02d}"
+
+
+# --------------------------------------------------------------------------- on demand
+
+
+def compute_invoices(
+    conn: Connection,
+    project: Project,
+    label: str,
+    customer_external_id: str,
+    *,
+    as_of: datetime,
+) -> list[tuple[WorkItem, BuiltInvoice]]:
+    """The invoices month `label` bills for one customer, computed from the database now
+    through a run's own plan, aggregate and build steps; nothing is written (`invoice verify`
+    and `invoice preview`)."""
+    items = plan_items(conn, project, label, as_of, (customer_external_id,))
+    built = build(conn, project, items) if items else {}
+    return [(item, built[item.key]) for item in items]
+
+
+def compute_invoice(
+    conn: Connection,
+    project: Project,
+    label: str,
+    customer_external_id: str,
+    period: Period,
+    *,
+    carried: Sequence[CarriedUsage] = (),
+) -> BuiltInvoice | None:
+    """One customer's invoice for one billing period of month `label`, as a run would build
+    it now (with `carried`: late usage of an earlier month it took in, policy next_invoice);
+    None when the month no longer bills that period."""
+    items = plan_items(conn, project, label, period.end, (customer_external_id,))
+    for item in items:
+        if (item.period.start, item.period.end) == (period.start, period.end):
+            item.carried = list(carried)
+            return build(conn, project, [item])[item.key]
+    return None
+
+
+def open_period_labels(
+    conn: Connection, project: Project, customer_external_id: str, at: datetime
+) -> list[str]:
+    """The months whose runs bill the customer's billing periods that contain `at` (and the
+    customer's own month of `at`, where one-off charges without a subscription land)."""
+    from neruba_cli.domain.billing_periods import month_label
+    from neruba_cli.domain.periods import period_containing
+
+    customers = load_customers(conn, project, (customer_external_id,))
+    versions = plan_versions(conn, project)
+    labels: set[str] = set()
+    for customer in customers.values():
+        labels.add(month_label(at, customer.timezone))
+    for customer_id, subs in load_subscriptions(conn, project, customers, versions).items():
+        customer = customers[customer_id]
+        for sub, phases in subs:
+            schedule = subscription_schedule(sub, phases, customer)
+            period = period_containing(
+                at,
+                interval=schedule.interval,
+                anchor=schedule.anchor,
+                anchor_at=schedule.start,
+                tz=schedule.tz,
+            )
+            labels.add(month_label(period.end - timedelta(microseconds=1), customer.timezone))
+    return sorted(labels)
+
+
+def stale_invoices(
+    conn: Connection,
+    project_id: str,
+    batch_id: str,
+    first_event: datetime | None,
+    last_event: datetime | None,
+) -> list[dict[str, str]]:
+    """Finalized invoices whose customer and period got new events from import `batch_id`:
+    what the import made stale, and the run that would pick them up. Only invoices whose
+    period overlaps the import's first to last event are probed, so an import of the open
+    month looks at none."""
+    if first_event is None or last_event is None:
+        return []
+    batch_events = (
+        select(events_t.c.id)
+        .where(events_t.c.project_id == project_id)
+        .where(events_t.c.batch_id == batch_id)
+        .where(events_t.c.customer_id == invoices_t.c.customer_id)
+        .where(events_t.c.ts >= invoices_t.c.period_start)
+        .where(events_t.c.ts < invoices_t.c.period_end)
+        .exists()
+    )
+    rows = conn.execute(
+        select(invoices_t.c.number, invoices_t.c.period)
+        .where(invoices_t.c.project_id == project_id)
+        .where(invoices_t.c.status.in_(FINAL))
+        .where(invoices_t.c.period_end > first_event, invoices_t.c.period_start <= last_event)
+        .where(batch_events)
+        .order_by(invoices_t.c.number)
+    ).all()
+    return [
+        {
+            "number": row.number,
+            "period": row.period,
+            "rerun": f"neruba run bill --period {row.period}",
+        }
+        for row in rows
+    ]

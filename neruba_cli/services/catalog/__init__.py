@@ -1,0 +1,1 @@
+"""The pricing catalog, plan quotes and subscriptions to plan versions."""

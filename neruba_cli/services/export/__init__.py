@@ -1,0 +1,1 @@
+"""Streaming exports of invoices, lines, ledger, events, usage, credits and payments."""

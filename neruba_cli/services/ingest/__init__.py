@@ -1,0 +1,1 @@
+"""Usage events in: readers, validation, idempotent storage, receipts and rejects."""

@@ -1,0 +1,1 @@
+"""Invoices after a run: documents, explanations, finalization, voids and their ledger effects."""

@@ -1,0 +1,1 @@
+"""The double-entry ledger: postings, credit grants and wallets, payments."""

@@ -1,0 +1,1 @@
+"""Operating the product: check, doctor, stats, retention, privacy and the demo."""

@@ -1,0 +1,1 @@
+"""Who acts on which project: projects, keys, members, customers, access and audit."""

@@ -1,0 +1,115 @@
+"""The audit trail: who ran which mutating command, with which arguments, and how it ended."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, insert, or_, select
+from sqlalchemy.orm import Session
+
+from neruba_cli.db.schema import AuditRecord
+from neruba_cli.domain.ids import new_id
+from neruba_cli.domain.keys import redact_secrets
+from neruba_cli.domain.timestamps import format_ts
+from neruba_cli.services.tenancy.access import Actor
+
+SECRET_WORDS = ("secret", "token", "password", "passwd", "api_key", "apikey", "signature")
+REDACTED = "[redacted]"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    message: str | None = None
+
+    @property
+    def label(self) -> str:
+        return {0: "ok", 3: "partial", 4: "discrepancies", 5: "locked"}.get(self.exit_code, "error")
+
+
+def scrub(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """Arguments as stored: secrets replaced, paths and other values as plain strings."""
+    clean: dict[str, Any] = {}
+    for name, value in arguments.items():
+        if value is None or value is False or value == ():
+            continue
+        if any(word in name.lower() for word in SECRET_WORDS):
+            clean[name] = REDACTED
+        elif isinstance(value, list | tuple):
+            clean[name] = [redact_secrets(str(item)) for item in value]
+        elif isinstance(value, bool | int):
+            clean[name] = value
+        else:
+            clean[name] = redact_secrets(str(value))
+    return clean
+
+
+def record(
+    engine: Engine,
+    *,
+    actor: Actor,
+    project_slug: str | None,
+    command: str,
+    arguments: Mapping[str, Any],
+    outcome: Outcome,
+    now: datetime,
+) -> str:
+    """Append one audit record in its own transaction, after the command's own work."""
+    record_id = new_id("aud")
+    with engine.begin() as conn:
+        conn.execute(
+            insert(AuditRecord).values(
+                id=record_id,
+                at=now,
+                actor=actor.id,
+                actor_kind=actor.kind,
+                project_slug=project_slug,
+                command=command,
+                arguments=orjson.dumps(scrub(arguments), option=orjson.OPT_SORT_KEYS).decode(),
+                outcome=outcome.label,
+                exit_code=outcome.exit_code,
+                message=None if outcome.message is None else redact_secrets(outcome.message),
+            )
+        )
+    return record_id
+
+
+def list_records(
+    session: Session,
+    *,
+    project_slug: str | None,
+    since: datetime | None,
+    limit: int,
+    hidden_projects: Sequence[str] = (),
+) -> list[AuditRecord]:
+    query = select(AuditRecord).order_by(AuditRecord.at.desc(), AuditRecord.id.desc())
+    if project_slug is not None:
+        query = query.where(AuditRecord.project_slug == project_slug)
+    if hidden_projects:
+        query = query.where(
+            or_(
+                AuditRecord.project_slug.is_(None), AuditRecord.project_slug.not_in(hidden_projects)
+            )
+        )
+    if since is not None:
+        query = query.where(AuditRecord.at >= since)
+    return list(session.scalars(query.limit(limit)))
+
+
+def to_dict(entry: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "at": format_ts(entry.at),
+        "actor": entry.actor,
+        "actor_kind": entry.actor_kind,
+        "project": entry.project_slug,
+        "command": entry.command,
+        "arguments": orjson.loads(entry.arguments),
+        "outcome": entry.outcome,
+        "exit_code": entry.exit_code,
+        "message": entry.message,
+    }
