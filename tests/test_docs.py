@@ -1,0 +1,156 @@
+"""The documentation stays true: the CLI reference is generated from the CLI and current, every
+command explains itself, the docs site builds without a broken link, and the README's
+quickstart runs as written."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import Cli
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+QUICKSTART = ROOT / "examples" / "quickstart"
+
+
+@functools.cache
+def _reference() -> ModuleType:
+    """scripts/cli_reference.py, imported from its path (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "cli_reference", ROOT / "scripts" / "cli_reference.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cli_reference_is_generated_from_the_current_cli() -> None:
+    reference = _reference()
+    on_disk = reference.DEFAULT_OUTPUT.read_text(encoding="utf-8")
+    assert on_disk == reference.render(), (
+        "docs/reference/cli.md is stale: regenerate it with `python scripts/cli_reference.py`"
+    )
+
+
+def test_the_check_fails_on_a_stale_reference_and_says_how_to_regenerate(tmp_path: Path) -> None:
+    stale = tmp_path / "cli.md"
+    stale.write_text("# CLI reference\n", encoding="utf-8")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "cli_reference.py"),
+            "--check",
+            "--output",
+            str(stale),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "python scripts/cli_reference.py" in result.stderr
+    assert stale.read_text(encoding="utf-8") == "# CLI reference\n"  # a check writes nothing
+
+
+def test_the_reference_does_not_depend_on_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = _reference()
+    first = reference.render()
+    monkeypatch.setenv("COLUMNS", "37")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert reference.render() == first
+
+
+def test_every_command_and_group_has_help_text() -> None:
+    reference = _reference()
+    command = reference.root_command()
+    assert reference.missing_help(command) == [], "commands without help text"
+    paths = [node.path for node in reference.walk(command)]
+    assert "neruba stripe webhook ingest" in paths  # the walk reaches the deepest commands
+    text = reference.DEFAULT_OUTPUT.read_text(encoding="utf-8")
+    assert all(f"{{#{path.replace(' ', '-')}}}" in text for path in paths)
+
+
+def test_the_docs_site_builds_strictly(tmp_path: Path) -> None:
+    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
+        if os.environ.get("NERUBA_REQUIRE_SERVERS") == "1":
+            pytest.fail("mkdocs-material is not installed (NERUBA_REQUIRE_SERVERS=1)")
+        pytest.skip("mkdocs-material is not installed")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(tmp_path / "site"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file()
+
+
+def test_the_readme_stays_a_front_door() -> None:
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move detail into docs/"
+    for link in re.findall(r"\]\(((?:docs|examples)/[^)#]*)", "\n".join(lines)):
+        assert (ROOT / link).exists(), f"README links to {link}, which does not exist"
+
+
+def _quickstart() -> tuple[dict[str, str], list[str]]:
+    """The README's quickstart: its inline files by name, then its shell lines."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    files = dict(re.findall(r"`([\w.]+)`:\n\n```\w+\n(.*?)```", section, re.S))
+    shell = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert len(shell) == 1, "the quickstart has one shell block"
+    commands = [line.split("  #", 1)[0].strip() for line in shell[0].splitlines()]
+    return files, [c for c in commands if c]
+
+
+def test_the_readme_quickstart_files_are_the_shipped_examples() -> None:
+    files, _ = _quickstart()
+    assert sorted(files) == sorted(p.name for p in QUICKSTART.iterdir())
+    for name, content in files.items():
+        assert (QUICKSTART / name).read_text(encoding="utf-8") == content, name
+
+
+def test_the_readme_quickstart_runs_as_written(
+    bare_cli: Cli, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files, commands = _quickstart()
+    for name, content in files.items():
+        (isolated / name).write_text(content, encoding="utf-8")
+    for line in commands:
+        argv = shlex.split(line)
+        if argv[0] == "export":
+            name, _, value = argv[1].partition("=")
+            monkeypatch.setenv(name, value)
+            continue
+        assert argv[0] == "neruba", line
+        result = bare_cli(*argv[1:])
+        assert result.exit_code == 0, (line, result.stdout, result.stderr)
+    assert len(bare_cli("events", "list", "--json").json()) == 3  # imported twice, stored once
+    invoices = bare_cli("invoice", "list", "--period", "2026-10", "--json").json()
+    assert [(i["customer"], i["total"], i["status"]) for i in invoices] == [
+        ("cus_acme", "49.50", "finalized"),
+        ("cus_globex", "26.87", "finalized"),
+    ]
