@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from neruba_cli.db.schema import CreditGrant, LedgerAccount, LedgerEntry, LedgerTransaction
-from neruba_cli.services.invoices import documents as invoices_documents
+from neruba_cli.services.invoices import finalize as invoices_finalize
 from neruba_cli.services.ledger import credits
 from neruba_cli.services.tenancy.projects import get_project
 from tests.conftest import Cli
@@ -358,7 +358,7 @@ def test_expired_grants_are_never_spent_and_expire_posts_what_is_left(
     first, _ = credits.grant(engine, project, soon, actor="test", now=start)
     second, _ = credits.grant(engine, project, later, actor="test", now=start)
     ok(shop, "run", "bill", "--period", "2026-10", "--as-of", AS_OF)
-    invoices_documents.finalize(
+    invoices_finalize.finalize(
         engine, project, number="ACME-000001", now=start + timedelta(days=2), actor="test"
     )
     shown = ok(shop, "invoice", "show", "ACME-000001")

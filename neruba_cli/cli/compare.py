@@ -17,7 +17,7 @@ from neruba_cli.domain.compare import Report, parse_threshold
 from neruba_cli.domain.errors import UsageError
 from neruba_cli.services.analysis import compare as service
 from neruba_cli.services.analysis import report_files
-from neruba_cli.services.invoices import documents as invoices_documents
+from neruba_cli.services.invoices import read as invoices_read
 
 EXIT_DISCREPANCY = 4
 BY = ("invoice", "line")
@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         )
         with rt.transaction() as session:
             project = rt.project(session)
-        options = replace(options, label=invoices_documents.period_label(period, project, rt.now()))
+        options = replace(options, label=invoices_read.period_label(period, project, rt.now()))
         with rt.out.progress("Comparing"), rt.engine().connect() as conn:
             report = service.compare(conn, project, options)
         return finish(rt, report, by=by, output=output)

@@ -13,7 +13,12 @@ from neruba_cli.cli.output import Renderer, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
 from neruba_cli.domain.timestamps import format_ts, parse_ts
-from neruba_cli.services.invoices import documents as invoices_documents
+from neruba_cli.services.invoices import explain as invoices_explain
+from neruba_cli.services.invoices import finalize as invoices_finalize
+from neruba_cli.services.invoices import preview as invoices_preview
+from neruba_cli.services.invoices import read as invoices_read
+from neruba_cli.services.invoices import verify as invoices_verify
+from neruba_cli.services.invoices import void as invoices_void
 
 EXIT_DISCREPANCY = 4
 
@@ -43,11 +48,11 @@ def list_(
     """List invoices, by number."""
     with rt.transaction() as session:
         project = rt.project(session)
-        label = invoices_documents.period_label(period, project, rt.now()) if period else None
-        rows = invoices_documents.select_rows(
+        label = invoices_read.period_label(period, project, rt.now()) if period else None
+        rows = invoices_read.select_rows(
             session.connection(), project, label=label, status=status, customer=customer
         )
-        data = [invoices_documents.summary(row) for row in rows]
+        data = [invoices_read.summary(row) for row in rows]
     columns = ("number", "customer", "kind", "status", "label", "total", "currency", "corrects")
     rt.out.emit(data, table(None, columns, [[item[c] for c in columns] for item in data]))
 
@@ -57,9 +62,7 @@ def show(rt: Runtime, number: NumberArg) -> None:
     """Show an invoice: its lines and totals (--json: the invoice document)."""
     with rt.transaction() as session:
         project = rt.project(session)
-        data = invoices_documents.document(
-            invoices_documents.get(session.connection(), project, number)
-        )
+        data = invoices_read.document(invoices_read.get(session.connection(), project, number))
     rt.out.emit(data, _render_document(data))
 
 
@@ -69,9 +72,7 @@ def explain(rt: Runtime, number: NumberArg) -> None:
     with rt.transaction() as session:
         project = rt.project(session)
         conn = session.connection()
-        data = invoices_documents.explain(
-            conn, project, invoices_documents.get(conn, project, number)
-        )
+        data = invoices_explain.explain(conn, project, invoices_read.get(conn, project, number))
     rt.out.emit(data, _render_explanation(data))
 
 
@@ -90,8 +91,8 @@ def finalize(
     now = rt.now()
     with rt.transaction() as session:
         project = rt.project(session)
-    label = invoices_documents.period_label(period, project, now) if period else None
-    report = invoices_documents.finalize(
+    label = invoices_read.period_label(period, project, now) if period else None
+    report = invoices_finalize.finalize(
         rt.engine(), project, number=number, label=label, now=now, actor=rt.actor.id
     )
     data = {
@@ -124,15 +125,13 @@ def void(
     """Void an invoice (it keeps its number: numbers stay gapless). Asks to confirm."""
     with rt.transaction() as session:
         project = rt.project(session)
-        current = invoices_documents.summary(
-            invoices_documents.get(session.connection(), project, number)
-        )
+        current = invoices_read.summary(invoices_read.get(session.connection(), project, number))
     rt.confirm(
         f"Void invoice {current['number']} ({current['customer']}, {current['status']}, "
         f"total {current['total']} {current['currency']})?",
         yes=yes,
     )
-    data = invoices_documents.void(
+    data = invoices_void.void(
         rt.engine(), project, number, reason=reason, now=rt.now(), actor=rt.actor.id
     )
     rt.out.emit(data)
@@ -154,8 +153,8 @@ def verify(
     _one_of(number, period)
     with rt.transaction() as session:
         project = rt.project(session)
-    label = invoices_documents.period_label(period, project, rt.now()) if period else None
-    report = invoices_documents.verify(rt.engine(), project, number=number, label=label)
+    label = invoices_read.period_label(period, project, rt.now()) if period else None
+    report = invoices_verify.verify(rt.engine(), project, number=number, label=label)
     data = report.as_dict()
     data["period"] = label
     rows = [
@@ -188,7 +187,7 @@ def preview(
     moment = parse_ts(at, field="--at") if at else rt.now()
     with rt.transaction() as session:
         project = rt.project(session)
-    found = invoices_documents.preview(rt.engine(), project, customer, at=moment)
+    found = invoices_preview.preview(rt.engine(), project, customer, at=moment)
 
     def render(console: Console) -> None:
         for document in found:

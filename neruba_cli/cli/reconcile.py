@@ -12,7 +12,7 @@ from rich.text import Text
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.money import format_minor
-from neruba_cli.services.invoices import documents as invoices_documents
+from neruba_cli.services.invoices import read as invoices_read
 from neruba_cli.services.stripe import pull as stripe_pull
 from neruba_cli.services.stripe import reconcile
 from neruba_cli.services.stripe.gateway import Gateway
@@ -42,7 +42,7 @@ def stripe(
     amount, currency, status and customer mismatches. Exit 4 when anything disagrees."""
     with rt.transaction() as session:
         project = rt.project(session)
-    label = invoices_documents.period_label(period, project, rt.now())
+    label = invoices_read.period_label(period, project, rt.now())
     if pull:
         pulled = stripe_pull.pull(
             rt.engine(),

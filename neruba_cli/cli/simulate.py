@@ -12,7 +12,7 @@ from neruba_cli.cli.compare import check_by, finish
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.services.analysis import simulate as service
-from neruba_cli.services.invoices import documents as invoices_documents
+from neruba_cli.services.invoices import read as invoices_read
 
 
 def register(app: typer.Typer) -> None:
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         data = read_toml(catalog)
         with rt.transaction() as session:
             project = rt.project(session)
-        label = invoices_documents.period_label(period, project, rt.now())
+        label = invoices_read.period_label(period, project, rt.now())
         with rt.out.progress("Simulating"):
             report = service.simulate(
                 rt.engine(),

@@ -19,7 +19,7 @@ from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.domain.webhook_signature import DEFAULT_TOLERANCE, SECRET_ENV, parse_secrets
-from neruba_cli.services.invoices import documents as invoices_documents
+from neruba_cli.services.invoices import read as invoices_read
 from neruba_cli.services.stripe import pull as stripe_pull
 from neruba_cli.services.stripe import push as stripe_push
 from neruba_cli.services.stripe import webhooks as stripe_webhooks
@@ -54,7 +54,7 @@ def push(
     Safe to repeat or resume: nothing is created twice. Exit 3 when Stripe refused some."""
     with rt.transaction() as session:
         project = rt.project(session)
-    label = invoices_documents.period_label(period, project, rt.now())
+    label = invoices_read.period_label(period, project, rt.now())
     with ExitStack() as stack:
         report = stripe_push.push(
             rt.engine(),

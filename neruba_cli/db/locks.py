@@ -13,7 +13,8 @@ import getpass
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -224,6 +225,17 @@ def release(engine: Engine, lease: Lease) -> bool:
             .values(holder=None, acquired_at=None, expires_at=None)
         ).rowcount
     return changed == 1
+
+
+@contextmanager
+def held(engine: Engine, name: str, *, holder: str | None = None) -> Iterator[Lease]:
+    """The lease for the duration of a block, given back however the block ends (an error
+    inside it must not leave the lock to expire on its own)."""
+    lease = acquire(engine, name, holder=holder)
+    try:
+        yield lease
+    finally:
+        release(engine, lease)
 
 
 def force_release(engine: Engine, name: str) -> LockState:

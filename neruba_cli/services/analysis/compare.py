@@ -51,7 +51,7 @@ from neruba_cli.domain.stripe_link import CREDITS_LINE
 from neruba_cli.domain.stripe_money import from_stripe
 from neruba_cli.services.billing.plan import FINAL
 from neruba_cli.services.catalog import store as catalog_store
-from neruba_cli.services.invoices import documents as invoices_documents
+from neruba_cli.services.invoices import read as invoices_read
 
 customers_t = Customer.__table__
 objects_t = StripeObject.__table__
@@ -179,7 +179,7 @@ def neruba_sides(
     currencies: dict[str, tuple[str, str]] = {}
     mixed: list[str] = []
     drafts = 0
-    for row in invoices_documents.select_rows(conn, project, label=label):
+    for row in invoices_read.select_rows(conn, project, label=label):
         customer = row.customer_external_id
         if only and customer not in only:
             continue

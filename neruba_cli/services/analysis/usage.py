@@ -64,7 +64,8 @@ from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.domain.usage_chart import Bucket, Granularity, buckets
 from neruba_cli.services.billing import run as billing_run
 from neruba_cli.services.catalog import store as catalog_store
-from neruba_cli.services.invoices import documents as invoices_documents
+from neruba_cli.services.invoices import preview as invoices_preview
+from neruba_cli.services.invoices import read as invoices_read
 from neruba_cli.services.tenancy import customers
 
 events_t = Event.__table__
@@ -87,7 +88,7 @@ def show(
     as_of: datetime,
 ) -> dict[str, Any]:
     """The `usage show --json` document."""
-    label = invoices_documents.period_label(period, project, as_of)
+    label = invoices_read.period_label(period, project, as_of)
     with Session(engine, expire_on_commit=False) as session, session.begin():
         customer = customers.get_customer(session, project, customer_ident)
         known = catalog_store.stored_meters(session, project)
@@ -329,8 +330,8 @@ def _projection(
     if span.end <= as_of:
         with engine.connect() as conn:
             stored = [
-                invoices_documents.document(row)
-                for row in invoices_documents.select_rows(
+                invoices_read.document(row)
+                for row in invoices_read.select_rows(
                     conn, project, label=label, customer=customer.external_id
                 )
                 if row.status != "void"
@@ -338,7 +339,7 @@ def _projection(
             if stored:
                 return _summed(customer, span.end, "invoice", stored)
             computed = [
-                invoices_documents.preview_document(
+                invoices_preview.preview_document(
                     customer.external_id, label, item.period, built, span.end
                 )
                 for item, built in billing_run.compute_invoices(
@@ -348,7 +349,7 @@ def _projection(
         return _summed(customer, span.end, "run", computed)
     moment = max(as_of, span.start)
     try:
-        previewed = invoices_documents.preview(engine, project, customer.external_id, at=moment)
+        previewed = invoices_preview.preview(engine, project, customer.external_id, at=moment)
     except NotFound:
         previewed = []  # no billing period contains the moment: nothing to bill
     return _summed(customer, moment, "preview", previewed)

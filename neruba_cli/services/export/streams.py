@@ -107,8 +107,9 @@ from neruba_cli.domain.errors import InvalidInput, LockHeld, NerubaError, NotFou
 from neruba_cli.domain.money import decimal_text, format_amount, format_minor
 from neruba_cli.domain.periods import month_period
 from neruba_cli.domain.timestamps import format_ts, parse_since, parse_ts
+from neruba_cli.services.billing import plan as billing_plan
 from neruba_cli.services.billing import run as billing_run
-from neruba_cli.services.invoices import documents as invoices_documents
+from neruba_cli.services.invoices import read as invoices_read
 
 KINDS = ("invoices", "lines", "ledger", "events", "usage", "credits", "payments")
 FORMATS = ("csv", "jsonl")
@@ -280,9 +281,9 @@ def make_plan(engine: Engine, project: Project, request: ExportRequest, *, now: 
     label = window = None
     if request.period is not None:
         if kind in ("invoices", "lines"):
-            label = invoices_documents.period_label(request.period, project, now)
+            label = invoices_read.period_label(request.period, project, now)
         else:
-            label_text = invoices_documents.period_label(request.period, project, now)
+            label_text = invoices_read.period_label(request.period, project, now)
             month = month_period(label_text, project.timezone)
             window = (month.start, month.end)
     high: int | None = None
@@ -532,7 +533,7 @@ def _invoice_query(plan: Plan, *, content: bool) -> Select[Any]:
 
 
 def _invoice_rows(rows: Iterator[Any]) -> Iterator[tuple[Any, ...]]:
-    final = invoices_documents.FINAL
+    final = billing_plan.FINAL
     for r in rows:
         cur = r.currency
         yield (

@@ -1,1 +1,2 @@
-"""Invoices after a run: documents, explanations, finalization, voids and their ledger effects."""
+"""Invoices after a run, one module per use case: read (list, show), explain, finalize, void,
+verify, preview; settlement holds what finalizing and voiding do to the ledger."""

@@ -29,7 +29,7 @@ from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.money import RoundingMode, format_amount, to_minor_units
 from neruba_cli.domain.stripe_link import PushedInvoice
-from neruba_cli.services.invoices import documents as invoices_documents
+from neruba_cli.services.invoices import read as invoices_read
 from neruba_cli.services.stripe import mirror as stripe_mirror
 from neruba_cli.services.stripe.gateway import Gateway, StripeFailure
 
@@ -143,7 +143,7 @@ def push(
 
 
 def _rows(conn: Connection, project: Project, label: str) -> list[Row[Any]]:
-    rows = invoices_documents.select_rows(conn, project, label=label)
+    rows = invoices_read.select_rows(conn, project, label=label)
     return [row for row in rows if row.status in PUSHED_STATUSES]
 
 

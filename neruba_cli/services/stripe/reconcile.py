@@ -21,7 +21,7 @@ from neruba_cli.domain import stripe_link
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.money import to_minor_units
 from neruba_cli.domain.stripe_money import from_stripe, stripe_to_iso_minor
-from neruba_cli.services.invoices import documents as invoices_documents
+from neruba_cli.services.invoices import read as invoices_read
 from neruba_cli.services.stripe import push as stripe_push
 
 objects_t = StripeObject.__table__
@@ -48,7 +48,7 @@ CSV_COLUMNS = (
 def reconcile_stripe(conn: Connection, project: Project, label: str) -> domain.Report:
     rows = [
         row
-        for row in invoices_documents.select_rows(conn, project, label=label)
+        for row in invoices_read.select_rows(conn, project, label=label)
         if row.status != "draft"
     ]
     return domain.reconcile(

@@ -1,0 +1,296 @@
+"""`invoice verify`: each invoice's stored document checked against itself and against a
+recomputation.
+
+For each invoice: (a) its fingerprint is the SHA-256 of its stored inputs; (b) its stored
+document is whole (totals, lines, the revision the run recorded); (c) for the customer-period's
+latest live invoice, recomputing it now through the run's own code path (services/billing)
+gives the same fingerprint and the same document. Nothing here prices anything itself.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, Row, select
+
+from neruba_cli.db.schema import Invoice, InvoiceRevision, Project
+from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.invoice import (
+    BuiltInvoice,
+    CarriedUsage,
+    canonical_json,
+    correction_kind,
+    correction_lines,
+    diff_lines,
+    fingerprint_of,
+    invoice_content,
+    setup_document,
+)
+from neruba_cli.domain.money import format_amount
+from neruba_cli.domain.periods import Period
+from neruba_cli.services.billing import run as billing_run
+from neruba_cli.services.billing.plan import FINAL
+from neruba_cli.services.invoices import settlement
+from neruba_cli.services.invoices.read import get, invoice_query, select_rows
+
+invoices_t = Invoice.__table__
+revisions_t = InvoiceRevision.__table__
+
+
+@dataclass
+class Verdict:
+    number: str
+    customer: str
+    label: str
+    status: str
+    kind: str
+    checks: dict[str, str] = field(default_factory=dict)  # name → ok | mismatch | skipped
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def fail(self, check: str, problem: str) -> None:
+        self.checks[check] = "mismatch"
+        self.problems.append(problem)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "customer": self.customer,
+            "label": self.label,
+            "status": self.status,
+            "kind": self.kind,
+            "result": "ok" if self.ok else "mismatch",
+            "checks": self.checks,
+            "problems": self.problems,
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class VerifyReport:
+    verdicts: list[Verdict]
+
+    @property
+    def mismatches(self) -> int:
+        return sum(1 for verdict in self.verdicts if not verdict.ok)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "checked": len(self.verdicts),
+            "ok": len(self.verdicts) - self.mismatches,
+            "mismatches": self.mismatches,
+            "invoices": [verdict.as_dict() for verdict in self.verdicts],
+        }
+
+
+def verify(
+    engine: Engine, project: Project, *, number: str | None = None, label: str | None = None
+) -> VerifyReport:
+    """For each invoice: (a) its fingerprint is the SHA-256 of its stored inputs; (b) its
+    stored document is whole (totals, lines, the revision the run recorded); (c) for the
+    customer-period's latest live invoice, recomputing it now through a run's code path gives
+    the same fingerprint and the same document."""
+    if (number is None) == (label is None):
+        raise InvalidInput("name one invoice NUMBER or --period P, not both and not neither")
+    with engine.connect() as conn:
+        if number is not None:
+            rows = [get(conn, project, number)]
+        else:
+            rows = select_rows(conn, project, label=label)
+        groups: dict[tuple[str, datetime, datetime], list[Row[Any]]] = defaultdict(list)
+        for row in rows:
+            groups[(row.customer_id, row.period_start, row.period_end)].append(row)
+        verdicts: dict[str, Verdict] = {}
+        for (customer_id, start, end), checked in groups.items():
+            siblings = conn.execute(
+                invoice_query(project)
+                .where(invoices_t.c.customer_id == customer_id)
+                .where(invoices_t.c.period_start == start, invoices_t.c.period_end == end)
+                .order_by(invoices_t.c.revision)
+            ).all()
+            live = [row for row in siblings if row.status != "void"]
+            built: BuiltInvoice | None = None
+            computed = False
+            for row in checked:
+                verdict = verdicts[row.number] = _stored_checks(conn, row)
+                latest = live[-1] if live else None
+                if row.status == "void":
+                    verdict.checks["recomputed"] = "skipped"
+                    verdict.notes.append("void: not recomputed")
+                    continue
+                if latest is not None and latest.id != row.id:
+                    verdict.checks["recomputed"] = "skipped"
+                    verdict.notes.append(
+                        f"superseded by {latest.number}, which carries the recomputation"
+                    )
+                    continue
+                if not computed:
+                    carried = _carried(row)
+                    built = billing_run.compute_invoice(
+                        conn,
+                        project,
+                        row.period,
+                        row.customer_external_id,
+                        Period(start, end),
+                        carried=carried,
+                    )
+                    computed = True
+                    if carried:
+                        verdict.notes.append(
+                            "late usage carried from "
+                            + ", ".join(c.source for c in carried)
+                            + " taken as stored"
+                        )
+                _recomputed_checks(project, verdict, row, built, live)
+    return VerifyReport([verdicts[row.number] for row in rows])
+
+
+def _carried(row: Row[Any]) -> list[CarriedUsage]:
+    """Late usage of an earlier month the invoice took in (policy next_invoice), as stored."""
+    return [
+        CarriedUsage(item["source"], tuple(item["lines"]))
+        for item in orjson.loads(row.inputs).get("carried") or []
+    ]
+
+
+def _stored_checks(conn: Connection, row: Row[Any]) -> Verdict:
+    verdict = Verdict(
+        row.number, row.customer_external_id, row.period, row.status, row.kind, checks={}
+    )
+    inputs = orjson.loads(row.inputs)
+    if fingerprint_of(inputs) == row.fingerprint:
+        verdict.checks["fingerprint"] = "ok"
+    else:
+        verdict.fail(
+            "fingerprint",
+            f"the stored fingerprint {row.fingerprint} is not the SHA-256 of the stored inputs "
+            f"({fingerprint_of(inputs)})",
+        )
+    content = orjson.loads(row.content)
+    problems = []
+    currency = row.currency
+    lines_total = sum((Decimal(line["amount"]) for line in content["lines"]), Decimal(0))
+    if format_amount(lines_total, currency) != content["subtotal"]:
+        problems.append(
+            f"its lines add up to {lines_total}, its subtotal says {content['subtotal']}"
+        )
+    for name in ("subtotal", "credits_applied", "total"):
+        if format_amount(getattr(row, name), currency) != content[name]:
+            problems.append(
+                f"the row's {name} {format_amount(getattr(row, name), currency)} differs from "
+                f"the document's {content[name]}"
+            )
+    recorded = conn.execute(
+        select(revisions_t.c.content, revisions_t.c.fingerprint).where(
+            revisions_t.c.invoice_id == row.id, revisions_t.c.version == row.version
+        )
+    ).first()
+    if recorded is None:
+        problems.append(f"no revision record for version {row.version}")
+    else:
+        if orjson.loads(recorded.content) != content:
+            problems.append(f"it differs from what the run wrote as version {row.version}")
+        if recorded.fingerprint != row.fingerprint:
+            problems.append(f"its fingerprint differs from the one of version {row.version}")
+    if problems:
+        verdict.fail("document", "stored document: " + "; ".join(problems))
+    else:
+        verdict.checks["document"] = "ok"
+    return verdict
+
+
+def _recomputed_checks(
+    project: Project,
+    verdict: Verdict,
+    row: Row[Any],
+    built: BuiltInvoice | None,
+    live: list[Row[Any]],
+) -> None:
+    if built is None:
+        verdict.fail(
+            "recomputed",
+            f"month {row.period} no longer bills this period (subscriptions or catalog changed)",
+        )
+        return
+    stored_inputs = orjson.loads(row.inputs)
+    if canonical_json(stored_inputs) != canonical_json(built.inputs):
+        changed = _inputs_difference(stored_inputs, built.inputs)
+        usage_only = canonical_json(setup_document(stored_inputs)) == canonical_json(
+            setup_document(built.inputs)
+        )
+        policy = project.late_events
+        if usage_only and row.status in FINAL and policy in ("ignore", "next_invoice"):
+            verdict.checks["recomputed"] = "ok"
+            where = "ignores them" if policy == "ignore" else "carries them to the next invoice"
+            verdict.notes.append(f"{changed}; the project's late_events policy {where}")
+            return
+        hint = f"run `neruba run bill --period {row.period}` to " + (
+            "write the correction" if row.status in FINAL else "recompute the draft"
+        )
+        verdict.fail("recomputed", f"inputs changed: {changed} ({hint})")
+        return
+    if row.corrects_id is None:
+        expected = built.content
+    else:
+        billed = [
+            orjson.loads(other.content)["lines"]
+            for other in live
+            if other.revision < row.revision and other.status in FINAL
+        ]
+        lines = correction_lines(built.content["lines"], billed, row.currency)
+        total = sum((Decimal(line["amount"]) for line in lines), Decimal(0))
+        expected = invoice_content(
+            correction_kind(total),
+            row.currency,
+            Period(row.period_start, row.period_end),
+            built.content["period"]["label"],
+            lines,
+        )
+    stored = settlement.as_billed(orjson.loads(row.content))
+    if canonical_json(stored) != canonical_json(expected):
+        changes = diff_lines(stored["lines"], expected["lines"])
+        detail = ", ".join(
+            f"{change.description}: {change.before} → {change.after}" for change in changes[:5]
+        )
+        if not detail:
+            detail = f"total {stored['total']} → {expected['total']}"
+        verdict.fail(
+            "recomputed",
+            f"pricing differs for the same inputs (stored → recomputed: {detail})",
+        )
+        return
+    if built.fingerprint != row.fingerprint:
+        verdict.fail("recomputed", f"recomputed fingerprint {built.fingerprint} differs")
+        return
+    verdict.checks["recomputed"] = "ok"
+
+
+def _inputs_difference(stored: dict[str, Any], now: dict[str, Any]) -> str:
+    if canonical_json(setup_document(stored)) != canonical_json(setup_document(now)):
+        return "the terms changed (plans, subscriptions, one-off charges or settings)"
+    before, after = _usage_by_meter(stored), _usage_by_meter(now)
+    parts = []
+    for meter in sorted(set(before) | set(after)):
+        was, is_now = before.get(meter, (0, "0")), after.get(meter, (0, "0"))
+        if was != is_now:
+            parts.append(f"{meter}: {is_now[0] - was[0]:+d} events (value {was[1]} → {is_now[1]})")
+    return "usage changed since it was computed — late events? " + "; ".join(parts)
+
+
+def _usage_by_meter(inputs: dict[str, Any]) -> dict[str, tuple[int, str]]:
+    found: dict[str, tuple[int, Decimal]] = {}
+    for terms in inputs["subscriptions"]:
+        for piece in terms["pieces"]:
+            for meter, usage in piece["usage"].items():
+                count, value = found.get(meter, (0, Decimal(0)))
+                found[meter] = (count + int(usage["count"]), value + Decimal(usage["value"]))
+    return {meter: (count, str(value)) for meter, (count, value) in found.items()}
