@@ -24,7 +24,10 @@ from neruba_cli.domain.timestamps import (
 )
 from neruba_cli.services.billing import run as billing_run
 from neruba_cli.services.catalog import store as catalog_store
+from neruba_cli.services.ingest import charges as ingest_charges
 from neruba_cli.services.ingest import pipeline as ingest_pipeline
+from neruba_cli.services.ingest import reads as ingest_reads
+from neruba_cli.services.ingest import receipts as ingest_receipts
 from neruba_cli.services.ingest.readers import Source, content_digest, guess_format
 from neruba_cli.services.ingest.rejects import RejectsWriter, default_rejects_path
 
@@ -78,7 +81,7 @@ def register(app: typer.Typer) -> None:
         with rt.transaction() as session:
             project = rt.project(session)
             meters = catalog_store.stored_meters(session, project)
-        earlier = ingest_pipeline.imports_with_digest(rt.engine(), project, content_digest(files))
+        earlier = ingest_receipts.imports_with_digest(rt.engine(), project, content_digest(files))
         if earlier:
             rt.out.warn(
                 f"this content was already imported ({', '.join(earlier)}); "
@@ -145,13 +148,13 @@ def receipts(
         project = rt.project(session)
         conn = session.connection()
         rows = [
-            ingest_pipeline.receipt_dict(
+            ingest_reads.receipt_dict(
                 batch,
                 billing_run.stale_invoices(
                     conn, project.id, batch.id, batch.first_event_at, batch.last_event_at
                 ),
             )
-            for batch in ingest_pipeline.list_receipts(session, project, limit)
+            for batch in ingest_reads.list_receipts(session, project, limit)
         ]
     columns = (
         "batch",
@@ -179,7 +182,7 @@ def list_(
     """List stored events, newest first."""
     start = parse_since(since, now=rt.now()) if since else None
     with rt.transaction() as session:
-        rows = ingest_pipeline.list_events(
+        rows = ingest_reads.list_events(
             session, rt.project(session), customer=customer, meter=meter, since=start, limit=limit
         )
     columns = ("timestamp", "customer", "meter", "quantity", "idempotency_key", "batch")
@@ -216,7 +219,7 @@ def charge_add(
         raise InvalidInput(str(exc)) from None
     with rt.transaction() as session:
         project = rt.project(session)
-    outcome, summary = ingest_pipeline.record_charge(rt.engine(), project, charge, now=now)
+    outcome, summary = ingest_charges.record_charge(rt.engine(), project, charge, now=now)
     if outcome == "rejected":
         raise InvalidInput(summary.rejects[0].reason)
     data: dict[str, Any] = {

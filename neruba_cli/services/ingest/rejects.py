@@ -64,6 +64,11 @@ class RejectsWriter:
             self._partial.unlink(missing_ok=True)
 
 
+def raw_text(raw: bytes) -> str:
+    """A line as a reject shows it: its bytes as UTF-8, undecodable ones replaced."""
+    return raw.decode("utf-8", errors="replace")
+
+
 REPORTED_REJECTS = 100  # every reject goes to the file; this many are also kept for display
 
 

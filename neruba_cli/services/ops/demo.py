@@ -32,6 +32,7 @@ from neruba_cli.services.billing import run as billing_run
 from neruba_cli.services.catalog import quote, subscriptions
 from neruba_cli.services.catalog import store as catalog_store
 from neruba_cli.services.ingest import pipeline as ingest_pipeline
+from neruba_cli.services.ingest import receipts as ingest_receipts
 from neruba_cli.services.ingest.readers import Source
 from neruba_cli.services.ingest.rejects import RejectsWriter
 from neruba_cli.services.ingest.tabular import read_csv
@@ -235,7 +236,7 @@ def _demo_events(month: str, tz_by_customer: dict[str, str]) -> list[bytes]:
 
 def _ingest_file(
     engine: Any, path: Path, actor: Actor, now: datetime
-) -> ingest_pipeline.IngestSummary:
+) -> ingest_receipts.IngestSummary:
     with Session(engine, expire_on_commit=False) as session:
         project = projects.get_project(session, DEMO_PROJECT)
         meters = catalog_store.stored_meters(session, project)

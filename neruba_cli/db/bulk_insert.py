@@ -1,0 +1,194 @@
+"""Idempotent bulk inserts of events and charges, in each dialect's fastest form.
+
+Rows are keyed by (project_id, idempotency_key). Ingest writes a batch with one of two
+inserts, and reads a batch's stored keys back when it has to classify its lines:
+
+- `insert_new` stores rows none of whose keys is expected to be stored: COPY on PostgreSQL and
+  multi-row INSERT statements on MariaDB (events), each inside a savepoint so a stored key
+  rolls the whole insert back; elsewhere (SQLite, charges) the skipping insert.
+- `insert_skipping` stores rows with driver-ready tuples, skipping keys already stored:
+  `ON CONFLICT DO NOTHING` (SQLite, PostgreSQL) and `ON DUPLICATE KEY UPDATE` (MariaDB). Only
+  the unique-key conflict is skipped: SQLite's `INSERT OR IGNORE` and MariaDB's `INSERT IGNORE`
+  would also swallow other errors, so neither is used.
+- `stored_keys` reads the (payload hash, batch, line) of some keys in one statement: a JSON
+  array on SQLite (no limit on host parameters), a tuple on MariaDB, an array on PostgreSQL.
+
+Rows are tuples in `COLUMNS` order, values converted once by the caller the way the column
+types store them (the hot path skips SQLAlchemy's per-value type processing): `db_time` gives
+a moment's stored form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+Row = tuple[Any, ...]
+# (payload_hash, batch_id, line) of a stored event or charge, by idempotency key
+StoredKeys = dict[str, tuple[str, str | None, int | None]]
+
+COLUMNS = {
+    "events": (
+        "project_id",
+        "idempotency_key",
+        "customer_id",
+        "meter",
+        "ts",
+        "quantity",
+        "properties",
+        "payload_hash",
+        "batch_id",
+        "line",
+        "received_at",
+    ),
+    "charges": (
+        "id",
+        "project_id",
+        "idempotency_key",
+        "customer_id",
+        "amount",
+        "currency",
+        "description",
+        "at",
+        "payload_hash",
+        "batch_id",
+        "line",
+        "created_at",
+    ),
+}
+
+# Drivers whose executemany rowcount is exactly the rows inserted (MariaDB counts the rows a
+# no-op ON DUPLICATE KEY UPDATE found, so its callers always classify).
+_EXACT_INSERT_COUNTS = ("sqlite", "postgresql")
+_MYSQL_STATEMENT = 1_024_000  # characters: PyMySQL executemany's statement size
+
+
+def is_mysql(dialect: str) -> bool:
+    return dialect in ("mysql", "mariadb")
+
+
+def db_time(moment: datetime, sqlite: bool) -> Any:
+    """Naive UTC, as UTCDateTime stores it; SQLite keeps SQLAlchemy's text layout."""
+    naive = moment.astimezone(UTC).replace(tzinfo=None)
+    return naive.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else naive
+
+
+def stored_keys(conn: Connection, table: str, project_id: str, keys: list[str]) -> StoredKeys:
+    """The stored (payload hash, batch, line) of the keys that are stored."""
+    dialect = conn.dialect.name
+    sql = (
+        f"SELECT idempotency_key, payload_hash, batch_id, line FROM {table} "
+        "WHERE project_id = {mark} AND idempotency_key {match}"
+    )
+    params: tuple[Any, ...]
+    if dialect == "sqlite":  # one JSON array: no limit on the number of host parameters
+        match = "IN (SELECT value FROM json_each(?))"
+        sql = sql.format(mark="?", match=match)
+        params = (project_id, orjson.dumps(keys).decode())
+    elif is_mysql(dialect):
+        sql = sql.format(mark="%s", match="IN %s")
+        params = (project_id, tuple(keys))
+    else:
+        sql = sql.format(mark="%s", match="= ANY(%s::text[])")
+        params = (project_id, keys)
+    rows = conn.exec_driver_sql(sql, params)
+    return {key: (digest, batch, line) for key, digest, batch, line in rows}
+
+
+def insert_new(conn: Connection, table: str, rows: Sequence[Row]) -> int | None:
+    """Store every row, none of whose keys is expected to be stored (nor repeated): the
+    number stored (all of them, or fewer if the dialect's insert skips stored keys), or None
+    when a key turned out to be stored and nothing was."""
+    dialect = conn.dialect.name
+    if dialect == "sqlite" or table != "events":
+        return insert_skipping(conn, table, rows)
+    try:
+        with conn.begin_nested():
+            if is_mysql(dialect):
+                for statement in _mysql_inserts(rows):
+                    conn.exec_driver_sql(statement)
+            else:
+                _postgresql_copy(conn, rows)
+    except IntegrityError:  # the savepoint is rolled back
+        return None
+    return len(rows)
+
+
+def insert_skipping(conn: Connection, table: str, rows: Sequence[Row]) -> int:
+    """Insert, skipping keys already stored; the number of rows stored, exact except on
+    MariaDB (-1), whose driver counts the skipped rows too."""
+    dialect = conn.dialect.name
+    sql = _insert_sql(dialect, table, COLUMNS[table])
+    count = conn.exec_driver_sql(sql, list(rows)).rowcount
+    return count if dialect in _EXACT_INSERT_COUNTS else -1
+
+
+def refresh_statistics(engine: Engine, table: str) -> None:
+    """PostgreSQL plans from table statistics that autovacuum refreshes only later; right
+    after a bulk import a billing run would otherwise read the events table with a plan made
+    for an empty one (seconds per query instead of milliseconds). PostgreSQL's own advice
+    after a bulk load is to ANALYZE. MariaDB refreshes InnoDB's statistics itself; SQLite
+    plans from its indexes."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"ANALYZE {table}")
+        conn.commit()
+
+
+def _insert_sql(dialect: str, table: str, columns: tuple[str, ...]) -> str:
+    marks = ", ".join(["?" if dialect == "sqlite" else "%s"] * len(columns))
+    statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+    if is_mysql(dialect):
+        return f"{statement} ON DUPLICATE KEY UPDATE idempotency_key = idempotency_key"
+    return f"{statement} ON CONFLICT (project_id, idempotency_key) DO NOTHING"
+
+
+def _postgresql_copy(conn: Connection, rows: Iterable[Row]) -> None:
+    """COPY the events in (text format: the server parses each value as its column's type);
+    a stored key fails it with a unique violation."""
+    sql = f"COPY events ({', '.join(COLUMNS['events'])}) FROM STDIN"
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    try:
+        with driver.cursor() as cursor, cursor.copy(sql) as copy:
+            write = copy.write_row
+            for row in rows:
+                write(row)
+    except driver.Error as exc:  # as SQLAlchemy raises them from a statement it ran
+        dbapi = conn.dialect.loaded_dbapi
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error, dialect=conn.dialect) from exc
+
+
+def _mysql_inserts(rows: Iterable[Row]) -> Iterator[str]:
+    """Multi-row INSERT statements of up to about 1 MB (as PyMySQL's executemany makes them),
+    with the values escaped the way PyMySQL escapes them; a stored key fails one. `%` is
+    doubled: a statement run without parameters still goes through `%` formatting."""
+    from pymysql.converters import escape_string
+
+    head = f"INSERT INTO events ({', '.join(COLUMNS['events'])}) VALUES "
+    escaped: dict[str, str] = {}  # the project and batch, the same on every row
+    parts: list[str] = []
+    size = len(head)
+    for row in rows:
+        project, key, customer, meter, ts, quantity, properties, digest, batch, line, at = row
+        if not escaped:
+            escaped = {value: escape_string(value) for value in (project, batch)}
+        part = (
+            f"('{escaped[project]}','{escape_string(key)}','{escape_string(customer)}',"
+            f"'{escape_string(meter)}','{ts}',{quantity},'{escape_string(properties)}',"
+            f"'{digest}','{escaped[batch]}',{line},'{at}')"
+        )
+        if parts and size + len(part) > _MYSQL_STATEMENT:
+            yield (head + ",".join(parts)).replace("%", "%%")
+            parts = []
+            size = len(head)
+        parts.append(part)
+        size += len(part) + 1
+    if parts:
+        yield (head + ",".join(parts)).replace("%", "%%")

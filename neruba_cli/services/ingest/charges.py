@@ -1,0 +1,37 @@
+"""`neruba charge add`: one one-off charge through the same path as imported ones.
+
+The charge is written and classified by the import's own writer (writer.py), so a repeated
+`charge add` is a duplicate and the same key with another payload a conflict, exactly as in a
+file; it gets a batch id of its own to tell it apart, and no receipt.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Engine
+
+from neruba_cli.db.schema import Project
+from neruba_cli.domain.charges import ChargeInput
+from neruba_cli.domain.ids import new_id
+from neruba_cli.services.ingest.receipts import IngestSummary
+from neruba_cli.services.ingest.rejects import RejectsWriter
+from neruba_cli.services.ingest.validation import Pending
+from neruba_cli.services.ingest.writer import BatchWriter
+
+
+def record_charge(
+    engine: Engine, project: Project, charge: ChargeInput, *, now: datetime
+) -> tuple[str, IngestSummary]:
+    """One charge through the same path as imported ones: accepted, duplicate or conflict."""
+    summary = IngestSummary(batch=new_id("bat"), source="charge add")
+    writer = BatchWriter(engine, project, summary, RejectsWriter(None), now)
+    writer.keeps_receipt = False  # a single charge has a batch id to tell it apart, no receipt
+    writer.flush([Pending(1, b"", charge, charge.payload_hash())])
+    if summary.accepted:
+        return "accepted", summary
+    if summary.duplicates:
+        return "duplicate", summary
+    if summary.conflicts:
+        return "conflict", summary
+    return "rejected", summary

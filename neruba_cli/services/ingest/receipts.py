@@ -1,0 +1,165 @@
+"""An import's receipt: its running counts, and the `import_batches` row that keeps them.
+
+The receipt is written when the import starts (`running`), its counts are saved in every
+batch's own transaction (so what is stored and what the receipt says never disagree), and it
+is closed (`completed`, with the content's SHA-256) or marked `failed`. A killed process leaves
+it `running`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from neruba_cli.db.schema import ImportBatch, Project
+from neruba_cli.domain.timestamps import format_ts
+from neruba_cli.services.ingest.rejects import Reject, RejectsWriter, keep
+
+
+@dataclass
+class IngestSummary:
+    batch: str | None
+    source: str
+    lines: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+    first_event: datetime | None = None
+    last_event: datetime | None = None
+    months: set[tuple[int, int]] = field(default_factory=set)
+    sha256: str | None = None
+    already_imported: list[str] = field(default_factory=list)
+    stale_invoices: list[dict[str, str]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def periods(self) -> list[str]:
+        """The months (UTC) that received new events, as YYYY-MM."""
+        return [f"{year:04d}-{month:02d}" for year, month in sorted(self.months)]
+
+    def reject(self, item: Reject, writer: RejectsWriter, *, conflict: bool = False) -> None:
+        if conflict:
+            self.conflicts += 1
+        else:
+            self.rejected += 1
+        keep(self.rejects, item, writer)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lines": self.lines,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+            "rejected": self.rejected,
+            "batch": self.batch,
+            "source": self.source,
+            "sha256": self.sha256,
+            "first_event": format_ts(self.first_event),
+            "last_event": format_ts(self.last_event),
+            "periods": self.periods,
+            "already_imported": self.already_imported,
+            "stale_invoices": self.stale_invoices,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def open_receipt(
+    engine: Engine,
+    project: Project,
+    summary: IngestSummary,
+    fmt: str,
+    actor: str,
+    started: datetime,
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            insert(ImportBatch).values(
+                id=summary.batch,
+                project_id=project.id,
+                source=summary.source[:1000],
+                format=fmt,
+                sha256=None,
+                status="running",
+                lines=0,
+                accepted=0,
+                duplicates=0,
+                conflicts=0,
+                rejected=0,
+                periods="[]",
+                actor=actor,
+                started_at=started,
+            )
+        )
+
+
+def save_counts(conn: Connection, summary: IngestSummary) -> None:
+    """The counts so far, in the caller's transaction (the batch that produced them)."""
+    conn.execute(
+        update(ImportBatch)
+        .where(ImportBatch.id == summary.batch)
+        .values(
+            lines=summary.lines,
+            accepted=summary.accepted,
+            duplicates=summary.duplicates,
+            conflicts=summary.conflicts,
+            rejected=summary.rejected,
+            first_event_at=summary.first_event,
+            last_event_at=summary.last_event,
+            periods=orjson.dumps(summary.periods).decode(),
+        )
+    )
+
+
+def close_receipt(engine: Engine, summary: IngestSummary, rejects: RejectsWriter) -> None:
+    with engine.begin() as conn:
+        save_counts(conn, summary)
+        conn.execute(
+            update(ImportBatch)
+            .where(ImportBatch.id == summary.batch)
+            .values(
+                sha256=summary.sha256,
+                status="completed",
+                rejects_path=str(rejects.path) if rejects.count and rejects.path else None,
+                finished_at=datetime.now(UTC),
+            )
+        )
+
+
+def fail_receipt(engine: Engine, summary: IngestSummary) -> None:
+    """Best effort: a killed process leaves its receipt `running`, an error marks it `failed`."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                update(ImportBatch)
+                .where(ImportBatch.id == summary.batch)
+                .values(status="failed", finished_at=datetime.now(UTC))
+            )
+    except Exception:
+        return
+
+
+def earlier_imports(engine: Engine, project: Project, summary: IngestSummary) -> list[str]:
+    """Other completed imports of the same content as this one."""
+    earlier = imports_with_digest(engine, project, summary.sha256)
+    return [batch for batch in earlier if batch != summary.batch]
+
+
+def imports_with_digest(engine: Engine, project: Project, sha256: str | None) -> list[str]:
+    """Completed imports of exactly this content (by SHA-256), oldest first."""
+    if sha256 is None:
+        return []
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ImportBatch.id)
+            .where(ImportBatch.project_id == project.id)
+            .where(ImportBatch.sha256 == sha256)
+            .where(ImportBatch.status == "completed")
+            .order_by(ImportBatch.started_at)
+        ).all()
+    return [row[0] for row in rows]
