@@ -44,7 +44,9 @@ def register(app: typer.Typer) -> None:
         ],
         format: Annotated[
             str | None,
-            typer.Option("--format", help="jsonl, csv or cloudevents (default: by extension)."),
+            typer.Option(
+                "--format", help="jsonl, csv, cloudevents or charges (default: by extension)."
+            ),
         ] = None,
         rejects: Annotated[
             Path | None, typer.Option(help="Rejected and conflicting lines as JSONL.")
