@@ -2,7 +2,7 @@
 
     python bench/ingest.py [--events N] [--db URL] [--keep DIR] [--profile FILE]
 
-Generates N events (default 1,000,000) in the event format of DESIGN.md, sets up a fresh
+Generates N events (default 1,000,000) in Neruba's event format, sets up a fresh
 database through the real CLI (`python -m neruba_cli ...`), and times, in the same run on the
 same file, each as its own subprocess:
 
