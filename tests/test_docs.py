@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -175,3 +176,59 @@ def test_the_guarantees_cite_tests_that_exist() -> None:
         ):
             missing.append(f"{path}::{name}")
     assert missing == [], "docs/guarantees.md cites tests that do not exist"
+
+
+def _command_lines(text: str) -> list[tuple[int, str]]:
+    """`neruba ...` as the docs write it: typed lines of code blocks (`$ neruba`, `neruba`,
+    cron entries, `VAR=x neruba`) and inline code spans; output lines are left alone."""
+    found: list[tuple[int, str]] = []
+    in_block = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            in_block = not in_block
+            continue
+        if in_block:
+            typed = re.sub(r"^(\$ |(?:[\d*/,-]+\s+){5}|[A-Z_]+=\S+ )+", "", line.strip())
+            if typed.startswith("neruba ") and (typed != line.strip() or line.startswith("neruba")):
+                found.extend((number, part.strip()) for part in re.split(r"&&|\|\|", typed))
+        found.extend((number, span) for span in re.findall(r"`(neruba [^`]+)`", line))
+    return [(n, c) for n, c in found if c.startswith("neruba ")]
+
+
+def _check_command_line(root: object, line: str) -> str | None:
+    """What is wrong with one `neruba ...` line, or None. Placeholders in brackets, `a|b`
+    alternatives and everything after a redirection or comment are read loosely."""
+    line = re.split(r"\s(?:#|>|<|\|\s)", line)[0]
+    tokens = line.replace("[", " ").replace("]", " ").replace("...", " ").split()[1:]
+    cmd: Any = root
+    ctx = cmd.context_class(cmd, info_name="neruba")
+    path = "neruba"
+    while tokens and hasattr(cmd, "list_commands") and not tokens[0].startswith("-"):
+        if tokens[0].isupper():  # a placeholder such as COMMAND
+            return None
+        names = tokens.pop(0).split("|")
+        subs = [cmd.get_command(ctx, name) for name in names]
+        if any(sub is None for sub in subs):
+            return f"{path} has no command {'|'.join(names)}"
+        path, cmd = f"{path} {names[0]}", subs[0]
+        ctx = cmd.context_class(cmd, info_name=names[0], parent=ctx)
+    known = {o for p in cmd.get_params(ctx) for o in (*p.opts, *getattr(p, "secondary_opts", ()))}
+    for token in tokens:
+        option = token.split("=")[0]
+        if re.fullmatch(r"--?[a-z][\w-]*", option) and option not in known:
+            return f"{path} has no option {option}"
+    return None
+
+
+def test_the_docs_name_only_commands_and_options_that_exist() -> None:
+    root = _reference().root_command()
+    pages = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+    wrong = []
+    for page in pages:
+        if "reference" in page.parts:
+            continue
+        for number, line in _command_lines(page.read_text(encoding="utf-8")):
+            problem = _check_command_line(root, line)
+            if problem:
+                wrong.append(f"{page.relative_to(ROOT)}:{number}: {problem}: {line}")
+    assert wrong == [], "\n".join(wrong)
