@@ -376,7 +376,8 @@ def test_unknown_customer_meter_or_bucket_size_exit_1(shop: Cli) -> None:
 @pytest.mark.parametrize("columns", ["80", "120"])
 def test_the_human_output_draws_bars_and_the_projected_amount(shop: Cli, columns: str) -> None:
     args = ("--period", "2026-10", "--as-of", OCTOBER_AS_OF, "--meter", "api_calls")
-    result = shop("usage", "show", "c1", *args, "--project", "acme", env={"COLUMNS": columns})
+    terminal = {"COLUMNS": columns, "TTY_COMPATIBLE": "1"}  # off a terminal rows are unwrapped
+    result = shop("usage", "show", "c1", *args, "--project", "acme", env=terminal)
     assert result.exit_code == 0, result.stderr
     out = result.stdout
     assert "\x1b[" not in out  # NO_COLOR: plain text

@@ -1,18 +1,24 @@
 """Rendering: data to stdout (a Rich table, or one JSON document with --json), messages,
 progress and errors to stderr. No colour or progress bars off a terminal, with NO_COLOR or
-with --quiet."""
+with --quiet.
+
+Tables never split a word, so ids, numbers and amounts stay whole (and `grep` finds them): on a
+terminal only text with spaces wraps, and a table whose words cannot fit is printed wider than
+the terminal; off a terminal (a pipe, a file, cron) every row is printed at its full width."""
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from rich.cells import cell_len
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -31,6 +37,77 @@ from neruba_cli.domain.keys import redact_secrets
 
 Renderer = Callable[[Console], None]
 
+UNWRAPPED = 1_000_000  # columns off a terminal: a row is never wrapped, whatever COLUMNS says
+
+
+class _Stdout(Console):
+    """A console whose tables keep every word whole (see the module docstring)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        needed = max((_fit(self, item) for item in objects if isinstance(item, Table)), default=0)
+        if needed <= self.width:
+            super().print(*objects, **kwargs)
+            return
+        terminal = self.size
+        self.size = (needed, terminal.height)  # the terminal then wraps lines, never words
+        try:
+            super().print(*objects, **kwargs)
+        finally:
+            self.size = terminal
+
+
+def _fit(console: Console, grid: Table) -> int:
+    """Fix each column's width so that no word is split, narrowing the widest text columns
+    first; return the width the table needs (0 when it holds cells other than text)."""
+    texts = _column_texts(console, grid)
+    if texts is None:
+        return 0
+    lows = [_longest(text.split() for text in cells) for cells in texts]
+    widths = [_longest(text.splitlines() for text in cells) for cells in texts]
+    widths = [max(width, low) for width, low in zip(widths, lows, strict=True)]
+    for column, width in zip(grid.columns, widths, strict=True):
+        column.width = width
+    overhead = Measurement.get(console, console.options.update_width(UNWRAPPED), grid).maximum
+    overhead -= sum(widths)
+    _narrow(widths, lows, excess=sum(widths) + overhead - console.width)
+    for column, width in zip(grid.columns, widths, strict=True):
+        column.width = width
+    return sum(widths) + overhead
+
+
+def _narrow(widths: list[int], lows: list[int], *, excess: int) -> None:
+    """Take `excess` columns from the widest columns, none below its longest word."""
+    while excess > 0:
+        candidates = [i for i, width in enumerate(widths) if width > lows[i]]
+        if not candidates:
+            return
+        widest = max(candidates, key=lambda i: widths[i])
+        lower = [widths[i] for i in candidates if widths[i] < widths[widest]]
+        floor = max([lows[widest], *lower])
+        step = max(1, min(excess, widths[widest] - floor))
+        widths[widest] -= step
+        excess -= step
+
+
+def _longest(groups: Iterable[Iterable[str]]) -> int:
+    return max((cell_len(part) for group in groups for part in group), default=1) or 1
+
+
+def _column_texts(console: Console, grid: Table) -> list[list[str]] | None:
+    """Each column's header and cells as plain text; None when a cell is not text."""
+    texts: list[list[str]] = []
+    for column in grid.columns:
+        cells: list[str] = []
+        for cell in (column.header, *column.cells):
+            if isinstance(cell, Text):
+                cells.append(cell.plain)
+            elif isinstance(cell, str):
+                cells.append(console.render_str(cell).plain)
+            else:
+                return None
+        texts.append(cells)
+    return texts
+
 
 @dataclass
 class Output:
@@ -38,7 +115,9 @@ class Output:
     quiet: bool = False
 
     def __post_init__(self) -> None:
-        self.stdout = Console(file=sys.stdout, highlight=False, soft_wrap=False)
+        self.stdout = _Stdout(file=sys.stdout, highlight=False, soft_wrap=False)
+        if not self.stdout.is_terminal:
+            self.stdout.size = (UNWRAPPED, self.stdout.height)
         self.stderr = Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
     def emit(self, data: Any, render: Renderer | None = None) -> None:

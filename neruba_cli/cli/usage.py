@@ -19,7 +19,8 @@ from neruba_cli.services.analysis import usage as analysis_usage
 app = typer.Typer(help="Usage: what a customer used, bucket by bucket, and what it will cost.")
 
 # The bar gets what the terminal leaves after the label and number columns, within limits that
-# keep it readable from 80 columns (or off a terminal, where Rich assumes 80) to wide screens.
+# keep it readable from 80 columns to wide screens (off a terminal, rows are never wrapped: the
+# bar is then as long as it gets).
 MIN_BAR, MAX_BAR = 10, 60
 GAP = "  "
 
