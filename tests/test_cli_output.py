@@ -1,4 +1,5 @@
-"""What an operator sees: tables that never split a number.
+"""What an operator sees: tables that never split a number, and `--quiet` that prints nothing
+but errors.
 
 Rendering touches no SQL, so these run on SQLite only, against a copy of one `neruba demo`
 database (three invoices, payments, credit, runs, a compare baseline).
@@ -11,11 +12,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.conftest import Cli
 
 AS_OF = "2026-11-20T09:00:00Z"  # the demo then bills October 2026
+DECEMBER = "2026-12-01T00:00:00Z"
+CHARGE = ("--amount", "5.00", "--description", "Setup", "--idempotency-key", "q", "--at", AS_OF)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -80,3 +84,125 @@ def test_on_a_narrow_terminal_words_wrap_but_numbers_stay_whole(demo: Cli) -> No
     assert any("│ Acme " in line for line in lines) and any("│ Rockets " in line for line in lines)
     for whole in ("cus_umbrella", "accounts@umbrella.example", "America/New_York"):
         assert whole in customers, whole
+
+
+# --------------------------------------------------------------------------- --quiet
+
+
+def quiet_battery(cli: Cli, folder: Path) -> list[tuple[str, ...]]:
+    """Every command that works on a demo database, in an order where each one can succeed."""
+    run_ids = [run["id"] for run in data(cli, "run", "list")]
+    grant = data(cli, "credits", "list", "cus_initech")[0]["id"]
+    payment = data(cli, "payment", "list")[0]["id"]
+    subscription = data(cli, "subscription", "list")[0]["id"]
+    (folder / "customers.csv").write_text("external_id,name\ncus_new,New Co\n")
+    (folder / "subscriptions.csv").write_text(
+        "customer,plan,start\ncus_new,pro,2026-11-01T00:00:00Z\n"
+    )
+    (folder / "events.jsonl").write_bytes(
+        orjson.dumps(
+            {
+                "idempotency_key": "quiet-1",
+                "customer": "cus_acme",
+                "meter": "api_calls",
+                "timestamp": "2026-11-03T10:00:00Z",
+            }
+        )
+        + b"\n"
+    )
+    compare_to = ("--output", str(folder / "compare"))
+    return [
+        ("audit", "list"),
+        ("catalog", "show"),
+        ("catalog", "quote", "pro", "--usage", "api_calls=10"),
+        ("catalog", "export", "--output", str(folder / "catalog.toml")),
+        ("catalog", "apply", str(folder / "catalog.toml")),
+        ("customer", "list"),
+        ("customer", "show", "cus_acme"),
+        ("customer", "create", "cus_quiet", "--currency", "USD"),
+        ("customer", "import", str(folder / "customers.csv")),
+        ("customer", "forget", "cus_umbrella", "--yes"),
+        ("db", "current"),
+        ("db", "upgrade"),
+        ("events", "receipts"),
+        ("events", "list"),
+        ("ingest", str(folder / "events.jsonl")),
+        ("charge", "add", "cus_acme", *CHARGE),
+        ("invoice", "list"),
+        ("invoice", "show", "DEMO-000001"),
+        ("invoice", "explain", "DEMO-000002"),
+        ("invoice", "verify", "--period", "2026-10"),
+        ("invoice", "preview", "cus_acme", "--at", AS_OF),
+        ("credits", "list", "cus_initech"),
+        ("credits", "grant", "cus_acme", "5.00", "--idempotency-key", "quiet-grant"),
+        ("credits", "revoke", grant),
+        ("credits", "expire"),
+        ("wallet", "show", "cus_initech"),
+        ("ledger", "show"),
+        ("ledger", "balances"),
+        ("payment", "list"),
+        ("payment", "record", "DEMO-000002", "10.00", "--reference", "quiet-wire"),
+        ("payment", "refund", payment, "1.00", "--idempotency-key", "quiet-refund"),
+        ("invoice", "void", "DEMO-000003", "--reason", "quiet", "--yes"),
+        ("key", "list"),
+        ("locks", "list"),
+        ("member", "add", "ops@example.com", "--role", "viewer"),
+        ("member", "list"),
+        ("member", "remove", "ops@example.com", "--yes"),
+        ("project", "list"),
+        ("project", "show", "demo"),
+        ("project", "update", "demo", "--name", "Quiet Co"),
+        ("project", "create", "other"),
+        ("retention", "list"),
+        ("run", "list"),
+        ("run", "show", run_ids[0]),
+        ("run", "diff", run_ids[-1], run_ids[0]),
+        ("run", "bill", "--period", "2026-10", "--as-of", AS_OF),
+        ("subscription", "list"),
+        ("subscription", "create", "cus_quiet", "pro", "--start", "2026-11-01T00:00:00Z"),
+        ("subscription", "import", str(folder / "subscriptions.csv")),
+        ("subscription", "change", subscription, "--plan", "starter", "--at", DECEMBER),
+        ("subscription", "cancel", subscription, "--at", "2027-01-01T00:00:00Z"),
+        ("usage", "show", "cus_acme", "--period", "2026-10", "--as-of", AS_OF),
+        ("stripe", "webhook", "list"),
+        ("stripe", "push", "--period", "2026-10", "--dry-run"),
+        ("export", "invoices", "--output", str(folder / "invoices.csv")),
+        ("doctor",),
+        ("check",),
+        ("stats",),
+        ("stats", "--prometheus", str(folder / "neruba.prom")),
+        ("compare", str(folder / "baseline.csv"), "--period", "2026-10", *compare_to),
+        ("simulate", "--catalog", str(folder / "catalog.toml"), "--period", "2026-10"),
+    ]
+
+
+def test_quiet_prints_nothing_but_errors(demo: Cli, demo_folder: Path, tmp_path: Path) -> None:
+    shutil.copyfile(demo_folder / "demo-baseline.csv", tmp_path / "baseline.csv")
+    for args in quiet_battery(demo, tmp_path):
+        result = on_demo(demo, *args, "--quiet")
+        assert result.exit_code in (0, 3, 4), (args, result.stderr)
+        assert (result.stdout, result.stderr) == ("", ""), args
+    assert (tmp_path / "compare" / "report.html").is_file()
+    assert (tmp_path / "invoices.csv").is_file() and (tmp_path / "neruba.prom").is_file()
+
+    failed = on_demo(demo, "invoice", "show", "NOPE-1", "--quiet")
+    assert failed.exit_code == 1 and failed.stdout == ""
+    assert failed.stderr.startswith("error: invoice 'NOPE-1' does not exist")
+    shown = on_demo(demo, "invoice", "show", "DEMO-000001", "--quiet", "--json")
+    assert shown.json()["number"] == "DEMO-000001" and shown.stderr == ""
+
+    demo_again = Cli(None)("demo", "--dir", str(tmp_path / "again"), "--quiet")
+    assert (demo_again.exit_code, demo_again.stdout, demo_again.stderr) == (0, "", "")
+
+
+def test_quiet_keeps_what_is_the_commands_product(demo: Cli) -> None:
+    """A secret shown once, and a file asked for on stdout, are not chatter."""
+    key = on_demo(demo, "key", "create", "--scope", "read", "--quiet")
+    assert key.exit_code == 0 and re.fullmatch(r"nrb_live_\w+\n", key.stdout), key.stdout
+    assert key.stderr == ""
+    invite = on_demo(demo, "invite", "create", "ops@example.com", "--role", "viewer", "--quiet")
+    assert invite.exit_code == 0 and len(invite.stdout.split()) == 1 and invite.stderr == ""
+    catalog = on_demo(demo, "catalog", "export", "--quiet")
+    assert catalog.exit_code == 0 and "[[plans]]" in catalog.stdout and catalog.stderr == ""
+    events = on_demo(demo, "export", "events", "--quiet")
+    assert events.stdout.startswith("idempotency_key,") and events.stderr == ""

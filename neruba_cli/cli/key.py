@@ -47,7 +47,7 @@ def create(
             now=now,
         )
         data = {**keys.to_dict(created.key, member_email=member), "secret": created.secret}
-    rt.out.emit(data, lambda console: console.print(created.secret, markup=False))
+    rt.out.emit(data, lambda console: console.print(created.secret, markup=False), essential=True)
     rt.out.say(
         f"Created key {created.key.id} ({created.key.prefix}…) for project {project.slug} "
         f"with scopes {created.key.scopes}. Store the secret now: it is not shown again."

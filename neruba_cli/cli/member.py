@@ -84,7 +84,7 @@ def invite_create(
             now=now,
         )
         data = members.invite_dict(created.invite, token=created.token)
-    rt.out.emit(data, lambda console: console.print(created.token, markup=False))
+    rt.out.emit(data, lambda console: console.print(created.token, markup=False), essential=True)
     rt.out.say(
         f"Invited {created.invite.email} as {created.invite.role} to {project.slug} until "
         f"{data['expires_at']}. Send them the token: `neruba invite accept TOKEN`."

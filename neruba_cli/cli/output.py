@@ -1,6 +1,6 @@
 """Rendering: data to stdout (a Rich table, or one JSON document with --json), messages,
 progress and errors to stderr. No colour or progress bars off a terminal, with NO_COLOR or
-with --quiet.
+with --quiet; --quiet prints nothing but errors (and the JSON document with --json).
 
 Tables never split a word, so ids, numbers and amounts stay whole (and `grep` finds them): on a
 terminal only text with spaces wraps, and a table whose words cannot fit is printed wider than
@@ -120,12 +120,15 @@ class Output:
             self.stdout.size = (UNWRAPPED, self.stdout.height)
         self.stderr = Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
-    def emit(self, data: Any, render: Renderer | None = None) -> None:
-        """The command's result: JSON with --json, else the human rendering (or nothing)."""
+    def emit(self, data: Any, render: Renderer | None = None, *, essential: bool = False) -> None:
+        """The command's result: JSON with --json, else the human rendering, which --quiet
+        drops (cron then hears only of errors, and the exit code says the rest). An
+        `essential` rendering is the command's product that cannot be had again (a secret
+        shown once): --quiet prints it too."""
         if self.json:
             sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
             sys.stdout.flush()
-        elif render is not None:
+        elif render is not None and (essential or not self.quiet):
             render(self.stdout)
 
     def say(self, message: str) -> None:
@@ -137,7 +140,8 @@ class Output:
             self.stderr.print(redact_secrets(message), markup=False, highlight=False)
 
     def warn(self, message: str) -> None:
-        if not self.json:
+        """Something the operator should know that is not an error: silenced by --quiet."""
+        if not self.json and not self.quiet:
             self.stderr.print(Text("warning: ", style="yellow") + Text(redact_secrets(message)))
 
     def error(self, exc: NerubaError) -> None:

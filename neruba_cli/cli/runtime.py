@@ -101,7 +101,9 @@ _COMMON_PARAMETERS = [
         default=False,
         annotation=Annotated[
             bool,
-            typer.Option("--quiet", "-q", help="No messages or progress, only data and errors."),
+            typer.Option(
+                "--quiet", "-q", help="Print nothing but errors (--json still prints its document)."
+            ),
         ],
     ),
 ]
