@@ -1,5 +1,5 @@
-"""What an operator sees: tables that never split a number, and `--quiet` that prints nothing
-but errors.
+"""What an operator sees: tables that never split a number, `--quiet` that prints nothing but
+errors, and output paths refused before any work starts.
 
 Rendering touches no SQL, so these run on SQLite only, against a copy of one `neruba demo`
 database (three invoices, payments, credit, runs, a compare baseline).
@@ -206,3 +206,40 @@ def test_quiet_keeps_what_is_the_commands_product(demo: Cli) -> None:
     assert catalog.exit_code == 0 and "[[plans]]" in catalog.stdout and catalog.stderr == ""
     events = on_demo(demo, "export", "events", "--quiet")
     assert events.stdout.startswith("idempotency_key,") and events.stderr == ""
+
+
+# --------------------------------------------------------------------------- output paths
+
+
+def test_output_paths_are_refused_before_any_work(
+    demo: Cli, demo_folder: Path, tmp_path: Path
+) -> None:
+    usage = str(demo_folder / "usage.jsonl")
+    customers = tmp_path / "customers.csv"
+    customers.write_text("external_id,name\ncus_new,New Co\n")
+    (tmp_path / "afile").write_text("")
+    receipts = len(data(demo, "events", "receipts"))
+    missing = str(tmp_path / "nonexistent")
+    cases = [
+        (("init", "--config", f"{missing}/dir/x.toml"), f"--config {missing}/dir/x.toml"),
+        (("catalog", "export", "--output", f"{missing}/c.toml"), "--output"),
+        (("ingest", usage, "--rejects", f"{missing}/r.jsonl"), "--rejects"),
+        (("ingest", usage, "--rejects", str(tmp_path)), f"--rejects {tmp_path}: is a folder"),
+        (("customer", "import", str(customers), "--rejects", f"{missing}/r.jsonl"), "--rejects"),
+        (("subscription", "import", str(customers), "--rejects", str(tmp_path)), "is a folder"),
+        (("demo", "--dir", "afile"), "--dir afile: is a file, not a folder"),
+        (("demo", "--dir", "/proc/nx"), "--dir /proc/nx: cannot write in /proc"),
+        (("export", "events", "--output", f"{missing}/e.csv"), f"folder {missing} does not"),
+        (("compare", usage, "--period", "2026-10", "--output", "afile"), "--output afile"),
+        (("stats", "--prometheus", f"{missing}/n.prom"), "--prometheus"),
+        (("reconcile", "stripe", "--period", "2026-10", "--output", str(tmp_path)), "folder"),
+    ]
+    for args, expected in cases:
+        cli = Cli(None) if args[0] in ("demo", "init") else demo
+        result = on_demo(cli, *args) if cli is demo else cli(*args)
+        assert result.exit_code == 1, (args, result.stderr)
+        assert result.stderr.startswith("error: ") and expected in result.stderr, args
+        assert "internal error" not in result.stderr
+    assert len(data(demo, "events", "receipts")) == receipts  # nothing was read
+    assert not Path(missing).exists() and not Path("neruba.db").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "customers.csv", "demo.db"]

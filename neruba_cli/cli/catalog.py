@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from neruba_cli.cli.output import table
+from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.catalog import meter_document, plan_document
 from neruba_cli.domain.errors import InvalidInput
@@ -129,6 +130,8 @@ def export(
     ] = None,
 ) -> None:
     """Export the current catalog as TOML; applying it back changes nothing."""
+    if output is not None:
+        output_file(output, "--output")
     with rt.transaction() as session:
         document = catalog_store.export_document(session, rt.project(session))
     text = tomli_w.dumps(catalog_store.toml_ready(copy.deepcopy(document)))

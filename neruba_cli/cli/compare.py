@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.text import Text
 
 from neruba_cli.cli.output import table
+from neruba_cli.cli.paths import output_folder
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.compare import Report, parse_threshold
 from neruba_cli.domain.errors import UsageError
@@ -69,6 +70,8 @@ def register(app: typer.Typer) -> None:
         line, with a probable reason for each difference. Exit 4 when drift exceeds
         --fail-over (never without it)."""
         check_by(by)
+        if output is not None:
+            output_folder(output, "--output")
         options = service.CompareOptions(
             baseline=baseline,
             label="",

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from neruba_cli.cli.output import fields, table
+from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.tenancy import customer_spec
 from neruba_cli.services.ingest.rejects import RejectsWriter, default_rejects_path
@@ -68,8 +69,8 @@ def import_(
 
     Exit 3 when any row was rejected.
     """
+    rejects_path = output_file(rejects or default_rejects_path(file), "--rejects")
     rows = read_csv(file, columns=customers.CSV_COLUMNS, required=customers.CSV_REQUIRED)
-    rejects_path = rejects or default_rejects_path(file)
     with (
         RejectsWriter(rejects_path) as writer,
         rt.out.progress(f"Importing {file.name}") as progress,

@@ -13,6 +13,7 @@ from rich.text import Text
 from neruba_cli.cli.catalog import render_quote
 from neruba_cli.cli.compare import render as render_compare
 from neruba_cli.cli.output import table
+from neruba_cli.cli.paths import output_folder
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
 from neruba_cli.domain.timestamps import parse_ts
@@ -42,6 +43,8 @@ def register(app: typer.Typer) -> None:
         if rt.options.db:
             raise UsageError("demo always uses its own SQLite database; use --dir to place it")
         moment = parse_ts(as_of, field="--as-of") if as_of else rt.now()
+        if directory is not None:
+            output_folder(directory, "--dir")
         folder = directory or Path(tempfile.mkdtemp(prefix="neruba-demo-"))
         result = run_demo(folder.resolve(), actor=operator_access().actor, now=moment)
 

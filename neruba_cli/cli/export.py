@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import orjson
 import typer
 
+from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
 from neruba_cli.domain.timestamps import parse_fixed_duration
@@ -46,6 +48,8 @@ def _export(
     overlap: str,
 ) -> None:
     compress = compress or output.lower().endswith(".gz")
+    if output != "-":
+        output_file(Path(output), "--output")
     if output == "-" and compress and sys.stdout.isatty():
         raise UsageError("--gzip would write binary to the terminal", hint="pass --output FILE")
     request = export_streams.ExportRequest(

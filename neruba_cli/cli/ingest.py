@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import typer
 
 from neruba_cli.cli.output import fields, import_progress, table
+from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.charges import validate_charge
 from neruba_cli.domain.errors import InvalidInput, UsageError
@@ -71,6 +72,9 @@ def register(app: typer.Typer) -> None:
                 raise InvalidInput(f"cannot read {path}: no such file")
         if files.count("-") > 1:
             raise UsageError("stdin (-) can be read only once")
+        first = files[0]
+        rejects_path = rejects or default_rejects_path(Path("stdin" if first == "-" else first))
+        output_file(rejects_path, "--rejects")
         options = ingest_pipeline.IngestOptions(
             fmt=fmt,
             dry_run=dry_run,
@@ -78,8 +82,6 @@ def register(app: typer.Typer) -> None:
             create_customers=create_customers,
             max_future=parse_fixed_duration(max_future, field="--max-future"),
         )
-        first = files[0]
-        rejects_path = rejects or default_rejects_path(Path("stdin" if first == "-" else first))
         with rt.transaction() as session:
             project = rt.project(session)
             meters = catalog_store.stored_meters(session, project)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.config import CONFIG_FILE_NAME, resolve_settings, write_config_file
 from neruba_cli.db import migrate
@@ -24,6 +25,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write ./neruba.toml (or --config) and create or upgrade the database."""
         target = Path(rt.options.config) if rt.options.config else Path(CONFIG_FILE_NAME)
+        if force or not target.exists():
+            output_file(target, "--config")
         if not target.exists():  # the file is being created: read nothing from it
             rt.use_settings(resolve_settings(db=rt.options.db, project=rt.options.project))
         url = rt.settings.database_url

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.text import Text
 
 from neruba_cli.cli.output import table
+from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.money import format_minor
 from neruba_cli.services.invoices import read as invoices_read
@@ -40,6 +41,8 @@ def stripe(
 ) -> int:
     """The period's finalized invoices against the Stripe mirror: missing on either side,
     amount, currency, status and customer mismatches. Exit 4 when anything disagrees."""
+    if output is not None:
+        output_file(output, "--output")
     with rt.transaction() as session:
         project = rt.project(session)
     label = invoices_read.period_label(period, project, rt.now())

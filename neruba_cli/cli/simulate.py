@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from neruba_cli.cli.compare import check_by, finish
+from neruba_cli.cli.paths import output_folder
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.services.analysis import simulate as service
@@ -39,6 +40,8 @@ def register(app: typer.Typer) -> None:
         compare it with the invoices issued (per customer, per line, revenue impact). Writes
         nothing to the database."""
         check_by(by)
+        if output is not None:
+            output_folder(output, "--output")
         data = read_toml(catalog)
         with rt.transaction() as session:
             project = rt.project(session)

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from neruba_cli.cli.output import table
+from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain import prometheus
 from neruba_cli.services.ops import stats as ops_stats
@@ -36,6 +37,8 @@ def register(app: typer.Typer) -> None:
     ) -> int:
         """Operating figures of the project: events by meter and day, ingest lag, the last
         billing run, invoices by status and currency, wallet liabilities."""
+        if prometheus_file is not None:
+            output_file(prometheus_file, "--prometheus")
         with rt.transaction() as session:
             project = rt.project(session)
         report = ops_stats.collect(rt.engine(), project, now=rt.now(), days=days)

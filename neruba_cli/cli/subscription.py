@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from neruba_cli.cli.output import table
+from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.catalog import subscriptions
@@ -106,8 +107,8 @@ def import_(
     ] = None,
 ) -> int:
     """Create subscriptions from a CSV file; exit 3 when rows were rejected."""
+    rejects_path = output_file(rejects or default_rejects_path(file), "--rejects")
     rows = read_csv(file, columns=subscriptions.CSV_COLUMNS, required=subscriptions.CSV_REQUIRED)
-    rejects_path = rejects or default_rejects_path(file)
     with (
         RejectsWriter(rejects_path) as writer,
         rt.out.progress(f"Importing {file.name}") as progress,
