@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -106,10 +107,12 @@ def run_demo(folder: Path, *, actor: Actor, now: datetime) -> DemoResult:
             "(the bad row is there on purpose: rejects keep their line number and reason)"
         )
         steps.append(_demo_key(engine, actor, now))
-        steps.extend(_demo_catalog(engine, now))
+        zones = _subscriber_zones(engine)
+        month = demo_month(now, zones.values())
+        steps.extend(_demo_catalog(engine, month, now))
         demo_quote = _demo_quote(engine)
-        steps.extend(_demo_billing(engine, folder, actor, now))
-        compare_step, compared, compare_report = _demo_compare(engine, folder, url, now)
+        steps.extend(_demo_billing(engine, folder, month, zones, actor, now))
+        compare_step, compared, compare_report = _demo_compare(engine, folder, url, month)
         steps.append(compare_step)
         steps.append(_demo_check(engine))
         for command, arguments, code in (
@@ -170,8 +173,27 @@ def _demo_key(engine: Any, actor: Actor, now: datetime) -> str:
 DEMO_USAGE = ("api_calls=12000", "tokens=1334567", "seats=12", "storage_gb=35")
 
 
-def _demo_catalog(engine: Any, now: datetime) -> list[str]:
-    """Apply the example catalog and subscribe a customer to `pro`."""
+def _subscriber_zones(engine: Any) -> dict[str, str]:
+    with Session(engine) as session:
+        project = projects.get_project(session, DEMO_PROJECT)
+        return {c: customers.get_customer(session, project, c).timezone for c in DEMO_SUBSCRIBERS}
+
+
+def demo_month(now: datetime, zones: Iterable[str]) -> str:
+    """The latest month that has ended at `now` in every subscriber's time zone.
+
+    The demo finalizes the month it bills, which a month still running for one customer
+    forbids: at 00:30 UTC on the 1st, October has ended in UTC but not in New York, so the
+    demo bills September then."""
+    wanted = tuple(zones)
+    month = resolve_label("previous", as_of=now, tz="UTC")
+    while any(month_period(month, tz).end > now for tz in wanted):
+        month = resolve_label("previous", as_of=month_period(month, "UTC").start, tz="UTC")
+    return month
+
+
+def _demo_catalog(engine: Any, month: str, now: datetime) -> list[str]:
+    """Apply the example catalog and subscribe a customer to `pro` from `month` on."""
     source = files("neruba_cli.resources").joinpath("demo_catalog.toml")
     data = tomllib.loads(source.read_text(encoding="utf-8"))
     with Session(engine, expire_on_commit=False) as session, session.begin():
@@ -181,7 +203,7 @@ def _demo_catalog(engine: Any, now: datetime) -> list[str]:
         made = []
         for customer in DEMO_SUBSCRIBERS:
             row = customers.get_customer(session, project, customer)
-            start = month_period(_previous_month(now), row.timezone).start
+            start = month_period(month, row.timezone).start
             subscription = subscriptions.create_subscription(
                 session, project, customer, "pro", start=start, trial_days=0, now=now
             )
@@ -190,10 +212,6 @@ def _demo_catalog(engine: Any, now: datetime) -> list[str]:
         f"applied the example catalog: {len(report.meters)} meters, {len(report.plans)} plans",
         f"subscribed to pro: {'; '.join(made)}",
     ]
-
-
-def _previous_month(now: datetime) -> str:
-    return resolve_label("previous", as_of=now, tz="UTC")
 
 
 def _demo_events(month: str, tz_by_customer: dict[str, str]) -> list[bytes]:
@@ -254,12 +272,10 @@ def _ingest_file(
         )
 
 
-def _demo_billing(engine: Any, folder: Path, actor: Actor, now: datetime) -> list[str]:
+def _demo_billing(
+    engine: Any, folder: Path, month: str, zones: dict[str, str], actor: Actor, now: datetime
+) -> list[str]:
     """Usage in, a finalized month of invoices out, then a late event and its correction."""
-    month = _previous_month(now)
-    with Session(engine) as session:
-        project = projects.get_project(session, DEMO_PROJECT)
-        zones = {c: customers.get_customer(session, project, c).timezone for c in DEMO_SUBSCRIBERS}
     usage = folder / "usage.jsonl"
     usage.write_bytes(b"\n".join(_demo_events(month, zones)) + b"\n")
     summary = _ingest_file(engine, usage, actor, now)
@@ -309,12 +325,11 @@ def _demo_check(engine: Any) -> str:
 
 
 def _demo_compare(
-    engine: Any, folder: Path, url: str, now: datetime
+    engine: Any, folder: Path, url: str, month: str
 ) -> tuple[str, dict[str, Any], compare.Report]:
     """The month against a legacy system's export that differs on purpose (a late event, a
     charge the legacy system never priced, a rounding, a customer only it billed); the
     report files go to DIR/compare."""
-    month = _previous_month(now)
     baseline = folder / DEMO_BASELINE
     resource = files("neruba_cli.resources").joinpath(DEMO_BASELINE)
     baseline.write_bytes(resource.read_bytes())
