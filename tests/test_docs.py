@@ -232,3 +232,14 @@ def test_the_docs_name_only_commands_and_options_that_exist() -> None:
             if problem:
                 wrong.append(f"{page.relative_to(ROOT)}:{number}: {problem}: {line}")
     assert wrong == [], "\n".join(wrong)
+
+
+def test_the_architecture_page_maps_every_package() -> None:
+    """docs/architecture.md names each package of neruba_cli and each capability package of
+    services/, so a new package cannot arrive without a word on what it owns."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    package = ROOT / "neruba_cli"
+    folders = [p for p in package.iterdir() if (p / "__init__.py").exists()]
+    folders += [p for p in (package / "services").iterdir() if (p / "__init__.py").exists()]
+    unmapped = [p.name for p in folders if f"`{p.name}/`" not in text]
+    assert unmapped == [], "packages missing from docs/architecture.md"
