@@ -2,7 +2,9 @@
 
 The config file is `--config PATH` (or NERUBA_CONFIG), else `./neruba.toml`, else
 `$XDG_CONFIG_HOME/neruba/config.toml`. Secrets are never read from it: they come from the
-environment only, so a config file can be committed or shared safely.
+environment only, so a config file can be committed or shared safely. A relative SQLite path
+in it is read against the file's folder, so the same file names the same database from any
+working directory (cron runs in $HOME).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import tomli_w
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from neruba_cli.db.engine import anchored_sqlite_url
 from neruba_cli.domain.errors import InvalidInput
 
 DEFAULT_DATABASE_URL = "sqlite:///./neruba.db"
@@ -62,6 +65,15 @@ class Settings:
     config_path: Path | None
     sources: dict[str, str] = field(default_factory=dict)
     personal_properties: tuple[str, ...] = ()  # [privacy] personal_properties
+
+    @property
+    def database_origin(self) -> str:
+        """Where the database URL came from, as a clause for errors about the database."""
+        source = self.sources.get("database_url", "default")
+        if source == "default":
+            return f"its URL is the default: no --db, {ENV_DATABASE_URL} or config file names one"
+        where = source if source in ("--db", ENV_DATABASE_URL) else f"config file {source}"
+        return f"its URL is from {where}"
 
 
 def find_config_file(
@@ -117,6 +129,8 @@ def resolve_settings(
         (str(path), file.database.url),
         ("default", DEFAULT_DATABASE_URL),
     )
+    if path is not None and url is not None and url_source == str(path):
+        url = anchored_sqlite_url(url, path.parent)  # beside the file, whatever the cwd
     slug, slug_source = _first(
         ("--project", project),
         (ENV_PROJECT, environ.get(ENV_PROJECT)),

@@ -58,7 +58,7 @@ def test_init_writes_config_and_migrates(bare_cli: Cli, isolated: Path) -> None:
     assert first.exit_code == 0, first.stderr
     assert first.json()["config_written"] is True and first.json()["from"] is None
     config = tomllib.loads((isolated / "neruba.toml").read_text())
-    assert config == {"database": {"url": "sqlite:///./neruba.db"}}
+    assert config == {"database": {"url": f"sqlite:///{isolated / 'neruba.db'}"}}
     assert (isolated / "neruba.db").exists()
     second = bare_cli("init", "--json")
     assert second.exit_code == 0 and second.json()["config_written"] is False

@@ -25,7 +25,8 @@ def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
     write_config_file(tmp_path / "neruba.toml", database_url="sqlite:///file.db", project="filep")
     env = {"NERUBA_DATABASE_URL": "sqlite:///env.db", "NERUBA_PROJECT": "envp"}
     from_file = resolve_settings(env={}, cwd=tmp_path)
-    assert (from_file.database_url, from_file.project) == ("sqlite:///file.db", "filep")
+    from_file_url = f"sqlite:///{tmp_path / 'file.db'}"  # beside the config file
+    assert (from_file.database_url, from_file.project) == (from_file_url, "filep")
     from_env = resolve_settings(env=env, cwd=tmp_path)
     assert (from_env.database_url, from_env.project) == ("sqlite:///env.db", "envp")
     from_flag = resolve_settings(db="sqlite:///flag.db", project="flagp", env=env, cwd=tmp_path)
@@ -38,8 +39,27 @@ def test_xdg_config_is_the_fallback(tmp_path: Path) -> None:
     user.mkdir(parents=True)
     write_config_file(user / "config.toml", database_url="sqlite:///user.db")
     settings = resolve_settings(env={"XDG_CONFIG_HOME": str(tmp_path / "xdg")}, cwd=tmp_path)
-    assert settings.database_url == "sqlite:///user.db"
+    assert settings.database_url == f"sqlite:///{user / 'user.db'}"
     assert settings.config_path == user / "config.toml"
+
+
+def test_a_relative_sqlite_path_in_a_config_file_is_read_beside_it(tmp_path: Path) -> None:
+    """From any working directory (cron runs in $HOME) the file names the same database."""
+    config = tmp_path / "etc" / "neruba.toml"
+    config.parent.mkdir()
+    elsewhere = tmp_path / "home"
+    for url, expected in (
+        ("sqlite:///./neruba.db", f"sqlite:///{tmp_path / 'etc' / 'neruba.db'}"),
+        ("sqlite:///../data/n.db?timeout=5", f"sqlite:///{tmp_path / 'data' / 'n.db'}?timeout=5"),
+        ("sqlite:////srv/neruba.db", "sqlite:////srv/neruba.db"),
+        ("sqlite://", "sqlite://"),
+        ("postgresql://neruba:secret@db/neruba", "postgresql://neruba:secret@db/neruba"),
+    ):
+        write_config_file(config, database_url=url)
+        settings = resolve_settings(config=str(config), env={}, cwd=elsewhere)
+        assert settings.database_url == expected, url
+    flag = resolve_settings(db="sqlite:///./flag.db", config=str(config), env={}, cwd=elsewhere)
+    assert flag.database_url == "sqlite:///./flag.db"  # a flag is read against the cwd
 
 
 def test_named_config_must_exist(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -9,9 +10,9 @@ import typer
 
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
-from neruba_cli.config import CONFIG_FILE_NAME, resolve_settings, write_config_file
+from neruba_cli.config import CONFIG_FILE_NAME, Settings, resolve_settings, write_config_file
 from neruba_cli.db import migrate
-from neruba_cli.db.engine import parse_database_url, redact
+from neruba_cli.db.engine import anchored_sqlite_url, parse_database_url, redact
 from neruba_cli.services.tenancy.access import OPERATOR
 
 
@@ -25,13 +26,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write ./neruba.toml (or --config) and create or upgrade the database."""
         target = Path(rt.options.config) if rt.options.config else Path(CONFIG_FILE_NAME)
-        if force or not target.exists():
+        wrote = force or not target.exists()
+        if wrote:
             output_file(target, "--config")
         if not target.exists():  # the file is being created: read nothing from it
             rt.use_settings(resolve_settings(db=rt.options.db, project=rt.options.project))
+        parse_database_url(rt.settings.database_url)
+        if wrote:
+            rt.use_settings(_anchored(rt.settings, target))
         url = rt.settings.database_url
-        parse_database_url(url)
-        wrote = force or not target.exists()
         engine = rt.engine(check_schema=False)
         before = migrate.current_revision(engine)
         migrate.upgrade(engine)
@@ -51,4 +54,13 @@ def register(app: typer.Typer) -> None:
             rt.out.say(f"Wrote {target}.")
         else:
             rt.out.say(f"Kept the existing {target} (use --force to overwrite it).")
-        rt.out.say(f"Database {redact(engine.url)} is at {after}.")
+        rt.out.say(f"Database {redact(url)} is at {after}.")
+
+
+def _anchored(settings: Settings, config: Path) -> Settings:
+    """The config file gets an absolute SQLite path, so it names the same file from any
+    working directory: the default database goes beside the config file, a relative --db or
+    NERUBA_DATABASE_URL is read against the working directory as it was typed."""
+    default = settings.sources.get("database_url") == "default"
+    folder = config.absolute().parent if default else Path.cwd()
+    return replace(settings, database_url=anchored_sqlite_url(settings.database_url, folder))

@@ -31,9 +31,9 @@ from neruba_cli.config import (
     resolve_settings,
 )
 from neruba_cli.db import migrate
-from neruba_cli.db.engine import create_db_engine, explain_error, sqlite_file
+from neruba_cli.db.engine import create_db_engine, explain_error, require_sqlite_file
 from neruba_cli.db.schema import Project
-from neruba_cli.domain.errors import DatabaseError, NerubaError, UsageError
+from neruba_cli.domain.errors import NerubaError, UsageError
 from neruba_cli.services.tenancy import access, audit, projects
 from neruba_cli.services.tenancy.access import Access, Actor
 
@@ -149,12 +149,7 @@ class Runtime:
         if check_schema not in self._engines:
             url = self.settings.database_url
             if self.command not in CREATES_DATABASE:
-                missing = sqlite_file(url)
-                if missing is not None and not missing.exists():
-                    raise DatabaseError(
-                        f"SQLite database {missing} does not exist",
-                        hint="run `neruba init`, or point --db at an existing database",
-                    )
+                require_sqlite_file(url, self.settings.database_origin)
             engine = self._engines.get(not check_schema) or create_db_engine(url)
             if check_schema:
                 migrate.ensure_at_head(engine)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,6 +73,36 @@ def sqlite_file(url: str) -> Path | None:
     if database.startswith("file:"):
         return None
     return Path(database).expanduser()
+
+
+def anchored_sqlite_url(url: str, folder: Path) -> str:
+    """A SQLite URL whose file path is relative, made absolute against `folder`; any other
+    URL (a server, an absolute or in-memory SQLite database, an unparsable one) unchanged.
+
+    A relative path is otherwise read against the working directory, which differs between
+    the operator's shell and cron."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return url
+    if database.startswith("file:") or Path(database).expanduser().is_absolute():
+        return url
+    absolute = os.path.normpath(folder.absolute() / database)
+    return parsed.set(database=absolute).render_as_string(hide_password=False)
+
+
+def require_sqlite_file(url: str, origin: str) -> None:
+    """Refuse a SQLite URL whose file does not exist (only `init` and `db upgrade` create
+    one): the error shows the absolute path tried and `origin`, where the URL came from."""
+    missing = sqlite_file(url)
+    if missing is not None and not missing.exists():
+        raise DatabaseError(
+            f"SQLite database {os.path.abspath(missing)} does not exist; {origin}",
+            hint="run `neruba init`, or point --db at an existing database",
+        )
 
 
 def redact(url: str | URL) -> str:

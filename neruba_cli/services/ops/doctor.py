@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from neruba_cli.config import Settings
 from neruba_cli.db import locks, migrate
-from neruba_cli.db.engine import create_db_engine, explain_error, redact, sqlite_file
+from neruba_cli.db.engine import create_db_engine, explain_error, redact, require_sqlite_file
 from neruba_cli.db.schema import (
     BillingRun,
     Event,
@@ -32,7 +32,7 @@ from neruba_cli.db.schema import (
     StripeWebhookEvent,
 )
 from neruba_cli.domain import health
-from neruba_cli.domain.errors import DatabaseError, NerubaError
+from neruba_cli.domain.errors import NerubaError
 from neruba_cli.domain.health import BatchFacts, Check, RunFacts, Status
 from neruba_cli.services.billing.run import month_lock
 from neruba_cli.services.stripe import gateway as stripe_gateway
@@ -76,9 +76,7 @@ def diagnose(
         return report
     report.checks.append(Check("config", "ok", _config_detail(settings)))
     try:
-        missing = sqlite_file(settings.database_url)
-        if missing is not None and not missing.exists():
-            raise DatabaseError(f"SQLite database {missing} does not exist: run `neruba init`")
+        require_sqlite_file(settings.database_url, settings.database_origin)
         engine = create_db_engine(settings.database_url)
     except NerubaError as exc:
         report.checks.append(Check("database", "fail", str(exc)))
