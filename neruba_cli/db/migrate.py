@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, inspect, text
 
 from neruba_cli.domain.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic (with Mako and Pygments) is imported only to migrate: checking that a database is at
+# head, which every command does, reads the version table and the scripts' revision lines.
+VERSION_TABLE = "alembic_version"
+_REVISION_LINE = re.compile(r"^(revision|down_revision)\b[^=\n]*=(.*)$", re.MULTILINE)
+_QUOTED = re.compile(r"[\"']([^\"']+)[\"']")
 
 
 def migrations_path() -> Path:
@@ -22,6 +29,8 @@ def migrations_path() -> Path:
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """A Config built in code; the connection is shared through `attributes`, never a URL."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(migrations_path()))
     if connection is not None:
@@ -30,23 +39,42 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
-    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    """The newest migration: the one revision no script names as its `down_revision`. Read
+    from the scripts' own lines, as Alembic reads them (tests/test_migrations.py checks that
+    both agree)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (migrations_path() / "versions").glob("*.py"):
+        for name, value in _REVISION_LINE.findall(script.read_text(encoding="utf-8")):
+            (revisions if name == "revision" else parents).update(_QUOTED.findall(value))
+    heads = sorted(revisions - parents)
     if len(heads) != 1:
         raise DatabaseError(f"migrations have {len(heads)} heads; expected exactly one")
     return heads[0]
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The revision recorded in the database, None when it has no Neruba schema."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not inspect(connection).has_table(VERSION_TABLE):
+            return None
+        rows = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars()
+        versions = list(rows)
+    if len(versions) > 1:
+        raise DatabaseError(f"the database records {len(versions)} schema heads: {versions}")
+    return versions[0] if versions else None
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
     with engine.connect() as connection, _sqlite_batch_mode(connection):
         command.upgrade(alembic_config(connection), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    from alembic import command
+
     with engine.connect() as connection, _sqlite_batch_mode(connection):
         command.downgrade(alembic_config(connection), revision)
 
