@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text, update
 
-from neruba_cli.cli.runtime import COMMANDS
+from neruba_cli.cli.app import command_policies
 from neruba_cli.db.schema import ApiKey, Base, Invite
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.keys import (
@@ -31,6 +31,8 @@ from neruba_cli.domain.keys import (
 )
 from neruba_cli.services.tenancy.access import OPERATOR, PUBLIC
 from tests.conftest import Cli, Outcome
+
+COMMANDS = command_policies()  # every group loaded: the CLI imports a group only when used
 
 # One line per command: sample arguments; {project} is the project the command targets.
 MATRIX: dict[str, list[str]] = {
@@ -469,7 +471,9 @@ def test_matrix_missing_scope_is_refused_and_present_scope_is_not(tenants: Cli) 
         exact = make_key(tenants, "alpha", scope)
         allowed = tenants(*argv_for(command, "alpha"), env={"NERUBA_API_KEY": exact})
         assert not denied(allowed), (command, allowed)
-        assert allowed.exit_code in (0, 1, 3), (command, allowed)
+        # 4: discrepancies found (reconcile, compare, check), depending on the data earlier
+        # commands of the matrix left
+        assert allowed.exit_code in (0, 1, 3, 4), (command, allowed)
         assert "internal error" not in allowed.stderr, (command, allowed)
 
 

@@ -11,17 +11,18 @@ from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_since
 from neruba_cli.services.tenancy import audit, projects
 
-app = typer.Typer(help="The audit trail of mutating commands.")
+app = typer.Typer()
 
 
 @command(app, "list", group="audit", scope="admin")
 def list_(
     rt: Runtime,
     since: Annotated[
-        str | None, typer.Option(help="A timestamp, a date, or a duration ago such as 7d.")
+        str | None,
+        typer.Option(metavar="WHEN", help="A timestamp, a date, or a duration ago such as 7d."),
     ] = None,
     limit: Annotated[
-        int, typer.Option(min=1, help="At most this many records, newest first.")
+        int, typer.Option(min=1, metavar="N", help="At most this many records, newest first.")
     ] = 100,
 ) -> None:
     """List audit records, newest first (of --project when one is selected).

@@ -22,7 +22,7 @@ from neruba_cli.services.catalog import quote
 from neruba_cli.services.catalog import store as catalog_store
 from neruba_cli.services.tenancy import projects
 
-app = typer.Typer(help="The pricing catalog: meters, versioned plans, and quotes.")
+app = typer.Typer()
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -126,7 +126,7 @@ def _params(charge: dict[str, Any]) -> str:
 def export(
     rt: Runtime,
     output: Annotated[
-        Path | None, typer.Option(help="Write the TOML here instead of stdout.")
+        Path | None, typer.Option(metavar="FILE", help="Write the TOML here instead of stdout.")
     ] = None,
 ) -> None:
     """Export the current catalog as TOML; applying it back changes nothing."""
@@ -151,10 +151,12 @@ def quote_(
     rt: Runtime,
     plan: Annotated[str, typer.Argument(help="Plan code, or PLAN@VERSION.")],
     usage: Annotated[
-        list[str] | None, typer.Option("--usage", help="METER=QUANTITY, repeatable.")
+        list[str] | None,
+        typer.Option("--usage", metavar="METER=QUANTITY", help="METER=QUANTITY, repeatable."),
     ] = None,
     events: Annotated[
-        Path | None, typer.Option(help="A JSONL events file to aggregate with the meters.")
+        Path | None,
+        typer.Option(metavar="FILE", help="A JSONL events file to aggregate with the meters."),
     ] = None,
     period: Annotated[
         str | None, typer.Option(help="YYYY-MM: only events in it; needed for weighted_sum.")

@@ -40,26 +40,37 @@ def register(app: typer.Typer) -> None:
         period: Annotated[str, typer.Option(help="YYYY-MM, previous or current.")],
         tolerance: Annotated[
             str,
-            typer.Option(help="Per customer, major units: differences up to this are matched."),
+            typer.Option(
+                metavar="AMOUNT",
+                help="Per customer, major units: differences up to this are matched.",
+            ),
         ] = "0.01",
         by: Annotated[
             str, typer.Option("--by", help="invoice (a row per customer) or line.")
         ] = "invoice",
         output: Annotated[
             Path | None,
-            typer.Option(help="Folder for summary.json, customers.csv, lines.csv, report.html."),
+            typer.Option(
+                metavar="DIR",
+                help="Folder for summary.json, customers.csv, lines.csv, report.html.",
+            ),
         ] = None,
         fail_over: Annotated[
             str | None,
             typer.Option(
                 "--fail-over",
+                metavar="LIMIT",
                 help="Exit 4 when drift exceeds this amount (25.00) or share of Neruba's "
                 "total (2%); 0 fails on any difference.",
             ),
         ] = None,
         mapping: Annotated[
             list[str] | None,
-            typer.Option("--map", help="FIELD=Column: where a field is in the CSV (repeatable)."),
+            typer.Option(
+                "--map",
+                metavar="FIELD=COLUMN",
+                help="FIELD=Column: where a field is in the CSV (repeatable).",
+            ),
         ] = None,
         preset: Annotated[
             str | None,

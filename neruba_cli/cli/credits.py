@@ -11,7 +11,7 @@ from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.ledger import credits
 
-app = typer.Typer(help="Credit grants: grant, revoke, list, expire.")
+app = typer.Typer()
 
 CustomerArg = Annotated[str, typer.Argument(help="Customer external id (or cus_ id).")]
 LIST_COLUMNS = ("id", "amount", "remaining", "currency", "priority", "expires_at", "category")
@@ -26,14 +26,21 @@ def grant(
         str | None, typer.Option(help="ISO 4217 code (default: the customer's currency).")
     ] = None,
     expires: Annotated[
-        str | None, typer.Option(help="When it expires (RFC 3339, e.g. 2027-01-01T00:00:00Z).")
+        str | None,
+        typer.Option(metavar="TS", help="When it expires (RFC 3339, e.g. 2027-01-01T00:00:00Z)."),
     ] = None,
-    priority: Annotated[int, typer.Option(help="1 is spent before 2.")] = credits.DEFAULT_PRIORITY,
+    priority: Annotated[
+        int, typer.Option(metavar="N", help="1 is spent before 2.")
+    ] = credits.DEFAULT_PRIORITY,
     category: Annotated[str, typer.Option(help="paid or promotional.")] = "promotional",
-    reason: Annotated[str | None, typer.Option(help="Why (kept with the grant).")] = None,
+    reason: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="Why (kept with the grant).")
+    ] = None,
     idempotency_key: Annotated[
         str | None,
-        typer.Option(help="Grant once per key: a repeat is a no-op, other arguments an error."),
+        typer.Option(
+            metavar="KEY", help="Grant once per key: a repeat is a no-op, other arguments an error."
+        ),
     ] = None,
 ) -> None:
     """Grant credit to a customer: posted to the ledger, spent by invoices at finalization."""
@@ -64,7 +71,9 @@ def grant(
 def revoke(
     rt: Runtime,
     grant_id: Annotated[str, typer.Argument(metavar="GRANT", help="Grant id (grt_...).")],
-    reason: Annotated[str, typer.Option(help="Why (kept with the grant).")] = "revoked",
+    reason: Annotated[
+        str, typer.Option(metavar="TEXT", help="Why (kept with the grant).")
+    ] = "revoked",
 ) -> None:
     """Remove what is left of a grant (what was spent stays spent)."""
     with rt.transaction() as session:
@@ -90,7 +99,8 @@ def list_(rt: Runtime, customer: CustomerArg) -> None:
 def expire(
     rt: Runtime,
     as_of: Annotated[
-        str | None, typer.Option("--as-of", help="Expire grants expired by then (default: now).")
+        str | None,
+        typer.Option("--as-of", metavar="TS", help="Expire grants expired by then (default: now)."),
     ] = None,
 ) -> None:
     """Post the expiry of what is left on expired grants (for cron; a rerun does nothing)."""

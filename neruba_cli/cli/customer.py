@@ -18,7 +18,7 @@ from neruba_cli.services.tenancy import customers, projects
 
 EXIT_REJECTED = 3
 
-app = typer.Typer(help="Customers of a project, keyed by your own external id.")
+app = typer.Typer()
 
 
 @command(app, "create", group="customer", scope="billing", mutating=True)
@@ -31,10 +31,10 @@ def create(
     email: Annotated[str | None, typer.Option(help="Billing e-mail.")] = None,
     currency: Annotated[str | None, typer.Option(help="ISO 4217 (default: the project's).")] = None,
     timezone: Annotated[
-        str | None, typer.Option(help="IANA zone (default: the project's).")
+        str | None, typer.Option(metavar="ZONE", help="IANA zone (default: the project's).")
     ] = None,
     stripe_id: Annotated[
-        str | None, typer.Option(help="Existing Stripe customer id (cus_...).")
+        str | None, typer.Option(metavar="ID", help="Existing Stripe customer id (cus_...).")
     ] = None,
 ) -> None:
     """Create a customer."""
@@ -62,7 +62,10 @@ def import_(
     ],
     rejects: Annotated[
         Path | None,
-        typer.Option(help="Where to write rejected rows as JSONL (default: FILE.rejects.jsonl)."),
+        typer.Option(
+            metavar="FILE",
+            help="Where to write rejected rows as JSONL (default: FILE.rejects.jsonl).",
+        ),
     ] = None,
 ) -> int:
     """Create or update customers from a CSV file; bad rows are reported and the rest kept.

@@ -12,7 +12,7 @@ from neruba_cli.db import migrate
 from neruba_cli.db.engine import redact
 from neruba_cli.services.tenancy.access import OPERATOR
 
-app = typer.Typer(help="Database schema: upgrade, current revision, downgrade.")
+app = typer.Typer()
 
 
 @command(app, "upgrade", group="db", scope=OPERATOR, mutating=True)

@@ -34,8 +34,9 @@ def register(app: typer.Typer) -> None:
         as_of: Annotated[
             str | None,
             typer.Option(
+                metavar="TS",
                 help="Run the demo as if it were this moment, RFC 3339 (default: now); it "
-                "bills the calendar month before it."
+                "bills the calendar month before it.",
             ),
         ] = None,
     ) -> None:

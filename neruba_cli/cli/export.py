@@ -15,10 +15,7 @@ from neruba_cli.domain.errors import UsageError
 from neruba_cli.domain.timestamps import parse_fixed_duration
 from neruba_cli.services.export import streams as export_streams
 
-app = typer.Typer(
-    help="Stream invoices, lines, the ledger, events, usage, credits or payments to CSV or "
-    "JSONL, in full or incrementally (--since, --name)."
-)
+app = typer.Typer()
 
 HELP = {
     "invoices": "Invoices, credit notes and supplemental invoices: one row per document, "
@@ -136,7 +133,10 @@ def _register(kind: str) -> None:
         output: Annotated[
             str,
             typer.Option(
-                "--output", "-o", help="File (written whole or not at all), or - for stdout."
+                "--output",
+                "-o",
+                metavar="FILE",
+                help="File (written whole or not at all), or - for stdout.",
             ),
         ] = "-",
         compress: Annotated[
@@ -152,8 +152,9 @@ def _register(kind: str) -> None:
         overlap: Annotated[
             str,
             typer.Option(
+                metavar="DURATION",
                 help="invoices, lines, credits, payments: how far the watermark stays behind "
-                "now, for commands still committing (rows in it come again next run)."
+                "now, for commands still committing (rows in it come again next run).",
             ),
         ] = "300s",
     ) -> None:

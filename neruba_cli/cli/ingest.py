@@ -33,7 +33,7 @@ from neruba_cli.services.ingest.readers import Source, content_digest, guess_for
 from neruba_cli.services.ingest.rejects import RejectsWriter, default_rejects_path
 
 EXIT_REJECTED = 3
-events_app = typer.Typer(help="Stored usage events and import receipts.")
+events_app = typer.Typer()
 
 
 def register(app: typer.Typer) -> None:
@@ -41,7 +41,8 @@ def register(app: typer.Typer) -> None:
     def ingest_(
         rt: Runtime,
         files: Annotated[
-            list[str], typer.Argument(help="JSONL/CSV files (.gz too), or - for stdin.")
+            list[str],
+            typer.Argument(metavar="FILE", help="JSONL/CSV files (.gz too), or - for stdin."),
         ],
         format: Annotated[
             str | None,
@@ -50,19 +51,24 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         rejects: Annotated[
-            Path | None, typer.Option(help="Rejected and conflicting lines as JSONL.")
+            Path | None,
+            typer.Option(metavar="FILE", help="Rejected and conflicting lines as JSONL."),
         ] = None,
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="Validate and count only.")
         ] = False,
         assume_timezone: Annotated[
-            str | None, typer.Option(help="Read timestamps without an offset in this zone.")
+            str | None,
+            typer.Option(metavar="ZONE", help="Read timestamps without an offset in this zone."),
         ] = None,
         create_customers: Annotated[
             bool, typer.Option("--create-customers", help="Create unknown customers.")
         ] = False,
         max_future: Annotated[
-            str, typer.Option(help="How far in the future an event may be (clock skew).")
+            str,
+            typer.Option(
+                metavar="DURATION", help="How far in the future an event may be (clock skew)."
+            ),
         ] = "1h",
     ) -> int:
         """Import usage events; replaying a file never double-counts. Exit 3 on rejects."""
@@ -127,9 +133,6 @@ def register(app: typer.Typer) -> None:
             return EXIT_REJECTED
         return 0
 
-    app.add_typer(events_app, name="events")
-    app.add_typer(charge_app, name="charge")
-
 
 def _receipt_view(data: dict[str, Any]) -> dict[str, Any]:
     keys = ("batch", "source", "lines", "accepted", "duplicates", "conflicts", "rejected")
@@ -145,7 +148,9 @@ def _receipt_view(data: dict[str, Any]) -> dict[str, Any]:
 @command(events_app, "receipts", group="events", scope="read")
 def receipts(
     rt: Runtime,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
+    limit: Annotated[
+        int, typer.Option(min=1, metavar="N", help="At most this many, newest first.")
+    ] = 50,
 ) -> None:
     """List import receipts: source, hash, counts, event range, periods touched."""
     with rt.transaction() as session:
@@ -179,9 +184,11 @@ def list_(
     customer: Annotated[str | None, typer.Option(help="Customer external id.")] = None,
     meter: Annotated[str | None, typer.Option(help="Meter code.")] = None,
     since: Annotated[
-        str | None, typer.Option(help="A timestamp, a date or a duration ago.")
+        str | None, typer.Option(metavar="WHEN", help="A timestamp, a date or a duration ago.")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 100,
+    limit: Annotated[
+        int, typer.Option(min=1, metavar="N", help="At most this many, newest first.")
+    ] = 100,
 ) -> None:
     """List stored events, newest first."""
     start = parse_since(since, now=rt.now()) if since else None
@@ -193,7 +200,7 @@ def list_(
     rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
 
 
-charge_app = typer.Typer(help="One-off charges, billed on the next invoice of their period.")
+charge_app = typer.Typer()
 
 
 @command(charge_app, "add", group="charge", scope="billing", mutating=True)
@@ -201,10 +208,12 @@ def charge_add(
     rt: Runtime,
     customer: Annotated[str, typer.Argument(help="Customer external id.")],
     amount: Annotated[str, typer.Option(help="Amount in the customer's currency, e.g. 25.00.")],
-    description: Annotated[str, typer.Option(help="The invoice line's text.")],
-    idempotency_key: Annotated[str, typer.Option(help="Adding the same key again does nothing.")],
+    description: Annotated[str, typer.Option(metavar="TEXT", help="The invoice line's text.")],
+    idempotency_key: Annotated[
+        str, typer.Option(metavar="KEY", help="Adding the same key again does nothing.")
+    ],
     at: Annotated[
-        str | None, typer.Option(help="When it applies (default: now), RFC 3339.")
+        str | None, typer.Option(metavar="TS", help="When it applies (default: now), RFC 3339.")
     ] = None,
 ) -> int:
     """Add a one-off charge. Exit 3 if the key was used for a different charge."""

@@ -22,7 +22,7 @@ from neruba_cli.services.invoices import void as invoices_void
 
 EXIT_DISCREPANCY = 4
 
-app = typer.Typer(help="Invoices: list, show, explain, finalize, void, verify, preview.")
+app = typer.Typer()
 
 NumberArg = Annotated[str, typer.Argument(help="Invoice number, e.g. ACME-000001.")]
 PeriodOption = Annotated[
@@ -119,7 +119,7 @@ def finalize(
 def void(
     rt: Runtime,
     number: NumberArg,
-    reason: Annotated[str, typer.Option(help="Why (kept with the invoice).")],
+    reason: Annotated[str, typer.Option(metavar="TEXT", help="Why (kept with the invoice).")],
     yes: Annotated[bool, typer.Option("--yes", help="Confirm without asking.")] = False,
 ) -> None:
     """Void an invoice (it keeps its number: numbers stay gapless). Asks to confirm."""
@@ -177,7 +177,8 @@ def preview(
     rt: Runtime,
     customer: Annotated[str, typer.Argument(help="Customer external id.")],
     at: Annotated[
-        str | None, typer.Option(help="A moment in the open period (default: now), RFC 3339.")
+        str | None,
+        typer.Option(metavar="TS", help="A moment in the open period (default: now), RFC 3339."),
     ] = None,
 ) -> None:
     """What the open period containing --at would bill if it ended now (writes nothing).

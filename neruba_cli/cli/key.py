@@ -12,7 +12,7 @@ from neruba_cli.domain.keys import SCOPES, parse_scopes
 from neruba_cli.domain.timestamps import parse_expiry
 from neruba_cli.services.tenancy import keys
 
-app = typer.Typer(help="Project API keys: scoped, expiring, revocable; the secret is shown once.")
+app = typer.Typer()
 
 
 @command(app, "create", group="key", scope="admin", mutating=True, administers_access=True)
@@ -23,11 +23,12 @@ def create(
         typer.Option("--scope", help=f"Repeat or comma-separate: {', '.join(SCOPES)}."),
     ],
     expires: Annotated[
-        str | None, typer.Option(help="A duration such as 90d, or a timestamp.")
+        str | None, typer.Option(metavar="WHEN", help="A duration such as 90d, or a timestamp.")
     ] = None,
     name: Annotated[str | None, typer.Option(help="What the key is for.")] = None,
     member: Annotated[
-        str | None, typer.Option(help="E-mail of the member it belongs to (scopes ⊆ role).")
+        str | None,
+        typer.Option(metavar="EMAIL", help="E-mail of the member it belongs to (scopes ⊆ role)."),
     ] = None,
 ) -> None:
     """Create a key. The secret is printed once, on stdout; only its hash is stored."""

@@ -14,7 +14,7 @@ from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.ledger import postings as ledger_postings
 from neruba_cli.services.tenancy.customers import get_customer
 
-app = typer.Typer(help="The double-entry ledger under every balance.")
+app = typer.Typer()
 
 
 @command(app, "show", group="ledger", scope="read")
@@ -25,8 +25,12 @@ def show(
         str | None,
         typer.Option(help="Only this account: wallet, receivable, cash, revenue:usage, ..."),
     ] = None,
-    since: Annotated[str | None, typer.Option(help="Effective at or after (RFC 3339).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Only the latest N transactions.")] = None,
+    since: Annotated[
+        str | None, typer.Option(metavar="TS", help="Effective at or after (RFC 3339).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(metavar="N", help="Only the latest N transactions.")
+    ] = None,
 ) -> None:
     """Transactions and their entries (debits and credits), oldest first."""
     with rt.transaction() as session:

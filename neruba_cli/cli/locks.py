@@ -12,7 +12,7 @@ from neruba_cli.db import locks
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.tenancy import access
 
-app = typer.Typer(help="Lease locks: list who holds what, release a lock whose holder died.")
+app = typer.Typer()
 
 
 def _as_dict(state: locks.LockState, now: Any) -> dict[str, Any]:

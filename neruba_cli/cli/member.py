@@ -14,8 +14,8 @@ from neruba_cli.domain.timestamps import parse_expiry
 from neruba_cli.services.tenancy import members
 from neruba_cli.services.tenancy.access import PUBLIC
 
-members_app = typer.Typer(help="Members of a project and their roles.")
-invites_app = typer.Typer(help="Invitations to join a project (the token is shown once).")
+members_app = typer.Typer()
+invites_app = typer.Typer()
 
 ROLE_HELP = "; ".join(f"{role}: {','.join(sorted(scopes))}" for role, scopes in ROLES.items())
 
@@ -68,7 +68,9 @@ def invite_create(
     rt: Runtime,
     email: Annotated[str, typer.Argument(help="Who is invited.")],
     role: Annotated[str, typer.Option(help=ROLE_HELP)],
-    expires: Annotated[str, typer.Option(help="A duration such as 7d, or a timestamp.")] = "7d",
+    expires: Annotated[
+        str, typer.Option(metavar="WHEN", help="A duration such as 7d, or a timestamp.")
+    ] = "7d",
 ) -> None:
     """Create an invitation; the token is printed once, on stdout."""
     now = rt.now()

@@ -11,7 +11,7 @@ from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.ledger import payments
 
-app = typer.Typer(help="Payments against finalized invoices, and refunds.")
+app = typer.Typer()
 
 
 @command(app, "record", group="payment", scope="billing", mutating=True)
@@ -22,9 +22,12 @@ def record(
     reference: Annotated[
         str | None, typer.Option(help="Bank or PSP reference: names one payment (idempotent).")
     ] = None,
-    at: Annotated[str | None, typer.Option(help="When it was received (RFC 3339).")] = None,
+    at: Annotated[
+        str | None, typer.Option(metavar="TS", help="When it was received (RFC 3339).")
+    ] = None,
     idempotency_key: Annotated[
-        str | None, typer.Option(help="Record once per key (default: invoice + reference).")
+        str | None,
+        typer.Option(metavar="KEY", help="Record once per key (default: invoice + reference)."),
     ] = None,
 ) -> None:
     """Post a payment: the invoice owes less (paid when nothing is due); any overpayment
@@ -62,8 +65,10 @@ def refund(
     amount: Annotated[
         str | None, typer.Argument(help="Amount (default: all that is left).", show_default=False)
     ] = None,
-    reason: Annotated[str | None, typer.Option(help="Why.")] = None,
-    idempotency_key: Annotated[str | None, typer.Option(help="Refund once per key.")] = None,
+    reason: Annotated[str | None, typer.Option(metavar="TEXT", help="Why.")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(metavar="KEY", help="Refund once per key.")
+    ] = None,
 ) -> None:
     """Pay back (part of) a payment: the invoice owes it again."""
     with rt.transaction() as session:
@@ -86,7 +91,9 @@ def refund(
 @command(app, "list", group="payment", scope="read")
 def list_(
     rt: Runtime,
-    invoice: Annotated[str | None, typer.Option(help="Only this invoice's payments.")] = None,
+    invoice: Annotated[
+        str | None, typer.Option(metavar="NUMBER", help="Only this invoice's payments.")
+    ] = None,
     customer: Annotated[str | None, typer.Option(help="Only this customer's.")] = None,
 ) -> None:
     """Payments, oldest first."""

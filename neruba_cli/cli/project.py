@@ -12,7 +12,7 @@ from neruba_cli.domain.tenancy import project_spec, validate_mode, validate_roun
 from neruba_cli.services.tenancy import projects
 from neruba_cli.services.tenancy.access import OPERATOR
 
-app = typer.Typer(help="Projects (tenants): each has its own customers, catalog and invoices.")
+app = typer.Typer()
 
 
 @command(app, "create", group="project", scope=OPERATOR, mutating=True)
@@ -21,7 +21,7 @@ def create(
     slug: Annotated[str, typer.Argument(help="Short id used in invoice numbers, e.g. acme.")],
     name: Annotated[str | None, typer.Option(help="Display name (default: the slug).")] = None,
     currency: Annotated[str, typer.Option(help="Default ISO 4217 currency.")] = "USD",
-    timezone: Annotated[str, typer.Option(help="Default IANA time zone.")] = "UTC",
+    timezone: Annotated[str, typer.Option(metavar="ZONE", help="Default IANA time zone.")] = "UTC",
     rounding: Annotated[str, typer.Option(help="half_even or half_up.")] = "half_even",
     mode: Annotated[str, typer.Option(help="live, or test (keys start nrb_test_).")] = "live",
 ) -> None:
@@ -73,6 +73,7 @@ def update(
         str | None,
         typer.Option(
             "--late-events",
+            metavar="POLICY",
             help="Events after finalization: correct (linked correction), next_invoice, ignore.",
         ),
     ] = None,
@@ -80,6 +81,7 @@ def update(
         str | None,
         typer.Option(
             "--credit-returns",
+            metavar="POLICY",
             help="Credit notes: restore (give consumed credits back first) or keep.",
         ),
     ] = None,

@@ -20,7 +20,7 @@ from neruba_cli.services.stripe.gateway import Gateway
 
 EXIT_DISCREPANCY = 4
 
-app = typer.Typer(help="Compare what Neruba billed with what an outside system holds.")
+app = typer.Typer()
 
 
 @command(app, "stripe", group="reconcile", scope="billing", mutating=True)
@@ -28,7 +28,8 @@ def stripe(
     rt: Runtime,
     period: Annotated[str, typer.Option(help="YYYY-MM, previous or current.")],
     output: Annotated[
-        Path | None, typer.Option(help="Also write the report to FILE.csv or FILE.json.")
+        Path | None,
+        typer.Option(metavar="FILE", help="Also write the report to FILE.csv or FILE.json."),
     ] = None,
     pull: Annotated[
         bool,

@@ -14,7 +14,7 @@ from neruba_cli.domain.retention import NOT_OLD_ENOUGH, check_as_of, parse_age
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.ops import retention
 
-app = typer.Typer(help="Retention: drop raw event detail of closed, reconciled periods.")
+app = typer.Typer()
 
 
 @command(app, "apply", group="retention", scope="admin", mutating=True)
@@ -24,12 +24,15 @@ def apply(
         str,
         typer.Option(
             "--older-than",
+            metavar="AGE",
             help="Only months that ended longer ago than this: 13m (months), 90d, 8w, 2y.",
         ),
     ],
     as_of: Annotated[
         str | None,
-        typer.Option("--as-of", help="Measure the age from this moment (default: now)."),
+        typer.Option(
+            "--as-of", metavar="TS", help="Measure the age from this moment (default: now)."
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Report the months and events; change nothing.")

@@ -21,7 +21,7 @@ from neruba_cli.domain.timestamps import format_ts, parse_ts
 from neruba_cli.services.billing import run as billing_run
 from neruba_cli.services.billing import runs
 
-app = typer.Typer(help="Billing runs: bill a month, then list, show and diff the runs.")
+app = typer.Typer()
 
 Starter = Callable[[int], Callable[[int], None]]
 
@@ -32,7 +32,7 @@ def bill(
     period: Annotated[str, typer.Option(help="The month to bill: YYYY-MM, previous or current.")],
     as_of: Annotated[
         str | None,
-        typer.Option(help="Bill as if it were this moment, RFC 3339 (default: now)."),
+        typer.Option(metavar="TS", help="Bill as if it were this moment, RFC 3339 (default: now)."),
     ] = None,
     customer: Annotated[
         list[str] | None,
@@ -46,10 +46,16 @@ def bill(
         typer.Option("--finalize", help="Finalize the month's drafts whose period has ended."),
     ] = False,
     wait: Annotated[
-        float, typer.Option(min=0, help="Seconds to wait for a run that holds the lock.")
+        float,
+        typer.Option(
+            min=0, metavar="SECONDS", help="Seconds to wait for a run that holds the lock."
+        ),
     ] = 0.0,
     lease: Annotated[
-        int, typer.Option(min=1, help="Seconds the run's lock lasts without renewal.")
+        int,
+        typer.Option(
+            min=1, metavar="SECONDS", help="Seconds the run's lock lasts without renewal."
+        ),
     ] = 600,
 ) -> None:
     """Bill a month: create or recompute drafts, correct finalized invoices for late events.

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from neruba_cli.cli.help import NerubaCommand
 from neruba_cli.cli.output import Output
 from neruba_cli.config import (
     ENV_API_KEY,
@@ -38,6 +39,7 @@ from neruba_cli.services.tenancy import access, audit, projects
 from neruba_cli.services.tenancy.access import Access, Actor
 
 EXIT_INTERRUPTED = 130
+COMMON_PANEL = "Common options"
 CREATES_DATABASE = ("init", "db upgrade")  # the only commands that may create a SQLite file
 
 
@@ -58,7 +60,11 @@ _COMMON_PARAMETERS = [
         annotation=Annotated[
             str | None,
             typer.Option(
-                "--db", help=f"Database URL. [env: {ENV_DATABASE_URL}]", show_default=False
+                "--db",
+                metavar="URL",
+                help=f"Database URL (env {ENV_DATABASE_URL}).",
+                show_default=False,
+                rich_help_panel=COMMON_PANEL,
             ),
         ],
     ),
@@ -69,7 +75,11 @@ _COMMON_PARAMETERS = [
         annotation=Annotated[
             str | None,
             typer.Option(
-                "--project", help=f"Project slug. [env: {ENV_PROJECT}]", show_default=False
+                "--project",
+                metavar="SLUG",
+                help=f"Project slug (env {ENV_PROJECT}).",
+                show_default=False,
+                rich_help_panel=COMMON_PANEL,
             ),
         ],
     ),
@@ -81,8 +91,10 @@ _COMMON_PARAMETERS = [
             str | None,
             typer.Option(
                 "--config",
-                help=f"Config file (default ./neruba.toml). [env: {ENV_CONFIG}]",
+                metavar="PATH",
+                help=f"Config file, by default ./neruba.toml (env {ENV_CONFIG}).",
                 show_default=False,
+                rich_help_panel=COMMON_PANEL,
             ),
         ],
     ),
@@ -92,7 +104,11 @@ _COMMON_PARAMETERS = [
         default=False,
         annotation=Annotated[
             bool,
-            typer.Option("--json", help="One JSON document on stdout; errors as JSON on stderr."),
+            typer.Option(
+                "--json",
+                help="One JSON document on stdout; errors as JSON on stderr.",
+                rich_help_panel=COMMON_PANEL,
+            ),
         ],
     ),
     inspect.Parameter(
@@ -102,7 +118,10 @@ _COMMON_PARAMETERS = [
         annotation=Annotated[
             bool,
             typer.Option(
-                "--quiet", "-q", help="Print nothing but errors (--json still prints its document)."
+                "--quiet",
+                "-q",
+                help="Print nothing but errors (--json still prints its document).",
+                rich_help_panel=COMMON_PANEL,
             ),
         ],
     ),
@@ -293,7 +312,7 @@ def command(
             **{p.name: p.annotation for p in own},
             **{p.name: p.annotation for p in _COMMON_PARAMETERS},
         }
-        app.command(name)(wrapper)
+        app.command(name, cls=NerubaCommand)(wrapper)
         return fn
 
     return decorate

@@ -21,7 +21,10 @@ def register(app: typer.Typer) -> None:
     def simulate(
         rt: Runtime,
         catalog: Annotated[
-            Path, typer.Option("--catalog", help="Candidate catalog TOML ([[meters]], [[plans]]).")
+            Path,
+            typer.Option(
+                "--catalog", metavar="FILE", help="Candidate catalog TOML ([[meters]], [[plans]])."
+            ),
         ],
         period: Annotated[str, typer.Option(help="YYYY-MM, previous or current.")],
         customer: Annotated[
@@ -33,7 +36,10 @@ def register(app: typer.Typer) -> None:
         ] = "invoice",
         output: Annotated[
             Path | None,
-            typer.Option(help="Folder for summary.json, customers.csv, lines.csv, report.html."),
+            typer.Option(
+                metavar="DIR",
+                help="Folder for summary.json, customers.csv, lines.csv, report.html.",
+            ),
         ] = None,
     ) -> int:
         """What-if pricing: bill a past month's stored usage on a candidate catalog and

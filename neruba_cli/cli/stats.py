@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
     def stats(
         rt: Runtime,
         days: Annotated[
-            int, typer.Option("--days", help="Window for events by day and ingest lag.")
+            int,
+            typer.Option("--days", metavar="N", help="Window for events by day and ingest lag."),
         ] = 30,
         prometheus_file: Annotated[
             Path | None,

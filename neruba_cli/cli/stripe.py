@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from neruba_cli.cli.help import NerubaGroup
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import InvalidInput
@@ -28,9 +29,15 @@ from neruba_cli.services.stripe.webhooks import Delivery
 
 EXIT_REJECTED = 3
 
-app = typer.Typer(help="Push invoices to Stripe, pull payments back, ingest webhooks.")
-webhook_app = typer.Typer(help="Stripe webhook deliveries: verify, apply, retry.")
-app.add_typer(webhook_app, name="webhook")
+app = typer.Typer()
+webhook_app = typer.Typer()
+app.add_typer(
+    webhook_app,
+    name="webhook",
+    help="Stripe webhook deliveries: verify, apply, retry.",
+    cls=NerubaGroup,
+    no_args_is_help=True,
+)
 
 _ACTION_STYLE = {"failed": "red", "created": "green", "recreated": "yellow", "replaced": "yellow"}
 
@@ -45,8 +52,9 @@ def push(
     replace: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="NUMBER",
             help="Void this invoice's Stripe invoice and push it anew (repeatable), e.g. after "
-            "it was changed in Stripe."
+            "it was changed in Stripe.",
         ),
     ] = None,
 ) -> int:
@@ -94,7 +102,8 @@ def push(
 def pull(
     rt: Runtime,
     since: Annotated[
-        str | None, typer.Option(help="Only objects created at or after this time (RFC 3339).")
+        str | None,
+        typer.Option(metavar="TS", help="Only objects created at or after this time (RFC 3339)."),
     ] = None,
     apply: Annotated[
         bool,
@@ -154,10 +163,11 @@ def webhook_ingest(
     ],
     signature: Annotated[
         str | None,
-        typer.Option(help="The Stripe-Signature header of a single raw body."),
+        typer.Option(metavar="HEADER", help="The Stripe-Signature header of a single raw body."),
     ] = None,
     tolerance: Annotated[
-        int, typer.Option(help="Seconds a signature may be old (or ahead).", min=0)
+        int,
+        typer.Option(metavar="SECONDS", help="Seconds a signature may be old (or ahead).", min=0),
     ] = DEFAULT_TOLERANCE,
 ) -> int:
     """Verify deliveries against STRIPE_WEBHOOK_SECRET (comma-separated for rotation), store
@@ -251,7 +261,8 @@ def webhook_list(
 def webhook_reprocess(
     rt: Runtime,
     events: Annotated[
-        list[str] | None, typer.Argument(help="Event ids (default: every failed one).")
+        list[str] | None,
+        typer.Argument(metavar="EVENT", help="Event ids (default: every failed one)."),
     ] = None,
 ) -> int:
     """Apply again the webhook events that failed (after `stripe pull`, say). Exit 3 when some

@@ -17,7 +17,7 @@ from neruba_cli.services.ingest.tabular import read_csv
 
 EXIT_REJECTED = 3
 
-app = typer.Typer(help="Subscriptions: customers on plan versions, with changes and cancels.")
+app = typer.Typer()
 
 
 def _emit_one(rt: Runtime, data: dict[str, object], message: str) -> None:
@@ -30,10 +30,11 @@ def create(
     rt: Runtime,
     customer: Annotated[str, typer.Argument(help="Customer external id.")],
     plan: Annotated[str, typer.Argument(help="Plan code (current version) or PLAN@VERSION.")],
-    start: Annotated[str, typer.Option(help="Start, RFC 3339 with an offset.")],
+    start: Annotated[str, typer.Option(metavar="TS", help="Start, RFC 3339 with an offset.")],
     anchor: Annotated[str, typer.Option(help="calendar or anniversary.")] = "calendar",
     trial_days: Annotated[
-        int | None, typer.Option(min=0, help="Days without base fee (default: the plan's).")
+        int | None,
+        typer.Option(min=0, metavar="DAYS", help="Days without base fee (default: the plan's)."),
     ] = None,
 ) -> None:
     """Subscribe a customer to a plan."""
@@ -58,7 +59,7 @@ def change(
     rt: Runtime,
     subscription: Annotated[str, typer.Argument(help="Subscription id (sub_...).")],
     plan: Annotated[str, typer.Option(help="The new plan (or PLAN@VERSION).")],
-    at: Annotated[str, typer.Option(help="When the change takes effect, RFC 3339.")],
+    at: Annotated[str, typer.Option(metavar="TS", help="When the change takes effect, RFC 3339.")],
 ) -> None:
     """Move a subscription to another plan, or to a plan's newer version, at a moment."""
     with rt.transaction() as session:
@@ -74,7 +75,7 @@ def change(
 def cancel(
     rt: Runtime,
     subscription: Annotated[str, typer.Argument(help="Subscription id (sub_...).")],
-    at: Annotated[str, typer.Option(help="When the subscription ends, RFC 3339.")],
+    at: Annotated[str, typer.Option(metavar="TS", help="When the subscription ends, RFC 3339.")],
 ) -> None:
     """End a subscription at a moment (its last period is prorated)."""
     with rt.transaction() as session:
@@ -103,7 +104,8 @@ def import_(
     rt: Runtime,
     file: Annotated[Path, typer.Argument(help="CSV: customer,plan,start[,anchor][,trial_days]")],
     rejects: Annotated[
-        Path | None, typer.Option(help="Rejected rows as JSONL (default: FILE.rejects.jsonl).")
+        Path | None,
+        typer.Option(metavar="FILE", help="Rejected rows as JSONL (default: FILE.rejects.jsonl)."),
     ] = None,
 ) -> int:
     """Create subscriptions from a CSV file; exit 3 when rows were rejected."""

@@ -16,7 +16,7 @@ from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.domain.usage_chart import bar, bar_eighths, granularity
 from neruba_cli.services.analysis import usage as analysis_usage
 
-app = typer.Typer(help="Usage: what a customer used, bucket by bucket, and what it will cost.")
+app = typer.Typer()
 
 # The bar gets what the terminal leaves after the label and number columns, within limits that
 # keep it readable from 80 columns to wide screens (off a terminal, rows are never wrapped: the
@@ -47,6 +47,7 @@ def show(
         str | None,
         typer.Option(
             "--as-of",
+            metavar="TS",
             help="Project as of this moment (RFC 3339; default now); also what previous and "
             "current mean.",
             show_default=False,

@@ -12,7 +12,7 @@ from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.ledger import credits
 
-app = typer.Typer(help="Customer wallets: the credit a customer holds.")
+app = typer.Typer()
 
 
 @command(app, "show", group="wallet", scope="read")
@@ -20,7 +20,8 @@ def show(
     rt: Runtime,
     customer: Annotated[str, typer.Argument(help="Customer external id (or cus_ id).")],
     as_of: Annotated[
-        str | None, typer.Option("--as-of", help="The balance at this moment (RFC 3339).")
+        str | None,
+        typer.Option("--as-of", metavar="TS", help="The balance at this moment (RFC 3339)."),
     ] = None,
 ) -> None:
     """The wallet balance (the sum of its ledger entries) and each grant's remaining credit."""
