@@ -94,15 +94,33 @@ def argument_usage(argument: TyperArgument) -> str:
     return name if argument.required else f"[{name}]"
 
 
+class ReadableArgument(TyperArgument):
+    """An argument shown by its name (`FILE...`, `[NUMBER]`) wherever Typer describes it
+    (help records, usage lines), never by its Python type (`<list[str]>`, `{files}...`)."""
+
+    def display_type_rich(self, ctx: Context) -> str | None:
+        return None
+
+    def _rich_display_name(self) -> str:
+        return argument_metavar(self) + ("..." if self.nargs != 1 else "")
+
+    def _usage_display_name(self) -> str:
+        return argument_usage(self)
+
+
 def tidy(params: Sequence[Parameter]) -> list[Parameter]:
     """Give every parameter a readable metavar (an empty one for flags), so the command tree
     itself, not only these help screens, shows no Python types: error messages, completion
-    and the generated reference read it too."""
+    and the generated reference read it too. Typer builds arguments itself, so each becomes a
+    ReadableArgument here (same state, other display methods)."""
     for param in params:
         if isinstance(param, TyperOption) and param.metavar is None:
             param.metavar = option_metavar(param)
-        elif isinstance(param, TyperArgument) and param.metavar is None:
-            param.metavar = argument_metavar(param)
+        elif isinstance(param, TyperArgument):
+            if param.metavar is None:
+                param.metavar = argument_metavar(param)
+            if type(param) is TyperArgument:
+                param.__class__ = ReadableArgument
     return list(params)
 
 
