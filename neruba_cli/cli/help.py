@@ -257,11 +257,11 @@ def _parameter_row(param: Parameter) -> list[RenderableType]:
         names = " / ".join([", ".join(long), *negative] if negative else [", ".join(long)])
         short = ", ".join(opt for opt in param.opts if not opt.startswith("--"))
         metavar = option_metavar(param)
-        default = _default_text(param)
-        if default:
-            extras.append(f"[default: {default}]")
-        if param.multiple:
+        if param.multiple and "repeat" not in (param.help or "").lower():
             extras.append("[repeatable]")
+    default = _default_text(param)
+    if default:
+        extras.insert(0, f"[default: {default}]")
     if param.required:
         extras.append("[required]")
     text = Text(prose(getattr(param, "help", None)).replace("\n\n", "\n"))
@@ -277,11 +277,13 @@ def _parameter_row(param: Parameter) -> list[RenderableType]:
     ]
 
 
-def _default_text(option: TyperOption) -> str:
-    if isinstance(option.show_default, str):
-        return option.show_default
-    default = option.default
-    if not option.show_default or option.is_flag or default in (None, (), []) or callable(default):
+def _default_text(param: Parameter) -> str:
+    show = getattr(param, "show_default", False)
+    if isinstance(show, str):
+        return show
+    default = param.default
+    flag = getattr(param, "is_flag", False)
+    if not show or flag or default in (None, (), []) or callable(default):
         return ""
     return str(getattr(default, "value", default))
 
