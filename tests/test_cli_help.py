@@ -14,8 +14,9 @@ import orjson
 import pytest
 import typer
 
-from neruba_cli.cli.app import TOP_LEVEL, app, walk
+from neruba_cli.cli.app import COMMON_OPTIONS, TOP_LEVEL, app, walk
 from neruba_cli.cli.help import NerubaCommand, NerubaGroup
+from neruba_cli.cli.runtime import COMMON_PANEL
 from tests.conftest import Cli
 
 PANELS = ("Setup", "Usage", "Billing", "Money", "Stripe", "Analysis", "Operations")
@@ -130,6 +131,13 @@ def test_common_options_before_the_sub_command_get_a_hint(
     assert result.exit_code == 2
     message = " ".join(result.stderr.replace("│", " ").split())
     assert "must come after the sub-command" in message and example in message, result.stderr
+
+
+def test_the_hint_knows_the_common_options_every_command_declares() -> None:
+    for path in [("invoice", "list"), ("doctor",), ("stripe", "webhook", "ingest")]:
+        common = [p for p in _command(path).params if p.rich_help_panel == COMMON_PANEL]
+        declared = {opt: not p.is_flag for p in common for opt in p.opts}
+        assert declared == COMMON_OPTIONS, path
 
 
 def test_an_unknown_option_before_the_sub_command_is_still_clicks_error(bare_cli: Cli) -> None:

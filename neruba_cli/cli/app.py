@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer import _click
-from typer._click.exceptions import UsageError
+from typer._click.exceptions import UsageError as ClickUsageError
 from typer._click.shell_completion import CompletionItem
 from typer.core import TyperGroup
 
@@ -252,7 +252,7 @@ def _refuse_common_options_first(ctx: _click.Context, args: list[str]) -> None:
         return
     names = ", ".join(dict.fromkeys(arg.partition("=")[0] for arg in misplaced if arg[:1] == "-"))
     example = shlex.join(["neruba", *(rest or ["COMMAND"]), *misplaced])
-    raise UsageError(f"{names} must come after the sub-command, as in: {example}", ctx=ctx)
+    raise ClickUsageError(f"{names} must come after the sub-command, as in: {example}", ctx=ctx)
 
 
 app = typer.Typer(
