@@ -17,9 +17,12 @@ from pathlib import Path
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
 
 from neruba_cli.db.engine import anchored_sqlite_url
 from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.suggest import close_match
+from neruba_cli.domain.toml_lines import key_lines, line_of
 
 DEFAULT_DATABASE_URL = "sqlite:///./neruba.db"
 CONFIG_FILE_NAME = "neruba.toml"
@@ -58,6 +61,13 @@ class ConfigFile(BaseModel):
     privacy: _PrivacySection = _PrivacySection()
 
 
+# Every section and its settings, for the hints of a misspelt one.
+_SECTIONS: dict[str, tuple[str, ...]] = {
+    name: tuple(info.annotation.model_fields)  # type: ignore[union-attr]
+    for name, info in ConfigFile.model_fields.items()
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -94,18 +104,72 @@ def find_config_file(
 def read_config_file(path: Path) -> ConfigFile:
     """Parse and validate a config file; every error names the file and where in it."""
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        text = path.read_bytes().decode("utf-8")
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise InvalidInput(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{path}: invalid TOML: {exc}") from None
     try:
         return ConfigFile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise InvalidInput(f"{path}: {where}: {first['msg']}") from None
+        lines = key_lines(text)
+        problems = [_config_problem(path, error, lines) for error in exc.errors()]
+        raise InvalidInput("\n".join(problems)) from None
+
+
+def _config_problem(path: Path, error: ErrorDetails, lines: dict[str, int]) -> str:
+    """One validation error in the operator's words (never pydantic's "Extra inputs are not
+    permitted"): the setting, its file, section and line, and the setting probably meant."""
+    loc = [str(part) for part in error["loc"]]
+    line = line_of(lines, ".".join(loc))
+    section = loc[0] if len(loc) > 1 else None
+    where = f"{path} [{section}]" if section else str(path)
+    at = f", line {line}" if line else ""
+    if error["type"] == "extra_forbidden":
+        if section is None and isinstance(error["input"], dict):
+            match = close_match(loc[0], _SECTIONS)
+            sections = ", ".join(f"[{name}]" for name in _SECTIONS)
+            hint = f"did you mean [{match}]?" if match else f"the sections are {sections}"
+            return f"unknown section [{loc[0]}] in {where}{at} — {hint}"
+        hint = _setting_hint(loc[-1], section)
+        return f"unknown setting {loc[-1]!r} in {where}{at} — {hint}"
+    if error["type"] == "model_type" and section is None:
+        return f"{where}{at}: [{loc[0]}] must be a table of settings"
+    setting = " ".join(loc[1:]) if section else loc[0]
+    message = error["msg"]
+    return f"{where}{at}: {setting}: {message[:1].lower()}{message[1:]}"
+
+
+def _setting_hint(key: str, section: str | None) -> str:
+    """The setting probably meant: a near spelling in the same section, else the section and
+    name where a setting of that name belongs (`database_url` or `url` at the top is the
+    `url` of [database]), else what the section holds."""
+    if section is not None:
+        match = close_match(key, _SECTIONS[section])
+        if match is not None:
+            return f"did you mean {match!r}?"
+    places = {
+        f"{name}_{setting}": (name, setting)
+        for name, settings in _SECTIONS.items()
+        for setting in settings
+    }
+    places.update(
+        {setting: (name, setting) for name, settings in _SECTIONS.items() for setting in settings}
+    )
+    match = close_match(key, places)
+    if match is not None:
+        home, setting = places[match]
+        if home == section:
+            return f"did you mean {setting!r}?"
+        return f"did you mean {setting!r} in [{home}]?"
+    if section is None:
+        return "settings go in a section: " + ", ".join(f"[{name}]" for name in _SECTIONS)
+    return f"[{section}] has " + ", ".join(_SECTIONS[section])
 
 
 def resolve_settings(

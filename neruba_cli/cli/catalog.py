@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,21 +19,10 @@ from neruba_cli.domain.periods import month_period
 from neruba_cli.domain.quote import quote_document, quote_plan
 from neruba_cli.services.catalog import quote
 from neruba_cli.services.catalog import store as catalog_store
+from neruba_cli.services.catalog.files import read_catalog_file
 from neruba_cli.services.tenancy import projects
 
 app = typer.Typer()
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"{path}: invalid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise InvalidInput(f"{path}: not UTF-8 text") from None
 
 
 @command(app, "apply", group="catalog", scope="admin", mutating=True)
@@ -44,10 +32,12 @@ def apply(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and report only.")] = False,
 ) -> None:
     """Create or change meters and plans; a changed plan gets a new version."""
-    data = _read_toml(file)
+    catalog = read_catalog_file(file)
     with rt.transaction() as session:
         project = rt.project(session)
-        parsed = catalog_store.parse_for_project(session, project, data, source=str(file))
+        parsed = catalog_store.parse_for_project(
+            session, project, catalog.data, source=catalog.source, text=catalog.text
+        )
         report = catalog_store.apply_catalog(
             session, project, parsed, now=rt.now(), dry_run=dry_run
         )

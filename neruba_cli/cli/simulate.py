@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from neruba_cli.cli.compare import check_by, finish
 from neruba_cli.cli.paths import output_folder
 from neruba_cli.cli.runtime import Runtime, command
-from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.services.analysis import simulate as service
+from neruba_cli.services.catalog.files import read_catalog_file
 from neruba_cli.services.invoices import read as invoices_read
 
 
@@ -48,7 +47,7 @@ def register(app: typer.Typer) -> None:
         check_by(by)
         if output is not None:
             output_folder(output, "--output")
-        data = read_toml(catalog)
+        candidate = read_catalog_file(catalog)
         with rt.transaction() as session:
             project = rt.project(session)
         label = invoices_read.period_label(period, project, rt.now())
@@ -56,22 +55,11 @@ def register(app: typer.Typer) -> None:
             report = service.simulate(
                 rt.engine(),
                 project,
-                data,
+                candidate.data,
                 source=catalog.name,
+                text=candidate.text,
                 label=label,
                 customers=tuple(customer or ()),
                 now=rt.now(),
             )
         return finish(rt, report, by=by, output=output)
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"{path}: invalid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise InvalidInput(f"{path}: not UTF-8 text") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, cast
 
@@ -26,6 +26,8 @@ from neruba_cli.domain.money import (
     parse_amount,
 )
 from neruba_cli.domain.pricing import MODELS, Charge, ChargeModel, Tier
+from neruba_cli.domain.suggest import did_you_mean
+from neruba_cli.domain.toml_lines import key_lines, line_of
 
 INTERVALS = ("week", "month", "quarter", "year")
 TIMINGS = ("advance", "arrears")
@@ -100,16 +102,21 @@ _PLAN_KEYS = {
 class CatalogProblem:
     path: str
     message: str
+    line: int | None = None  # in the catalog's text, when the text was given
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
 class CatalogInvalid(InvalidInput):
-    """Every problem of a catalog, each with its path."""
+    """Every problem of a catalog, each with its path, and with the file and line where the
+    text is known (`catalog.toml:12: plans[0].interval: ...`, as compilers print them)."""
 
     def __init__(self, source: str, problems: Sequence[CatalogProblem]) -> None:
-        listing = "\n".join(f"  {problem}" for problem in problems)
+        listing = "\n".join(
+            f"  {source}:{problem.line}: {problem}" if problem.line else f"  {problem}"
+            for problem in problems
+        )
         count = len(problems)
         super().__init__(
             f"{source}: {count} problem{'s' if count != 1 else ''}; nothing was written\n{listing}"
@@ -156,12 +163,17 @@ class _Checker:
 
 
 def parse_catalog(
-    data: Mapping[str, Any], *, source: str, known_meters: Mapping[str, MeterDef] | None = None
+    data: Mapping[str, Any],
+    *,
+    source: str,
+    known_meters: Mapping[str, MeterDef] | None = None,
+    text: str | None = None,
 ) -> Catalog:
     """Validate a parsed TOML document; raise CatalogInvalid listing every problem.
 
     `known_meters` are meters already in the database: a plan may use them without repeating
-    their definition.
+    their definition. `text` is the TOML the document was parsed from: given, each problem
+    names its line.
     """
     check = _Checker()
     for key in data:
@@ -171,8 +183,15 @@ def parse_catalog(
     available = {**(known_meters or {}), **{meter.code: meter for meter in meters}}
     plans = _parse_plans(data.get("plans", []), available, check)
     if check.problems:
-        raise CatalogInvalid(source, check.problems)
+        raise CatalogInvalid(source, _located(check.problems, text))
     return Catalog(meters=tuple(meters), plans=tuple(plans))
+
+
+def _located(problems: Sequence[CatalogProblem], text: str | None) -> list[CatalogProblem]:
+    if text is None:
+        return list(problems)
+    lines = key_lines(text)
+    return [replace(problem, line=line_of(lines, problem.path)) for problem in problems]
 
 
 def _parse_meters(raw: Any, check: _Checker) -> list[MeterDef]:
@@ -315,7 +334,11 @@ def _parse_charge(
     meter = item.get("meter")
     if not isinstance(meter, str) or meter not in meters:
         known = ", ".join(sorted(meters)) or "none"
-        check.add(f"{path}.meter", f"unknown meter {meter!r} (meters: {known})")
+        hint = did_you_mean(meter, meters) if isinstance(meter, str) else ""
+        check.add(
+            f"{path}.meter",
+            f"unknown meter {meter!r} (meters: {known})" + (f" — {hint}" if hint else ""),
+        )
     model = _choice(item.get("model"), MODELS, f"{path}.model", check)
     if model is None:
         return None

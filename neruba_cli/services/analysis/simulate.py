@@ -48,6 +48,7 @@ def simulate(
     data: Mapping[str, Any],
     *,
     source: str,
+    text: str | None = None,
     label: str,
     customers: Sequence[str] = (),
     now: datetime,
@@ -56,7 +57,9 @@ def simulate(
         transaction = conn.begin()
         try:
             with Session(bind=conn) as session:
-                candidate = catalog_store.parse_for_project(session, project, data, source=source)
+                candidate = catalog_store.parse_for_project(
+                    session, project, data, source=source, text=text
+                )
                 stored = catalog_store.stored_meters(session, project)
                 current = {
                     p.plan.code: p.fingerprint

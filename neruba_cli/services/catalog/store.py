@@ -74,10 +74,17 @@ def stored_meters(session: Session, project: Project) -> dict[str, MeterDef]:
 
 
 def parse_for_project(
-    session: Session, project: Project, data: dict[str, Any], *, source: str
+    session: Session,
+    project: Project,
+    data: dict[str, Any],
+    *,
+    source: str,
+    text: str | None = None,
 ) -> Catalog:
-    """Validate a catalog file against this project's stored meters."""
-    return parse_catalog(data, source=source, known_meters=stored_meters(session, project))
+    """Validate a catalog file against this project's stored meters (`text`: the TOML it was
+    read from, so that problems name their lines)."""
+    known = stored_meters(session, project)
+    return parse_catalog(data, source=source, known_meters=known, text=text)
 
 
 def apply_catalog(

@@ -1,0 +1,142 @@
+"""Error messages an operator can act on, and no silent surprises, driven through the CLI.
+
+Each test starts from what a new user typed and checks the message says where the problem is
+(file, line), what was probably meant, and which exit code a script sees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cli
+
+METERS = """
+[[meters]]
+code = "api_calls"
+aggregation = "sum"
+
+[[meters]]
+code = "seats"
+aggregation = "count"
+"""
+PRO = """
+[[plans]]
+code = "pro"
+currency = "USD"
+interval = "month"
+base_fee = "49.00"
+
+  [[plans.charges]]
+  meter = "api_calls"
+  model = "per_unit"
+  unit_amount = "0.01"
+"""
+
+
+def ok(cli: Cli, *args: str) -> Any:
+    result = cli(*args, "--project", "acme", "--json")
+    assert result.exit_code == 0, (args, result.stdout, result.stderr)
+    return result.json()
+
+
+def fails(cli: Cli, code: int, *args: str) -> str:
+    """Runs a command that must fail with `code`; its message as a person reads it."""
+    result = cli(*args, "--project", "acme")
+    assert result.exit_code == code, (args, result.stdout, result.stderr)
+    return " ".join(result.stderr.split())
+
+
+@pytest.fixture
+def shop(cli: Cli, tmp_path: Path) -> Cli:
+    assert cli("project", "create", "acme", "--timezone", "UTC").exit_code == 0
+    (tmp_path / "catalog.toml").write_text(METERS + PRO)
+    ok(cli, "catalog", "apply", str(tmp_path / "catalog.toml"))
+    ok(cli, "customer", "create", "cus_1", "--currency", "USD")
+    return cli
+
+
+def test_catalog_problems_name_the_file_and_line(cli: Cli, tmp_path: Path) -> None:
+    assert cli("project", "create", "acme").exit_code == 0
+    path = tmp_path / "catalog.toml"
+    path.write_text(
+        METERS
+        + """
+[[plans]]
+code = "pro"
+currency = "USD"
+interval = "monthly"
+
+  [[plans.charges]]
+  meter = "api_calls"
+  model = "graduated"
+  tiers = [
+    { up_to = 1000, unit_amount = "0" },
+    { up_to = 500, unit_amount = "0.002" },
+    { up_to = inf, unit_amount = "0.001" },
+  ]
+
+  [[plans.charges]]
+  meter = "seatz"
+  model = "per_unit"
+"""
+    )
+    result = cli("catalog", "apply", str(path), "--project", "acme")
+    assert result.exit_code == 1
+    listing = result.stderr.splitlines()
+    assert f"{path}: 4 problems; nothing was written" in listing[0]
+    assert listing[1:] == [
+        f"  {path}:13: plans[0].interval: 'monthly' is not one of: week, month, quarter, year",
+        f"  {path}:20: plans[0].charges[0].tiers[1].up_to: bounds must ascend",
+        f"  {path}:25: plans[0].charges[1].meter: unknown meter 'seatz' (meters: api_calls, "
+        "seats) — did you mean 'seats'?",
+        # a missing key: the line of the table that lacks it
+        f"  {path}:24: plans[0].charges[1].unit_amount: is required for model per_unit",
+    ]
+    assert cli("catalog", "show", "--project", "acme", "--json").json()["plans"] == []
+
+
+def test_simulate_names_the_catalog_line_too(shop: Cli, tmp_path: Path) -> None:
+    candidate = tmp_path / "candidate.toml"
+    candidate.write_text(PRO.replace('"0.01"', "0.01"))
+    message = fails(shop, 1, "simulate", "--catalog", str(candidate), "--period", "2026-10")
+    assert "candidate.toml:11: plans[0].charges[0].unit_amount:" in message
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            '[database]\ndatabse_url = "sqlite:///x.db"\n',
+            "unknown setting 'databse_url' in {path} [database], line 2 — did you mean 'url'?",
+        ),
+        (
+            'database_url = "sqlite:///x.db"\n',
+            "unknown setting 'database_url' in {path}, line 1 — did you mean 'url' in [database]?",
+        ),
+        (
+            '[defaults]\nproject = "acme"\n\n[databse]\nurl = "sqlite:///x.db"\n',
+            "unknown section [databse] in {path}, line 4 — did you mean [database]?",
+        ),
+        (
+            '[database]\nproject = "acme"\n',
+            "unknown setting 'project' in {path} [database], line 2 — did you mean 'project' "
+            "in [defaults]?",
+        ),
+        (
+            "[privacy]\npersonal_properties = 'email'\n",
+            "{path} [privacy], line 2: personal_properties: input should be a valid list",
+        ),
+    ],
+)
+def test_config_typos_say_what_was_meant(
+    bare_cli: Cli, tmp_path: Path, content: str, expected: str
+) -> None:
+    path = tmp_path / "neruba.toml"
+    path.write_text(content)
+    result = bare_cli("project", "list", "--config", str(path))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: " + expected.format(path=path)
+    assert "Extra inputs" not in result.stderr
