@@ -140,3 +140,40 @@ def test_config_typos_say_what_was_meant(
     assert result.exit_code == 1
     assert result.stderr.strip() == "error: " + expected.format(path=path)
     assert "Extra inputs" not in result.stderr
+
+
+SEMICOLONS = {
+    "customers.csv": ("customer", "import"),
+    "subscriptions.csv": ("subscription", "import"),
+    "events.csv": ("ingest",),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEMICOLONS))
+def test_a_semicolon_separated_csv_is_named_as_such(shop: Cli, tmp_path: Path, name: str) -> None:
+    header = {
+        "customers.csv": "external_id;name;currency",
+        "subscriptions.csv": "customer;plan;start",
+        "events.csv": "idempotency_key;customer;meter;timestamp",
+    }[name]
+    path = tmp_path / name
+    path.write_text(f"{header}\ncus_2;x;2026-10-01T00:00:00Z;1\n")
+    message = fails(shop, 1, *SEMICOLONS[name], str(path))
+    assert message.startswith(
+        f"error: {path}: line 1: the header has one column {header!r} — the file looks "
+        "semicolon-separated; Neruba reads comma-separated CSV"
+    )
+    assert "unknown column" not in message
+
+
+def test_a_semicolon_csv_on_stdin_and_a_tab_separated_baseline(shop: Cli, tmp_path: Path) -> None:
+    piped = shop(
+        "ingest", "-", "--format", "csv", "--project", "acme",
+        input="idempotency_key;customer;meter;timestamp\ne1;cus_1;api_calls;2026-10-01T00:00:00Z\n",
+    )  # fmt: skip
+    assert piped.exit_code == 1
+    assert "error: stdin: line 1: the header has one column" in piped.stderr
+    baseline = tmp_path / "legacy.csv"
+    baseline.write_text("customer\tdescription\tamount\ncus_1\tPro\t49.00\n")
+    message = fails(shop, 1, "compare", str(baseline), "--period", "2026-10")
+    assert "the file looks tab-separated; Neruba reads comma-separated CSV" in message

@@ -45,6 +45,7 @@ from neruba_cli.db.schema import Customer, Project, StripeObject
 from neruba_cli.domain import aggregation
 from neruba_cli.domain import compare as domain
 from neruba_cli.domain.billing_periods import month_label
+from neruba_cli.domain.csv_header import delimiter_problem
 from neruba_cli.domain.errors import InvalidInput, UsageError
 from neruba_cli.domain.money import normalize_currency, parse_amount
 from neruba_cli.domain.stripe_link import CREDITS_LINE
@@ -378,6 +379,9 @@ def resolve_columns(
     missing = [name for name in ("customer", "amount") if name not in columns]
     if "description" not in columns and "meter" not in columns:
         missing.append("description (or meter)")
+    wrong_delimiter = delimiter_problem(header)
+    if missing and wrong_delimiter is not None:
+        raise InvalidInput(f"{path}: line 1: {wrong_delimiter}")
     if missing:
         first = missing[0].split(" ")[0]
         raise InvalidInput(

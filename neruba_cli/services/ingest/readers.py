@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import orjson
 
+from neruba_cli.domain.csv_header import delimiter_problem
 from neruba_cli.domain.errors import InvalidInput, UsageError
 
 MAX_LINE = 1 << 20
@@ -177,7 +178,7 @@ def _csv_lines(source: Source) -> Iterator[tuple[int, bytes, Any]]:
             continue
         if header is None or number == 1:
             header = [cell.strip() for cell in cells]
-            _check_header(path, header)
+            _check_header("stdin" if path == "-" else path, header)
             continue
         if len(cells) != len(header):
             reason = f"row has {len(cells)} fields, the header has {len(header)}"
@@ -187,13 +188,13 @@ def _csv_lines(source: Source) -> Iterator[tuple[int, bytes, Any]]:
 
 
 def _check_header(path: str, header: list[str]) -> None:
+    columns = "columns: idempotency_key, customer, meter, timestamp, quantity, properties.<name>"
+    wrong_delimiter = delimiter_problem(header)
+    if wrong_delimiter is not None:
+        raise InvalidInput(f"{path}: line 1: {wrong_delimiter}", hint=columns)
     for name in header:
         if name not in _EVENT_COLUMNS and not name.startswith("properties."):
-            raise InvalidInput(
-                f"{path}: line 1: unknown column {name!r}",
-                hint="columns: idempotency_key, customer, meter, timestamp, quantity, "
-                "properties.<name>",
-            )
+            raise InvalidInput(f"{path}: line 1: unknown column {name!r}", hint=columns)
 
 
 def _csv_event(header: list[str], cells: list[str]) -> dict[str, Any]:

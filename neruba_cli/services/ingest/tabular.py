@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from neruba_cli.domain.csv_header import delimiter_problem
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.services.ingest.rejects import Reject
 
@@ -68,6 +69,11 @@ def _rows(
         raise InvalidInput(f"{path}: the file is empty; expected a header line") from None
     if undecodable:
         raise InvalidInput(f"{path}: line 1: the header is not UTF-8 text")
+    wrong_delimiter = delimiter_problem(header)
+    if wrong_delimiter is not None:
+        raise InvalidInput(
+            f"{path}: line 1: {wrong_delimiter}", hint=f"columns: {', '.join(columns)}"
+        )
     unknown = [name for name in header if name not in columns]
     missing = [name for name in required if name not in header]
     if unknown or missing:
