@@ -183,7 +183,7 @@ def test_grant_validation_is_clear(shop: Cli) -> None:
 
 
 def test_credit_never_pays_more_than_the_total_nor_in_another_currency(shop: Cli) -> None:
-    eur = grant(shop, "c2", "100.00", "--currency", "EUR")
+    eur = grant(shop, "c2", "100.00", "--currency", "EUR", "--allow-other-currency")
     usd = grant(shop, "c2", "100.00", "--category", "paid")
     ok(shop, "run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--finalize")
     invoice = ok(shop, "invoice", "show", "ACME-000002")

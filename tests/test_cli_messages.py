@@ -177,3 +177,33 @@ def test_a_semicolon_csv_on_stdin_and_a_tab_separated_baseline(shop: Cli, tmp_pa
     baseline.write_text("customer\tdescription\tamount\ncus_1\tPro\t49.00\n")
     message = fails(shop, 1, "compare", str(baseline), "--period", "2026-10")
     assert "the file looks tab-separated; Neruba reads comma-separated CSV" in message
+
+
+def test_a_negative_grant_points_at_revoke(shop: Cli) -> None:
+    for args in (("cus_1", "-5"), ("cus_1", "--priority", "2", "-5.50"), ("nobody", "-5")):
+        result = shop("credits", "grant", *args, "--project", "acme", "--json")
+        assert result.exit_code == 2, (args, result.stderr)
+        error = result.error()
+        assert error["type"] == "usage_error"
+        assert error["message"] == f"AMOUNT {args[-1]} is negative: a grant is positive"
+        assert "neruba credits revoke GRANT" in error["hint"]
+    # a misspelt option is still reported as one, not taken for a value
+    misspelt = shop("credits", "grant", "cus_1", "-5", "--curency", "EUR", "--project", "acme")
+    assert misspelt.exit_code == 2 and "No such option: --curency" in misspelt.stderr
+    assert ok(shop, "credits", "list", "cus_1") == []
+    assert ok(shop, "ledger", "show") == []
+
+
+def test_a_grant_in_another_currency_needs_a_flag(shop: Cli) -> None:
+    message = fails(shop, 1, "credits", "grant", "cus_1", "5.00", "--currency", "EUR")
+    assert "customer cus_1 is billed in USD, not EUR" in message
+    assert "nothing was granted" in message and "--allow-other-currency" in message
+    assert ok(shop, "credits", "list", "cus_1") == []
+    same = ok(shop, "credits", "grant", "cus_1", "5.00", "--currency", "usd")
+    assert same["currency"] == "USD"
+    other = ok(
+        shop, "credits", "grant", "cus_1", "7.00", "--currency", "EUR", "--allow-other-currency"
+    )
+    assert (other["currency"], other["amount"]) == ("EUR", "7.00")
+    wallet = ok(shop, "wallet", "show", "cus_1")
+    assert (wallet["balance"], wallet["other_currencies"]) == ("5.00", {"EUR": "7.00"})

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from neruba_cli.cli.arguments import NegativeNumbers
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
@@ -17,11 +18,14 @@ CustomerArg = Annotated[str, typer.Argument(help="Customer external id (or cus_ 
 LIST_COLUMNS = ("id", "amount", "remaining", "currency", "priority", "expires_at", "category")
 
 
-@command(app, "grant", group="credits", scope="credits", mutating=True)
+@command(app, "grant", group="credits", scope="credits", mutating=True, cls=NegativeNumbers)
 def grant(
     rt: Runtime,
     customer: CustomerArg,
-    amount: Annotated[str, typer.Argument(help="Amount in major units, e.g. 50.00.")],
+    amount: Annotated[
+        str,
+        typer.Argument(help="A positive amount in major units, e.g. 50.00."),
+    ],
     currency: Annotated[
         str | None, typer.Option(help="ISO 4217 code (default: the customer's currency).")
     ] = None,
@@ -42,6 +46,14 @@ def grant(
             metavar="KEY", help="Grant once per key: a repeat is a no-op, other arguments an error."
         ),
     ] = None,
+    allow_other_currency: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-currency",
+            help="Grant in a currency the customer is not billed in (credit loaded ahead of "
+            "moving them to it); only invoices in that currency spend it.",
+        ),
+    ] = False,
 ) -> None:
     """Grant credit to a customer: posted to the ledger, spent by invoices at finalization."""
     request = credits.GrantRequest(
@@ -53,6 +65,7 @@ def grant(
         category=category,
         reason=reason,
         idempotency_key=idempotency_key,
+        other_currency=allow_other_currency,
     )
     with rt.transaction() as session:
         project = rt.project(session)

@@ -274,6 +274,7 @@ def command(
     group: str | None = None,
     mutating: bool = False,
     administers_access: bool = False,
+    cls: type[NerubaCommand] | None = None,
 ) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
     """Register `fn(rt, **params)` as a command with the common options appended.
 
@@ -312,7 +313,7 @@ def command(
             **{p.name: p.annotation for p in own},
             **{p.name: p.annotation for p in _COMMON_PARAMETERS},
         }
-        app.command(name, cls=NerubaCommand)(wrapper)
+        app.command(name, cls=cls or NerubaCommand)(wrapper)
         return fn
 
     return decorate

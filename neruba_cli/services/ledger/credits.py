@@ -25,7 +25,7 @@ from neruba_cli.db.engine import begin_write
 from neruba_cli.db.retry import retrying
 from neruba_cli.db.schema import CreditGrant, Customer, LedgerEntry, LedgerTransaction, Project
 from neruba_cli.domain.credits import MAX_PRIORITY, GrantState, allocate
-from neruba_cli.domain.errors import InvalidInput, NotFound
+from neruba_cli.domain.errors import InvalidInput, NotFound, UsageError
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.ledger import (
     MAX_MINOR,
@@ -66,6 +66,7 @@ class GrantRequest:
     category: str = "promotional"
     reason: str | None = None
     idempotency_key: str | None = None
+    other_currency: bool = False  # deliberately in a currency the customer is not billed in
 
 
 def _customer(conn: Connection, project: Project, ident: str) -> Row[Any]:
@@ -87,6 +88,33 @@ def _parsed(request: GrantRequest, customer: Row[Any]) -> tuple[str, int]:
     if amount <= 0:
         raise InvalidInput(f"AMOUNT {request.amount!r} must be positive")
     return currency, minor_units(request.amount, amount, currency)
+
+
+def _refuse_negative(text: str) -> None:
+    """A negative grant is a request for another command: say which, before anything else."""
+    try:
+        amount = parse_amount(text, field="AMOUNT")
+    except InvalidInput:
+        return  # reported with the rest of the amount's validation
+    if amount < 0:
+        raise UsageError(
+            f"AMOUNT {text} is negative: a grant is positive",
+            hint="to take credit back use `neruba credits revoke GRANT`; "
+            "`neruba credits list CUSTOMER` shows the grants",
+        )
+
+
+def _check_currency(request: GrantRequest, customer: Row[Any], currency: str) -> None:
+    """Credit in a currency the customer is not billed in is never spent by their invoices:
+    almost always a slip, so it takes a flag (for credit loaded ahead of a currency change)."""
+    if currency == customer.currency or request.other_currency:
+        return
+    raise InvalidInput(
+        f"customer {customer.external_id} is billed in {customer.currency}, not {currency}: "
+        f"a {currency} grant would not be spent on their invoices; nothing was granted",
+        hint=f"leave out --currency to grant {customer.currency}, or pass "
+        "--allow-other-currency to grant it anyway",
+    )
 
 
 def _check_terms(request: GrantRequest, now: datetime) -> None:
@@ -141,6 +169,8 @@ def grant(
     """A new grant, posted to the ledger; (grant, created). The same idempotency key with the
     same arguments returns the first grant; with other arguments it is an error."""
 
+    _refuse_negative(request.amount)
+
     def attempt() -> tuple[dict[str, Any], bool]:
         try:
             return _grant(engine, project, request, actor=actor, now=now)
@@ -173,6 +203,7 @@ def _grant(
                         hint="a key names one grant; use a new key for a new grant",
                     )
                 return grant_dict(previous, now), False
+        _check_currency(request, customer, currency)
         _check_terms(request, now)
         grant_id = new_id("grt")
         insert_grant(
