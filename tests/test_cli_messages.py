@@ -207,3 +207,44 @@ def test_a_grant_in_another_currency_needs_a_flag(shop: Cli) -> None:
     assert (other["currency"], other["amount"]) == ("EUR", "7.00")
     wallet = ok(shop, "wallet", "show", "cus_1")
     assert (wallet["balance"], wallet["other_currencies"]) == ("5.00", {"EUR": "7.00"})
+
+
+BASIC = """
+[[plans]]
+code = "basic"
+currency = "USD"
+interval = "month"
+base_fee = "9.00"
+"""
+
+
+def test_an_overlapping_subscription_is_created_with_a_warning(shop: Cli, tmp_path: Path) -> None:
+    (tmp_path / "basic.toml").write_text(BASIC)
+    ok(shop, "catalog", "apply", str(tmp_path / "basic.toml"))
+    first = ok(shop, "subscription", "create", "cus_1", "pro", "--start", "2026-10-01T00:00:00Z")
+    assert first["warnings"] == []
+    second = shop(
+        "subscription", "create", "cus_1", "basic", "--start", "2026-10-15T00:00:00Z",
+        "--project", "acme",
+    )  # fmt: skip
+    assert second.exit_code == 0, second.stderr
+    warning = " ".join(second.stderr.split()[second.stderr.split().index("warning:") :])
+    assert warning == (
+        f"warning: customer cus_1 already has subscription {first['id']} (pro, from "
+        "2026-10-01T00:00:00Z with no end), which overlaps this one: each bills its base fee; "
+        f"to move a customer to another plan, use `neruba subscription change {first['id']} "
+        "--plan basic --at 2026-10-15T00:00:00Z` rather than a second subscription"
+    )
+    # the same plan again: both bill the usage of its meters, which the warning says
+    (tmp_path / "more.csv").write_text("customer,plan,start\ncus_1,pro,2026-11-01T00:00:00Z\n")
+    report = ok(shop, "subscription", "import", str(tmp_path / "more.csv"))
+    assert report["created"] == 1 and [w["line"] for w in report["warnings"]] == [2, 2]
+    assert "usage of api_calls is billed by both" in report["warnings"][0]["message"]
+    listed = ok(shop, "subscription", "list", "--customer", "cus_1")
+    assert [s["plan"] for s in listed] == ["pro", "basic", "pro"]
+    # a subscription that ends before the new one starts is not an overlap
+    ok(shop, "customer", "create", "cus_2", "--currency", "USD")
+    old = ok(shop, "subscription", "create", "cus_2", "pro", "--start", "2026-10-01T00:00:00Z")
+    ok(shop, "subscription", "cancel", old["id"], "--at", "2026-12-01T00:00:00Z")
+    after = ok(shop, "subscription", "create", "cus_2", "basic", "--start", "2026-12-01T00:00:00Z")
+    assert after["warnings"] == []

@@ -37,7 +37,7 @@ def create(
         typer.Option(min=0, metavar="DAYS", help="Days without base fee (default: the plan's)."),
     ] = None,
 ) -> None:
-    """Subscribe a customer to a plan."""
+    """Subscribe a customer to a plan; a warning says when they hold one that overlaps it."""
     with rt.transaction() as session:
         project = rt.project(session)
         created = subscriptions.create_subscription(
@@ -51,7 +51,10 @@ def create(
             now=rt.now(),
         )
         data = subscriptions.to_dict(session, created)
+        data["warnings"] = subscriptions.overlap_warnings(session, created)
     _emit_one(rt, data, f"Created {data['id']}: {customer} on {data['plan']} v{data['version']}.")
+    for warning in data["warnings"]:
+        rt.out.warn(warning)
 
 
 @command(app, "change", group="subscription", scope="billing", mutating=True)
@@ -128,6 +131,7 @@ def import_(
             "rejected": report.rejected,
             "rejects_file": str(rejects_path) if report.rejected else None,
             "rejects": [reject.as_dict() for reject in report.rejects],
+            "warnings": report.warnings,
         }
     )
     rt.out.say(
@@ -136,4 +140,6 @@ def import_(
     )
     for reject in report.rejects:
         rt.out.warn(f"{file}:{reject.line}: {reject.reason}")
+    for warning in report.warnings:
+        rt.out.warn(f"{file}:{warning['line']}: {warning['message']}")
     return EXIT_REJECTED if report.rejected else 0

@@ -19,6 +19,7 @@ from neruba_cli.domain.catalog import MAX_TRIAL_DAYS
 from neruba_cli.domain.errors import AlreadyExists, InvalidInput, NotFound
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.periods import trial_end
+from neruba_cli.domain.subscription_overlap import Held, overlap_warning, overlapping
 from neruba_cli.domain.timestamps import format_ts, parse_ts
 from neruba_cli.services.catalog import store as catalog_store
 from neruba_cli.services.ingest.rejects import Reject, RejectsWriter, keep
@@ -37,6 +38,7 @@ class SubscriptionImport:
     unchanged: int = 0
     rejected: int = 0
     rejects: list[Reject] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # {"line", "message"}
 
 
 def validate_anchor(anchor: str) -> str:
@@ -113,6 +115,39 @@ def _refuse_twin(session: Session, customer: Customer, version_id: str, start: d
             f"customer {customer.external_id} already has subscription {twin} on this plan "
             f"from {format_ts(start)}"
         )
+
+
+def overlap_warnings(session: Session, subscription: Subscription) -> list[str]:
+    """The other subscriptions of the customer that run alongside a new one: allowed (an
+    add-on plan), but said, since it is also what a mistaken second `create` looks like."""
+    customer = session.get_one(Customer, subscription.customer_id)
+    others = session.scalars(
+        select(Subscription)
+        .where(Subscription.customer_id == customer.id, Subscription.id != subscription.id)
+        .order_by(Subscription.start_at, Subscription.id)
+    )
+    held = [_held(session, other) for other in others]
+    new = _held(session, subscription)
+    return [
+        overlap_warning(customer.external_id, new.plan, new.meters, new.start, other)
+        for other in overlapping(held, subscription.start_at)
+    ]
+
+
+def _held(session: Session, subscription: Subscription) -> Held:
+    phases = phases_of(session, subscription)
+    meters: set[str] = set()
+    for phase in phases:
+        stored = catalog_store.get_plan_version(session, phase.plan_version_id)
+        meters.update(charge.meter for charge in stored.plan.charges)
+    last = catalog_store.get_plan_version(session, phases[-1].plan_version_id)
+    return Held(
+        subscription.id,
+        last.plan.code,
+        subscription.start_at,
+        subscription.end_at,
+        frozenset(meters),
+    )
 
 
 def _same_currency(customer: Customer, currency: str, plan: str) -> None:
@@ -278,12 +313,17 @@ def import_subscriptions(
             try:
                 with session.begin_nested():
                     created = _import_row(session, project, item, now, plans)
+                    if created is not None:
+                        report.warnings += [
+                            {"line": item.line, "message": message}
+                            for message in overlap_warnings(session, created)
+                        ]
             except InvalidInput as exc:
                 _reject(report, rejects, Reject(item.line, exc.message, item.raw))
             except NotFound as exc:
                 _reject(report, rejects, Reject(item.line, exc.message, item.raw))
             else:
-                if created:
+                if created is not None:
                     report.created += 1
                 else:
                     report.unchanged += 1
@@ -303,7 +343,8 @@ def _import_row(
     row: CsvRow,
     now: datetime,
     plans: dict[tuple[str, int | None], catalog_store.StoredPlan],
-) -> bool:
+) -> Subscription | None:
+    """The subscription the row created, or None when it already existed."""
     values = row.values
     start = parse_ts(values.get("start", ""), field="start")
     trial_text = (values.get("trial_days") or "").strip()
@@ -311,7 +352,7 @@ def _import_row(
         raise InvalidInput(f"trial_days {trial_text!r} is not a whole number of days")
     customer = customers.get_customer(session, project, (values.get("customer") or "").strip())
     try:
-        create_subscription(
+        return create_subscription(
             session,
             project,
             customer.external_id,
@@ -323,5 +364,4 @@ def _import_row(
             plans=plans,
         )
     except AlreadyExists:
-        return False
-    return True
+        return None
