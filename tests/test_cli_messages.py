@@ -248,3 +248,40 @@ def test_an_overlapping_subscription_is_created_with_a_warning(shop: Cli, tmp_pa
     ok(shop, "subscription", "cancel", old["id"], "--at", "2026-12-01T00:00:00Z")
     after = ok(shop, "subscription", "create", "cus_2", "basic", "--start", "2026-12-01T00:00:00Z")
     assert after["warnings"] == []
+
+
+def test_a_quote_prices_one_customer_of_an_events_file(shop: Cli, tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        "\n".join(
+            f'{{"customer": "{who}", "meter": "api_calls", "timestamp": '
+            f'"2026-10-0{day}T10:00:00Z", "quantity": "{quantity}"}}'
+            for day, (who, quantity) in enumerate(
+                [("acme_corp", 100), ("globex", 1000), ("acme_corp", 200)], start=1
+            )
+        )
+        + "\n"
+    )
+    result = shop("catalog", "quote", "pro", "--events", str(events), "--project", "acme")
+    assert result.exit_code == 2
+    assert " ".join(result.stderr.split()) == (
+        f"error: {events} holds the events of 2 customers (acme_corp, globex): a quote prices "
+        "one customer's usage (pass --customer ID to quote one of them)"
+    )
+    one = ok(shop, "catalog", "quote", "pro", "--events", str(events), "--customer", "acme_corp")
+    line = next(item for item in one["lines"] if item["meter"] == "api_calls")
+    assert (one["customer"], line["quantity"], line["amount"]) == ("acme_corp", "300", "3.00")
+    shown = shop(
+        "catalog", "quote", "pro", "--events", str(events), "--customer", "globex",
+        "--project", "acme",
+    )  # fmt: skip
+    assert shown.exit_code == 0 and "Quote: plan pro v1 (USD) for globex" in shown.stdout
+    missing = fails(
+        shop, 1, "catalog", "quote", "pro", "--events", str(events), "--customer", "globx"
+    )
+    assert missing == (
+        f"error: {events} has no events of customer 'globx' on this plan's meters — did you "
+        "mean 'globex'? (customers in it: acme_corp, globex)"
+    )
+    alone = fails(shop, 2, "catalog", "quote", "pro", "--customer", "globex")
+    assert "--customer picks one customer's events: it needs --events FILE" in alone

@@ -14,7 +14,7 @@ from neruba_cli.cli.output import table
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.catalog import meter_document, plan_document
-from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.errors import InvalidInput, UsageError
 from neruba_cli.domain.periods import month_period
 from neruba_cli.domain.quote import quote_document, quote_plan
 from neruba_cli.services.catalog import quote
@@ -148,6 +148,10 @@ def quote_(
         Path | None,
         typer.Option(metavar="FILE", help="A JSONL events file to aggregate with the meters."),
     ] = None,
+    customer: Annotated[
+        str | None,
+        typer.Option(help="Only this customer's events; needed when --events holds several."),
+    ] = None,
     period: Annotated[
         str | None, typer.Option(help="YYYY-MM: only events in it; needed for weighted_sum.")
     ] = None,
@@ -155,7 +159,9 @@ def quote_(
         str | None, typer.Option(help="Check the plan is priced in this currency.")
     ] = None,
 ) -> None:
-    """Price usage on a plan for one full period, storing nothing."""
+    """Price one customer's usage on a plan for one full period, storing nothing."""
+    if customer is not None and events is None:
+        raise UsageError("--customer picks one customer's events: it needs --events FILE")
     code, version = catalog_store.parse_plan_ref(plan)
     with rt.transaction() as session:
         project = rt.project(session)
@@ -166,10 +172,12 @@ def quote_(
     amounts = quote.usage_from_pairs(usage or [], stored.plan)
     if events is not None:
         window = month_period(period, defaults.timezone) if period else None
-        from_file = quote.usage_from_events(events, stored.plan, stored.meters, window)
+        from_file = quote.usage_from_events(
+            events, stored.plan, stored.meters, window, customer=customer
+        )
         amounts = {**from_file, **amounts}
     result = quote_plan(stored.plan, amounts, rounding=defaults.rounding)
-    data = {**quote_document(result), "version": stored.version}
+    data = {**quote_document(result), "version": stored.version, "customer": customer}
     rt.out.emit(data, lambda console: render_quote(console, data))
 
 
@@ -187,6 +195,7 @@ def render_quote(console: Console, data: dict[str, Any]) -> None:
     ]
     rows.append(("total", "", "", "", "", data["total"]))
     version = f" v{data['version']}" if "version" in data else ""
-    title = f"Quote: plan {data['plan']}{version} ({data['currency']})"
+    whose = f" for {data['customer']}" if data.get("customer") else ""
+    title = f"Quote: plan {data['plan']}{version} ({data['currency']}){whose}"
     columns = ("line", "meter", "model", "quantity", "exact", "amount")
     table(title, columns, rows)(console)

@@ -13,9 +13,10 @@ from typing import Any
 from neruba_cli.domain import aggregation
 from neruba_cli.domain.aggregation import EventRecord
 from neruba_cli.domain.catalog import MeterDef, PlanDef
-from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.errors import InvalidInput, UsageError
 from neruba_cli.domain.periods import Period
 from neruba_cli.domain.pricing import Usage
+from neruba_cli.domain.suggest import did_you_mean
 from neruba_cli.domain.timestamps import parse_ts
 
 PERCENTAGE_MODELS = ("percentage", "graduated_percentage")
@@ -46,18 +47,30 @@ def usage_from_pairs(pairs: Sequence[str], plan: PlanDef) -> dict[str, Usage]:
 
 
 def usage_from_events(
-    path: Path, plan: PlanDef, meters: dict[str, MeterDef], period: Period | None
+    path: Path,
+    plan: PlanDef,
+    meters: dict[str, MeterDef],
+    period: Period | None,
+    customer: str | None = None,
 ) -> dict[str, Usage]:
     """Aggregate a JSONL events file with the meters' own rules (the pure reference).
 
     Without a period the events' own span is used; weighted_sum meters need a period, since
-    their result is a time average over it.
+    their result is a time average over it. A quote prices one customer's usage (tiers,
+    free units and minimums apply per customer), so a file holding several customers needs
+    `customer` to pick one: adding them up would price usage no invoice ever bills.
     """
     by_meter: dict[str, list[EventRecord]] = defaultdict(list)
+    owners: set[str | None] = set()
     for number, event in enumerate(_read_events(path), start=1):
         meter = event.get("meter")
-        if isinstance(meter, str) and meter in meters:
+        if not isinstance(meter, str) or meter not in meters:
+            continue
+        owner = event.get("customer")
+        owners.add(owner if isinstance(owner, str) else None)
+        if customer is None or owner == customer:
             by_meter[meter].append(_record(event, f"{path}:{event['__line__']}", number))
+    _check_customers(path, owners, customer)
     usage: dict[str, Usage] = {}
     for charge in plan.charges:
         spec = meters[charge.meter].spec
@@ -72,6 +85,24 @@ def usage_from_events(
             transactions = aggregation.transaction_values(spec, events, start, end)
         usage[charge.meter] = Usage(quantity, transactions)
     return usage
+
+
+def _check_customers(path: Path, owners: set[str | None], customer: str | None) -> None:
+    named = sorted(owner for owner in owners if owner is not None)
+    listing = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+    if customer is None and len(owners) > 1:
+        raise UsageError(
+            f"{path} holds the events of {len(owners)} customers ({listing}): a quote prices "
+            "one customer's usage",
+            hint="pass --customer ID to quote one of them",
+        )
+    if customer is not None and customer not in owners:
+        hint = did_you_mean(customer, named)
+        raise InvalidInput(
+            f"{path} has no events of customer {customer!r} on this plan's meters"
+            + (f" — {hint}" if hint else ""),
+            hint=f"customers in it: {listing}" if named else None,
+        )
 
 
 def _window(
