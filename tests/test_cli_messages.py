@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.conftest import Cli
@@ -39,6 +40,13 @@ base_fee = "49.00"
 def ok(cli: Cli, *args: str) -> Any:
     result = cli(*args, "--project", "acme", "--json")
     assert result.exit_code == 0, (args, result.stdout, result.stderr)
+    return result.json()
+
+
+def ok_or_rejected(cli: Cli, *args: str) -> Any:
+    """Runs an import that must end with rejected lines (exit 3); its JSON summary."""
+    result = cli(*args, "--project", "acme", "--json")
+    assert result.exit_code == 3, (args, result.stdout, result.stderr)
     return result.json()
 
 
@@ -285,3 +293,109 @@ def test_a_quote_prices_one_customer_of_an_events_file(shop: Cli, tmp_path: Path
     )
     alone = fails(shop, 2, "catalog", "quote", "pro", "--customer", "globex")
     assert "--customer picks one customer's events: it needs --events FILE" in alone
+
+
+def event(key: str, meter: str = "api_calls", customer: str = "cus_1", **extra: Any) -> str:
+    fields = {"idempotency_key": key, "customer": customer, "meter": meter}
+    return orjson.dumps({**fields, "timestamp": "2026-10-03T12:00:00Z", **extra}).decode()
+
+
+def test_ingest_messages_name_the_file_and_line_and_the_near_miss(
+    shop: Cli, tmp_path: Path
+) -> None:
+    ok(shop, "customer", "create", "globex", "--currency", "USD")
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text(
+        "\n".join(
+            [
+                event("e1"),
+                event("e2", meter="api_call"),
+                event("e3", customer="globx"),
+                event("e4", meter="seats", quantity=3),
+            ]
+        )
+        + "\n"
+    )
+    second.write_text("\n".join([event("e5", meter="API_CALLS"), event("e1", quantity="7")]) + "\n")
+    result = shop("ingest", str(first), str(second), "--project", "acme")
+    assert result.exit_code == 3
+    batch = ok(shop, "events", "receipts")[0]["batch"]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert sorted(warnings) == [
+        f"warning: {first}:2: unknown meter 'api_call' — did you mean 'api_calls'?",
+        f"warning: {first}:3: unknown customer 'globx' — did you mean 'globex'?",
+        f"warning: {second}:1: unknown meter 'API_CALLS' — did you mean 'api_calls'?",
+        f"warning: {second}:2: conflicts with event 'e1' stored by import {batch} ({first}, "
+        f"{second}) line 1: same key, different payload",
+        f"warning: 1 event on count meter seats carry a quantity other than 1 ({first} line 4): "
+        "a count meter counts events, so each counts as 1",
+    ]
+    rejects = [orjson.loads(line) for line in (tmp_path / "a.jsonl.rejects.jsonl").open("rb")]
+    assert sorted((item["file"], item["line"]) for item in rejects) == [
+        (str(first), 2),
+        (str(first), 3),
+        (str(second), 1),
+        (str(second), 2),
+    ]
+    assert list(rejects[0]) == ["file", "line", "reason", "raw"]
+    # a conflict with a line of a one-file import names that file
+    third = tmp_path / "c.jsonl"
+    third.write_text(event("e7") + "\n")
+    stored_by = ok(shop, "ingest", str(third))["batch"]
+    third.write_text(event("e7", quantity="2") + "\n")
+    again = ok_or_rejected(shop, "ingest", str(third))
+    assert again["rejects"][0]["reason"] == (
+        f"conflicts with event 'e7' stored by import {stored_by} from {third} line 1: same key, "
+        "different payload"
+    )
+    assert again["rejects"][0]["file"] == str(third)
+
+
+def test_quantities_a_count_meter_ignores_are_counted_in_the_summary(
+    shop: Cli, tmp_path: Path
+) -> None:
+    path = tmp_path / "seats.jsonl"
+    lines = [event(f"s{i}", meter="seats", quantity=q) for i, q in enumerate([3, "1.0", 1, 2] * 3)]
+    path.write_text("\n".join(lines) + "\n")
+    summary = ok(shop, "ingest", str(path))
+    assert (summary["lines"], summary["accepted"]) == (12, 12)  # stored as always
+    assert summary["warnings"] == [
+        f"6 events on count meter seats carry a quantity other than 1 ({path} lines 1, 4, 5, "
+        "8, 9, ...): a count meter counts events, so each counts as 1"
+    ]
+    again = ok(shop, "ingest", str(path), "--dry-run")
+    assert again["duplicates"] == 12 and len(again["warnings"]) == 1
+
+
+def test_empty_input_says_no_events_were_read(shop: Cli, tmp_path: Path) -> None:
+    piped = shop("ingest", "-", "--project", "acme", input="")
+    assert piped.exit_code == 0
+    assert "warning: no events read from stdin" in piped.stderr
+    as_json = shop("ingest", "-", "--project", "acme", "--json", input="\n\n")
+    assert as_json.exit_code == 0
+    assert (as_json.json()["lines"], as_json.json()["warnings"]) == (
+        0,
+        ["no events read from stdin"],
+    )
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text("idempotency_key,customer,meter,timestamp\n")
+    assert ok(shop, "ingest", str(header_only))["warnings"] == [
+        f"no events read from {header_only}"
+    ]
+
+
+def test_unknown_plans_and_customers_suggest_the_near_one(shop: Cli) -> None:
+    start = ("--start", "2026-10-01T00:00:00Z")
+    plan = fails(shop, 1, "subscription", "create", "cus_1", "pr", *start)
+    assert "error: plan 'pr' does not exist in project 'acme' — did you mean 'pro'?" in plan
+    customer = fails(shop, 1, "subscription", "create", "cus_l", "pro", *start)
+    assert "customer 'cus_l' does not exist in project 'acme' — did you mean 'cus_1'?" in customer
+    granted = fails(shop, 1, "credits", "grant", "CUS_1", "5")
+    assert "did you mean 'cus_1'?" in granted
+    charged = fails(
+        shop, 1, "charge", "add", "cus_2", "--amount", "5", "--description", "x",
+        "--idempotency-key", "k",
+    )  # fmt: skip
+    assert "unknown customer 'cus_2' — did you mean 'cus_1'?" in charged
+    unrelated = fails(shop, 1, "customer", "show", "somebody")
+    assert "did you mean" not in unrelated

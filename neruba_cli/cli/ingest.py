@@ -91,14 +91,14 @@ def register(app: typer.Typer) -> None:
         with rt.transaction() as session:
             project = rt.project(session)
             meters = catalog_store.stored_meters(session, project)
+        source = Source(files)
         earlier = ingest_receipts.imports_with_digest(rt.engine(), project, content_digest(files))
         if earlier:
             rt.out.warn(
-                f"this content was already imported ({', '.join(earlier)}); "
+                f"{source.name}: this content was already imported ({', '.join(earlier)}); "
                 "every line will be checked and counted as a duplicate"
             )
         total = sum(os.path.getsize(p) for p in files if p != "-" and not p.endswith(".gz"))
-        source = Source(files)
         with (
             RejectsWriter(rejects_path) as writer,
             import_progress(rt.out, total or None) as progress,
@@ -123,11 +123,13 @@ def register(app: typer.Typer) -> None:
         rt.out.emit(data, fields(_receipt_view(data)))
         for stale in summary.stale_invoices:
             rt.out.warn(
-                f"finalized invoice {stale['number']} got new events; "
+                f"finalized invoice {stale['number']} got new events from {summary.source}; "
                 f"`{stale['rerun']}` picks them up"
             )
         for reject in summary.rejects[:20]:
-            rt.out.warn(f"line {reject.line}: {reject.reason}")
+            rt.out.warn(f"{reject.where}: {reject.reason}")
+        for warning in summary.warnings:
+            rt.out.warn(warning)
         if summary.rejected + summary.conflicts:
             rt.out.say(f"Rejected and conflicting lines are in {rejects_path}.")
             return EXIT_REJECTED

@@ -20,6 +20,7 @@ second is a conflict, never stored and never dropped silently.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from neruba_cli.domain.money import canonical, decimal_text
+from neruba_cli.domain.suggest import did_you_mean
 
 FIELDS = frozenset(
     {"type", "idempotency_key", "customer", "meter", "timestamp", "quantity", "properties"}
@@ -110,7 +112,7 @@ class EventChecker:
         if not FIELDS.issuperset(raw):
             for name in raw:
                 if name not in FIELDS:
-                    raise Rejected(f"unknown field {name!r}")
+                    raise Rejected(_unknown_field(name))
         kind = raw.get("type", "event")
         if kind != "event":
             raise Rejected(f"type {kind!r} is not event or charge")
@@ -145,6 +147,13 @@ class EventChecker:
 _ONE = (ONE, "1")
 _QUANTITIES: dict[str, tuple[Decimal, str]] = {}  # recent decimal strings, parsed
 _QUANTITIES_KEPT = 16384
+
+
+@functools.lru_cache(maxsize=256)
+def _unknown_field(name: str) -> str:
+    """The reason, with the field probably meant (`quanity` → `quantity`)."""
+    hint = did_you_mean(name, sorted(FIELDS))
+    return f"unknown field {name!r}" + (f" — {hint}" if hint else "")
 
 
 def _quantity(given: Any) -> tuple[Decimal, str]:

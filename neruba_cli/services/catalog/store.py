@@ -31,6 +31,7 @@ from neruba_cli.domain.catalog import (
 )
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.ids import new_id
+from neruba_cli.domain.suggest import did_you_mean
 
 
 @dataclass
@@ -205,8 +206,11 @@ def get_plan(
     """A plan's current version, or a given one (`pro@2` on the command line)."""
     plan = session.scalar(select(Plan).where(Plan.project_id == project.id, Plan.code == code))
     if plan is None:
+        codes = session.scalars(select(Plan.code).where(Plan.project_id == project.id))
+        near = did_you_mean(code, codes)
         raise NotFound(
-            f"plan {code!r} does not exist in project {project.slug!r}",
+            f"plan {code!r} does not exist in project {project.slug!r}"
+            + (f" — {near}" if near else ""),
             hint="`neruba catalog show` lists the plans",
         )
     wanted = plan.current_version if version is None else version

@@ -115,10 +115,10 @@ def _run(
     lines = 0  # read so far: the summary counts them only as the writer takes them in
     with _Pipeline(writer) as pipeline:
         part = _Part()
-        for number, raw, obj in parsed_lines(source, options.fmt):
+        for file, number, raw, obj in parsed_lines(source, options.fmt):
             lines += 1
             part.lines += 1
-            item = validate(number, raw, obj)
+            item = validate(file, number, raw, obj)
             if isinstance(item, Reject):
                 part.refused.append(item)
                 part.refused_size += len(item.raw)
@@ -133,6 +133,9 @@ def _run(
             if on_progress is not None and lines % 1000 == 0:
                 on_progress(source.bytes_read, lines)
         pipeline.put(part)
+    summary.warnings += validate.warnings()
+    if not lines:  # an empty file, or nothing on stdin: exit 0, but never in silence
+        summary.warnings.append(f"no events read from {source.name}")
 
 
 @dataclass(slots=True)

@@ -38,7 +38,7 @@ class Source:
 
     @property
     def name(self) -> str:
-        return ", ".join("stdin" if path == "-" else path for path in self.paths)
+        return ", ".join(file_name(path) for path in self.paths)
 
 
 def guess_format(paths: Sequence[str], explicit: str | None) -> str:
@@ -119,23 +119,29 @@ class LineError(Exception):
         self.reason = reason
 
 
-def parsed_lines(source: Source, fmt: str) -> Iterator[tuple[int, bytes, Any]]:
-    """(line, raw bytes, event dict | LineError) for every non-blank line."""
+def parsed_lines(source: Source, fmt: str) -> Iterator[tuple[str, int, bytes, Any]]:
+    """(file, line, raw bytes, event dict | LineError) for every non-blank line; the file as
+    messages name it (`stdin` for -)."""
     if fmt == "csv":
         yield from _csv_lines(source)
         return
-    for _path, number, data in physical_lines(source):
+    for path, number, data in physical_lines(source):
+        name = file_name(path)
         if data is None:
-            yield number, b"", LineError(f"line is longer than {MAX_LINE} bytes")
+            yield name, number, b"", LineError(f"line is longer than {MAX_LINE} bytes")
             continue
         if not data.strip():
             continue
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            yield number, data, LineError(f"invalid JSON: {exc}")
+            yield name, number, data, LineError(f"invalid JSON: {exc}")
             continue
-        yield number, data, from_cloudevent(obj) if fmt == "cloudevents" else obj
+        yield name, number, data, from_cloudevent(obj) if fmt == "cloudevents" else obj
+
+
+def file_name(path: str) -> str:
+    return "stdin" if path == "-" else path
 
 
 def from_cloudevent(obj: Any) -> Any:
@@ -158,33 +164,34 @@ def from_cloudevent(obj: Any) -> Any:
     return event
 
 
-def _csv_lines(source: Source) -> Iterator[tuple[int, bytes, Any]]:
+def _csv_lines(source: Source) -> Iterator[tuple[str, int, bytes, Any]]:
     header: list[str] | None = None
     for path, number, data in physical_lines(source):
+        name = file_name(path)
         if data is None:
-            yield number, b"", LineError(f"line is longer than {MAX_LINE} bytes")
+            yield name, number, b"", LineError(f"line is longer than {MAX_LINE} bytes")
             continue
         if not data.strip():
             continue
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            yield number, data[:RAW_SHOWN], LineError("the line is not UTF-8 text")
+            yield name, number, data[:RAW_SHOWN], LineError("the line is not UTF-8 text")
             continue
         try:
             cells = next(csv.reader(io.StringIO(text)))
         except (csv.Error, StopIteration) as exc:
-            yield number, data, LineError(f"malformed CSV: {exc}")
+            yield name, number, data, LineError(f"malformed CSV: {exc}")
             continue
         if header is None or number == 1:
             header = [cell.strip() for cell in cells]
-            _check_header("stdin" if path == "-" else path, header)
+            _check_header(name, header)
             continue
         if len(cells) != len(header):
             reason = f"row has {len(cells)} fields, the header has {len(header)}"
-            yield number, data, LineError(reason)
+            yield name, number, data, LineError(reason)
             continue
-        yield number, data, _csv_event(header, cells)
+        yield name, number, data, _csv_event(header, cells)
 
 
 def _check_header(path: str, header: list[str]) -> None:

@@ -36,6 +36,7 @@ class IngestSummary:
     already_imported: list[str] = field(default_factory=list)
     stale_invoices: list[dict[str, str]] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # stored as given, but worth a look
     seconds: float = 0.0
 
     @property
@@ -65,6 +66,7 @@ class IngestSummary:
             "periods": self.periods,
             "already_imported": self.already_imported,
             "stale_invoices": self.stale_invoices,
+            "warnings": self.warnings,
             "seconds": round(self.seconds, 3),
         }
 

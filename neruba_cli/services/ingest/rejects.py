@@ -17,12 +17,19 @@ class Reject:
     reason: str
     raw: str
     stored: dict[str, object] | None = None  # a conflict: the event already stored under the key
+    file: str | None = None  # the input file, where one import reads several (ingest)
 
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)
+        file = data.pop("file")
         if self.stored is None:
             del data["stored"]
-        return data
+        return data if file is None else {"file": file, **data}
+
+    @property
+    def where(self) -> str:
+        """`events.jsonl:4`, or `line 4` where the file is implied."""
+        return f"{self.file}:{self.line}" if self.file is not None else f"line {self.line}"
 
 
 class RejectsWriter:

@@ -22,15 +22,17 @@ from sqlalchemy import Connection, Engine, Table, insert, select
 
 from neruba_cli.db import bulk_insert
 from neruba_cli.db.bulk_insert import StoredKeys, db_time
-from neruba_cli.db.schema import Charge, Customer, Event, Project
+from neruba_cli.db.schema import Charge, Customer, Event, ImportBatch, Project
 from neruba_cli.domain.charges import ChargeInput, check_currency
 from neruba_cli.domain.events import EventInput, Rejected, quantity_text
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.money import decimal_text
+from neruba_cli.domain.suggest import did_you_mean
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.ingest.receipts import IngestSummary, save_counts
 from neruba_cli.services.ingest.rejects import Reject, RejectsWriter, raw_text
-from neruba_cli.services.ingest.validation import Pending
+from neruba_cli.services.ingest.validation import HINTED_NAMES, Pending
+from neruba_cli.services.tenancy.customer_hints import ids_for_hints
 
 
 class BatchWriter:
@@ -69,6 +71,8 @@ class BatchWriter:
         self.keeps_receipt = True
         self.look_first = True  # read a batch's stored keys before inserting it
         self.received_at = db_time(now, True)  # the text of `now` in every dialect
+        self.unknown_customers: dict[str, str] = {}  # name -> the reject's reason, with a hint
+        self.customer_names: list[str] | None = None  # the project's, for near-miss hints
 
     def flush(self, batch: list[Pending], written: Callable[[], None] | None = None) -> None:
         """Write and classify one batch in a transaction of its own; `written` is called
@@ -82,9 +86,10 @@ class BatchWriter:
                 if item.record.customer in customers and type(item.record) is EventInput:
                     events.append(item)
                     continue
-                reason = self._customer_problem(item)
+                reason = self._customer_problem(conn, item)
                 if reason is not None:
-                    self.summary.reject(Reject(item.line, reason, raw_text(item.raw)), self.rejects)
+                    reject = Reject(item.line, reason, raw_text(item.raw), file=item.file)
+                    self.summary.reject(reject, self.rejects)
                 else:
                     (charges if isinstance(item.record, ChargeInput) else events).append(item)
             for table, rows in ((Event.__table__, events), (Charge.__table__, charges)):
@@ -95,16 +100,32 @@ class BatchWriter:
             if written is not None:
                 written()
 
-    def _customer_problem(self, item: Pending) -> str | None:
+    def _customer_problem(self, conn: Connection, item: Pending) -> str | None:
         found = self.customers.get(item.record.customer)
         if found is None:
-            return f"unknown customer {item.record.customer!r}"
+            return self._unknown_customer(conn, item.record.customer)
         if isinstance(item.record, ChargeInput):
             try:
                 check_currency(item.record, found[1])
             except Rejected as exc:
                 return str(exc)
         return None
+
+    def _unknown_customer(self, conn: Connection, name: str) -> str:
+        """The reason, with the near customer when there is one (worked out once per name,
+        for the first HINTED_NAMES names; a project with too many customers to compare is
+        compared with the customers this import has seen)."""
+        reason = self.unknown_customers.get(name)
+        if reason is None:
+            if len(self.unknown_customers) >= HINTED_NAMES:
+                return f"unknown customer {name!r}"
+            if self.customer_names is None:
+                known = ids_for_hints(conn, self.project)
+                self.customer_names = list(self.customers) if known is None else known
+            hint = did_you_mean(name, self.customer_names)
+            reason = f"unknown customer {name!r}" + (f" — {hint}" if hint else "")
+            self.unknown_customers[name] = reason
+        return reason
 
     def _resolve_customers(self, conn: Connection, names: set[str]) -> None:
         missing = [name for name in names if name not in self.customers]
@@ -279,8 +300,9 @@ class BatchWriter:
         stored = {
             row.idempotency_key: row
             for row in conn.execute(
-                select(table, Customer.external_id)
+                select(table, Customer.external_id, ImportBatch.source)
                 .join(Customer, Customer.id == table.c.customer_id)
+                .outerjoin(ImportBatch, ImportBatch.id == table.c.batch_id)
                 .where(table.c.project_id == self.project.id)
                 .where(table.c.idempotency_key.in_(keys))
             )
@@ -291,14 +313,22 @@ class BatchWriter:
             where = "earlier in this import"
             payload: dict[str, Any] | None = None
             if row is not None:
-                where = f"stored by import {row.batch_id} line {row.line}"
+                where = f"stored by import {row.batch_id}{_of(row.source)} line {row.line}"
                 payload = _stored_payload(row, kind)
             reason = (
                 f"conflicts with {kind} {item.record.idempotency_key!r} {where}: same key, "
                 "different payload"
             )
-            reject = Reject(item.line, reason, raw_text(item.raw), stored=payload)
+            reject = Reject(item.line, reason, raw_text(item.raw), stored=payload, file=item.file)
             self.summary.reject(reject, self.rejects, conflict=True)
+
+
+def _of(source: str | None) -> str:
+    """Which file the stored line is in: `from a.jsonl`, or `(a.jsonl, b.jsonl)` when the
+    import read several (its line numbers are per file)."""
+    if source is None:
+        return ""
+    return f" ({source})" if ", " in source else f" from {source}"
 
 
 def _stored_payload(row: Any, kind: str) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from neruba_cli.domain.money import (
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.ledger import postings as ledger_postings
 from neruba_cli.services.ledger.postings import IdempotencyConflict
+from neruba_cli.services.tenancy.customer_hints import customer_not_found
 
 grants_t = CreditGrant.__table__
 customers_t = Customer.__table__
@@ -77,7 +78,7 @@ def _customer(conn: Connection, project: Project, ident: str) -> Row[Any]:
         )
     ).first()
     if row is None:
-        raise NotFound(f"customer {ident!r} does not exist in project {project.slug!r}")
+        raise customer_not_found(conn, project, ident)
     return row
 
 

@@ -14,12 +14,13 @@ from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import Customer, Project
 from neruba_cli.db.unique import add_unique
-from neruba_cli.domain.errors import InvalidInput, NotFound
+from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.tenancy import CustomerSpec, ProjectSpec, customer_spec
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.ingest.rejects import Reject, RejectsWriter, keep
 from neruba_cli.services.ingest.tabular import CsvRow
+from neruba_cli.services.tenancy.customer_hints import customer_not_found
 from neruba_cli.services.tenancy.projects import spec_of
 
 CSV_COLUMNS = ("external_id", "name", "email", "currency", "timezone", "stripe_id")
@@ -222,7 +223,7 @@ def get_customer(session: Session, project: Project, ident: str) -> Customer:
         .limit(1)
     )
     if customer is None:
-        raise NotFound(f"customer {ident!r} does not exist in project {project.slug!r}")
+        raise customer_not_found(session, project, ident)
     return customer
 
 
