@@ -39,7 +39,7 @@ from neruba_cli.cli.app import app
 from neruba_cli.db import locks, migrate
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Customer, Event, ExportWatermark, Project, Refund
-from neruba_cli.services.export.streams import COLUMNS
+from neruba_cli.services.export.kinds import COLUMNS
 from tests.conftest import Cli, Outcome
 from tests.test_cli_invoice import CATALOG  # the same shop: meters, pro and basic
 

@@ -13,7 +13,10 @@ from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
 from neruba_cli.domain.timestamps import parse_fixed_duration
-from neruba_cli.services.export import streams as export_streams
+from neruba_cli.services.export import kinds as export_kinds
+from neruba_cli.services.export import plan as export_plan
+from neruba_cli.services.export import watermarks as export_watermarks
+from neruba_cli.services.export import writing as export_writing
 
 app = typer.Typer()
 
@@ -49,36 +52,36 @@ def _export(
         output_file(Path(output), "--output")
     if output == "-" and compress and sys.stdout.isatty():
         raise UsageError("--gzip would write binary to the terminal", hint="pass --output FILE")
-    request = export_streams.ExportRequest(
+    request = export_plan.ExportRequest(
         kind=kind,
-        fmt=export_streams.guess_format(output, fmt),
+        fmt=export_writing.guess_format(output, fmt),
         period=period,
         customer=customer,
         since=since,
         name=name,
         overlap=parse_fixed_duration(overlap, field="--overlap"),
     )
-    export_streams.check_request(request)
+    export_kinds.check_request(request)
     with rt.transaction() as session:
         project = rt.project(session)
     engine = rt.engine()
     to_file = output != "-"
-    with export_streams.named_lease(engine, project, request) as lease:
-        plan = export_streams.make_plan(engine, project, request, now=rt.now())
-        total = export_streams.count(engine, plan) if to_file and rt.out.interactive else None
+    with export_watermarks.named_lease(engine, project, request) as lease:
+        plan = export_watermarks.make_plan(engine, project, request, now=rt.now())
+        total = export_writing.count(engine, plan) if to_file and rt.out.interactive else None
         with (
             rt.out.progress(f"Exporting {kind}", total) as bar,
-            export_streams.destination(output, compress=compress) as out,
+            export_writing.destination(output, compress=compress) as out,
         ):
             shown = bar if to_file else (lambda _done: None)
-            rows = export_streams.write(
-                engine, plan, out, export_streams.keep_alive(engine, lease, shown)
+            rows = export_writing.write(
+                engine, plan, out, export_watermarks.keep_alive(engine, lease, shown)
             )
         if lease is not None and name is not None:
-            export_streams.store_watermark(
+            export_watermarks.store_watermark(
                 engine, project, name, kind, plan.watermark, lease=lease, now=rt.now()
             )
-    result = export_streams.ExportResult(
+    result = export_plan.ExportResult(
         kind=kind,
         fmt=request.fmt,
         rows=rows,
@@ -176,5 +179,5 @@ def _register(kind: str) -> None:
     command(app, kind, group="export", scope="read")(run)
 
 
-for _kind in export_streams.KINDS:
+for _kind in export_kinds.KINDS:
     _register(_kind)

@@ -681,7 +681,7 @@ class StripeWebhookEvent(Base):
 class ExportWatermark(Base):
     """Where a named export (`neruba export KIND --name NAME`) stands: the watermark of its last
     complete file, so the next run ships only what came after. Written only once the file is
-    in place under its real name; services/export/streams.py explains what a watermark is per
+    in place under its real name; services/export/watermarks.py explains what a watermark is per
     kind."""
 
     __tablename__ = "export_watermarks"
