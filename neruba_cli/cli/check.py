@@ -8,7 +8,7 @@ from rich.text import Text
 
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
-from neruba_cli.services.ops import check as sweep
+from neruba_cli.services.ops.check import runner as check_runner
 
 EXIT_DISCREPANCY = 4
 
@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         still running) are listed but do not fail."""
         with rt.transaction() as session:
             project = rt.project(session)
-        report = sweep.run_consistent(rt.engine(), project)
+        report = check_runner.run_consistent(rt.engine(), project)
         data = report.as_dict()
         rows = [
             (

@@ -1,7 +1,8 @@
-"""The rules `neruba check` holds stored rows to beyond the ledger: invoice line rows against
-their documents, corrections against the invoices they correct, event counts against the
-events stored, import receipts against what they imported. Plain values in, problems out as
-sentences an operator can act on; services/ops/check.py only reads the rows.
+"""The rules `neruba check` holds stored rows to: the ledger's double entry and every figure
+kept beside it (account balances, grants, wallets, invoice totals), invoice numbering, invoice
+line rows against their documents, corrections against the invoices they correct, event
+counts against the events stored, import receipts against what they imported. Plain values
+in, problems out as sentences an operator can act on; services/ops/check/ only reads the rows.
 
 Why these rules and not stricter ones is written beside each: a rule that fails on a normal
 sequence of ingest and runs would teach operators to ignore the sweep.
@@ -16,11 +17,254 @@ from decimal import Decimal
 from typing import Any
 
 from neruba_cli.domain.invoice import line_key
-from neruba_cli.domain.money import format_amount
+from neruba_cli.domain.money import format_amount, format_minor, to_minor_units
 
 FINAL = ("finalized", "paid")
 CORRECTIONS = ("credit_note", "supplemental")
 KINDS = ("invoice", *CORRECTIONS)
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+@dataclass(frozen=True)
+class TransactionTotal:
+    """A transaction's entries in one currency (one row with no currency when it has none)."""
+
+    transaction: str
+    idempotency_key: str
+    currency: str | None
+    total: int | None  # sum of the entries, minor units
+    entries: int
+
+
+def transaction_problems(totals: Sequence[TransactionTotal]) -> tuple[list[str], int]:
+    """Double entry: every transaction's entries sum to zero in each currency, and a posting
+    has at least two entries. The problems (sums first, then entry counts) and how many
+    transactions were checked."""
+    problems: list[str] = []
+    entries: dict[str, int] = {}
+    for row in totals:
+        entries[row.transaction] = entries.get(row.transaction, 0) + row.entries
+        if row.total is not None and row.total != 0:
+            currency = row.currency or ""
+            problems.append(
+                f"transaction {row.transaction} ({row.idempotency_key}) sums to "
+                f"{format_minor(row.total, currency)} {currency}, not zero"
+            )
+    for transaction, count in entries.items():
+        if count < 2:
+            problems.append(
+                f"transaction {transaction} has {count} entries; a posting needs at least two"
+            )
+    return problems, len(entries)
+
+
+@dataclass(frozen=True)
+class AccountBalance:
+    name: str  # the account's code, with the customer's external id for a customer account
+    currency: str
+    balance: int  # as stored on the account, minor units
+    entries: int  # the sum of its entries
+
+
+def account_problems(account: AccountBalance) -> list[str]:
+    """An account's stored balance is a cache of its entries: it must equal their sum."""
+    if account.entries == account.balance:
+        return []
+    currency = account.currency
+    return [
+        f"account {account.name} ({currency}) has balance "
+        f"{format_minor(account.balance, currency)} but its entries sum to "
+        f"{format_minor(account.entries, currency)}"
+    ]
+
+
+@dataclass(frozen=True)
+class GrantFacts:
+    id: str
+    currency: str
+    amount: int  # granted, minor units
+    remaining: int  # as stored on the grant
+    posted: int  # what its ledger entries leave
+    revoked: bool
+    expired: bool
+
+
+def grant_problems(grant: GrantFacts) -> list[str]:
+    """A grant's remaining credit is what its entries leave, nothing once it is revoked or
+    expired (what was left is posted away then), and between zero and what was granted."""
+    currency = grant.currency
+    problems = []
+    if grant.posted != grant.remaining:
+        problems.append(
+            f"grant {grant.id} shows {format_minor(grant.remaining, currency)} {currency} "
+            f"remaining but its entries leave {format_minor(grant.posted, currency)}"
+        )
+    if (grant.revoked or grant.expired) and grant.remaining:
+        state = "revoked" if grant.revoked else "expired"
+        problems.append(
+            f"grant {grant.id} is {state} but still holds "
+            f"{format_minor(grant.remaining, currency)} {currency}"
+        )
+    if not 0 <= grant.remaining <= grant.amount:
+        problems.append(
+            f"grant {grant.id} has {format_minor(grant.remaining, currency)} {currency} "
+            f"remaining of {format_minor(grant.amount, currency)} granted"
+        )
+    return problems
+
+
+@dataclass(frozen=True)
+class WalletFacts:
+    customer_id: str
+    customer: str  # external id, for messages
+    currency: str
+    held: int  # the wallet account's credit balance, minor units
+
+
+def wallet_problems(
+    wallets: Sequence[WalletFacts], remaining: Mapping[tuple[str, str], int]
+) -> list[str]:
+    """A customer's wallet (per currency) holds exactly what its grants have left, never
+    less than nothing; grants with credit left always have a wallet. `remaining` is the
+    grants' remaining credit by (customer id, currency)."""
+    problems = []
+    seen = set()
+    for wallet in wallets:
+        key = (wallet.customer_id, wallet.currency)
+        seen.add(key)
+        left = remaining.get(key, 0)
+        if wallet.held != left:
+            problems.append(
+                f"wallet of {wallet.customer} holds {format_minor(wallet.held, wallet.currency)} "
+                f"{wallet.currency} but its grants have "
+                f"{format_minor(left, wallet.currency)} left"
+            )
+        if wallet.held < 0:
+            problems.append(f"wallet of {wallet.customer} is overdrawn ({wallet.currency})")
+    for key, left in remaining.items():
+        if key not in seen and left:
+            problems.append(f"grants of customer {key[0]} hold credit but no wallet was posted")
+    return problems
+
+
+@dataclass(frozen=True)
+class InvoiceTotals:
+    """An invoice row's figures and its stored document."""
+
+    status: str
+    currency: str
+    subtotal: Decimal
+    credits_applied: Decimal
+    total: Decimal
+    document: Mapping[str, Any]
+    amount_due: int  # minor units
+    amount_paid: int
+
+
+def document_problems(invoice: InvoiceTotals) -> list[str]:
+    """The invoice row's totals against its document: lines add up to the subtotal, the total
+    is the subtotal less the credits applied, and the row says what the document says."""
+    currency = invoice.currency
+    content = invoice.document
+    problems = []
+    lines = sum((Decimal(line["amount"]) for line in content["lines"]), Decimal(0))
+    if format_amount(lines, currency) != content["subtotal"]:
+        problems.append(
+            f"its lines add up to {format_amount(lines, currency)}, its subtotal says "
+            f"{content['subtotal']}"
+        )
+    expected = Decimal(content["subtotal"]) - Decimal(content["credits_applied"])
+    if format_amount(expected, currency) != content["total"]:
+        problems.append(f"total {content['total']} is not subtotal less credits applied")
+    for name in ("subtotal", "credits_applied", "total"):
+        stored = format_amount(getattr(invoice, name), currency)
+        if stored != content[name]:
+            problems.append(
+                f"the row's {name} {stored} differs from its document's {content[name]}"
+            )
+    return problems
+
+
+def invoice_problems(invoice: InvoiceTotals, posted: Mapping[str, int], paid: int) -> list[str]:
+    """What disagrees between an invoice and its receivable postings (`posted`: their sums by
+    the kind of transaction that wrote them) and its payments net of refunds (`paid`). A
+    draft has no postings and a void invoice owes nothing; a final one posted its subtotal
+    and its credits, owes what its receivable entries say, and is paid when nothing is due."""
+    currency = invoice.currency
+    problems = document_problems(invoice)
+    due = sum(posted.values())
+    if invoice.status == "draft":
+        if posted:
+            problems.append("a draft has ledger postings")
+        return problems
+    if invoice.status == "void":
+        if due:
+            problems.append(f"void but still owes {format_minor(due, currency)} in the ledger")
+        return problems
+    subtotal = to_minor_units(invoice.subtotal, currency)
+    finalized = posted.get("invoice_finalized", 0)
+    if finalized != subtotal:
+        problems.append(
+            f"subtotal {format_minor(subtotal, currency)} but "
+            f"{format_minor(finalized, currency)} posted"
+        )
+    credits = to_minor_units(invoice.credits_applied, currency)
+    if -posted.get("credits_applied", 0) != credits:
+        problems.append(
+            f"credits applied {format_minor(credits, currency)} but "
+            f"{format_minor(-posted.get('credits_applied', 0), currency)} posted"
+        )
+    if due != invoice.amount_due:
+        problems.append(
+            f"amount due {format_minor(invoice.amount_due, currency)} but the ledger says "
+            f"{format_minor(due, currency)}"
+        )
+    if paid != invoice.amount_paid:
+        problems.append(
+            f"amount paid {format_minor(invoice.amount_paid, currency)} but payments net of "
+            f"refunds are {format_minor(paid, currency)}"
+        )
+    if subtotal < 0 and invoice.amount_due != 0:
+        problems.append(
+            f"its negative total was never settled ({format_minor(invoice.amount_due, currency)} "
+            "left against the invoice it corrects or the wallet)"
+        )
+    if invoice.status == "paid" and invoice.amount_due > 0:
+        problems.append(f"marked paid but {format_minor(invoice.amount_due, currency)} is due")
+    if invoice.status == "finalized" and subtotal > 0 and invoice.amount_due <= 0:
+        problems.append("nothing is due but it is not marked paid")
+    return problems
+
+
+# --------------------------------------------------------------------------- numbering
+
+
+def numbering_problems(numbers: Sequence[str], slug: str, counter: int | None) -> list[str]:
+    """Invoice numbers (SLUG-000001, ...) run 1, 2, ... N without a gap (a void invoice keeps
+    its number), and the project's counter stands at N: a gap would look like a deleted
+    invoice to an auditor."""
+    found = sorted(_sequence_number(number, slug) for number in numbers)
+    expected = list(range(1, len(found) + 1))
+    problems = []
+    if found != expected:
+        missing = sorted(set(expected) - set(found))[:10]
+        extra = sorted(set(found) - set(expected))[:10]
+        problems.append(
+            f"invoice numbers are not 1..{len(found)} without gaps"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unexpected {extra}" if extra else "")
+        )
+    if (counter or 0) != len(found):
+        problems.append(f"the invoice counter stands at {counter or 0} for {len(found)} invoices")
+    return problems
+
+
+def _sequence_number(number: str, slug: str) -> int:
+    prefix = f"{slug.upper()}-"
+    tail = number[len(prefix) :] if number.startswith(prefix) else ""
+    return int(tail) if tail.isdigit() else -1
 
 
 # --------------------------------------------------------------------------- line rows

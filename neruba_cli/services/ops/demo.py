@@ -38,7 +38,7 @@ from neruba_cli.services.ingest.readers import Source
 from neruba_cli.services.ingest.rejects import RejectsWriter
 from neruba_cli.services.ingest.tabular import read_csv
 from neruba_cli.services.ledger import credits, payments
-from neruba_cli.services.ops import check
+from neruba_cli.services.ops.check import runner as check_runner
 from neruba_cli.services.tenancy import access, audit, customers, keys, projects
 from neruba_cli.services.tenancy.access import Access, Actor
 from neruba_cli.services.tenancy.customers import ImportReport
@@ -316,7 +316,7 @@ def _demo_billing(
 
 def _demo_check(engine: Any) -> str:
     with engine.connect() as conn, Session(engine) as session:
-        report = check.run(conn, projects.get_project(session, DEMO_PROJECT))
+        report = check_runner.run(conn, projects.get_project(session, DEMO_PROJECT))
     checked = sum(result.checked for result in report.results)
     return (
         f"checked the ledger: {'consistent' if report.ok else 'DISCREPANCIES'} "
