@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from neruba_cli.domain.invoice import line_key
+from neruba_cli.domain.late_events import Treatment, treatment
 from neruba_cli.domain.money import format_amount, format_minor, to_minor_units
 
 FINAL = ("finalized", "paid")
@@ -546,11 +547,12 @@ def awaiting_note(
         "was computed"
     )
     rerun = f"`neruba run bill --period {latest.label}`"
-    if latest.status not in FINAL:
+    decided = treatment(policy, final=latest.status in FINAL)
+    if decided is Treatment.RECOMPUTE:
         return f"{head}; {rerun} counts them"
-    if policy == "ignore":
+    if decided is Treatment.IGNORE:
         return f"{head}; policy ignore: {rerun} books them without billing"
-    if policy == "next_invoice":
+    if decided is Treatment.CARRY:
         if carried_onto:
             return f"{head}; policy next_invoice carried them onto {', '.join(carried_onto)}"
         return f"{head}; policy next_invoice: the next month's run carries them"

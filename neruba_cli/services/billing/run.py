@@ -28,6 +28,7 @@ from neruba_cli.db import locks, usage_sql
 from neruba_cli.db.schema import BillingRun, Invoice, Project
 from neruba_cli.domain.billing_periods import resolve_label
 from neruba_cli.domain.invoice import BuiltInvoice, CarriedUsage, correction_lines, run_fingerprint
+from neruba_cli.domain.late_events import carries_forward
 from neruba_cli.domain.periods import Period
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.billing import plan as billing_plan
@@ -50,8 +51,6 @@ from neruba_cli.services.billing.plan import (
 )
 from neruba_cli.services.billing.writer import InvoiceWriter, Outcome, RunOptions, RunReport
 from neruba_cli.services.billing.writer import run_summary as run_summary  # re-exported
-
-LATE_EVENT_POLICIES = ("correct", "next_invoice", "ignore")
 
 invoices_t = Invoice.__table__
 runs_t = BillingRun.__table__
@@ -89,7 +88,7 @@ def run_bill(
             attach_existing(conn, project, items)
             items += orphaned_items(conn, project, label, items, options.customers)
             restore_carried(conn, items)
-            if project.late_events == "next_invoice":
+            if carries_forward(project.late_events):
                 _fall_back_where_next_is_final(conn, project, label, items)
                 items += _late_carry(conn, project, label, items, options)
         advance = progress_total(len(items)) if progress_total else (lambda _n: None)

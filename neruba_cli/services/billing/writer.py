@@ -51,6 +51,7 @@ from neruba_cli.domain.invoice import (
     correction_lines,
     invoice_content,
 )
+from neruba_cli.domain.late_events import Treatment, treatment
 from neruba_cli.domain.periods import Period
 from neruba_cli.services.billing.plan import FINAL, WorkItem, documents
 from neruba_cli.services.invoices import settlement
@@ -177,19 +178,22 @@ class InvoiceWriter:
             return self._settle_open(item, built, draft, outcome)
         late = max(item.raw_count - finals[-1].event_count, 0)
         outcome.late_events = late
-        policy = self.project.late_events
-        same_terms = built.setup_fingerprint == finals[-1].setup_fingerprint
-        if policy in ("ignore", "next_invoice") and same_terms and not item.fallback:
-            # The policies are about late *events*; changed terms (a charge added, a backdated
-            # plan change or cancellation) are always corrected.
-            # next_invoice: the following month's run carries the difference (billing._late_carry).
-            outcome.action = "ignored" if late and policy == "ignore" else "unchanged"
-            outcome.landed = ("ignored" if policy == "ignore" else "next_invoice") if late else None
-            outcome.number, outcome.total = finals[-1].number, finals[-1].total
-            if policy == "ignore":
-                self._queue_bookkeeping(finals[-1], item, built)
-            return outcome
-        return self._settle_correction(item, built, finals, draft, outcome)
+        decided = treatment(
+            self.project.late_events,
+            final=True,
+            terms_changed=built.setup_fingerprint != finals[-1].setup_fingerprint,
+            can_carry=not item.fallback,
+        )
+        if decided is Treatment.CORRECT:
+            return self._settle_correction(item, built, finals, draft, outcome)
+        # CARRY: the following month's run carries the difference (billing.run._late_carry).
+        ignored = decided is Treatment.IGNORE
+        outcome.action = "ignored" if late and ignored else "unchanged"
+        outcome.landed = ("ignored" if ignored else "next_invoice") if late else None
+        outcome.number, outcome.total = finals[-1].number, finals[-1].total
+        if ignored:
+            self._queue_bookkeeping(finals[-1], item, built)
+        return outcome
 
     def _settle_orphan(self, draft: Invoice | None, outcome: Outcome) -> Outcome:
         """A draft for a period the month no longer bills: void it (its number stays)."""

@@ -31,6 +31,7 @@ from neruba_cli.domain.invoice import (
     invoice_content,
     setup_document,
 )
+from neruba_cli.domain.late_events import Treatment, treatment
 from neruba_cli.domain.money import format_amount
 from neruba_cli.domain.periods import Period
 from neruba_cli.services.billing import run as billing_run
@@ -227,10 +228,16 @@ def _recomputed_checks(
         usage_only = canonical_json(setup_document(stored_inputs)) == canonical_json(
             setup_document(built.inputs)
         )
-        policy = project.late_events
-        if usage_only and row.status in FINAL and policy in ("ignore", "next_invoice"):
+        decided = treatment(
+            project.late_events, final=row.status in FINAL, terms_changed=not usage_only
+        )
+        if decided in (Treatment.IGNORE, Treatment.CARRY):
             verdict.checks["recomputed"] = "ok"
-            where = "ignores them" if policy == "ignore" else "carries them to the next invoice"
+            where = (
+                "ignores them"
+                if decided is Treatment.IGNORE
+                else "carries them to the next invoice"
+            )
             verdict.notes.append(f"{changed}; the project's late_events policy {where}")
             return
         hint = f"run `neruba run bill --period {row.period}` to " + (

@@ -10,12 +10,12 @@ from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import Project
 from neruba_cli.db.unique import add_unique
+from neruba_cli.domain import late_events as late_event_policy
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.money import RoundingMode
 from neruba_cli.domain.tenancy import ProjectSpec
 from neruba_cli.domain.timestamps import format_ts
-from neruba_cli.services.billing.run import LATE_EVENT_POLICIES
 
 CREDIT_RETURN_POLICIES = ("restore", "keep")
 
@@ -34,7 +34,7 @@ def create_project(
         created_at=now,
         mode=mode,
         require_key=False,
-        late_events=LATE_EVENT_POLICIES[0],
+        late_events=late_event_policy.DEFAULT,
         credit_returns=CREDIT_RETURN_POLICIES[0],
     )
     add_unique(session, project, f"project {spec.slug!r} already exists")
@@ -74,7 +74,7 @@ def update_project(
     """Change the settings that can change; currency and mode are fixed at creation."""
     project = get_project(session, slug)
     if late_events is not None:
-        project.late_events = validate_late_events(late_events)
+        project.late_events = late_event_policy.parse_policy(late_events)
     if credit_returns is not None:
         project.credit_returns = validate_credit_returns(credit_returns)
     if name is not None:
@@ -85,16 +85,6 @@ def update_project(
         project.require_key = require_key
     session.flush()
     return project
-
-
-def validate_late_events(policy: str) -> str:
-    """What a billing rerun does with events that arrive after their period was finalized."""
-    if policy not in LATE_EVENT_POLICIES:
-        raise InvalidInput(
-            f"late events: {policy!r} is not a late-event policy",
-            hint="use correct (a linked correction), next_invoice or ignore",
-        )
-    return policy
 
 
 def validate_credit_returns(policy: str) -> str:
