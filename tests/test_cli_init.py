@@ -3,6 +3,7 @@ directory: cron runs in $HOME, an operator in another folder."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -78,3 +79,17 @@ def test_a_missing_database_is_shown_with_its_absolute_path_and_origin(
     assert configured.exit_code == 1 and expected in configured.stderr
     doctor = bare_cli("doctor", "--json")
     assert expected in doctor.json()["checks"][1]["detail"]
+
+
+def test_init_and_doctor_show_the_url_as_written_and_the_server_by_name(
+    bare_cli: Cli, db_url: str, dialect: str
+) -> None:
+    shown = re.sub(r"\+\w+://", "://", db_url)  # no driver Neruba picked
+    made = bare_cli("init", "--db", db_url)
+    assert made.exit_code == 0, made.stderr
+    assert f"Database {shown} is at " in made.stderr
+    doctor = bare_cli("doctor", "--db", db_url)
+    product = {"sqlite": "SQLite", "mariadb": "MariaDB", "postgresql": "PostgreSQL"}[dialect]
+    assert re.search(rf"│ database +│ ok +│ {product} [\d.]+ at {re.escape(shown)} ", doctor.stdout)
+    assert "+pymysql" not in doctor.stdout + made.stderr
+    assert "+psycopg" not in doctor.stdout + made.stderr

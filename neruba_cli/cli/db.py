@@ -9,7 +9,7 @@ import typer
 from neruba_cli.cli.output import fields
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.db import migrate
-from neruba_cli.db.engine import redact
+from neruba_cli.db.engine import display_url, redact
 from neruba_cli.services.tenancy.access import OPERATOR
 
 app = typer.Typer()
@@ -29,7 +29,8 @@ def upgrade(
     if before == after:
         rt.out.say(f"Schema already at {after}; nothing to do.")
     else:
-        rt.out.say(f"Upgraded {redact(engine.url)} from {before or 'empty'} to {after}.")
+        shown = display_url(rt.settings.database_url)
+        rt.out.say(f"Upgraded {shown} from {before or 'empty'} to {after}.")
 
 
 @command(app, "current", group="db", scope="read")
@@ -44,7 +45,7 @@ def current(rt: Runtime) -> None:
         "head": head,
         "at_head": revision == head,
     }
-    rt.out.emit(data, fields(data))
+    rt.out.emit(data, fields({**data, "database": display_url(rt.settings.database_url)}))
 
 
 @command(app, "downgrade", group="db", scope=OPERATOR, mutating=True)
@@ -56,7 +57,8 @@ def downgrade(
     """Move the schema down to REVISION. Dropped tables lose their data."""
     engine = rt.engine(check_schema=False)
     before = migrate.current_revision(engine)
-    rt.confirm(f"Downgrade {redact(engine.url)} from {before} to {revision}?", yes=yes)
+    shown = display_url(rt.settings.database_url)
+    rt.confirm(f"Downgrade {shown} from {before} to {revision}?", yes=yes)
     migrate.downgrade(engine, revision)
     after = migrate.current_revision(engine)
     rt.out.emit({"database": redact(engine.url), "from": before, "to": after})

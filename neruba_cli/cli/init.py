@@ -12,7 +12,7 @@ from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.config import CONFIG_FILE_NAME, Settings, resolve_settings, write_config_file
 from neruba_cli.db import migrate
-from neruba_cli.db.engine import anchored_sqlite_url, parse_database_url, redact
+from neruba_cli.db.engine import anchored_sqlite_url, display_url, parse_database_url, redact
 from neruba_cli.services.tenancy.access import OPERATOR
 
 
@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
             rt.out.say(f"Wrote {target}.")
         else:
             rt.out.say(f"Kept the existing {target} (use --force to overwrite it).")
-        rt.out.say(f"Database {redact(url)} is at {after}.")
+        rt.out.say(f"Database {display_url(url)} is at {after}.")
 
 
 def _anchored(settings: Settings, config: Path) -> Settings:

@@ -114,6 +114,26 @@ def redact(url: str | URL) -> str:
         return _PASSWORD_IN_URL.sub(r"://\1:***@", str(url))
 
 
+def display_url(url: str | URL) -> str:
+    """The URL as the operator wrote it, for messages: password hidden, and without the driver
+    Neruba adds (`postgresql://`, not `postgresql+psycopg://`)."""
+    try:
+        parsed = url if isinstance(url, URL) else make_url(url)
+        bare = parsed.set(drivername=parsed.drivername.split("+")[0])
+        return bare.render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return redact(url)
+
+
+def product_name(engine: Engine) -> str:
+    """The database server by its name (the `mysql` dialect also serves MariaDB); read once
+    the engine has connected."""
+    dialect = engine.dialect
+    if dialect.name == "mysql":
+        return "MariaDB" if getattr(dialect, "is_mariadb", False) else "MySQL"
+    return {"postgresql": "PostgreSQL", "sqlite": "SQLite"}.get(dialect.name, dialect.name)
+
+
 def create_db_engine(url: str) -> Engine:
     parsed = parse_database_url(url)
     dialect = parsed.get_backend_name()
@@ -208,4 +228,4 @@ def explain_error(exc: Exception, url: str) -> DatabaseError:
     """Turn a driver exception into one line an operator can act on (no traceback)."""
     reason = getattr(exc, "orig", None) or exc
     text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
-    return DatabaseError(f"database {redact(url)}: {text}")
+    return DatabaseError(f"database {display_url(url)}: {text}")

@@ -20,7 +20,14 @@ from sqlalchemy.orm import Session
 
 from neruba_cli.config import Settings
 from neruba_cli.db import locks, migrate
-from neruba_cli.db.engine import create_db_engine, explain_error, redact, require_sqlite_file
+from neruba_cli.db.engine import (
+    create_db_engine,
+    display_url,
+    explain_error,
+    product_name,
+    redact,
+    require_sqlite_file,
+)
 from neruba_cli.db.schema import (
     BillingRun,
     Event,
@@ -83,7 +90,7 @@ def diagnose(
         return report
     report.database = redact(engine.url)
     try:
-        _check_database(report, engine)
+        _check_database(report, engine, settings.database_url)
         if report.healthy:
             _check_schema(report, engine)
         if report.healthy:
@@ -105,17 +112,16 @@ def _config_detail(settings: Settings) -> str:
     return f"{where}; database from {settings.sources['database_url']}"
 
 
-def _check_database(report: Report, engine: Engine) -> None:
+def _check_database(report: Report, engine: Engine, url: str) -> None:
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
             version = ".".join(str(part) for part in engine.dialect.server_version_info or ())
     except SQLAlchemyError as exc:
-        report.checks.append(Check("database", "fail", str(explain_error(exc, str(engine.url)))))
+        report.checks.append(Check("database", "fail", str(explain_error(exc, url))))
         return
-    report.checks.append(
-        Check("database", "ok", f"{engine.dialect.name} {version} at {redact(engine.url)}".strip())
-    )
+    detail = f"{product_name(engine)} {version}".strip() + f" at {display_url(url)}"
+    report.checks.append(Check("database", "ok", detail))
 
 
 def _check_schema(report: Report, engine: Engine) -> None:
