@@ -243,3 +243,79 @@ def test_output_paths_are_refused_before_any_work(
     assert len(data(demo, "events", "receipts")) == receipts  # nothing was read
     assert not Path(missing).exists() and not Path("neruba.db").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "customers.csv", "demo.db"]
+
+
+# --------------------------------------------------------------------------- terminal polish
+
+
+def test_tables_and_summaries_read_as_a_person_writes(demo: Cli, tmp_path: Path) -> None:
+    explained = on_demo(demo, "invoice", "explain", "DEMO-000002").stdout
+    assert "None" not in explained
+    assert "why: 1 event (weighted_sum) → quantity 5" in explained  # seats: one event
+    assert "events: 1 event at 2026-10-01T00:00:00Z" in explained
+    assert "events: none" in explained  # storage_gb: nothing sent, not "0 from None to None"
+
+    projects = on_demo(demo, "project", "list").stdout
+    assert re.search(r"│ demo +│ .* │ no +│", projects) and "False" not in projects
+
+    run = data(demo, "run", "list")[0]["id"]
+    assert re.search(r"\.\d{6}Z", data(demo, "run", "show", run)["finished_at"])  # --json: all
+    shown = on_demo(demo, "run", "show", run).stdout
+    assert re.search(r"finished_at +│ \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", shown), shown
+
+    stats = on_demo(demo, "stats").stdout
+    assert re.search(r"ingest lag +│ p50 \d+ (d|h|min|s)\b", stats), stats
+    assert not re.search(r"\d+\.\d{4,}", stats)  # no raw seconds
+
+    pushed = on_demo(demo, "stripe", "push", "--period", "2026-10", "--dry-run")
+    assert pushed.stdout.count("would create") == 3 and " created " not in pushed.stdout
+    assert "3 invoices: 3 would create." in pushed.stderr
+
+    (tmp_path / "one.csv").write_text("external_id,name\ncus_new,New Co\n")
+    imported = on_demo(demo, "customer", "import", str(tmp_path / "one.csv"))
+    assert "one.csv: 1 row — 1 created, " in imported.stderr
+    verified = on_demo(demo, "invoice", "verify", "DEMO-000002")
+    assert "1 checked: 1 ok, 0 mismatches." in verified.stderr
+
+
+def test_compare_leaves_out_what_it_cannot_tell(demo: Cli, tmp_path: Path) -> None:
+    """The baseline bills cus_acme in EUR: EUR then has totals but no customer of its own, so
+    no drift percentiles to show."""
+    baseline = tmp_path / "baseline.csv"
+    baseline.write_text(
+        "customer,description,meter,quantity,amount,currency\n"
+        "cus_acme,October,,,200.42,EUR\ncus_initech,October,,,188.58,USD\n"
+    )
+    compared = on_demo(demo, "compare", str(baseline), "--period", "2026-10")
+    assert compared.exit_code == 0, compared.stderr
+    assert "2 customers compared: 1 matched" in compared.stdout
+    summary = data(demo, "compare", str(baseline), "--period", "2026-10")["summary"]
+    assert summary["currencies"]["EUR"]["p50_drift"] is None  # --json keeps the key
+    (eur,) = [line for line in compared.stdout.splitlines() if line.startswith("  EUR: ")]
+    assert "None" not in compared.stdout and "p50" not in eur and "p95" not in eur
+
+
+def test_usage_of_an_unused_meter_is_one_line(demo: Cli) -> None:
+    shown = on_demo(demo, "usage", "show", "cus_acme", "--period", "2026-10", "--as-of", AS_OF)
+    lines = shown.stdout.splitlines()
+    unused = lines.index("active_users · unique_count of properties.user_id")
+    assert lines[unused + 1].startswith("no events in this period · quantity 0 · projected 20.00")
+    charted = {"api_calls", "seats", "tokens"}  # the meters cus_acme sent events to
+    days = [line for line in lines if re.match(r"2026-10-\d\d ", line)]
+    assert len(days) == 31 * len(charted)
+
+
+def test_every_empty_list_says_so(demo: Cli) -> None:
+    for args, said in (
+        (("events", "list", "--customer", "cus_globex"), "No events."),
+        (("invoice", "list", "--customer", "cus_globex"), "No invoices."),
+        (("member", "list"), "No members."),
+        (("locks", "list"), "No locks are held."),
+        (("retention", "list"), "No retention runs."),
+        (("stripe", "webhook", "list"), "No webhook events."),
+        (("payment", "list", "--customer", "cus_initech"), "No payments."),
+        (("run", "list", "--period", "2026-09"), "No billing runs."),
+    ):
+        result = on_demo(demo, *args)
+        assert (result.exit_code, result.stdout) == (0, said + "\n"), args
+        assert on_demo(demo, *args, "--json").json() == [], args

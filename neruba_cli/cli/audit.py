@@ -42,4 +42,5 @@ def list_(
         )
         rows = [audit.to_dict(entry) for entry in entries]
     columns = ("at", "actor", "project", "command", "outcome", "exit_code", "message")
-    rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
+    shown = [[row[c] for c in columns] for row in rows]
+    rt.out.emit(rows, table(None, columns, shown, empty="No audit records."))

@@ -10,7 +10,7 @@ import tomli_w
 import typer
 from rich.console import Console
 
-from neruba_cli.cli.output import table
+from neruba_cli.cli.output import cell, table
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.catalog import meter_document, plan_document
@@ -109,7 +109,7 @@ def _gauge(meter: dict[str, Any]) -> str:
 
 def _params(charge: dict[str, Any]) -> str:
     skip = {"meter", "model", "tiers", "description"}
-    return ", ".join(f"{k}={v}" for k, v in charge.items() if k not in skip) or "—"
+    return ", ".join(f"{k}={cell(v)}" for k, v in charge.items() if k not in skip) or "—"
 
 
 @command(app, "export", group="catalog", scope="read")

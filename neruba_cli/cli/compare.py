@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from neruba_cli.cli.output import table
+from neruba_cli.cli.output import plural, table
 from neruba_cli.cli.paths import output_folder
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.compare import Report, parse_threshold
@@ -153,8 +153,7 @@ def render(console: Console, report: Report, data: dict[str, Any], by: str) -> N
         _render_customers(console, data["differences"], ours, theirs)
     rate = summary["match_rate"]
     counts = Text(
-        f"{summary['customers']} customer{'' if summary['customers'] == 1 else 's'} compared: "
-        f"{summary['matched']} matched"
+        f"{plural(summary['customers'], 'customer')} compared: {summary['matched']} matched"
         + (f" ({rate}%)" if rate is not None else "")
         + f", {summary['differences']} differ",
         style="green" if not summary["differences"] else "yellow",
@@ -177,7 +176,11 @@ def render(console: Console, report: Report, data: dict[str, Any], by: str) -> N
         line += Text(
             f" · drift {money['drift']}"
             + (f" ({drift_pct}%)" if drift_pct is not None else "")
-            + f" · p50 {money['p50_drift']} · p95 {money['p95_drift']}"
+            + "".join(
+                f" · {name} {money[key]}"
+                for name, key in (("p50", "p50_drift"), ("p95", "p95_drift"))
+                if money[key] is not None  # no customer differs: no spread to tell
+            )
             + (f" · tolerated {money['tolerated']}" if Decimal(money["tolerated"]) else "")
         )
         console.print(line)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from neruba_cli.cli.arguments import NegativeNumbers
-from neruba_cli.cli.output import table
+from neruba_cli.cli.output import plural, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.ledger import credits
@@ -105,7 +105,8 @@ def list_(rt: Runtime, customer: CustomerArg) -> None:
         project = rt.project(session)
         data = credits.list_grants(session.connection(), project, customer, at=rt.now())
     columns = (*LIST_COLUMNS, "status", "reason")
-    rt.out.emit(data, table(None, columns, [[item[c] for c in columns] for item in data]))
+    shown = [[item[c] for c in columns] for item in data]
+    rt.out.emit(data, table(None, columns, shown, empty="No credit grants."))
 
 
 @command(app, "expire", group="credits", scope="credits", mutating=True)
@@ -126,4 +127,4 @@ def expire(
     columns = ("id", "customer", "expires_at", "expired", "currency", "category")
     rows: list[list[Any]] = [[item[c] for c in columns] for item in report.expired]
     rt.out.emit(data, table(None, columns, rows) if rows else None)
-    rt.out.say(f"Expired {len(report.expired)} grants.")
+    rt.out.say(f"Expired {plural(len(report.expired), 'grant')}.")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from neruba_cli.cli.output import fields, table
+from neruba_cli.cli.output import fields, plural, table
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.tenancy import customer_spec
@@ -95,7 +95,8 @@ def import_(
     }
     rt.out.emit(summary)
     rt.out.say(
-        f"{file.name}: {report.lines} rows — {report.created} created, {report.updated} updated, "
+        f"{file.name}: {plural(report.lines, 'row')} — {report.created} created, "
+        f"{report.updated} updated, "
         f"{report.unchanged} unchanged, {report.rejected} rejected."
     )
     for reject in report.rejects:
@@ -113,7 +114,8 @@ def list_(rt: Runtime) -> None:
         project = rt.project(session)
         rows = [customers.to_dict(c) for c in customers.list_customers(session, project)]
     columns = ("external_id", "name", "email", "currency", "timezone", "stripe_id")
-    rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
+    shown = [[row[c] for c in columns] for row in rows]
+    rt.out.emit(rows, table(None, columns, shown, empty="No customers."))
 
 
 @command(app, "show", group="customer", scope="read")

@@ -177,7 +177,8 @@ def receipts(
         "conflicts",
         "rejected",
     )
-    rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
+    shown = [[row[c] for c in columns] for row in rows]
+    rt.out.emit(rows, table(None, columns, shown, empty="No import receipts."))
 
 
 @command(events_app, "list", group="events", scope="read")
@@ -199,7 +200,8 @@ def list_(
             session, rt.project(session), customer=customer, meter=meter, since=start, limit=limit
         )
     columns = ("timestamp", "customer", "meter", "quantity", "idempotency_key", "batch")
-    rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
+    shown = [[row[c] for c in columns] for row in rows]
+    rt.out.emit(rows, table(None, columns, shown, empty="No events."))
 
 
 charge_app = typer.Typer()

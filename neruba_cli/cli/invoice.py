@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from neruba_cli.cli.output import Renderer, table
+from neruba_cli.cli.output import Renderer, plural, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
 from neruba_cli.domain.timestamps import format_ts, parse_ts
@@ -54,7 +54,8 @@ def list_(
         )
         data = [invoices_read.summary(row) for row in rows]
     columns = ("number", "customer", "kind", "status", "label", "total", "currency", "corrects")
-    rt.out.emit(data, table(None, columns, [[item[c] for c in columns] for item in data]))
+    shown = [[item[c] for c in columns] for item in data]
+    rt.out.emit(data, table(None, columns, shown, empty="No invoices."))
 
 
 @command(app, "show", group="invoice", scope="read")
@@ -167,8 +168,10 @@ def verify(
         ]
         for item in data["invoices"]
     ]
-    rt.out.emit(data, table(None, ("number", "customer", "status", "result", "detail"), rows))
-    rt.out.say(f"{data['checked']} checked: {data['ok']} ok, {data['mismatches']} mismatches.")
+    columns = ("number", "customer", "status", "result", "detail")
+    rt.out.emit(data, table(None, columns, rows, empty="No invoices to verify."))
+    mismatches = plural(data["mismatches"], "mismatch", "mismatches")
+    rt.out.say(f"{data['checked']} checked: {data['ok']} ok, {mismatches}.")
     return EXIT_DISCREPANCY if report.mismatches else 0
 
 
@@ -237,6 +240,16 @@ def _render_document(data: dict[str, Any]) -> Renderer:
     return render
 
 
+def _event_span(events: dict[str, Any]) -> str:
+    """`12 from … to …`, or `none` for a meter nothing was sent to in the period."""
+    if not events["count"]:
+        return "none"
+    count = plural(events["count"], "event")
+    if events["first"] == events["last"]:
+        return f"{count} at {events['first']}"
+    return f"{count} from {events['first']} to {events['last']}"
+
+
 def _settlement_text(settled: dict[str, Any]) -> str:
     parts = [f"{settled['to_invoice']} off {settled['corrects'] or 'nothing'}"]
     parts += [f"{c['amount']} back to {c['grant']}" for c in settled["credits_restored"]]
@@ -276,9 +289,7 @@ def _render_explanation(data: dict[str, Any]) -> Renderer:
             ]
             events = line["events"]
             if events is not None:
-                facts.append(
-                    ("events", f"{events['count']} from {events['first']} to {events['last']}")
-                )
+                facts.append(("events", _event_span(events)))
                 facts.append(("list them", events.get("command")))
                 facts.append(("note", events.get("note")))
             for name, value in facts:

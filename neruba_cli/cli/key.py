@@ -65,7 +65,7 @@ def list_(rt: Runtime) -> None:
     rendered = [[*(row[c] for c in columns), row["revoked_at"] or ""] for row in rows]
     for row in rendered:
         row[3] = ",".join(row[3])
-    rt.out.emit(rows, table(None, (*columns, "revoked_at"), rendered))
+    rt.out.emit(rows, table(None, (*columns, "revoked_at"), rendered, empty="No API keys."))
 
 
 @command(app, "revoke", group="key", scope="admin", mutating=True, administers_access=True)

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from neruba_cli.cli.output import table
+from neruba_cli.cli.output import plural, table, timestamp
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.ledger import postings as ledger_postings
@@ -49,6 +50,9 @@ def show(
 
 def _render(transactions: list[dict[str, Any]]) -> Any:
     def render(console: Console) -> None:
+        if not transactions:
+            console.print(Text("No ledger transactions."))
+            return
         grid = Table(header_style="bold")
         for column in ("effective", "transaction", "account", "debit", "credit", "note"):
             grid.add_column(column, overflow="fold")
@@ -57,7 +61,7 @@ def _render(transactions: list[dict[str, Any]]) -> Any:
             for entry in txn["entries"]:
                 note = entry["grant"] or entry["invoice"] or ""
                 grid.add_row(
-                    txn["effective_at"] if first else "",
+                    timestamp(txn["effective_at"]) if first else "",
                     f"{txn['kind']} {txn['reference']}" if first else "",
                     entry["account"],
                     entry["debit"] or "",
@@ -66,7 +70,7 @@ def _render(transactions: list[dict[str, Any]]) -> Any:
                 )
                 first = False
         console.print(grid)
-        console.print(f"{len(transactions)} transactions", markup=False)
+        console.print(Text(plural(len(transactions), "transaction")))
 
     return render
 
@@ -78,4 +82,5 @@ def balances(rt: Runtime) -> None:
         project = rt.project(session)
         data = ledger_postings.balances(session.connection(), project)
     columns = ("account", "currency", "normal", "balance", "entries")
-    rt.out.emit(data, table(None, columns, [[row[c] for c in columns] for row in data]))
+    shown = [[row[c] for c in columns] for row in data]
+    rt.out.emit(data, table(None, columns, shown, empty="No balances."))

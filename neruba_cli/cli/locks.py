@@ -33,7 +33,8 @@ def list_(rt: Runtime) -> None:
     held = locks.list_held(rt.engine(), prefix=access.lock_prefix(rt.access))
     rows = [_as_dict(state, now) for state in held]
     columns = ("name", "holder", "token", "acquired_at", "expires_at", "stale")
-    rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
+    shown = [[row[c] for c in columns] for row in rows]
+    rt.out.emit(rows, table(None, columns, shown, empty="No locks are held."))
 
 
 @command(app, "release", group="locks", scope="admin", mutating=True)

@@ -41,7 +41,8 @@ def list_(rt: Runtime) -> None:
         found = members.list_members(session, rt.project(session))
         rows = [members.member_dict(member) for member in found]
     rendered = [(r["email"], r["role"], ",".join(r["scopes"]), r["created_at"]) for r in rows]
-    rt.out.emit(rows, table(None, ("email", "role", "scopes", "created_at"), rendered))
+    columns = ("email", "role", "scopes", "created_at")
+    rt.out.emit(rows, table(None, columns, rendered, empty="No members."))
 
 
 @command(

@@ -8,11 +8,14 @@ the terminal; off a terminal (a pipe, a file, cron) every row is printed at its 
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import orjson
@@ -34,6 +37,7 @@ from rich.text import Text
 
 from neruba_cli.domain.errors import NerubaError
 from neruba_cli.domain.keys import redact_secrets
+from neruba_cli.domain.timestamps import format_ts
 
 Renderer = Callable[[Console], None]
 
@@ -98,11 +102,11 @@ def _column_texts(console: Console, grid: Table) -> list[list[str]] | None:
     texts: list[list[str]] = []
     for column in grid.columns:
         cells: list[str] = []
-        for cell in (column.header, *column.cells):
-            if isinstance(cell, Text):
-                cells.append(cell.plain)
-            elif isinstance(cell, str):
-                cells.append(console.render_str(cell).plain)
+        for value in (column.header, *column.cells):
+            if isinstance(value, Text):
+                cells.append(value.plain)
+            elif isinstance(value, str):
+                cells.append(console.render_str(value).plain)
             else:
                 return None
         texts.append(cells)
@@ -202,13 +206,25 @@ def import_progress(out: Output, total_bytes: int | None) -> Iterator[Callable[[
         yield update
 
 
-def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Renderer:
+def table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    empty: str | None = None,
+) -> Renderer:
+    """Rows as a table; with no rows, one line that says so (`empty`, e.g. "No invoices.")."""
+
     def render(console: Console) -> None:
+        if not rows:
+            said = empty or (f"{title}: none." if title else "Nothing to list.")
+            console.print(Text(said))
+            return
         grid = Table(title=title, title_justify="left", header_style="bold")
         for column in columns:
             grid.add_column(column, overflow="fold")
         for row in rows:
-            grid.add_row(*(cell if isinstance(cell, Text) else Text(_cell(cell)) for cell in row))
+            grid.add_row(*(item if isinstance(item, Text) else Text(cell(item)) for item in row))
         console.print(grid)
 
     return render
@@ -216,12 +232,56 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
 
 def fields(data: dict[str, Any], title: str | None = None) -> Renderer:
     """One object as a two-column table of its keys and values."""
-    return table(title, ("field", "value"), [(key, _cell(value)) for key, value in data.items()])
+    return table(title, ("field", "value"), [(key, cell(value)) for key, value in data.items()])
 
 
-def _cell(value: Any) -> str:
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """`1 row`, `2 rows`; `many` for a noun that does not just take an s (`entries`)."""
+    return f"{count:,} {noun if count == 1 else many or noun + 's'}"
+
+
+_UNITS = (("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1))
+
+
+def duration(seconds: float | Decimal | str | None) -> str:
+    """A span read at a glance, two units at most: `850 ms`, `42 s`, `3 min 20 s`, `51 d 5 h`."""
+    if seconds is None or seconds == "":
+        return "-"
+    value = Decimal(str(seconds))
+    if abs(value) < 1:
+        return f"{int(value * 1000)} ms"
+    if abs(value) < 60:
+        return f"{value.quantize(Decimal('0.1')).normalize():f} s"
+    rest = int(value.to_integral_value(rounding=ROUND_HALF_EVEN))
+    parts: list[str] = []
+    for unit, size in _UNITS:
+        if rest >= size or parts:
+            parts.append(f"{rest // size} {unit}")
+            rest %= size
+        if len(parts) == 2:
+            break
+    return " ".join(part for part in parts if not part.startswith("0 ")) or "0 s"
+
+
+_TIMESTAMP = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\.\d+(Z|[+-]\d{2}:\d{2})")
+
+
+def timestamp(value: str) -> str:
+    """An RFC 3339 timestamp to the second: tables show when, not the microsecond (--json
+    keeps every digit)."""
+    return _TIMESTAMP.sub(r"\1\2", value)
+
+
+def cell(value: Any) -> str:
+    """A value as a table shows it: yes/no for flags, timestamps to the second."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, list | tuple):
-        return ", ".join(str(item) for item in value)
+        return ", ".join(cell(item) for item in value)
+    if isinstance(value, datetime):
+        return timestamp(format_ts(value) or "")
+    if isinstance(value, str):
+        return timestamp(value)
     return str(value)

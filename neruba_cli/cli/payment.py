@@ -112,4 +112,5 @@ def list_(
         "currency",
         "reference",
     )
-    rt.out.emit(data, table(None, columns, [[item[c] for c in columns] for item in data]))
+    shown = [[item[c] for c in columns] for item in data]
+    rt.out.emit(data, table(None, columns, shown, empty="No payments."))

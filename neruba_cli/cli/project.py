@@ -41,7 +41,8 @@ def list_(rt: Runtime) -> None:
         found = projects.list_projects(session, only=rt.key_project)
         rows = [projects.to_dict(project) for project in found]
     columns = ("slug", "name", "currency", "timezone", "rounding", "mode", "require_key")
-    rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
+    shown = [[row[c] for c in columns] for row in rows]
+    rt.out.emit(rows, table(None, columns, shown, empty="No projects."))
 
 
 @command(app, "show", group="project", scope="read")

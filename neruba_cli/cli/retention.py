@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from neruba_cli.cli.output import Output, fields, table
+from neruba_cli.cli.output import Output, fields, plural, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.retention import NOT_OLD_ENOUGH, check_as_of, parse_age
 from neruba_cli.domain.timestamps import parse_ts
@@ -76,8 +76,8 @@ def apply(
     verb = "Would drop" if dry_run else "Dropped"
     periods = ", ".join(report.periods) or "none"
     rt.out.say(
-        f"{verb} {report.properties_dropped} properties from {report.events} events "
-        f"of {len(report.periods)} month(s): {periods}."
+        f"{verb} {plural(report.properties_dropped, 'property', 'properties')} from "
+        f"{plural(report.events, 'event')} of {plural(len(report.periods), 'month')}: {periods}."
     )
     for skipped in report.skipped:
         if skipped["code"] != NOT_OLD_ENOUGH:
@@ -95,7 +95,7 @@ def list_(rt: Runtime) -> None:
         if row["message"]:
             rt.out.warn(f"{row['run']}: {row['message']}")
     rendered = [[", ".join(row[c]) if c == "periods" else row[c] for c in columns] for row in rows]
-    rt.out.emit(rows, table(None, columns, rendered))
+    rt.out.emit(rows, table(None, columns, rendered, empty="No retention runs."))
 
 
 def _human(data: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
-from neruba_cli.cli.output import Output, fields, table
+from neruba_cli.cli.output import Output, fields, plural, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.money import format_amount
 from neruba_cli.domain.timestamps import format_ts, parse_ts
@@ -184,22 +184,18 @@ def summary_line(data: dict[str, Any]) -> str:
     prefix = f"{data['period']}: " + ("dry run: " if data["dry_run"] else "")
     parts = [f"{data[key]} {key}" for key in ("created", "updated") if data[key]]
     if data["corrections"]:
-        parts.append(_plural(data["corrections"], "correction"))
+        parts.append(plural(data["corrections"], "correction"))
     if data["voided"]:
         parts.append(f"{data['voided']} voided")
     if data["finalized"]:
         parts.append(f"{len(data['finalized'])} finalized")
-    late = f", {_plural(data['late_events'], 'late event')}" if data["late_events"] else ""
+    late = f", {plural(data['late_events'], 'late event')}" if data["late_events"] else ""
     if not parts:
-        return f"{prefix}no changes ({_plural(data['unchanged'], 'invoice')} unchanged{late})"
+        return f"{prefix}no changes ({plural(data['unchanged'], 'invoice')} unchanged{late})"
     if data["dry_run"]:
         prefix += "nothing written; would have "
     run = f" in {data['run']}" if data["run"] else ""
     return f"{prefix}{', '.join(parts)}{run} ({data['unchanged']} unchanged{late})"
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 # --------------------------------------------------------------------------- past runs
@@ -216,6 +212,9 @@ def list_(
         rows = [runs.run_to_dict(run) for run in runs.list_runs(session, project, period)]
 
     def render(console: Console) -> None:
+        if not rows:
+            console.print(Text("No billing runs."))
+            return
         grid = Table(header_style="bold")
         for column in ("id", "period", "status", "started", "result"):
             grid.add_column(column, no_wrap=column != "result", overflow="fold")
@@ -231,12 +230,12 @@ def _result(row: dict[str, Any]) -> Text:
     """What a run did, in a few words: `3 created, 1 correction, 40 late events`."""
     parts = [f"{row[key]} {key}" for key in ("created", "updated") if row.get(key)]
     if row.get("corrections"):
-        parts.append(_plural(row["corrections"], "correction"))
+        parts.append(plural(row["corrections"], "correction"))
     for key in ("voided", "finalized"):
         if row.get(key):
             parts.append(f"{row[key]} {key}")
     if row.get("late_events"):
-        parts.append(_plural(row["late_events"], "late event"))
+        parts.append(plural(row["late_events"], "late event"))
     return Text(", ".join(parts) or (row.get("message") or ""))
 
 
@@ -254,9 +253,8 @@ def show(
     def render(console: Console) -> None:
         fields({k: v for k, v in data.items() if k != "written"})(console)
         columns = ("number", "customer", "kind", "total", "action")
-        table("invoices written", columns, [[w[c] for c in columns] for w in data["written"]])(
-            console
-        )
+        written = [[w[c] for c in columns] for w in data["written"]]
+        table("invoices written", columns, written, empty="It wrote no invoices.")(console)
 
     rt.out.emit(data, render)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from neruba_cli.cli.output import table
+from neruba_cli.cli.output import duration, fields, plural, table, timestamp
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain import prometheus
@@ -60,19 +60,19 @@ def _render(console: Console, data: dict[str, object]) -> None:
         ("project", data["project"]),
         ("window", f"{data['window']['days']} days since {data['window']['since']}"),  # type: ignore[index]
         (
-            "ingest lag (s)",
-            f"p50 {lag['p50'] or '-'}  p95 {lag['p95'] or '-'}  max {lag['max'] or '-'}  "
-            f"over {lag['events']} events",
+            "ingest lag",
+            f"p50 {duration(lag['p50'])}  p95 {duration(lag['p95'])}  max {duration(lag['max'])}"
+            f"  over {plural(lag['events'], 'event')}",
         ),
         (
             "last billing run",
             "none"
             if not isinstance(run, dict)
-            else f"{run['run']} {run['period']} finished {run['finished_at']} "
-            f"in {run['duration_seconds']} s",
+            else f"{run['run']} {run['period']} finished {timestamp(run['finished_at'])} "
+            f"in {duration(run['duration_seconds'])}",
         ),
     ]
-    table(None, ("", ""), summary)(console)
+    fields(dict(summary))(console)
     events = data["events"]
     assert isinstance(events, list)
     if events:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from neruba_cli.cli.help import NerubaGroup
-from neruba_cli.cli.output import table
+from neruba_cli.cli.output import plural, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.timestamps import parse_ts
@@ -40,6 +40,20 @@ app.add_typer(
 )
 
 _ACTION_STYLE = {"failed": "red", "created": "green", "recreated": "yellow", "replaced": "yellow"}
+# What a dry run says it would do (the JSON keeps the action names).
+_WOULD = {
+    "created": "would create",
+    "recreated": "would recreate",
+    "replaced": "would replace",
+    "resumed": "would resume",
+    "voided": "would void",
+    "skipped": "would skip",
+}
+
+
+def _action(action: str, *, dry_run: bool) -> str:
+    shown = _WOULD.get(action, action) if dry_run else action
+    return shown.replace("_", " ")  # up_to_date
 
 
 @command(app, "push", group="stripe", scope="billing", mutating=True)
@@ -81,7 +95,10 @@ def push(
         (
             item["invoice"],
             item["kind"],
-            Text(item["action"], style=_ACTION_STYLE.get(item["action"], "")),
+            Text(
+                _action(item["action"], dry_run=dry_run),
+                style=_ACTION_STYLE.get(item["action"], ""),
+            ),
             item["stripe_id"] or "",
             f"{item['total']} {item['currency']}" if item["total"] else "",
             item["error"] or "",
@@ -89,9 +106,12 @@ def push(
         for item in data["outcomes"]
     ]
     title = f"Stripe push {label}" + (" (dry run)" if dry_run else "")
-    rt.out.emit(data, table(title, columns, rows))
-    counts = ", ".join(f"{count} {action}" for action, count in sorted(data["counts"].items()))
-    rt.out.say(f"{len(rows)} invoices: {counts or 'nothing to push'}.")
+    rt.out.emit(data, table(title, columns, rows, empty=f"No finalized invoices of {label}."))
+    counts = ", ".join(
+        f"{count} {_action(action, dry_run=dry_run)}"
+        for action, count in sorted(data["counts"].items())
+    )
+    rt.out.say(f"{plural(len(rows), 'invoice')}: {counts or 'nothing to push'}.")
     if report.failed:
         rt.out.warn(f"{report.failed} invoices were refused by Stripe; see the errors above")
         return EXIT_REJECTED
@@ -254,7 +274,8 @@ def webhook_list(
         project = rt.project(session)
         data = stripe_webhooks.list_events(session.connection(), project, status=status)
     columns = ("event", "type", "status", "attempts", "received_at", "error")
-    rt.out.emit(data, table(None, columns, [[item[c] for c in columns] for item in data]))
+    shown = [[item[c] for c in columns] for item in data]
+    rt.out.emit(data, table(None, columns, shown, empty="No webhook events."))
 
 
 @command(webhook_app, "reprocess", group="stripe webhook", scope="billing", mutating=True)
@@ -273,9 +294,10 @@ def webhook_reprocess(
         rt.engine(), project, events or [], actor=rt.actor.id, now=rt.now()
     )
     rows = [(e["event"], e["type"], e["result"], e["note"] or "") for e in results]
-    rt.out.emit(results, table(None, ("event", "type", "result", "note"), rows))
+    columns = ("event", "type", "result", "note")
+    rt.out.emit(results, table(None, columns, rows, empty="Nothing waits for reprocessing."))
     failed = sum(1 for item in results if item["result"] == "failed")
-    rt.out.say(f"{len(results)} events reprocessed, {failed} still failing.")
+    rt.out.say(f"{plural(len(results), 'event')} reprocessed, {failed} still failing.")
     if not results:
         rt.out.say("Nothing waits for reprocessing.")
     return EXIT_REJECTED if failed else 0

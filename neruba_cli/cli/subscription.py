@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from neruba_cli.cli.output import table
+from neruba_cli.cli.output import plural, table
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
@@ -99,7 +99,8 @@ def list_(
         found = subscriptions.list_subscriptions(session, project, customer)
         rows = [subscriptions.to_dict(session, item) for item in found]
     columns = ("id", "customer", "plan", "version", "start", "end", "anchor", "trial_ends")
-    rt.out.emit(rows, table(None, columns, [[row[c] for c in columns] for row in rows]))
+    shown = [[row[c] for c in columns] for row in rows]
+    rt.out.emit(rows, table(None, columns, shown, empty="No subscriptions."))
 
 
 @command(app, "import", group="subscription", scope="billing", mutating=True)
@@ -135,7 +136,7 @@ def import_(
         }
     )
     rt.out.say(
-        f"{file.name}: {report.lines} rows — {report.created} created, "
+        f"{file.name}: {plural(report.lines, 'row')} — {report.created} created, "
         f"{report.unchanged} unchanged, {report.rejected} rejected."
     )
     for reject in report.rejects:

@@ -98,6 +98,9 @@ def _chart(console: Console, meter: dict[str, Any], currency: str) -> None:
     console.print(Text(title, style="bold"))
     rows = meter["buckets"]
     quantities = [row["quantity"] for row in rows]
+    if not meter["events"] and not any(Decimal(q) for q in quantities):
+        console.print(Text(_summary(meter, currency, "no events in this period")))
+        return  # a bar chart of zeros says nothing a line does not
     counts = [f"{row['events']:,}" for row in rows]
     label_width = max(len(row["label"]) for row in rows)
     value_width = max(len("quantity"), *(len(q) for q in quantities))
@@ -114,10 +117,14 @@ def _chart(console: Console, meter: dict[str, Any], currency: str) -> None:
         line.append(blocks.ljust(width), style="cyan")
         line.append(GAP + quantity.rjust(value_width) + GAP + count.rjust(count_width))
         console.print(line, no_wrap=True, overflow="crop")
-    summary = f"events {meter['events']:,} · quantity {meter['quantity']}"
+    console.print(Text(_summary(meter, currency, f"events {meter['events']:,}")))
+
+
+def _summary(meter: dict[str, Any], currency: str, events: str) -> str:
+    summary = f"{events} · quantity {meter['quantity']}"
     if meter["amount"] is not None:
         summary += f" · projected {meter['amount']} {currency}"
-    console.print(Text(summary))
+    return summary
 
 
 def _projection(console: Console, projection: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from neruba_cli.cli.output import table
+from neruba_cli.cli.output import table, timestamp
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.ledger import credits
@@ -35,17 +35,17 @@ def show(
 
 def _render(data: dict[str, Any]) -> Any:
     columns = ("id", "amount", "remaining", "priority", "expires_at", "category", "status")
-    grants = table(None, columns, [[g[c] for c in columns] for g in data["grants"]])
+    shown = [[g[c] for c in columns] for g in data["grants"]]
+    grants = table(None, columns, shown, empty="No credit grants.")
 
     def render(console: Console) -> None:
         console.print(
             f"{data['customer']}: balance {data['balance']} {data['currency']} "
-            f"(as of {data['as_of']})",
+            f"(as of {timestamp(data['as_of'])})",
             markup=False,
         )
         for code, amount in data["other_currencies"].items():
             console.print(f"  also {amount} {code}", markup=False)
-        if data["grants"]:
-            grants(console)
+        grants(console)
 
     return render

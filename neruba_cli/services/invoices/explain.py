@@ -197,8 +197,9 @@ def _why(line: dict[str, Any], currency: str) -> str:
     parts = []
     events = line.get("events") or {}
     if events:
+        count = events.get("count", 0)
         parts.append(
-            f"{events.get('count', 0)} events ({line.get('aggregation')}) → "
+            f"{count} event{'' if count == 1 else 's'} ({line.get('aggregation')}) → "
             f"quantity {line.get('quantity')}"
         )
     if line.get("free_units"):
