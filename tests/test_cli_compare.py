@@ -27,7 +27,7 @@ from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Customer, Event, Invoice
 from tests.conftest import Cli
-from tests.stripe_server import FakeStripe
+from tests.fakes.stripe import FakeStripe
 from tests.test_cli_stripe import stripe  # noqa: F401  (the fake Stripe fixture)
 
 ROOT = Path(__file__).resolve().parents[1]

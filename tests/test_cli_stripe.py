@@ -1,6 +1,6 @@
 """Stripe push, pull, webhooks and reconciliation, end to end on every dialect.
 
-Neruba talks to `tests/stripe_server.py` (a Stripe-compatible server on 127.0.0.1) through the
+Neruba talks to `tests/fakes/stripe/` (a Stripe-compatible server on 127.0.0.1) through the
 real `stripe` SDK; the server can fail requests on purpose (429, 500, a timeout or a dropped
 connection after applying the request, a hang while the test kills the client).
 
@@ -27,7 +27,7 @@ from stripe import HTTPClient
 from neruba_cli.domain.webhook_signature import sign
 from neruba_cli.services.stripe import gateway as stripe_gateway
 from tests.conftest import Cli
-from tests.stripe_server import FakeStripe, Fault
+from tests.fakes.stripe import FakeStripe, Fault
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk_test_nerubaTests0123456789"

@@ -17,7 +17,7 @@ import pytest
 import requests
 import stripe
 
-from tests.stripe_server import FakeStripe, FakeStripeError, Fault, parse_form
+from tests.fakes.stripe import FakeStripe, FakeStripeError, Fault, parse_form
 
 API_KEY = "sk_test_neruba"
 

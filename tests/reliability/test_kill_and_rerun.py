@@ -45,7 +45,7 @@ from tests.reliability.conftest import (
     ok,
     spawn,
 )
-from tests.stripe_server import FakeStripe
+from tests.fakes.stripe import FakeStripe
 from tests.test_billing import (
     AFTER_OCTOBER,
     assert_gapless,

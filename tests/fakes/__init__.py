@@ -1,0 +1,1 @@
+"""In-process stand-ins for the outside services Neruba talks to."""
