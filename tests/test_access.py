@@ -30,7 +30,7 @@ from neruba_cli.domain.keys import (
     parse_secret,
 )
 from neruba_cli.services.tenancy.access import OPERATOR, PUBLIC
-from tests.conftest import Cli, Outcome
+from tests.support.cli import Cli, Outcome
 
 COMMANDS = command_policies()  # every group loaded: the CLI imports a group only when used
 

@@ -17,17 +17,16 @@ from sqlalchemy import Engine, func, select
 
 from neruba_cli.db import locks
 from neruba_cli.db.schema import BillingRun, InvoiceLine, InvoiceRevision
-from tests.conftest import Cli
-from tests.test_billing import (
+from tests.support.cli import Cli
+from tests.support.events import ingest, write_jsonl
+from tests.support.workload import (
     assert_gapless,
     generate,
-    ingest,
     invoices,
     population,
     project_of,
     shop_for,
     spawn,
-    write_jsonl,
 )
 
 pytestmark = pytest.mark.slow

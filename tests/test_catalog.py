@@ -10,9 +10,8 @@ import pytest
 import tomli_w
 
 from neruba_cli.domain.catalog import CatalogInvalid, parse_catalog
-from tests.conftest import Cli
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "configs" / "catalog.toml"
+from tests.support.catalogs import EXAMPLE
+from tests.support.cli import Cli
 
 
 def load_example() -> dict:

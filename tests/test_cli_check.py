@@ -2,9 +2,9 @@
 month (ingest, `run bill --finalize`, late events and reruns under each `late_events` policy)
 passes, and each kind of tampering fails with exit 4 naming exactly that problem.
 
-The shop is tests/test_cli_invoice.py's: c1 on pro (28 October events: 25 api_calls and 3
-tokens; 12 November calls), c2 on basic (4 October calls), October billed as drafts
-ACME-000001 (c1) and ACME-000002 (c2).
+The shop is `invoice_shop` (tests/support/shops.py): c1 on pro (28 October events: 25
+api_calls and 3 tokens; 12 November calls), c2 on basic (4 October calls), October billed as
+drafts ACME-000001 (c1) and ACME-000002 (c2).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from sqlalchemy import Engine, delete, insert, select, update
 
 from neruba_cli.db.schema import Customer, Event, ImportBatch, Invoice, InvoiceLine, Project
 from neruba_cli.domain.consistency import InvoiceFacts, repeated_revisions
-from tests.conftest import Cli
-from tests.test_cli_invoice import _event, bill, ok
-from tests.test_cli_invoice import shop as invoice_shop  # noqa: F401 (the `shop` fixture)
+from tests.support.cli import Cli, ok
+from tests.support.events import event_line
+from tests.support.shops import bill, invoice_shop
 
 OCTOBER_OVER = "2026-11-02T00:00:00Z"
 NOVEMBER_OVER = "2026-12-02T00:00:00Z"
@@ -30,9 +30,9 @@ NEW_SWEEPS = ("invoices.lines", "invoices.corrections", "events.billed", "ingest
 
 
 @pytest.fixture
-def shop(invoice_shop: Cli) -> Cli:  # noqa: F811 (the imported fixture, by name)
-    """tests/test_cli_invoice.py's shop, October billed as drafts."""
-    return invoice_shop
+def shop(cli: Cli, tmp_path: Path) -> Cli:
+    """The invoice shop, October billed as drafts."""
+    return invoice_shop(cli, tmp_path)
 
 
 def check(cli: Cli) -> tuple[int, dict[str, Any]]:
@@ -66,7 +66,7 @@ def failing(cli: Cli) -> dict[str, list[str]]:
 def late(cli: Cli, tmp_path: Path, name: str, *events: tuple[str, str, str]) -> None:
     """Late October calls (key, customer, timestamp) through `neruba ingest`."""
     path = tmp_path / f"{name}.jsonl"
-    path.write_bytes(b"".join(_event(k, c, "api_calls", ts) + b"\n" for k, c, ts in events))
+    path.write_bytes(b"".join(event_line(k, c, "api_calls", ts) + b"\n" for k, c, ts in events))
     assert ok(cli, "ingest", str(path))["accepted"] == len(events)
 
 
@@ -416,7 +416,10 @@ def test_import_receipts_must_count_what_they_stored(
         "description": "Setup",
         "timestamp": "2026-11-03T00:00:00Z",
     }
-    lines = [orjson.dumps(charge), _event("c2-nov-1", "c2", "api_calls", "2026-11-04T00:00:00Z")]
+    lines = [
+        orjson.dumps(charge),
+        event_line("c2-nov-1", "c2", "api_calls", "2026-11-04T00:00:00Z"),
+    ]
     charges.write_bytes(b"\n".join([*lines, lines[1], b"{not json"]) + b"\n")
     result = shop("ingest", str(charges), "--project", "acme", "--json")
     assert result.exit_code == 3, result.stderr  # the bad line is rejected

@@ -23,104 +23,23 @@ import orjson
 import pytest
 from sqlalchemy import Engine, select, update
 
-from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Customer, Event, Invoice
-from tests.conftest import Cli
 from tests.fakes.stripe import FakeStripe
-from tests.test_cli_stripe import stripe  # noqa: F401  (the fake Stripe fixture)
+from tests.support.cli import Cli, expect, ok
+from tests.support.shops import (
+    PERIOD,
+    billed_lines,
+    finalize_month,
+    metered_pro,
+    subscribed_shop,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-PERIOD = "2026-10"
-AS_OF = "2026-11-02T00:00:00Z"
-CATALOG = """
-[[meters]]
-code = "api_calls"
-aggregation = "count"
-
-[[plans]]
-code = "pro"
-name = "Pro"
-currency = "USD"
-interval = "month"
-base_fee = "49.00"
-base_fee_timing = "arrears"
-proration = "day"
-
-  [[plans.charges]]
-  meter = "api_calls"
-  model = "per_unit"
-  unit_amount = "0.01"
-"""
+CATALOG = metered_pro()
 COLUMNS = ["customer", "description", "meter", "quantity", "amount", "currency"]
 FEE = "Pro base fee (in arrears)"
 CENT = Decimal("0.01")
-
-
-def ok(cli: Cli, *args: str) -> Any:
-    result = cli(*args, "--project", "acme", "--json")
-    assert result.exit_code == 0, (args, result.stdout, result.stderr)
-    return result.json()
-
-
-def run(cli: Cli, code: int, *args: str) -> Any:
-    result = cli(*args, "--project", "acme", "--json")
-    assert result.exit_code == code, (args, result.stdout, result.stderr)
-    return result.json() if result.stdout.strip() else result.error()
-
-
-def build_shop(
-    cli: Cli, tmp_path: Path, customers: int, usage: dict[str, int] | None = None
-) -> list[str]:
-    """acme with `customers` customers on pro, their usage, October billed and finalized."""
-    assert cli("project", "create", "acme", "--timezone", "UTC").exit_code == 0
-    (tmp_path / "catalog.toml").write_text(CATALOG)
-    ok(cli, "catalog", "apply", str(tmp_path / "catalog.toml"))
-    names = [f"c{n:03d}" for n in range(1, customers + 1)]
-    people = ["external_id,name,email,currency"]
-    people += [f"{name},Customer {name},{name}@example.com,USD" for name in names]
-    (tmp_path / "customers.csv").write_text("\n".join(people) + "\n")
-    ok(cli, "customer", "import", str(tmp_path / "customers.csv"))
-    plans = ["customer,plan,start"]
-    plans += [f"{name},pro,2026-10-{n % 28 + 1:02d}T00:00:00Z" for n, name in enumerate(names)]
-    (tmp_path / "subscriptions.csv").write_text("\n".join(plans) + "\n")
-    ok(cli, "subscription", "import", str(tmp_path / "subscriptions.csv"))
-    events = [
-        orjson.dumps(
-            {
-                "idempotency_key": f"{customer}-{n}",
-                "customer": customer,
-                "meter": "api_calls",
-                "timestamp": f"2026-10-29T{n % 24:02d}:00:00Z",
-            }
-        ).decode()
-        for customer, count in (usage or {}).items()
-        for n in range(count)
-    ]
-    if events:
-        (tmp_path / "events.jsonl").write_text("\n".join(events) + "\n")
-        ok(cli, "ingest", str(tmp_path / "events.jsonl"))
-    return names
-
-
-def bill(cli: Cli) -> None:
-    report = ok(cli, "run", "bill", "--period", PERIOD, "--as-of", AS_OF, "--finalize")
-    assert report["status"] == "completed"
-
-
-def billed_lines(engine: Engine) -> dict[str, list[dict[str, Any]]]:
-    """Each customer's invoice lines of the period, straight from the database."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(Customer.external_id, Invoice.content)
-            .join(Customer, Customer.id == Invoice.customer_id)
-            .where(Invoice.period == PERIOD)
-            .order_by(Customer.external_id, Invoice.number)
-        ).all()
-    found: dict[str, list[dict[str, Any]]] = {}
-    for customer, content in rows:
-        found.setdefault(customer, []).extend(orjson.loads(content)["lines"])
-    return found
 
 
 def total(lines: list[dict[str, Any]]) -> Decimal:
@@ -154,16 +73,6 @@ def baseline_rows(lines: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
 def read_csv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-@pytest.fixture
-def sqlite_cli(tmp_path: Path) -> Cli:
-    """A migrated SQLite database only: for what does not depend on the dialect."""
-    url = f"sqlite:///{tmp_path / 'neruba.db'}"
-    engine = create_db_engine(url)
-    migrate.upgrade(engine)
-    engine.dispose()
-    return Cli(url)
 
 
 # --------------------------------------------------------------------------- acceptance
@@ -205,14 +114,14 @@ def planted_baseline(
 def test_a_planted_baseline_yields_exactly_its_five_differences(
     cli: Cli, engine: Engine, tmp_path: Path
 ) -> None:
-    build_shop(cli, tmp_path, 200, usage={"c003": 7, "c010": 3})
-    bill(cli)
-    lines = billed_lines(engine)
+    subscribed_shop(cli, tmp_path, 200, CATALOG, digits=3, usage={"c003": 7, "c010": 3})
+    finalize_month(cli)
+    lines = billed_lines(engine, PERIOD)
     assert len(lines) == 200
     baseline, drift = planted_baseline(tmp_path, lines)
     out = tmp_path / "report"
 
-    report = run(
+    report = expect(
         cli,
         4,
         "compare",
@@ -289,8 +198,10 @@ def test_a_planted_baseline_yields_exactly_its_five_differences(
     assert "97.51%" in html and f"{drift:.2f}" in html and "<svg" in html
 
     # no --fail-over: differences alone exit 0; a threshold above the drift too
-    assert run(cli, 0, "compare", str(baseline), "--period", PERIOD)["summary"]["differences"] == 5
-    assert run(cli, 0, "compare", str(baseline), "--period", PERIOD, "--fail-over", "99%")
+    assert (
+        expect(cli, 0, "compare", str(baseline), "--period", PERIOD)["summary"]["differences"] == 5
+    )
+    assert expect(cli, 0, "compare", str(baseline), "--period", PERIOD, "--fail-over", "99%")
     human = cli(
         "compare",
         str(baseline),
@@ -314,7 +225,7 @@ def test_a_planted_baseline_yields_exactly_its_five_differences(
 
 
 def test_late_events_and_rounding_are_told_apart(cli: Cli, engine: Engine, tmp_path: Path) -> None:
-    build_shop(cli, tmp_path, 3, usage={"c001": 14, "c002": 10})
+    subscribed_shop(cli, tmp_path, 3, CATALOG, digits=3, usage={"c001": 14, "c002": 10})
     late_keys = [f"c001-{n}" for n in range(10, 14)]
     with engine.begin() as conn:  # the legacy system closed October with all but 4 events
         conn.execute(
@@ -327,8 +238,8 @@ def test_late_events_and_rounding_are_told_apart(cli: Cli, engine: Engine, tmp_p
             .where(Event.__table__.c.idempotency_key.in_(late_keys))
             .values(received_at=datetime(2026, 11, 3, 9, tzinfo=UTC))
         )
-    bill(cli)
-    lines = billed_lines(engine)
+    finalize_month(cli)
+    lines = billed_lines(engine, PERIOD)
     rows = baseline_rows(lines)
     for row in rows:
         if row[0] == "c001" and row[2] == "api_calls":  # 10 of the 14 calls
@@ -338,7 +249,7 @@ def test_late_events_and_rounding_are_told_apart(cli: Cli, engine: Engine, tmp_p
         if row[0] == "c003":  # a cent per line
             row[4] = str(Decimal(row[4]) + CENT)
     baseline = write_csv(tmp_path / "legacy.csv", COLUMNS, rows)
-    report = run(cli, 0, "compare", str(baseline), "--period", PERIOD, "--tolerance", "0")
+    report = expect(cli, 0, "compare", str(baseline), "--period", PERIOD, "--tolerance", "0")
     reasons = {d["customer"]: (d["reason"], d["difference"]) for d in report["differences"]}
     assert reasons == {
         "c001": ("late_event", "0.04"),
@@ -355,11 +266,11 @@ def test_late_events_and_rounding_are_told_apart(cli: Cli, engine: Engine, tmp_p
 def test_compare_stripe_finds_an_amount_changed_in_stripe(
     cli: Cli,
     tmp_path: Path,
-    stripe: FakeStripe,  # noqa: F811
+    stripe: FakeStripe,
 ) -> None:
-    build_shop(cli, tmp_path, 6, usage={"c002": 4})
+    subscribed_shop(cli, tmp_path, 6, CATALOG, digits=3, usage={"c002": 4})
     ok(cli, "credits", "grant", "c004", "5.00")  # a "Credits applied" item: not a charge
-    bill(cli)
+    finalize_month(cli)
     assert ok(cli, "stripe", "push", "--period", PERIOD)["failed"] == 0
     ok(cli, "stripe", "pull")
     clean = ok(cli, "compare", "stripe", "--period", PERIOD)
@@ -371,7 +282,7 @@ def test_compare_stripe_finds_an_amount_changed_in_stripe(
     )
     stripe.set_invoice_total(invoice["id"], invoice["total"] + 150)
     ok(cli, "stripe", "pull")
-    report = run(cli, 4, "compare", "stripe", "--period", PERIOD, "--fail-over", "1.00")
+    report = expect(cli, 4, "compare", "stripe", "--period", PERIOD, "--fail-over", "1.00")
     (found,) = report["differences"]
     assert (found["customer"], found["status"], found["difference"]) == (
         "c003",
@@ -383,7 +294,7 @@ def test_compare_stripe_finds_an_amount_changed_in_stripe(
     assert line["line"] == "(not itemized in the Stripe mirror)" and line["difference"] == "-1.50"
     assert report["summary"]["currencies"]["USD"]["drift"] == "1.50"
     assert any(invoice["id"] in note for note in report["summary"]["notes"])
-    assert run(cli, 2, "compare", "stripe", "--period", PERIOD, "--preset", "stripe")
+    assert expect(cli, 2, "compare", "stripe", "--period", PERIOD, "--preset", "stripe")
 
 
 # --------------------------------------------------------------------------- CSV formats
@@ -391,8 +302,8 @@ def test_compare_stripe_finds_an_amount_changed_in_stripe(
 
 def test_csv_columns_map_presets_periods_and_invoices(sqlite_cli: Cli, tmp_path: Path) -> None:
     cli = sqlite_cli
-    build_shop(cli, tmp_path, 2)
-    bill(cli)
+    subscribed_shop(cli, tmp_path, 2, CATALOG, digits=3)
+    finalize_month(cli)
     shown = ok(cli, "invoice", "list", "--period", PERIOD)
     amounts = {row["customer"]: row["total"] for row in shown}
     # --map: other column names; rows of other months are left out
@@ -405,7 +316,7 @@ def test_csv_columns_map_presets_periods_and_invoices(sqlite_cli: Cli, tmp_path:
             ["c002", "2026-09", FEE, "49.00", "USD"],
         ],
     )
-    report = run(
+    report = expect(
         cli,
         0,
         "compare",
@@ -489,7 +400,7 @@ def test_csv_columns_map_presets_periods_and_invoices(sqlite_cli: Cli, tmp_path:
             ],
         ],
     )
-    report = run(cli, 0, "compare", str(exported), "--period", PERIOD, "--preset", "stripe")
+    report = expect(cli, 0, "compare", str(exported), "--period", PERIOD, "--preset", "stripe")
     found = {d["customer"]: d for d in report["differences"]}
     assert set(found) == {"c002", "c900"}  # the advance line belongs to in_2, an October invoice
     assert found["c900"]["status"] == "only_in_baseline"
@@ -500,7 +411,7 @@ def test_csv_columns_map_presets_periods_and_invoices(sqlite_cli: Cli, tmp_path:
 
 def test_bad_baselines_name_the_file_and_the_lines(sqlite_cli: Cli, tmp_path: Path) -> None:
     cli = sqlite_cli
-    build_shop(cli, tmp_path, 1)
+    subscribed_shop(cli, tmp_path, 1, CATALOG, digits=3)
     bad = tmp_path / "bad.csv"
     bad.write_text(
         "customer,description,amount,currency\n"
@@ -510,14 +421,14 @@ def test_bad_baselines_name_the_file_and_the_lines(sqlite_cli: Cli, tmp_path: Pa
         "c001,Fee,1.00,XYZ\n"
         "c001,Fee\n"
     )
-    error = run(cli, 1, "compare", str(bad), "--period", PERIOD)
+    error = expect(cli, 1, "compare", str(bad), "--period", PERIOD)
     assert error["type"] == "invalid_input"
     message = error["message"]
     assert message.startswith(f"{bad}: 4 bad line(s): line 3: amount: 'twelve' is not a decimal")
     assert "line 4: customer is empty" in message and "line 5: unknown currency 'XYZ'" in message
     assert "line 6: 2 fields, the header has 4" in message
     missing = write_csv(tmp_path / "missing.csv", ["customer", "price"], [["c001", "1"]])
-    error = run(cli, 1, "compare", str(missing), "--period", PERIOD)
+    error = expect(cli, 1, "compare", str(missing), "--period", PERIOD)
     assert "line 1: no column for amount, description (or meter)" in error["message"]
     assert "--map amount=COLUMN" in error["hint"]
     mixed = write_csv(
@@ -525,7 +436,7 @@ def test_bad_baselines_name_the_file_and_the_lines(sqlite_cli: Cli, tmp_path: Pa
         ["customer", "description", "amount", "currency"],
         [["c001", "a", "1.00", "USD"], ["c001", "b", "1.00", "EUR"]],
     )
-    error = run(cli, 1, "compare", str(mixed), "--period", PERIOD)
+    error = expect(cli, 1, "compare", str(mixed), "--period", PERIOD)
     assert "line 3: c001 is billed in EUR here and in USD on line 2" in error["message"]
     bad_period = write_csv(
         tmp_path / "p.csv",
@@ -534,30 +445,32 @@ def test_bad_baselines_name_the_file_and_the_lines(sqlite_cli: Cli, tmp_path: Pa
     )
     assert (
         "line 2: period 'October'"
-        in run(cli, 1, "compare", str(bad_period), "--period", PERIOD)["message"]
+        in expect(cli, 1, "compare", str(bad_period), "--period", PERIOD)["message"]
     )
     (tmp_path / "binary.csv").write_bytes(b"customer,description,amount\nc001,\xff,1\n")
     assert (
         "binary.csv: line 2: not UTF-8"
-        in run(cli, 1, "compare", str(tmp_path / "binary.csv"), "--period", PERIOD)["message"]
+        in expect(cli, 1, "compare", str(tmp_path / "binary.csv"), "--period", PERIOD)["message"]
     )
-    assert "cannot read" in run(cli, 1, "compare", "nope.csv", "--period", PERIOD)["message"]
+    assert "cannot read" in expect(cli, 1, "compare", "nope.csv", "--period", PERIOD)["message"]
     good = write_csv(tmp_path / "good.csv", ["customer", "description", "amount"], [])
-    assert run(cli, 2, "compare", str(good), "--period", PERIOD, "--by", "meter")
-    assert run(cli, 2, "compare", str(good), "--period", PERIOD, "--map", "price=Total")
-    assert run(cli, 2, "compare", str(good), "--period", PERIOD, "--preset", "chargebee")
+    assert expect(cli, 2, "compare", str(good), "--period", PERIOD, "--by", "meter")
+    assert expect(cli, 2, "compare", str(good), "--period", PERIOD, "--map", "price=Total")
+    assert expect(cli, 2, "compare", str(good), "--period", PERIOD, "--preset", "chargebee")
     assert (
         "--fail-over"
-        in run(cli, 2, "compare", str(good), "--period", PERIOD, "--fail-over", "lots")["message"]
+        in expect(cli, 2, "compare", str(good), "--period", PERIOD, "--fail-over", "lots")[
+            "message"
+        ]
     )
     assert (
         "--tolerance"
-        in run(cli, 2, "compare", str(good), "--period", PERIOD, "--tolerance", "-1")["message"]
+        in expect(cli, 2, "compare", str(good), "--period", PERIOD, "--tolerance", "-1")["message"]
     )
     (tmp_path / "taken").write_text("a file")
     assert (
         "not a folder"
-        in run(
+        in expect(
             cli, 1, "compare", str(good), "--period", PERIOD, "--output", str(tmp_path / "taken")
         )["message"]
     )
@@ -570,8 +483,8 @@ def test_invoice_dated_files_mixed_currencies_and_formula_cells(
     sqlite_cli: Cli, tmp_path: Path
 ) -> None:
     cli = sqlite_cli
-    build_shop(cli, tmp_path, 2)
-    bill(cli)
+    subscribed_shop(cli, tmp_path, 2, CATALOG, digits=3)
+    finalize_month(cli)
     amounts = {row["customer"]: row["total"] for row in ok(cli, "invoice", "list")}
     # only an invoice date: October's invoices dated 2026-11-01 must not all vanish silently
     dated = write_csv(
@@ -579,7 +492,7 @@ def test_invoice_dated_files_mixed_currencies_and_formula_cells(
         ["customer", "invoice_date", "description", "amount"],
         [["c001", "2026-11-01", FEE, amounts["c001"]], ["c002", "2026-11-01", FEE, "1.00"]],
     )
-    message = run(cli, 1, "compare", str(dated), "--period", PERIOD)["message"]
+    message = expect(cli, 1, "compare", str(dated), "--period", PERIOD)["message"]
     assert "dated.csv" in message and "2026-11" in message and "period" in message
     # formula-like text gets a leading ', amounts (negative ones too) stay numbers
     tricky = write_csv(
@@ -592,7 +505,7 @@ def test_invoice_dated_files_mixed_currencies_and_formula_cells(
             ["=cmd", "@x", "3.00"],
         ],
     )
-    run(cli, 0, "compare", str(tricky), "--period", PERIOD, "--output", str(tmp_path / "out"))
+    expect(cli, 0, "compare", str(tricky), "--period", PERIOD, "--output", str(tmp_path / "out"))
     lines = {row["line"]: row for row in read_csv(tmp_path / "out" / "lines.csv")}
     assert set(lines) == {"'=HYPERLINK(1)", "'@x"}
     assert lines["'=HYPERLINK(1)"]["baseline_amount"] == "-12.50"
@@ -611,7 +524,7 @@ def test_invoice_dated_files_mixed_currencies_and_formula_cells(
             .values(customer_id=c001, currency="EUR", revision=99)
         )
     engine.dispose()
-    message = run(cli, 1, "compare", str(tricky), "--period", PERIOD)["message"]
+    message = expect(cli, 1, "compare", str(tricky), "--period", PERIOD)["message"]
     assert "c001" in message and "EUR" in message and "USD" in message
 
 
@@ -681,12 +594,12 @@ def test_the_html_report_renders_in_headless_chromium(sqlite_cli: Cli, tmp_path:
             pytest.fail("chromium is not installed (NERUBA_REQUIRE_SERVERS=1)")
         pytest.skip("chromium is not installed")
     cli = sqlite_cli
-    build_shop(cli, tmp_path, 12)
-    bill(cli)
+    subscribed_shop(cli, tmp_path, 12, CATALOG, digits=3)
+    finalize_month(cli)
     rows = [[c, FEE, "", "", "49.00", "USD"] for c in (f"c{n:03d}" for n in range(1, 12))]
     baseline = write_csv(tmp_path / "legacy.csv", COLUMNS, rows)
     out = tmp_path / "report"
-    report = run(
+    report = expect(
         cli,
         4,
         "compare",

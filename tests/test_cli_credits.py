@@ -20,31 +20,11 @@ from neruba_cli.db.schema import CreditGrant, LedgerAccount, LedgerEntry, Ledger
 from neruba_cli.services.invoices import finalize as invoices_finalize
 from neruba_cli.services.ledger import credits
 from neruba_cli.services.tenancy.projects import get_project
-from tests.conftest import Cli
+from tests.support.catalogs import catalog, plan
+from tests.support.cli import Cli, fails, ok
 
-CATALOG = """
-[[plans]]
-code = "pro"
-name = "Pro"
-currency = "USD"
-interval = "month"
-base_fee = "49.00"
-base_fee_timing = "arrears"
-proration = "day"
-"""
+CATALOG = catalog(plans=[plan("pro", "49.00", name="Pro", proration="day")])
 AS_OF = "2026-11-02T00:00:00Z"
-
-
-def ok(cli: Cli, *args: str) -> Any:
-    result = cli(*args, "--project", "acme", "--json")
-    assert result.exit_code == 0, (args, result.stdout, result.stderr)
-    return result.json()
-
-
-def fails(cli: Cli, code: int, *args: str) -> dict[str, Any]:
-    result = cli(*args, "--project", "acme", "--json")
-    assert result.exit_code == code, (args, result.stdout, result.stderr)
-    return result.error()
 
 
 def checked(cli: Cli) -> dict[str, Any]:

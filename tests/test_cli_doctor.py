@@ -16,16 +16,9 @@ from neruba_cli.db.schema import BillingRun, ImportBatch, Project, StripeWebhook
 from neruba_cli.domain import health
 from neruba_cli.domain.health import BatchFacts, RunFacts
 from neruba_cli.services.billing.run import ABANDONED
-from tests.conftest import Cli
-from tests.test_billing import (
-    AFTER_OCTOBER,
-    generate,
-    ingest,
-    population,
-    shop_for,
-    spawn,
-    write_jsonl,
-)
+from tests.support.cli import Cli
+from tests.support.events import ingest, write_jsonl
+from tests.support.workload import AFTER_OCTOBER, generate, population, shop_for, spawn
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 CHECKS = ["config", "database", "schema", "locks"]

@@ -35,13 +35,12 @@ import orjson
 import pytest
 from sqlalchemy import Engine, insert, select
 
-from neruba_cli.cli.app import app
 from neruba_cli.db import locks, migrate
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Customer, Event, ExportWatermark, Project, Refund
 from neruba_cli.services.export.kinds import COLUMNS
-from tests.conftest import Cli, Outcome
-from tests.test_cli_invoice import CATALOG  # the same shop: meters, pro and basic
+from tests.support.cli import Cli, Outcome, fails, ok
+from tests.support.shops import INVOICE_CATALOG
 
 AS_OF = "2026-11-02T00:00:00Z"
 REPO = Path(__file__).resolve().parent.parent
@@ -67,18 +66,6 @@ EVENTS = [
     _event("c2-call-2", "c2", "api_calls", "2026-10-22T12:00:00Z"),
     _event("c2-call-3", "c2", "api_calls", "2026-10-23T12:00:00.25Z"),
 ]  # fmt: skip
-
-
-def ok(cli: Cli, *args: str, project: str = "acme") -> Any:
-    result = cli(*args, "--project", project, "--json")
-    assert result.exit_code == 0, (args, result.stdout, result.stderr)
-    return result.json()
-
-
-def fails(cli: Cli, code: int, *args: str) -> dict[str, Any]:
-    result = cli(*args, "--project", "acme", "--json")
-    assert result.exit_code == code, (args, result.stdout, result.stderr)
-    return result.error()
 
 
 def exported(cli: Cli, kind: str, *args: str, project: str = "acme") -> Outcome:
@@ -118,7 +105,7 @@ def set_up(cli: Cli, tmp_path: Path, slug: str) -> str:
     for external in ("c1", "c2"):
         created = cli("customer", "create", external, "--currency", "USD", "--project", slug)
         assert created.exit_code == 0, created.stderr
-    (tmp_path / "catalog.toml").write_text(CATALOG)
+    (tmp_path / "catalog.toml").write_text(INVOICE_CATALOG)
     ok(cli, "catalog", "apply", str(tmp_path / "catalog.toml"), project=slug)
     ok(cli, "subscription", "create", "c1", "pro", "--start", "2026-10-01T00:00:00Z", project=slug)
     ok(cli, "subscription", "create", "c2", "basic", "--start", "2026-10-16T00:00:00Z",
@@ -374,7 +361,7 @@ def test_gzip_round_trip_to_a_file_and_to_stdout(shop: dict[str, Any], tmp_path:
     assert to_file(cli, "events", tmp_path / "events.jsonl.gz")["format"] == "jsonl"
 
     argv = ["export", "events", "--gzip", "--format", "jsonl", "--project", "acme"]
-    result = cli.runner.invoke(app, [*argv, "--db", str(cli.db_url)], catch_exceptions=False)
+    result = cli(*argv)
     assert result.exit_code == 0, result.stderr
     assert gzip.decompress(result.stdout_bytes) == jsonl
     assert "Exported 20 rows of events to stdout" in result.stderr
@@ -433,7 +420,7 @@ def test_customer_and_period_filters(shop: dict[str, Any]) -> None:
 def test_period_months_are_in_the_project_time_zone(cli: Cli, tmp_path: Path) -> None:
     assert cli("project", "create", "tokyo", "--timezone", "Asia/Tokyo").exit_code == 0
     assert cli("customer", "create", "c1", "--project", "tokyo").exit_code == 0
-    (tmp_path / "catalog.toml").write_text(CATALOG)
+    (tmp_path / "catalog.toml").write_text(INVOICE_CATALOG)
     ok(cli, "catalog", "apply", str(tmp_path / "catalog.toml"), project="tokyo")
     ingest(cli, tmp_path / "e.jsonl", [
         _event("late-sept", "c1", "api_calls", "2026-09-30T15:30:00Z"),  # Oct 1st in Tokyo

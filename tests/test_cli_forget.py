@@ -1,7 +1,7 @@
 """`neruba customer forget` end to end on every dialect: personal data goes, the books stay
 explainable and verifiable, replays stay duplicates, and a meter's property is refused.
 
-Reuses the retention shop (tests/test_cli_retention.py): c1 and c2 on plan pro, events with
+Reuses the retention shop (tests/support/shops.py): c1 and c2 on plan pro, events with
 region/tokens (read by meters) and email/ip/user_agent (personal), October 2025 finalized."""
 
 from __future__ import annotations
@@ -16,16 +16,20 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from neruba_cli.db.schema import AuditRecord, Customer, Event, Invoice, InvoiceRevision
-from tests.conftest import Cli
-from tests.test_billing import Ev, ingest, write_jsonl
-from tests.test_cli_invoice import ok
-from tests.test_cli_retention import PERSONAL, shop  # noqa: F401  (the fixture)
+from tests.support.cli import Cli, ok
+from tests.support.events import Ev, ingest, write_jsonl
+from tests.support.shops import PERSONAL, retention_shop
 
 CONFIG = '[privacy]\npersonal_properties = ["email", "ip", "user_agent"]\n'
 
 
 @pytest.fixture
-def named(shop: Cli, tmp_path: Path, engine: Engine) -> Cli:  # noqa: F811
+def shop(cli: Cli, tmp_path: Path) -> Cli:
+    return retention_shop(cli, tmp_path)
+
+
+@pytest.fixture
+def named(shop: Cli, tmp_path: Path, engine: Engine) -> Cli:
     """The shop with a name and e-mail on c1 (given on `customer create` for c3), and the
     privacy config beside the database."""
     with engine.begin() as conn:

@@ -1,9 +1,10 @@
 """`neruba invoice ...` end to end on every dialect: list, show, explain, finalize, void,
 verify and preview after a real `run bill`, with amounts computed by hand.
 
-The shop: project acme (UTC), plan pro (49.00 in arrears; api_calls graduated, the first 10
-free then 0.50; tokens 0.001 each past 100 free) for c1 from October 1st, and plan basic
-(10.00 in arrears prorated by day; api_calls 0.10 each) for c2 from October 16th.
+The shop (`invoice_shop` in tests/support/shops.py): project acme (UTC), plan pro (49.00 in
+arrears; api_calls graduated, the first 10 free then 0.50; tokens 0.001 each past 100 free)
+for c1 from October 1st, and plan basic (10.00 in arrears prorated by day; api_calls 0.10
+each) for c2 from October 16th.
 
 October by hand:
   c1: base 49.00; 25 calls → 15 × 0.50 = 7.50; tokens 100+200+50 = 350 → 250 × 0.001 = 0.25
@@ -13,10 +14,8 @@ October by hand:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -24,55 +23,9 @@ from sqlalchemy import Engine, func, select, update
 
 from neruba_cli.db import locks
 from neruba_cli.db.schema import BillingRun, Invoice, InvoiceLine, InvoiceRevision
-from tests.conftest import Cli
-
-CATALOG = """
-[[meters]]
-code = "api_calls"
-aggregation = "count"
-
-[[meters]]
-code = "tokens"
-aggregation = "sum"
-field = "properties.tokens"
-
-[[plans]]
-code = "pro"
-name = "Pro"
-currency = "USD"
-interval = "month"
-base_fee = "49.00"
-base_fee_timing = "arrears"
-proration = "day"
-
-  [[plans.charges]]
-  meter = "api_calls"
-  model = "graduated"
-  tiers = [
-    { up_to = 10, unit_amount = "0" },
-    { up_to = inf, unit_amount = "0.50" },
-  ]
-
-  [[plans.charges]]
-  meter = "tokens"
-  model = "per_unit"
-  unit_amount = "0.001"
-  free_units = 100
-
-[[plans]]
-code = "basic"
-name = "Basic"
-currency = "USD"
-interval = "month"
-base_fee = "10.00"
-base_fee_timing = "arrears"
-proration = "day"
-
-  [[plans.charges]]
-  meter = "api_calls"
-  model = "per_unit"
-  unit_amount = "0.10"
-"""
+from tests.support.cli import Cli, ok
+from tests.support.events import event_line
+from tests.support.shops import C1_CALLS, C1_NOVEMBER, bill, invoice_shop
 
 DOCUMENT_KEYS = {
     "number",
@@ -99,63 +52,11 @@ DOCUMENT_KEYS = {
     "settlement",
 }
 OCTOBER = {"start": "2026-10-01T00:00:00Z", "end": "2026-11-01T00:00:00Z"}
-C1_CALLS = [f"2026-10-{day:02d}T{hour:02d}:00:00Z" for day in (2, 9, 17, 30) for hour in range(6)]
-C1_CALLS.append("2026-10-31T23:59:59Z")  # 25 calls
-C1_NOVEMBER = [f"2026-11-{day:02d}T08:00:00Z" for day in range(2, 14)]  # 12 calls
-
-
-def _event(key: str, customer: str, meter: str, ts: str, **properties: Any) -> bytes:
-    payload: dict[str, Any] = {
-        "idempotency_key": key,
-        "customer": customer,
-        "meter": meter,
-        "timestamp": ts,
-    }
-    if properties:
-        payload["properties"] = properties
-    return orjson.dumps(payload)
-
-
-def ok(cli: Cli, *args: str) -> Any:
-    result = cli(*args, "--project", "acme", "--json")
-    assert result.exit_code == 0, (args, result.stdout, result.stderr)
-    return result.json()
-
-
-def bill(cli: Cli, period: str, as_of: str) -> dict[str, Any]:
-    return dict(ok(cli, "run", "bill", "--period", period, "--as-of", as_of))
 
 
 @pytest.fixture
-def shop(cli: Cli, tmp_path: Path, engine: Engine) -> Iterator[Cli]:
-    assert cli("project", "create", "acme", "--timezone", "UTC").exit_code == 0
-    for external in ("c1", "c2"):
-        created = cli("customer", "create", external, "--currency", "USD", "--project", "acme")
-        assert created.exit_code == 0, created.stderr
-    (tmp_path / "catalog.toml").write_text(CATALOG)
-    ok(cli, "catalog", "apply", str(tmp_path / "catalog.toml"))
-    ok(cli, "subscription", "create", "c1", "pro", "--start", "2026-10-01T00:00:00Z")
-    ok(cli, "subscription", "create", "c2", "basic", "--start", "2026-10-16T00:00:00Z")
-    lines = [_event(f"c1-call-{i}", "c1", "api_calls", ts) for i, ts in enumerate(C1_CALLS)]
-    lines += [
-        _event("c1-tok-1", "c1", "tokens", "2026-10-03T10:00:00Z", tokens=100),
-        _event("c1-tok-2", "c1", "tokens", "2026-10-12T10:00:00Z", tokens=200),
-        _event("c1-tok-3", "c1", "tokens", "2026-10-28T10:00:00Z", tokens=50),
-    ]
-    lines += [
-        _event(f"c2-call-{i}", "c2", "api_calls", f"2026-10-{20 + i}T12:00:00Z") for i in range(4)
-    ]
-    lines += [_event(f"c1-nov-{i}", "c1", "api_calls", ts) for i, ts in enumerate(C1_NOVEMBER)]
-    events = tmp_path / "events.jsonl"
-    events.write_bytes(b"\n".join(reversed(lines)) + b"\n")
-    assert ok(cli, "ingest", str(events))["accepted"] == len(lines)
-    report = bill(cli, "2026-10", "2026-11-02T00:00:00Z")
-    assert (report["invoices"], report["status"]) == (2, "completed")
-    yield cli
-    # conftest empties tables with one DELETE each; MariaDB checks the self-reference of a
-    # correction row by row, so unlink corrections first.
-    with engine.begin() as conn:
-        conn.execute(update(Invoice).values(corrects_id=None))
+def shop(cli: Cli, tmp_path: Path) -> Cli:
+    return invoice_shop(cli, tmp_path)
 
 
 def numbers(cli: Cli) -> list[str]:
@@ -344,7 +245,7 @@ def test_verify_passes_then_catches_late_events_and_tampering(
 
     # A late October event: the finalized invoice no longer matches a recomputation.
     late = tmp_path / "late.jsonl"
-    late.write_bytes(_event("c1-late", "c1", "api_calls", "2026-10-15T00:00:00Z") + b"\n")
+    late.write_bytes(event_line("c1-late", "c1", "api_calls", "2026-10-15T00:00:00Z") + b"\n")
     ok(shop, "ingest", str(late))
     found = shop("invoice", "verify", "--period", "2026-10", "--project", "acme", "--json")
     assert found.exit_code == 4

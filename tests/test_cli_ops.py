@@ -17,7 +17,7 @@ from neruba_cli import __version__
 from neruba_cli.cli.app import app
 from neruba_cli.db import locks
 from neruba_cli.db.engine import create_db_engine
-from tests.conftest import Cli
+from tests.support.cli import Cli
 
 UNREACHABLE_MYSQL = "mysql://root@127.0.0.1:1/neruba"
 

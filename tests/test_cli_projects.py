@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import Customer
-from tests.conftest import Cli
+from tests.support.cli import Cli
 
 HEADER = "external_id,name,email,currency,timezone,stripe_id\n"
 

@@ -2,9 +2,10 @@
 cleared still reruns to the same invoices, verifies, and passes `neruba check`, while months
 with a draft or with late events are left alone.
 
-The shop: project acme (UTC), plan pro (10.00 in arrears; eu_calls counts events whose
-region is "eu", 0.10 each; tokens sums properties.tokens at 0.001) for c1 and c2 from
-2025-10-01. Events carry personal extras (email, ip, user_agent) that no meter reads.
+The shop (`retention_shop` in tests/support/shops.py): project acme (UTC), plan pro (10.00 in
+arrears; eu_calls counts events whose region is "eu", 0.10 each; tokens sums properties.tokens
+at 0.001) for c1 and c2 from 2025-10-01. Events carry personal extras (email, ip, user_agent)
+that no meter reads.
 
 - 2025-10: billed and finalized — eligible.
 - 2025-11: billed, left as drafts — not touched.
@@ -30,107 +31,19 @@ from neruba_cli.domain.retention import keep_only, parse_age
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.billing.run import ABANDONED
 from neruba_cli.services.ops import event_properties, retention
-from tests.conftest import Cli
-from tests.test_billing import Ev, ingest, write_jsonl
-from tests.test_cli_invoice import bill, ok
+from tests.support.cli import Cli, ok
+from tests.support.shops import PERSONAL, bill, retention_shop
+from tests.support.shops import RETENTION_MONTHS as MONTHS
 
-CATALOG = """
-[[meters]]
-code = "eu_calls"
-aggregation = "count"
-filter = { region = "eu" }
-
-[[meters]]
-code = "tokens"
-aggregation = "sum"
-field = "properties.tokens"
-
-[[plans]]
-code = "pro"
-currency = "USD"
-interval = "month"
-base_fee = "10.00"
-base_fee_timing = "arrears"
-proration = "day"
-
-  [[plans.charges]]
-  meter = "eu_calls"
-  model = "per_unit"
-  unit_amount = "0.10"
-
-  [[plans.charges]]
-  meter = "tokens"
-  model = "per_unit"
-  unit_amount = "0.001"
-"""
-
-PERSONAL = {"email": "ann@example.com", "ip": "192.0.2.7", "user_agent": "curl/8.0"}
-MONTHS = {
-    "2025-10": datetime(2025, 10, 1, tzinfo=UTC),
-    "2025-11": datetime(2025, 11, 1, tzinfo=UTC),
-}
-MONTHS["2025-12"] = datetime(2025, 12, 1, tzinfo=UTC)
 # --as-of may not lie in the future, so the age is measured from a moment already passed:
 # 11 months before 2026-12-01 is 2026-01-01, so all three months are old.
 AS_OF = "2026-12-01T00:00:00Z"
 OLDER = "11m"
 
 
-def month_events(label: str, start: datetime) -> list[Ev]:
-    events = []
-    for customer in ("c1", "c2"):
-        for i in range(12):
-            ts = start + timedelta(days=i * 2, hours=i)
-            region = "eu" if i % 3 else "us"
-            events.append(
-                Ev(
-                    f"{label}-{customer}-call-{i}",
-                    customer,
-                    "eu_calls",
-                    ts,
-                    properties={"region": region, **PERSONAL},
-                )
-            )
-            events.append(
-                Ev(
-                    f"{label}-{customer}-tok-{i}",
-                    customer,
-                    "tokens",
-                    ts,
-                    Decimal(1),
-                    properties={"tokens": 100 + i, "model": "large", **PERSONAL},
-                )
-            )
-    return events
-
-
 @pytest.fixture
 def shop(cli: Cli, tmp_path: Path) -> Cli:
-    assert cli("project", "create", "acme", "--timezone", "UTC").exit_code == 0
-    for external in ("c1", "c2"):
-        made = cli("customer", "create", external, "--currency", "USD", "--project", "acme")
-        assert made.exit_code == 0, made.stderr
-    (tmp_path / "catalog.toml").write_text(CATALOG)
-    ok(cli, "catalog", "apply", str(tmp_path / "catalog.toml"))
-    for external in ("c1", "c2"):
-        ok(cli, "subscription", "create", external, "pro", "--start", "2025-10-01T00:00:00Z")
-    events = [e for label, start in MONTHS.items() for e in month_events(label, start)]
-    ingest(cli, write_jsonl(tmp_path / "events.jsonl", events))
-    assert bill(cli, "2025-10", "2025-11-02T00:00:00Z")["invoices"] == 2
-    ok(cli, "invoice", "finalize", "--period", "2025-10")
-    assert bill(cli, "2025-11", "2025-12-02T00:00:00Z")["invoices"] == 2  # drafts
-    assert bill(cli, "2025-12", "2026-01-02T00:00:00Z")["invoices"] == 2
-    ok(cli, "invoice", "finalize", "--period", "2025-12")
-    late = Ev(
-        "late-1",
-        "c1",
-        "tokens",
-        datetime(2025, 12, 30, tzinfo=UTC),
-        Decimal(1),
-        properties={"tokens": 5000, **PERSONAL},
-    )
-    ingest(cli, write_jsonl(tmp_path / "late.jsonl", [late]))
-    return cli
+    return retention_shop(cli, tmp_path)
 
 
 def stored_properties(engine: Engine, prefix: str) -> dict[str, dict[str, Any]]:

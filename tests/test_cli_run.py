@@ -16,28 +16,16 @@ from sqlalchemy.orm import Session
 from neruba_cli.db import locks
 from neruba_cli.db.schema import BillingRun, Invoice, InvoiceRevision, Project
 from neruba_cli.services.billing import run as billing_run
-from tests.conftest import Cli
+from tests.support.catalogs import catalog, meter, per_unit, plan
+from tests.support.cli import Cli
 
 AS_OF = "2026-11-02T00:00:00Z"
 UNIT = Decimal("0.01")  # per API call
 BASE_FEE = Decimal("5.00")  # per month, in arrears
-CATALOG = """
-[[meters]]
-code = "api_calls"
-aggregation = "count"
-
-[[plans]]
-code = "starter"
-currency = "USD"
-interval = "month"
-base_fee = "5.00"
-base_fee_timing = "arrears"
-
-  [[plans.charges]]
-  meter = "api_calls"
-  model = "per_unit"
-  unit_amount = "0.01"
-"""
+CATALOG = catalog(
+    meters=[meter("api_calls", "count")],
+    plans=[plan("starter", "5.00", per_unit("api_calls", "0.01"))],
+)
 OCTOBER_CALLS = {"c1": 100, "c2": 250, "c3": 0}
 
 

@@ -1,6 +1,6 @@
 """`neruba simulate`: a past month's stored usage priced on a candidate catalog, compared
 with the invoices issued, without writing anything. The shop is test_cli_compare's: pro at
-49.00 a month in arrears, prorated by day, and api_calls at 0.01 each."""
+49.00 a month in arrears, prorated by day, and api_calls at 0.01 each (`metered_pro`)."""
 
 from __future__ import annotations
 
@@ -10,44 +10,27 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from sqlalchemy import Engine, func, select
 
-from neruba_cli.db import migrate
-from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Base
-from tests.conftest import Cli
-from tests.test_cli_compare import (
-    CATALOG,
+from tests.support.catalogs import meter, per_unit
+from tests.support.cli import Cli, expect, ok
+from tests.support.shops import (
     PERIOD,
-    bill,
     billed_lines,
-    build_shop,
-    ok,
-    run,
+    finalize_month,
+    metered_pro,
+    subscribed_shop,
 )
 
 CENT = Decimal("0.01")
 
 
-@pytest.fixture
-def sqlite_cli(tmp_path: Path) -> Cli:
-    """A migrated SQLite database only: for what does not depend on the dialect."""
-    url = f"sqlite:///{tmp_path / 'neruba.db'}"
-    engine = create_db_engine(url)
-    migrate.upgrade(engine)
-    engine.dispose()
-    return Cli(url)
-
-
-RAISED = CATALOG.replace('base_fee = "49.00"', 'base_fee = "59.00"').replace(
-    'unit_amount = "0.01"', 'unit_amount = "0.015"'
-)
-WITH_SEATS = (
-    '[[meters]]\ncode = "seats"\naggregation = "max"\n'
-    + CATALOG
-    + '\n  [[plans.charges]]\n  meter = "seats"\n  model = "per_unit"\n'
-    '  unit_amount = "1.00"\n  min_amount = "5.00"\n'
+CATALOG = metered_pro()
+RAISED = metered_pro("59.00", "0.015")
+WITH_SEATS = metered_pro(
+    extra_meters=(meter("seats", "max"),),
+    extra_charges=(per_unit("seats", "1.00", min_amount="5.00"),),
 )
 
 
@@ -72,9 +55,9 @@ def repriced(line: dict[str, Any], fee: Decimal, unit: Decimal) -> Decimal:
 def test_a_price_change_gives_the_expected_deltas_and_writes_nothing(
     cli: Cli, engine: Engine, tmp_path: Path
 ) -> None:
-    build_shop(cli, tmp_path, 8, usage={"c002": 30, "c005": 123})
-    bill(cli)
-    issued = billed_lines(engine)
+    subscribed_shop(cli, tmp_path, 8, CATALOG, digits=3, usage={"c002": 30, "c005": 123})
+    finalize_month(cli)
+    issued = billed_lines(engine, PERIOD)
     expected = {
         customer: sum(
             (
@@ -129,8 +112,8 @@ def test_a_price_change_gives_the_expected_deltas_and_writes_nothing(
 
 def test_the_stored_catalog_simulates_to_what_was_issued(sqlite_cli: Cli, tmp_path: Path) -> None:
     cli = sqlite_cli
-    build_shop(cli, tmp_path, 5, usage={"c003": 12})
-    bill(cli)
+    subscribed_shop(cli, tmp_path, 5, CATALOG, digits=3, usage={"c003": 12})
+    finalize_month(cli)
     same = tmp_path / "same.toml"
     same.write_text(CATALOG)
     report = ok(cli, "simulate", "--catalog", str(same), "--period", PERIOD)
@@ -153,8 +136,8 @@ def test_the_stored_catalog_simulates_to_what_was_issued(sqlite_cli: Cli, tmp_pa
 
 def test_a_new_meter_and_charge_show_as_new_lines(sqlite_cli: Cli, tmp_path: Path) -> None:
     cli = sqlite_cli
-    build_shop(cli, tmp_path, 3)
-    bill(cli)
+    subscribed_shop(cli, tmp_path, 3, CATALOG, digits=3)
+    finalize_month(cli)
     seats = tmp_path / "seats.toml"
     seats.write_text(WITH_SEATS)
     report = ok(cli, "simulate", "--catalog", str(seats), "--period", PERIOD, "--by", "line")
@@ -172,27 +155,27 @@ def test_a_new_meter_and_charge_show_as_new_lines(sqlite_cli: Cli, tmp_path: Pat
 
 def test_what_a_simulation_cannot_do_is_refused(sqlite_cli: Cli, tmp_path: Path) -> None:
     cli = sqlite_cli
-    build_shop(cli, tmp_path, 2)
-    bill(cli)
+    subscribed_shop(cli, tmp_path, 2, CATALOG, digits=3)
+    finalize_month(cli)
     yearly = tmp_path / "yearly.toml"
-    yearly.write_text(CATALOG.replace('interval = "month"', 'interval = "year"'))
-    error = run(cli, 1, "simulate", "--catalog", str(yearly), "--period", PERIOD)
+    yearly.write_text(metered_pro(interval="year"))
+    error = expect(cli, 1, "simulate", "--catalog", str(yearly), "--period", PERIOD)
     assert "plan pro" in error["message"] and "interval or currency" in error["hint"]
     broken = tmp_path / "broken.toml"
     broken.write_text('[[plans]]\ncode = "pro"\nbase_fee = 49.0\n')
-    assert run(cli, 1, "simulate", "--catalog", str(broken), "--period", PERIOD)["type"] == (
+    assert expect(cli, 1, "simulate", "--catalog", str(broken), "--period", PERIOD)["type"] == (
         "invalid_input"
     )
     (tmp_path / "bad.toml").write_text("[[plans]\n")
     assert (
         "invalid TOML"
-        in run(cli, 1, "simulate", "--catalog", str(tmp_path / "bad.toml"), "--period", PERIOD)[
+        in expect(cli, 1, "simulate", "--catalog", str(tmp_path / "bad.toml"), "--period", PERIOD)[
             "message"
         ]
     )
     same = tmp_path / "same.toml"
     same.write_text(CATALOG)
-    unknown = run(
+    unknown = expect(
         cli, 1, "simulate", "--catalog", str(same), "--period", PERIOD, "--customer", "nobody"
     )
     assert unknown["type"] == "not_found"

@@ -1,7 +1,7 @@
-"""`neruba stats` on every dialect, over tests/test_cli_invoice.py's shop (two customers,
-events in October and November, October billed) plus events of today and yesterday, a
-finalizing run and wallet credit. The Prometheus file is read back with the strict parser of
-tests/test_prometheus.py."""
+"""`neruba stats` on every dialect, over the invoice shop of tests/support/shops.py (two
+customers, events in October and November, October billed) plus events of today and yesterday,
+a finalizing run and wallet credit. The Prometheus file is read back with the strict parser of
+tests/support/prometheus.py."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import Engine, select
 
 from neruba_cli.db.schema import BillingRun, Event
 from neruba_cli.domain.stats import nearest_rank
-from tests.conftest import Cli
-from tests.test_cli_invoice import C1_CALLS, C1_NOVEMBER, _event, ok, shop
-from tests.test_prometheus import parse_exposition
-
-__all__ = ["shop"]  # the fixture, used by name
+from tests.support.cli import Cli, ok
+from tests.support.events import event_line
+from tests.support.prometheus import parse_exposition
+from tests.support.shops import C1_CALLS, C1_NOVEMBER, invoice_shop
 
 SHOP_EVENTS = (
     [(ts, "api_calls") for ts in C1_CALLS]
@@ -29,6 +29,11 @@ SHOP_EVENTS = (
     + [(f"2026-10-{20 + i}T12:00:00Z", "api_calls") for i in range(4)]
     + [(ts, "api_calls") for ts in C1_NOVEMBER]
 )
+
+
+@pytest.fixture
+def shop(cli: Cli, tmp_path: Path) -> Cli:
+    return invoice_shop(cli, tmp_path)
 
 
 def parse(ts: str) -> datetime:
@@ -39,7 +44,7 @@ def recent_events(tmp_path: Path, now: datetime) -> tuple[Path, list[tuple[str, 
     """Three events today and yesterday (UTC), whatever the clock says."""
     stamps = [now - timedelta(hours=h) for h in (0, 1, 25)]
     made = [(s.isoformat().replace("+00:00", "Z"), "api_calls") for s in stamps]
-    lines = [_event(f"recent-{i}", "c1", meter, ts) for i, (ts, meter) in enumerate(made)]
+    lines = [event_line(f"recent-{i}", "c1", meter, ts) for i, (ts, meter) in enumerate(made)]
     path = tmp_path / "recent.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path, made

@@ -1,8 +1,9 @@
 """Stripe push, pull, webhooks and reconciliation, end to end on every dialect.
 
-Neruba talks to `tests/fakes/stripe/` (a Stripe-compatible server on 127.0.0.1) through the
-real `stripe` SDK; the server can fail requests on purpose (429, 500, a timeout or a dropped
-connection after applying the request, a hang while the test kills the client).
+Neruba talks to `tests/fakes/stripe/` (a Stripe-compatible server on 127.0.0.1, the `stripe`
+fixture) through the real `stripe` SDK; the server can fail requests on purpose (429, 500, a
+timeout or a dropped connection after applying the request, a hang while the test kills the
+client).
 
 The shop: project acme (UTC), plan pro at 49.00 a month in arrears, prorated by day; customer
 cNN starts on October (NN % 28) + 1, so every October invoice has its own total.
@@ -15,73 +16,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from stripe import HTTPClient
 
 from neruba_cli.domain.webhook_signature import sign
 from neruba_cli.services.stripe import gateway as stripe_gateway
-from tests.conftest import Cli
 from tests.fakes.stripe import FakeStripe, Fault
+from tests.support.cli import Cli, expect, ok
+from tests.support.fake_stripe import API_KEY, SECRET
+from tests.support.shops import PERIOD, finalize_month, pro_and_gulf, subscribed_shop
+from tests.support.values import minor
 
 ROOT = Path(__file__).resolve().parents[1]
-API_KEY = "sk_test_nerubaTests0123456789"
-SECRET = "whsec_nerubaTestSecret0123456789"
-PERIOD = "2026-10"
-AS_OF = "2026-11-02T00:00:00Z"
-CATALOG = """
-[[plans]]
-code = "pro"
-name = "Pro"
-currency = "USD"
-interval = "month"
-base_fee = "49.00"
-base_fee_timing = "arrears"
-proration = "day"
-
-[[plans]]
-code = "gulf"
-name = "Gulf"
-currency = "KWD"
-interval = "month"
-base_fee = "1.234"
-base_fee_timing = "arrears"
-proration = "day"
-"""
-
-
-@pytest.fixture
-def stripe(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeStripe]:
-    server = FakeStripe(api_key=API_KEY).start()
-    monkeypatch.setenv("STRIPE_API_KEY", API_KEY)
-    monkeypatch.setenv("NERUBA_STRIPE_API_BASE", server.url)
-    monkeypatch.setenv("NERUBA_STRIPE_TIMEOUT", "1")
-    monkeypatch.setenv("NERUBA_STRIPE_MAX_RETRIES", "3")
-    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
-    monkeypatch.setattr(HTTPClient, "INITIAL_DELAY", 0.01)  # the SDK's retry backoff
-    monkeypatch.setattr(stripe_gateway, "RATE_LIMIT_BACKOFF", 0.01)
-    try:
-        yield server
-    finally:
-        server.release()
-        server.stop()
-
-
-def ok(cli: Cli, *args: str) -> Any:
-    result = cli(*args, "--project", "acme", "--json")
-    assert result.exit_code == 0, (args, result.stdout, result.stderr)
-    return result.json()
-
-
-def run(cli: Cli, code: int, *args: str) -> Any:
-    result = cli(*args, "--project", "acme", "--json")
-    assert result.exit_code == code, (args, result.stdout, result.stderr)
-    return result.json() if result.stdout.strip() else result.error()
+CATALOG = pro_and_gulf()
 
 
 def checked(cli: Cli) -> None:
@@ -89,31 +40,10 @@ def checked(cli: Cli) -> None:
     assert report["ok"], report
 
 
-def build_shop(cli: Cli, tmp_path: Path, customers: int) -> list[str]:
-    """acme with `customers` customers on pro, October billed and finalized."""
-    assert cli("project", "create", "acme", "--timezone", "UTC").exit_code == 0
-    (tmp_path / "catalog.toml").write_text(CATALOG)
-    ok(cli, "catalog", "apply", str(tmp_path / "catalog.toml"))
-    names = [f"c{n:02d}" for n in range(1, customers + 1)]
-    people = ["external_id,name,email,currency"]
-    people += [f"{name},Customer {name},{name}@example.com,USD" for name in names]
-    (tmp_path / "customers.csv").write_text("\n".join(people) + "\n")
-    ok(cli, "customer", "import", str(tmp_path / "customers.csv"))
-    plans = ["customer,plan,start"]
-    plans += [f"{name},pro,2026-10-{n % 28 + 1:02d}T00:00:00Z" for n, name in enumerate(names)]
-    (tmp_path / "subscriptions.csv").write_text("\n".join(plans) + "\n")
-    ok(cli, "subscription", "import", str(tmp_path / "subscriptions.csv"))
-    return names
-
-
 def bill(cli: Cli) -> list[dict[str, Any]]:
-    report = ok(cli, "run", "bill", "--period", PERIOD, "--as-of", AS_OF, "--finalize")
-    assert report["status"] == "completed"
+    """October finalized; its invoices."""
+    finalize_month(cli)
     return list(ok(cli, "invoice", "list", "--period", PERIOD))
-
-
-def minor(amount: str) -> int:
-    return int(Decimal(amount) * 100)
 
 
 def live_invoices(server: FakeStripe) -> list[dict[str, Any]]:
@@ -160,7 +90,7 @@ def test_push_killed_twice_then_reconcile_finds_exactly_the_planted_differences(
     invoice, and between two invoice items), pushed again → exactly 50 Stripe invoices with
     the right totals; then Stripe-side changes that reconcile lists exactly, and exit 0 once
     they are resolved."""
-    names = build_shop(cli, tmp_path, 50)
+    names = subscribed_shop(cli, tmp_path, 50, CATALOG)
     for name in names[::7]:  # some invoices carry a credits line: two items
         ok(cli, "credits", "grant", name, "5.00")
     rows = bill(cli)
@@ -204,7 +134,7 @@ def test_push_killed_twice_then_reconcile_finds_exactly_the_planted_differences(
     stripe.set_invoice_total(by_number[changed]["id"], minor(totals[changed]) + 100)
     stripe.delete_invoice(by_number[deleted]["id"])
 
-    report = run(cli, 4, "reconcile", "stripe", "--period", PERIOD, "--pull")
+    report = expect(cli, 4, "reconcile", "stripe", "--period", PERIOD, "--pull")
     assert kinds(report) == sorted(
         [("status_mismatch", n) for n in paid]
         + [("status_mismatch", voided), ("amount_mismatch", changed)]
@@ -252,7 +182,7 @@ def test_push_killed_twice_then_reconcile_finds_exactly_the_planted_differences(
 def test_dry_run_calls_nothing_and_a_second_push_changes_nothing(
     cli: Cli, tmp_path: Path, stripe: FakeStripe
 ) -> None:
-    build_shop(cli, tmp_path, 3)
+    subscribed_shop(cli, tmp_path, 3, CATALOG)
     bill(cli)
     plan = ok(cli, "stripe", "push", "--period", PERIOD, "--dry-run")
     assert plan["dry_run"] is True and plan["counts"] == {"created": 3}
@@ -274,7 +204,7 @@ def test_dry_run_calls_nothing_and_a_second_push_changes_nothing(
 def test_retries_ride_out_rate_limits_errors_timeouts_and_dropped_connections(
     cli: Cli, tmp_path: Path, stripe: FakeStripe
 ) -> None:
-    build_shop(cli, tmp_path, 4)
+    subscribed_shop(cli, tmp_path, 4, CATALOG)
     rows = bill(cli)
     stripe.add_fault(Fault("POST", "/v1/customers", "429", times=2))
     stripe.add_fault(Fault("POST", "/v1/invoices", "500", skip=1))
@@ -296,11 +226,11 @@ def test_retries_ride_out_rate_limits_errors_timeouts_and_dropped_connections(
 def test_stripe_that_never_answers_stops_the_push_and_a_rerun_finishes(
     cli: Cli, tmp_path: Path, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    build_shop(cli, tmp_path, 2)
+    subscribed_shop(cli, tmp_path, 2, CATALOG)
     bill(cli)
     monkeypatch.setenv("NERUBA_STRIPE_MAX_RETRIES", "1")
     stripe.add_fault(Fault("POST", r"/v1/invoices/[^/]+/finalize", "500", times=2))
-    error = run(cli, 1, "stripe", "push", "--period", PERIOD)
+    error = expect(cli, 1, "stripe", "push", "--period", PERIOD)
     assert error["type"] == "stripe_error" and "finalize" in error["message"]
     assert API_KEY not in str(error)
     assert ok(cli, "stripe", "push", "--period", PERIOD)["failed"] == 0
@@ -310,13 +240,13 @@ def test_stripe_that_never_answers_stops_the_push_and_a_rerun_finishes(
 def test_configuration_errors_are_clear_and_never_show_the_key(
     cli: Cli, tmp_path: Path, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    build_shop(cli, tmp_path, 1)
+    subscribed_shop(cli, tmp_path, 1, CATALOG)
     bill(cli)
     monkeypatch.delenv("STRIPE_API_KEY")
-    missing = run(cli, 1, "stripe", "push", "--period", PERIOD)
+    missing = expect(cli, 1, "stripe", "push", "--period", PERIOD)
     assert "STRIPE_API_KEY is not set" in missing["message"]
     monkeypatch.setenv("STRIPE_API_KEY", "pk_test_notASecretKey123")
-    assert "not a Stripe secret" in run(cli, 1, "stripe", "pull")["message"]
+    assert "not a Stripe secret" in expect(cli, 1, "stripe", "pull")["message"]
     monkeypatch.setenv("STRIPE_API_KEY", "sk_test_wrongKey0123456789")
     refused = cli("stripe", "push", "--period", PERIOD, "--project", "acme")
     assert refused.exit_code == 1 and "refused STRIPE_API_KEY" in refused.stderr
@@ -324,7 +254,7 @@ def test_configuration_errors_are_clear_and_never_show_the_key(
     audit = ok(cli, "audit", "list")
     assert "wrongKey0123456789" not in orjson.dumps(audit).decode()
     monkeypatch.setenv("STRIPE_API_KEY", API_KEY)
-    unknown = run(cli, 1, "stripe", "push", "--period", PERIOD, "--replace", "ACME-999999")
+    unknown = expect(cli, 1, "stripe", "push", "--period", PERIOD, "--replace", "ACME-999999")
     assert "ACME-999999" in unknown["message"]
     assert stripe.objects("invoice") == []
 
@@ -335,7 +265,7 @@ def test_corrections_push_as_credit_notes_and_voids(
     """c01's October invoice (49.00) is corrected after the push by a cancellation on the
     17th: the credit note (-23.71) becomes a Stripe credit note on the pushed invoice; c02's
     invoice voided here is voided in Stripe."""
-    build_shop(cli, tmp_path, 2)
+    subscribed_shop(cli, tmp_path, 2, CATALOG)
     bill(cli)
     ok(cli, "stripe", "push", "--period", PERIOD)
     subscription = ok(cli, "subscription", "list", "--customer", "c01")[0]["id"]
@@ -376,7 +306,7 @@ def test_three_decimal_currencies_round_in_stripe_and_reconcile_shows_it(
     ok(cli, "stripe", "push", "--period", PERIOD)
     (invoice,) = stripe.objects("invoice")
     assert (invoice["currency"], invoice["total"]) == ("kwd", 1230)
-    report = run(cli, 4, "reconcile", "stripe", "--period", PERIOD, "--pull")
+    report = expect(cli, 4, "reconcile", "stripe", "--period", PERIOD, "--pull")
     (found,) = report["discrepancies"]
     assert (found["kind"], found["reason"]) == ("amount_mismatch", "stripe_rounding")
     assert (found["difference"], found["currency"]) == ("-0.004", "KWD")
@@ -385,9 +315,9 @@ def test_three_decimal_currencies_round_in_stripe_and_reconcile_shows_it(
 def test_reconcile_writes_csv_and_json_reports(
     cli: Cli, tmp_path: Path, stripe: FakeStripe
 ) -> None:
-    build_shop(cli, tmp_path, 2)
+    subscribed_shop(cli, tmp_path, 2, CATALOG)
     bill(cli)
-    run(cli, 4, "reconcile", "stripe", "--period", PERIOD, "--output", "r.json")
+    expect(cli, 4, "reconcile", "stripe", "--period", PERIOD, "--output", "r.json")
     saved = orjson.loads((tmp_path / "r.json").read_bytes())
     assert saved["matched"] == 0 and kinds(saved) == [
         ("missing_in_stripe", "ACME-000001"),
@@ -396,12 +326,12 @@ def test_reconcile_writes_csv_and_json_reports(
     ok(cli, "stripe", "push", "--period", PERIOD)
     (invoice, _other) = stripe.objects("invoice")
     stripe.void_invoice(invoice["id"])
-    run(cli, 4, "reconcile", "stripe", "--period", PERIOD, "--pull", "--output", "r.csv")
+    expect(cli, 4, "reconcile", "stripe", "--period", PERIOD, "--pull", "--output", "r.csv")
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert lines[0].startswith("kind,invoice,stripe_invoice,currency,neruba_total,stripe_total")
     assert len(lines) == 2 and lines[1].startswith("status_mismatch,")
     assert invoice["id"] in lines[1] and ",void," in lines[1]
-    bad = run(cli, 1, "reconcile", "stripe", "--period", PERIOD, "--output", "r.txt")
+    bad = expect(cli, 1, "reconcile", "stripe", "--period", PERIOD, "--output", "r.txt")
     assert ".csv or a .json" in bad["message"]
 
 
@@ -411,7 +341,7 @@ def test_reconcile_writes_csv_and_json_reports(
 def test_pull_resumes_from_its_cursor_and_marks_deleted_objects(
     cli: Cli, tmp_path: Path, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    build_shop(cli, tmp_path, 3)
+    subscribed_shop(cli, tmp_path, 3, CATALOG)
     bill(cli)
     ok(cli, "stripe", "push", "--period", PERIOD)
     for invoice in stripe.objects("invoice"):
@@ -419,7 +349,7 @@ def test_pull_resumes_from_its_cursor_and_marks_deleted_objects(
     monkeypatch.setenv("NERUBA_STRIPE_MAX_RETRIES", "0")
     monkeypatch.setattr(stripe_gateway, "PAGE_SIZE", 2)  # three charges: two pages
     stripe.add_fault(Fault("GET", "/v1/charges", "500", skip=1))
-    failed = run(cli, 1, "stripe", "pull")
+    failed = expect(cli, 1, "stripe", "pull")
     assert "charges" in failed["message"]
     before = len(stripe.requests)
     resumed = ok(cli, "stripe", "pull")
@@ -462,13 +392,13 @@ def deliver(
     path = tmp_path / "event.json"
     path.write_bytes(body)
     header = sign(body, secret, int(time.time()) - age)
-    return run(cli, code, "stripe", "webhook", "ingest", str(path), "--signature", header)
+    return expect(cli, code, "stripe", "webhook", "ingest", str(path), "--signature", header)
 
 
 def test_webhooks_verify_apply_dedupe_and_reprocess(
     cli: Cli, tmp_path: Path, stripe: FakeStripe
 ) -> None:
-    build_shop(cli, tmp_path, 2)
+    subscribed_shop(cli, tmp_path, 2, CATALOG)
     bill(cli)
     ok(cli, "stripe", "push", "--period", PERIOD)
     first, second = stripe.objects("invoice")
@@ -495,7 +425,7 @@ def test_webhooks_verify_apply_dedupe_and_reprocess(
         "rejected": 0,
     }
     assert len(ok(cli, "payment", "list")) == 1
-    late = run(
+    late = expect(
         cli, 0, "stripe", "webhook", "ingest", str(tmp_path / "event.json"),
         "--signature", sign(body, SECRET, int(time.time()) - 400), "--tolerance", "600",
     )  # fmt: skip
@@ -526,7 +456,7 @@ def test_webhooks_verify_apply_dedupe_and_reprocess(
     ]
     batch = tmp_path / "batch.jsonl"
     batch.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n{oops\n")
-    result = run(cli, 3, "stripe", "webhook", "ingest", str(batch))
+    result = expect(cli, 3, "stripe", "webhook", "ingest", str(batch))
     assert result["counts"]["processed"] == 1 and result["counts"]["rejected"] == 2
     assert [r["where"] for r in result["rejected"]] == [f"{batch}:2", f"{batch}:3"]
     events = {e["event"]: e["status"] for e in ok(cli, "stripe", "webhook", "list")}
@@ -552,7 +482,7 @@ def test_a_credit_note_restoring_credit_leaves_stripe_owing_what_neruba_says(
     """49.00 with 5.00 of credit applied (44.00 due), corrected by -23.71: Neruba gives the
     5.00 back to the grant and takes 18.71 off the invoice (25.29 due). Stripe must also ask
     25.29, not 20.29, and must not credit the customer's balance."""
-    build_shop(cli, tmp_path, 1)
+    subscribed_shop(cli, tmp_path, 1, CATALOG)
     ok(cli, "credits", "grant", "c01", "5.00")
     bill(cli)
     ok(cli, "stripe", "push", "--period", PERIOD)
@@ -583,7 +513,7 @@ def test_a_credit_note_on_a_paid_invoice_is_credited_out_of_band(
 ) -> None:
     """Paid in Stripe, then corrected: Neruba puts the 23.71 in the wallet (spent on the next
     invoice), so Stripe records it out of band instead of crediting the customer's balance."""
-    build_shop(cli, tmp_path, 1)
+    subscribed_shop(cli, tmp_path, 1, CATALOG)
     bill(cli)
     ok(cli, "stripe", "push", "--period", PERIOD)
     stripe.pay_invoice(stripe.objects("invoice")[0]["id"])
@@ -601,7 +531,7 @@ def test_a_credit_note_on_a_paid_invoice_is_credited_out_of_band(
 def test_a_push_killed_after_stripe_made_the_credit_note_finishes_on_rerun(
     cli: Cli, tmp_path: Path, stripe: FakeStripe
 ) -> None:
-    build_shop(cli, tmp_path, 1)
+    subscribed_shop(cli, tmp_path, 1, CATALOG)
     bill(cli)
     ok(cli, "stripe", "push", "--period", PERIOD)
     cancel_c01(cli, "2026-10-05T00:00:00Z")
@@ -620,11 +550,11 @@ def test_a_push_killed_after_stripe_made_the_credit_note_finishes_on_rerun(
 def test_replacing_an_invoice_paid_in_stripe_is_refused(
     cli: Cli, tmp_path: Path, stripe: FakeStripe
 ) -> None:
-    build_shop(cli, tmp_path, 1)
+    subscribed_shop(cli, tmp_path, 1, CATALOG)
     bill(cli)
     ok(cli, "stripe", "push", "--period", PERIOD)
     stripe.pay_invoice(stripe.objects("invoice")[0]["id"])
-    report = run(cli, 3, "stripe", "push", "--period", PERIOD, "--replace", "ACME-000001")
+    report = expect(cli, 3, "stripe", "push", "--period", PERIOD, "--replace", "ACME-000001")
     (outcome,) = report["outcomes"]
     assert outcome["action"] == "failed" and "bill the customer twice" in outcome["error"]
     assert [i["status"] for i in stripe.objects("invoice")] == ["paid"]
@@ -633,13 +563,13 @@ def test_replacing_an_invoice_paid_in_stripe_is_refused(
 def test_a_push_or_webhook_during_a_pull_does_not_make_live_objects_look_deleted(
     cli: Cli, tmp_path: Path, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    build_shop(cli, tmp_path, 3)
+    subscribed_shop(cli, tmp_path, 3, CATALOG)
     bill(cli)
     ok(cli, "stripe", "push", "--period", PERIOD)
     monkeypatch.setenv("NERUBA_STRIPE_MAX_RETRIES", "0")
     monkeypatch.setattr(stripe_gateway, "PAGE_SIZE", 2)
     stripe.add_fault(Fault("GET", "/v1/invoices", "500", skip=1))
-    run(cli, 1, "stripe", "pull")
+    expect(cli, 1, "stripe", "pull")
     time.sleep(1.1)
     assert ok(cli, "stripe", "push", "--period", PERIOD)["counts"] == {"up_to_date": 3}
     newest = max(stripe.objects("invoice"), key=lambda i: i["created"])
@@ -655,7 +585,7 @@ def test_a_zero_invoice_paid_by_stripe_on_finalization_matches(
     cli: Cli, tmp_path: Path, stripe: FakeStripe
 ) -> None:
     assert cli("project", "create", "acme", "--timezone", "UTC").exit_code == 0
-    free = CATALOG.replace('code = "gulf"', 'code = "free"').replace('"1.234"', '"0.000"')
+    free = pro_and_gulf("0.000", gulf_code="free")
     (tmp_path / "catalog.toml").write_text(free.replace('currency = "KWD"', 'currency = "USD"'))
     ok(cli, "catalog", "apply", str(tmp_path / "catalog.toml"))
     ok(cli, "customer", "create", "z1", "--currency", "USD")
@@ -683,7 +613,7 @@ def test_stripe_rounding_of_a_paid_kwd_invoice_shows_as_rounding_not_as_unpaid(
     stripe.pay_invoice(invoice["id"])
     ok(cli, "stripe", "pull")
     assert ok(cli, "invoice", "show", "ACME-000001")["amount_due"] == "0.004"
-    report = run(cli, 4, "reconcile", "stripe", "--period", PERIOD)
+    report = expect(cli, 4, "reconcile", "stripe", "--period", PERIOD)
     assert kinds(report) == [("amount_mismatch", "ACME-000001")]
     assert report["discrepancies"][0]["reason"] == "stripe_rounding"
 
@@ -694,7 +624,7 @@ def test_a_refund_of_what_stripe_rounded_up_is_reported_not_retried_forever(
     """1.235 KWD goes to Stripe as 1.240: the 0.005 Stripe collected beyond the invoice is
     wallet credit here, so refunding the whole charge refunds 1.235 and says so."""
     assert cli("project", "create", "acme", "--timezone", "UTC").exit_code == 0
-    (tmp_path / "catalog.toml").write_text(CATALOG.replace('"1.234"', '"1.235"'))
+    (tmp_path / "catalog.toml").write_text(pro_and_gulf("1.235"))
     ok(cli, "catalog", "apply", str(tmp_path / "catalog.toml"))
     ok(cli, "customer", "create", "k1", "--currency", "KWD")
     ok(cli, "subscription", "create", "k1", "gulf", "--start", "2026-10-01T00:00:00Z")

@@ -33,53 +33,20 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import Cli
+from tests.support.catalogs import catalog, meter, per_unit, plan
+from tests.support.cli import Cli, fails, ok
 
-CATALOG = """
-[[meters]]
-code = "api_calls"
-aggregation = "sum"
-
-[[meters]]
-code = "users"
-aggregation = "unique_count"
-field = "properties.user"
-
-[[meters]]
-code = "seats"
-name = "Seats"
-aggregation = "weighted_sum"
-recurring = true
-allow_negative = true
-
-[[meters]]
-code = "peak"
-aggregation = "max"
-
-[[meters]]
-code = "storage"
-aggregation = "latest"
-field = "properties.gb"
-
-[[meters]]
-code = "disk"
-aggregation = "weighted_sum"
-gauge = "absolute"
-
-[[plans]]
-code = "pro"
-name = "Pro"
-currency = "USD"
-interval = "month"
-base_fee = "49.00"
-base_fee_timing = "arrears"
-proration = "day"
-
-  [[plans.charges]]
-  meter = "api_calls"
-  model = "per_unit"
-  unit_amount = "0.10"
-"""
+CATALOG = catalog(
+    meters=[
+        meter("api_calls", "sum"),
+        meter("users", "unique_count", field="properties.user"),
+        meter("seats", "weighted_sum", name="Seats", recurring=True, allow_negative=True),
+        meter("peak", "max"),
+        meter("storage", "latest", field="properties.gb"),
+        meter("disk", "weighted_sum", gauge="absolute"),
+    ],
+    plans=[plan("pro", "49.00", per_unit("api_calls", "0.10"), name="Pro", proration="day")],
+)
 
 EVENTS: list[tuple[str, str, str, str, dict[str, Any] | None]] = [
     ("s1", "api_calls", "2026-10-01T03:59:59Z", "1000", None),
@@ -116,18 +83,6 @@ PROJECTION_KEYS = {
     "lines",
     "invoices",
 }
-
-
-def ok(cli: Cli, *args: str) -> Any:
-    result = cli(*args, "--project", "acme", "--json")
-    assert result.exit_code == 0, (args, result.stdout, result.stderr)
-    return result.json()
-
-
-def fails(cli: Cli, code: int, *args: str) -> dict[str, Any]:
-    result = cli(*args, "--project", "acme", "--json")
-    assert result.exit_code == code, (args, result.stdout, result.stderr)
-    return result.error()
 
 
 def usage(cli: Cli, customer: str, *args: str) -> dict[str, Any]:

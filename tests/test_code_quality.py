@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -23,3 +24,37 @@ def test_ruff_is_clean() -> None:
 def test_mypy_strict_on_the_domain() -> None:
     result = _run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file imports (`import a.b`, `from a.b import c`), absolute names."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _is_test_module(name: str) -> bool:
+    """tests.test_x, tests.cli.test_x, and the conftest of a folder below tests/."""
+    parts = name.split(".")
+    if parts[0] != "tests":
+        return False
+    last = parts[-1]
+    return last.startswith("test_") or (last == "conftest" and len(parts) > 2)
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in tests/support/ (and the fake Stripe in tests/fakes/): a test
+    module that imports another test module (or a sub-folder's conftest) runs that module's
+    tests' set-up for nothing and ties suites together; move the helper to tests/support/."""
+    offenders = sorted(
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in (ROOT / "tests").rglob("*.py")
+        for name in _imported_modules(path)
+        if _is_test_module(name)
+    )
+    assert offenders == [], "\n".join(offenders)

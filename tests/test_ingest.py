@@ -12,8 +12,9 @@ from sqlalchemy import func, select
 
 from neruba_cli.db.schema import Event
 from neruba_cli.services.ingest import pipeline as ingest_service
-from tests.conftest import Cli
-from tests.test_catalog import EXAMPLE
+from tests.support.catalogs import EXAMPLE
+from tests.support.cli import Cli
+from tests.support.events import event, write_jsonl
 
 
 @pytest.fixture
@@ -23,21 +24,6 @@ def shop(cli: Cli) -> Cli:
         assert cli("customer", "create", external, "--project", "acme").exit_code == 0
     assert cli("catalog", "apply", str(EXAMPLE), "--project", "acme").exit_code == 0
     return cli
-
-
-def event(key: str, **fields: object) -> dict:
-    base = {
-        "idempotency_key": key,
-        "customer": "c1",
-        "meter": "api_calls",
-        "timestamp": "2026-10-03T12:00:00Z",
-    }
-    return {**base, **fields}
-
-
-def write_jsonl(path: Path, events: list) -> Path:
-    path.write_bytes(b"".join(orjson.dumps(item) + b"\n" for item in events))
-    return path
 
 
 def ingest(cli: Cli, *args: str, code: int = 0) -> dict:

@@ -29,8 +29,8 @@ from sqlalchemy import Engine, func, select
 
 from neruba_cli.db.schema import Customer, Event, ImportBatch
 from neruba_cli.services.ingest.pipeline import BATCH
-from tests.conftest import Cli
-from tests.test_catalog import EXAMPLE
+from tests.support.catalogs import EXAMPLE
+from tests.support.cli import Cli
 
 pytestmark = pytest.mark.slow
 

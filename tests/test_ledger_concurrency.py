@@ -16,10 +16,10 @@ it. Afterwards the ledger must show that no update was lost and nothing was over
 test has two processes granting under the same fifteen idempotency keys at once: one grant per
 key, and both processes answered with it (the loser of the race to the unique key included).
 
-Each process is a real Python process with its own database connections that runs its
-commands one after another through the CLI's own entry point (argument parsing, the runtime,
-error mapping, the audit record), in-process: starting `neruba` afresh for each of ~60
-commands would take far longer than the races themselves.
+Each process (a worker of tests/support/workers.py) is a real Python process with its own
+database connections that runs its commands one after another through the CLI (argument
+parsing, the runtime, error mapping, the audit record), in-process: starting `neruba` afresh
+for each of ~60 commands would take far longer than the races themselves.
 
 Every command must succeed: the services keep one lock order (invoice, wallet, accounts) and
 rerun a transaction the database picked as a deadlock victim (db/retry.py). RETRIES lets a
@@ -28,140 +28,26 @@ worker retry a command that still failed with a deadlock; it is 0, so one fails 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import warnings
 from collections import Counter, defaultdict
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Cli
+from tests.support.cli import Cli, ok
+from tests.support.shops import BASIC_CATALOG
+from tests.support.values import after, cents
+from tests.support.workers import Worker, failures, run_together
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 MONTHS = ["2025-11", "2025-12"] + [f"2026-{m:02d}" for m in range(1, 11)]
 FINALIZERS = 2
 GRANTS = 30
 REVOCABLE_EVERY = 3  # every third grant of the granter is marked for the revoker
 PRE_GRANTS = [("5.00", "1", "pre-0"), ("5.00", "2", "pre-1"), ("5.00", "3", "revocable-pre")]
 IDEMPOTENT_GRANTS = 15
-RETRIES = 0
-TIMEOUT = 120
-CENTS = Decimal(100)
-
-CATALOG = """
-[[meters]]
-code = "api_calls"
-aggregation = "count"
-
-[[plans]]
-code = "basic"
-name = "Basic"
-currency = "USD"
-interval = "month"
-base_fee = "10.00"
-base_fee_timing = "arrears"
-proration = "day"
-
-  [[plans.charges]]
-  meter = "api_calls"
-  model = "per_unit"
-  unit_amount = "0.10"
-"""
-
-# One process: says "ready", waits for "go" on stdin, then runs its commands through the CLI
-# in-process and prints one JSON line per mutating command (exit code, output, error, the
-# deadlock messages it retried, start and end), then "done".
-WORKER = r"""
-import json, re, sys, time
-from pathlib import Path
-import typer.testing
-from neruba_cli.cli.app import app
-
-built = typer.testing._get_command(app)  # build the click command once, not per command
-typer.testing._get_command = lambda _app: built
-
-spec = json.loads(Path(sys.argv[1]).read_text())
-tail = ["--project", "acme", "--db", spec["db"], "--json"]
-runner = typer.testing.CliRunner(env={"NO_COLOR": "1", "COLUMNS": "120", "TERM": "dumb"})
-DEADLOCK = re.compile(r"deadlock", re.I)
-
-def invoke(argv):
-    result = runner.invoke(app, [*argv, *tail], catch_exceptions=True)
-    error = None
-    if result.exit_code != 0:
-        lines = (result.stderr or "").strip().splitlines()
-        try:
-            error = json.loads(lines[-1])["error"]
-        except Exception:
-            error = {"type": "unparsed", "exit_code": result.exit_code,
-                     "message": (result.stderr or "") + repr(result.exception)}
-    return result.exit_code, result.stdout, error
-
-def run(argv):
-    started, retried = time.time(), []
-    while True:
-        code, out, error = invoke(argv)
-        if (code != 0 and error and error.get("type") == "database_error"
-                and DEADLOCK.search(error.get("message", ""))
-                and len(retried) < spec["retries"]):
-            retried.append(error["message"])
-            time.sleep(0.05 * len(retried))
-            continue
-        break
-    data = json.loads(out) if code == 0 else None
-    print(json.dumps({"argv": argv, "code": code, "data": data, "error": error,
-                      "retried": retried, "start": started, "end": time.time()}), flush=True)
-    return code
-
-print("ready", flush=True)
-sys.stdin.readline()
-if spec["mode"] == "commands":
-    for argv in spec["commands"]:
-        run(argv)
-        time.sleep(spec.get("pause", 0))
-else:  # revoker: revoke each grant whose reason marks it, as soon as it appears
-    revoked, deadline, polls = set(), time.time() + spec["deadline"], 0
-    while len(revoked) < spec["expected"] and time.time() < deadline:
-        polls += 1
-        code, out, error = invoke(["credits", "list", spec["customer"]])
-        if code != 0:
-            print(json.dumps({"argv": ["credits", "list"], "code": code, "data": None,
-                              "error": error, "retried": [], "start": 0, "end": 0}), flush=True)
-            break
-        for grant in json.loads(out):
-            if grant["reason"].startswith("revocable") and grant["id"] not in revoked:
-                run(["credits", "revoke", grant["id"], "--reason", "concurrency"])
-                revoked.add(grant["id"])
-        time.sleep(0.05)
-    print(json.dumps({"polls": polls, "revoked": len(revoked)}), flush=True)
-print("done", flush=True)
-"""
-
-
-def ok(cli: Cli, *args: str) -> Any:
-    result = cli(*args, "--project", "acme", "--json")
-    assert result.exit_code == 0, (args, result.stdout, result.stderr)
-    return result.json()
-
-
-def cents(text: str) -> int:
-    value = Decimal(text) * CENTS
-    assert value == int(value), text
-    return int(value)
-
-
-def after(month: str) -> str:
-    """The second day of the month after `month`, as an RFC 3339 moment."""
-    year, number = int(month[:4]), int(month[5:])
-    year, number = (year + 1, 1) if number == 12 else (year, number + 1)
-    return f"{year}-{number:02d}-02T00:00:00Z"
 
 
 @pytest.fixture
@@ -174,7 +60,7 @@ def customer(cli: Cli) -> Cli:
 @pytest.fixture
 def shop(customer: Cli, tmp_path: Path) -> Cli:
     """c1 with one 10.00 draft per month in MONTHS and 15.00 of credit to start with."""
-    (tmp_path / "catalog.toml").write_text(CATALOG)
+    (tmp_path / "catalog.toml").write_text(BASIC_CATALOG)
     ok(customer, "catalog", "apply", str(tmp_path / "catalog.toml"))
     ok(customer, "subscription", "create", "c1", "basic", "--start", f"{MONTHS[0]}-01T00:00:00Z")
     for month in MONTHS:
@@ -183,78 +69,6 @@ def shop(customer: Cli, tmp_path: Path) -> Cli:
     for amount, priority, reason in PRE_GRANTS:
         ok(customer, "credits", "grant", "c1", amount, "--priority", priority, "--reason", reason)
     return customer
-
-
-class Worker:
-    """One OS process running WORKER with its spec."""
-
-    def __init__(self, name: str, tmp_path: Path, spec: dict[str, Any]) -> None:
-        self.name = name
-        path = tmp_path / f"worker-{name}.json"
-        path.write_text(json.dumps({"retries": RETRIES, **spec}))
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "TERM": "dumb"},
-            cwd=tmp_path,
-        )
-        self.results: list[dict[str, Any]] = []
-        self.summary: dict[str, Any] = {}
-
-    def wait_ready(self) -> None:
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().strip()
-        if line != "ready":
-            _out, err = self.process.communicate(timeout=TIMEOUT)
-            pytest.fail(f"{self.name} did not start: {line!r} {err[-4000:]}")
-
-    def go(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write("go\n")
-        self.process.stdin.flush()
-
-    def finish(self) -> None:
-        out, err = self.process.communicate(timeout=TIMEOUT)
-        lines = out.strip().splitlines()
-        assert self.process.returncode == 0 and lines and lines[-1] == "done", (
-            self.name,
-            out[-2000:],
-            err[-4000:],
-        )
-        for line in lines[:-1]:
-            item = json.loads(line)
-            if "argv" in item:
-                self.results.append(item)
-            else:
-                self.summary = item
-
-
-def run_together(workers: list[Worker]) -> None:
-    """Start every worker at once (each loaded and waiting at the gate first)."""
-    try:
-        for worker in workers:
-            worker.wait_ready()
-        for worker in workers:
-            worker.go()
-        for worker in workers:
-            worker.finish()
-    finally:
-        for worker in workers:
-            if worker.process.poll() is None:
-                worker.process.kill()
-                worker.process.communicate()
-
-
-def failures(workers: list[Worker]) -> list[tuple[str, list[str], int, dict[str, Any]]]:
-    return [
-        (worker.name, item["argv"], item["code"], item["error"])
-        for worker in workers
-        for item in worker.results
-        if item["code"] != 0
-    ]
 
 
 def report_deadlocks(test: str, workers: list[Worker]) -> None:

@@ -12,7 +12,7 @@ from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Base
 from neruba_cli.domain.errors import DatabaseError
-from tests.conftest import Cli
+from tests.support.cli import Cli
 
 
 def test_exactly_one_head() -> None:

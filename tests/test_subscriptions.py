@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
-from tests.test_catalog import EXAMPLE
+from tests.support.catalogs import EXAMPLE
+from tests.support.cli import Cli
 
 
 @pytest.fixture

@@ -22,25 +22,19 @@ import orjson
 import pytest
 from sqlalchemy import Engine
 
-from tests.conftest import Cli
-from tests.reliability.conftest import Gated, assert_check_ok, ok
-from tests.test_billing import (
+from tests.support.cli import Cli, ok
+from tests.support.events import ingest, write_jsonl
+from tests.support.processes import Gated, assert_check_ok
+from tests.support.shops import BASIC_CATALOG
+from tests.support.values import after, cents
+from tests.support.workers import Worker, failures, run_together
+from tests.support.workload import (
     AFTER_OCTOBER,
     assert_gapless,
     generate,
-    ingest,
     invoices,
     population,
     shop_for,
-    write_jsonl,
-)
-from tests.test_ledger_concurrency import (
-    CATALOG,
-    Worker,
-    after,
-    cents,
-    failures,
-    run_together,
 )
 
 pytestmark = pytest.mark.slow
@@ -118,7 +112,7 @@ def test_several_granters_a_finalizer_and_a_revoker_on_one_wallet(
 ) -> None:
     assert cli("project", "create", "acme", "--timezone", "UTC").exit_code == 0
     ok(cli, "customer", "create", "c1", "--currency", "USD")
-    (tmp_path / "catalog.toml").write_text(CATALOG)
+    (tmp_path / "catalog.toml").write_text(BASIC_CATALOG)
     ok(cli, "catalog", "apply", str(tmp_path / "catalog.toml"))
     ok(cli, "subscription", "create", "c1", "basic", "--start", f"{MONTHS[0]}-01T00:00:00Z")
     for month in MONTHS:  # a 10.00 draft each month: 40.00 owed

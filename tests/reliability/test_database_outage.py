@@ -50,25 +50,24 @@ from sqlalchemy import Engine, func, select
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine, redact
 from neruba_cli.db.schema import Event, ImportBatch, Invoice
-from tests.conftest import Cli, _unavailable
 from tests.reliability.servers import (
     PrivateMariaDB,
     PrivatePostgres,
     PrivateServer,
     ServerUnavailable,
 )
-from tests.test_billing import (
+from tests.support.cli import Cli
+from tests.support.databases import unavailable
+from tests.support.events import Ev, ingest, write_jsonl
+from tests.support.workload import (
     AFTER_OCTOBER,
     OCTOBER,
-    Ev,
     assert_gapless,
     check_against_independent,
     generate,
-    ingest,
     invoices,
     population,
     shop_for,
-    write_jsonl,
 )
 
 pytestmark = pytest.mark.slow
@@ -172,7 +171,7 @@ def private_server(made: dict[str, PrivateServer | str], dialect: str) -> Privat
             made[dialect] = str(exc)
     server = made[dialect]
     if isinstance(server, str):
-        _unavailable(dialect, f"private server: {server}")
+        unavailable(dialect, f"private server: {server}")
         raise AssertionError("unreachable")
     return server
 

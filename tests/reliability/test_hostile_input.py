@@ -41,10 +41,10 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
 from neruba_cli.db.schema import Charge, Event, ImportBatch
-from tests.conftest import Cli
-from tests.reliability.conftest import assert_check_ok
-from tests.test_catalog import EXAMPLE
-from tests.test_ingest import event
+from tests.support.catalogs import EXAMPLE
+from tests.support.cli import Cli
+from tests.support.events import event
+from tests.support.processes import assert_check_ok
 
 CUSTOMERS = ("c1", "c2")
 METERS = ("api_calls", "tokens")

@@ -35,29 +35,22 @@ from sqlalchemy import Engine, func, select
 from neruba_cli.db.schema import BillingRun, CreditGrant, Event, ImportBatch, Invoice, Payment
 from neruba_cli.services.ingest.pipeline import BATCH
 from neruba_cli.services.stripe import payments as stripe_payments
-from tests.conftest import Cli
-from tests.reliability.conftest import (
+from tests.fakes.stripe import FakeStripe
+from tests.support.catalogs import EXAMPLE
+from tests.support.cli import Cli, ok
+from tests.support.events import ingest, write_jsonl
+from tests.support.processes import (
     assert_check_ok,
     assert_taken_over,
     kill_after,
     left_by,
     logs,
-    ok,
     spawn,
 )
-from tests.fakes.stripe import FakeStripe
-from tests.test_billing import (
-    AFTER_OCTOBER,
-    assert_gapless,
-    generate,
-    ingest,
-    population,
-    shop_for,
-    write_jsonl,
-)
-from tests.test_catalog import EXAMPLE
-from tests.test_cli_stripe import build_shop, minor
-from tests.test_ledger_concurrency import Worker
+from tests.support.shops import pro_and_gulf, subscribed_shop
+from tests.support.values import minor
+from tests.support.workers import Worker
+from tests.support.workload import AFTER_OCTOBER, assert_gapless, generate, population, shop_for
 
 pytestmark = pytest.mark.slow
 
@@ -280,7 +273,7 @@ STRIPE_CUSTOMERS = 30
 def test_stripe_push_killed_mid_way_then_rerun_makes_one_stripe_invoice_each(
     cli: Cli, db_url: str, engine: Engine, tmp_path: Path, stripe: FakeStripe, dialect: str
 ) -> None:
-    names = build_shop(cli, tmp_path, STRIPE_CUSTOMERS)
+    names = subscribed_shop(cli, tmp_path, STRIPE_CUSTOMERS, pro_and_gulf())
     for name in names[::6]:  # some invoices carry a credits line
         ok(cli, "credits", "grant", name, "5.00")
     ok(cli, "run", "bill", "--period", PERIOD, "--as-of", AS_OF, "--finalize")
@@ -336,7 +329,7 @@ def test_stripe_push_killed_mid_way_then_rerun_makes_one_stripe_invoice_each(
 def test_stripe_pull_killed_while_applying_payments_then_rerun_applies_each_once(
     cli: Cli, db_url: str, engine: Engine, tmp_path: Path, stripe: FakeStripe, dialect: str
 ) -> None:
-    build_shop(cli, tmp_path, STRIPE_CUSTOMERS)
+    subscribed_shop(cli, tmp_path, STRIPE_CUSTOMERS, pro_and_gulf())
     ok(cli, "run", "bill", "--period", PERIOD, "--as-of", AS_OF, "--finalize")
     ok(cli, "stripe", "push", "--period", PERIOD)
     rng = random.Random(f"{SEED}-pull-{dialect}")

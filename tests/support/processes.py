@@ -1,4 +1,4 @@
-"""Helpers shared by the reliability suite: real `neruba` processes, killing them at a chosen
+"""Real `neruba` processes for the reliability suite, killing them at a chosen
 moment, and the consistency sweep as the last word.
 
 A process is `python -m neruba_cli ...` (the same entry point as the `neruba` console script).
@@ -25,8 +25,7 @@ import pytest
 from sqlalchemy import Engine
 
 from neruba_cli.db import locks
-from tests.conftest import Cli
-from tests.test_cli_stripe import stripe  # noqa: F401 (the fixture: a Stripe-compatible server)
+from tests.support.cli import Cli, ok
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "120", "PYTHONPATH": str(ROOT)}
@@ -152,12 +151,6 @@ class Gated:
                 if process.poll() is None:
                     process.kill()
                     process.communicate()
-
-
-def ok(cli: Cli, *args: str) -> Any:
-    result = cli(*args, "--project", "acme", "--json")
-    assert result.exit_code == 0, (args, result.stdout[-3000:], result.stderr[-3000:])
-    return result.json()
 
 
 def assert_check_ok(cli: Cli, context: object = "") -> dict[str, Any]:
