@@ -2,13 +2,13 @@
 afterwards `neruba check` finds nothing wrong.
 
 - Four `neruba run bill --period P --finalize` processes loaded and started at the same instant
-  (the GATE of tests/reliability/conftest.py), two of them with `--wait`: one does the work;
+  (the GATE of tests/support/processes.py), two of them with `--wait`: one does the work;
   the others without `--wait` exit 5 naming the holder, those with it find nothing to do.
   Numbers stay gapless, each customer has one finalized invoice.
-  (tests/test_billing_concurrency.py proves the lease on two service-level runs; this adds
-  the CLI, four contenders, finalization and the sweep.)
+  (tests/reliability/test_billing_concurrency.py proves the lease on two service-level runs;
+  this adds the CLI, four contenders, finalization and the sweep.)
 - One wallet under several granting processes, a finalizer spending it and a revoker
-  (tests/test_ledger_concurrency.py's workers, in a shorter scenario than its full proof, with
+  (the workers of tests/support/workers.py, in a shorter scenario than its full proof, with
   two granters instead of one): no grant lost, none overdrawn, and the sweep agrees.
 """
 

@@ -15,10 +15,11 @@ outage with work left to do:
   sit through it four times (the write, marking the receipt or run failed, releasing the lease,
   the audit record — each waits once).
 
-The subprocesses also write invoices in batches of 20 instead of 100 (as tests/test_billing.py's
-runner does): more commits to stop between. After the outage the run must exit 1 within a hang
-guard, with one line of error on stderr (JSON with --json) that names the database (password
-hidden) and no traceback. Then the database comes back and the same command is run again:
+The subprocesses also write invoices in batches of 20 instead of 100 (as the runner of
+tests/support/workload.py does): more commits to stop between. After the outage the run must
+exit 1 within a hang guard, with one line of error on stderr (JSON with --json) that names the
+database (password hidden) and no traceback. Then the database comes back and the same command
+is run again:
 
 - ingest: exit 0; the events are the file's keys exactly once (the rerun accepts exactly what
   the interrupted run had not committed, and counts the rest as duplicates);

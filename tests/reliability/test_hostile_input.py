@@ -54,7 +54,8 @@ _examples = itertools.count()
 
 @pytest.fixture
 def shop(cli: Cli) -> Cli:
-    """tests/test_ingest.py's shop: project acme, customers c1 and c2, the example catalog."""
+    """The shop of tests/cli/test_ingest.py: project acme, customers c1 and c2, the example
+    catalog."""
     assert cli("project", "create", "acme").exit_code == 0
     for external in CUSTOMERS:
         assert cli("customer", "create", external, "--project", "acme").exit_code == 0

@@ -15,8 +15,9 @@ fencing token. The tests assert exactly that: the lock is still listed as held b
 process, the rerun succeeds without waiting or `locks release`, and the token moved on.
 
 These scenarios prove the cross-cutting promise; the finer-grained crash tests stay where they
-are (tests/test_ingest_crash.py: receipts of killed imports; tests/test_billing.py: a killed run
-equals a clean one; tests/test_cli_stripe.py: a push killed between two Stripe requests).
+are (tests/reliability/test_ingest_crash.py: receipts of killed imports;
+tests/integration/test_billing.py: a killed run equals a clean one; tests/cli/test_cli_stripe.py:
+a push killed between two Stripe requests).
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ def test_a_loop_of_grants_killed_mid_way_then_rerun_grants_each_key_once(
     cli: Cli, db_url: str, engine: Engine, tmp_path: Path, dialect: str
 ) -> None:
     """The loop is one process running `neruba credits grant ...` commands one after another
-    through the CLI's entry point (tests/test_ledger_concurrency.py's Worker): thirty `neruba`
+    through the CLI's entry point (a Worker of tests/support/workers.py): thirty `neruba`
     start-ups would cost thirty seconds, and a kill then mostly lands in Python's start-up."""
     assert cli("project", "create", "acme", "--timezone", "UTC").exit_code == 0
     ok(cli, "customer", "create", "c1", "--currency", "USD")

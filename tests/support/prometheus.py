@@ -1,5 +1,5 @@
 """A strict reader of the Prometheus text exposition format, written from the format's rules
-(only label unescaping comes from neruba_cli, and tests/test_prometheus.py round-trips it):
+(only label unescaping comes from neruba_cli, and tests/unit/test_prometheus.py round-trips it):
 what `neruba stats --prometheus` writes must parse here sample by sample."""
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from tests.support.shops import (
     subscribed_shop,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CATALOG = metered_pro()
 COLUMNS = ["customer", "description", "meter", "quantity", "amount", "currency"]
 FEE = "Pro base fee (in arrears)"

@@ -31,7 +31,7 @@ from tests.support.fake_stripe import API_KEY, SECRET
 from tests.support.shops import PERIOD, finalize_month, pro_and_gulf, subscribed_shop
 from tests.support.values import minor
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CATALOG = pro_and_gulf()
 
 

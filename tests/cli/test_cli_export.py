@@ -43,7 +43,7 @@ from tests.support.cli import Cli, Outcome, fails, ok
 from tests.support.shops import INVOICE_CATALOG
 
 AS_OF = "2026-11-02T00:00:00Z"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _event(key: str, customer: str, meter: str, ts: str, **extra: Any) -> dict[str, Any]:

@@ -296,6 +296,6 @@ def test_usage_errors_are_json_with_json(isolated: Path) -> None:
 
 
 def test_the_demo_catalog_is_the_documented_example() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     shipped = root / "neruba_cli" / "resources" / "demo_catalog.toml"
     assert shipped.read_text() == (root / "examples" / "configs" / "catalog.toml").read_text()

@@ -1,5 +1,5 @@
 """The Prometheus text format writer (domain/prometheus.py), checked by an independent parser
-of the format's rules; tests/test_cli_stats.py parses `neruba stats --prometheus` with it."""
+of the format's rules; tests/cli/test_cli_stats.py parses `neruba stats --prometheus` with it."""
 
 from __future__ import annotations
 

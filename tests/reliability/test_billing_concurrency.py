@@ -1,7 +1,7 @@
 """Billing runs in competing processes: one lease per project and month, fenced writes.
 
-Each test starts real `run_bill` processes (tests/test_billing.py's RUNNER) against the same
-database and checks what the database holds afterwards.
+Each test starts real `run_bill` processes (the RUNNER of tests/support/workload.py) against
+the same database and checks what the database holds afterwards.
 """
 
 from __future__ import annotations
