@@ -18,6 +18,7 @@ from neruba_cli.cli.app import app
 from neruba_cli.db import locks
 from neruba_cli.db.engine import create_db_engine
 from tests.support.cli import Cli
+from tests.support.databases import sqlite_only
 
 UNREACHABLE_MYSQL = "mysql://root@127.0.0.1:1/neruba"
 
@@ -197,6 +198,7 @@ def test_audit_records_mutations_with_outcome(cli: Cli) -> None:
     assert bad.exit_code == 1 and "--since" in bad.stderr
 
 
+@sqlite_only  # output routing, the same on every database
 def test_quiet_and_json_keep_stdout_for_data(cli: Cli) -> None:
     quiet = cli("project", "create", "acme", "--quiet")
     assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == ""

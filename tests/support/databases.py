@@ -9,8 +9,12 @@ case is skipped, unless NERUBA_REQUIRE_SERVERS=1, where that is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
+import sqlite3
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
@@ -120,10 +124,23 @@ def empty_tables(url: str, dialect: str) -> None:
     engine.dispose()
 
 
-def migrated_sqlite(path: str) -> str:
-    """A SQLite database file at head; its URL."""
+def migrated_sqlite(path: Path) -> str:
+    """A SQLite database file at head, its write-ahead log folded in; its URL."""
     url = f"sqlite:///{path}"
     engine = create_db_engine(url)
     migrate.upgrade(engine)
     engine.dispose()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return url
+
+
+def copy_of(template: Path, path: Path) -> str:
+    """A database at head for one test: a copy of the migrated template file, much cheaper
+    than running every migration again; its URL."""
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
+
+
+# Tests that do not depend on the database: run on SQLite only, not once per dialect.
+sqlite_only = pytest.mark.parametrize("dialect", ["sqlite"])

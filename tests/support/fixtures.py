@@ -25,6 +25,7 @@ from tests.support.cli import Cli
 from tests.support.databases import (
     DIALECTS,
     ServerDatabases,
+    copy_of,
     empty_tables,
     migrated_sqlite,
 )
@@ -52,11 +53,19 @@ def dialect(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database at head, migrated once per test process; tests get copies."""
+    path = tmp_path_factory.mktemp("template") / "neruba.db"
+    migrated_sqlite(path)
+    return path
+
+
 @pytest.fixture
-def db_url(dialect: str, servers: ServerDatabases, tmp_path: Path) -> str:
+def db_url(dialect: str, servers: ServerDatabases, tmp_path: Path, sqlite_template: Path) -> str:
     """A database at head with no rows, on each dialect."""
     if dialect == "sqlite":
-        return migrated_sqlite(str(tmp_path / "neruba.db"))
+        return copy_of(sqlite_template, tmp_path / "neruba.db")
     url = servers.migrated_url(dialect)
     empty_tables(url, dialect)
     return url
@@ -95,9 +104,9 @@ def bare_cli() -> Cli:
 
 
 @pytest.fixture
-def sqlite_cli(tmp_path: Path) -> Cli:
+def sqlite_cli(tmp_path: Path, sqlite_template: Path) -> Cli:
     """A migrated SQLite database only: for what does not depend on the dialect."""
-    return Cli(migrated_sqlite(str(tmp_path / "neruba.db")))
+    return Cli(copy_of(sqlite_template, tmp_path / "neruba.db"))
 
 
 @pytest.fixture
