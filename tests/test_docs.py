@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cli
+from tests.support.cli import Cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -17,7 +17,7 @@ import typer
 from neruba_cli.cli.app import COMMON_OPTIONS, TOP_LEVEL, app, walk
 from neruba_cli.cli.help import NerubaCommand, NerubaGroup
 from neruba_cli.cli.runtime import COMMON_PANEL
-from tests.conftest import Cli
+from tests.support.cli import Cli
 
 PANELS = ("Setup", "Usage", "Billing", "Money", "Stripe", "Analysis", "Operations")
 HEAVY = ("sqlalchemy", "alembic", "stripe", "pydantic")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
+from tests.support.cli import Cli
 
 
 def config_url(path: Path) -> str:

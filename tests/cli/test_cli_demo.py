@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Cli
+from tests.support.cli import Cli
 
 INSTANTS = {
     # the instant: the month billed. All are in the past: an import's receipt keeps the real

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import Cli
+from tests.support.cli import Cli
 
 AS_OF = "2026-11-20T09:00:00Z"  # the demo then bills October 2026
 DECEMBER = "2026-12-01T00:00:00Z"
