@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import Cli
+from tests.support.cli import Cli
 
 METERS = """
 [[meters]]
