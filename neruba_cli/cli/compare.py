@@ -24,6 +24,16 @@ EXIT_DISCREPANCY = 4
 BY = ("invoice", "line")
 SHOWN_ROWS = 50  # on a terminal; the files and --json hold every one
 
+# The options compare and simulate share: they report alike (`finish`).
+PeriodOption = Annotated[str, typer.Option(help="YYYY-MM, previous or current.")]
+ByOption = Annotated[str, typer.Option("--by", help="invoice (a row per customer) or line.")]
+ReportFolderOption = Annotated[
+    Path | None,
+    typer.Option(
+        metavar="DIR", help="Folder for summary.json, customers.csv, lines.csv, report.html."
+    ),
+]
+
 
 def register(app: typer.Typer) -> None:
     @command(app, "compare", scope="read")
@@ -37,7 +47,7 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ],
-        period: Annotated[str, typer.Option(help="YYYY-MM, previous or current.")],
+        period: PeriodOption,
         tolerance: Annotated[
             str,
             typer.Option(
@@ -45,16 +55,8 @@ def register(app: typer.Typer) -> None:
                 help="Per customer, major units: differences up to this are matched.",
             ),
         ] = "0.01",
-        by: Annotated[
-            str, typer.Option("--by", help="invoice (a row per customer) or line.")
-        ] = "invoice",
-        output: Annotated[
-            Path | None,
-            typer.Option(
-                metavar="DIR",
-                help="Folder for summary.json, customers.csv, lines.csv, report.html.",
-            ),
-        ] = None,
+        by: ByOption = "invoice",
+        output: ReportFolderOption = None,
         fail_over: Annotated[
             str | None,
             typer.Option(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from neruba_cli.cli.compare import check_by, finish
+from neruba_cli.cli.compare import ByOption, PeriodOption, ReportFolderOption, check_by, finish
 from neruba_cli.cli.paths import output_folder
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.services.analysis import simulate as service
@@ -25,21 +25,13 @@ def register(app: typer.Typer) -> None:
                 "--catalog", metavar="FILE", help="Candidate catalog TOML ([[meters]], [[plans]])."
             ),
         ],
-        period: Annotated[str, typer.Option(help="YYYY-MM, previous or current.")],
+        period: PeriodOption,
         customer: Annotated[
             list[str] | None,
             typer.Option("--customer", help="Only this customer (repeatable)."),
         ] = None,
-        by: Annotated[
-            str, typer.Option("--by", help="invoice (a row per customer) or line.")
-        ] = "invoice",
-        output: Annotated[
-            Path | None,
-            typer.Option(
-                metavar="DIR",
-                help="Folder for summary.json, customers.csv, lines.csv, report.html.",
-            ),
-        ] = None,
+        by: ByOption = "invoice",
+        output: ReportFolderOption = None,
     ) -> int:
         """What-if pricing: bill a past month's stored usage on a candidate catalog and
         compare it with the invoices issued (per customer, per line, revenue impact). Writes

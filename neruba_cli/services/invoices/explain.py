@@ -19,9 +19,8 @@ from neruba_cli.db.schema import Event, Invoice, Project
 from neruba_cli.domain import credits as credit_rules
 from neruba_cli.domain.ledger import Allocation
 from neruba_cli.domain.money import format_minor, to_minor_units
-from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.billing import plan as billing_plan
-from neruba_cli.services.invoices.read import amount_due
+from neruba_cli.services.invoices.read import amount_due, heading
 from neruba_cli.services.ledger import credits
 
 invoices_t = Invoice.__table__
@@ -49,13 +48,7 @@ def explain(conn: Connection, project: Project, row: Row[Any]) -> dict[str, Any]
         )
     ]
     return {
-        "number": row.number,
-        "customer": row.customer_external_id,
-        "kind": row.kind,
-        "status": row.status,
-        "label": row.period,
-        "period": {"start": format_ts(row.period_start), "end": format_ts(row.period_end)},
-        "currency": row.currency,
+        **heading(row),
         "lines": lines,
         "subtotal": content["subtotal"],
         "credits_applied": content["credits_applied"],

@@ -78,9 +78,8 @@ def select_rows(
     return list(conn.execute(query.order_by(invoices_t.c.number)).all())
 
 
-def summary(row: Row[Any]) -> dict[str, Any]:
-    """The list form of an invoice (`invoice list --json`)."""
-    currency = row.currency
+def heading(row: Row[Any]) -> dict[str, Any]:
+    """What names an invoice, the first keys of its list form and of its explanation."""
     return {
         "number": row.number,
         "customer": row.customer_external_id,
@@ -88,7 +87,15 @@ def summary(row: Row[Any]) -> dict[str, Any]:
         "status": row.status,
         "label": row.period,
         "period": {"start": format_ts(row.period_start), "end": format_ts(row.period_end)},
-        "currency": currency,
+        "currency": row.currency,
+    }
+
+
+def summary(row: Row[Any]) -> dict[str, Any]:
+    """The list form of an invoice (`invoice list --json`)."""
+    currency = row.currency
+    return {
+        **heading(row),
         "subtotal": format_amount(row.subtotal, currency),
         "credits_applied": format_amount(row.credits_applied, currency),
         "total": format_amount(row.total, currency),

@@ -19,6 +19,8 @@ import orjson
 from sqlalchemy import Connection, Engine, Row, select
 
 from neruba_cli.db.schema import Invoice, InvoiceRevision, Project
+from neruba_cli.domain import consistency
+from neruba_cli.domain.consistency import InvoiceTotals
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.invoice import (
     BuiltInvoice,
@@ -32,7 +34,6 @@ from neruba_cli.domain.invoice import (
     setup_document,
 )
 from neruba_cli.domain.late_events import Treatment, treatment
-from neruba_cli.domain.money import format_amount
 from neruba_cli.domain.periods import Period
 from neruba_cli.services.billing import run as billing_run
 from neruba_cli.services.billing.plan import FINAL
@@ -177,19 +178,18 @@ def _stored_checks(conn: Connection, row: Row[Any]) -> Verdict:
             f"({fingerprint_of(inputs)})",
         )
     content = orjson.loads(row.content)
-    problems = []
-    currency = row.currency
-    lines_total = sum((Decimal(line["amount"]) for line in content["lines"]), Decimal(0))
-    if format_amount(lines_total, currency) != content["subtotal"]:
-        problems.append(
-            f"its lines add up to {lines_total}, its subtotal says {content['subtotal']}"
+    problems = consistency.document_problems(
+        InvoiceTotals(
+            row.status,
+            row.currency,
+            Decimal(row.subtotal),
+            Decimal(row.credits_applied),
+            Decimal(row.total),
+            content,
+            row.amount_due_minor,
+            row.amount_paid_minor,
         )
-    for name in ("subtotal", "credits_applied", "total"):
-        if format_amount(getattr(row, name), currency) != content[name]:
-            problems.append(
-                f"the row's {name} {format_amount(getattr(row, name), currency)} differs from "
-                f"the document's {content[name]}"
-            )
+    )
     recorded = conn.execute(
         select(revisions_t.c.content, revisions_t.c.fingerprint).where(
             revisions_t.c.invoice_id == row.id, revisions_t.c.version == row.version
