@@ -28,6 +28,7 @@ from neruba_cli.domain.periods import Anchor, Interval, Period, month_period, pe
 from neruba_cli.domain.timestamps import as_utc, validate_timezone
 
 _LABEL = re.compile(r"\d{4}-\d{2}")
+RELATIVE_LABELS = ("previous", "current")
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -42,19 +43,28 @@ class Schedule:
     tz: str
 
 
+def check_label(label: str, *, field: str = "period", relative: bool = True) -> str:
+    """A month as written on a command line: `YYYY-MM` (month 01 to 12), or with `relative`
+    also `previous` or `current`; returned stripped and lower-cased."""
+    text = label.strip().lower() if isinstance(label, str) else ""
+    if relative and text in RELATIVE_LABELS:
+        return text
+    if not _LABEL.fullmatch(text) or not 1 <= int(text[5:]) <= 12 or int(text[:4]) < 1:
+        raise InvalidInput(
+            f"{field}: {label!r} is not a month",
+            hint="YYYY-MM, previous or current" if relative else "YYYY-MM, e.g. 2026-10",
+        )
+    return text
+
+
 def resolve_label(label: str, *, as_of: datetime, tz: str) -> str:
     """`YYYY-MM`, `previous` or `current` (months as seen in `tz` at `as_of`) → `YYYY-MM`."""
-    text = label.strip().lower() if isinstance(label, str) else ""
-    if text in ("previous", "current"):
+    text = check_label(label)
+    if text in RELATIVE_LABELS:
         month = month_period(month_label(as_of, tz), tz)
         moment = month.start if text == "current" else month.start - _MICROSECOND
         return month_label(moment, tz)
-    if not _LABEL.fullmatch(text):
-        raise InvalidInput(
-            f"period: {label!r} is not a month",
-            hint="write YYYY-MM (e.g. 2026-10), previous or current",
-        )
-    month_period(text, tz)  # validates the month number
+    month_period(text, tz)  # the month must lie within the calendar's range in `tz`
     return text
 
 

@@ -15,6 +15,7 @@ _EXTERNAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,127}$")
 _STRIPE_CUSTOMER = re.compile(r"^cus_[A-Za-z0-9]{1,60}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_NAME = 200
+MODES = ("live", "test")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def validate_email(email: str) -> str:
 
 def validate_mode(mode: str) -> str:
     """Test-mode projects get `nrb_test_` keys, so a test key can never touch live data."""
-    if mode not in ("live", "test"):
+    if mode not in MODES:
         raise InvalidInput(f"mode: {mode!r} is not a project mode", hint="use live or test")
     return mode
 
@@ -93,20 +94,13 @@ def customer_spec(
     defaults: ProjectSpec,
 ) -> CustomerSpec:
     """Validate one customer; empty optional fields fall back to the project's defaults."""
-    external_id = (external_id or "").strip()
-    if not external_id:
-        raise InvalidInput("external_id is required")
-    if not _EXTERNAL_ID.match(external_id):
-        raise InvalidInput(
-            f"external_id {external_id!r} is not valid",
-            hint="up to 128 letters, digits and _ . : @ / + -, starting with a letter or digit",
-        )
+    external_id = validate_external_id(external_id)
     email = _blank_to_none(email)
     if email is not None:
         email = validate_email(email)
     stripe_id = _blank_to_none(stripe_id)
-    if stripe_id is not None and not _STRIPE_CUSTOMER.match(stripe_id):
-        raise InvalidInput(f"stripe_id {stripe_id!r} is not a Stripe customer id (cus_...)")
+    if stripe_id is not None:
+        stripe_id = validate_stripe_customer(stripe_id)
     currency = _blank_to_none(currency)
     timezone = _blank_to_none(timezone)
     return CustomerSpec(
@@ -117,6 +111,31 @@ def customer_spec(
         timezone=validate_timezone(timezone) if timezone else defaults.timezone,
         stripe_id=stripe_id,
     )
+
+
+def validate_external_id(external_id: str) -> str:
+    """The operator's own id for a customer: it names the customer on every command."""
+    cleaned = (external_id or "").strip()
+    if not cleaned:
+        raise InvalidInput("external_id is required")
+    if not _EXTERNAL_ID.match(cleaned):
+        raise InvalidInput(
+            f"external_id {cleaned!r} is not valid",
+            hint="up to 128 letters, digits and _ . : @ / + -, starting with a letter or digit",
+        )
+    return cleaned
+
+
+def validate_stripe_customer(stripe_id: str) -> str:
+    cleaned = stripe_id.strip()
+    if not _STRIPE_CUSTOMER.match(cleaned):
+        raise InvalidInput(f"stripe_id {cleaned!r} is not a Stripe customer id (cus_...)")
+    return cleaned
+
+
+def validate_name(name: str) -> str | None:
+    """A display name: at most MAX_NAME characters, no control characters; blank is none."""
+    return _clean_name(name, "name")
 
 
 def _blank_to_none(value: str | None) -> str | None:

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from neruba_cli.domain.billing_periods import check_label
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.periods import (
     ANCHORS,
@@ -142,6 +143,30 @@ def test_month_period_rejects_bad_labels(label: str) -> None:
     with pytest.raises(InvalidInput, match="not a month") as caught:
         month_period(label, "UTC")
     assert caught.value.hint == "write YYYY-MM, e.g. 2026-10"
+
+
+@pytest.mark.parametrize(
+    ("label", "relative", "expected"),
+    [
+        ("2026-10", True, "2026-10"),
+        (" Previous ", True, "previous"),
+        ("current", True, "current"),
+        ("2026-12", False, "2026-12"),
+        ("0001-01", False, "0001-01"),
+    ],
+)
+def test_check_label_reads_a_command_line_month(label: str, relative: bool, expected: str) -> None:
+    assert check_label(label, relative=relative) == expected
+
+
+@pytest.mark.parametrize("label", ["2026-13", "2026-00", "0000-05", "2026-1", "october", ""])
+def test_check_label_names_the_field(label: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check_label(label, field="--period")
+    assert caught.value.message == f"--period: {label!r} is not a month"
+    assert caught.value.hint == "YYYY-MM, previous or current"
+    with pytest.raises(InvalidInput, match="not a month"):
+        check_label("previous", relative=False)
 
 
 def test_unknown_time_zone_is_invalid_input() -> None:

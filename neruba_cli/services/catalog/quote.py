@@ -27,23 +27,28 @@ def usage_from_pairs(pairs: Sequence[str], plan: PlanDef) -> dict[str, Usage]:
     charged = {charge.meter for charge in plan.charges}
     usage: dict[str, Usage] = {}
     for pair in pairs:
-        meter, sep, text = pair.partition("=")
-        meter = meter.strip()
-        if not sep:
-            raise InvalidInput(f"--usage {pair!r}: write METER=QUANTITY, e.g. api_calls=12000")
+        meter, quantity = parse_usage_pair(pair)
         if meter not in charged:
             raise InvalidInput(
                 f"--usage {pair!r}: plan {plan.code} has no charge on meter {meter!r}",
                 hint=f"charged meters: {', '.join(sorted(charged)) or 'none'}",
             )
-        try:
-            quantity = Decimal(text.strip())
-        except InvalidOperation:
-            raise InvalidInput(f"--usage {pair!r}: {text!r} is not a number") from None
-        if not quantity.is_finite() or quantity < 0:
-            raise InvalidInput(f"--usage {pair!r}: the quantity must be 0 or more")
         usage[meter] = Usage(quantity)
     return usage
+
+
+def parse_usage_pair(pair: str) -> tuple[str, Decimal]:
+    """One `--usage METER=QUANTITY`: the meter's code and a quantity of 0 or more."""
+    meter, sep, text = pair.partition("=")
+    if not sep:
+        raise InvalidInput(f"--usage {pair!r}: write METER=QUANTITY, e.g. api_calls=12000")
+    try:
+        quantity = Decimal(text.strip())
+    except InvalidOperation:
+        raise InvalidInput(f"--usage {pair!r}: {text!r} is not a number") from None
+    if not quantity.is_finite() or quantity < 0:
+        raise InvalidInput(f"--usage {pair!r}: the quantity must be 0 or more")
+    return meter.strip(), quantity
 
 
 def usage_from_events(

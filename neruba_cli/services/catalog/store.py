@@ -226,11 +226,11 @@ def get_plan_version(session: Session, version_id: str) -> StoredPlan:
     return _stored(session.get_one(PlanVersion, version_id))
 
 
-def parse_plan_ref(text: str) -> tuple[str, int | None]:
+def parse_plan_ref(text: str, *, field: str = "plan") -> tuple[str, int | None]:
     """`pro` or `pro@2`."""
     code, _, version = text.partition("@")
     if version and not re.fullmatch(r"[0-9]{1,9}", version):
-        raise InvalidInput(f"plan {text!r}: write a version as PLAN@N, e.g. pro@2")
+        raise InvalidInput(f"{field} {text!r}: write a version as PLAN@N, e.g. pro@2")
     return code, int(version) if version else None
 
 

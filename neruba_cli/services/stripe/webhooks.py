@@ -31,6 +31,8 @@ from neruba_cli.services.stripe import payments as stripe_payments
 
 events_t = StripeWebhookEvent.__table__
 
+STATUSES = ("received", "processed", "ignored", "failed")  # a stored delivery's status
+
 HANDLED = (
     "invoice.paid",
     "invoice.payment_failed",
