@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_since
@@ -20,6 +21,7 @@ def list_(
     since: Annotated[
         str | None,
         typer.Option(metavar="WHEN", help="A timestamp, a date, or a duration ago such as 7d."),
+        values.SINCE,
     ] = None,
     limit: Annotated[
         int, typer.Option(min=1, metavar="N", help="At most this many records, newest first.")

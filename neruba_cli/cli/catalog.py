@@ -10,6 +10,7 @@ import tomli_w
 import typer
 from rich.console import Console
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import cell, table
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
@@ -139,10 +140,11 @@ def export(
 @command(app, "quote", group="catalog", scope="read")
 def quote_(
     rt: Runtime,
-    plan: Annotated[str, typer.Argument(help="Plan code, or PLAN@VERSION.")],
+    plan: Annotated[str, typer.Argument(help="Plan code, or PLAN@VERSION."), values.PLAN],
     usage: Annotated[
         list[str] | None,
         typer.Option("--usage", metavar="METER=QUANTITY", help="METER=QUANTITY, repeatable."),
+        values.read_by(quote.parse_usage_pair),
     ] = None,
     events: Annotated[
         Path | None,
@@ -153,10 +155,12 @@ def quote_(
         typer.Option(help="Only this customer's events; needed when --events holds several."),
     ] = None,
     period: Annotated[
-        str | None, typer.Option(help="YYYY-MM: only events in it; needed for weighted_sum.")
+        str | None,
+        typer.Option(help="YYYY-MM: only events in it; needed for weighted_sum."),
+        values.CALENDAR_MONTH,
     ] = None,
     currency: Annotated[
-        str | None, typer.Option(help="Check the plan is priced in this currency.")
+        str | None, typer.Option(help="Check the plan is priced in this currency."), values.CURRENCY
     ] = None,
 ) -> None:
     """Price one customer's usage on a plan for one full period, storing nothing."""

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import plural, table
 from neruba_cli.cli.paths import output_folder
 from neruba_cli.cli.runtime import Runtime, command
@@ -25,7 +26,7 @@ BY = ("invoice", "line")
 SHOWN_ROWS = 50  # on a terminal; the files and --json hold every one
 
 # The options compare and simulate share: they report alike (`finish`).
-PeriodOption = Annotated[str, typer.Option(help="YYYY-MM, previous or current.")]
+PeriodOption = Annotated[str, typer.Option(help="YYYY-MM, previous or current."), values.MONTH]
 ByOption = Annotated[str, typer.Option("--by", help="invoice (a row per customer) or line.")]
 ReportFolderOption = Annotated[
     Path | None,
@@ -77,6 +78,7 @@ def register(app: typer.Typer) -> None:
         preset: Annotated[
             str | None,
             typer.Option("--preset", help="Column names of a known export: stripe."),
+            values.one_of(service.PRESETS),
         ] = None,
     ) -> int:
         """Compare the period's invoices with a baseline, customer by customer and line by

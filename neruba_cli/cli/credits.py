@@ -6,9 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
+from neruba_cli.cli import values
 from neruba_cli.cli.arguments import NegativeNumbers
 from neruba_cli.cli.output import plural, table
 from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.credits import MAX_PRIORITY
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.ledger import credits
 
@@ -25,18 +27,24 @@ def grant(
     amount: Annotated[
         str,
         typer.Argument(help="A positive amount in major units, e.g. 50.00."),
+        values.read_by(credits.check_amount),
     ],
     currency: Annotated[
-        str | None, typer.Option(help="ISO 4217 code (default: the customer's currency).")
+        str | None,
+        typer.Option(help="ISO 4217 code (default: the customer's currency)."),
+        values.CURRENCY,
     ] = None,
     expires: Annotated[
         str | None,
         typer.Option(metavar="TS", help="When it expires (RFC 3339, e.g. 2027-01-01T00:00:00Z)."),
+        values.TIMESTAMP,
     ] = None,
     priority: Annotated[
-        int, typer.Option(metavar="N", help="1 is spent before 2.")
+        int, typer.Option(min=1, max=MAX_PRIORITY, metavar="N", help="1 is spent before 2.")
     ] = credits.DEFAULT_PRIORITY,
-    category: Annotated[str, typer.Option(help="paid or promotional.")] = "promotional",
+    category: Annotated[
+        str, typer.Option(help="paid or promotional."), values.one_of(credits.CATEGORIES)
+    ] = "promotional",
     reason: Annotated[
         str | None, typer.Option(metavar="TEXT", help="Why (kept with the grant).")
     ] = None,
@@ -115,6 +123,7 @@ def expire(
     as_of: Annotated[
         str | None,
         typer.Option("--as-of", metavar="TS", help="Expire grants expired by then (default: now)."),
+        values.TIMESTAMP,
     ] = None,
 ) -> None:
     """Post the expiry of what is left on expired grants (for cron; a rerun does nothing)."""

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import fields, plural, table
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
@@ -25,16 +26,28 @@ app = typer.Typer()
 def create(
     rt: Runtime,
     external_id: Annotated[
-        str, typer.Argument(help="Your id for the customer, unique per project.")
+        str,
+        typer.Argument(help="Your id for the customer, unique per project."),
+        values.EXTERNAL_ID,
     ],
-    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
-    email: Annotated[str | None, typer.Option(help="Billing e-mail.")] = None,
-    currency: Annotated[str | None, typer.Option(help="ISO 4217 (default: the project's).")] = None,
+    name: Annotated[str | None, typer.Option(help="Display name."), values.NAME] = None,
+    email: Annotated[
+        str | None, typer.Option(help="Billing e-mail."), values.or_blank(values.EMAIL)
+    ] = None,
+    currency: Annotated[
+        str | None,
+        typer.Option(help="ISO 4217 (default: the project's)."),
+        values.or_blank(values.CURRENCY),
+    ] = None,
     timezone: Annotated[
-        str | None, typer.Option(metavar="ZONE", help="IANA zone (default: the project's).")
+        str | None,
+        typer.Option(metavar="ZONE", help="IANA zone (default: the project's)."),
+        values.or_blank(values.TIMEZONE),
     ] = None,
     stripe_id: Annotated[
-        str | None, typer.Option(metavar="ID", help="Existing Stripe customer id (cus_...).")
+        str | None,
+        typer.Option(metavar="ID", help="Existing Stripe customer id (cus_...)."),
+        values.or_blank(values.STRIPE_CUSTOMER),
     ] = None,
 ) -> None:
     """Create a customer."""

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from neruba_cli.cli import values
 from neruba_cli.cli.catalog import render_quote
 from neruba_cli.cli.compare import render as render_compare
 from neruba_cli.cli.output import table
@@ -38,6 +39,7 @@ def register(app: typer.Typer) -> None:
                 help="Run the demo as if it were this moment, RFC 3339 (default: now); it "
                 "bills the calendar month before it.",
             ),
+            values.TIMESTAMP,
         ] = None,
     ) -> None:
         """Run Neruba end to end on a throwaway SQLite database and show what it did."""

@@ -9,6 +9,7 @@ from typing import Annotated
 import orjson
 import typer
 
+from neruba_cli.cli import values
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
@@ -107,7 +108,13 @@ def _export(
         rt.out.say(f"Exported {rows:,} {noun} of {kind} to {where}. Watermark {mark} ({after}).")
 
 
+def _watermark_name(text: str) -> None:
+    """`--name`, checked as every export request checks it."""
+    export_kinds.check_request(export_plan.ExportRequest(kind="events", fmt="csv", name=text))
+
+
 def _register(kind: str) -> None:
+
     def run(
         rt: Runtime,
         period: Annotated[
@@ -116,6 +123,7 @@ def _register(kind: str) -> None:
                 help="YYYY-MM, previous or current: invoices of that period; other rows in that "
                 "month (project time zone)."
             ),
+            values.MONTH,
         ] = None,
         since: Annotated[
             str | None,
@@ -132,6 +140,7 @@ def _register(kind: str) -> None:
             typer.Option(
                 "--format", help="csv or jsonl (default: from the --output name, else csv)."
             ),
+            values.one_of(export_plan.FORMATS),
         ] = None,
         output: Annotated[
             str,
@@ -151,6 +160,7 @@ def _register(kind: str) -> None:
                 help="Incremental: start where the last complete run of this name stopped, and "
                 "store the new watermark when the file is complete."
             ),
+            values.read_by(_watermark_name),
         ] = None,
         overlap: Annotated[
             str,
@@ -159,6 +169,7 @@ def _register(kind: str) -> None:
                 help="invoices, lines, credits, payments: how far the watermark stays behind "
                 "now, for commands still committing (rows in it come again next run).",
             ),
+            values.FIXED_DURATION,
         ] = "300s",
     ) -> None:
         _export(
@@ -176,7 +187,10 @@ def _register(kind: str) -> None:
 
     run.__name__ = f"export_{kind}"
     run.__doc__ = HELP[kind]
-    command(app, kind, group="export", scope="read")(run)
+    since = values.Value(  # watermarks are ids for journals, times for documents
+        lambda text, _name, now: export_watermarks.parse_since_option(text, kind, now=now)
+    )
+    command(app, kind, group="export", scope="read", checks={"since": since})(run)
 
 
 for _kind in export_kinds.KINDS:

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import fields, import_progress, table
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
@@ -60,6 +61,7 @@ def register(app: typer.Typer) -> None:
         assume_timezone: Annotated[
             str | None,
             typer.Option(metavar="ZONE", help="Read timestamps without an offset in this zone."),
+            values.TIMEZONE,
         ] = None,
         create_customers: Annotated[
             bool, typer.Option("--create-customers", help="Create unknown customers.")
@@ -69,6 +71,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 metavar="DURATION", help="How far in the future an event may be (clock skew)."
             ),
+            values.FIXED_DURATION,
         ] = "1h",
     ) -> int:
         """Import usage events; replaying a file never double-counts. Exit 3 on rejects."""
@@ -187,7 +190,9 @@ def list_(
     customer: Annotated[str | None, typer.Option(help="Customer external id.")] = None,
     meter: Annotated[str | None, typer.Option(help="Meter code.")] = None,
     since: Annotated[
-        str | None, typer.Option(metavar="WHEN", help="A timestamp, a date or a duration ago.")
+        str | None,
+        typer.Option(metavar="WHEN", help="A timestamp, a date or a duration ago."),
+        values.SINCE,
     ] = None,
     limit: Annotated[
         int, typer.Option(min=1, metavar="N", help="At most this many, newest first.")
@@ -211,13 +216,19 @@ charge_app = typer.Typer()
 def charge_add(
     rt: Runtime,
     customer: Annotated[str, typer.Argument(help="Customer external id.")],
-    amount: Annotated[str, typer.Option(help="Amount in the customer's currency, e.g. 25.00.")],
+    amount: Annotated[
+        str,
+        typer.Option(help="Amount in the customer's currency, e.g. 25.00."),
+        values.positive_amount(hint="grant credits to give money back"),
+    ],
     description: Annotated[str, typer.Option(metavar="TEXT", help="The invoice line's text.")],
     idempotency_key: Annotated[
         str, typer.Option(metavar="KEY", help="Adding the same key again does nothing.")
     ],
     at: Annotated[
-        str | None, typer.Option(metavar="TS", help="When it applies (default: now), RFC 3339.")
+        str | None,
+        typer.Option(metavar="TS", help="When it applies (default: now), RFC 3339."),
+        values.TIMESTAMP,
     ] = None,
 ) -> int:
     """Add a one-off charge. Exit 3 if the key was used for a different charge."""
@@ -232,8 +243,8 @@ def charge_add(
         raw["timestamp"] = at
     try:
         charge = validate_charge(raw, now=now, max_future=timedelta(days=366))
-    except Rejected as exc:
-        raise InvalidInput(str(exc)) from None
+    except Rejected as exc:  # every field of the charge came from this command line
+        raise UsageError(str(exc)) from None
     with rt.transaction() as session:
         project = rt.project(session)
     outcome, summary = ingest_charges.record_charge(rt.engine(), project, charge, now=now)

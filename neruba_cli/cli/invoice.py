@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import Renderer, plural, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
@@ -28,6 +29,7 @@ NumberArg = Annotated[str, typer.Argument(help="Invoice number, e.g. ACME-000001
 PeriodOption = Annotated[
     str | None,
     typer.Option("--period", help="A month: YYYY-MM, previous or current (project time zone)."),
+    values.MONTH,
 ]
 
 
@@ -41,7 +43,9 @@ def list_(
     rt: Runtime,
     period: PeriodOption = None,
     status: Annotated[
-        str | None, typer.Option(help="draft, finalized, void or paid.", show_default=False)
+        str | None,
+        typer.Option(help="draft, finalized, void or paid.", show_default=False),
+        values.one_of(invoices_read.STATUSES),
     ] = None,
     customer: Annotated[str | None, typer.Option(help="Customer external id.")] = None,
 ) -> None:
@@ -182,6 +186,7 @@ def preview(
     at: Annotated[
         str | None,
         typer.Option(metavar="TS", help="A moment in the open period (default: now), RFC 3339."),
+        values.TIMESTAMP,
     ] = None,
 ) -> None:
     """What the open period containing --at would bill if it ended now (writes nothing).

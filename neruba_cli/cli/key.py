@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.keys import SCOPES, parse_scopes
@@ -21,14 +22,18 @@ def create(
     scope: Annotated[
         list[str],
         typer.Option("--scope", help=f"Repeat or comma-separate: {', '.join(SCOPES)}."),
+        values.read_by(lambda text: parse_scopes([text])),
     ],
     expires: Annotated[
-        str | None, typer.Option(metavar="WHEN", help="A duration such as 90d, or a timestamp.")
+        str | None,
+        typer.Option(metavar="WHEN", help="A duration such as 90d, or a timestamp."),
+        values.EXPIRY,
     ] = None,
     name: Annotated[str | None, typer.Option(help="What the key is for.")] = None,
     member: Annotated[
         str | None,
         typer.Option(metavar="EMAIL", help="E-mail of the member it belongs to (scopes ⊆ role)."),
+        values.EMAIL,
     ] = None,
 ) -> None:
     """Create a key. The secret is printed once, on stdout; only its hash is stored."""

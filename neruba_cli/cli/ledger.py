@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import plural, table, timestamp
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
@@ -27,10 +28,12 @@ def show(
         typer.Option(help="Only this account: wallet, receivable, cash, revenue:usage, ..."),
     ] = None,
     since: Annotated[
-        str | None, typer.Option(metavar="TS", help="Effective at or after (RFC 3339).")
+        str | None,
+        typer.Option(metavar="TS", help="Effective at or after (RFC 3339)."),
+        values.TIMESTAMP,
     ] = None,
     limit: Annotated[
-        int | None, typer.Option(metavar="N", help="Only the latest N transactions.")
+        int | None, typer.Option(min=1, metavar="N", help="Only the latest N transactions.")
     ] = None,
 ) -> None:
     """Transactions and their entries (debits and credits), oldest first."""

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.keys import ROLES
@@ -23,8 +24,8 @@ ROLE_HELP = "; ".join(f"{role}: {','.join(sorted(scopes))}" for role, scopes in 
 @command(members_app, "add", group="member", scope="admin", mutating=True, administers_access=True)
 def add(
     rt: Runtime,
-    email: Annotated[str, typer.Argument(help="The member's e-mail.")],
-    role: Annotated[str, typer.Option(help=ROLE_HELP)],
+    email: Annotated[str, typer.Argument(help="The member's e-mail."), values.EMAIL],
+    role: Annotated[str, typer.Option(help=ROLE_HELP), values.one_of(ROLES)],
 ) -> None:
     """Add a member with a role."""
     with rt.transaction() as session:
@@ -67,10 +68,12 @@ def remove(
 )
 def invite_create(
     rt: Runtime,
-    email: Annotated[str, typer.Argument(help="Who is invited.")],
-    role: Annotated[str, typer.Option(help=ROLE_HELP)],
+    email: Annotated[str, typer.Argument(help="Who is invited."), values.EMAIL],
+    role: Annotated[str, typer.Option(help=ROLE_HELP), values.one_of(ROLES)],
     expires: Annotated[
-        str, typer.Option(metavar="WHEN", help="A duration such as 7d, or a timestamp.")
+        str,
+        typer.Option(metavar="WHEN", help="A duration such as 7d, or a timestamp."),
+        values.EXPIRY,
     ] = "7d",
 ) -> None:
     """Create an invitation; the token is printed once, on stdout."""

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
@@ -18,12 +19,16 @@ app = typer.Typer()
 def record(
     rt: Runtime,
     invoice: Annotated[str, typer.Argument(help="Invoice number, e.g. ACME-000001.")],
-    amount: Annotated[str, typer.Argument(help="Amount received, in major units.")],
+    amount: Annotated[
+        str, typer.Argument(help="Amount received, in major units."), values.POSITIVE_AMOUNT
+    ],
     reference: Annotated[
         str | None, typer.Option(help="Bank or PSP reference: names one payment (idempotent).")
     ] = None,
     at: Annotated[
-        str | None, typer.Option(metavar="TS", help="When it was received (RFC 3339).")
+        str | None,
+        typer.Option(metavar="TS", help="When it was received (RFC 3339)."),
+        values.TIMESTAMP,
     ] = None,
     idempotency_key: Annotated[
         str | None,
@@ -63,7 +68,9 @@ def refund(
     rt: Runtime,
     payment: Annotated[str, typer.Argument(help="Payment id (pay_...).")],
     amount: Annotated[
-        str | None, typer.Argument(help="Amount (default: all that is left).", show_default=False)
+        str | None,
+        typer.Argument(help="Amount (default: all that is left).", show_default=False),
+        values.POSITIVE_AMOUNT,
     ] = None,
     reason: Annotated[str | None, typer.Option(metavar="TEXT", help="Why.")] = None,
     idempotency_key: Annotated[

@@ -6,9 +6,12 @@ from typing import Annotated
 
 import typer
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import fields, table
 from neruba_cli.cli.runtime import Runtime, command
-from neruba_cli.domain.tenancy import project_spec, validate_mode, validate_rounding
+from neruba_cli.domain import late_events as late_event_policy
+from neruba_cli.domain.money import ROUNDING_MODES
+from neruba_cli.domain.tenancy import MODES, project_spec, validate_mode, validate_rounding
 from neruba_cli.services.tenancy import projects
 from neruba_cli.services.tenancy.access import OPERATOR
 
@@ -18,12 +21,24 @@ app = typer.Typer()
 @command(app, "create", group="project", scope=OPERATOR, mutating=True)
 def create(
     rt: Runtime,
-    slug: Annotated[str, typer.Argument(help="Short id used in invoice numbers, e.g. acme.")],
-    name: Annotated[str | None, typer.Option(help="Display name (default: the slug).")] = None,
-    currency: Annotated[str, typer.Option(help="Default ISO 4217 currency.")] = "USD",
-    timezone: Annotated[str, typer.Option(metavar="ZONE", help="Default IANA time zone.")] = "UTC",
-    rounding: Annotated[str, typer.Option(help="half_even or half_up.")] = "half_even",
-    mode: Annotated[str, typer.Option(help="live, or test (keys start nrb_test_).")] = "live",
+    slug: Annotated[
+        str, typer.Argument(help="Short id used in invoice numbers, e.g. acme."), values.SLUG
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Display name (default: the slug)."), values.NAME
+    ] = None,
+    currency: Annotated[
+        str, typer.Option(help="Default ISO 4217 currency."), values.CURRENCY
+    ] = "USD",
+    timezone: Annotated[
+        str, typer.Option(metavar="ZONE", help="Default IANA time zone."), values.TIMEZONE
+    ] = "UTC",
+    rounding: Annotated[
+        str, typer.Option(help="half_even or half_up."), values.one_of(ROUNDING_MODES)
+    ] = "half_even",
+    mode: Annotated[
+        str, typer.Option(help="live, or test (keys start nrb_test_)."), values.one_of(MODES)
+    ] = "live",
 ) -> None:
     """Create a project."""
     rt.audited_project = slug
@@ -60,8 +75,10 @@ def show(
 def update(
     rt: Runtime,
     slug: Annotated[str, typer.Argument(help="Project slug.")],
-    name: Annotated[str | None, typer.Option(help="New display name.")] = None,
-    rounding: Annotated[str | None, typer.Option(help="half_even or half_up.")] = None,
+    name: Annotated[str | None, typer.Option(help="New display name."), values.NAME] = None,
+    rounding: Annotated[
+        str | None, typer.Option(help="half_even or half_up."), values.one_of(ROUNDING_MODES)
+    ] = None,
     require_key: Annotated[
         bool | None,
         typer.Option(
@@ -77,6 +94,7 @@ def update(
             metavar="POLICY",
             help="Events after finalization: correct (linked correction), next_invoice, ignore.",
         ),
+        values.one_of(late_event_policy.POLICIES),
     ] = None,
     credit_returns: Annotated[
         str | None,
@@ -85,6 +103,7 @@ def update(
             metavar="POLICY",
             help="Credit notes: restore (give consumed credits back first) or keep.",
         ),
+        values.one_of(projects.CREDIT_RETURN_POLICIES),
     ] = None,
 ) -> None:
     """Change a project's settings."""

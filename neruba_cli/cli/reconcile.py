@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import table
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
@@ -26,7 +27,7 @@ app = typer.Typer()
 @command(app, "stripe", group="reconcile", scope="billing", mutating=True)
 def stripe(
     rt: Runtime,
-    period: Annotated[str, typer.Option(help="YYYY-MM, previous or current.")],
+    period: Annotated[str, typer.Option(help="YYYY-MM, previous or current."), values.MONTH],
     output: Annotated[
         Path | None,
         typer.Option(metavar="FILE", help="Also write the report to FILE.csv or FILE.json."),

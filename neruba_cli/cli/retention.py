@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import Output, fields, plural, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.retention import NOT_OLD_ENOUGH, check_as_of, parse_age
@@ -27,12 +28,14 @@ def apply(
             metavar="AGE",
             help="Only months that ended longer ago than this: 13m (months), 90d, 8w, 2y.",
         ),
+        values.AGE,
     ],
     as_of: Annotated[
         str | None,
         typer.Option(
             "--as-of", metavar="TS", help="Measure the age from this moment (default: now)."
         ),
+        values.TIMESTAMP,
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Report the months and events; change nothing.")

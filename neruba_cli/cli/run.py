@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import Output, fields, plural, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.money import format_amount
@@ -29,10 +30,13 @@ Starter = Callable[[int], Callable[[int], None]]
 @command(app, "bill", group="run", scope="billing", mutating=True)
 def bill(
     rt: Runtime,
-    period: Annotated[str, typer.Option(help="The month to bill: YYYY-MM, previous or current.")],
+    period: Annotated[
+        str, typer.Option(help="The month to bill: YYYY-MM, previous or current."), values.MONTH
+    ],
     as_of: Annotated[
         str | None,
         typer.Option(metavar="TS", help="Bill as if it were this moment, RFC 3339 (default: now)."),
+        values.TIMESTAMP,
     ] = None,
     customer: Annotated[
         list[str] | None,
@@ -204,7 +208,9 @@ def summary_line(data: dict[str, Any]) -> str:
 @command(app, "list", group="run", scope="read")
 def list_(
     rt: Runtime,
-    period: Annotated[str | None, typer.Option(help="Only runs of this month (YYYY-MM).")] = None,
+    period: Annotated[
+        str | None, typer.Option(help="Only runs of this month (YYYY-MM)."), values.CALENDAR_MONTH
+    ] = None,
 ) -> None:
     """List billing runs, newest first (a run that changed nothing leaves no record)."""
     with rt.transaction() as session:

@@ -8,7 +8,7 @@ import functools
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from neruba_cli.cli import values
 from neruba_cli.cli.help import NerubaCommand
 from neruba_cli.cli.output import Output
 from neruba_cli.config import (
@@ -140,6 +141,7 @@ class CommandPolicy:
 
 
 COMMANDS: dict[str, CommandPolicy] = {}  # every registered command, for docs and the test matrix
+CHECKED: dict[str, dict[str, values.Declared]] = {}  # each command's checked values, for tests
 
 
 class Runtime:
@@ -275,11 +277,14 @@ def command(
     mutating: bool = False,
     administers_access: bool = False,
     cls: type[NerubaCommand] | None = None,
+    checks: Mapping[str, values.Value] | None = None,
 ) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
     """Register `fn(rt, **params)` as a command with the common options appended.
 
     `scope` is what the command needs (see services/tenancy/access.py); it is checked before the
-    command runs. The wrapper turns NerubaError and database errors into one line and the
+    command runs, after the values its parameters declare (see cli/values.py; `checks` adds
+    values by parameter name, for commands registered in a loop): a value that cannot be read
+    is a usage error. The wrapper turns NerubaError and database errors into one line and the
     documented exit code, and writes an audit record for every mutating command, whether it
     succeeded or not.
     """
@@ -292,13 +297,15 @@ def command(
     def decorate(fn: Callable[..., int | None]) -> Callable[..., int | None]:
         signature = inspect.signature(fn, eval_str=True)
         own = [p for p in signature.parameters.values() if p.name != "rt"]
+        checked = values.declared(((p.name, p.annotation) for p in own), checks or {})
+        CHECKED[full_name] = checked
 
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> int | None:
             common = CommonOptions(**{key: kwargs.pop(key) for key in _COMMON_NAMES})
             out = Output(json=common.json, quiet=common.quiet)
             rt = Runtime(common, policy, out)
-            code, message = _run(rt, fn, kwargs)
+            code, message = _run(rt, fn, kwargs, checked)
             if mutating:
                 _audit(rt, kwargs, code, message)
             rt.close()
@@ -320,9 +327,13 @@ def command(
 
 
 def _run(
-    rt: Runtime, fn: Callable[..., int | None], kwargs: dict[str, Any]
+    rt: Runtime,
+    fn: Callable[..., int | None],
+    kwargs: dict[str, Any],
+    checked: dict[str, values.Declared],
 ) -> tuple[int, str | None]:
     try:
+        values.check_all(checked, kwargs, now=rt.now())
         rt.authorize()
         return int(fn(rt, **kwargs) or 0), None
     except NerubaError as exc:

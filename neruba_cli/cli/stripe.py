@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from neruba_cli.cli import values
 from neruba_cli.cli.help import NerubaGroup
 from neruba_cli.cli.output import plural, table
 from neruba_cli.cli.runtime import Runtime, command
@@ -59,7 +60,7 @@ def _action(action: str, *, dry_run: bool) -> str:
 @command(app, "push", group="stripe", scope="billing", mutating=True)
 def push(
     rt: Runtime,
-    period: Annotated[str, typer.Option(help="YYYY-MM, previous or current.")],
+    period: Annotated[str, typer.Option(help="YYYY-MM, previous or current."), values.MONTH],
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be pushed; Stripe is not called.")
     ] = False,
@@ -124,6 +125,7 @@ def pull(
     since: Annotated[
         str | None,
         typer.Option(metavar="TS", help="Only objects created at or after this time (RFC 3339)."),
+        values.TIMESTAMP,
     ] = None,
     apply: Annotated[
         bool,
@@ -266,7 +268,9 @@ def _batch(raw: bytes, where: str) -> Iterator[Delivery]:
 def webhook_list(
     rt: Runtime,
     status: Annotated[
-        str | None, typer.Option(help="received | processed | ignored | failed")
+        str | None,
+        typer.Option(help="received | processed | ignored | failed"),
+        values.one_of(stripe_webhooks.STATUSES),
     ] = None,
 ) -> None:
     """Stored webhook events, oldest first."""

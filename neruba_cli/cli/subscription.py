@@ -7,9 +7,11 @@ from typing import Annotated
 
 import typer
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import plural, table
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.catalog import MAX_TRIAL_DAYS
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.catalog import subscriptions
 from neruba_cli.services.ingest.rejects import RejectsWriter, default_rejects_path
@@ -29,12 +31,23 @@ def _emit_one(rt: Runtime, data: dict[str, object], message: str) -> None:
 def create(
     rt: Runtime,
     customer: Annotated[str, typer.Argument(help="Customer external id.")],
-    plan: Annotated[str, typer.Argument(help="Plan code (current version) or PLAN@VERSION.")],
-    start: Annotated[str, typer.Option(metavar="TS", help="Start, RFC 3339 with an offset.")],
-    anchor: Annotated[str, typer.Option(help="calendar or anniversary.")] = "calendar",
+    plan: Annotated[
+        str, typer.Argument(help="Plan code (current version) or PLAN@VERSION."), values.PLAN
+    ],
+    start: Annotated[
+        str, typer.Option(metavar="TS", help="Start, RFC 3339 with an offset."), values.TIMESTAMP
+    ],
+    anchor: Annotated[
+        str, typer.Option(help="calendar or anniversary."), values.one_of(subscriptions.ANCHORS)
+    ] = "calendar",
     trial_days: Annotated[
         int | None,
-        typer.Option(min=0, metavar="DAYS", help="Days without base fee (default: the plan's)."),
+        typer.Option(
+            min=0,
+            max=MAX_TRIAL_DAYS,
+            metavar="DAYS",
+            help="Days without base fee (default: the plan's).",
+        ),
     ] = None,
 ) -> None:
     """Subscribe a customer to a plan; a warning says when they hold one that overlaps it."""
@@ -61,8 +74,12 @@ def create(
 def change(
     rt: Runtime,
     subscription: Annotated[str, typer.Argument(help="Subscription id (sub_...).")],
-    plan: Annotated[str, typer.Option(help="The new plan (or PLAN@VERSION).")],
-    at: Annotated[str, typer.Option(metavar="TS", help="When the change takes effect, RFC 3339.")],
+    plan: Annotated[str, typer.Option(help="The new plan (or PLAN@VERSION)."), values.PLAN],
+    at: Annotated[
+        str,
+        typer.Option(metavar="TS", help="When the change takes effect, RFC 3339."),
+        values.TIMESTAMP,
+    ],
 ) -> None:
     """Move a subscription to another plan, or to a plan's newer version, at a moment."""
     with rt.transaction() as session:
@@ -78,7 +95,11 @@ def change(
 def cancel(
     rt: Runtime,
     subscription: Annotated[str, typer.Argument(help="Subscription id (sub_...).")],
-    at: Annotated[str, typer.Option(metavar="TS", help="When the subscription ends, RFC 3339.")],
+    at: Annotated[
+        str,
+        typer.Option(metavar="TS", help="When the subscription ends, RFC 3339."),
+        values.TIMESTAMP,
+    ],
 ) -> None:
     """End a subscription at a moment (its last period is prorated)."""
     with rt.transaction() as session:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import Renderer
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
@@ -36,12 +37,15 @@ def show(
             help="A month: YYYY-MM, previous or current (project time zone), read in the "
             "customer's time zone as billing reads it.",
         ),
+        values.MONTH,
     ] = "current",
     meter: Annotated[
         str | None, typer.Option("--meter", help="Only this meter.", show_default=False)
     ] = None,
     by: Annotated[
-        str, typer.Option("--by", help="Bucket size: day or hour (customer's local time).")
+        str,
+        typer.Option("--by", help="Bucket size: day or hour (customer's local time)."),
+        values.read_by(granularity),
     ] = "day",
     as_of: Annotated[
         str | None,
@@ -52,6 +56,7 @@ def show(
             "current mean.",
             show_default=False,
         ),
+        values.TIMESTAMP,
     ] = None,
 ) -> None:
     """Usage per meter in day or hour buckets, and what the period will bill if it ended now.

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from neruba_cli.cli import values
 from neruba_cli.cli.output import table, timestamp
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.timestamps import parse_ts
@@ -22,6 +23,7 @@ def show(
     as_of: Annotated[
         str | None,
         typer.Option("--as-of", metavar="TS", help="The balance at this moment (RFC 3339)."),
+        values.TIMESTAMP,
     ] = None,
 ) -> None:
     """The wallet balance (the sum of its ledger entries) and each grant's remaining credit."""

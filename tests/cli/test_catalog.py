@@ -415,4 +415,4 @@ def test_non_utf8_files_are_clear_errors(acme: Cli, tmp_path: Path) -> None:
     result = acme("catalog", "quote", "pro", "--events", str(events), "--project", "acme")
     assert result.exit_code == 1 and f"{events}:2: not UTF-8" in result.stderr
     odd = acme("catalog", "quote", "pro@\u00b2", "--project", "acme")
-    assert odd.exit_code == 1 and "PLAN@N" in odd.stderr
+    assert odd.exit_code == 2 and "PLAN 'pro@²': write a version as PLAN@N" in odd.stderr

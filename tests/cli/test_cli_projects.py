@@ -66,13 +66,14 @@ def test_duplicate_project_is_one_clear_line_and_exit_1(cli: Cli) -> None:
 
 def test_invalid_project_values_are_refused(cli: Cli) -> None:
     for args, fragment in [
-        (("Bad Slug",), "project slug 'Bad Slug' is not valid"),
-        (("ok", "--currency", "XXY"), "unknown currency 'XXY'"),
-        (("ok", "--timezone", "Mars/Base"), "unknown time zone 'Mars/Base'"),
-        (("ok", "--rounding", "up"), "'up' is not a rounding mode"),
+        (("Bad Slug",), "SLUG: project slug 'Bad Slug' is not valid"),
+        (("ok", "--currency", "XXY"), "--currency: unknown currency 'XXY'"),
+        (("ok", "--timezone", "Mars/Base"), "--timezone: unknown time zone 'Mars/Base'"),
+        (("ok", "--rounding", "up"), "--rounding: 'up' is not one of: half_even, half_up"),
+        (("ok", "--mode", "demo"), "--mode: 'demo' is not one of: live, test"),
     ]:
         result = cli("project", "create", *args)
-        assert result.exit_code == 1 and fragment in result.stderr
+        assert result.exit_code == 2 and fragment in result.stderr, (args, result.stderr)
     assert cli("project", "list", "--json").json() == []
 
 
@@ -104,7 +105,9 @@ def test_customer_create_defaults_and_duplicates(cli: Cli) -> None:
     dup = cli("customer", "create", "c-1", "--project", "acme")
     assert dup.exit_code == 1 and "customer 'c-1' already exists" in dup.stderr
     bad = cli("customer", "create", "c-2", "--email", "nope", "--project", "acme")
-    assert bad.exit_code == 1 and "email 'nope' is not an e-mail address" in bad.stderr
+    assert bad.exit_code == 2 and "--email: email 'nope' is not an e-mail address" in bad.stderr
+    blank = cli("customer", "create", "c-3", "--email", "", "--currency", " ", "--project", "acme")
+    assert blank.exit_code == 0, blank.stderr  # a blank value is the default
     by_ext = cli("customer", "show", "c-1", "--project", "acme", "--json").json()
     by_id = cli("customer", "show", customer["id"], "--project", "acme", "--json").json()
     assert by_ext == by_id == customer

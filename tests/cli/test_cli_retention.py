@@ -186,9 +186,9 @@ def test_young_months_and_bad_ages_are_refused(shop: Cli) -> None:
     )
     assert quiet.exit_code == 0 and "kept:" not in quiet.stderr
     bad = shop("retention", "apply", "--older-than", "5h", "--project", "acme", "--json")
-    assert bad.exit_code == 1 and "days, weeks, months or years" in bad.stderr
+    assert bad.exit_code == 2 and "days, weeks, months or years" in bad.stderr
     worse = shop("retention", "apply", "--older-than", "soon", "--project", "acme")
-    assert worse.exit_code == 1 and "not a duration" in worse.stderr
+    assert worse.exit_code == 2 and "--older-than: 'soon' is not a duration" in worse.stderr
 
 
 def test_a_month_not_pushed_to_stripe_is_not_touched(shop: Cli, engine: Engine) -> None:

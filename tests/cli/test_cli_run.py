@@ -279,8 +279,11 @@ def test_a_late_event_after_finalization_gives_exactly_one_correction(
 
 def test_late_events_policy_ignore(shop: Cli, engine: Engine, tmp_path: Path) -> None:
     bad = shop("project", "update", "acme", "--late-events", "later", "--json")
-    assert bad.exit_code == 1
-    assert bad.error()["message"] == "late events: 'later' is not a late-event policy"
+    assert bad.exit_code == 2
+    assert (
+        bad.error()["message"]
+        == "--late-events: 'later' is not one of: correct, next_invoice, ignore"
+    )
     assert shop("project", "show", "acme", "--json").json()["late_events"] == "correct"
     carry = shop("project", "update", "acme", "--late-events", "next_invoice", "--json")
     assert carry.exit_code == 0 and carry.json()["late_events"] == "next_invoice"
@@ -313,9 +316,13 @@ def test_late_events_policy_ignore(shop: Cli, engine: Engine, tmp_path: Path) ->
 
 def test_a_bad_period_and_a_held_lock(shop: Cli, engine: Engine) -> None:
     bad = shop("run", "bill", "--period", "2026-13", "--project", "acme", "--json")
-    assert bad.exit_code == 1
-    assert bad.error()["type"] == "invalid_input"
-    assert bad.error()["message"] == "period: '2026-13' is not a month"
+    assert bad.exit_code == 2
+    assert bad.error() == {
+        "type": "usage_error",
+        "message": "--period: '2026-13' is not a month",
+        "hint": "YYYY-MM, previous or current",
+        "exit_code": 2,
+    }
 
     with Session(engine) as session:
         project = session.scalars(select(Project).where(Project.slug == "acme")).one()

@@ -314,18 +314,23 @@ def test_default_period_is_the_current_month(shop: Cli) -> None:
     assert view["projection"]["source"] == "preview"
 
 
-def test_unknown_customer_meter_or_bucket_size_exit_1(shop: Cli) -> None:
+def test_an_unknown_customer_or_meter_exits_1(shop: Cli) -> None:
     error = fails(shop, 1, "usage", "show", "nobody")
     assert error["type"] == "not_found" and "nobody" in error["message"]
     error = fails(shop, 1, "usage", "show", "c1", "--meter", "ghost")
     assert error["type"] == "not_found" and "ghost" in error["message"]
     assert "api_calls" in error["hint"]
-    error = fails(shop, 1, "usage", "show", "c1", "--by", "week")
-    assert error["type"] == "invalid_input" and "day or hour" in error["hint"]
-    error = fails(shop, 1, "usage", "show", "c1", "--period", "2026-13")
-    assert error["type"] == "invalid_input"
-    error = fails(shop, 1, "usage", "show", "c1", "--as-of", "2026-10-01")
-    assert error["type"] == "invalid_input"
+
+
+def test_a_bad_bucket_size_period_or_moment_exits_2(shop: Cli) -> None:
+    for args, message in [
+        (("--by", "week"), "--by: 'week' is not a bucket size"),
+        (("--period", "2026-13"), "--period: '2026-13' is not a month"),
+        (("--as-of", "2026-10-01"), "--as-of: '2026-10-01' has no time-zone offset"),
+    ]:
+        for customer in ("c1", "nobody"):  # the value is refused before the customer is sought
+            error = fails(shop, 2, "usage", "show", customer, *args)
+            assert (error["type"], error["message"]) == ("usage_error", message), args
 
 
 @pytest.mark.parametrize("columns", ["80", "120"])

@@ -56,15 +56,16 @@ def test_create_uses_the_current_version_and_the_plans_trial(shop: Cli) -> None:
 
 def test_create_errors(shop: Cli) -> None:
     cases = [
-        (("eu1", "pro", "--start", "2026-10-01T00:00:00Z"), "billed in EUR, plan pro in USD"),
-        (("nobody", "pro", "--start", "2026-10-01T00:00:00Z"), "customer 'nobody' does not exist"),
-        (("c1", "gold", "--start", "2026-10-01T00:00:00Z"), "plan 'gold' does not exist"),
-        (("c1", "pro", "--start", "2026-10-01T00:00:00"), "no time-zone offset"),
-        (("c1", "pro", "--start", "2026-10-01T00:00:00Z", "--anchor", "monthly"), "anchor"),
+        (("eu1", "pro", "--start", "2026-10-01T00:00:00Z"), 1, "billed in EUR, plan pro in USD"),
+        (("nobody", "pro", "--start", "2026-10-01T00:00:00Z"), 1, "customer 'nobody' does not"),
+        (("c1", "gold", "--start", "2026-10-01T00:00:00Z"), 1, "plan 'gold' does not exist"),
+        # a value that cannot be read: a usage error
+        (("c1", "pro", "--start", "2026-10-01T00:00:00"), 2, "--start: '2026-10-01T00:00:00'"),
+        (("c1", "pro", "--start", "2026-10-01T00:00:00Z", "--anchor", "monthly"), 2, "--anchor"),
     ]
-    for args, fragment in cases:
+    for args, code, fragment in cases:
         result = shop("subscription", "create", *args, "--project", "acme")
-        assert result.exit_code == 1 and fragment in result.stderr, (args, result.stderr)
+        assert result.exit_code == code and fragment in result.stderr, (args, result.stderr)
     assert run(shop, "list") == []
 
 
@@ -191,4 +192,4 @@ def test_out_of_range_moments_are_clear_errors(shop: Cli) -> None:
         "--project",
         "acme",
     )
-    assert result.exit_code == 1 and "outside the years 1 to 9999" in result.stderr
+    assert result.exit_code == 2 and "outside the years 1 to 9999" in result.stderr

@@ -9,6 +9,7 @@ lock, then reads the grants, so two processes never spend the same credit twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,18 +92,26 @@ def _parsed(request: GrantRequest, customer: Row[Any]) -> tuple[str, int]:
     return currency, minor_units(request.amount, amount, currency)
 
 
-def _refuse_negative(text: str) -> None:
-    """A negative grant is a request for another command: say which, before anything else."""
-    try:
-        amount = parse_amount(text, field="AMOUNT")
-    except InvalidInput:
-        return  # reported with the rest of the amount's validation
+def check_amount(text: str) -> Decimal:
+    """A grant's AMOUNT: a decimal number more than zero. A negative one is a request for
+    another command: the error says which."""
+    amount = parse_amount(text, field="AMOUNT")
     if amount < 0:
         raise UsageError(
             f"AMOUNT {text} is negative: a grant is positive",
             hint="to take credit back use `neruba credits revoke GRANT`; "
             "`neruba credits list CUSTOMER` shows the grants",
         )
+    if amount == 0:
+        raise InvalidInput(f"AMOUNT {text!r} must be positive")
+    return amount
+
+
+def _refuse_negative(text: str) -> None:
+    """A negative grant is refused before anything else (the rest of the amount's validation
+    comes with the customer's currency)."""
+    with contextlib.suppress(InvalidInput):
+        check_amount(text)
 
 
 def _check_currency(request: GrantRequest, customer: Row[Any], currency: str) -> None:
@@ -128,7 +137,7 @@ def _check_terms(request: GrantRequest, now: datetime) -> None:
     if not 1 <= request.priority <= MAX_PRIORITY:
         raise InvalidInput(f"--priority must be between 1 and {MAX_PRIORITY}")
     if request.expires_at is not None and request.expires_at <= now:
-        raise InvalidInput(
+        raise UsageError(  # a bad --expires, told apart from a repeat only here
             f"--expires {format_ts(request.expires_at)} is not in the future",
             hint="a grant that has already expired could never be spent",
         )
