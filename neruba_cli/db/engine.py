@@ -203,10 +203,12 @@ def _mysql_engine(url: URL) -> Engine:
     )
 
 
-# psycopg logs a warning to stderr (Python's last-resort handler) when a COPY cannot be ended
-# because the server went away, beside the error that is then raised and reported as one
-# line: the driver's own logging stays quiet.
-logging.getLogger("psycopg").addHandler(logging.NullHandler())
+# When the server goes away, psycopg logs a warning (a COPY that cannot be ended) and
+# SQLAlchemy's pool logs a traceback (the rollback of a connection it takes back fails) to
+# stderr through Python's last-resort handler, beside the error that is then raised and
+# reported as one line: their own logging stays quiet.
+for _library in ("psycopg", "sqlalchemy.pool"):
+    logging.getLogger(_library).addHandler(logging.NullHandler())
 
 
 def _postgres_engine(url: URL) -> Engine:
