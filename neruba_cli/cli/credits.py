@@ -128,7 +128,7 @@ def expire(
 ) -> None:
     """Post the expiry of what is left on expired grants (for cron; a rerun does nothing)."""
     now = rt.now()
-    moment = parse_ts(as_of, field="--as-of") if as_of else now
+    moment = rt.moment(as_of, now)
     with rt.transaction() as session:
         project = rt.project(session)
     report = credits.expire(rt.engine(), project, as_of=moment, actor=rt.actor.id, now=now)

@@ -17,7 +17,6 @@ from neruba_cli.cli.output import table
 from neruba_cli.cli.paths import output_folder
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
-from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.ops.demo import DEMO_PROJECT, DEMO_USAGE, run_demo
 from neruba_cli.services.tenancy.access import PUBLIC, operator_access
 
@@ -45,7 +44,7 @@ def register(app: typer.Typer) -> None:
         """Run Neruba end to end on a throwaway SQLite database and show what it did."""
         if rt.options.db:
             raise UsageError("demo always uses its own SQLite database; use --dir to place it")
-        moment = parse_ts(as_of, field="--as-of") if as_of else rt.now()
+        moment = rt.moment(as_of)
         if directory is not None:
             output_folder(directory, "--dir")
         folder = directory or Path(tempfile.mkdtemp(prefix="neruba-demo-"))

@@ -12,7 +12,6 @@ from neruba_cli.cli import values
 from neruba_cli.cli.output import Output, fields, plural, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.retention import NOT_OLD_ENOUGH, check_as_of, parse_age
-from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.ops import retention
 
 app = typer.Typer()
@@ -52,7 +51,7 @@ def apply(
     """
     age = parse_age(older_than)
     now = rt.now()
-    moment = parse_ts(as_of, field="--as-of") if as_of else now
+    moment = rt.moment(as_of, now)
     check_as_of(moment, now)  # before asking for confirmation
     engine = rt.engine()
     with rt.transaction() as session:

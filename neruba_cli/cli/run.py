@@ -18,7 +18,7 @@ from neruba_cli.cli import values
 from neruba_cli.cli.output import Output, fields, plural, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.money import format_amount
-from neruba_cli.domain.timestamps import format_ts, parse_ts
+from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.billing import run as billing_run
 from neruba_cli.services.billing import runs
 
@@ -67,7 +67,7 @@ def bill(
     A rerun whose inputs did not change writes nothing and says "no changes". Exit 5 when
     another run holds the month's lock.
     """
-    moment = parse_ts(as_of, field="--as-of") if as_of else rt.now()
+    moment = rt.moment(as_of)
     options = billing_run.RunOptions(
         label=period,
         as_of=moment,

@@ -186,6 +186,15 @@ class Runtime:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
+    def moment(self, as_of: str | None, now: datetime | None = None) -> datetime:
+        """The instant a command looks at: its `--as-of` when given, else now (the command's
+        `now` when it already read the clock, so both name the same instant)."""
+        if as_of:
+            from neruba_cli.domain.timestamps import parse_ts
+
+            return parse_ts(as_of, field="--as-of")
+        return now or self.now()
+
     @property
     def api_key(self) -> str | None:
         return os.environ.get(ENV_API_KEY) or None

@@ -13,7 +13,6 @@ from rich.text import Text
 from neruba_cli.cli import values
 from neruba_cli.cli.output import Renderer
 from neruba_cli.cli.runtime import Runtime, command
-from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.domain.usage_chart import bar, bar_eighths, granularity
 from neruba_cli.services.analysis import usage as analysis_usage
 
@@ -65,7 +64,7 @@ def show(
     Ended month: its invoices (void ones left out), or what a run would bill before one exists.
     """
     size = granularity(by)
-    moment = parse_ts(as_of, field="--as-of") if as_of else rt.now()
+    moment = rt.moment(as_of)
     with rt.transaction() as session:
         project = rt.project(session)
     data = analysis_usage.show(

@@ -10,7 +10,6 @@ from rich.console import Console
 from neruba_cli.cli import values
 from neruba_cli.cli.output import table, timestamp
 from neruba_cli.cli.runtime import Runtime, command
-from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.ledger import credits
 
 app = typer.Typer()
@@ -28,7 +27,7 @@ def show(
 ) -> None:
     """The wallet balance (the sum of its ledger entries) and each grant's remaining credit."""
     now = rt.now()
-    moment = parse_ts(as_of, field="--as-of") if as_of else now
+    moment = rt.moment(as_of, now)
     with rt.transaction() as session:
         project = rt.project(session)
         data = credits.wallet(session.connection(), project, customer, as_of=moment, now=now)
