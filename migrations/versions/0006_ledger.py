@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-from neruba_cli.domain.ids import new_id
+from neruba_cli.db.ids import new_id
 from neruba_cli.domain.ledger import (
     AccountRef,
     InvoiceFacts,

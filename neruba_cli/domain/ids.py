@@ -2,14 +2,23 @@
 
 The prefix tells a reader what an id names in a log line; the time-ordered body keeps listings
 in creation order without another column, and the random tail keeps ids unguessable.
+
+The clock and the randomness come from the caller (`neruba_cli.db.ids.new_id` passes the system
+clock and the operating system's CSPRNG), so the format is a pure function a test can pin.
 """
 
 from __future__ import annotations
 
-import secrets
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+BODY_LENGTH = 26  # 130 bits in base 32: 48 bits of milliseconds, 80 random bits (2 unused)
+RANDOM_BITS = 80
+MAX_MILLIS = (1 << 48) - 1
+
+RandomBits = Callable[[int], int]
+"""A source of randomness: `k` -> a uniformly random integer of `k` bits (`secrets.randbits`)."""
 
 PREFIXES = frozenset(
     {
@@ -34,15 +43,50 @@ PREFIXES = frozenset(
 )
 
 
-def new_id(prefix: str, *, now_ms: int | None = None) -> str:
+@dataclass(frozen=True)
+class ParsedId:
+    prefix: str
+    millis: int  # when it was made, in milliseconds since the Unix epoch
+    random: int  # the 80 random bits
+
+
+def make_id(prefix: str, *, now_ms: int, randbits: RandomBits) -> str:
     """A 26-character ULID-style body (48-bit milliseconds + 80 random bits) behind a prefix."""
     if prefix not in PREFIXES:
         raise ValueError(f"unknown id prefix {prefix!r}")
-    millis = int(time.time() * 1000) if now_ms is None else now_ms
-    value = (millis << 80) | secrets.randbits(80)
+    if not 0 <= now_ms <= MAX_MILLIS:
+        raise ValueError(f"{now_ms} ms does not fit an id's 48-bit clock")
+    random = randbits(RANDOM_BITS)
+    if not 0 <= random < 1 << RANDOM_BITS:
+        raise ValueError(f"the source of randomness returned more than {RANDOM_BITS} bits")
+    value = (now_ms << RANDOM_BITS) | random
     body = "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
     return f"{prefix}_{body}"
 
 
+def parse_id(value: str) -> ParsedId:
+    """The parts of an id `make_id` wrote; ValueError for anything else."""
+    prefix, _, body = value.partition("_")
+    if prefix not in PREFIXES or len(body) != BODY_LENGTH:
+        raise ValueError(f"{value!r} is not a Neruba id")
+    number = 0
+    for char in body:
+        digit = _CROCKFORD.find(char)
+        if digit < 0:
+            raise ValueError(f"{value!r} is not a Neruba id")
+        number = number << 5 | digit
+    if number >> 128:
+        raise ValueError(f"{value!r} is not a Neruba id")
+    return ParsedId(prefix, number >> RANDOM_BITS, number & ((1 << RANDOM_BITS) - 1))
+
+
 def has_prefix(value: str, prefix: str) -> bool:
-    return value.startswith(f"{prefix}_") and len(value) == len(prefix) + 27
+    return value.startswith(f"{prefix}_") and len(value) == len(prefix) + 1 + BODY_LENGTH
+
+
+def new_id(prefix: str) -> str:
+    """The system-clock form, for callers not yet moved to `neruba_cli.db.ids.new_id`."""
+    import secrets
+    import time
+
+    return make_id(prefix, now_ms=time.time_ns() // 1_000_000, randbits=secrets.randbits)

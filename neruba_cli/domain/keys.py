@@ -5,6 +5,9 @@ CRC32 of everything before it. The checksum lets secret scanners (and Neruba its
 real key from a typo or a forgery offline, before any database lookup. Only a SHA-256 of the
 secret is stored: keys are high-entropy, so a fast hash is enough, and a stolen table cannot
 be replayed. The first characters are kept in clear as a lookup prefix.
+
+The randomness comes from the caller (`neruba_cli.services.tenancy.tokens` passes the operating
+system's CSPRNG), so the format is a pure function a test can pin.
 """
 
 from __future__ import annotations
@@ -12,9 +15,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import secrets
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from neruba_cli.domain.errors import InvalidInput
@@ -67,9 +69,15 @@ def compose(kind_prefix: str, random_part: str) -> str:
     return body + checksum(body)
 
 
-def generate(kind_prefix: str) -> str:
-    """A new secret of the given kind from the operating system's CSPRNG."""
-    return compose(kind_prefix, "".join(secrets.choice(BASE62) for _ in range(RANDOM_LENGTH)))
+RandomBelow = Callable[[int], int]
+"""A source of randomness: `n` -> a uniformly random integer in [0, n) (`secrets.randbelow`)."""
+
+
+def generate(kind_prefix: str, *, randbelow: RandomBelow) -> str:
+    """A new secret of the given kind, its 32 characters drawn from `randbelow`."""
+    if kind_prefix not in (*KEY_KINDS.values(), INVITE_KIND):
+        raise ValueError(f"unknown secret kind {kind_prefix!r}")
+    return compose(kind_prefix, "".join(BASE62[randbelow(62)] for _ in range(RANDOM_LENGTH)))
 
 
 def lookup_prefix(secret: str) -> str:

@@ -25,11 +25,11 @@ from neruba_cli.domain.keys import (
     SCOPES,
     checksum,
     compose,
-    generate,
     parse_scopes,
     parse_secret,
 )
 from neruba_cli.services.tenancy.access import OPERATOR, PUBLIC
+from neruba_cli.services.tenancy.tokens import new_secret
 from tests.support.cli import Cli, Outcome
 from tests.support.databases import sqlite_only
 
@@ -163,7 +163,7 @@ def tenants(cli: Cli, isolated: Path) -> Cli:
 
 
 def test_key_format_matches_the_documented_regex() -> None:
-    secret = generate("nrb_live_")
+    secret = new_secret("nrb_live_")
     assert re.fullmatch(r"nrb_(live|test)_[0-9A-Za-z]{38}", secret)
     assert KEY_PATTERN.pattern == r"^nrb_(live|test)_[0-9A-Za-z]{38}$"
     assert secret[-6:] == checksum(secret[:-6])
@@ -286,7 +286,7 @@ def test_ingest_only_key_is_confined(tenants: Cli, engine: Engine) -> None:
     forged = secret[:-1] + ("A" if secret[-1] != "A" else "B")
     refused = cli("customer", "list", "--json", env={"NERUBA_API_KEY": forged})
     assert denied(refused) and "checksum" in refused.error()["message"]
-    unknown = cli("customer", "list", "--json", env={"NERUBA_API_KEY": generate("nrb_live_")})
+    unknown = cli("customer", "list", "--json", env={"NERUBA_API_KEY": new_secret("nrb_live_")})
     assert denied(unknown) and "is not known" in unknown.error()["message"]
     for output in (listing, other, keys, refused, unknown):
         assert secret not in output.stdout + output.stderr
@@ -574,6 +574,8 @@ def test_doctor_with_a_key_shows_only_its_project_locks(tenants: Cli, engine: En
 
 
 def test_demo_ignores_a_key_meant_for_another_database(bare_cli: Cli, isolated: Path) -> None:
-    result = bare_cli("demo", "--dir", "d", "--json", env={"NERUBA_API_KEY": generate("nrb_live_")})
+    result = bare_cli(
+        "demo", "--dir", "d", "--json", env={"NERUBA_API_KEY": new_secret("nrb_live_")}
+    )
     assert result.exit_code == 0, result.stderr
     assert not (isolated / "neruba.db").exists()

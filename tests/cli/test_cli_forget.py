@@ -185,8 +185,8 @@ def test_forgetting_again_removes_what_arrived_since(
 
 def test_forget_scrubs_the_create_audit_and_stripe_mirror(named: Cli, engine: Engine) -> None:
 
+    from neruba_cli.db.ids import new_id
     from neruba_cli.db.schema import Project, StripeObject
-    from neruba_cli.domain.ids import new_id
 
     with engine.begin() as conn:
         project_id = conn.execute(select(Project.id)).scalar_one()
@@ -264,8 +264,8 @@ def test_forget_scrubs_stored_stripe_webhook_bodies(named: Cli, engine: Engine) 
     the name and e-mail after forget until the bodies were scrubbed too. Reprocessing reads
     the stored body without verifying it again, so it stays valid JSON of the same shape."""
 
+    from neruba_cli.db.ids import new_id
     from neruba_cli.db.schema import Project, StripeWebhookEvent
-    from neruba_cli.domain.ids import new_id
 
     def delivery(event_id: str, obj: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -193,8 +193,8 @@ def test_young_months_and_bad_ages_are_refused(shop: Cli) -> None:
 
 def test_a_month_not_pushed_to_stripe_is_not_touched(shop: Cli, engine: Engine) -> None:
     """Once the project pushes to Stripe, an unpushed final invoice keeps its month open."""
+    from neruba_cli.db.ids import new_id
     from neruba_cli.db.schema import Invoice, StripeLink
-    from neruba_cli.domain.ids import new_id
 
     with engine.begin() as conn:
         invoice = conn.execute(

@@ -32,6 +32,7 @@ from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db import locks
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.retry import retrying
 from neruba_cli.db.schema import (
     BillingRun,
@@ -43,7 +44,6 @@ from neruba_cli.db.schema import (
     Project,
 )
 from neruba_cli.domain.errors import InvalidInput
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.invoice import (
     BuiltInvoice,
     canonical_json,

@@ -17,6 +17,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Meter, Plan, PlanVersion, Project
 from neruba_cli.domain.catalog import (
     Catalog,
@@ -30,7 +31,6 @@ from neruba_cli.domain.catalog import (
     version_document,
 )
 from neruba_cli.domain.errors import InvalidInput, NotFound
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.suggest import did_you_mean
 
 

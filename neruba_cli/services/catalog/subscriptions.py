@@ -13,11 +13,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Customer, Plan, PlanVersion, Project, Subscription
 from neruba_cli.db.schema import SubscriptionPhase as PhaseRow
 from neruba_cli.domain.catalog import MAX_TRIAL_DAYS
 from neruba_cli.domain.errors import AlreadyExists, InvalidInput, NotFound
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.periods import trial_end
 from neruba_cli.domain.subscription_overlap import Held, overlap_warning, overlapping
 from neruba_cli.domain.timestamps import format_ts, parse_ts

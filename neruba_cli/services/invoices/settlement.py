@@ -28,10 +28,10 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Row, insert, select, update
 
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Invoice, InvoiceRevision, Project
 from neruba_cli.domain import credits as credit_rules
 from neruba_cli.domain.errors import InvalidInput
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.invoice import canonical_json
 from neruba_cli.domain.ledger import (
     Allocation,

@@ -23,11 +23,11 @@ from sqlalchemy import Connection, Engine, Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db.engine import begin_write
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.retry import retrying
 from neruba_cli.db.schema import CreditGrant, Customer, LedgerEntry, LedgerTransaction, Project
 from neruba_cli.domain.credits import MAX_PRIORITY, GrantState, allocate
 from neruba_cli.domain.errors import InvalidInput, NotFound, UsageError
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.ledger import (
     MAX_MINOR,
     WALLET,

@@ -22,10 +22,10 @@ from sqlalchemy import Connection, Engine, Row, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db.engine import begin_write
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.retry import retrying
 from neruba_cli.db.schema import Customer, Invoice, Payment, Project, Refund
 from neruba_cli.domain.errors import InvalidInput, NotFound
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.ledger import PaymentFacts, payment_recorded, payment_refunded
 from neruba_cli.domain.money import format_minor, parse_amount
 from neruba_cli.domain.timestamps import format_ts

@@ -38,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import (
     CreditGrant,
     Customer,
@@ -48,7 +49,6 @@ from neruba_cli.db.schema import (
     Project,
 )
 from neruba_cli.domain.errors import InvalidInput, NerubaError
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.ledger import ACCOUNT_CODES, CUSTOMER_ACCOUNTS, AccountRef, Posting
 from neruba_cli.domain.money import format_amount, format_minor, from_minor_units
 from neruba_cli.domain.timestamps import format_ts

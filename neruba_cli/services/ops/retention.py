@@ -24,10 +24,10 @@ import orjson
 from sqlalchemy import Connection, Engine, case, func, insert, select, update
 
 from neruba_cli.db import locks, usage_sql
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Invoice, Meter, Project, RetentionRun, StripeLink
 from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.catalog import parse_catalog
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.retention import (
     Age,
     MonthFacts,

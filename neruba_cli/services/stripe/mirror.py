@@ -15,8 +15,8 @@ import orjson
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Project, StripeObject
-from neruba_cli.domain.ids import new_id
 
 objects_t = StripeObject.__table__
 

@@ -20,9 +20,9 @@ from sqlalchemy import Connection, Engine, insert, or_, select, update
 
 from neruba_cli.db import locks
 from neruba_cli.db.engine import begin_write
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Project, StripeCursor, StripeObject
 from neruba_cli.domain.errors import NerubaError
-from neruba_cli.domain.ids import new_id
 from neruba_cli.services.stripe import gateway as stripe_gateway
 from neruba_cli.services.stripe import mirror as stripe_mirror
 from neruba_cli.services.stripe import payments as stripe_payments

@@ -23,10 +23,10 @@ from sqlalchemy import Connection, Engine, Row, insert, select, update
 
 from neruba_cli.db import locks
 from neruba_cli.db.engine import begin_write
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Customer, Invoice, Project, StripeLink
 from neruba_cli.domain import stripe_link
 from neruba_cli.domain.errors import InvalidInput
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.money import RoundingMode, format_amount, to_minor_units
 from neruba_cli.domain.stripe_link import PushedInvoice
 from neruba_cli.services.invoices import read as invoices_read

@@ -21,9 +21,9 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db.engine import begin_write
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Project, StripeWebhookEvent
 from neruba_cli.domain.errors import InvalidInput, NerubaError
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.domain.webhook_signature import SignatureError, verify
 from neruba_cli.services.stripe import mirror as stripe_mirror

@@ -11,8 +11,8 @@ import orjson
 from sqlalchemy import Engine, insert, or_, select
 from sqlalchemy.orm import Session
 
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import AuditRecord
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.keys import redact_secrets
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.tenancy.access import Actor

@@ -12,10 +12,10 @@ from sqlalchemy import insert, or_, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Customer, Project
 from neruba_cli.db.unique import add_unique
 from neruba_cli.domain.errors import InvalidInput
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.tenancy import CustomerSpec, ProjectSpec, customer_spec
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.ingest.rejects import Reject, RejectsWriter, keep

@@ -9,14 +9,13 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import ApiKey, Member, Project
 from neruba_cli.domain.errors import InvalidInput, NotFound
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.keys import (
     KEY_KINDS,
     KEY_PATTERN,
     format_scopes,
-    generate,
     hash_secret,
     lookup_prefix,
     parse_secret,
@@ -26,6 +25,7 @@ from neruba_cli.domain.keys import (
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.tenancy.access import Access, AccessDenied
 from neruba_cli.services.tenancy.members import get_member
+from neruba_cli.services.tenancy.tokens import new_secret
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def create_key(
         if not scopes <= allowed:
             extra = format_scopes(scopes - allowed)
             raise InvalidInput(f"role {member.role!r} of {member.email} does not allow: {extra}")
-    secret = generate(KEY_KINDS[project.mode])
+    secret = new_secret(KEY_KINDS[project.mode])
     key = ApiKey(
         id=new_id("key"),
         project_id=project.id,

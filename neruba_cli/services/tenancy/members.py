@@ -9,19 +9,19 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import ApiKey, Invite, Member, Project
 from neruba_cli.db.unique import add_unique
 from neruba_cli.domain.errors import InvalidInput, NotFound
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.keys import (
     INVITE_KIND,
-    generate,
     hash_secret,
     parse_secret,
     role_scopes,
 )
 from neruba_cli.domain.tenancy import validate_email
 from neruba_cli.domain.timestamps import format_ts
+from neruba_cli.services.tenancy.tokens import new_secret
 
 DEFAULT_INVITE_TTL = timedelta(days=7)
 
@@ -93,7 +93,7 @@ def create_invite(
     now: datetime,
 ) -> CreatedInvite:
     role_scopes(role)
-    token = generate(INVITE_KIND)
+    token = new_secret(INVITE_KIND)
     invite = Invite(
         id=new_id("ivt"),
         project_id=project.id,

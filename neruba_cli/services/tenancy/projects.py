@@ -8,11 +8,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Project
 from neruba_cli.db.unique import add_unique
 from neruba_cli.domain import late_events as late_event_policy
 from neruba_cli.domain.errors import InvalidInput, NotFound
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.money import RoundingMode
 from neruba_cli.domain.tenancy import ProjectSpec
 from neruba_cli.domain.timestamps import format_ts
