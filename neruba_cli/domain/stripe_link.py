@@ -1,4 +1,5 @@
-"""How a Neruba invoice is written in Stripe: metadata, invoice items and idempotency keys.
+"""How a Neruba invoice is written in Stripe: metadata, invoice items and idempotency keys
+(whose format lives in domain/stripe_keys.py).
 
 Pure functions over the invoice document, so a dry run, the push itself and reconciliation
 agree on what Stripe should hold. Each line becomes one invoice item; credits applied become one
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from neruba_cli.domain import stripe_keys
 from neruba_cli.domain.money import RoundingMode
 from neruba_cli.domain.stripe_money import iso_minor_to_stripe, to_stripe
 
@@ -49,14 +51,15 @@ class StripeItem:
 
 
 def idempotency_key(invoice: PushedInvoice, step: str) -> str:
-    """Derived from the invoice number and version (and the generation once the Stripe object
-    had to be made anew), so a repeated push sends the same key for the same request."""
-    generation = f":g{invoice.generation}" if invoice.generation else ""
-    return f"neruba:{invoice.project_id}:{invoice.number}:v{invoice.version}{generation}:{step}"
-
-
-def customer_key(project_id: str, customer_id: str) -> str:
-    return f"neruba:{project_id}:customer:{customer_id}"
+    """Derived from the invoice number and version and the generation of its Stripe object
+    (domain/stripe_keys.py), so a repeated push sends the same key for the same request."""
+    return stripe_keys.step_key(
+        invoice.project_id,
+        invoice.number,
+        version=invoice.version,
+        generation=invoice.generation,
+        step=step,
+    )
 
 
 def metadata(invoice: PushedInvoice) -> dict[str, str]:

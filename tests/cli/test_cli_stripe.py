@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import pytest
 
+from neruba_cli.domain import stripe_keys, stripe_link
 from neruba_cli.domain.webhook_signature import sign
 from neruba_cli.services.stripe import gateway as stripe_gateway
 from tests.fakes.stripe import FakeStripe, Fault
@@ -198,7 +199,45 @@ def test_dry_run_calls_nothing_and_a_second_push_changes_nothing(
     assert ok(cli, "stripe", "push", "--period", PERIOD, "--dry-run")["counts"] == {"up_to_date": 3}
     keys = [r.idempotency_key for r in stripe.requests if r.method == "POST"]
     assert all(key and key.startswith("neruba:") for key in keys)
+    parsed = [stripe_keys.parse(key or "") for key in keys]
+    assert {type(key).__name__ for key in parsed} == {"CustomerKey", "StepKey"}
+    assert all(key.format == 2 for key in parsed if isinstance(key, stripe_keys.StepKey))
     assert any(":ACME-000001:v" in key and key.endswith(":finalize") for key in keys if key)
+
+
+def _format_1_step_key(invoice: stripe_link.PushedInvoice, step: str) -> str:
+    """The request keys pushes sent before the key format carried its number."""
+    generation = f":g{invoice.generation}" if invoice.generation else ""
+    return f"neruba:{invoice.project_id}:{invoice.number}:v{invoice.version}{generation}:{step}"
+
+
+def test_a_push_stopped_before_the_key_format_changed_creates_nothing_twice(
+    cli: Cli, tmp_path: Path, stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push of an earlier version made the Stripe invoice but never heard back; the push
+    resumed after the upgrade sends other keys, and finds that invoice by its metadata."""
+    subscribed_shop(cli, tmp_path, 2, CATALOG)
+    bill(cli)
+    monkeypatch.setenv("NERUBA_STRIPE_MAX_RETRIES", "1")
+    with monkeypatch.context() as earlier:
+        earlier.setattr(stripe_link, "idempotency_key", _format_1_step_key)
+        stripe.add_fault(Fault("POST", "/v1/invoices", "drop", after_apply=True, times=2))
+        error = expect(cli, 1, "stripe", "push", "--period", PERIOD)
+    assert error["type"] == "stripe_error"
+    made = stripe.objects("invoice")
+    assert len(made) == 1 and made[0]["metadata"]["neruba_invoice"] == "ACME-000001"
+    sent = {r.idempotency_key for r in stripe.requests if r.path == "/v1/invoices"}
+    assert {stripe_keys.parse(key or "").format for key in sent} == {1}
+
+    report = ok(cli, "stripe", "push", "--period", PERIOD)
+    assert {o["invoice"]: o["action"] for o in report["outcomes"]} == {
+        "ACME-000001": "resumed",
+        "ACME-000002": "created",
+    }
+    assert len(stripe.objects("invoice")) == 2, "the resumed push created ACME-000001 twice"
+    assert [i["status"] for i in stripe.objects("invoice")] == ["open", "open"]
+    assert len(stripe.objects("invoiceitem")) == 2
+    checked(cli)
 
 
 def test_retries_ride_out_rate_limits_errors_timeouts_and_dropped_connections(

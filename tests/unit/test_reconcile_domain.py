@@ -92,10 +92,12 @@ def test_items_one_per_line_and_credits_as_one_negative_item() -> None:
 def test_idempotency_keys_name_invoice_version_generation_and_step() -> None:
     invoice = pushed((("Pro", Decimal("49.00")),))
     assert stripe_link.idempotency_key(invoice, "finalize") == (
-        "neruba:proj_1:ACME-000001:v2:finalize"
+        "neruba:2:proj_1:ACME-000001:v2:g0:finalize"
     )
     again = pushed((("Pro", Decimal("49.00")),), generation=1)
-    assert stripe_link.idempotency_key(again, "item:0") == "neruba:proj_1:ACME-000001:v2:g1:item:0"
+    assert stripe_link.idempotency_key(again, "item:0") == (
+        "neruba:2:proj_1:ACME-000001:v2:g1:item:0"
+    )
     assert stripe_link.metadata(again)["neruba_generation"] == "1"
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, select, update
 
 from neruba_cli.db import locks, usage_sql
 from neruba_cli.db.schema import BillingRun, Invoice, Project
+from neruba_cli.domain import lock_names
 from neruba_cli.domain.billing_periods import resolve_label
 from neruba_cli.domain.invoice import BuiltInvoice, CarriedUsage, correction_lines, run_fingerprint
 from neruba_cli.domain.late_events import carries_forward
@@ -121,12 +122,13 @@ def run_bill(
 
 
 def lock_name(project: Project, label: str) -> str:
-    return month_lock(project.slug, label)
-
-
-def month_lock(slug: str, label: str) -> str:
-    """The lease a billing run of one month holds (doctor reads it by the project's slug)."""
-    return f"{slug}:bill:{label}"
+    """The lease a billing run of the period holds (domain/lock_names.py); with no period,
+    what the leases of every period start with."""
+    return (
+        lock_names.billing(project.slug, label)
+        if label
+        else lock_names.billing_prefix(project.slug)
+    )
 
 
 ABANDONED = "abandoned: its process stopped before finishing"

@@ -43,6 +43,7 @@ from neruba_cli.db.schema import (
     InvoiceSequence,
     Project,
 )
+from neruba_cli.domain import invoice_numbers
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.invoice import (
     BuiltInvoice,
@@ -590,15 +591,14 @@ def reserve_numbers(conn: Connection, project: Project, count: int) -> list[str]
                     select(sequences_t.c.last_number).where(sequences_t.c.project_id == project.id)
                 ).scalar_one()
             )
-            return [format_number(project.slug, n) for n in range(last - count + 1, last + 1)]
+            return [
+                invoice_numbers.format_number(project.slug, n)
+                for n in range(last - count + 1, last + 1)
+            ]
         try:
             with conn.begin_nested():
                 conn.execute(insert(sequences_t).values(project_id=project.id, last_number=count))
-            return [format_number(project.slug, n) for n in range(1, count + 1)]
+            return [invoice_numbers.format_number(project.slug, n) for n in range(1, count + 1)]
         except IntegrityError:
             continue  # another transaction created the counter first; bump it
     raise InvalidInput("could not take an invoice number; run again")
-
-
-def format_number(slug: str, value: int) -> str:
-    return f"{slug.upper()}-{value:06d}"

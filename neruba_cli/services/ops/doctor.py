@@ -38,10 +38,9 @@ from neruba_cli.db.schema import (
     StripeLink,
     StripeWebhookEvent,
 )
-from neruba_cli.domain import health
+from neruba_cli.domain import health, lock_names
 from neruba_cli.domain.errors import NerubaError
 from neruba_cli.domain.health import BatchFacts, Check, RunFacts, Status
-from neruba_cli.services.billing.run import month_lock
 from neruba_cli.services.stripe import gateway as stripe_gateway
 
 __all__ = ["Check", "Report", "Status", "diagnose"]
@@ -203,14 +202,14 @@ def _check_runs(
     )
     with engine.connect() as conn:
         rows = conn.execute(_confine(query, runs_t.c.project_id, project_ids)).all()
-        names = sorted({month_lock(row.slug, row.period) for row in rows})
+        names = sorted({lock_names.billing(row.slug, row.period) for row in rows})
         held = {
             lock.name: lock
             for lock in conn.execute(select(locks_t).where(locks_t.c.name.in_(names))).all()
         }
     facts = []
     for row in rows:
-        name = month_lock(row.slug, row.period)
+        name = lock_names.billing(row.slug, row.period)
         lock = held.get(name)
         facts.append(
             RunFacts(

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, case, func, insert, select, update
 from neruba_cli.db import locks, usage_sql
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Invoice, Meter, Project, RetentionRun, StripeLink
+from neruba_cli.domain import lock_names
 from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.catalog import parse_catalog
 from neruba_cli.domain.retention import (
@@ -262,7 +263,7 @@ def apply(
     the command's clock: the run's start and finish are recorded with it. An `as_of` after
     `now` is refused: it would make months eligible that are not old enough yet."""
     check_as_of(as_of, now)
-    lease = None if dry_run else locks.acquire(engine, lock_name(project))
+    lease = None if dry_run else locks.acquire(engine, lock_names.retention(project.slug))
     try:
         if lease is not None:
             close_abandoned(engine, project)
@@ -307,10 +308,6 @@ def apply(
     finally:
         if lease is not None:
             locks.release(engine, lease)
-
-
-def lock_name(project: Project) -> str:
-    return f"{project.slug}:retention"
 
 
 def close_abandoned(engine: Engine, project: Project) -> int:

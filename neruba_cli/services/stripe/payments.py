@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, func, select
 
 from neruba_cli.db import locks
 from neruba_cli.db.schema import Invoice, Payment, Project, Refund, StripeCursor
+from neruba_cli.domain import lock_names, stripe_keys
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.money import format_minor
 from neruba_cli.domain.stripe_money import stripe_to_iso_minor
@@ -40,15 +41,11 @@ APPLY_WAIT = 60.0
 def _lock(engine: Engine, project: Project) -> locks.Lease:
     return locks.acquire(
         engine,
-        f"{project.slug}:stripe:apply",
+        lock_names.stripe_apply(project.slug),
         ttl=APPLY_TTL,
         wait=APPLY_WAIT,
         poll_interval=0.05,
     )
-
-
-def paid_key_prefix(stripe_invoice: str) -> str:
-    return f"stripe:{stripe_invoice}:paid:"
 
 
 def apply_invoice(
@@ -80,7 +77,7 @@ def apply_invoice(
                     "its payment was not applied",
                     hint="`neruba reconcile stripe` lists it as a currency mismatch",
                 )
-            recorded = _sum(conn, payments_t, project, paid_key_prefix(obj["id"]))
+            recorded = _sum(conn, payments_t, project, stripe_keys.paid_prefix(obj["id"]))
         if paid <= recorded:
             return None
         delta = paid - recorded
@@ -89,7 +86,7 @@ def apply_invoice(
             amount=format_minor(delta, currency),
             reference=str(obj["id"]),
             at=_paid_at(obj, invoice.finalized_at, now),
-            idempotency_key=f"{paid_key_prefix(obj['id'])}{paid}",
+            idempotency_key=stripe_keys.paid_key(obj["id"], paid),
         )
         payment, _created = payments.record(engine, project, request, actor=actor, now=now)
     finally:
@@ -109,7 +106,7 @@ def apply_charge(
     if refunded <= 0:
         return None
     charge = str(obj["id"])
-    prefix = f"stripe:{charge}:refunded:"
+    prefix = stripe_keys.refunded_prefix(charge)
     lease = _lock(engine, project)
     try:
         with engine.connect() as conn:
@@ -124,7 +121,7 @@ def apply_charge(
                 .where(
                     payments_t.c.project_id == project.id,
                     payments_t.c.idempotency_key.startswith(
-                        paid_key_prefix(stripe_invoice), autoescape=True
+                        stripe_keys.paid_prefix(stripe_invoice), autoescape=True
                     ),
                 )
                 .order_by(payments_t.c.received_at.desc(), payments_t.c.id.desc())
@@ -142,7 +139,7 @@ def apply_charge(
                 payment.id,
                 amount=format_minor(part, currency),
                 reason=f"refunded in Stripe ({charge})",
-                idempotency_key=f"{prefix}{refunded}:{payment.id}",
+                idempotency_key=stripe_keys.refunded_key(charge, refunded, payment.id),
                 actor=actor,
                 now=now,
             )

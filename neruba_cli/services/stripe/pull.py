@@ -22,6 +22,7 @@ from neruba_cli.db import locks
 from neruba_cli.db.engine import begin_write
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Project, StripeCursor, StripeObject
+from neruba_cli.domain import lock_names
 from neruba_cli.domain.errors import NerubaError
 from neruba_cli.services.stripe import gateway as stripe_gateway
 from neruba_cli.services.stripe import mirror as stripe_mirror
@@ -63,10 +64,6 @@ class PullReport:
         }
 
 
-def lock_name(project: Project) -> str:
-    return f"{project.slug}:stripe:pull"
-
-
 def pull(
     engine: Engine,
     project: Project,
@@ -82,7 +79,7 @@ def pull(
     refunds in the ledger."""
     client = gateway()
     report = PullReport(since)
-    lease = locks.acquire(engine, lock_name(project))
+    lease = locks.acquire(engine, lock_names.stripe_pull(project.slug))
     try:
         for resource, kind in PULLED:
             _sweep(engine, project, client, resource, kind, since, now, report, progress)

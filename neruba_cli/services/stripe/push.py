@@ -25,7 +25,7 @@ from neruba_cli.db import locks
 from neruba_cli.db.engine import begin_write
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Customer, Invoice, Project, StripeLink
-from neruba_cli.domain import stripe_link
+from neruba_cli.domain import lock_names, stripe_keys, stripe_link
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.money import RoundingMode, format_amount, to_minor_units
 from neruba_cli.domain.stripe_link import PushedInvoice
@@ -92,10 +92,6 @@ class PushReport:
         }
 
 
-def lock_name(project: Project) -> str:
-    return f"{project.slug}:stripe:push"
-
-
 def push(
     engine: Engine,
     project: Project,
@@ -124,7 +120,7 @@ def push(
             report.outcomes = [_plan(conn, project, row, replace) for row in rows]
         return report
     client = gateway()
-    lease = locks.acquire(engine, lock_name(project))
+    lease = locks.acquire(engine, lock_names.stripe_push(project.slug))
     try:
         advance = progress(len(rows)) if progress else (lambda _n: None)
         for done, row in enumerate(rows, start=1):
@@ -425,7 +421,7 @@ class _Pusher:
         if customer.email:
             params["email"] = customer.email
         created = self.gateway.create(
-            "customers", params, key=stripe_link.customer_key(self.project.id, customer.id)
+            "customers", params, key=stripe_keys.customer_key(self.project.id, customer.id)
         )
         with begin_write(self.engine) as conn:
             conn.execute(

@@ -22,6 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import ApiKey, Project
+from neruba_cli.domain import lock_names
 from neruba_cli.domain.errors import NerubaError
 from neruba_cli.domain.keys import SCOPES, hash_secret, parse_secret, same_hash
 from neruba_cli.domain.timestamps import format_ts
@@ -150,10 +151,10 @@ def admit(access: Access, project: Project, *, administers_access: bool = False)
 
 def lock_prefix(access: Access) -> str | None:
     """A project's lock names start with `<slug>:`; a key sees and touches only those."""
-    return None if access.key is None else f"{access.key.project_slug}:"
+    return None if access.key is None else lock_names.project_prefix(access.key.project_slug)
 
 
 def admit_lock(access: Access, name: str) -> None:
-    prefix = lock_prefix(access)
-    if prefix is not None and not name.startswith(prefix):
-        raise AccessDenied(f"lock {name} does not belong to project {prefix[:-1]!r}")
+    key = access.key
+    if key is not None and not lock_names.belongs_to(name, key.project_slug):
+        raise AccessDenied(f"lock {name} does not belong to project {key.project_slug!r}")
