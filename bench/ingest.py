@@ -294,9 +294,8 @@ def create_floor_table(target: Target) -> None:
     from sqlalchemy import Column, Index, MetaData, Table, UniqueConstraint, create_engine
 
     from neruba_cli.db.engine import create_db_engine
-    from neruba_cli.db.schema import Event
+    from neruba_cli.db.tables import events_t
 
-    events = Event.__table__
     columns = [
         Column(
             column.name,
@@ -305,7 +304,7 @@ def create_floor_table(target: Target) -> None:
             autoincrement=column.autoincrement,
             nullable=column.nullable,
         )
-        for column in events.columns
+        for column in events_t.columns
         if column.name == "id" or column.name in FLOOR_COLUMNS
     ]
     table = Table(
@@ -314,7 +313,7 @@ def create_floor_table(target: Target) -> None:
         *columns,
         UniqueConstraint("project_id", "idempotency_key"),
         Index(f"ix_{FLOOR_TABLE}_lookup", "project_id", "customer_id", "meter", "ts"),
-        **events.kwargs,
+        **events_t.kwargs,
     )
     if target.dialect == "sqlite":
         engine = create_engine(target.floor_url)

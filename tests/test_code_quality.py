@@ -58,3 +58,15 @@ def test_no_test_module_imports_another() -> None:
         if _is_test_module(name)
     )
     assert offenders == [], "\n".join(offenders)
+
+
+def test_every_table_has_a_typed_handle() -> None:
+    """db/tables.py holds a `Table` for each table of the schema, named `<table>_t`."""
+    from sqlalchemy import Table
+
+    from neruba_cli.db import tables
+    from neruba_cli.db.schema import Base
+
+    handles = {name: value for name, value in vars(tables).items() if isinstance(value, Table)}
+    assert {f"{table}_t" for table in Base.metadata.tables} == set(handles)
+    assert all(handle.name == name.removesuffix("_t") for name, handle in handles.items())

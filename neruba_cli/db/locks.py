@@ -21,14 +21,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, Engine, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from neruba_cli.db.schema import Lock
+from neruba_cli.db.tables import locks_t
 from neruba_cli.domain.errors import LockHeld, LockLost, NotFound
 from neruba_cli.domain.timestamps import format_ts
 
 DEFAULT_TTL = timedelta(minutes=10)
 Clock = Callable[[], datetime]
-
-_locks = Lock.__table__
 
 
 @dataclass(frozen=True)
@@ -119,18 +117,18 @@ def _try_acquire(
     expires = now + ttl
     with engine.begin() as conn:
         taken = conn.execute(
-            update(_locks)
-            .where(_locks.c.name == name)
-            .where(or_(_locks.c.holder.is_(None), _locks.c.expires_at <= now))
-            .values(holder=holder, token=_locks.c.token + 1, acquired_at=now, expires_at=expires)
+            update(locks_t)
+            .where(locks_t.c.name == name)
+            .where(or_(locks_t.c.holder.is_(None), locks_t.c.expires_at <= now))
+            .values(holder=holder, token=locks_t.c.token + 1, acquired_at=now, expires_at=expires)
         ).rowcount
         if taken == 1:
-            token = conn.execute(select(_locks.c.token).where(_locks.c.name == name)).scalar_one()
+            token = conn.execute(select(locks_t.c.token).where(locks_t.c.name == name)).scalar_one()
             return Lease(name, holder, int(token), now, expires)
     try:
         with engine.begin() as conn:
             conn.execute(
-                insert(_locks).values(
+                insert(locks_t).values(
                     name=name, holder=holder, token=1, acquired_at=now, expires_at=expires
                 )
             )
@@ -153,14 +151,14 @@ def _take_from_dead_holder(
     expires = now + ttl
     with engine.begin() as conn:
         taken = conn.execute(
-            update(_locks)
-            .where(_locks.c.name == name)
-            .where(_locks.c.holder == state.holder, _locks.c.token == state.token)
-            .values(holder=holder, token=_locks.c.token + 1, acquired_at=now, expires_at=expires)
+            update(locks_t)
+            .where(locks_t.c.name == name)
+            .where(locks_t.c.holder == state.holder, locks_t.c.token == state.token)
+            .values(holder=holder, token=locks_t.c.token + 1, acquired_at=now, expires_at=expires)
         ).rowcount
         if taken != 1:
             return None
-        token = conn.execute(select(_locks.c.token).where(_locks.c.name == name)).scalar_one()
+        token = conn.execute(select(locks_t.c.token).where(locks_t.c.name == name)).scalar_one()
     return Lease(name, holder, int(token), now, expires)
 
 
@@ -183,11 +181,11 @@ def renew(
     expires = now + ttl
     with engine.begin() as conn:
         changed = conn.execute(
-            update(_locks)
-            .where(_locks.c.name == lease.name)
-            .where(_locks.c.token == lease.token)
-            .where(_locks.c.holder == lease.holder)
-            .where(_locks.c.expires_at > now)
+            update(locks_t)
+            .where(locks_t.c.name == lease.name)
+            .where(locks_t.c.token == lease.token)
+            .where(locks_t.c.holder == lease.holder)
+            .where(locks_t.c.expires_at > now)
             .values(expires_at=expires)
         ).rowcount
     if changed != 1:
@@ -202,11 +200,11 @@ def fence(conn: Connection, lease: Lease, *, clock: Clock = utcnow) -> None:
     cannot take over between this check and the caller's commit.
     """
     changed = conn.execute(
-        update(_locks)
-        .where(_locks.c.name == lease.name)
-        .where(_locks.c.token == lease.token)
-        .where(_locks.c.expires_at > clock())
-        .values(expires_at=_locks.c.expires_at)
+        update(locks_t)
+        .where(locks_t.c.name == lease.name)
+        .where(locks_t.c.token == lease.token)
+        .where(locks_t.c.expires_at > clock())
+        .values(expires_at=locks_t.c.expires_at)
     ).rowcount
     if changed != 1:
         raise LockLost(
@@ -218,10 +216,10 @@ def release(engine: Engine, lease: Lease) -> bool:
     """Give the lease back; False when it had already expired and been taken over."""
     with engine.begin() as conn:
         changed = conn.execute(
-            update(_locks)
-            .where(_locks.c.name == lease.name)
-            .where(_locks.c.token == lease.token)
-            .where(_locks.c.holder == lease.holder)
+            update(locks_t)
+            .where(locks_t.c.name == lease.name)
+            .where(locks_t.c.token == lease.token)
+            .where(locks_t.c.holder == lease.holder)
             .values(holder=None, acquired_at=None, expires_at=None)
         ).rowcount
     return changed == 1
@@ -241,14 +239,14 @@ def held(engine: Engine, name: str, *, holder: str | None = None) -> Iterator[Le
 def force_release(engine: Engine, name: str) -> LockState:
     """Operator override for a lock whose holder is gone; returns what was released."""
     with engine.begin() as conn:
-        row = conn.execute(select(_locks).where(_locks.c.name == name)).first()
+        row = conn.execute(select(locks_t).where(locks_t.c.name == name)).first()
         if row is None or row.holder is None:
             raise NotFound(f"lock {name} is not held", hint="`neruba locks list` shows held locks")
         changed = conn.execute(
-            update(_locks)
-            .where(_locks.c.name == name)
-            .where(_locks.c.token == row.token)
-            .where(_locks.c.holder == row.holder)
+            update(locks_t)
+            .where(locks_t.c.name == name)
+            .where(locks_t.c.token == row.token)
+            .where(locks_t.c.holder == row.holder)
             .values(holder=None, acquired_at=None, expires_at=None)
         ).rowcount
     if changed != 1:
@@ -258,14 +256,14 @@ def force_release(engine: Engine, name: str) -> LockState:
 
 def get(engine: Engine, name: str) -> LockState | None:
     with engine.connect() as conn:
-        row = conn.execute(select(_locks).where(_locks.c.name == name)).first()
+        row = conn.execute(select(locks_t).where(locks_t.c.name == name)).first()
     return None if row is None else _state(row)
 
 
 def list_held(engine: Engine, *, prefix: str | None = None) -> list[LockState]:
-    query = select(_locks).where(_locks.c.holder.is_not(None)).order_by(_locks.c.name)
+    query = select(locks_t).where(locks_t.c.holder.is_not(None)).order_by(locks_t.c.name)
     if prefix is not None:
-        query = query.where(_locks.c.name.startswith(prefix, autoescape=True))
+        query = query.where(locks_t.c.name.startswith(prefix, autoescape=True))
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     return [_state(row) for row in rows]

@@ -63,7 +63,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import Numeric, TypeDecorator
 
-from neruba_cli.db.schema import Event
+from neruba_cli.db.tables import events_t
 from neruba_cli.db.types import UTCDateTime
 from neruba_cli.domain.aggregation import (
     MeterSpec,
@@ -72,8 +72,6 @@ from neruba_cli.domain.aggregation import (
     units_text,
 )
 from neruba_cli.domain.money import canonical
-
-events = Event.__table__
 
 # The numeric-string rule of the domain (NUMERIC_STRING), anchored at both ends. `\z`, not
 # `$`: MariaDB's PCRE lets `$` match before a final newline.
@@ -160,41 +158,41 @@ class _Dialect:
 
 class _SQLite(_Dialect):
     def quantity(self) -> ColumnElement[Any]:
-        return func.neruba_decimal(events.c.quantity)
+        return func.neruba_decimal(events_t.c.quantity)
 
     def quantity_key(self) -> ColumnElement[Any]:
-        return func.neruba_decimal(events.c.quantity)
+        return func.neruba_decimal(events_t.c.quantity)
 
     def property_number(self, name: str) -> ColumnElement[Any]:
         # JSON integers that fit 64 bits are exact in SQLite: their text is already canonical.
         # Strings only need the numeric-string check; the rest (JSON decimals, which SQLite
         # would read as floats, and integers past 64 bits) is parsed exactly in Python.
         path = literal(f"$.{name}", String)
-        extracted = func.json_extract(events.c.properties, path)
+        extracted = func.json_extract(events_t.c.properties, path)
         return case(
-            (func.json_type(events.c.properties, path).is_(None), literal(None, String)),
+            (func.json_type(events_t.c.properties, path).is_(None), literal(None, String)),
             (
                 and_(
-                    func.json_type(events.c.properties, path) == "integer",
+                    func.json_type(events_t.c.properties, path) == "integer",
                     func.typeof(extracted) == "integer",
                 ),
                 cast(extracted, Text),
             ),
             (
-                func.json_type(events.c.properties, path) == "text",
+                func.json_type(events_t.c.properties, path) == "text",
                 func.neruba_numeric_text(extracted),
             ),
-            else_=func.neruba_json_number(events.c.properties, literal(name, String)),
+            else_=func.neruba_json_number(events_t.c.properties, literal(name, String)),
         )
 
     def property_key(self, name: str) -> ColumnElement[Any]:
-        return func.neruba_json_key(events.c.properties, literal(name, String))
+        return func.neruba_json_key(events_t.c.properties, literal(name, String))
 
     def property_equals(self, name: str, value: str) -> ColumnElement[bool]:
         path = literal(f"$.{name}", String)
         return and_(
-            func.json_type(events.c.properties, path) == "text",
-            func.json_extract(events.c.properties, path) == literal(value, String),
+            func.json_type(events_t.c.properties, path) == "text",
+            func.json_extract(events_t.c.properties, path) == literal(value, String),
         )
 
     def sum(self, value: ColumnElement[Any]) -> Any:
@@ -225,7 +223,7 @@ class _MariaDB(_Dialect):
     NUMBER_TYPES = ("INTEGER", "DOUBLE", "DECIMAL", "UNSIGNED INTEGER")
 
     def _extract(self, name: str) -> ColumnElement[Any]:
-        return func.JSON_EXTRACT(events.c.properties, literal(f"$.{name}", String))
+        return func.JSON_EXTRACT(events_t.c.properties, literal(f"$.{name}", String))
 
     def _text(self, name: str) -> ColumnElement[Any]:
         return func.JSON_UNQUOTE(self._extract(name))
@@ -235,7 +233,7 @@ class _MariaDB(_Dialect):
         return func.REGEXP_REPLACE(cast(number, mysql.CHAR()), literal(r"\.?0+$"), literal(""))
 
     def quantity(self) -> ColumnElement[Any]:
-        return cast(events.c.quantity, self.DECIMAL)
+        return cast(events_t.c.quantity, self.DECIMAL)
 
     def quantity_key(self) -> ColumnElement[Any]:
         return self._canonical_text(self.quantity())
@@ -298,7 +296,7 @@ class _PostgreSQL(_Dialect):
         return key.collate("C")  # the database's default collation may be a locale's
 
     def _props(self) -> ColumnElement[Any]:
-        return cast(events.c.properties, JSONB)
+        return cast(events_t.c.properties, JSONB)
 
     def _json(self, name: str) -> ColumnElement[Any]:
         return self._props().op("->")(literal(name, Text))
@@ -313,7 +311,7 @@ class _PostgreSQL(_Dialect):
         return func.round(cast(self._text(name), Numeric()), 12)
 
     def quantity(self) -> ColumnElement[Any]:
-        return type_coerce(events.c.quantity, Numeric())
+        return type_coerce(events_t.c.quantity, Numeric())
 
     def quantity_key(self) -> ColumnElement[Any]:
         return cast(func.trim_scale(self.quantity()), Text)
@@ -384,13 +382,13 @@ class _Usage:
         self.customer_ids = None if customer_ids is None else list(customer_ids)
         self.openings = dict(openings or {})
         self.conditions: list[ColumnElement[bool]] = [
-            events.c.project_id == project_id,
-            events.c.meter == meter.code,
-            events.c.ts >= start,
-            events.c.ts < end,
+            events_t.c.project_id == project_id,
+            events_t.c.meter == meter.code,
+            events_t.c.ts >= start,
+            events_t.c.ts < end,
         ]
         if self.customer_ids is not None:
-            self.conditions.append(events.c.customer_id.in_(self.customer_ids))
+            self.conditions.append(events_t.c.customer_id.in_(self.customer_ids))
         self.conditions += [sql.property_equals(name, value) for name, value in meter.filters]
 
     def value(self) -> ColumnElement[Any]:
@@ -405,9 +403,9 @@ class _Usage:
     def valued(self) -> Any:
         """The matching events that have a field value: (customer_id, ts, seq, v)."""
         rows = select(
-            events.c.customer_id,
-            events.c.ts,
-            self.sql.in_key_order(events.c.idempotency_key).label("seq"),
+            events_t.c.customer_id,
+            events_t.c.ts,
+            self.sql.in_key_order(events_t.c.idempotency_key).label("seq"),
             self.value().label("v"),
         ).where(*self.conditions)
         every = rows.subquery("matching")
@@ -441,36 +439,36 @@ def _result(customer_id: ColumnElement[Any], value: Any) -> list[ColumnElement[A
 
 def _count(usage: _Usage) -> Select[Any]:
     return (
-        select(*_result(events.c.customer_id, func.count()))
+        select(*_result(events_t.c.customer_id, func.count()))
         .where(*usage.conditions)
-        .group_by(events.c.customer_id)
+        .group_by(events_t.c.customer_id)
     )
 
 
 def _sum(usage: _Usage) -> Select[Any]:
     total = func.coalesce(usage.sql.sum(usage.value()), usage.sql.zero())
     return (
-        select(*_result(events.c.customer_id, total))
+        select(*_result(events_t.c.customer_id, total))
         .where(*usage.conditions)
-        .group_by(events.c.customer_id)
+        .group_by(events_t.c.customer_id)
     )
 
 
 def _max(usage: _Usage) -> Select[Any]:
     largest = func.coalesce(usage.sql.max(usage.value()), usage.sql.zero())
     return (
-        select(*_result(events.c.customer_id, largest))
+        select(*_result(events_t.c.customer_id, largest))
         .where(*usage.conditions)
-        .group_by(events.c.customer_id)
+        .group_by(events_t.c.customer_id)
     )
 
 
 def _unique_count(usage: _Usage) -> Select[Any]:
     distinct = func.count(usage.sql.distinct(usage.key()).distinct())
     return (
-        select(*_result(events.c.customer_id, distinct))
+        select(*_result(events_t.c.customer_id, distinct))
         .where(*usage.conditions)
-        .group_by(events.c.customer_id)
+        .group_by(events_t.c.customer_id)
     )
 
 
@@ -644,7 +642,7 @@ def transaction_values(
     query = (
         select(type_coerce(value, UsageValue()).label("value"))
         .where(*usage.conditions, value.is_not(None))
-        .order_by(events.c.ts, usage.sql.in_key_order(events.c.idempotency_key))
+        .order_by(events_t.c.ts, usage.sql.in_key_order(events_t.c.idempotency_key))
     )
     return _stream(conn, query)
 
@@ -669,13 +667,13 @@ def event_stats(
     usage = _Usage(meter, _dialect(conn.dialect.name), project_id, start, end, customer_ids, None)
     query = (
         select(
-            events.c.customer_id,
+            events_t.c.customer_id,
             func.count().label("n"),
-            func.min(events.c.ts).label("first"),
-            func.max(events.c.ts).label("last"),
+            func.min(events_t.c.ts).label("first"),
+            func.max(events_t.c.ts).label("last"),
         )
         .where(*usage.conditions, usage.value().is_not(None))
-        .group_by(events.c.customer_id)
+        .group_by(events_t.c.customer_id)
     )
     return {row.customer_id: (int(row.n), row.first, row.last) for row in conn.execute(query)}
 
@@ -693,19 +691,19 @@ def meter_stats(
     every meter that reads `quantity` without filters."""
     query = (
         select(
-            events.c.customer_id,
-            events.c.meter,
+            events_t.c.customer_id,
+            events_t.c.meter,
             func.count().label("n"),
-            func.min(events.c.ts).label("first"),
-            func.max(events.c.ts).label("last"),
+            func.min(events_t.c.ts).label("first"),
+            func.max(events_t.c.ts).label("last"),
         )
         .where(
-            events.c.project_id == project_id,
-            events.c.customer_id.in_(list(customer_ids)),
-            events.c.ts >= start,
-            events.c.ts < end,
+            events_t.c.project_id == project_id,
+            events_t.c.customer_id.in_(list(customer_ids)),
+            events_t.c.ts >= start,
+            events_t.c.ts < end,
         )
-        .group_by(events.c.customer_id, events.c.meter)
+        .group_by(events_t.c.customer_id, events_t.c.meter)
     )
     return {
         (row.customer_id, row.meter): (int(row.n), row.first, row.last)
@@ -724,13 +722,13 @@ def event_counts(
     """customer_id → how many events (of any meter) it has in [start, end): a cheap way to see
     whether anything arrived since an invoice was computed, events being append-only."""
     query = (
-        select(events.c.customer_id, func.count().label("n"))
+        select(events_t.c.customer_id, func.count().label("n"))
         .where(
-            events.c.project_id == project_id,
-            events.c.customer_id.in_(list(customer_ids)),
-            events.c.ts >= start,
-            events.c.ts < end,
+            events_t.c.project_id == project_id,
+            events_t.c.customer_id.in_(list(customer_ids)),
+            events_t.c.ts >= start,
+            events_t.c.ts < end,
         )
-        .group_by(events.c.customer_id)
+        .group_by(events_t.c.customer_id)
     )
     return {row.customer_id: int(row.n) for row in conn.execute(query)}

@@ -53,6 +53,14 @@ def project_prefix(slug: str) -> str:
     return f"{slug}{SEPARATOR}"
 
 
+def parse_prefix(prefix: str) -> str:
+    """The slug of a `project_prefix`."""
+    slug, separator, rest = prefix.partition(SEPARATOR)
+    if not slug or not separator or rest:
+        raise ValueError(f"{prefix!r} is not the lock prefix of a project")
+    return slug
+
+
 def billing(slug: str, label: str) -> str:
     """The lease a billing run of one period holds (and finalize and void, which must not
     run beside it); doctor finds a run's lease by it."""

@@ -24,7 +24,8 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from neruba_cli.db.engine import create_db_engine
-from neruba_cli.db.schema import Customer, Event, Invoice
+from neruba_cli.db.schema import Customer, Invoice
+from neruba_cli.db.tables import events_t
 from tests.fakes.stripe import FakeStripe
 from tests.support.cli import Cli, expect, ok
 from tests.support.shops import (
@@ -229,13 +230,13 @@ def test_late_events_and_rounding_are_told_apart(cli: Cli, engine: Engine, tmp_p
     late_keys = [f"c001-{n}" for n in range(10, 14)]
     with engine.begin() as conn:  # the legacy system closed October with all but 4 events
         conn.execute(
-            update(Event.__table__)
-            .where(Event.__table__.c.idempotency_key.not_in(late_keys))
+            update(events_t)
+            .where(events_t.c.idempotency_key.not_in(late_keys))
             .values(received_at=datetime(2026, 10, 31, 12, tzinfo=UTC))
         )
         conn.execute(
-            update(Event.__table__)
-            .where(Event.__table__.c.idempotency_key.in_(late_keys))
+            update(events_t)
+            .where(events_t.c.idempotency_key.in_(late_keys))
             .values(received_at=datetime(2026, 11, 3, 9, tzinfo=UTC))
         )
     finalize_month(cli)

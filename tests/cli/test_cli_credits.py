@@ -16,7 +16,12 @@ import pytest
 from sqlalchemy import Engine, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from neruba_cli.db.schema import CreditGrant, LedgerAccount, LedgerEntry, LedgerTransaction
+from neruba_cli.db.tables import (
+    credit_grants_t,
+    ledger_accounts_t,
+    ledger_entries_t,
+    ledger_transactions_t,
+)
 from neruba_cli.services.invoices import finalize as invoices_finalize
 from neruba_cli.services.ledger import credits
 from neruba_cli.services.tenancy.projects import get_project
@@ -380,7 +385,7 @@ def test_expired_grants_are_never_spent_and_expire_posts_what_is_left(
 
 def test_the_ledger_refuses_update_and_delete(shop: Cli, engine: Engine) -> None:
     grant(shop, "c1", "5.00")
-    entries, transactions = LedgerEntry.__table__, LedgerTransaction.__table__
+    entries, transactions = ledger_entries_t, ledger_transactions_t
     for statement in (
         update(entries).values(amount=1),
         entries.delete(),
@@ -399,10 +404,10 @@ def test_check_finds_tampering_and_exits_4(shop: Cli, engine: Engine) -> None:
     ok(shop, "run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--finalize")
     checked(shop)
     with engine.begin() as conn:
-        conn.execute(update(CreditGrant.__table__).values(remaining_minor=2500))
+        conn.execute(update(credit_grants_t).values(remaining_minor=2500))
         conn.execute(
-            update(LedgerAccount.__table__)
-            .where(LedgerAccount.__table__.c.code == "revenue:base_fee")
+            update(ledger_accounts_t)
+            .where(ledger_accounts_t.c.code == "revenue:base_fee")
             .values(balance=-1)
         )
         conn.execute(text("UPDATE invoices SET amount_due_minor = 7 WHERE number = 'ACME-000002'"))

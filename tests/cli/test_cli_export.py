@@ -37,7 +37,8 @@ from sqlalchemy import Engine, insert, select
 
 from neruba_cli.db import locks, migrate
 from neruba_cli.db.engine import create_db_engine
-from neruba_cli.db.schema import Customer, Event, ExportWatermark, Project, Refund
+from neruba_cli.db.schema import Customer, ExportWatermark, Project, Refund
+from neruba_cli.db.tables import customers_t, events_t, projects_t
 from neruba_cli.services.export.kinds import COLUMNS
 from tests.support.cli import Cli, Outcome, fails, ok
 from tests.support.shops import INVOICE_CATALOG
@@ -539,7 +540,7 @@ def test_rows_committed_during_an_export_are_not_skipped(
     writer.begin()
     now = datetime.now(UTC)
     writer.execute(
-        insert(Event.__table__).values(
+        insert(events_t).values(
             project_id=project_id, idempotency_key="in-flight", customer_id=customer_id,
             meter="api_calls", ts=datetime(2026, 10, 30, tzinfo=UTC), quantity=Decimal(1),
             properties="{}", payload_hash="0" * 64, received_at=now,
@@ -717,11 +718,11 @@ def million(tmp_path_factory: pytest.TempPathFactory) -> str:
     migrate.upgrade(engine)
     now = datetime.now(UTC)
     with engine.begin() as conn:
-        conn.execute(insert(Project.__table__).values(
+        conn.execute(insert(projects_t).values(
             id="proj_big", slug="big", name="big", currency="USD", timezone="UTC",
             rounding="half_even", created_at=now,
         ))  # fmt: skip
-        conn.execute(insert(Customer.__table__), [
+        conn.execute(insert(customers_t), [
             {"id": f"cus_{n}", "project_id": "proj_big", "external_id": f"c{n}",
              "currency": "USD", "timezone": "UTC", "created_at": now, "updated_at": now}
             for n in range(10)

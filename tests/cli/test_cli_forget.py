@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from neruba_cli.db.schema import AuditRecord, Customer, Event, Invoice, InvoiceRevision
+from neruba_cli.db.tables import stripe_objects_t, stripe_webhook_events_t
 from tests.support.cli import Cli, ok
 from tests.support.events import Ev, ingest, write_jsonl
 from tests.support.shops import PERSONAL, retention_shop
@@ -200,7 +201,7 @@ def test_forget_scrubs_the_create_audit_and_stripe_mirror(named: Cli, engine: En
             "customer_name": "Ann Example",
         }
         conn.execute(
-            StripeObject.__table__.insert().values(
+            stripe_objects_t.insert().values(
                 id=new_id("sob"),
                 project_id=project_id,
                 stripe_id="in_1",
@@ -220,7 +221,7 @@ def test_forget_scrubs_the_create_audit_and_stripe_mirror(named: Cli, engine: En
     # A later `stripe pull` refreshes the mirror with the details Stripe still holds: a
     # second forget scrubs them again.
     with engine.begin() as conn:
-        conn.execute(StripeObject.__table__.update().values(data=orjson.dumps(data).decode()))
+        conn.execute(stripe_objects_t.update().values(data=orjson.dumps(data).decode()))
     again = ok(named, "customer", "forget", "c1", "--yes")
     assert (again["already_forgotten"], again["stripe_objects"], again["events"]) == (True, 1, 0)
     assert again["forgotten_at"] == done["forgotten_at"]
@@ -303,7 +304,7 @@ def test_forget_scrubs_stored_stripe_webhook_bodies(named: Cli, engine: Engine) 
             project_id = conn.execute(select(Project.id)).scalar_one()
             for event in events:
                 conn.execute(
-                    StripeWebhookEvent.__table__.insert().values(
+                    stripe_webhook_events_t.insert().values(
                         id=new_id("swh"),
                         project_id=project_id,
                         event_id=event["id"],

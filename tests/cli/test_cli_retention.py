@@ -26,6 +26,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import Customer, Event, Project, RetentionRun
+from neruba_cli.db.tables import events_t, retention_runs_t, stripe_links_t
 from neruba_cli.domain.errors import UsageError
 from neruba_cli.domain.retention import keep_only, parse_age
 from neruba_cli.domain.timestamps import format_ts
@@ -194,7 +195,7 @@ def test_young_months_and_bad_ages_are_refused(shop: Cli) -> None:
 def test_a_month_not_pushed_to_stripe_is_not_touched(shop: Cli, engine: Engine) -> None:
     """Once the project pushes to Stripe, an unpushed final invoice keeps its month open."""
     from neruba_cli.db.ids import new_id
-    from neruba_cli.db.schema import Invoice, StripeLink
+    from neruba_cli.db.schema import Invoice
 
     with engine.begin() as conn:
         invoice = conn.execute(
@@ -202,7 +203,7 @@ def test_a_month_not_pushed_to_stripe_is_not_touched(shop: Cli, engine: Engine) 
         ).one()
         now = datetime.now(UTC)
         conn.execute(
-            StripeLink.__table__.insert().values(
+            stripe_links_t.insert().values(
                 id=new_id("slk"),
                 project_id=invoice.project_id,
                 invoice_id=invoice.id,
@@ -228,7 +229,7 @@ def test_the_run_is_recorded_and_audited(shop: Cli, engine: Engine) -> None:
     assert audit[-1]["arguments"] == {"older_than": OLDER, "as_of": AS_OF, "yes": True}
     assert audit[-1]["outcome"] == "ok"
     with engine.connect() as conn:
-        run = conn.execute(select(RetentionRun.__table__)).one()
+        run = conn.execute(select(retention_runs_t)).one()
     assert (run.status, run.events_touched, run.properties_dropped) == ("completed", 48, 168)
     assert orjson.loads(run.periods) == ["2025-10"] and run.finished_at is not None
     assert orjson.loads(run.kept_properties) == ["region", "tokens"]
@@ -264,7 +265,7 @@ def test_a_killed_run_is_marked_failed_by_the_next(shop: Cli, engine: Engine) ->
     with engine.begin() as conn:
         project_id = conn.execute(select(Project.id)).scalar_one()
         conn.execute(
-            RetentionRun.__table__.insert().values(
+            retention_runs_t.insert().values(
                 id="ret_killed",
                 project_id=project_id,
                 older_than=OLDER,
@@ -312,7 +313,7 @@ def test_the_run_is_recorded_with_the_clock_it_was_given(shop: Cli, engine: Engi
     )
     assert report.events == 48
     with engine.connect() as conn:
-        run = conn.execute(select(RetentionRun.__table__)).one()
+        run = conn.execute(select(retention_runs_t)).one()
     assert (run.started_at, run.finished_at, run.status) == (now, now, "completed")
     with pytest.raises(UsageError, match="in the future"):
         retention.apply(
@@ -355,7 +356,7 @@ def test_the_shared_rewrite_reads_every_event_once_in_small_batches(
             for meter in ("eu_calls", "zz_other")
             for i in range(7)
         ]
-        conn.execute(Event.__table__.insert(), rows)
+        conn.execute(events_t.insert(), rows)
         in_window = conn.execute(
             select(func.count())
             .select_from(Event)

@@ -21,7 +21,8 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 
 from neruba_cli.db import locks
-from neruba_cli.db.schema import BillingRun, Invoice, InvoiceLine, InvoiceRevision
+from neruba_cli.db.schema import BillingRun, InvoiceLine, InvoiceRevision
+from neruba_cli.db.tables import invoices_t
 from neruba_cli.services.billing.run import ABANDONED, lock_name
 from tests.support.cli import Cli
 from tests.support.events import Ev, ingest, write_jsonl
@@ -141,7 +142,7 @@ def unlinked(engine: Engine) -> Iterator[Engine]:
     conftest's `DELETE FROM invoices` between tests would fail: unlink them afterwards."""
     yield engine
     with engine.begin() as conn:
-        conn.execute(update(Invoice.__table__).values(corrects_id=None))
+        conn.execute(update(invoices_t).values(corrects_id=None))
 
 
 def test_late_events_after_finalization_make_exactly_the_corrections_needed(

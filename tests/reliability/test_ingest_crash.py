@@ -28,6 +28,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from neruba_cli.db.schema import Customer, Event, ImportBatch
+from neruba_cli.db.tables import import_batches_t
 from neruba_cli.services.ingest.pipeline import BATCH
 from tests.support.catalogs import EXAMPLE
 from tests.support.cli import Cli
@@ -177,7 +178,7 @@ def assert_prefix_stored(engine: Engine, keys: list[str], context: str) -> None:
 
 def assert_receipt_of_killed_run(engine: Engine, batch: str, context: str) -> None:
     with engine.connect() as conn:
-        receipt = conn.execute(select(ImportBatch.__table__).where(ImportBatch.id == batch)).one()
+        receipt = conn.execute(select(import_batches_t).where(ImportBatch.id == batch)).one()
         written = conn.execute(
             select(func.count(), func.max(Event.line)).where(Event.batch_id == batch)
         ).one()
@@ -278,7 +279,7 @@ def test_sigkilled_imports_then_a_rerun_store_exactly_the_distinct_events(
     assert_events_match_file(engine, first)
 
     with engine.connect() as conn:
-        receipts = {row.id: row for row in conn.execute(select(ImportBatch.__table__))}
+        receipts = {row.id: row for row in conn.execute(select(import_batches_t))}
     killed = {batch for _, batch, _ in outcomes if batch is not None}
     assert set(receipts) == killed | {final["batch"], again["batch"]}
     for batch in (final["batch"], again["batch"]):

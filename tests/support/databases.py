@@ -23,7 +23,8 @@ from sqlalchemy.engine import make_url
 
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine, parse_database_url
-from neruba_cli.db.schema import Base, Invoice
+from neruba_cli.db.schema import Base
+from neruba_cli.db.tables import invoices_t
 
 DIALECTS = ("sqlite", "mariadb", "postgresql")
 SERVER_DEFAULTS = {
@@ -109,7 +110,7 @@ def empty_tables(url: str, dialect: str) -> None:
     with engine.begin() as conn:
         # Corrections point at the invoice they correct: unlink them first (MariaDB checks a
         # self-referencing key row by row while it deletes).
-        conn.execute(update(Invoice.__table__).values(corrects_id=None))
+        conn.execute(update(invoices_t).values(corrects_id=None))
         # The ledger refuses DELETE (its triggers); TRUNCATE fires no row triggers.
         if dialect == "postgresql":
             conn.execute(text(f"TRUNCATE {', '.join(APPEND_ONLY)}"))

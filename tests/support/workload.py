@@ -31,15 +31,22 @@ from sqlalchemy.orm import Session
 from neruba_cli.db.schema import (
     BillingRun,
     Customer,
-    Event,
-    ImportBatch,
     Invoice,
     InvoiceLine,
     InvoiceRevision,
-    InvoiceSequence,
-    Lock,
     Project,
 )
+from neruba_cli.db.tables import (
+    billing_runs_t,
+    events_t,
+    import_batches_t,
+    invoice_lines_t,
+    invoice_revisions_t,
+    invoice_sequences_t,
+    invoices_t,
+    locks_t,
+)
+from neruba_cli.domain.invoice_numbers import parse_number
 from neruba_cli.services.billing.run import RunOptions, RunReport, run_bill
 from tests.support import catalogs
 from tests.support.cli import Cli
@@ -204,19 +211,26 @@ def counts(engine: Engine) -> dict[str, int]:
 def reset_billing(engine: Engine) -> None:
     """Forget every run and invoice (keeping the set-up and the events)."""
     with engine.begin() as conn:
-        conn.execute(update(Invoice.__table__).values(corrects_id=None))
-        for model in (InvoiceRevision, InvoiceLine, Invoice, BillingRun, InvoiceSequence, Lock):
-            conn.execute(model.__table__.delete())
+        conn.execute(update(invoices_t).values(corrects_id=None))
+        for table in (
+            invoice_revisions_t,
+            invoice_lines_t,
+            invoices_t,
+            billing_runs_t,
+            invoice_sequences_t,
+            locks_t,
+        ):
+            conn.execute(table.delete())
 
 
 def reset_events(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(Event.__table__.delete())
-        conn.execute(ImportBatch.__table__.delete())
+        conn.execute(events_t.delete())
+        conn.execute(import_batches_t.delete())
 
 
 def number_value(number: str) -> int:
-    return int(number.rsplit("-", 1)[1])
+    return parse_number(number).sequence
 
 
 def assert_gapless(engine: Engine, slug: str = "acme") -> None:

@@ -40,8 +40,8 @@ import orjson
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from neruba_cli.db import usage_sql
-from neruba_cli.db.schema import Customer, Project, StripeObject
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import customers_t, events_t, stripe_objects_t
 from neruba_cli.domain import aggregation
 from neruba_cli.domain import compare as domain
 from neruba_cli.domain.billing_periods import month_label
@@ -53,10 +53,6 @@ from neruba_cli.domain.stripe_money import from_stripe
 from neruba_cli.services.billing.plan import FINAL
 from neruba_cli.services.catalog import store as catalog_store
 from neruba_cli.services.invoices import read as invoices_read
-
-customers_t = Customer.__table__
-objects_t = StripeObject.__table__
-events_t = usage_sql.events
 
 STRIPE = "stripe"
 UNITEMIZED = "(not itemized in the Stripe mirror)"
@@ -229,14 +225,19 @@ def stripe_sides(
     conn: Connection, project: Project, label: str, directory: Directory
 ) -> tuple[list[domain.CustomerSide], list[str]]:
     rows = conn.execute(
-        select(objects_t.c.stripe_id, objects_t.c.object, objects_t.c.data, objects_t.c.deleted)
-        .where(
-            objects_t.c.project_id == project.id,
-            objects_t.c.object.in_(("invoice", "credit_note")),
-            objects_t.c.neruba_project == project.slug,
-            objects_t.c.neruba_period == label,
+        select(
+            stripe_objects_t.c.stripe_id,
+            stripe_objects_t.c.object,
+            stripe_objects_t.c.data,
+            stripe_objects_t.c.deleted,
         )
-        .order_by(objects_t.c.stripe_id)
+        .where(
+            stripe_objects_t.c.project_id == project.id,
+            stripe_objects_t.c.object.in_(("invoice", "credit_note")),
+            stripe_objects_t.c.neruba_project == project.slug,
+            stripe_objects_t.c.neruba_period == label,
+        )
+        .order_by(stripe_objects_t.c.stripe_id)
     ).all()
     lines: dict[str, list[domain.SourceLine]] = defaultdict(list)
     documents: dict[str, list[str]] = defaultdict(list)

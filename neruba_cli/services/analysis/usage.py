@@ -54,7 +54,8 @@ from sqlalchemy import union_all as sql_union_all
 from sqlalchemy.orm import Session
 
 from neruba_cli.db import usage_sql
-from neruba_cli.db.schema import Customer, Event, Project
+from neruba_cli.db.schema import Customer, Project
+from neruba_cli.db.tables import events_t
 from neruba_cli.domain.aggregation import MeterSpec, rounded_units, units_text
 from neruba_cli.domain.catalog import MeterDef
 from neruba_cli.domain.errors import NotFound
@@ -68,7 +69,6 @@ from neruba_cli.services.invoices import preview as invoices_preview
 from neruba_cli.services.invoices import read as invoices_read
 from neruba_cli.services.tenancy import customers
 
-events_t = Event.__table__
 ZERO = Decimal(0)
 GROUPABLE = ("count", "sum", "max", "unique_count")  # per bucket with one GROUP BY
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # where recurring gauges start, as in billing

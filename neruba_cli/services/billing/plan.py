@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Row, select
 from sqlalchemy.orm import Session, defer
 
 from neruba_cli.db import usage_sql
@@ -38,6 +38,13 @@ from neruba_cli.db.schema import (
     Project,
     Subscription,
     SubscriptionPhase,
+)
+from neruba_cli.db.tables import (
+    charges_t,
+    invoices_t,
+    plan_versions_t,
+    subscription_phases_t,
+    subscriptions_t,
 )
 from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.billing_periods import Schedule, billed_periods, is_first_period, next_period
@@ -63,8 +70,6 @@ from neruba_cli.domain.periods import Period, Phase, month_period, split_period
 CUSTOMER_BATCH = 500  # customers per aggregation query
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # where recurring gauges start from zero
 FINAL = ("finalized", "paid")
-
-invoices_t = Invoice.__table__
 
 
 # --------------------------------------------------------------------------- values
@@ -154,7 +159,7 @@ def plan_versions(conn: Connection, project: Project) -> dict[str, StoredPlanVer
     from neruba_cli.db.schema import Plan
 
     rows = conn.execute(
-        select(PlanVersion.__table__, Plan.code)
+        select(plan_versions_t, Plan.code)
         .join(Plan, Plan.id == PlanVersion.plan_id)
         .where(Plan.project_id == project.id)
     ).all()
@@ -173,12 +178,10 @@ def load_subscriptions(
     project: Project,
     customers: dict[str, Customer],
     versions: dict[str, StoredPlanVersion],
-) -> dict[str, list[tuple[Subscription, list[PhasePlan]]]]:
-    subs = conn.execute(
-        select(Subscription.__table__).where(Subscription.project_id == project.id)
-    ).all()
+) -> dict[str, list[tuple[Row[Any], list[PhasePlan]]]]:
+    subs = conn.execute(select(subscriptions_t).where(Subscription.project_id == project.id)).all()
     phases = conn.execute(
-        select(SubscriptionPhase.__table__)
+        select(subscription_phases_t)
         .join(Subscription, Subscription.id == SubscriptionPhase.subscription_id)
         .where(Subscription.project_id == project.id)
         .order_by(SubscriptionPhase.start_at)
@@ -194,7 +197,7 @@ def load_subscriptions(
                 meters={code: m.spec for code, m in stored.meters.items()},
             )
         )
-    result: dict[str, list[tuple[Subscription, list[PhasePlan]]]] = defaultdict(list)
+    result: dict[str, list[tuple[Row[Any], list[PhasePlan]]]] = defaultdict(list)
     for row in sorted(subs, key=lambda r: (r.start_at, r.id)):
         if row.customer_id in customers and by_sub.get(row.id):
             result[row.customer_id].append((row, _unique_keys(by_sub[row.id])))
@@ -217,7 +220,7 @@ def _unique_keys(phases: list[PhasePlan]) -> list[PhasePlan]:
     return unique
 
 
-def subscription_schedule(sub: Any, phases: list[PhasePlan], customer: Customer) -> Schedule:
+def subscription_schedule(sub: Row[Any], phases: list[PhasePlan], customer: Customer) -> Schedule:
     return Schedule(
         interval=phases[0].plan.interval,
         anchor=sub.anchor,
@@ -292,7 +295,8 @@ def _place_charges(
     for item in items.values():
         by_customer[item.customer.id].append(item)
     months: dict[str, Period] = {}
-    widest_start = widest_end = None
+    widest_start: datetime | None = None
+    widest_end: datetime | None = None
     for customer in customers.values():
         month = months.setdefault(customer.timezone, month_period(label, customer.timezone))
         widest_start = month.start if widest_start is None else min(widest_start, month.start)
@@ -300,15 +304,15 @@ def _place_charges(
     if widest_start is None or widest_end is None:
         return
     rows = conn.execute(
-        select(Charge.__table__)
+        select(charges_t)
         .where(Charge.project_id == project.id)
         .where(Charge.at >= widest_start, Charge.at < widest_end)
         .order_by(Charge.at, Charge.idempotency_key)
     ).all()
     for row in rows:
-        customer = customers.get(row.customer_id)
-        if customer is None:
+        if row.customer_id not in customers:
             continue
+        customer = customers[row.customer_id]
         month = months[customer.timezone]
         if not month.start <= row.at < month.end:
             continue
@@ -404,7 +408,10 @@ def orphaned_items(
         .where(Invoice.status != "void")
         .distinct()
     ).all()
-    unclaimed = [tuple(row) for row in rows if tuple(row) not in claimed]
+    windows: list[tuple[str, datetime, datetime]] = [
+        (row.customer_id, row.period_start, row.period_end) for row in rows
+    ]
+    unclaimed = [window for window in windows if window not in claimed]
     if not unclaimed:
         return []
     wanted = sorted({customer_id for customer_id, _, _ in unclaimed})

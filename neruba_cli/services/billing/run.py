@@ -24,8 +24,9 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, select, update
 
-from neruba_cli.db import locks, usage_sql
-from neruba_cli.db.schema import BillingRun, Invoice, Project
+from neruba_cli.db import locks
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import billing_runs_t, events_t, invoices_t
 from neruba_cli.domain import lock_names
 from neruba_cli.domain.billing_periods import resolve_label
 from neruba_cli.domain.invoice import BuiltInvoice, CarriedUsage, correction_lines, run_fingerprint
@@ -50,13 +51,12 @@ from neruba_cli.services.billing.plan import (
     restore_carried,
     subscription_schedule,
 )
-from neruba_cli.services.billing.writer import InvoiceWriter, Outcome, RunOptions, RunReport
-from neruba_cli.services.billing.writer import run_summary as run_summary  # re-exported
+from neruba_cli.services.billing.writer import InvoiceWriter, Outcome
 
-invoices_t = Invoice.__table__
-runs_t = BillingRun.__table__
-events_t = usage_sql.events
-
+# what `run bill` takes and returns, and how a run is summed up: part of this module's face
+from neruba_cli.services.billing.writer import RunOptions as RunOptions
+from neruba_cli.services.billing.writer import RunReport as RunReport
+from neruba_cli.services.billing.writer import run_summary as run_summary
 
 Progress = Callable[[int], None]
 
@@ -140,9 +140,9 @@ def _close_abandoned(engine: Engine, project: Project, label: str, lease: locks.
     wrote is whole invoices, which this run takes over) so they stop looking in progress."""
     with engine.begin() as conn:
         conn.execute(
-            update(runs_t)
-            .where(runs_t.c.project_id == project.id, runs_t.c.period == label)
-            .where(runs_t.c.status == "running", runs_t.c.lock_token != lease.token)
+            update(billing_runs_t)
+            .where(billing_runs_t.c.project_id == project.id, billing_runs_t.c.period == label)
+            .where(billing_runs_t.c.status == "running", billing_runs_t.c.lock_token != lease.token)
             .values(status="failed", finished_at=datetime.now(UTC), message=ABANDONED)
         )
 
@@ -187,8 +187,8 @@ def _fail_run(engine: Engine, run_id: str, exc: BaseException, now: datetime) ->
     try:
         with engine.begin() as conn:
             conn.execute(
-                update(runs_t)
-                .where(runs_t.c.id == run_id, runs_t.c.status == "running")
+                update(billing_runs_t)
+                .where(billing_runs_t.c.id == run_id, billing_runs_t.c.status == "running")
                 .values(status="failed", finished_at=datetime.now(UTC), message=str(exc)[:2000])
             )
     except Exception:  # the database may be what failed

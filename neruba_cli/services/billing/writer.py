@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -35,13 +36,17 @@ from neruba_cli.db import locks
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.retry import retrying
 from neruba_cli.db.schema import (
-    BillingRun,
     Customer,
     Invoice,
-    InvoiceLine,
-    InvoiceRevision,
-    InvoiceSequence,
     Project,
+)
+from neruba_cli.db.tables import (
+    billing_runs_t,
+    customers_t,
+    invoice_lines_t,
+    invoice_revisions_t,
+    invoice_sequences_t,
+    invoices_t,
 )
 from neruba_cli.domain import invoice_numbers
 from neruba_cli.domain.errors import InvalidInput
@@ -59,12 +64,6 @@ from neruba_cli.services.invoices import settlement
 
 WRITE_BATCH = 100  # whole invoices per transaction
 DEFAULT_LEASE = timedelta(minutes=10)
-
-invoices_t = Invoice.__table__
-lines_t = InvoiceLine.__table__
-revisions_t = InvoiceRevision.__table__
-runs_t = BillingRun.__table__
-sequences_t = InvoiceSequence.__table__
 
 
 # --------------------------------------------------------------------------- values
@@ -308,7 +307,7 @@ class InvoiceWriter:
                 raise InvalidInput(
                     f"invoice {draft.number} changed while this run computed it; run again"
                 )
-            conn.execute(delete(lines_t).where(lines_t.c.invoice_id == draft.id))
+            conn.execute(delete(invoice_lines_t).where(invoice_lines_t.c.invoice_id == draft.id))
             self._write_lines(conn, draft.id, content)
             self._write_revision(conn, draft.id, version, built.fingerprint, content)
 
@@ -351,7 +350,7 @@ class InvoiceWriter:
     def _write_lines(self, conn: Connection, invoice_id: str, content: dict[str, Any]) -> None:
         rows = _line_rows(invoice_id, content)
         if rows:
-            conn.execute(insert(lines_t), rows)
+            conn.execute(insert(invoice_lines_t), rows)
 
     def _write_revision(
         self,
@@ -362,7 +361,7 @@ class InvoiceWriter:
         content: dict[str, Any],
     ) -> None:
         row = _revision_row(invoice_id, version, self.run_id, fingerprint, content, self.now)
-        conn.execute(insert(revisions_t).values(**row))
+        conn.execute(insert(invoice_revisions_t).values(**row))
 
     def _queue(self, write: Write, *, needs_run: bool = True) -> None:
         if needs_run:
@@ -432,8 +431,8 @@ class InvoiceWriter:
             )
         conn.execute(insert(invoices_t), invoices)
         if lines:
-            conn.execute(insert(lines_t), lines)
-        conn.execute(insert(revisions_t), revisions)
+            conn.execute(insert(invoice_lines_t), lines)
+        conn.execute(insert(invoice_revisions_t), revisions)
 
     def _ensure_run(self) -> None:
         if self.run_id is not None or self.lease is None:
@@ -441,7 +440,7 @@ class InvoiceWriter:
         run_id = new_id("run")
         with self.transaction() as conn:
             conn.execute(
-                insert(runs_t).values(
+                insert(billing_runs_t).values(
                     id=run_id,
                     project_id=self.project.id,
                     period=self.label,
@@ -470,7 +469,7 @@ class InvoiceWriter:
             .order_by(invoices_t.c.number)
         )
         if self.options.customers:
-            query = query.join(Customer.__table__, Customer.id == invoices_t.c.customer_id).where(
+            query = query.join(customers_t, Customer.id == invoices_t.c.customer_id).where(
                 Customer.external_id.in_(list(self.options.customers))
             )
         with self.engine.connect() as conn:
@@ -491,8 +490,8 @@ class InvoiceWriter:
         summary = run_summary(report)
         with self.transaction() as conn:
             conn.execute(
-                update(runs_t)
-                .where(runs_t.c.id == self.run_id)
+                update(billing_runs_t)
+                .where(billing_runs_t.c.id == self.run_id)
                 .values(
                     status="completed",
                     finished_at=datetime.now(UTC),
@@ -551,7 +550,7 @@ class _Fenced:
 
     def __init__(self, writer: InvoiceWriter) -> None:
         self.writer = writer
-        self.context: Any = None
+        self.context: AbstractContextManager[Connection] | None = None
 
     def __enter__(self) -> Connection:
         writer = self.writer
@@ -566,7 +565,8 @@ class _Fenced:
             locks.fence(conn, writer.lease)
         return conn
 
-    def __exit__(self, *exc: Any) -> Any:
+    def __exit__(self, *exc: Any) -> bool | None:
+        assert self.context is not None, "entered before exiting"
         return self.context.__exit__(*exc)
 
 
@@ -581,14 +581,16 @@ def reserve_numbers(conn: Connection, project: Project, count: int) -> list[str]
     back, so numbers stay gapless."""
     for _attempt in range(3):
         bumped = conn.execute(
-            update(sequences_t)
-            .where(sequences_t.c.project_id == project.id)
-            .values(last_number=sequences_t.c.last_number + count)
+            update(invoice_sequences_t)
+            .where(invoice_sequences_t.c.project_id == project.id)
+            .values(last_number=invoice_sequences_t.c.last_number + count)
         ).rowcount
         if bumped == 1:
             last = int(
                 conn.execute(
-                    select(sequences_t.c.last_number).where(sequences_t.c.project_id == project.id)
+                    select(invoice_sequences_t.c.last_number).where(
+                        invoice_sequences_t.c.project_id == project.id
+                    )
                 ).scalar_one()
             )
             return [
@@ -597,7 +599,9 @@ def reserve_numbers(conn: Connection, project: Project, count: int) -> list[str]
             ]
         try:
             with conn.begin_nested():
-                conn.execute(insert(sequences_t).values(project_id=project.id, last_number=count))
+                conn.execute(
+                    insert(invoice_sequences_t).values(project_id=project.id, last_number=count)
+                )
             return [invoice_numbers.format_number(project.slug, n) for n in range(1, count + 1)]
         except IntegrityError:
             continue  # another transaction created the counter first; bump it

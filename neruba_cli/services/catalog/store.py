@@ -9,6 +9,7 @@ keep the version they were created on until they are changed.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -77,7 +78,7 @@ def stored_meters(session: Session, project: Project) -> dict[str, MeterDef]:
 def parse_for_project(
     session: Session,
     project: Project,
-    data: dict[str, Any],
+    data: Mapping[str, Any],
     *,
     source: str,
     text: str | None = None,

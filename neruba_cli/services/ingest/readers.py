@@ -227,7 +227,7 @@ def content_digest(paths: Sequence[str]) -> str | None:
     for path in paths:
         try:
             with _open(path) as handle:
-                for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                while block := handle.read(1 << 20):
                     digest.update(block)
         except OSError as exc:  # a damaged .gz
             raise InvalidInput(f"cannot read {path}: {exc}") from None

@@ -29,7 +29,8 @@ import orjson
 from sqlalchemy import Connection, Row, insert, select, update
 
 from neruba_cli.db.ids import new_id
-from neruba_cli.db.schema import Invoice, InvoiceRevision, Project
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import invoice_revisions_t, invoices_t
 from neruba_cli.domain import credits as credit_rules
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.invoice import canonical_json
@@ -47,8 +48,6 @@ from neruba_cli.domain.money import format_minor, to_minor_units
 from neruba_cli.services.ledger import credits
 from neruba_cli.services.ledger import postings as ledger_postings
 
-invoices_t = Invoice.__table__
-revisions_t = InvoiceRevision.__table__
 FINAL = ("finalized", "paid")
 SETTLEMENT_KEYS = ("credits", "settlement")
 
@@ -372,7 +371,7 @@ def _new_version(conn: Connection, row: Row[Any], content: dict[str, Any], now: 
         )
     )
     conn.execute(
-        insert(revisions_t).values(
+        insert(invoice_revisions_t).values(
             invoice_id=row.id,
             version=version,
             run_id=row.run_id,

@@ -25,7 +25,12 @@ from sqlalchemy.exc import IntegrityError
 from neruba_cli.db.engine import begin_write
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.retry import retrying
-from neruba_cli.db.schema import CreditGrant, Customer, LedgerEntry, LedgerTransaction, Project
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import (
+    credit_grants_t,
+    customers_t,
+    ledger_entries_t,
+)
 from neruba_cli.domain.credits import MAX_PRIORITY, GrantState, allocate
 from neruba_cli.domain.errors import InvalidInput, NotFound, UsageError
 from neruba_cli.domain.ledger import (
@@ -50,10 +55,6 @@ from neruba_cli.services.ledger import postings as ledger_postings
 from neruba_cli.services.ledger.postings import IdempotencyConflict
 from neruba_cli.services.tenancy.customer_hints import customer_not_found
 
-grants_t = CreditGrant.__table__
-customers_t = Customer.__table__
-entries_t = LedgerEntry.__table__
-transactions_t = LedgerTransaction.__table__
 CATEGORIES = ("paid", "promotional")
 DEFAULT_PRIORITY = 1
 
@@ -244,7 +245,7 @@ def insert_grant(conn: Connection, project: Project, **values: Any) -> None:
     """The grant row, with nothing left yet: its posting brings the credit in."""
     now = values.pop("now")
     conn.execute(
-        insert(grants_t).values(
+        insert(credit_grants_t).values(
             id=values.pop("grant_id"),
             project_id=project.id,
             customer_id=values.pop("customer_id"),
@@ -257,21 +258,25 @@ def insert_grant(conn: Connection, project: Project, **values: Any) -> None:
 
 
 def _by_key(conn: Connection, project: Project, key: str) -> Row[Any] | None:
-    return conn.execute(_grant_query(project).where(grants_t.c.idempotency_key == key)).first()
+    return conn.execute(
+        _grant_query(project).where(credit_grants_t.c.idempotency_key == key)
+    ).first()
 
 
 def _grant_query(project: Project) -> Any:
     return (
-        select(grants_t, customers_t.c.external_id.label("customer_external_id"))
-        .join(customers_t, customers_t.c.id == grants_t.c.customer_id)
-        .where(grants_t.c.project_id == project.id)
+        select(credit_grants_t, customers_t.c.external_id.label("customer_external_id"))
+        .join(customers_t, customers_t.c.id == credit_grants_t.c.customer_id)
+        .where(credit_grants_t.c.project_id == project.id)
     )
 
 
 def _get(conn: Connection, project: Project, grant_id: str, *, lock: bool = False) -> Row[Any]:
     if lock:  # the grant's row only (MariaDB would also lock the joined customer row)
-        conn.execute(select(grants_t.c.id).where(grants_t.c.id == grant_id).with_for_update())
-    row = conn.execute(_grant_query(project).where(grants_t.c.id == grant_id)).first()
+        conn.execute(
+            select(credit_grants_t.c.id).where(credit_grants_t.c.id == grant_id).with_for_update()
+        )
+    row = conn.execute(_grant_query(project).where(credit_grants_t.c.id == grant_id)).first()
     if row is None:
         raise NotFound(
             f"grant {grant_id!r} does not exist in project {project.slug!r}",
@@ -351,7 +356,7 @@ def _revoke(
             ledger_postings.post(
                 conn, project, posting, effective_at=effective, actor=actor, now=now
             )
-        conn.execute(update(grants_t).where(grants_t.c.id == row.id).values(**values))
+        conn.execute(update(credit_grants_t).where(credit_grants_t.c.id == row.id).values(**values))
         result = grant_dict(_get(conn, project, grant_id), now)
     result["revoked"] = format_minor(row.remaining_minor, row.currency)
     return result
@@ -382,9 +387,9 @@ def expire(
     with engine.connect() as conn:
         due = conn.execute(
             _grant_query(project)
-            .where(grants_t.c.expires_at <= as_of)
-            .where(grants_t.c.expired_at.is_(None), grants_t.c.revoked_at.is_(None))
-            .order_by(grants_t.c.expires_at, grants_t.c.id)
+            .where(credit_grants_t.c.expires_at <= as_of)
+            .where(credit_grants_t.c.expired_at.is_(None), credit_grants_t.c.revoked_at.is_(None))
+            .order_by(credit_grants_t.c.expires_at, credit_grants_t.c.id)
         ).all()
     expired = []
     for candidate in due:
@@ -407,7 +412,9 @@ def _expire_one(
             ledger_postings.post(
                 conn, project, posting, effective_at=row.expires_at, actor=actor, now=now
             )
-        conn.execute(update(grants_t).where(grants_t.c.id == row.id).values(expired_at=now))
+        conn.execute(
+            update(credit_grants_t).where(credit_grants_t.c.id == row.id).values(expired_at=now)
+        )
         item = grant_dict(row, now)
         item["expired"] = format_minor(row.remaining_minor, row.currency)
         return item
@@ -419,8 +426,8 @@ def list_grants(
     row = _customer(conn, project, customer)
     grants = conn.execute(
         _grant_query(project)
-        .where(grants_t.c.customer_id == row.id)
-        .order_by(grants_t.c.created_at, grants_t.c.id)
+        .where(credit_grants_t.c.customer_id == row.id)
+        .order_by(credit_grants_t.c.created_at, credit_grants_t.c.id)
     ).all()
     return [grant_dict(grant, at) for grant in grants]
 
@@ -433,8 +440,8 @@ def wallet(
     row = _customer(conn, project, customer)
     every = conn.execute(
         _grant_query(project)
-        .where(grants_t.c.customer_id == row.id)
-        .order_by(grants_t.c.created_at, grants_t.c.id)
+        .where(credit_grants_t.c.customer_id == row.id)
+        .order_by(credit_grants_t.c.created_at, credit_grants_t.c.id)
     ).all()
     remaining = _remaining_as_of(conn, [g.id for g in every], as_of)
     # a grant made later but posted as of earlier (an overpayment received earlier) counts
@@ -467,9 +474,12 @@ def _remaining_as_of(conn: Connection, grant_ids: Sequence[str], as_of: datetime
     if not grant_ids:
         return {}
     rows = conn.execute(
-        select(entries_t.c.grant_id, func.sum(entries_t.c.amount))
-        .where(entries_t.c.grant_id.in_(list(grant_ids)), entries_t.c.effective_at <= as_of)
-        .group_by(entries_t.c.grant_id)
+        select(ledger_entries_t.c.grant_id, func.sum(ledger_entries_t.c.amount))
+        .where(
+            ledger_entries_t.c.grant_id.in_(list(grant_ids)),
+            ledger_entries_t.c.effective_at <= as_of,
+        )
+        .group_by(ledger_entries_t.c.grant_id)
     ).all()
     return {grant_id: -int(total) for grant_id, total in rows}
 
@@ -494,10 +504,12 @@ def spend_on_invoice(
         return []
     lock_wallet(conn, project, customer_id, currency, now=now)
     rows = conn.execute(
-        select(grants_t)
-        .where(grants_t.c.project_id == project.id, grants_t.c.customer_id == customer_id)
-        .where(grants_t.c.currency == currency, grants_t.c.remaining_minor > 0)
-        .where(grants_t.c.revoked_at.is_(None))
+        select(credit_grants_t)
+        .where(
+            credit_grants_t.c.project_id == project.id, credit_grants_t.c.customer_id == customer_id
+        )
+        .where(credit_grants_t.c.currency == currency, credit_grants_t.c.remaining_minor > 0)
+        .where(credit_grants_t.c.revoked_at.is_(None))
         .with_for_update()
     ).all()
     states = [
@@ -524,10 +536,10 @@ def customers_with_credit(
     ids = sorted(customer_ids)
     for start in range(0, len(ids), 500):
         rows = conn.execute(
-            select(grants_t.c.customer_id, grants_t.c.currency)
-            .where(grants_t.c.project_id == project.id)
-            .where(grants_t.c.customer_id.in_(ids[start : start + 500]))
-            .where(grants_t.c.remaining_minor > 0)
+            select(credit_grants_t.c.customer_id, credit_grants_t.c.currency)
+            .where(credit_grants_t.c.project_id == project.id)
+            .where(credit_grants_t.c.customer_id.in_(ids[start : start + 500]))
+            .where(credit_grants_t.c.remaining_minor > 0)
             .distinct()
         ).all()
         found.update((row.customer_id, row.currency) for row in rows)
@@ -555,7 +567,7 @@ def allocations_from(items: Sequence[dict[str, str]], currency: str) -> list[All
 
 
 def grants_by_id(conn: Connection, project: Project, ids: Sequence[str]) -> dict[str, Row[Any]]:
-    rows = conn.execute(_grant_query(project).where(grants_t.c.id.in_(list(ids)))).all()
+    rows = conn.execute(_grant_query(project).where(credit_grants_t.c.id.in_(list(ids)))).all()
     return {row.id: row for row in rows}
 
 

@@ -24,7 +24,8 @@ from sqlalchemy.exc import IntegrityError
 from neruba_cli.db.engine import begin_write
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.retry import retrying
-from neruba_cli.db.schema import Customer, Invoice, Payment, Project, Refund
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import customers_t, invoices_t, payments_t, refunds_t
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.ledger import PaymentFacts, payment_recorded, payment_refunded
 from neruba_cli.domain.money import format_minor, parse_amount
@@ -33,11 +34,6 @@ from neruba_cli.services.invoices import settlement
 from neruba_cli.services.ledger import credits
 from neruba_cli.services.ledger import postings as ledger_postings
 from neruba_cli.services.ledger.postings import IdempotencyConflict
-
-payments_t = Payment.__table__
-refunds_t = Refund.__table__
-invoices_t = Invoice.__table__
-customers_t = Customer.__table__
 
 
 @dataclass(frozen=True)

@@ -40,25 +40,21 @@ from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import (
-    CreditGrant,
     Customer,
-    Invoice,
-    LedgerAccount,
-    LedgerEntry,
-    LedgerTransaction,
     Project,
+)
+from neruba_cli.db.tables import (
+    credit_grants_t,
+    customers_t,
+    invoices_t,
+    ledger_accounts_t,
+    ledger_entries_t,
+    ledger_transactions_t,
 )
 from neruba_cli.domain.errors import InvalidInput, NerubaError
 from neruba_cli.domain.ledger import ACCOUNT_CODES, CUSTOMER_ACCOUNTS, AccountRef, Posting
 from neruba_cli.domain.money import format_amount, format_minor, from_minor_units
 from neruba_cli.domain.timestamps import format_ts
-
-accounts_t = LedgerAccount.__table__
-transactions_t = LedgerTransaction.__table__
-entries_t = LedgerEntry.__table__
-grants_t = CreditGrant.__table__
-invoices_t = Invoice.__table__
-customers_t = Customer.__table__
 
 
 class IdempotencyConflict(NerubaError):
@@ -112,7 +108,7 @@ def post_many(
         try:
             with conn.begin_nested():
                 conn.execute(
-                    insert(transactions_t),
+                    insert(ledger_transactions_t),
                     [
                         _transaction_row(txn_id, project, posting, effective_at, actor, now)
                         for txn_id, posting in zip(ids, fresh, strict=True)
@@ -145,7 +141,7 @@ def post_many(
             for entry in posting.entries
         ]
         for start in range(0, len(rows), 1000):
-            conn.execute(insert(entries_t), rows[start : start + 1000])
+            conn.execute(insert(ledger_entries_t), rows[start : start + 1000])
         _move_balances(conn, fresh, accounts)
         found.update(
             {posting.key: Posted(txn_id, True) for txn_id, posting in zip(ids, fresh, strict=True)}
@@ -184,13 +180,13 @@ def _existing(conn: Connection, project: Project, postings: Sequence[Posting]) -
     for start in range(0, len(keys), 500):
         rows = conn.execute(
             select(
-                transactions_t.c.id,
-                transactions_t.c.idempotency_key,
-                transactions_t.c.content_hash,
-                transactions_t.c.kind,
+                ledger_transactions_t.c.id,
+                ledger_transactions_t.c.idempotency_key,
+                ledger_transactions_t.c.content_hash,
+                ledger_transactions_t.c.kind,
             ).where(
-                transactions_t.c.project_id == project.id,
-                transactions_t.c.idempotency_key.in_(keys[start : start + 500]),
+                ledger_transactions_t.c.project_id == project.id,
+                ledger_transactions_t.c.idempotency_key.in_(keys[start : start + 500]),
             )
         ).all()
         for row in rows:
@@ -219,12 +215,18 @@ def _move_balances(
                 by_grant[entry.grant] = by_grant.get(entry.grant, 0) - entry.amount
             if entry.invoice is not None:
                 by_invoice[entry.invoice] = by_invoice.get(entry.invoice, 0) + entry.amount
-    _add(conn, accounts_t, accounts_t.c.balance, by_account, bump=accounts_t.c.version)
+    _add(
+        conn,
+        ledger_accounts_t,
+        ledger_accounts_t.c.balance,
+        by_account,
+        bump=ledger_accounts_t.c.version,
+    )
     for grant, delta in sorted(by_grant.items()):
         moved = conn.execute(
-            update(grants_t)
-            .where(grants_t.c.id == grant, grants_t.c.remaining_minor + delta >= 0)
-            .values(remaining_minor=grants_t.c.remaining_minor + delta)
+            update(credit_grants_t)
+            .where(credit_grants_t.c.id == grant, credit_grants_t.c.remaining_minor + delta >= 0)
+            .values(remaining_minor=credit_grants_t.c.remaining_minor + delta)
         ).rowcount
         if moved != 1:
             raise Overdrawn(
@@ -271,10 +273,13 @@ def account_ids(
     for start in range(0, len(holders), 500):
         rows = conn.execute(
             select(
-                accounts_t.c.id, accounts_t.c.code, accounts_t.c.currency, accounts_t.c.holder
+                ledger_accounts_t.c.id,
+                ledger_accounts_t.c.code,
+                ledger_accounts_t.c.currency,
+                ledger_accounts_t.c.holder,
             ).where(
-                accounts_t.c.project_id == project.id,
-                accounts_t.c.holder.in_(holders[start : start + 500]),
+                ledger_accounts_t.c.project_id == project.id,
+                ledger_accounts_t.c.holder.in_(holders[start : start + 500]),
             )
         ).all()
         for row in rows:
@@ -287,7 +292,7 @@ def account_ids(
         try:
             with conn.begin_nested():
                 conn.execute(
-                    insert(accounts_t),
+                    insert(ledger_accounts_t),
                     [
                         _account_row(project, ref, account_id, now)
                         for ref, account_id in opened.items()
@@ -319,11 +324,11 @@ def _account_row(
 
 def _account_id(conn: Connection, project: Project, ref: AccountRef, now: datetime) -> str:
     holder = ref.customer or ""
-    query = select(accounts_t.c.id).where(
-        accounts_t.c.project_id == project.id,
-        accounts_t.c.code == ref.code,
-        accounts_t.c.currency == ref.currency,
-        accounts_t.c.holder == holder,
+    query = select(ledger_accounts_t.c.id).where(
+        ledger_accounts_t.c.project_id == project.id,
+        ledger_accounts_t.c.code == ref.code,
+        ledger_accounts_t.c.currency == ref.currency,
+        ledger_accounts_t.c.holder == holder,
     )
     found = conn.execute(query).scalar()
     if found is not None:
@@ -331,7 +336,9 @@ def _account_id(conn: Connection, project: Project, ref: AccountRef, now: dateti
     account_id = new_id("acc")
     try:
         with conn.begin_nested():
-            conn.execute(insert(accounts_t).values(**_account_row(project, ref, account_id, now)))
+            conn.execute(
+                insert(ledger_accounts_t).values(**_account_row(project, ref, account_id, now))
+            )
     except IntegrityError:
         return str(conn.execute(query).scalar_one())  # opened by another process meanwhile
     return account_id
@@ -342,9 +349,9 @@ def lock_account(conn: Connection, project: Project, ref: AccountRef, *, now: da
     takes it first, so reads of the wallet's grants that follow see the latest postings."""
     account_id = _account_id(conn, project, ref, now)
     conn.execute(
-        update(accounts_t)
-        .where(accounts_t.c.id == account_id)
-        .values(version=accounts_t.c.version + 1)
+        update(ledger_accounts_t)
+        .where(ledger_accounts_t.c.id == account_id)
+        .values(version=ledger_accounts_t.c.version + 1)
     )
     return account_id
 
@@ -364,15 +371,15 @@ def show(
     """Transactions with their entries, oldest first: all of them, one customer's, or those
     touching accounts of one code (`credit_liability` names every wallet); `limit`: the
     latest ones."""
-    entry_filter = [entries_t.c.project_id == project.id]
+    entry_filter = [ledger_entries_t.c.project_id == project.id]
     if customer is not None:
-        entry_filter.append(accounts_t.c.customer_id == customer.id)
+        entry_filter.append(ledger_accounts_t.c.customer_id == customer.id)
     if account is not None:
         code, holder = account_filter(account)
-        entry_filter.append(accounts_t.c.code == code)
+        entry_filter.append(ledger_accounts_t.c.code == code)
         if holder is not None:
             entry_filter.append(
-                accounts_t.c.customer_id.in_(
+                ledger_accounts_t.c.customer_id.in_(
                     select(customers_t.c.id).where(
                         customers_t.c.project_id == project.id,
                         customers_t.c.external_id == holder,
@@ -380,32 +387,35 @@ def show(
                 )
             )
     matching = (
-        select(entries_t.c.transaction_id)
-        .join(accounts_t, accounts_t.c.id == entries_t.c.account_id)
+        select(ledger_entries_t.c.transaction_id)
+        .join(ledger_accounts_t, ledger_accounts_t.c.id == ledger_entries_t.c.account_id)
         .where(and_(*entry_filter))
     )
     # Entries are numbered in the order they were written: the posting order within a moment.
     written = (
-        select(entries_t.c.transaction_id, func.min(entries_t.c.id).label("seq"))
-        .where(entries_t.c.project_id == project.id)
-        .group_by(entries_t.c.transaction_id)
+        select(ledger_entries_t.c.transaction_id, func.min(ledger_entries_t.c.id).label("seq"))
+        .where(ledger_entries_t.c.project_id == project.id)
+        .group_by(ledger_entries_t.c.transaction_id)
         .subquery()
     )
-    order = (transactions_t.c.effective_at, written.c.seq)
+    order = (ledger_transactions_t.c.effective_at, written.c.seq)
     query = (
-        select(transactions_t)
-        .join(written, written.c.transaction_id == transactions_t.c.id)
-        .where(transactions_t.c.project_id == project.id, transactions_t.c.id.in_(matching))
+        select(ledger_transactions_t)
+        .join(written, written.c.transaction_id == ledger_transactions_t.c.id)
+        .where(
+            ledger_transactions_t.c.project_id == project.id,
+            ledger_transactions_t.c.id.in_(matching),
+        )
     )
     if since is not None:
-        query = query.where(transactions_t.c.effective_at >= since)
+        query = query.where(ledger_transactions_t.c.effective_at >= since)
     if limit is not None:  # the latest `limit`, still printed oldest first
         if limit < 1:
             raise InvalidInput("--limit must be at least 1")
         newest = query.order_by(*(column.desc() for column in order)).limit(limit)
         transactions = list(reversed(conn.execute(newest).all()))
     else:
-        transactions = conn.execute(query.order_by(*order)).all()
+        transactions = list(conn.execute(query.order_by(*order)).all())
     entries = _entries_of(conn, [t.id for t in transactions])
     return [
         {
@@ -449,20 +459,20 @@ def _entries_of(
         chunk = transaction_ids[start : start + 500]
         rows = conn.execute(
             select(
-                entries_t.c.transaction_id,
-                entries_t.c.amount,
-                entries_t.c.grant_id,
-                entries_t.c.invoice_id,
-                accounts_t.c.code,
-                accounts_t.c.currency,
+                ledger_entries_t.c.transaction_id,
+                ledger_entries_t.c.amount,
+                ledger_entries_t.c.grant_id,
+                ledger_entries_t.c.invoice_id,
+                ledger_accounts_t.c.code,
+                ledger_accounts_t.c.currency,
                 customers_t.c.external_id,
                 invoices_t.c.number,
             )
-            .join(accounts_t, accounts_t.c.id == entries_t.c.account_id)
-            .outerjoin(customers_t, customers_t.c.id == accounts_t.c.customer_id)
-            .outerjoin(invoices_t, invoices_t.c.id == entries_t.c.invoice_id)
-            .where(entries_t.c.transaction_id.in_(chunk))
-            .order_by(entries_t.c.id)
+            .join(ledger_accounts_t, ledger_accounts_t.c.id == ledger_entries_t.c.account_id)
+            .outerjoin(customers_t, customers_t.c.id == ledger_accounts_t.c.customer_id)
+            .outerjoin(invoices_t, invoices_t.c.id == ledger_entries_t.c.invoice_id)
+            .where(ledger_entries_t.c.transaction_id.in_(chunk))
+            .order_by(ledger_entries_t.c.id)
         ).all()
         for row in rows:
             amount = from_minor_units(abs(row.amount), row.currency)
@@ -487,17 +497,17 @@ def account_label(code: str, customer: str | None) -> str:
 def balances(conn: Connection, project: Project) -> list[dict[str, Any]]:
     """Every account with its running balance (on its normal side) and entry count."""
     counts = (
-        select(entries_t.c.account_id, func.count().label("entries"))
-        .where(entries_t.c.project_id == project.id)
-        .group_by(entries_t.c.account_id)
+        select(ledger_entries_t.c.account_id, func.count().label("entries"))
+        .where(ledger_entries_t.c.project_id == project.id)
+        .group_by(ledger_entries_t.c.account_id)
         .subquery()
     )
     rows = conn.execute(
-        select(accounts_t, customers_t.c.external_id, counts.c.entries)
-        .outerjoin(customers_t, customers_t.c.id == accounts_t.c.customer_id)
-        .outerjoin(counts, counts.c.account_id == accounts_t.c.id)
-        .where(accounts_t.c.project_id == project.id)
-        .order_by(accounts_t.c.code, accounts_t.c.currency, customers_t.c.external_id)
+        select(ledger_accounts_t, customers_t.c.external_id, counts.c.entries)
+        .outerjoin(customers_t, customers_t.c.id == ledger_accounts_t.c.customer_id)
+        .outerjoin(counts, counts.c.account_id == ledger_accounts_t.c.id)
+        .where(ledger_accounts_t.c.project_id == project.id)
+        .order_by(ledger_accounts_t.c.code, ledger_accounts_t.c.currency, customers_t.c.external_id)
     ).all()
     result = []
     for row in rows:

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Customer, Invoice
+from neruba_cli.domain import compare as compare_domain
 from neruba_cli.domain.billing_periods import resolve_label
 from neruba_cli.domain.money import format_amount, from_minor_units
 from neruba_cli.domain.periods import month_period
@@ -231,16 +232,17 @@ def _demo_events(month: str, tz_by_customer: dict[str, str]) -> list[bytes]:
         lines.append(orjson.dumps(seats))
         for n in range(DEMO_EVENTS_PER_CUSTOMER):
             at = period.start + timedelta(seconds=generator.randrange(span))
+            properties: dict[str, Any] = {"region": generator.choice(("eu", "us"))}
             event = {
                 "idempotency_key": f"demo-{customer}-{n}",
                 "customer": customer,
                 "meter": "api_calls",
                 "timestamp": format_ts(at),
-                "properties": {"region": generator.choice(("eu", "us"))},
+                "properties": properties,
             }
             if n % 4 == 0:
                 event["meter"] = "tokens"
-                event["properties"]["tokens"] = generator.randrange(50, 20000)
+                properties["tokens"] = generator.randrange(50, 20000)
             lines.append(orjson.dumps(event))
     bad = {
         "idempotency_key": "demo-naive",
@@ -326,7 +328,7 @@ def _demo_check(engine: Any) -> str:
 
 def _demo_compare(
     engine: Any, folder: Path, url: str, month: str
-) -> tuple[str, dict[str, Any], compare.Report]:
+) -> tuple[str, dict[str, Any], compare_domain.Report]:
     """The month against a legacy system's export that differs on purpose (a late event, a
     charge the legacy system never priced, a rounding, a customer only it billed); the
     report files go to DIR/compare."""

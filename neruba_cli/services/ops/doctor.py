@@ -29,15 +29,14 @@ from neruba_cli.db.engine import (
     require_sqlite_file,
 )
 from neruba_cli.db.schema import (
-    BillingRun,
     Event,
     ImportBatch,
     LedgerTransaction,
-    Lock,
     Project,
     StripeLink,
     StripeWebhookEvent,
 )
+from neruba_cli.db.tables import billing_runs_t, locks_t, projects_t
 from neruba_cli.domain import health, lock_names
 from neruba_cli.domain.errors import NerubaError
 from neruba_cli.domain.health import BatchFacts, Check, RunFacts, Status
@@ -176,7 +175,8 @@ def _confined_projects(engine: Engine, prefix: str | None) -> list[str] | None:
     if prefix is None:
         return None
     with engine.connect() as conn:
-        found = conn.scalar(select(Project.id).where(Project.slug == prefix[:-1]))
+        slug = lock_names.parse_prefix(prefix)
+        found = conn.scalar(select(Project.id).where(Project.slug == slug))
     return [found] if found is not None else []
 
 
@@ -187,21 +187,20 @@ def _confine(query: Any, column: Any, project_ids: list[str] | None) -> Any:
 def _check_runs(
     report: Report, engine: Engine, now: datetime, project_ids: list[str] | None
 ) -> None:
-    runs_t, locks_t = BillingRun.__table__, Lock.__table__
     query = (
         select(
-            runs_t.c.id,
-            runs_t.c.period,
-            runs_t.c.holder,
-            runs_t.c.lock_token,
-            Project.slug,
+            billing_runs_t.c.id,
+            billing_runs_t.c.period,
+            billing_runs_t.c.holder,
+            billing_runs_t.c.lock_token,
+            projects_t.c.slug,
         )
-        .join(Project.__table__, Project.id == runs_t.c.project_id)
-        .where(runs_t.c.status == "running")
-        .order_by(runs_t.c.started_at)
+        .join(projects_t, projects_t.c.id == billing_runs_t.c.project_id)
+        .where(billing_runs_t.c.status == "running")
+        .order_by(billing_runs_t.c.started_at)
     )
     with engine.connect() as conn:
-        rows = conn.execute(_confine(query, runs_t.c.project_id, project_ids)).all()
+        rows = conn.execute(_confine(query, billing_runs_t.c.project_id, project_ids)).all()
         names = sorted({lock_names.billing(row.slug, row.period) for row in rows})
         held = {
             lock.name: lock

@@ -25,11 +25,10 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, Select, bindparam, or_, select, update
 
-from neruba_cli.db.schema import Event
+from neruba_cli.db.tables import events_t
 
 BATCH = 2000  # events per transaction
 
-events_t = Event.__table__
 
 KeyFilter = Callable[[Mapping[str, Any]], tuple[dict[str, Any], int]]
 """Properties in, (the properties to keep, how many keys were removed) out."""

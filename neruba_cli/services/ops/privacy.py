@@ -25,11 +25,13 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import (
-    AuditRecord,
-    Customer,
     Project,
-    StripeObject,
-    StripeWebhookEvent,
+)
+from neruba_cli.db.tables import (
+    audit_records_t,
+    customers_t,
+    stripe_objects_t,
+    stripe_webhook_events_t,
 )
 from neruba_cli.domain import privacy
 from neruba_cli.domain.errors import InvalidInput
@@ -39,11 +41,6 @@ from neruba_cli.services.ops.retention import meters_in_use
 from neruba_cli.services.tenancy import customers
 
 BATCH = event_properties.BATCH
-
-customers_t = Customer.__table__
-objects_t = StripeObject.__table__
-webhooks_t = StripeWebhookEvent.__table__
-audit_t = AuditRecord.__table__
 
 
 @dataclass
@@ -176,9 +173,10 @@ def _scrub_stripe(conn: Connection, project: Project, stripe_id: str | None, *, 
     if not stripe_id:
         return 0
     rows = conn.execute(
-        select(objects_t.c.id, objects_t.c.data).where(
-            objects_t.c.project_id == project.id,
-            (objects_t.c.stripe_customer == stripe_id) | (objects_t.c.stripe_id == stripe_id),
+        select(stripe_objects_t.c.id, stripe_objects_t.c.data).where(
+            stripe_objects_t.c.project_id == project.id,
+            (stripe_objects_t.c.stripe_customer == stripe_id)
+            | (stripe_objects_t.c.stripe_id == stripe_id),
         )
     ).all()
     changed = 0
@@ -188,8 +186,8 @@ def _scrub_stripe(conn: Connection, project: Project, stripe_id: str | None, *, 
             changed += 1
             if write:
                 conn.execute(
-                    update(objects_t)
-                    .where(objects_t.c.id == row_id)
+                    update(stripe_objects_t)
+                    .where(stripe_objects_t.c.id == row_id)
                     .values(data=orjson.dumps(scrubbed).decode())
                 )
     return changed
@@ -204,9 +202,9 @@ def _scrub_webhooks(
     if not stripe_id:
         return 0
     rows = conn.execute(
-        select(webhooks_t.c.id, webhooks_t.c.payload).where(
-            webhooks_t.c.project_id == project.id,
-            webhooks_t.c.payload.contains(stripe_id, autoescape=True),
+        select(stripe_webhook_events_t.c.id, stripe_webhook_events_t.c.payload).where(
+            stripe_webhook_events_t.c.project_id == project.id,
+            stripe_webhook_events_t.c.payload.contains(stripe_id, autoescape=True),
         )
     ).all()
     changed = 0
@@ -216,7 +214,9 @@ def _scrub_webhooks(
         except orjson.JSONDecodeError:
             continue
         data = event.get("data") if isinstance(event, dict) else None
-        obj = data.get("object") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            continue
+        obj = data.get("object")
         if not isinstance(obj, dict) or stripe_id not in (obj.get("customer"), obj.get("id")):
             continue
         touched = False
@@ -228,8 +228,8 @@ def _scrub_webhooks(
             changed += 1
             if write:
                 conn.execute(
-                    update(webhooks_t)
-                    .where(webhooks_t.c.id == row_id)
+                    update(stripe_webhook_events_t)
+                    .where(stripe_webhook_events_t.c.id == row_id)
                     .values(payload=orjson.dumps(event).decode())
                 )
     return changed
@@ -239,10 +239,10 @@ def _scrub_audit(conn: Connection, project: Project, external_id: str, *, write:
     """The name and e-mail given to `customer create` for this customer, in the audit trail."""
     needle = orjson.dumps({"external_id": external_id}).decode()[1:-1]  # "external_id":"..."
     rows = conn.execute(
-        select(audit_t.c.id, audit_t.c.arguments).where(
-            audit_t.c.project_slug == project.slug,
-            audit_t.c.command == "customer create",
-            audit_t.c.arguments.contains(needle, autoescape=True),
+        select(audit_records_t.c.id, audit_records_t.c.arguments).where(
+            audit_records_t.c.project_slug == project.slug,
+            audit_records_t.c.command == "customer create",
+            audit_records_t.c.arguments.contains(needle, autoescape=True),
         )
     ).all()
     changed = 0
@@ -255,8 +255,8 @@ def _scrub_audit(conn: Connection, project: Project, external_id: str, *, write:
             changed += 1
             if write:
                 conn.execute(
-                    update(audit_t)
-                    .where(audit_t.c.id == row_id)
+                    update(audit_records_t)
+                    .where(audit_records_t.c.id == row_id)
                     .values(arguments=orjson.dumps(scrubbed, option=orjson.OPT_SORT_KEYS).decode())
                 )
     return changed

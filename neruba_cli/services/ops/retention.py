@@ -25,7 +25,8 @@ from sqlalchemy import Connection, Engine, case, func, insert, select, update
 
 from neruba_cli.db import locks, usage_sql
 from neruba_cli.db.ids import new_id
-from neruba_cli.db.schema import Invoice, Meter, Project, RetentionRun, StripeLink
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import invoices_t, meters_t, retention_runs_t, stripe_links_t
 from neruba_cli.domain import lock_names
 from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.catalog import parse_catalog
@@ -46,10 +47,6 @@ from neruba_cli.services.ops import event_properties
 BATCH = event_properties.BATCH  # events per transaction
 CUSTOMER_BATCH = 500
 
-invoices_t = Invoice.__table__
-links_t = StripeLink.__table__
-meters_t = Meter.__table__
-runs_t = RetentionRun.__table__
 
 Window = tuple[datetime, datetime]
 
@@ -111,7 +108,9 @@ def plan(conn: Connection, project: Project, age: Age, as_of: datetime) -> Reten
     cutoff = age.cutoff(as_of)
     kept = read_properties(spec for _, spec in meters_in_use(conn, project))
     pushes = conn.execute(
-        select(func.count()).select_from(links_t).where(links_t.c.project_id == project.id)
+        select(func.count())
+        .select_from(stripe_links_t)
+        .where(stripe_links_t.c.project_id == project.id)
     ).scalar_one()
     rows = conn.execute(
         select(
@@ -175,8 +174,8 @@ def _scope(conn: Connection, project: Project, label: str) -> tuple[MonthScope, 
                 int(row.event_count),
             )
     by_window: dict[Window, dict[str, int]] = defaultdict(dict)
-    for (customer_id, start, end), (_, counted) in latest.items():
-        by_window[(start, end)][customer_id] = counted
+    for (customer_id, start, end), (_, invoiced) in latest.items():
+        by_window[(start, end)][customer_id] = invoiced
     scope = MonthScope(label)
     pending = 0
     for (start, end), counted in sorted(by_window.items()):
@@ -199,14 +198,14 @@ def _unpushed(conn: Connection, project: Project, label: str) -> int:
             select(func.count())
             .select_from(
                 invoices_t.outerjoin(
-                    links_t,
-                    (links_t.c.invoice_id == invoices_t.c.id)
-                    & (links_t.c.project_id == invoices_t.c.project_id),
+                    stripe_links_t,
+                    (stripe_links_t.c.invoice_id == invoices_t.c.id)
+                    & (stripe_links_t.c.project_id == invoices_t.c.project_id),
                 )
             )
             .where(invoices_t.c.project_id == project.id, invoices_t.c.period == label)
             .where(invoices_t.c.status.in_(("finalized", "paid")))
-            .where((links_t.c.id.is_(None)) | (links_t.c.state != "finalized"))
+            .where((stripe_links_t.c.id.is_(None)) | (stripe_links_t.c.state != "finalized"))
         ).scalar_one()
     )
 
@@ -317,8 +316,10 @@ def close_abandoned(engine: Engine, project: Project) -> int:
     empty: when they stopped is not known; `retention list` shows them as abandoned."""
     with engine.begin() as conn:
         closed = conn.execute(
-            update(runs_t)
-            .where(runs_t.c.project_id == project.id, runs_t.c.status == "running")
+            update(retention_runs_t)
+            .where(
+                retention_runs_t.c.project_id == project.id, retention_runs_t.c.status == "running"
+            )
             .values(status="failed")
         )
     return int(closed.rowcount or 0)
@@ -339,8 +340,8 @@ def _rewrite(
 
     def count(conn: Connection, batch: event_properties.Batch) -> None:
         conn.execute(
-            update(runs_t)
-            .where(runs_t.c.id == report.run)
+            update(retention_runs_t)
+            .where(retention_runs_t.c.id == report.run)
             .values(
                 events_touched=report.events + batch.events,
                 properties_dropped=report.properties_dropped + batch.removed,
@@ -365,7 +366,7 @@ def _open_run(
 ) -> None:
     with engine.begin() as conn:
         conn.execute(
-            insert(runs_t).values(
+            insert(retention_runs_t).values(
                 id=report.run,
                 project_id=project.id,
                 older_than=report.older_than,
@@ -384,8 +385,8 @@ def _open_run(
 def _close_run(engine: Engine, report: RetentionReport, *, status: str, now: datetime) -> None:
     with engine.begin() as conn:
         conn.execute(
-            update(runs_t)
-            .where(runs_t.c.id == report.run)
+            update(retention_runs_t)
+            .where(retention_runs_t.c.id == report.run)
             .values(
                 status=status,
                 events_touched=report.events,
@@ -397,7 +398,9 @@ def _close_run(engine: Engine, report: RetentionReport, *, status: str, now: dat
 
 def list_runs(conn: Connection, project: Project) -> list[dict[str, Any]]:
     rows = conn.execute(
-        select(runs_t).where(runs_t.c.project_id == project.id).order_by(runs_t.c.started_at)
+        select(retention_runs_t)
+        .where(retention_runs_t.c.project_id == project.id)
+        .order_by(retention_runs_t.c.started_at)
     ).all()
     return [
         {

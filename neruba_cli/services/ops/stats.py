@@ -32,7 +32,8 @@ from sqlalchemy import Connection, Engine, case, func, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Integer
 
-from neruba_cli.db.schema import BillingRun, Event, Invoice, LedgerAccount, Project
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import billing_runs_t, events_t, invoices_t, ledger_accounts_t
 from neruba_cli.domain import prometheus
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.ledger import WALLET
@@ -43,8 +44,6 @@ from neruba_cli.domain.timestamps import format_ts
 
 LAG_SAMPLE = 100_000  # newest events the lag percentiles are taken over
 MAX_DAYS = 366
-
-events_t = Event.__table__
 
 
 @dataclass(frozen=True)
@@ -205,22 +204,25 @@ def _lag(conn: Connection, project_id: str, since: datetime) -> Lag:
 
 
 def _last_run(conn: Connection, project_id: str) -> LastRun | None:
-    runs = BillingRun.__table__
     row = conn.execute(
-        select(runs.c.id, runs.c.period, runs.c.started_at, runs.c.finished_at)
-        .where(runs.c.project_id == project_id, runs.c.status == "completed")
-        .where(runs.c.finished_at.is_not(None))
-        .order_by(runs.c.finished_at.desc(), runs.c.id.desc())
+        select(
+            billing_runs_t.c.id,
+            billing_runs_t.c.period,
+            billing_runs_t.c.started_at,
+            billing_runs_t.c.finished_at,
+        )
+        .where(billing_runs_t.c.project_id == project_id, billing_runs_t.c.status == "completed")
+        .where(billing_runs_t.c.finished_at.is_not(None))
+        .order_by(billing_runs_t.c.finished_at.desc(), billing_runs_t.c.id.desc())
         .limit(1)
     ).first()
     return None if row is None else LastRun(row.id, row.period, row.started_at, row.finished_at)
 
 
 def _invoices(conn: Connection, project_id: str) -> list[InvoiceGroup]:
-    invoices = Invoice.__table__
-    query = select(invoices.c.kind, invoices.c.status, invoices.c.currency, invoices.c.total).where(
-        invoices.c.project_id == project_id
-    )
+    query = select(
+        invoices_t.c.kind, invoices_t.c.status, invoices_t.c.currency, invoices_t.c.total
+    ).where(invoices_t.c.project_id == project_id)
     counts: dict[tuple[str, str, str], int] = {}
     totals: dict[tuple[str, str, str], Decimal] = {}
     with conn.execute(query, execution_options={"yield_per": 1000}) as result:
@@ -232,11 +234,10 @@ def _invoices(conn: Connection, project_id: str) -> list[InvoiceGroup]:
 
 
 def _wallets(conn: Connection, project_id: str) -> dict[str, int]:
-    accounts = LedgerAccount.__table__
     query = (
-        select(accounts.c.currency, func.sum(accounts.c.balance).label("balance"))
-        .where(accounts.c.project_id == project_id, accounts.c.code == WALLET)
-        .group_by(accounts.c.currency)
+        select(ledger_accounts_t.c.currency, func.sum(ledger_accounts_t.c.balance).label("balance"))
+        .where(ledger_accounts_t.c.project_id == project_id, ledger_accounts_t.c.code == WALLET)
+        .group_by(ledger_accounts_t.c.currency)
     )
     return {row.currency: -int(row.balance) for row in conn.execute(query)}
 

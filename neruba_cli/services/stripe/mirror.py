@@ -16,9 +16,8 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db.ids import new_id
-from neruba_cli.db.schema import Project, StripeObject
-
-objects_t = StripeObject.__table__
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import stripe_objects_t
 
 MIRRORED = (
     "invoice",
@@ -91,31 +90,35 @@ def upsert(
     values = {**columns(obj), "data": orjson.dumps(obj).decode(), "observed_at": observed_at}
     if sweep is not None:
         values["sweep"] = sweep  # a push or a webhook leaves the pull's mark as it is
-    where = (objects_t.c.project_id == project.id, objects_t.c.stripe_id == obj["id"])
+    where = (stripe_objects_t.c.project_id == project.id, stripe_objects_t.c.stripe_id == obj["id"])
     changed = conn.execute(
-        update(objects_t).where(*where, objects_t.c.observed_at <= observed_at).values(**values)
+        update(stripe_objects_t)
+        .where(*where, stripe_objects_t.c.observed_at <= observed_at)
+        .values(**values)
     ).rowcount
     if changed:
         return
-    if conn.execute(select(objects_t.c.id).where(*where)).first() is not None:
+    if conn.execute(select(stripe_objects_t.c.id).where(*where)).first() is not None:
         return  # a newer view is already stored
     try:
         with conn.begin_nested():
             conn.execute(
-                insert(objects_t).values(
+                insert(stripe_objects_t).values(
                     id=new_id("sob"), project_id=project.id, stripe_id=obj["id"], **values
                 )
             )
     except IntegrityError:  # stored by another process meanwhile
         conn.execute(
-            update(objects_t).where(*where, objects_t.c.observed_at <= observed_at).values(**values)
+            update(stripe_objects_t)
+            .where(*where, stripe_objects_t.c.observed_at <= observed_at)
+            .values(**values)
         )
 
 
 def get(conn: Connection, project: Project, stripe_id: str) -> dict[str, Any] | None:
     row = conn.execute(
-        select(objects_t.c.data, objects_t.c.deleted).where(
-            objects_t.c.project_id == project.id, objects_t.c.stripe_id == stripe_id
+        select(stripe_objects_t.c.data, stripe_objects_t.c.deleted).where(
+            stripe_objects_t.c.project_id == project.id, stripe_objects_t.c.stripe_id == stripe_id
         )
     ).first()
     if row is None or row.deleted:
@@ -127,8 +130,8 @@ def get(conn: Connection, project: Project, stripe_id: str) -> dict[str, Any] | 
 def is_live(conn: Connection, project: Project, stripe_id: str) -> bool:
     """Whether the mirror holds the object and no pull found it gone."""
     row = conn.execute(
-        select(objects_t.c.deleted).where(
-            objects_t.c.project_id == project.id, objects_t.c.stripe_id == stripe_id
+        select(stripe_objects_t.c.deleted).where(
+            stripe_objects_t.c.project_id == project.id, stripe_objects_t.c.stripe_id == stripe_id
         )
     ).first()
     return row is not None and not row.deleted
@@ -139,10 +142,10 @@ def invoice_for_payment_intent(
 ) -> str | None:
     """The Stripe invoice a payment intent paid, from the mirrored invoice payments."""
     row = conn.execute(
-        select(objects_t.c.stripe_invoice).where(
-            objects_t.c.project_id == project.id,
-            objects_t.c.object == "invoice_payment",
-            objects_t.c.payment_intent == payment_intent,
+        select(stripe_objects_t.c.stripe_invoice).where(
+            stripe_objects_t.c.project_id == project.id,
+            stripe_objects_t.c.object == "invoice_payment",
+            stripe_objects_t.c.payment_intent == payment_intent,
         )
     ).first()
     return None if row is None else row.stripe_invoice

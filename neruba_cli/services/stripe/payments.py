@@ -15,19 +15,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 
 from neruba_cli.db import locks
-from neruba_cli.db.schema import Invoice, Payment, Project, Refund, StripeCursor
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import invoices_t, payments_t, refunds_t, stripe_cursors_t
 from neruba_cli.domain import lock_names, stripe_keys
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.money import format_minor
 from neruba_cli.domain.stripe_money import stripe_to_iso_minor
 from neruba_cli.services.ledger import payments
 from neruba_cli.services.stripe import mirror as stripe_mirror
-
-payments_t = Payment.__table__
-refunds_t = Refund.__table__
-invoices_t = Invoice.__table__
-cursors_t = StripeCursor.__table__
-
 
 # The lease covers one read-then-record step (a few queries), so it can be short. A process of
 # this host killed inside that step is taken over at once (db/locks.py); one on another host
@@ -181,11 +176,11 @@ def _invoice_of(conn: Connection, project: Project, charge: dict[str, Any]) -> s
 def _swept_after(conn: Connection, project: Project, charge: dict[str, Any]) -> bool:
     """Whether a complete pull of invoice payments started after the charge was made."""
     swept = conn.execute(
-        select(cursors_t.c.started_at).where(
-            cursors_t.c.project_id == project.id,
-            cursors_t.c.object == "invoice_payment",
-            cursors_t.c.completed_at.is_not(None),
-            cursors_t.c.since.is_(None),
+        select(stripe_cursors_t.c.started_at).where(
+            stripe_cursors_t.c.project_id == project.id,
+            stripe_cursors_t.c.object == "invoice_payment",
+            stripe_cursors_t.c.completed_at.is_not(None),
+            stripe_cursors_t.c.since.is_(None),
         )
     ).scalar()
     created = charge.get("created")

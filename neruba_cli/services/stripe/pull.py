@@ -21,16 +21,14 @@ from sqlalchemy import Connection, Engine, insert, or_, select, update
 from neruba_cli.db import locks
 from neruba_cli.db.engine import begin_write
 from neruba_cli.db.ids import new_id
-from neruba_cli.db.schema import Project, StripeCursor, StripeObject
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import stripe_cursors_t, stripe_objects_t
 from neruba_cli.domain import lock_names
 from neruba_cli.domain.errors import NerubaError
 from neruba_cli.services.stripe import gateway as stripe_gateway
 from neruba_cli.services.stripe import mirror as stripe_mirror
 from neruba_cli.services.stripe import payments as stripe_payments
 from neruba_cli.services.stripe.gateway import Gateway
-
-cursors_t = StripeCursor.__table__
-objects_t = StripeObject.__table__
 
 # (Stripe resource, mirrored object type), in the order payments need them: invoice payments
 # before charges, because a refund finds its invoice through the invoice payment.
@@ -116,8 +114,10 @@ def _sweep(
             seen += len(page)
             after = page[-1]["id"] if page else after
             conn.execute(
-                update(cursors_t)
-                .where(cursors_t.c.project_id == project.id, cursors_t.c.object == kind)
+                update(stripe_cursors_t)
+                .where(
+                    stripe_cursors_t.c.project_id == project.id, stripe_cursors_t.c.object == kind
+                )
                 .values(cursor=after, seen=seen)
             )
         if progress:
@@ -127,8 +127,8 @@ def _sweep(
     with begin_write(engine) as conn:
         report.deleted[kind] = _mark_deleted(conn, project, kind, sweep, since, started)
         conn.execute(
-            update(cursors_t)
-            .where(cursors_t.c.project_id == project.id, cursors_t.c.object == kind)
+            update(stripe_cursors_t)
+            .where(stripe_cursors_t.c.project_id == project.id, stripe_cursors_t.c.object == kind)
             .values(cursor=None, completed_at=now)
         )
     report.objects[kind] = seen
@@ -145,8 +145,8 @@ def _start(
     """The sweep to continue (an unfinished one with the same --since) or a new one."""
     with begin_write(engine) as conn:
         row = conn.execute(
-            select(cursors_t).where(
-                cursors_t.c.project_id == project.id, cursors_t.c.object == kind
+            select(stripe_cursors_t).where(
+                stripe_cursors_t.c.project_id == project.id, stripe_cursors_t.c.object == kind
             )
         ).first()
         if row is not None and row.completed_at is None and row.sweep and row.since == since:
@@ -162,11 +162,15 @@ def _start(
             "completed_at": None,
         }
         if row is None:
-            conn.execute(insert(cursors_t).values(project_id=project.id, object=kind, **values))
+            conn.execute(
+                insert(stripe_cursors_t).values(project_id=project.id, object=kind, **values)
+            )
         else:
             conn.execute(
-                update(cursors_t)
-                .where(cursors_t.c.project_id == project.id, cursors_t.c.object == kind)
+                update(stripe_cursors_t)
+                .where(
+                    stripe_cursors_t.c.project_id == project.id, stripe_cursors_t.c.object == kind
+                )
                 .values(**values)
             )
     return sweep, None, 0, now
@@ -181,19 +185,19 @@ def _mark_deleted(
     started: datetime,
 ) -> int:
     query = (
-        update(objects_t)
+        update(stripe_objects_t)
         .where(
-            objects_t.c.project_id == project.id,
-            objects_t.c.object == kind,
-            objects_t.c.deleted.is_(False),
-            or_(objects_t.c.sweep.is_(None), objects_t.c.sweep != sweep),
-            objects_t.c.stripe_created < started,
-            objects_t.c.observed_at < started,  # not just stored by a push or a webhook
+            stripe_objects_t.c.project_id == project.id,
+            stripe_objects_t.c.object == kind,
+            stripe_objects_t.c.deleted.is_(False),
+            or_(stripe_objects_t.c.sweep.is_(None), stripe_objects_t.c.sweep != sweep),
+            stripe_objects_t.c.stripe_created < started,
+            stripe_objects_t.c.observed_at < started,  # not just stored by a push or a webhook
         )
         .values(deleted=True)
     )
     if since is not None:
-        query = query.where(objects_t.c.stripe_created >= since)
+        query = query.where(stripe_objects_t.c.stripe_created >= since)
     return int(conn.execute(query).rowcount)
 
 
@@ -204,20 +208,20 @@ def _apply(
     rest (it is reported, and the next pull tries again)."""
     with engine.connect() as conn:
         paid = conn.execute(
-            select(objects_t.c.data).where(
-                objects_t.c.project_id == project.id,
-                objects_t.c.object == "invoice",
-                objects_t.c.neruba_project == project.slug,
-                objects_t.c.deleted.is_(False),
-                objects_t.c.amount_paid > 0,
+            select(stripe_objects_t.c.data).where(
+                stripe_objects_t.c.project_id == project.id,
+                stripe_objects_t.c.object == "invoice",
+                stripe_objects_t.c.neruba_project == project.slug,
+                stripe_objects_t.c.deleted.is_(False),
+                stripe_objects_t.c.amount_paid > 0,
             )
         ).all()
         refunded = conn.execute(
-            select(objects_t.c.data).where(
-                objects_t.c.project_id == project.id,
-                objects_t.c.object == "charge",
-                objects_t.c.deleted.is_(False),
-                objects_t.c.amount_refunded > 0,
+            select(stripe_objects_t.c.data).where(
+                stripe_objects_t.c.project_id == project.id,
+                stripe_objects_t.c.object == "charge",
+                stripe_objects_t.c.deleted.is_(False),
+                stripe_objects_t.c.amount_refunded > 0,
             )
         ).all()
     for rows, apply in (

@@ -24,7 +24,8 @@ from sqlalchemy import Connection, Engine, Row, insert, select, update
 from neruba_cli.db import locks
 from neruba_cli.db.engine import begin_write
 from neruba_cli.db.ids import new_id
-from neruba_cli.db.schema import Customer, Invoice, Project, StripeLink
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import customers_t, stripe_links_t
 from neruba_cli.domain import lock_names, stripe_keys, stripe_link
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.money import RoundingMode, format_amount, to_minor_units
@@ -32,10 +33,6 @@ from neruba_cli.domain.stripe_link import PushedInvoice
 from neruba_cli.services.invoices import read as invoices_read
 from neruba_cli.services.stripe import mirror as stripe_mirror
 from neruba_cli.services.stripe.gateway import Gateway, StripeFailure
-
-links_t = StripeLink.__table__
-invoices_t = Invoice.__table__
-customers_t = Customer.__table__
 
 PUSHED_STATUSES = ("finalized", "paid", "void")
 # the metadata that names one push of one invoice
@@ -145,8 +142,8 @@ def _rows(conn: Connection, project: Project, label: str) -> list[Row[Any]]:
 
 def _link(conn: Connection, project: Project, invoice_id: str) -> Row[Any] | None:
     return conn.execute(
-        select(links_t).where(
-            links_t.c.project_id == project.id, links_t.c.invoice_id == invoice_id
+        select(stripe_links_t).where(
+            stripe_links_t.c.project_id == project.id, stripe_links_t.c.invoice_id == invoice_id
         )
     ).first()
 
@@ -267,7 +264,7 @@ class _Pusher:
             link = _link(conn, self.project, self.row.id)
             if link is None:
                 conn.execute(
-                    insert(links_t).values(
+                    insert(stripe_links_t).values(
                         id=new_id("slk"),
                         project_id=self.project.id,
                         invoice_id=self.row.id,
@@ -294,8 +291,11 @@ class _Pusher:
     def _record(self, **values: Any) -> Row[Any]:
         with begin_write(self.engine) as conn:
             conn.execute(
-                update(links_t)
-                .where(links_t.c.project_id == self.project.id, links_t.c.invoice_id == self.row.id)
+                update(stripe_links_t)
+                .where(
+                    stripe_links_t.c.project_id == self.project.id,
+                    stripe_links_t.c.invoice_id == self.row.id,
+                )
                 .values(updated_at=self.now, **values)
             )
         return self._current_link()

@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, or_, select
 
-from neruba_cli.db.schema import Customer, Project, StripeLink, StripeObject
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import customers_t, stripe_links_t, stripe_objects_t
 from neruba_cli.domain import reconcile as domain
 from neruba_cli.domain import stripe_link
 from neruba_cli.domain.errors import InvalidInput
@@ -23,10 +24,6 @@ from neruba_cli.domain.money import to_minor_units
 from neruba_cli.domain.stripe_money import from_stripe, stripe_to_iso_minor
 from neruba_cli.services.invoices import read as invoices_read
 from neruba_cli.services.stripe import push as stripe_push
-
-objects_t = StripeObject.__table__
-links_t = StripeLink.__table__
-customers_t = Customer.__table__
 
 CSV_COLUMNS = (
     "kind",
@@ -66,7 +63,9 @@ def _neruba(conn: Connection, project: Project, rows: list[Any]) -> list[domain.
     )
     links = {
         row.invoice_id: row
-        for row in conn.execute(select(links_t).where(links_t.c.project_id == project.id)).all()
+        for row in conn.execute(
+            select(stripe_links_t).where(stripe_links_t.c.project_id == project.id)
+        ).all()
     }
     sides = []
     for row in rows:
@@ -100,14 +99,14 @@ def _stripe(
     conn: Connection, project: Project, rows: list[Any], label: str
 ) -> list[domain.StripeSide]:
     numbers = [row.number for row in rows]
-    named = objects_t.c.neruba_period == label
+    named = stripe_objects_t.c.neruba_period == label
     if numbers:
-        named = or_(named, objects_t.c.neruba_invoice.in_(numbers))
+        named = or_(named, stripe_objects_t.c.neruba_invoice.in_(numbers))
     found = conn.execute(
-        select(objects_t).where(
-            objects_t.c.project_id == project.id,
-            objects_t.c.object.in_(("invoice", "credit_note")),
-            objects_t.c.neruba_project == project.slug,
+        select(stripe_objects_t).where(
+            stripe_objects_t.c.project_id == project.id,
+            stripe_objects_t.c.object.in_(("invoice", "credit_note")),
+            stripe_objects_t.c.neruba_project == project.slug,
             named,
         )
     ).all()

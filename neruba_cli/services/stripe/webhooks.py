@@ -22,14 +22,13 @@ from sqlalchemy.exc import IntegrityError
 
 from neruba_cli.db.engine import begin_write
 from neruba_cli.db.ids import new_id
-from neruba_cli.db.schema import Project, StripeWebhookEvent
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import stripe_webhook_events_t
 from neruba_cli.domain.errors import InvalidInput, NerubaError
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.domain.webhook_signature import SignatureError, verify
 from neruba_cli.services.stripe import mirror as stripe_mirror
 from neruba_cli.services.stripe import payments as stripe_payments
-
-events_t = StripeWebhookEvent.__table__
 
 STATUSES = ("received", "processed", "ignored", "failed")  # a stored delivery's status
 
@@ -130,7 +129,7 @@ def _receive(
     try:
         with begin_write(engine) as conn:
             conn.execute(
-                insert(events_t).values(
+                insert(stripe_webhook_events_t).values(
                     id=new_id("swh"),
                     project_id=project.id,
                     event_id=event["id"],
@@ -156,7 +155,10 @@ def _receive(
 
 def _row(conn: Connection, project: Project, event_id: str) -> Any:
     return conn.execute(
-        select(events_t).where(events_t.c.project_id == project.id, events_t.c.event_id == event_id)
+        select(stripe_webhook_events_t).where(
+            stripe_webhook_events_t.c.project_id == project.id,
+            stripe_webhook_events_t.c.event_id == event_id,
+        )
     ).first()
 
 
@@ -170,12 +172,15 @@ def _process(
         status, note, error = "failed", str(exc), str(exc)
     with begin_write(engine) as conn:
         conn.execute(
-            update(events_t)
-            .where(events_t.c.project_id == project.id, events_t.c.event_id == event["id"])
+            update(stripe_webhook_events_t)
+            .where(
+                stripe_webhook_events_t.c.project_id == project.id,
+                stripe_webhook_events_t.c.event_id == event["id"],
+            )
             .values(
                 status=status,
                 error=error,
-                attempts=events_t.c.attempts + 1,
+                attempts=stripe_webhook_events_t.c.attempts + 1,
                 processed_at=now if status != "failed" else None,
             )
         )
@@ -230,12 +235,16 @@ def reprocess(
 ) -> list[dict[str, Any]]:
     """Apply again the stored events that failed (all of them, or the ones named)."""
     with engine.connect() as conn:
-        query = select(events_t).where(events_t.c.project_id == project.id)
+        query = select(stripe_webhook_events_t).where(
+            stripe_webhook_events_t.c.project_id == project.id
+        )
         if event_ids:
-            query = query.where(events_t.c.event_id.in_(event_ids))
+            query = query.where(stripe_webhook_events_t.c.event_id.in_(event_ids))
         else:
-            query = query.where(events_t.c.status.in_(("failed", "received")))
-        rows = conn.execute(query.order_by(events_t.c.received_at, events_t.c.id)).all()
+            query = query.where(stripe_webhook_events_t.c.status.in_(("failed", "received")))
+        rows = conn.execute(
+            query.order_by(stripe_webhook_events_t.c.received_at, stripe_webhook_events_t.c.id)
+        ).all()
     missing = sorted(set(event_ids) - {row.event_id for row in rows})
     if missing:
         raise InvalidInput(f"no stored webhook event {', '.join(missing)}")
@@ -252,10 +261,14 @@ def reprocess(
 def list_events(
     conn: Connection, project: Project, *, status: str | None = None
 ) -> list[dict[str, Any]]:
-    query = select(events_t).where(events_t.c.project_id == project.id)
+    query = select(stripe_webhook_events_t).where(
+        stripe_webhook_events_t.c.project_id == project.id
+    )
     if status is not None:
-        query = query.where(events_t.c.status == status)
-    rows = conn.execute(query.order_by(events_t.c.received_at, events_t.c.id)).all()
+        query = query.where(stripe_webhook_events_t.c.status == status)
+    rows = conn.execute(
+        query.order_by(stripe_webhook_events_t.c.received_at, stripe_webhook_events_t.c.id)
+    ).all()
     return [
         {
             "event": row.event_id,

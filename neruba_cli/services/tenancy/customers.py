@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Customer, Project
+from neruba_cli.db.tables import customers_t
 from neruba_cli.db.unique import add_unique
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.tenancy import CustomerSpec, ProjectSpec, customer_spec
@@ -122,9 +123,17 @@ def _validate(
     if isinstance(item, Reject):
         report.reject(item, rejects)
         return None
-    fields = {name: item.values.get(name) for name in CSV_COLUMNS}
+    values = item.values
     try:
-        spec = customer_spec(**fields, defaults=defaults)
+        spec = customer_spec(
+            external_id=values.get("external_id", ""),
+            name=values.get("name"),
+            email=values.get("email"),
+            currency=values.get("currency"),
+            timezone=values.get("timezone"),
+            stripe_id=values.get("stripe_id"),
+            defaults=defaults,
+        )
     except InvalidInput as exc:
         report.reject(Reject(item.line, str(exc), item.raw), rejects)
         return None
@@ -133,7 +142,7 @@ def _validate(
         reason = f"external_id {spec.external_id!r} already appears on line {first}"
         report.reject(Reject(item.line, reason, item.raw), rejects)
         return None
-    provided = frozenset(name for name in _FIELDS if (fields[name] or "").strip())
+    provided = frozenset(name for name in _FIELDS if values.get(name, "").strip())
     return _Candidate(item.line, item.raw, spec, provided)
 
 
@@ -199,7 +208,7 @@ def _write(
 
 
 def _row_values(customer: Customer) -> dict[str, Any]:
-    return {column.name: getattr(customer, column.name) for column in Customer.__table__.columns}
+    return {column.name: getattr(customer, column.name) for column in customers_t.columns}
 
 
 def _apply_changes(customer: Customer, candidate: _Candidate, now: datetime) -> bool:
