@@ -1,13 +1,18 @@
-"""Lint and type checks are part of the test run, so CI fails when they do."""
+"""Lint, type and layer checks are part of the test run, so CI fails when they do."""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DOMAIN = ROOT / "neruba_cli" / "domain"
+# reading the clock: what domain functions take as a parameter instead
+CLOCK_CALLS = {"now", "utcnow", "today"}
+CLOCK_OWNERS = {"datetime", "date"}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -21,7 +26,11 @@ def test_ruff_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_strict_on_the_domain() -> None:
+def test_mypy_strict_on_domain_db_and_services() -> None:
+    """`files` in pyproject.toml's [tool.mypy] names the three packages."""
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert settings["strict"] is True
+    assert set(settings["files"]) >= {"neruba_cli/domain", "neruba_cli/db", "neruba_cli/services"}
     result = _run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -58,6 +67,64 @@ def test_no_test_module_imports_another() -> None:
         if _is_test_module(name)
     )
     assert offenders == [], "\n".join(offenders)
+
+
+def test_imports_follow_the_layers() -> None:
+    """The contracts in pyproject.toml: cli | api -> services -> config -> db -> domain, and a
+    domain without database, file system, clock or randomness."""
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run(
+        [str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def _clock_reads(tree: ast.AST) -> list[int]:
+    """Lines that call `datetime.now()`, `date.today()`, `datetime.datetime.utcnow()`...,
+    under whatever name the module imported them."""
+    owners = set(CLOCK_OWNERS)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom | ast.Import):
+            owners |= {
+                alias.asname
+                for alias in node.names
+                if alias.asname and alias.name.rpartition(".")[2] in CLOCK_OWNERS
+            }
+    lines = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        owner = node.func.value
+        name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", None)
+        if node.func.attr in CLOCK_CALLS and name in owners:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_domain_never_reads_the_clock() -> None:
+    """import-linter keeps `time` out of domain; `datetime` is allowed for its types, so its
+    clock calls are looked for here. The time comes in as a parameter (`now`, `as_of`)."""
+    found = {
+        str(path.relative_to(ROOT)): lines
+        for path in sorted(DOMAIN.glob("**/*.py"))
+        if (lines := _clock_reads(ast.parse(path.read_text(), str(path))))
+    }
+    assert found == {}, f"clock reads in the domain: {found}"
+
+
+def test_the_clock_check_finds_what_it_looks_for() -> None:
+    source = (
+        "import datetime\n"
+        "from datetime import date, datetime as dt\n"
+        "a = datetime.datetime.now()\n"
+        "b = date.today()\n"
+        "c = datetime.utcnow()\n"
+        "d = dt.fromisoformat('2026-01-01')\n"
+        "e = moment.now\n"
+        "f = dt.now(UTC)\n"
+    )
+    assert _clock_reads(ast.parse(source)) == [3, 4, 5, 8]
 
 
 def test_every_table_has_a_typed_handle() -> None:
