@@ -137,3 +137,16 @@ def test_every_table_has_a_typed_handle() -> None:
     handles = {name: value for name, value in vars(tables).items() if isinstance(value, Table)}
     assert {f"{table}_t" for table in Base.metadata.tables} == set(handles)
     assert all(handle.name == name.removesuffix("_t") for name, handle in handles.items())
+
+
+def test_tables_are_reached_through_their_handles() -> None:
+    """`Model.__table__` is typed as a bare FromClause; code takes `db.tables.<table>_t`."""
+    offenders = sorted(
+        f"{path.relative_to(ROOT)}:{number}"
+        for folder in ("neruba_cli", "tests", "bench", "migrations", "scripts")
+        for path in (ROOT / folder).rglob("*.py")
+        if path != ROOT / "neruba_cli" / "db" / "tables.py" and path != Path(__file__)
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if ".__table__" in line
+    )
+    assert offenders == [], "\n".join(offenders)

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from neruba_cli.domain.invoice import line_key
+from neruba_cli.domain.invoice_numbers import sequence_of
 from neruba_cli.domain.late_events import Treatment, treatment
 from neruba_cli.domain.money import format_amount, format_minor, to_minor_units
 
@@ -246,7 +247,7 @@ def numbering_problems(numbers: Sequence[str], slug: str, counter: int | None) -
     """Invoice numbers (SLUG-000001, ...) run 1, 2, ... N without a gap (a void invoice keeps
     its number), and the project's counter stands at N: a gap would look like a deleted
     invoice to an auditor."""
-    found = sorted(_sequence_number(number, slug) for number in numbers)
+    found = sorted(_sequence_number(number, slug) for number in numbers)  # -1: not one of ours
     expected = list(range(1, len(found) + 1))
     problems = []
     if found != expected:
@@ -263,9 +264,8 @@ def numbering_problems(numbers: Sequence[str], slug: str, counter: int | None) -
 
 
 def _sequence_number(number: str, slug: str) -> int:
-    prefix = f"{slug.upper()}-"
-    tail = number[len(prefix) :] if number.startswith(prefix) else ""
-    return int(tail) if tail.isdigit() else -1
+    sequence = sequence_of(number, slug)
+    return -1 if sequence is None else sequence
 
 
 # --------------------------------------------------------------------------- line rows

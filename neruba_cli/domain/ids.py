@@ -82,11 +82,3 @@ def parse_id(value: str) -> ParsedId:
 
 def has_prefix(value: str, prefix: str) -> bool:
     return value.startswith(f"{prefix}_") and len(value) == len(prefix) + 1 + BODY_LENGTH
-
-
-def new_id(prefix: str) -> str:
-    """The system-clock form, for callers not yet moved to `neruba_cli.db.ids.new_id`."""
-    import secrets
-    import time
-
-    return make_id(prefix, now_ms=time.time_ns() // 1_000_000, randbits=secrets.randbits)

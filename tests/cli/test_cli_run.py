@@ -14,8 +14,8 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from neruba_cli.db import locks
-from neruba_cli.db.schema import BillingRun, Invoice, InvoiceRevision, Project
-from neruba_cli.services.billing import run as billing_run
+from neruba_cli.db.schema import BillingRun, Invoice, InvoiceRevision
+from neruba_cli.domain import lock_names
 from tests.support.catalogs import catalog, meter, per_unit, plan
 from tests.support.cli import Cli
 
@@ -324,9 +324,7 @@ def test_a_bad_period_and_a_held_lock(shop: Cli, engine: Engine) -> None:
         "exit_code": 2,
     }
 
-    with Session(engine) as session:
-        project = session.scalars(select(Project).where(Project.slug == "acme")).one()
-        name = billing_run.lock_name(project, "2026-10")
+    name = lock_names.billing("acme", "2026-10")
     lease = locks.acquire(engine, name, holder="cron@billing-host:4242")
     held = shop("run", "bill", "--period", "2026-10", "--as-of", AS_OF, "--project", "acme")
     assert held.exit_code == 5

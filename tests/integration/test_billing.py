@@ -23,7 +23,8 @@ from sqlalchemy import Engine, func, select, update
 from neruba_cli.db import locks
 from neruba_cli.db.schema import BillingRun, InvoiceLine, InvoiceRevision
 from neruba_cli.db.tables import invoices_t
-from neruba_cli.services.billing.run import ABANDONED, lock_name
+from neruba_cli.domain import lock_names
+from neruba_cli.services.billing.run import ABANDONED
 from tests.support.cli import Cli
 from tests.support.events import Ev, ingest, write_jsonl
 from tests.support.workload import (
@@ -39,7 +40,6 @@ from tests.support.workload import (
     invoices,
     make_shop,
     population,
-    project_of,
     reset_billing,
     reset_events,
     shop_for,
@@ -384,7 +384,7 @@ def test_a_killed_run_then_a_rerun_equals_a_clean_run(
         assert lines == len(inv.doc["lines"]) and revisions == 1
     assert_gapless(engine)
 
-    name = lock_name(project_of(engine), "2026-10")
+    name = lock_names.billing("acme", "2026-10")
     state = locks.get(engine, name)
     if state is not None and state.holder is not None:
         released = cli("locks", "release", name, "--yes", "--project", "acme")

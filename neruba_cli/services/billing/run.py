@@ -79,7 +79,11 @@ def run_bill(
     lease = None
     if not options.dry_run:
         lease = locks.acquire(
-            engine, lock_name(project, label), holder=holder, ttl=options.lease, wait=options.wait
+            engine,
+            lock_names.billing(project.slug, label),
+            holder=holder,
+            ttl=options.lease,
+            wait=options.wait,
         )
         _close_abandoned(engine, project, label, lease)
     writer = InvoiceWriter(engine, project, label, lease, options, actor=actor, now=now)
@@ -119,16 +123,6 @@ def run_bill(
     finally:
         if writer.lease is not None:
             locks.release(engine, writer.lease)
-
-
-def lock_name(project: Project, label: str) -> str:
-    """The lease a billing run of the period holds (domain/lock_names.py); with no period,
-    what the leases of every period start with."""
-    return (
-        lock_names.billing(project.slug, label)
-        if label
-        else lock_names.billing_prefix(project.slug)
-    )
 
 
 ABANDONED = "abandoned: its process stopped before finishing"

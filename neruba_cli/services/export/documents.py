@@ -26,29 +26,21 @@ from sqlalchemy import (
     union_all,
 )
 
-from neruba_cli.db.schema import (
-    CreditGrant,
-    Customer,
-    Invoice,
-    InvoiceLine,
-    LedgerEntry,
-    LedgerTransaction,
-    Payment,
-    Refund,
+from neruba_cli.db.tables import (
+    credit_grants_t,
+    customers_t,
+    invoice_lines_t,
+    invoices_t,
+    ledger_entries_t,
+    ledger_transactions_t,
+    payments_t,
+    refunds_t,
 )
 from neruba_cli.domain.money import format_amount, format_minor
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.billing import plan as billing_plan
 from neruba_cli.services.export.plan import Plan
 
-customers_t = Customer.__table__
-invoices_t = Invoice.__table__
-lines_t = InvoiceLine.__table__
-entries_t = LedgerEntry.__table__
-transactions_t = LedgerTransaction.__table__
-grants_t = CreditGrant.__table__
-payments_t = Payment.__table__
-refunds_t = Refund.__table__
 _corrected = invoices_t.alias("corrected")
 
 
@@ -57,9 +49,12 @@ def _posted_since(column: Any, moment: datetime) -> ColumnElement[bool]:
     return exists(
         select(1)
         .select_from(
-            entries_t.join(transactions_t, transactions_t.c.id == entries_t.c.transaction_id)
+            ledger_entries_t.join(
+                ledger_transactions_t,
+                ledger_transactions_t.c.id == ledger_entries_t.c.transaction_id,
+            )
         )
-        .where(column, transactions_t.c.created_at >= moment)
+        .where(column, ledger_transactions_t.c.created_at >= moment)
     )
 
 
@@ -70,7 +65,7 @@ def _invoice_query(plan: Plan, *, content: bool) -> Select[Any]:
     def changed(moment: datetime) -> ColumnElement[bool]:
         return or_(
             invoices_t.c.updated_at >= moment,
-            _posted_since(entries_t.c.invoice_id == invoices_t.c.id, moment),
+            _posted_since(ledger_entries_t.c.invoice_id == invoices_t.c.id, moment),
         )
 
     columns: list[Any] = [
@@ -129,7 +124,7 @@ def lines_counted(query: Select[Any]) -> Select[Any]:
     """The invoice lines of the invoices a lines export reads (invoice_lines mirrors each
     document's lines): what its progress bar counts."""
     numbers = query.with_only_columns(invoices_t.c.id).order_by(None)
-    return select(lines_t.c.id).where(lines_t.c.invoice_id.in_(numbers))
+    return select(invoice_lines_t.c.id).where(invoice_lines_t.c.invoice_id.in_(numbers))
 
 
 def invoice_rows(rows: Iterator[Any]) -> Iterator[tuple[Any, ...]]:
@@ -188,25 +183,25 @@ def line_rows(rows: Iterator[Any]) -> Iterator[tuple[Any, ...]]:
 def credits_query(plan: Plan) -> Select[Any]:
     def changed(moment: datetime) -> ColumnElement[bool]:
         return or_(
-            grants_t.c.created_at >= moment,
-            grants_t.c.revoked_at >= moment,
-            grants_t.c.expired_at >= moment,
-            _posted_since(entries_t.c.grant_id == grants_t.c.id, moment),
+            credit_grants_t.c.created_at >= moment,
+            credit_grants_t.c.revoked_at >= moment,
+            credit_grants_t.c.expired_at >= moment,
+            _posted_since(ledger_entries_t.c.grant_id == credit_grants_t.c.id, moment),
         )
 
     return (
-        select(grants_t, customers_t.c.external_id)
-        .join(customers_t, customers_t.c.id == grants_t.c.customer_id)
+        select(credit_grants_t, customers_t.c.external_id)
+        .join(customers_t, customers_t.c.id == credit_grants_t.c.customer_id)
         .where(
             *plan.where(
-                project=grants_t.c.project_id,
-                customer=grants_t.c.customer_id,
-                moment=grants_t.c.created_at,
+                project=credit_grants_t.c.project_id,
+                customer=credit_grants_t.c.customer_id,
+                moment=credit_grants_t.c.created_at,
                 changed=changed,
-                at=grants_t.c.created_at,
+                at=credit_grants_t.c.created_at,
             )
         )
-        .order_by(grants_t.c.created_at, grants_t.c.id)
+        .order_by(credit_grants_t.c.created_at, credit_grants_t.c.id)
     )
 
 

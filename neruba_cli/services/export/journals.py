@@ -31,13 +31,13 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
-from neruba_cli.db.schema import (
-    Customer,
-    Event,
-    Invoice,
-    LedgerAccount,
-    LedgerEntry,
-    LedgerTransaction,
+from neruba_cli.db.tables import (
+    customers_t,
+    events_t,
+    invoices_t,
+    ledger_accounts_t,
+    ledger_entries_t,
+    ledger_transactions_t,
 )
 from neruba_cli.db.usage_sql import UsageValue
 from neruba_cli.domain.money import decimal_text, format_minor
@@ -48,46 +48,41 @@ EVENT_FIELDS = ("idempotency_key", "customer", "meter", "timestamp", "quantity")
 
 RowFormat = Callable[[Iterator[Any]], Iterator[tuple[Any, ...]]]
 
-events_t = Event.__table__
-customers_t = Customer.__table__
-invoices_t = Invoice.__table__
-entries_t = LedgerEntry.__table__
-transactions_t = LedgerTransaction.__table__
-accounts_t = LedgerAccount.__table__
-
 
 def ledger_query(plan: Plan) -> Select[Any]:
     line_customer = customers_t.alias("holder")
     return (
         select(
-            transactions_t.c.id.label("transaction"),
-            transactions_t.c.kind,
-            transactions_t.c.reference,
-            transactions_t.c.effective_at,
-            accounts_t.c.code,
+            ledger_transactions_t.c.id.label("transaction"),
+            ledger_transactions_t.c.kind,
+            ledger_transactions_t.c.reference,
+            ledger_transactions_t.c.effective_at,
+            ledger_accounts_t.c.code,
             line_customer.c.external_id,
-            accounts_t.c.currency,
-            entries_t.c.amount,
-            entries_t.c.grant_id,
+            ledger_accounts_t.c.currency,
+            ledger_entries_t.c.amount,
+            ledger_entries_t.c.grant_id,
             invoices_t.c.number,
-            transactions_t.c.memo,
-            transactions_t.c.created_at,
+            ledger_transactions_t.c.memo,
+            ledger_transactions_t.c.created_at,
         )
-        .select_from(entries_t)
-        .join(transactions_t, transactions_t.c.id == entries_t.c.transaction_id)
-        .join(accounts_t, accounts_t.c.id == entries_t.c.account_id)
-        .outerjoin(line_customer, line_customer.c.id == accounts_t.c.customer_id)
-        .outerjoin(invoices_t, invoices_t.c.id == entries_t.c.invoice_id)
+        .select_from(ledger_entries_t)
+        .join(
+            ledger_transactions_t, ledger_transactions_t.c.id == ledger_entries_t.c.transaction_id
+        )
+        .join(ledger_accounts_t, ledger_accounts_t.c.id == ledger_entries_t.c.account_id)
+        .outerjoin(line_customer, line_customer.c.id == ledger_accounts_t.c.customer_id)
+        .outerjoin(invoices_t, invoices_t.c.id == ledger_entries_t.c.invoice_id)
         .where(
             *plan.where(
-                project=entries_t.c.project_id,
-                customer=accounts_t.c.customer_id,
-                moment=transactions_t.c.created_at,
-                sequence=entries_t.c.id,
-                at=transactions_t.c.effective_at,
+                project=ledger_entries_t.c.project_id,
+                customer=ledger_accounts_t.c.customer_id,
+                moment=ledger_transactions_t.c.created_at,
+                sequence=ledger_entries_t.c.id,
+                at=ledger_transactions_t.c.effective_at,
             )
         )
-        .order_by(entries_t.c.id)
+        .order_by(ledger_entries_t.c.id)
     )
 
 

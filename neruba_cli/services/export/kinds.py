@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, Table
 
-from neruba_cli.db.schema import Event, LedgerEntry
+from neruba_cli.db.tables import events_t, ledger_entries_t
 from neruba_cli.domain.errors import InvalidInput, UsageError
 from neruba_cli.services.export import documents, journals
 from neruba_cli.services.export.journals import EVENT_FIELDS, RowFormat
@@ -83,14 +83,14 @@ _ENTRIES = (
         ),
         journals.ledger_query,
         journals.ledger_rows,
-        journal=LedgerEntry.__table__,
+        journal=ledger_entries_t,
     ),
     ExportKind(
         "events",
         (*EVENT_FIELDS, "properties"),  # CSV: properties.<name> columns instead
         journals.events_query,
         journals.events_jsonl,
-        journal=Event.__table__,
+        journal=events_t,
         csv_layout=journals.events_csv,
     ),
     ExportKind(
@@ -98,7 +98,7 @@ _ENTRIES = (
         _words("customer meter day events quantity"),
         journals.usage_query,
         journals.usage_rows,
-        journal=Event.__table__,
+        journal=events_t,
     ),
     ExportKind(
         "credits",

@@ -39,21 +39,17 @@ from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from neruba_cli.db import locks
-from neruba_cli.db.schema import BillingRun, Customer, ExportWatermark, Lock, Project
+from neruba_cli.db.schema import ExportWatermark, Project
+from neruba_cli.db.tables import billing_runs_t, customers_t, export_watermarks_t, locks_t
+from neruba_cli.domain import lock_names
 from neruba_cli.domain.errors import InvalidInput, LockHeld, NotFound
 from neruba_cli.domain.periods import month_period
 from neruba_cli.domain.timestamps import format_ts, parse_since, parse_ts
-from neruba_cli.services.billing import run as billing_run
 from neruba_cli.services.export.kinds import JOURNALS, KINDS, check_request
 from neruba_cli.services.export.plan import ExportRequest, Plan, Progress, Since
 from neruba_cli.services.invoices import read as invoices_read
 
 LOCK_WAIT_SECONDS = 120  # longest wait for the writers in flight when reading a high-water id
-
-customers_t = Customer.__table__
-watermarks_t = ExportWatermark.__table__
-runs_t = BillingRun.__table__
-locks_t = Lock.__table__
 
 
 def parse_since_option(text: str, kind: str, *, now: datetime) -> Since:
@@ -67,10 +63,6 @@ def parse_since_option(text: str, kind: str, *, now: datetime) -> Since:
             )
         return Since(sequence=int(raw))
     return Since(moment=parse_since(raw, now=now))
-
-
-def lock_name(project: Project, name: str, kind: str) -> str:
-    return f"{project.slug}:export:{name}:{kind}"
 
 
 def make_plan(engine: Engine, project: Project, request: ExportRequest, *, now: datetime) -> Plan:
@@ -144,10 +136,10 @@ def _stored(conn: Connection, project: Project, name: str | None, kind: str) -> 
 
 def stored_watermark(conn: Connection, project: Project, name: str, kind: str) -> str | None:
     found = conn.execute(
-        select(watermarks_t.c.watermark).where(
-            watermarks_t.c.project_id == project.id,
-            watermarks_t.c.name == name,
-            watermarks_t.c.kind == kind,
+        select(export_watermarks_t.c.watermark).where(
+            export_watermarks_t.c.project_id == project.id,
+            export_watermarks_t.c.name == name,
+            export_watermarks_t.c.kind == kind,
         )
     ).scalar()
     return None if found is None else str(found)
@@ -166,9 +158,9 @@ def store_watermark(
     """Record where the next run starts, fenced by the export's lease: a run whose lease was
     taken over (it was paused past its expiry) cannot move the watermark."""
     key = (
-        watermarks_t.c.project_id == project.id,
-        watermarks_t.c.name == name,
-        watermarks_t.c.kind == kind,
+        export_watermarks_t.c.project_id == project.id,
+        export_watermarks_t.c.name == name,
+        export_watermarks_t.c.kind == kind,
     )
     with engine.begin() as conn:
         locks.fence(conn, lease)
@@ -227,23 +219,28 @@ def documents_watermark(
     time, and it commits over minutes). A run that died without releasing its lease stops
     counting when the lease expires."""
     live = and_(
-        locks_t.c.name.like(f"{billing_run.lock_name(project, '')}%"),
+        locks_t.c.name.startswith(lock_names.billing_prefix(project.slug), autoescape=True),
         locks_t.c.holder.is_not(None),
         locks_t.c.expires_at > now,
     )
     with engine.connect() as conn:
         acquired = conn.execute(select(func.min(locks_t.c.acquired_at)).where(live)).scalar()
         started = conn.execute(
-            select(func.min(runs_t.c.started_at))
+            select(func.min(billing_runs_t.c.started_at))
             .select_from(
-                runs_t.join(
+                billing_runs_t.join(
                     locks_t,
                     and_(
-                        locks_t.c.holder == runs_t.c.holder, locks_t.c.token == runs_t.c.lock_token
+                        locks_t.c.holder == billing_runs_t.c.holder,
+                        locks_t.c.token == billing_runs_t.c.lock_token,
                     ),
                 )
             )
-            .where(runs_t.c.project_id == project.id, runs_t.c.status == "running", live)
+            .where(
+                billing_runs_t.c.project_id == project.id,
+                billing_runs_t.c.status == "running",
+                live,
+            )
         ).scalar()
     return min(moment for moment in (now, acquired, started) if moment is not None) - overlap
 
@@ -254,7 +251,7 @@ def named_lease(engine: Engine, project: Project, request: ExportRequest) -> Ite
     if request.name is None:
         yield None
         return
-    with locks.held(engine, lock_name(project, request.name, request.kind)) as lease:
+    with locks.held(engine, lock_names.export(project.slug, request.name, request.kind)) as lease:
         yield lease
 
 

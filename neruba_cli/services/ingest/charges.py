@@ -11,9 +11,9 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.charges import ChargeInput
-from neruba_cli.domain.ids import new_id
 from neruba_cli.services.ingest.receipts import IngestSummary
 from neruba_cli.services.ingest.rejects import RejectsWriter
 from neruba_cli.services.ingest.validation import Pending

@@ -19,9 +19,9 @@ from sqlalchemy import Engine
 from sqlalchemy.pool import SingletonThreadPool
 
 from neruba_cli.db import bulk_insert
+from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.catalog import MeterDef
-from neruba_cli.domain.ids import new_id
 from neruba_cli.services.billing import run as billing_run
 from neruba_cli.services.ingest import receipts
 from neruba_cli.services.ingest.readers import Source, parsed_lines

@@ -22,10 +22,11 @@ from sqlalchemy import Connection, Engine, Table, insert, select
 
 from neruba_cli.db import bulk_insert
 from neruba_cli.db.bulk_insert import StoredKeys, db_time
-from neruba_cli.db.schema import Charge, Customer, Event, ImportBatch, Project
+from neruba_cli.db.ids import new_id
+from neruba_cli.db.schema import Customer, ImportBatch, Project
+from neruba_cli.db.tables import charges_t, events_t
 from neruba_cli.domain.charges import ChargeInput, check_currency
 from neruba_cli.domain.events import EventInput, Rejected, quantity_text
-from neruba_cli.domain.ids import new_id
 from neruba_cli.domain.money import decimal_text
 from neruba_cli.domain.suggest import did_you_mean
 from neruba_cli.domain.timestamps import format_ts
@@ -92,7 +93,7 @@ class BatchWriter:
                     self.summary.reject(reject, self.rejects)
                 else:
                     (charges if isinstance(item.record, ChargeInput) else events).append(item)
-            for table, rows in ((Event.__table__, events), (Charge.__table__, charges)):
+            for table, rows in ((events_t, events), (charges_t, charges)):
                 if rows:
                     self._write(conn, table, rows)
             if self.summary.batch is not None and self.keeps_receipt:
@@ -201,7 +202,7 @@ class BatchWriter:
         return bulk_insert.stored_keys(conn, table.name, self.project.id, keys)
 
     def _rows(self, table: Table, items: list[Pending]) -> list[bulk_insert.Row]:
-        if table is Event.__table__:
+        if table is events_t:
             return self._event_rows(items)
         return [self._charge_row(item) for item in items]
 
@@ -307,7 +308,7 @@ class BatchWriter:
                 .where(table.c.idempotency_key.in_(keys))
             )
         }
-        kind = "charge" if table is Charge.__table__ else "event"
+        kind = "charge" if table is charges_t else "event"
         for item in conflicts:
             row = stored.get(item.record.idempotency_key)
             where = "earlier in this import"

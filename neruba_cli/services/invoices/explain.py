@@ -15,16 +15,14 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Row, func, select
 
-from neruba_cli.db.schema import Event, Invoice, Project
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import events_t, invoices_t
 from neruba_cli.domain import credits as credit_rules
 from neruba_cli.domain.ledger import Allocation
 from neruba_cli.domain.money import format_minor, to_minor_units
 from neruba_cli.services.billing import plan as billing_plan
 from neruba_cli.services.invoices.read import amount_due, heading
 from neruba_cli.services.ledger import credits
-
-invoices_t = Invoice.__table__
-events_t = Event.__table__
 
 
 def explain(conn: Connection, project: Project, row: Row[Any]) -> dict[str, Any]:

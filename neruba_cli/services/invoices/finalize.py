@@ -16,16 +16,15 @@ from sqlalchemy import Engine, Row
 
 from neruba_cli.db import locks
 from neruba_cli.db.retry import retrying
-from neruba_cli.db.schema import Invoice, Project
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import invoices_t
+from neruba_cli.domain import lock_names
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.timestamps import format_ts
-from neruba_cli.services.billing import run as billing_run
 from neruba_cli.services.invoices import settlement
 from neruba_cli.services.invoices.read import get, invoice_query
 
 WRITE_BATCH = 100
-
-invoices_t = Invoice.__table__
 
 
 @dataclass
@@ -54,13 +53,15 @@ def finalize(
             row = get(conn, project, number)
         _check_finalizable(row, now)
         report = FinalizeReport(period=row.period)
-        with locks.held(engine, billing_run.lock_name(project, row.period), holder=holder) as lease:
+        with locks.held(
+            engine, lock_names.billing(project.slug, row.period), holder=holder
+        ) as lease:
             _finalize_ids(engine, project, lease, [row], now, actor, strict=True)
         report.finalized.append(row.number)
         return report
     assert label is not None
     report = FinalizeReport(period=label)
-    with locks.held(engine, billing_run.lock_name(project, label), holder=holder) as lease:
+    with locks.held(engine, lock_names.billing(project.slug, label), holder=holder) as lease:
         with engine.connect() as conn:
             drafts = conn.execute(
                 invoice_query(project)

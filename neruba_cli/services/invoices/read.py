@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Row, select
 
-from neruba_cli.db.schema import Customer, Invoice, Project
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import customers_t, invoices_t
 from neruba_cli.domain.billing_periods import resolve_label
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.money import format_amount, format_minor
@@ -22,8 +23,6 @@ from neruba_cli.services.billing.plan import FINAL
 
 STATUSES = ("draft", "finalized", "void", "paid")
 
-invoices_t = Invoice.__table__
-customers_t = Customer.__table__
 _corrected = invoices_t.alias("corrected")
 
 

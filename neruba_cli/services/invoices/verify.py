@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, Row, select
 
-from neruba_cli.db.schema import Invoice, InvoiceRevision, Project
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import invoice_revisions_t, invoices_t
 from neruba_cli.domain import consistency
 from neruba_cli.domain.consistency import InvoiceTotals
 from neruba_cli.domain.errors import InvalidInput
@@ -39,9 +40,6 @@ from neruba_cli.services.billing import run as billing_run
 from neruba_cli.services.billing.plan import FINAL
 from neruba_cli.services.invoices import settlement
 from neruba_cli.services.invoices.read import get, invoice_query, select_rows
-
-invoices_t = Invoice.__table__
-revisions_t = InvoiceRevision.__table__
 
 
 @dataclass
@@ -191,8 +189,8 @@ def _stored_checks(conn: Connection, row: Row[Any]) -> Verdict:
         )
     )
     recorded = conn.execute(
-        select(revisions_t.c.content, revisions_t.c.fingerprint).where(
-            revisions_t.c.invoice_id == row.id, revisions_t.c.version == row.version
+        select(invoice_revisions_t.c.content, invoice_revisions_t.c.fingerprint).where(
+            invoice_revisions_t.c.invoice_id == row.id, invoice_revisions_t.c.version == row.version
         )
     ).first()
     if recorded is None:

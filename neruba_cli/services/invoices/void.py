@@ -16,13 +16,12 @@ from sqlalchemy import Engine, Row, select, update
 
 from neruba_cli.db import locks
 from neruba_cli.db.retry import retrying
-from neruba_cli.db.schema import Invoice, Project
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import invoices_t
+from neruba_cli.domain import lock_names
 from neruba_cli.domain.errors import InvalidInput
-from neruba_cli.services.billing import run as billing_run
 from neruba_cli.services.invoices import settlement
 from neruba_cli.services.invoices.read import document, get
-
-invoices_t = Invoice.__table__
 
 
 def void(
@@ -58,7 +57,7 @@ def void(
             f"invoice {row.number} has corrections that are not void ({listed})",
             hint="void the corrections first",
         )
-    with locks.held(engine, billing_run.lock_name(project, row.period), holder=holder) as lease:
+    with locks.held(engine, lock_names.billing(project.slug, row.period), holder=holder) as lease:
         retrying(partial(_void_locked, engine, project, lease, row, reason, now, actor))
     with engine.connect() as conn:
         return document(get(conn, project, row.number))

@@ -25,17 +25,12 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, and_, case, func, select
 
-from neruba_cli.db.schema import Event, ImportBatch, Invoice, InvoiceRevision, Project
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import events_t, import_batches_t, invoice_revisions_t, invoices_t
 from neruba_cli.domain import consistency
 from neruba_cli.domain.consistency import InvoiceFacts, WindowEvents
 from neruba_cli.services.ops.check.invoices import document_chunks, invoice_facts
 from neruba_cli.services.ops.check.result import CheckResult, Sweep
-
-invoices_t = Invoice.__table__
-revisions_t = InvoiceRevision.__table__
-events_t = Event.__table__
-batches_t = ImportBatch.__table__
-
 
 Window = tuple[str, Any, Any]  # customer id, period start, period end
 
@@ -119,20 +114,23 @@ def _settled_counts(conn: Connection, project: Project) -> dict[str, int]:
     as committed when the import finished (its `finished_at` comes after its last commit);
     events of a running import never do."""
     computed = (
-        select(revisions_t.c.invoice_id, func.min(revisions_t.c.created_at).label("at"))
+        select(
+            invoice_revisions_t.c.invoice_id, func.min(invoice_revisions_t.c.created_at).label("at")
+        )
         .join(
             invoices_t,
             and_(
-                invoices_t.c.id == revisions_t.c.invoice_id,
-                invoices_t.c.fingerprint == revisions_t.c.fingerprint,
+                invoices_t.c.id == invoice_revisions_t.c.invoice_id,
+                invoices_t.c.fingerprint == invoice_revisions_t.c.fingerprint,
             ),
         )
         .where(invoices_t.c.project_id == project.id, invoices_t.c.status != "void")
-        .group_by(revisions_t.c.invoice_id)
+        .group_by(invoice_revisions_t.c.invoice_id)
         .subquery()
     )
     committed = case(
-        (batches_t.c.id.is_(None), events_t.c.received_at), else_=batches_t.c.finished_at
+        (import_batches_t.c.id.is_(None), events_t.c.received_at),
+        else_=import_batches_t.c.finished_at,
     )
     before = case((committed <= computed.c.at, 1), else_=0)
     rows = conn.execute(
@@ -140,7 +138,7 @@ def _settled_counts(conn: Connection, project: Project) -> dict[str, int]:
         .select_from(invoices_t)
         .join(computed, computed.c.invoice_id == invoices_t.c.id)
         .join(events_t, _in_window(invoices_t.c))
-        .outerjoin(batches_t, batches_t.c.id == events_t.c.batch_id)
+        .outerjoin(import_batches_t, import_batches_t.c.id == events_t.c.batch_id)
         .where(
             invoices_t.c.project_id == project.id,
             invoices_t.c.status != "void",

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, func, select
 
-from neruba_cli.db.schema import Charge, Event, ImportBatch, Project
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import charges_t, events_t, import_batches_t
 from neruba_cli.domain import consistency
 from neruba_cli.domain.consistency import BatchFacts
 from neruba_cli.services.ops.check.result import CheckResult, Sweep
-
-events_t = Event.__table__
-charges_t = Charge.__table__
-batches_t = ImportBatch.__table__
 
 
 def batches(conn: Connection, project: Project, result: CheckResult) -> None:
@@ -28,9 +25,9 @@ def batches(conn: Connection, project: Project, result: CheckResult) -> None:
         ):
             stored[batch_id] = stored.get(batch_id, 0) + int(count)
     rows = conn.execute(
-        select(batches_t)
-        .where(batches_t.c.project_id == project.id)
-        .order_by(batches_t.c.started_at, batches_t.c.id)
+        select(import_batches_t)
+        .where(import_batches_t.c.project_id == project.id)
+        .order_by(import_batches_t.c.started_at, import_batches_t.c.id)
     ).all()
     for row in rows:
         batch = BatchFacts(

@@ -19,15 +19,12 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, select
 
-from neruba_cli.db.schema import Customer, Invoice, InvoiceLine, InvoiceSequence, Project
+from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import customers_t, invoice_lines_t, invoice_sequences_t, invoices_t
 from neruba_cli.domain import consistency
 from neruba_cli.domain.consistency import InvoiceFacts, LineRow
 from neruba_cli.services.ops.check.result import CheckResult, Sweep
 
-invoices_t = Invoice.__table__
-customers_t = Customer.__table__
-sequences_t = InvoiceSequence.__table__
-lines_t = InvoiceLine.__table__
 CHUNK = 500  # invoices whose documents are read at a time
 
 
@@ -39,7 +36,9 @@ def numbering(conn: Connection, project: Project, result: CheckResult) -> None:
     )
     result.checked = len(numbers)
     counter = conn.execute(
-        select(sequences_t.c.last_number).where(sequences_t.c.project_id == project.id)
+        select(invoice_sequences_t.c.last_number).where(
+            invoice_sequences_t.c.project_id == project.id
+        )
     ).scalar()
     for problem in consistency.numbering_problems(numbers, project.slug, counter):
         result.fail(problem)
@@ -50,9 +49,9 @@ def line_rows(conn: Connection, project: Project, result: CheckResult) -> None:
     for chunk in document_chunks(conn, project):
         rows: dict[str, list[LineRow]] = {row.id: [] for row in chunk}
         for line in conn.execute(
-            select(lines_t)
-            .where(lines_t.c.invoice_id.in_(list(rows)))
-            .order_by(lines_t.c.invoice_id, lines_t.c.position)
+            select(invoice_lines_t)
+            .where(invoice_lines_t.c.invoice_id.in_(list(rows)))
+            .order_by(invoice_lines_t.c.invoice_id, invoice_lines_t.c.position)
         ):
             rows[line.invoice_id].append(
                 LineRow(

@@ -25,15 +25,17 @@ import orjson
 from sqlalchemy import Connection, func, select
 
 from neruba_cli.db.schema import (
-    CreditGrant,
-    Customer,
-    Invoice,
-    LedgerAccount,
-    LedgerEntry,
-    LedgerTransaction,
-    Payment,
     Project,
-    Refund,
+)
+from neruba_cli.db.tables import (
+    credit_grants_t,
+    customers_t,
+    invoices_t,
+    ledger_accounts_t,
+    ledger_entries_t,
+    ledger_transactions_t,
+    payments_t,
+    refunds_t,
 )
 from neruba_cli.domain import consistency
 from neruba_cli.domain.consistency import (
@@ -45,39 +47,30 @@ from neruba_cli.domain.consistency import (
 )
 from neruba_cli.services.ops.check.result import CheckResult, Sweep
 
-accounts_t = LedgerAccount.__table__
-entries_t = LedgerEntry.__table__
-transactions_t = LedgerTransaction.__table__
-grants_t = CreditGrant.__table__
-invoices_t = Invoice.__table__
-payments_t = Payment.__table__
-refunds_t = Refund.__table__
-customers_t = Customer.__table__
-
 
 def transactions_balance(conn: Connection, project: Project, result: CheckResult) -> None:
     per_currency = (
         select(
-            entries_t.c.transaction_id,
-            accounts_t.c.currency,
-            func.sum(entries_t.c.amount).label("total"),
+            ledger_entries_t.c.transaction_id,
+            ledger_accounts_t.c.currency,
+            func.sum(ledger_entries_t.c.amount).label("total"),
             func.count().label("entries"),
         )
-        .join(accounts_t, accounts_t.c.id == entries_t.c.account_id)
-        .where(entries_t.c.project_id == project.id)
-        .group_by(entries_t.c.transaction_id, accounts_t.c.currency)
+        .join(ledger_accounts_t, ledger_accounts_t.c.id == ledger_entries_t.c.account_id)
+        .where(ledger_entries_t.c.project_id == project.id)
+        .group_by(ledger_entries_t.c.transaction_id, ledger_accounts_t.c.currency)
         .subquery()
     )
     rows = conn.execute(
         select(
-            transactions_t.c.id,
-            transactions_t.c.idempotency_key,
+            ledger_transactions_t.c.id,
+            ledger_transactions_t.c.idempotency_key,
             per_currency.c.currency,
             per_currency.c.total,
             per_currency.c.entries,
         )
-        .outerjoin(per_currency, per_currency.c.transaction_id == transactions_t.c.id)
-        .where(transactions_t.c.project_id == project.id)
+        .outerjoin(per_currency, per_currency.c.transaction_id == ledger_transactions_t.c.id)
+        .where(ledger_transactions_t.c.project_id == project.id)
     ).all()
     problems, result.checked = consistency.transaction_problems(
         [
@@ -97,16 +90,16 @@ def transactions_balance(conn: Connection, project: Project, result: CheckResult
 
 def account_balances(conn: Connection, project: Project, result: CheckResult) -> None:
     sums = (
-        select(entries_t.c.account_id, func.sum(entries_t.c.amount).label("total"))
-        .where(entries_t.c.project_id == project.id)
-        .group_by(entries_t.c.account_id)
+        select(ledger_entries_t.c.account_id, func.sum(ledger_entries_t.c.amount).label("total"))
+        .where(ledger_entries_t.c.project_id == project.id)
+        .group_by(ledger_entries_t.c.account_id)
         .subquery()
     )
     rows = conn.execute(
-        select(accounts_t, sums.c.total, customers_t.c.external_id)
-        .outerjoin(sums, sums.c.account_id == accounts_t.c.id)
-        .outerjoin(customers_t, customers_t.c.id == accounts_t.c.customer_id)
-        .where(accounts_t.c.project_id == project.id)
+        select(ledger_accounts_t, sums.c.total, customers_t.c.external_id)
+        .outerjoin(sums, sums.c.account_id == ledger_accounts_t.c.id)
+        .outerjoin(customers_t, customers_t.c.id == ledger_accounts_t.c.customer_id)
+        .where(ledger_accounts_t.c.project_id == project.id)
     ).all()
     for row in rows:
         name = row.code if row.external_id is None else f"{row.code}:{row.external_id}"
@@ -118,15 +111,17 @@ def account_balances(conn: Connection, project: Project, result: CheckResult) ->
 
 def grants(conn: Connection, project: Project, result: CheckResult) -> None:
     sums = (
-        select(entries_t.c.grant_id, func.sum(entries_t.c.amount).label("total"))
-        .where(entries_t.c.project_id == project.id, entries_t.c.grant_id.is_not(None))
-        .group_by(entries_t.c.grant_id)
+        select(ledger_entries_t.c.grant_id, func.sum(ledger_entries_t.c.amount).label("total"))
+        .where(
+            ledger_entries_t.c.project_id == project.id, ledger_entries_t.c.grant_id.is_not(None)
+        )
+        .group_by(ledger_entries_t.c.grant_id)
         .subquery()
     )
     rows = conn.execute(
-        select(grants_t, sums.c.total)
-        .outerjoin(sums, sums.c.grant_id == grants_t.c.id)
-        .where(grants_t.c.project_id == project.id)
+        select(credit_grants_t, sums.c.total)
+        .outerjoin(sums, sums.c.grant_id == credit_grants_t.c.id)
+        .where(credit_grants_t.c.project_id == project.id)
     ).all()
     for row in rows:
         grant = GrantFacts(
@@ -148,18 +143,18 @@ def wallets(conn: Connection, project: Project, result: CheckResult) -> None:
         (row.customer_id, row.currency): int(row.total or 0)
         for row in conn.execute(
             select(
-                grants_t.c.customer_id,
-                grants_t.c.currency,
-                func.sum(grants_t.c.remaining_minor).label("total"),
+                credit_grants_t.c.customer_id,
+                credit_grants_t.c.currency,
+                func.sum(credit_grants_t.c.remaining_minor).label("total"),
             )
-            .where(grants_t.c.project_id == project.id)
-            .group_by(grants_t.c.customer_id, grants_t.c.currency)
+            .where(credit_grants_t.c.project_id == project.id)
+            .group_by(credit_grants_t.c.customer_id, credit_grants_t.c.currency)
         ).all()
     }
     rows = conn.execute(
-        select(accounts_t, customers_t.c.external_id)
-        .join(customers_t, customers_t.c.id == accounts_t.c.customer_id)
-        .where(accounts_t.c.project_id == project.id, accounts_t.c.code == "wallet")
+        select(ledger_accounts_t, customers_t.c.external_id)
+        .join(customers_t, customers_t.c.id == ledger_accounts_t.c.customer_id)
+        .where(ledger_accounts_t.c.project_id == project.id, ledger_accounts_t.c.code == "wallet")
     ).all()
     found = [
         WalletFacts(row.customer_id, row.external_id, row.currency, -row.balance) for row in rows
@@ -196,13 +191,17 @@ def _receivables(conn: Connection, project: Project) -> dict[str, dict[str, int]
     """Per invoice: receivable entries by the kind of transaction that posted them."""
     rows = conn.execute(
         select(
-            entries_t.c.invoice_id,
-            transactions_t.c.kind,
-            func.sum(entries_t.c.amount).label("total"),
+            ledger_entries_t.c.invoice_id,
+            ledger_transactions_t.c.kind,
+            func.sum(ledger_entries_t.c.amount).label("total"),
         )
-        .join(transactions_t, transactions_t.c.id == entries_t.c.transaction_id)
-        .where(entries_t.c.project_id == project.id, entries_t.c.invoice_id.is_not(None))
-        .group_by(entries_t.c.invoice_id, transactions_t.c.kind)
+        .join(
+            ledger_transactions_t, ledger_transactions_t.c.id == ledger_entries_t.c.transaction_id
+        )
+        .where(
+            ledger_entries_t.c.project_id == project.id, ledger_entries_t.c.invoice_id.is_not(None)
+        )
+        .group_by(ledger_entries_t.c.invoice_id, ledger_transactions_t.c.kind)
     ).all()
     found: dict[str, dict[str, int]] = {}
     for row in rows:
