@@ -150,3 +150,17 @@ def test_tables_are_reached_through_their_handles() -> None:
         if ".__table__" in line
     )
     assert offenders == [], "\n".join(offenders)
+
+
+def test_every_package_is_in_the_wheel() -> None:
+    """The wheel lists its packages by name: a package folder missing from the list installs
+    nowhere, and only a non-editable install (`pip install .`) would show it."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "neruba_cli").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
