@@ -18,6 +18,7 @@ from neruba_cli.domain.catalog import meter_document, plan_document
 from neruba_cli.domain.errors import InvalidInput, UsageError
 from neruba_cli.domain.periods import month_period
 from neruba_cli.domain.quote import quote_document, quote_plan
+from neruba_cli.services import output_files
 from neruba_cli.services.catalog import quote
 from neruba_cli.services.catalog import store as catalog_store
 from neruba_cli.services.catalog.files import read_catalog_file
@@ -117,12 +118,19 @@ def _params(charge: dict[str, Any]) -> str:
 def export(
     rt: Runtime,
     output: Annotated[
-        Path | None, typer.Option(metavar="FILE", help="Write the TOML here instead of stdout.")
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Write the TOML here instead of stdout (written whole; - is stdout, a device "
+            "or FIFO is written in place).",
+        ),
     ] = None,
 ) -> None:
     """Export the current catalog as TOML; applying it back changes nothing."""
     if output is not None:
         output_file(output, "--output")
+    if output is not None and str(output) == "-":
+        output = None  # stdout, as without --output
     with rt.transaction() as session:
         document = catalog_store.export_document(session, rt.project(session))
     text = tomli_w.dumps(catalog_store.toml_ready(copy.deepcopy(document)))
@@ -132,7 +140,7 @@ def export(
         else:
             typer.echo(text, nl=False)
         return
-    output.write_text(text, encoding="utf-8")
+    output_files.write_output(output, text.encode("utf-8"))
     rt.out.emit({"output": str(output), "meters": len(document["meters"])})
     rt.out.say(f"Wrote {output}.")
 

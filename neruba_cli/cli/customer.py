@@ -86,6 +86,8 @@ def import_(
     Exit 3 when any row was rejected.
     """
     rejects_path = output_file(rejects or default_rejects_path(file), "--rejects")
+    if str(rejects_path) == "-":
+        rt.out.give_stdout_to_data()
     rows = read_csv(file, columns=customers.CSV_COLUMNS, required=customers.CSV_REQUIRED)
     with (
         RejectsWriter(rejects_path) as writer,

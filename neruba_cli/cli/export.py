@@ -28,7 +28,7 @@ HELP = {
     "quantity, amount and service period.",
     "ledger": "Ledger entries: one row per entry (debits positive), with its transaction.",
     "events": "Usage events, in the format `neruba ingest` reads back (CSV: properties.<name> "
-    "columns).",
+    "columns; with --raw, or as JSONL, when a cell may start with = + - @).",
     "usage": "Events and summed quantity per customer, meter and UTC day.",
     "credits": "Credit grants with what remains of them.",
     "payments": "Payments and refunds (kind payment|refund), in the order the money moved.",
@@ -47,6 +47,7 @@ def _export(
     compress: bool,
     name: str | None,
     overlap: str,
+    raw: bool = False,
 ) -> None:
     compress = compress or output.lower().endswith(".gz")
     if output != "-":
@@ -76,7 +77,7 @@ def _export(
         ):
             shown = bar if to_file else (lambda _done: None)
             rows = export_writing.write(
-                engine, plan, out, export_watermarks.keep_alive(engine, lease, shown)
+                engine, plan, out, export_watermarks.keep_alive(engine, lease, shown), raw=raw
             )
         if lease is not None and name is not None:
             export_watermarks.store_watermark(
@@ -148,7 +149,8 @@ def _register(kind: str) -> None:
                 "--output",
                 "-o",
                 metavar="FILE",
-                help="File (written whole or not at all), or - for stdout.",
+                help="File (written whole or not at all), - for stdout, or a device or FIFO "
+                "(written in place).",
             ),
         ] = "-",
         compress: Annotated[
@@ -171,6 +173,15 @@ def _register(kind: str) -> None:
             ),
             values.FIXED_DURATION,
         ] = "300s",
+        raw: Annotated[
+            bool,
+            typer.Option(
+                "--raw",
+                help="CSV: write cells as stored, without the ' before a cell that starts "
+                "with = + - @ (a spreadsheet formula); for programs such as neruba ingest, "
+                "never for a spreadsheet.",
+            ),
+        ] = False,
     ) -> None:
         _export(
             rt,
@@ -183,6 +194,7 @@ def _register(kind: str) -> None:
             compress=compress,
             name=name,
             overlap=overlap,
+            raw=raw,
         )
 
     run.__name__ = f"export_{kind}"

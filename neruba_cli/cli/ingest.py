@@ -84,6 +84,8 @@ def register(app: typer.Typer) -> None:
         first = files[0]
         rejects_path = rejects or default_rejects_path(Path("stdin" if first == "-" else first))
         output_file(rejects_path, "--rejects")
+        if str(rejects_path) == "-":
+            rt.out.give_stdout_to_data()
         options = ingest_pipeline.IngestOptions(
             fmt=fmt,
             dry_run=dry_run,

@@ -117,6 +117,7 @@ def _column_texts(console: Console, grid: Table) -> list[list[str]] | None:
 class Output:
     json: bool = False
     quiet: bool = False
+    stdout_taken: bool = False
 
     def __post_init__(self) -> None:
         self.stdout = _Stdout(file=sys.stdout, highlight=False, soft_wrap=False)
@@ -130,10 +131,17 @@ class Output:
         `essential` rendering is the command's product that cannot be had again (a secret
         shown once): --quiet prints it too."""
         if self.json:
-            sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
-            sys.stdout.flush()
+            stream = sys.stderr if self.stdout_taken else sys.stdout
+            stream.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+            stream.flush()
         elif render is not None and (essential or not self.quiet):
-            render(self.stdout)
+            render(self.stderr if self.stdout_taken else self.stdout)
+
+    def give_stdout_to_data(self) -> None:
+        """An output file named `-` (a report, rejects, the Prometheus text) is written to
+        stdout: the command's own result (its table, or its JSON document) goes to stderr
+        from now on, so that stdout holds nothing but that file."""
+        self.stdout_taken = True
 
     def say(self, message: str) -> None:
         """A progress or confirmation message: stderr, silenced by --quiet and --json.

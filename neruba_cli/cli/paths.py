@@ -11,12 +11,15 @@ import tempfile
 from pathlib import Path
 
 from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.services import output_files
 
 
 def output_file(path: Path, option: str) -> Path:
-    """A file the command will create or replace: its folder must exist and take new files."""
-    if path.is_dir():
-        raise InvalidInput(f"{option} {path}: is a folder", hint="name a file in it")
+    """A file the command will create or replace: its folder must exist and take new files.
+    `-` (stdout) and an existing device, FIFO or socket are written in place and need no
+    folder; a folder or block device is refused (`services/output_files.py`)."""
+    if output_files.kind_of(path, option) != output_files.Kind.FILE:
+        return path
     folder = path.absolute().parent
     if not folder.exists():
         raise InvalidInput(
@@ -31,6 +34,10 @@ def output_file(path: Path, option: str) -> Path:
 
 def output_folder(path: Path, option: str) -> Path:
     """A folder the command will write into, created if missing (by the command, later)."""
+    if str(path) == output_files.STDOUT:
+        raise InvalidInput(
+            f"{option} -: a folder of several files cannot go to stdout", hint="name a folder"
+        )
     if path.exists() and not path.is_dir():
         raise InvalidInput(f"{option} {path}: is a file, not a folder", hint="name a folder")
     existing = path.absolute()

@@ -30,7 +30,19 @@ def stripe(
     period: Annotated[str, typer.Option(help="YYYY-MM, previous or current."), values.MONTH],
     output: Annotated[
         Path | None,
-        typer.Option(metavar="FILE", help="Also write the report to FILE.csv or FILE.json."),
+        typer.Option(
+            metavar="FILE",
+            help="Also write the report to FILE.csv or FILE.json (- for stdout, a device or "
+            "FIFO is written in place).",
+        ),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="csv or json (default: from the --output name; needed for - or a device).",
+        ),
+        values.one_of(reconcile.REPORT_FORMATS),
     ] = None,
     pull: Annotated[
         bool,
@@ -45,6 +57,9 @@ def stripe(
     amount, currency, status and customer mismatches. Exit 4 when anything disagrees."""
     if output is not None:
         output_file(output, "--output")
+        fmt = reconcile.report_format(output, fmt)
+        if str(output) == "-":
+            rt.out.give_stdout_to_data()
     with rt.transaction() as session:
         project = rt.project(session)
     label = invoices_read.period_label(period, project, rt.now())
@@ -62,8 +77,8 @@ def stripe(
             rt.out.warn(error)
     with rt.engine().connect() as conn:
         report = reconcile.reconcile_stripe(conn, project, label)
-    if output is not None:
-        reconcile.write_report(report, output)
+    if output is not None and fmt is not None:
+        reconcile.write_report(report, output, fmt)
     data = report.as_dict()
     rows = [
         (

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--prometheus",
                 help="Also write the figures in Prometheus text format to FILE, atomically "
-                "(for node_exporter's textfile collector: name it *.prom).",
+                "(for node_exporter's textfile collector: name it *.prom), or to - (stdout).",
                 show_default=False,
                 metavar="FILE",
             ),
@@ -40,13 +40,16 @@ def register(app: typer.Typer) -> None:
         billing run, invoices by status and currency, wallet liabilities."""
         if prometheus_file is not None:
             output_file(prometheus_file, "--prometheus")
+            if str(prometheus_file) == "-":
+                rt.out.give_stdout_to_data()
         with rt.transaction() as session:
             project = rt.project(session)
         report = ops_stats.collect(rt.engine(), project, now=rt.now(), days=days)
         if prometheus_file is not None:
             text = prometheus.render(ops_stats.families(report))
             ops_stats.write_textfile(prometheus_file, text)
-            rt.out.say(f"Wrote {prometheus_file}")
+            if str(prometheus_file) != "-":
+                rt.out.say(f"Wrote {prometheus_file}")
         data = report.as_dict()
         rt.out.emit(data, lambda console: _render(console, data))
         return 0

@@ -135,6 +135,8 @@ def import_(
 ) -> int:
     """Create subscriptions from a CSV file; exit 3 when rows were rejected."""
     rejects_path = output_file(rejects or default_rejects_path(file), "--rejects")
+    if str(rejects_path) == "-":
+        rt.out.give_stdout_to_data()
     rows = read_csv(file, columns=subscriptions.CSV_COLUMNS, required=subscriptions.CSV_REQUIRED)
     with (
         RejectsWriter(rejects_path) as writer,

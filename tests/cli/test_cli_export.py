@@ -39,6 +39,7 @@ from neruba_cli.db import locks, migrate
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Customer, ExportWatermark, Project, Refund
 from neruba_cli.db.tables import customers_t, events_t, projects_t
+from neruba_cli.services import output_files
 from neruba_cli.services.export.kinds import COLUMNS
 from tests.support.cli import Cli, Outcome, fails, ok
 from tests.support.shops import INVOICE_CATALOG
@@ -488,7 +489,7 @@ def test_named_event_exports_ship_each_event_exactly_once(
 
 
 def test_a_failed_export_leaves_no_file_and_keeps_the_watermark(
-    shop: dict[str, Any], tmp_path: Path, engine: Engine
+    shop: dict[str, Any], tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cli = shop["cli"]
     target = tmp_path / "events.csv"
@@ -498,12 +499,22 @@ def test_a_failed_export_leaves_no_file_and_keeps_the_watermark(
         cli, tmp_path / "late.jsonl", [_event("late", "c1", "api_calls", "2026-10-30T00:00:00Z")]
     )
 
-    # the disk fills up half way: FILE.tmp is a link to /dev/full
-    (tmp_path / "events.csv.tmp").symlink_to("/dev/full")
-    full = fails(cli, 1, "export", "events", "--output", str(target), "--name", "nightly")
+    # the disk fills up half way: the temporary's writes go to /dev/full
+    created = output_files._create_exclusively
+
+    def on_a_full_disk(*args: Any) -> tuple[int, Path]:
+        fd, path = created(*args)
+        full_disk = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full_disk, fd)
+        os.close(full_disk)
+        return fd, path
+
+    with monkeypatch.context() as patched:
+        patched.setattr(output_files, "_create_exclusively", on_a_full_disk)
+        full = fails(cli, 1, "export", "events", "--output", str(target), "--name", "nightly")
     assert "No space left on device" in full["message"], full
     assert target.read_bytes() == before  # the previous file, untouched
-    assert not os.path.lexists(tmp_path / "events.csv.tmp")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     assert stored(engine, "nightly", "events") == first["watermark"]
 
     missing = fails(
@@ -775,9 +786,13 @@ def test_a_killed_export_leaves_the_previous_file(million: str, tmp_path: Path) 
     env = {k: v for k, v in os.environ.items() if not k.startswith("NERUBA_")}
     argv = neruba_argv(million, "--format", "jsonl", "-o", str(target), "--name", "n")
     child = subprocess.Popen(argv, cwd=REPO, env=env, stderr=subprocess.PIPE)
-    temporary = tmp_path / "events.jsonl.tmp"
     deadline = time.monotonic() + 60
-    while not (temporary.exists() and temporary.stat().st_size > 1 << 20):
+
+    def temporary_size() -> int:
+        found = list(tmp_path.glob(".events.jsonl.*.tmp"))
+        return found[0].stat().st_size if found else 0
+
+    while temporary_size() <= 1 << 20:
         assert child.poll() is None, child.stderr.read() if child.stderr else ""
         assert time.monotonic() < deadline
         time.sleep(0.01)

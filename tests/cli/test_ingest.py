@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import time
 from pathlib import Path
 
@@ -285,11 +286,18 @@ def test_one_off_charges(shop: Cli, tmp_path: Path) -> None:
 def test_a_left_over_partial_rejects_file_is_cleaned_by_the_next_run(
     shop: Cli, tmp_path: Path
 ) -> None:
+    """A killed run's temporary, an hour old, goes; a younger one may be a run still
+    writing and stays."""
     source = write_jsonl(tmp_path / "p.jsonl", [event("p1")])
-    leftover = tmp_path / ".p.jsonl.rejects.jsonl.partial"
+    leftover = tmp_path / ".p.jsonl.rejects.jsonl.0123abcd.partial"
     leftover.write_text('{"line": 9, "reason": "from a killed run", "raw": ""}\n')
+    two_hours_ago = time.time() - 7200
+    os.utime(leftover, (two_hours_ago, two_hours_ago))
+    running = tmp_path / ".p.jsonl.rejects.jsonl.89abcdef.partial"
+    running.write_text("")
     assert ingest(shop, str(source))["accepted"] == 1
     assert not leftover.exists()
+    assert running.exists()
 
 
 def test_a_large_import_refreshes_postgresql_statistics(

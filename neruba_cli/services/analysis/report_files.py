@@ -3,14 +3,15 @@ self-contained report.html, written together.
 
 Every file is first written beside its final name and then renamed into place, all renames
 after all writes, so a reader (or a crash) never sees half a file, and a failure while writing
-leaves the previous report as it was.
+leaves the previous report as it was (`services/output_files.py`: temporaries created
+exclusively, a device or FIFO in the folder written in place). The CSV files escape cells a
+spreadsheet would run as formulas (`domain/spreadsheet_cells.py`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import orjson
 from neruba_cli.domain import report_html
 from neruba_cli.domain.compare import Report
 from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.spreadsheet_cells import escaped_row
+from neruba_cli.services import output_files
 
 FILES = ("summary.json", "customers.csv", "lines.csv", "report.html")
 
@@ -84,19 +87,9 @@ def write(report: Report, folder: Path) -> dict[str, str]:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InvalidInput(f"--output {folder}: cannot create it: {exc.strerror}") from None
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for name, data in contents(report).items():
-            final = folder / name
-            tmp = folder / f".{name}.tmp"
-            tmp.write_bytes(data)
-            staged.append((tmp, final))
-        for tmp, final in staged:
-            tmp.replace(final)
-    except OSError as exc:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise InvalidInput(f"--output {folder}: cannot write the report: {exc.strerror}") from None
+    output_files.write_outputs(
+        {folder / name: data for name, data in contents(report).items()}, option="--output"
+    )
     return {name: str(folder / name) for name in FILES}
 
 
@@ -104,24 +97,12 @@ def _csv(columns: tuple[str, ...], rows: list[list[Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
-    writer.writerows([_safe(value) for value in row] for row in rows)
+    writer.writerows(escaped_row(row) for row in rows)
     return buffer.getvalue()
-
-
-NUMBER = re.compile(r"-?\d+(\.\d+)?\Z")
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _cell(value: Any) -> Any:
     return "" if value is None else value
-
-
-def _safe(value: Any) -> Any:
-    """A text cell a spreadsheet would run as a formula (= + - @, tab, CR first) gets a
-    leading `'`; numbers (an amount like -12.50) are left as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_START) and not NUMBER.match(value):
-        return "'" + value
-    return value
 
 
 def _customers_csv(report: Report, customers: list[dict[str, Any]]) -> str:

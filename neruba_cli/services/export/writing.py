@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import csv
 import gzip
-import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from itertools import chain
-from pathlib import Path
 from typing import IO, Any
 
 import orjson
 from sqlalchemy import Engine, func, select
 
-from neruba_cli.domain.errors import InvalidInput, NerubaError
+from neruba_cli.domain import spreadsheet_cells
+from neruba_cli.services import output_files
 from neruba_cli.services.export.kinds import KINDS
 from neruba_cli.services.export.plan import Plan, Progress
 
@@ -49,7 +47,9 @@ class _Writer:
     """Rows to bytes, a chunk at a time: one write (and one compression call) per
     CHUNK_ROWS rows rather than per row."""
 
-    def __init__(self, out: IO[bytes], fmt: str, columns: Sequence[str]) -> None:
+    def __init__(
+        self, out: IO[bytes], fmt: str, columns: Sequence[str], *, raw: bool = False
+    ) -> None:
         self.out = out
         self.rows = 0
         self._parts: list[Any] = []
@@ -57,7 +57,11 @@ class _Writer:
             # csv.writer calls `write` once per row: give it list.append itself.
             self._csv = csv.writer(_Appender(self._parts), lineterminator="\n")
             self._csv.writerow(columns)
-            self.add = self._csv.writerow
+            if raw:
+                self.add = self._csv.writerow
+            else:  # a spreadsheet must not run a cell as a formula
+                writerow, escaped_row = self._csv.writerow, spreadsheet_cells.escaped_row
+                self.add = lambda row: writerow(escaped_row(row))
             self._join: Callable[[list[Any]], bytes] = lambda parts: "".join(parts).encode()
         else:
             names = tuple(columns)
@@ -90,8 +94,12 @@ class _Writer:
         return self.rows
 
 
-def write(engine: Engine, plan: Plan, out: IO[bytes], progress: Progress) -> int:
-    """Stream the plan's rows to `out` (binary, already compressed if wanted); the row count."""
+def write(
+    engine: Engine, plan: Plan, out: IO[bytes], progress: Progress, *, raw: bool = False
+) -> int:
+    """Stream the plan's rows to `out` (binary, already compressed if wanted); the row count.
+    CSV cells that a spreadsheet would run as formulas get a leading `'` unless `raw`
+    (`domain/spreadsheet_cells.py`)."""
     dialect = engine.dialect.name
     with engine.connect() as conn:
         if dialect in ("mysql", "mariadb"):
@@ -99,7 +107,7 @@ def write(engine: Engine, plan: Plan, out: IO[bytes], progress: Progress) -> int
             conn.exec_driver_sql("SET SESSION net_write_timeout = 3600")
         kind = KINDS[plan.kind]
         columns, formatted = kind.layout(conn, plan)
-        writer = _Writer(out, plan.fmt, columns)
+        writer = _Writer(out, plan.fmt, columns, raw=raw)
         query = kind.query(plan)
         with conn.execute(query, execution_options={"yield_per": kind.per_fetch}) as result:
             rows: Iterator[Any] = chain.from_iterable(result.partitions())
@@ -117,57 +125,12 @@ def guess_format(output: str, explicit: str | None) -> str:
 
 @contextmanager
 def destination(output: str, *, compress: bool) -> Iterator[IO[bytes]]:
-    """Where the bytes go. A file is written as FILE.tmp and renamed over FILE only when the
-    block ends without an error, so a failed or killed export never leaves a partial file
-    under the real name (at worst a stale FILE.tmp, replaced by the next run)."""
-    if output == "-":
-        raw = sys.stdout.buffer
-        sys.stdout.flush()
-        try:
-            with _compressed(raw, compress) as out:
-                yield out
-            raw.flush()
-        except BrokenPipeError:
-            _silence_stdout()
-            raise NerubaError("stdout was closed before the export was complete") from None
-        except OSError as exc:
-            raise NerubaError(f"cannot write to stdout: {exc.strerror or exc}") from None
-        return
-    path = Path(output)
-    if path.is_dir():
-        raise InvalidInput(f"--output {output}: is a folder", hint="name a file in it")
-    if not path.parent.exists():
-        raise InvalidInput(f"--output {output}: folder {path.parent} does not exist")
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        handle = open(temporary, "wb")  # noqa: SIM115 (closed below on every path)
-    except OSError as exc:
-        raise InvalidInput(f"cannot write {temporary}: {exc.strerror}") from None
-    try:
-        with _compressed(handle, compress) as out:
-            yield out
-        handle.flush()
-        os.fsync(handle.fileno())
-        handle.close()
-        os.replace(temporary, path)
-    except BaseException as exc:
-        with suppress(OSError):
-            handle.close()  # flushing what is left may fail again (a full disk)
-        temporary.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise NerubaError(
-                f"cannot write {output}: {exc.strerror or exc}; nothing was written there"
-            ) from None
-        raise
-    _sync_folder(path.parent)
-
-
-def _silence_stdout() -> None:
-    """After a closed pipe (`export ... | head`), keep Python's exit-time flush from
-    reporting it a second time."""
-    with suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+    """Where the bytes go: stdout (`-`), a device or FIFO written in place, or a file written
+    under a temporary name and renamed over FILE only when the block ends without an error, so
+    a failed or killed export never leaves a partial file under the real name
+    (`services/output_files.py` says how each is written)."""
+    with output_files.open_output(output) as raw, _compressed(raw, compress) as out:
+        yield out
 
 
 @contextmanager
@@ -182,17 +145,3 @@ def _compressed(raw: IO[bytes], compress: bool) -> Iterator[IO[bytes]]:
         yield packed  # type: ignore[misc]
     finally:
         packed.close()  # writes the trailer; leaves `raw` open
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the rename itself durable (best effort: not every platform can open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

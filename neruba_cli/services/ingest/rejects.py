@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
 import orjson
+
+from neruba_cli.services import output_files
 
 
 @dataclass(frozen=True)
@@ -34,22 +34,26 @@ class Reject:
 
 class RejectsWriter:
     """Writes rejects as JSONL beside their final path and moves the file into place only
-    when the unit of work succeeds, so a failed run never leaves (or clobbers) a report."""
+    when the unit of work succeeds, so a failed run never leaves (or clobbers) a report.
+    The file is opened at the first reject: a run without rejects leaves an earlier file
+    alone. `-` is stdout and a device or FIFO (`--rejects /dev/null`) is written in place;
+    the temporary is created exclusively (`services/output_files.py`)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.count = 0
-        self._partial: Path | None = None
-        self._handle: IO[bytes] | None = None
+        self._output: output_files.OutputFile | None = None
 
     def write(self, reject: Reject) -> None:
         self.count += 1
         if self.path is None:
             return
-        if self._handle is None:
-            self._partial = partial_path(self.path)
-            self._handle = self._partial.open("wb")
-        self._handle.write(orjson.dumps(reject.as_dict()) + b"\n")
+        if self._output is None:
+            self._output = output_files.OutputFile(self.path, option="--rejects", suffix=SUFFIX)
+        try:
+            self._output.handle.write(orjson.dumps(reject.as_dict()) + b"\n")
+        except OSError as exc:
+            raise self._output.failure(exc) from None
 
     def __enter__(self) -> RejectsWriter:
         return self
@@ -60,15 +64,14 @@ class RejectsWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._handle is None or self._partial is None or self.path is None:
+        if self._output is None:
             if exc is None and self.path is not None:  # a killed earlier run's leftover
-                partial_path(self.path).unlink(missing_ok=True)
+                output_files.remove_stale_temporaries(self.path, SUFFIX)
             return
-        self._handle.close()
         if exc is None:
-            os.replace(self._partial, self.path)
+            self._output.commit()
         else:
-            self._partial.unlink(missing_ok=True)
+            self._output.discard()
 
 
 def raw_text(raw: bytes) -> str:
@@ -76,6 +79,7 @@ def raw_text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
+SUFFIX = ".partial"  # a rejects file being written: `.NAME.<random>.partial`
 REPORTED_REJECTS = 100  # every reject goes to the file; this many are also kept for display
 
 
@@ -83,11 +87,6 @@ def keep(kept: list[Reject], item: Reject, writer: RejectsWriter) -> None:
     writer.write(item)
     if len(kept) < REPORTED_REJECTS:
         kept.append(item)
-
-
-def partial_path(path: Path) -> Path:
-    """Where rejects are written until the run succeeds; a rerun reuses (and so cleans) it."""
-    return path.with_name(f".{path.name}.partial")
 
 
 def default_rejects_path(source: Path) -> Path:

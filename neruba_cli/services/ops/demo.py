@@ -29,6 +29,7 @@ from neruba_cli.domain.periods import month_period
 from neruba_cli.domain.quote import Quote, quote_document, quote_plan
 from neruba_cli.domain.tenancy import project_spec
 from neruba_cli.domain.timestamps import format_ts
+from neruba_cli.services import output_files
 from neruba_cli.services.analysis import compare, report_files
 from neruba_cli.services.billing import run as billing_run
 from neruba_cli.services.catalog import quote, subscriptions
@@ -279,7 +280,7 @@ def _demo_billing(
 ) -> list[str]:
     """Usage in, a finalized month of invoices out, then a late event and its correction."""
     usage = folder / "usage.jsonl"
-    usage.write_bytes(b"\n".join(_demo_events(month, zones)) + b"\n")
+    output_files.write_output(usage, b"\n".join(_demo_events(month, zones)) + b"\n", option="--dir")
     summary = _ingest_file(engine, usage, actor, now)
     steps = [
         f"ingested {usage.name}: {summary.accepted} accepted, {summary.rejected} rejected "
@@ -305,7 +306,7 @@ def _demo_billing(
         "timestamp": format_ts(period.end - timedelta(hours=1)),
         "properties": {"tokens": 900000},
     }
-    late.write_bytes(orjson.dumps(event) + b"\n")
+    output_files.write_output(late, orjson.dumps(event) + b"\n", option="--dir")
     _ingest_file(engine, late, actor, now)
     corrected = _bill(engine, month, actor, now, finalize=True)
     numbers = [o.number for o in corrected.outcomes if o.action == "corrected"]
@@ -334,7 +335,7 @@ def _demo_compare(
     report files go to DIR/compare."""
     baseline = folder / DEMO_BASELINE
     resource = files("neruba_cli.resources").joinpath(DEMO_BASELINE)
-    baseline.write_bytes(resource.read_bytes())
+    output_files.write_output(baseline, resource.read_bytes(), option="--dir")
     options = compare.CompareOptions(baseline=str(baseline), label=month, tolerance=Decimal("0.01"))
     with Session(engine, expire_on_commit=False) as session:
         project = projects.get_project(session, DEMO_PROJECT)

@@ -19,8 +19,6 @@ Where each figure comes from, and why it is read that way:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,6 +39,7 @@ from neruba_cli.domain.money import format_amount, from_minor_units
 from neruba_cli.domain.prometheus import Family, Sample
 from neruba_cli.domain.stats import nearest_rank
 from neruba_cli.domain.timestamps import format_ts
+from neruba_cli.services import output_files
 
 LAG_SAMPLE = 100_000  # newest events the lag percentiles are taken over
 MAX_DAYS = 366
@@ -348,26 +347,7 @@ def _money(amount: Decimal, currency: str) -> Decimal:
 def write_textfile(path: Path, text: str) -> None:
     """Write beside the target, fsync, then rename over it: node_exporter's textfile
     collector (or any reader) sees the old file or the new one, never a half-written one.
-    The temporary name ends in `.tmp`, which the collector ignores (it reads `*.prom`)."""
-    folder = path.parent
-    if not folder.is_dir():
-        raise InvalidInput(f"folder {folder} does not exist", hint="create it, or pick another")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(text.encode("utf-8"))
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it 0600; the collector may run as another user
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    try:  # the rename itself survives a crash only once the folder is synced
-        directory = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    The temporary name ends in `.tmp`, which the collector ignores (it reads `*.prom`); its
+    mode is 0666 less the umask (0644 under the usual 022), so a collector running as another
+    user can read it. `-` and devices are written in place (`services/output_files.py`)."""
+    output_files.write_output(path, text.encode("utf-8"), option="--prometheus")

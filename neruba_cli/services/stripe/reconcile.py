@@ -21,7 +21,9 @@ from neruba_cli.domain import reconcile as domain
 from neruba_cli.domain import stripe_link
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.money import to_minor_units
+from neruba_cli.domain.spreadsheet_cells import escaped_row
 from neruba_cli.domain.stripe_money import from_stripe, stripe_to_iso_minor
+from neruba_cli.services import output_files
 from neruba_cli.services.invoices import read as invoices_read
 from neruba_cli.services.stripe import push as stripe_push
 
@@ -134,18 +136,31 @@ def _iso(value: int, currency: str) -> int:
         return to_minor_units(Decimal(from_stripe(value, currency)), currency)
 
 
-def write_report(report: domain.Report, path: Path) -> None:
-    """`--output`: the report as JSON (.json) or one CSV row per discrepancy (.csv)."""
-    suffix = path.suffix.lower()
-    if suffix == ".json":
+REPORT_FORMATS = ("csv", "json")
+
+
+def report_format(path: Path, explicit: str | None) -> str:
+    """`--format`, else from the `--output` name (`.csv`, `.json`); a name that says neither
+    (`-`, a device) needs `--format`."""
+    if explicit is not None:
+        return explicit
+    suffix = path.suffix.lower().removeprefix(".")
+    if suffix in REPORT_FORMATS:
+        return suffix
+    raise InvalidInput(
+        f"--output {path}: write a .csv or a .json file",
+        hint="or pass --format csv|json (for - or a device)",
+    )
+
+
+def write_report(report: domain.Report, path: Path, fmt: str) -> None:
+    """`--output`: the report as JSON or one CSV row per discrepancy, written whole
+    (`services/output_files.py`: `-`, devices, temporaries)."""
+    if fmt == "json":
         data = orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2) + b"\n"
-    elif suffix == ".csv":
-        data = _csv(report).encode()
     else:
-        raise InvalidInput(f"--output {path}: write a .csv or a .json file")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+        data = _csv(report).encode()
+    output_files.write_output(path, data)
 
 
 def _csv(report: domain.Report) -> str:
@@ -156,20 +171,22 @@ def _csv(report: domain.Report) -> str:
         neruba, stripe = item.neruba or {}, item.stripe or {}
         data = item.as_dict()
         writer.writerow(
-            [
-                item.kind,
-                item.invoice or "",
-                item.stripe_invoice or "",
-                item.currency,
-                neruba.get("total", ""),
-                stripe.get("total", ""),
-                data.get("difference", ""),
-                neruba.get("status", ""),
-                stripe.get("status", ""),
-                neruba.get("stripe_customer") or "",
-                stripe.get("customer") or "",
-                data["at_stake"],
-                item.reason or "",
-            ]
+            escaped_row(
+                [
+                    item.kind,
+                    item.invoice or "",
+                    item.stripe_invoice or "",
+                    item.currency,
+                    neruba.get("total", ""),
+                    stripe.get("total", ""),
+                    data.get("difference", ""),
+                    neruba.get("status", ""),
+                    stripe.get("status", ""),
+                    neruba.get("stripe_customer") or "",
+                    stripe.get("customer") or "",
+                    data["at_stake"],
+                    item.reason or "",
+                ]
+            )
         )
     return buffer.getvalue()
