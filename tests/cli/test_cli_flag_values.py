@@ -44,6 +44,7 @@ BAD: list[tuple[tuple[str, ...], str]] = [
     (("compare", "stripe", "--period", "2026-10", "--by", "customer"), "--by"),
     (("simulate", "--catalog", "c.toml", "--period", "2026-13"), "--period"),
     (("reconcile", "stripe", "--period", "2026-13"), "--period"),
+    (("reconcile", "stripe", "--period", "2026-10", "--format", "xml"), "--format"),
     (("stripe", "push", "--period", "2026-13"), "--period"),
     (("stripe", "pull", "--since", "7d"), "--since"),
     (("stripe", "webhook", "list", "--status", "done"), "--status"),
