@@ -6,8 +6,11 @@ through here.
 What the name is decides how it is written:
 
 - `-` is stdout. The command's own summary then goes to stderr.
-- An existing character device, FIFO or socket (`/dev/null`, `/dev/stdout`, a named pipe, a
-  log socket) is written directly, as a shell's `>` would. Renaming a file over it, as for a
+- An existing character device, FIFO or socket (`/dev/null`, a named pipe, a log socket), or
+  the name of a descriptor the process holds (`/dev/stdout`, `/dev/fd/N`, whatever is behind
+  it), is written directly, as a shell's `>` would. A link at the name is followed there only
+  when this user or root made it: a link another user planted (to `/dev/tty`, a FIFO) is
+  replaced like any other name, never written through. Renaming a file over it, as for a
   regular file, would replace `/dev/null` itself with a regular file when run as root and break
   every program on the machine. What was written before an error has been sent and stays sent.
 - Anything else (an existing regular file, or nothing yet) is written atomically: to a new
@@ -54,10 +57,16 @@ class Kind:
 
 
 def kind_of(target: str | os.PathLike[str], option: str = "--output") -> str:
-    """Classify `target`, following a symlink at its name (`/dev/stdout` is one). A folder or
-    a block device is refused here, before any work starts."""
+    """Classify `target`, following the links at its name that this user or root made
+    (`/dev/stdout` is one); a link another user planted is never followed: the rename
+    replaces it. A folder or a block device is refused here, before any work starts."""
     if os.fspath(target) == STDOUT:
         return Kind.STDOUT
+    resolved, trusted = _follow(target)
+    if not trusted:
+        return Kind.FILE
+    if _DESCRIPTOR.match(resolved):
+        return Kind.STREAM
     try:
         mode = os.stat(target).st_mode
     except FileNotFoundError:
@@ -74,6 +83,33 @@ def kind_of(target: str | os.PathLike[str], option: str = "--output") -> str:
     if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
         return Kind.STREAM
     return Kind.FILE
+
+
+# `/proc/self/fd/1`, where `/dev/stdout` and `/dev/fd/1` lead: a descriptor the process holds
+_DESCRIPTOR = re.compile(r"/proc/(self|thread-self|[0-9]+)(/task/[0-9]+)?/fd/[0-9]+\Z")
+
+
+def _follow(target: str | os.PathLike[str]) -> tuple[str, bool]:
+    """Follow the links at `target`'s name hop by hop: where they lead (stopping at the name
+    of a descriptor: whatever is behind it, a pipe, a terminal or the regular file of a
+    `> out.csv` redirection, is written in place) and whether every link on the way belongs
+    to this user or to root (the kernel's `protected_symlinks` rule, in every folder)."""
+    current, trusted = os.path.abspath(target), True
+    owners = {0, os.geteuid()}
+    for _ in range(40):  # the kernel's own limit on links followed
+        folder, name = os.path.split(current)
+        current = os.path.join(os.path.realpath(folder), name)
+        if _DESCRIPTOR.match(current):
+            break
+        try:
+            info = os.lstat(current)
+        except OSError:
+            break
+        if not stat.S_ISLNK(info.st_mode):
+            break
+        trusted = trusted and info.st_uid in owners
+        current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    return current, trusted
 
 
 class OutputFile:
@@ -114,6 +150,8 @@ class OutputFile:
 
     def _open_stream(self) -> IO[bytes]:
         flags = os.O_WRONLY | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+        if _DESCRIPTOR.match(_follow(self.target)[0]):
+            flags |= os.O_APPEND  # a file behind `>` or `>>`: after what is already there
         try:
             if stat.S_ISSOCK(os.stat(self.target).st_mode):
                 self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import pytest
 
 from tests.support.cli import Cli
 from tests.support.events import event_line
+from tests.support.processes import ENV, neruba_argv
 from tests.support.shops import INVOICE_CATALOG, invoice_shop
 
 NULL_DEVICE = os.makedev(1, 3)
@@ -341,3 +343,21 @@ def test_catalog_export_to_a_file_is_what_stdout_shows(shop: Cli, tmp_path: Path
     target = tmp_path / "catalog.toml"
     run(shop, ["catalog", "export", "--output", str(target)], 0)
     assert target.read_bytes() == shop("catalog", "export", "--project", "acme").stdout_bytes
+
+
+def test_dev_stdout_redirected_to_a_file_by_cron(shop: Cli, tmp_path: Path) -> None:
+    """`neruba export events --output /dev/stdout > events.csv` (through a private link to
+    /proc/self/fd/1, standing in for /dev/stdout): the file gets the export, the link stays."""
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    assert shop.db_url is not None
+    target = tmp_path / "events.csv"
+    with target.open("wb") as out:
+        subprocess.run(
+            neruba_argv(shop.db_url, "export", "events", "--output", str(link), "--quiet"),
+            stdout=out,
+            check=True,
+            env={**os.environ, **ENV},
+        )
+    assert target.read_bytes() == shop("export", "events", "--project", "acme").stdout_bytes
+    assert link.is_symlink()

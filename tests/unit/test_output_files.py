@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -138,3 +140,44 @@ def test_what_a_name_designates(tmp_path: Path) -> None:
     assert output_files.kind_of("/dev/null") == output_files.Kind.STREAM
     with pytest.raises(InvalidInput, match="is a folder"):
         output_files.kind_of(tmp_path)
+
+
+def test_a_descriptor_name_is_written_in_place_after_what_is_there(tmp_path: Path) -> None:
+    """`--output /dev/stdout` with stdout redirected to a file (`>>` here): the data is
+    appended to that file, and the link (a private one to /proc/self/fd/1, standing in for
+    /dev/stdout) is still a link."""
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    log = tmp_path / "cron.log"
+    log.write_bytes(b"before\n")
+    program = (
+        "import sys\n"
+        "from neruba_cli.services import output_files\n"
+        "output_files.write_output(sys.argv[1], b'data\\n')\n"
+    )
+    with log.open("ab") as out:
+        subprocess.run([sys.executable, "-c", program, str(link)], stdout=out, check=True)
+    assert log.read_bytes() == b"before\ndata\n"
+    assert link.is_symlink() and os.readlink(link) == "/proc/self/fd/1"
+
+
+def test_a_link_another_user_planted_is_replaced_never_followed(tmp_path: Path) -> None:
+    """The kernel's protected_symlinks rule, in every folder: a link to a device made by
+    someone else is not written through (it could lead to /dev/tty or /dev/port)."""
+    node = tmp_path / "mynull"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        target = tmp_path / "ev.csv"
+        target.symlink_to(node)
+        os.lchown(target, 65534, 65534)
+    except PermissionError:
+        pytest.skip("needs root: mknod and lchown")
+    assert output_files.kind_of(target) == output_files.Kind.FILE
+    output_files.write_output(target, b"data\n")
+    assert not target.is_symlink() and target.read_bytes() == b"data\n"
+    assert stat.S_ISCHR(os.lstat(node).st_mode)
+    mine = tmp_path / "mine.csv"
+    mine.symlink_to(node)  # made by this user: followed to the device
+    assert output_files.kind_of(mine) == output_files.Kind.STREAM
+    output_files.write_output(mine, b"data\n")
+    assert mine.is_symlink() and stat.S_ISCHR(os.lstat(node).st_mode)
