@@ -4,6 +4,13 @@
   transaction handling would otherwise run SELECTs outside the transaction).
 - MariaDB/MySQL: utf8mb4, strict SQL mode, READ COMMITTED, UTC session time zone.
 - PostgreSQL: UTC session time zone, READ COMMITTED (its default).
+
+Every engine bounds how long a statement waits for a lock another transaction holds:
+`LOCK_WAIT_SECONDS` (PostgreSQL `lock_timeout`, MariaDB `innodb_lock_wait_timeout`, SQLite's
+busy timeout), so a process paused inside a transaction (SIGSTOP, a debugger, a frozen VM) can
+never hang the others: they give up with a lock-wait timeout, which `is_lock_timeout`
+recognises and the CLI reports as exit 5. The lease statements (db/locks.py) wait far less,
+`LEASE_LOCK_WAIT_SECONDS`, through `short_lock_wait`.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,11 +29,19 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from neruba_cli.db import sqlite_functions
-from neruba_cli.domain.errors import DatabaseError, InvalidInput
+from neruba_cli.domain.errors import DatabaseError, InvalidInput, LockHeld, NerubaError
 
 CONNECT_TIMEOUT_SECONDS = 5
 WRITE_OPTION = "neruba_write"
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The longest any statement waits for a row (SQLite: the database) another transaction holds
+# locked. Longer than any transaction Neruba itself keeps open; see docs "Locks and leases".
+LOCK_WAIT_SECONDS = 30
+SQLITE_BUSY_TIMEOUT_MS = LOCK_WAIT_SECONDS * 1000
+# The longest a lease statement (take, renew, give back, release) waits for the lease's row.
+LEASE_LOCK_WAIT_SECONDS = 3
+
+_MYSQL_LOCK_WAIT_TIMEOUT = 1205  # ER_LOCK_WAIT_TIMEOUT
+_PG_LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired, or NOWAIT
 
 _MYSQL_SQL_MODE = (
     "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
@@ -198,7 +214,10 @@ def _mysql_engine(url: URL) -> Engine:
         pool_recycle=3600,
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            "init_command": f"SET SESSION sql_mode='{_MYSQL_SQL_MODE}', time_zone='+00:00'",
+            "init_command": (
+                f"SET SESSION sql_mode='{_MYSQL_SQL_MODE}', time_zone='+00:00', "
+                f"innodb_lock_wait_timeout={LOCK_WAIT_SECONDS}"
+            ),
         },
     )
 
@@ -218,7 +237,7 @@ def _postgres_engine(url: URL) -> Engine:
         pool_pre_ping=True,
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            "options": "-c timezone=UTC",
+            "options": f"-c timezone=UTC -c lock_timeout={LOCK_WAIT_SECONDS}s",
             # No server-side prepared statements: a cached generic plan for the ingest's
             # `key IN (...)` lookups scans the whole project once the table is large.
             "prepare_threshold": None,
@@ -226,8 +245,78 @@ def _postgres_engine(url: URL) -> Engine:
     )
 
 
-def explain_error(exc: Exception, url: str) -> DatabaseError:
-    """Turn a driver exception into one line an operator can act on (no traceback)."""
+@contextmanager
+def short_lock_wait(engine: Engine, seconds: float) -> Iterator[Connection]:
+    """A transaction whose statements wait at most `seconds` for a lock, then fail with a
+    lock-wait timeout (`is_lock_timeout`): for the short statements on a lease's row, which
+    must answer "busy" at once rather than queue behind a paused process.
+
+    PostgreSQL scopes the bound to the transaction (`SET LOCAL`); MariaDB and SQLite set it on
+    the connection, so it is put back before the connection returns to the pool (a connection
+    that cannot be put back is discarded)."""
+    dialect = engine.dialect.name
+    with engine.connect() as conn:
+        try:
+            with conn.begin():
+                if dialect == "postgresql":
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(seconds * 1000)}ms'")
+                elif dialect == "mysql":
+                    wait = max(int(seconds), 1)  # whole seconds, at least one
+                    conn.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {wait}")
+                elif dialect == "sqlite":
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+                yield conn
+        finally:
+            _restore_lock_wait(conn, dialect)
+
+
+def _restore_lock_wait(conn: Connection, dialect: str) -> None:
+    if dialect not in ("mysql", "sqlite"):
+        return
+    try:
+        if dialect == "mysql":
+            conn.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_SECONDS}")
+        else:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        conn.commit()
+    except Exception:  # the connection broke: never hand it out again with the short bound
+        conn.invalidate()
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """Whether a database error (or one it came from) is a lock wait that ran out: PostgreSQL
+    SQLSTATE 55P03, MariaDB 1205, SQLite "database is locked" (SQLITE_BUSY)."""
+    seen: BaseException | None = exc
+    for _depth in range(6):
+        if seen is None:
+            return False
+        orig = getattr(seen, "orig", None)
+        if orig is not None:
+            args = getattr(orig, "args", ())
+            if args and args[0] == _MYSQL_LOCK_WAIT_TIMEOUT:
+                return True
+            if getattr(orig, "sqlstate", None) == _PG_LOCK_NOT_AVAILABLE:
+                return True
+            if isinstance(orig, sqlite3.OperationalError) and (
+                getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+                or "database is locked" in str(orig)
+            ):
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def explain_error(exc: Exception, url: str) -> NerubaError:
+    """Turn a driver exception into one line an operator can act on (no traceback). A lock
+    wait that ran out is "busy", exit 5 like a held lease, not a broken database: another
+    transaction kept the rows this one needed for LOCK_WAIT_SECONDS."""
     reason = getattr(exc, "orig", None) or exc
     text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    if is_lock_timeout(exc):
+        return LockHeld(
+            f"gave up after waiting {LOCK_WAIT_SECONDS} s for rows another transaction holds "
+            f"locked (database {display_url(url)}: {text})",
+            hint="another neruba process may be paused or stuck; `neruba locks list` shows "
+            "which job holds which lease; try again when it has finished",
+        )
     return DatabaseError(f"database {display_url(url)}: {text}")

@@ -2,9 +2,22 @@
 
 A lock is a row in `locks`. Acquiring is one conditional UPDATE (or the first INSERT), so two
 contenders can never both win: the database's row lock and unique key decide. Each acquisition
-increments the row's fencing token; writers call `fence()` inside their own transaction, which
-touches the lock row only if their token is still current and unexpired. A holder that was
-paused past its lease therefore cannot write after a new holder took over.
+increments the row's fencing token.
+
+Two rules keep a paused holder (SIGSTOP, a frozen VM) from blocking everyone else, and keep it
+from writing once its lease is gone:
+
+- **The lease row is locked only for an instant.** Taking, renewing and giving back a lease
+  are short transactions of their own (`_lease_transaction`), never part of the work's
+  transaction, and they wait at most `LEASE_LOCK_WAIT_SECONDS` for the row: a contender gets
+  "held" (exit 5) at once even when the row is locked by a process that stopped.
+- **Every write transaction of a holder ends with the fence** (`fenced`, or `fence()` as the
+  transaction's last statement): a conditional UPDATE of the lease row by primary key, which
+  matches only while the token is still ours and unexpired. The work's statements run before
+  it, so a holder paused inside its transaction holds no lock on the lease row; the fence then
+  locks the row from its check to the COMMIT, so no new holder can take over in between. A
+  holder paused past its expiry, or whose lease an operator released, fails the fence and its
+  whole transaction rolls back. The key equality makes InnoDB lock the one record, no gap.
 """
 
 from __future__ import annotations
@@ -14,13 +27,14 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from neruba_cli.db.engine import LEASE_LOCK_WAIT_SECONDS, is_lock_timeout, short_lock_wait
 from neruba_cli.db.tables import locks_t
 from neruba_cli.domain.errors import LockHeld, LockLost, NotFound
 from neruba_cli.domain.timestamps import format_ts
@@ -101,9 +115,14 @@ def acquire(
     holder = holder or default_holder()
     deadline = time.monotonic() + wait
     while True:
-        lease = _try_acquire(engine, name, holder, ttl, clock())
-        if lease is None:
-            lease = _take_from_dead_holder(engine, name, holder, ttl, clock())
+        try:
+            lease = _try_acquire(engine, name, holder, ttl, clock())
+            if lease is None:
+                lease = _take_from_dead_holder(engine, name, holder, ttl, clock())
+        except DBAPIError as exc:
+            if not is_lock_timeout(exc):
+                raise
+            lease = None  # the row is locked by a transaction that does not end: busy
         if lease is not None:
             return lease
         if time.monotonic() >= deadline:
@@ -115,7 +134,7 @@ def _try_acquire(
     engine: Engine, name: str, holder: str, ttl: timedelta, now: datetime
 ) -> Lease | None:
     expires = now + ttl
-    with engine.begin() as conn:
+    with _lease_transaction(engine) as conn:
         taken = conn.execute(
             update(locks_t)
             .where(locks_t.c.name == name)
@@ -126,7 +145,7 @@ def _try_acquire(
             token = conn.execute(select(locks_t.c.token).where(locks_t.c.name == name)).scalar_one()
             return Lease(name, holder, int(token), now, expires)
     try:
-        with engine.begin() as conn:
+        with _lease_transaction(engine) as conn:
             conn.execute(
                 insert(locks_t).values(
                     name=name, holder=holder, token=1, acquired_at=now, expires_at=expires
@@ -149,7 +168,7 @@ def _take_from_dead_holder(
     if state is None or state.holder is None or holder_alive(state.holder) is not False:
         return None
     expires = now + ttl
-    with engine.begin() as conn:
+    with _lease_transaction(engine) as conn:
         taken = conn.execute(
             update(locks_t)
             .where(locks_t.c.name == name)
@@ -179,25 +198,47 @@ def renew(
     """Extend our lease; raise LockLost if it expired or passed to another holder."""
     now = clock()
     expires = now + ttl
-    with engine.begin() as conn:
-        changed = conn.execute(
-            update(locks_t)
-            .where(locks_t.c.name == lease.name)
-            .where(locks_t.c.token == lease.token)
-            .where(locks_t.c.holder == lease.holder)
-            .where(locks_t.c.expires_at > now)
-            .values(expires_at=expires)
-        ).rowcount
+    try:
+        with _lease_transaction(engine) as conn:
+            changed = conn.execute(
+                update(locks_t)
+                .where(locks_t.c.name == lease.name)
+                .where(locks_t.c.token == lease.token)
+                .where(locks_t.c.holder == lease.holder)
+                .where(locks_t.c.expires_at > now)
+                .values(expires_at=expires)
+            ).rowcount
+    except DBAPIError as exc:
+        if not is_lock_timeout(exc):
+            raise
+        raise LockLost(
+            f"lease on {lease.name} (token {lease.token}) could not be renewed: its row stayed "
+            f"locked by another transaction for {LEASE_LOCK_WAIT_SECONDS} s",
+            hint="`neruba locks list` shows who holds it",
+        ) from None
     if changed != 1:
         raise LockLost(f"lease on {lease.name} (token {lease.token}) was lost before renewal")
     return Lease(lease.name, lease.holder, lease.token, lease.acquired_at, expires)
 
 
-def fence(conn: Connection, lease: Lease, *, clock: Clock = utcnow) -> None:
-    """Check, inside the caller's write transaction, that the lease is still ours.
+@contextmanager
+def fenced(engine: Engine, lease: Lease, *, clock: Clock = utcnow) -> Iterator[Connection]:
+    """A write transaction of the lease's holder: the block's statements, then the fence as
+    the last statement before COMMIT. If the lease is no longer ours, LockLost and nothing of
+    the block is written; if the block raises, the fence does not run and all rolls back."""
+    with engine.begin() as conn:
+        yield conn
+        fence(conn, lease, clock=clock)
 
-    The no-op UPDATE takes the lock row's write lock until the caller commits, so a new holder
-    cannot take over between this check and the caller's commit.
+
+def fence(conn: Connection, lease: Lease, *, clock: Clock = utcnow) -> None:
+    """Check, as the LAST statement of the caller's write transaction, that the lease is still
+    ours (`fenced` does this for a block).
+
+    The no-op UPDATE (by primary key, so InnoDB locks that record only) takes the lease row's
+    write lock until the caller commits, so no new holder can take over between this check
+    and the commit. Run earlier, it would keep that lock for the whole transaction and a
+    holder paused inside it would block every contender and `locks release`.
     """
     changed = conn.execute(
         update(locks_t)
@@ -213,15 +254,21 @@ def fence(conn: Connection, lease: Lease, *, clock: Clock = utcnow) -> None:
 
 
 def release(engine: Engine, lease: Lease) -> bool:
-    """Give the lease back; False when it had already expired and been taken over."""
-    with engine.begin() as conn:
-        changed = conn.execute(
-            update(locks_t)
-            .where(locks_t.c.name == lease.name)
-            .where(locks_t.c.token == lease.token)
-            .where(locks_t.c.holder == lease.holder)
-            .values(holder=None, acquired_at=None, expires_at=None)
-        ).rowcount
+    """Give the lease back; False when it had already expired and been taken over (or its row
+    stayed locked: the lease then ends at its expiry)."""
+    try:
+        with _lease_transaction(engine) as conn:
+            changed = conn.execute(
+                update(locks_t)
+                .where(locks_t.c.name == lease.name)
+                .where(locks_t.c.token == lease.token)
+                .where(locks_t.c.holder == lease.holder)
+                .values(holder=None, acquired_at=None, expires_at=None)
+            ).rowcount
+    except DBAPIError as exc:
+        if not is_lock_timeout(exc):
+            raise
+        return False
     return changed == 1
 
 
@@ -237,21 +284,39 @@ def held(engine: Engine, name: str, *, holder: str | None = None) -> Iterator[Le
 
 
 def force_release(engine: Engine, name: str) -> LockState:
-    """Operator override for a lock whose holder is gone; returns what was released."""
-    with engine.begin() as conn:
-        row = conn.execute(select(locks_t).where(locks_t.c.name == name)).first()
-        if row is None or row.holder is None:
-            raise NotFound(f"lock {name} is not held", hint="`neruba locks list` shows held locks")
-        changed = conn.execute(
-            update(locks_t)
-            .where(locks_t.c.name == name)
-            .where(locks_t.c.token == row.token)
-            .where(locks_t.c.holder == row.holder)
-            .values(holder=None, acquired_at=None, expires_at=None)
-        ).rowcount
+    """Operator override for a lock whose holder is gone or hung; returns what was released.
+    The holder, if it ever resumes, fails its next fence: none of its writes commit."""
+    try:
+        with _lease_transaction(engine) as conn:
+            row = conn.execute(select(locks_t).where(locks_t.c.name == name)).first()
+            if row is None or row.holder is None:
+                raise NotFound(
+                    f"lock {name} is not held", hint="`neruba locks list` shows held locks"
+                )
+            changed = conn.execute(
+                update(locks_t)
+                .where(locks_t.c.name == name)
+                .where(locks_t.c.token == row.token)
+                .where(locks_t.c.holder == row.holder)
+                .values(holder=None, acquired_at=None, expires_at=None)
+            ).rowcount
+    except DBAPIError as exc:
+        if not is_lock_timeout(exc):
+            raise
+        raise LockHeld(
+            f"lock {name} is being committed by its holder right now "
+            f"(its row stayed locked for {LEASE_LOCK_WAIT_SECONDS} s); nothing was released",
+            hint="try again",
+        ) from None
     if changed != 1:
         raise LockHeld(f"lock {name} changed hands while releasing it; nothing was released")
     return _state(row)
+
+
+def _lease_transaction(engine: Engine) -> AbstractContextManager[Connection]:
+    """A short transaction on a lease row alone, waiting at most LEASE_LOCK_WAIT_SECONDS for
+    it (a lock-wait timeout, `is_lock_timeout`, past that)."""
+    return short_lock_wait(engine, LEASE_LOCK_WAIT_SECONDS)
 
 
 def get(engine: Engine, name: str) -> LockState | None:

@@ -107,8 +107,9 @@ def test_with_wait_the_second_run_finds_nothing_to_do(
 def test_a_paused_run_whose_lease_expired_cannot_write(
     busy: Cli, engine: Engine, db_url: str
 ) -> None:
-    # lease 1 s, whole invoices 50 at a time, a 1 s breath after each 50
-    process = spawn(db_url, "1", "0", "50", "-", "1")
+    # lease 3 s (planning under load must not outlast it), whole invoices 50 at a time, a
+    # 1 s breath after each 50
+    process = spawn(db_url, "3", "0", "50", "-", "1")
     assert process.stdout is not None
     seen = []
     while not (line := process.stdout.readline()).startswith("step"):
@@ -118,7 +119,7 @@ def test_a_paused_run_whose_lease_expired_cannot_write(
     try:
         written = {inv.id: inv for inv in invoices(engine)}
         assert len(written) == 50
-        time.sleep(3)  # its lease expires
+        time.sleep(5)  # its lease expires
         name = locks.get(engine, f"{project_of(engine).slug}:bill:2026-10")
         assert name is not None and name.is_stale(locks.utcnow())
         intruder = locks.acquire(engine, name.name, holder="intruder", ttl=timedelta(minutes=5))

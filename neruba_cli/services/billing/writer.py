@@ -546,7 +546,9 @@ def _revision_row(
 
 
 class _Fenced:
-    """A write transaction that first checks the lease is still the run's."""
+    """A write transaction of the run: its lease renewed first when due (in a transaction of
+    its own), and the fence as the transaction's last statement (db/locks.py), so a run paused
+    inside it holds no lock on the lease row and cannot commit once the lease is gone."""
 
     def __init__(self, writer: InvoiceWriter) -> None:
         self.writer = writer
@@ -559,11 +561,11 @@ class _Fenced:
         ):
             writer.lease = locks.renew(writer.engine, writer.lease, ttl=writer.options.lease)
             writer.renewed = time.monotonic()
-        self.context = writer.engine.begin()
-        conn = self.context.__enter__()
-        if writer.lease is not None:
-            locks.fence(conn, writer.lease)
-        return conn
+        if writer.lease is None:
+            self.context = writer.engine.begin()
+        else:
+            self.context = locks.fenced(writer.engine, writer.lease)
+        return self.context.__enter__()
 
     def __exit__(self, *exc: Any) -> bool | None:
         assert self.context is not None, "entered before exiting"

@@ -162,8 +162,7 @@ def store_watermark(
         export_watermarks_t.c.name == name,
         export_watermarks_t.c.kind == kind,
     )
-    with engine.begin() as conn:
-        locks.fence(conn, lease)
+    with locks.fenced(engine, lease) as conn:
         changed = conn.execute(
             update(ExportWatermark).where(*key).values(watermark=watermark, updated_at=now)
         ).rowcount

@@ -114,8 +114,7 @@ def _finalize_ids(
         return []
 
     def attempt() -> list[str]:
-        with engine.begin() as conn:
-            locks.fence(conn, lease)
+        with locks.fenced(engine, lease) as conn:
             return settlement.finalize(
                 conn, project, [row.id for row in rows], now=now, actor=actor, strict=strict
             )

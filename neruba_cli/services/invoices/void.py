@@ -72,8 +72,7 @@ def _void_locked(
     now: datetime,
     actor: str,
 ) -> None:
-    with engine.begin() as conn:
-        locks.fence(conn, lease)
+    with locks.fenced(engine, lease) as conn:
         # A run may have written a correction between the check above and the lock.
         corrected = conn.execute(
             select(invoices_t.c.number)
