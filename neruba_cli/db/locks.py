@@ -304,9 +304,9 @@ def force_release(engine: Engine, name: str) -> LockState:
         if not is_lock_timeout(exc):
             raise
         raise LockHeld(
-            f"lock {name} is being committed by its holder right now "
-            f"(its row stayed locked for {LEASE_LOCK_WAIT_SECONDS} s); nothing was released",
-            hint="try again",
+            f"lock {name} was not released: a transaction in progress kept its row locked for "
+            f"{LEASE_LOCK_WAIT_SECONDS} s (on SQLite, any transaction that writes)",
+            hint="try again; a holder stopped inside a transaction must be resumed or killed",
         ) from None
     if changed != 1:
         raise LockHeld(f"lock {name} changed hands while releasing it; nothing was released")

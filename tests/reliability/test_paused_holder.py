@@ -16,6 +16,11 @@ transaction in the server's own views (PostgreSQL `pg_stat_activity.backend_xid`
   invoices are exactly those seen while it was stopped;
 - a rerun bills and finalizes the rest, numbers gapless, and `neruba check` agrees.
 
+On SQLite a transaction that writes locks the whole database, so nothing else can write (or
+release) while the run is stopped inside one; the promise there is that a contender still
+exits 5 within 10 s instead of queueing behind it, and that the run, resumed while its lease
+lasts, completes.
+
 docs/operations/locks.md describes the lease, the fence and the lock-wait bounds.
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -34,7 +40,7 @@ import pytest
 from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError
 
-from neruba_cli.db.engine import is_lock_timeout
+from neruba_cli.db.engine import is_lock_timeout, sqlite_file
 from neruba_cli.db.tables import billing_runs_t, invoices_t
 from tests.support.cli import Cli, ok
 from tests.support.events import ingest, write_jsonl
@@ -48,10 +54,24 @@ AS_OF = AFTER_OCTOBER.isoformat().replace("+00:00", "Z")
 LOCK = f"acme:bill:{PERIOD}"
 CUSTOMERS = 400  # four write transactions of 100 drafts, then four of 100 finalizations
 LOCKED_STOPS = 5
+BILL = ("run", "bill", "--period", PERIOD, "--as-of", AS_OF, "--finalize")
 
 
 def in_write_transaction(engine: Engine, dialect: str) -> bool:
     """Whether another session of this database has a transaction that already wrote."""
+    if dialect == "sqlite":  # a writer holds the database's write lock
+        path = sqlite_file(str(engine.url))
+        assert path is not None
+        probe = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError as exc:
+            assert "locked" in str(exc), exc
+            return True
+        finally:
+            probe.close()
     if dialect == "postgresql":
         query = (
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
@@ -102,7 +122,7 @@ def stop_inside_write_transaction(
         while not stopped(process.pid):
             time.sleep(0.005)
         if in_write_transaction(engine, dialect):
-            if lease_row_free(engine):
+            if dialect == "sqlite" or lease_row_free(engine):
                 return
             locked += 1
             assert locked < LOCKED_STOPS, (
@@ -139,23 +159,30 @@ def timed(db_url: str, *args: str, limit: float) -> tuple[int, str, float]:
     return done.returncode, done.stderr, time.monotonic() - started
 
 
+def shop(cli: Cli, tmp_path: Path) -> list[str]:
+    names, starts = population(CUSTOMERS)
+    shop_for(cli, tmp_path, names, starts)
+    ingest(cli, write_jsonl(tmp_path / "usage.jsonl", generate(names, seed=18, starts=starts)))
+    return names
+
+
+def wait_for_first_invoice(process: subprocess.Popen[bytes], engine: Engine, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not invoice_state(engine):  # its first write transaction has committed
+        assert process.poll() is None, logs(log)
+        assert time.monotonic() < deadline, "no invoice written in 2 minutes"
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("dialect", ["mariadb", "postgresql"], indirect=True)
 def test_a_run_stopped_inside_its_write_transaction_blocks_nobody_and_cannot_commit(
     cli: Cli, db_url: str, engine: Engine, tmp_path: Path, dialect: str
 ) -> None:
-    names, starts = population(CUSTOMERS)
-    shop_for(cli, tmp_path, names, starts)
-    ingest(cli, write_jsonl(tmp_path / "usage.jsonl", generate(names, seed=18, starts=starts)))
+    names = shop(cli, tmp_path)
     rng = random.Random(f"paused-holder-{dialect}")
-    bill = ("run", "bill", "--period", PERIOD, "--as-of", AS_OF, "--finalize")
-
-    process = spawn(db_url, *bill, "--quiet", log=tmp_path / "paused")
+    process = spawn(db_url, *BILL, "--quiet", log=tmp_path / "paused")
     try:
-        deadline = time.monotonic() + 120
-        while not invoice_state(engine):  # its first write transaction has committed
-            assert process.poll() is None, logs(tmp_path / "paused")
-            assert time.monotonic() < deadline, "no invoice written in 2 minutes"
-            time.sleep(0.01)
+        wait_for_first_invoice(process, engine, tmp_path / "paused")
         stop_inside_write_transaction(process, engine, dialect, rng)
         with engine.connect() as conn:
             (run_id,) = conn.execute(
@@ -165,7 +192,7 @@ def test_a_run_stopped_inside_its_write_transaction_blocks_nobody_and_cannot_com
         mine = sum(1 for row in seen if row[3] == run_id)
         assert 0 < mine < 2 * CUSTOMERS, mine
 
-        code, err, took = timed(db_url, *bill, limit=10)
+        code, err, took = timed(db_url, *BILL, limit=10)
         assert code == 5 and took < 10, (code, took, err)
         assert "held by" in err and f":{process.pid}" in err, err
 
@@ -189,10 +216,40 @@ def test_a_run_stopped_inside_its_write_transaction_blocks_nobody_and_cannot_com
     assert_gapless(engine)
     assert_check_ok(cli, f"after the stale run; {context}")
 
-    report = ok(cli, *bill)
+    report = ok(cli, *BILL)
     assert report["status"] == "completed", report
     rows = ok(cli, "invoice", "list", "--period", PERIOD)
     assert Counter(row["customer"] for row in rows) == dict.fromkeys(names, 1)
     assert {row["status"] for row in rows} == {"finalized"}, Counter(r["status"] for r in rows)
     assert_gapless(engine)
     assert_check_ok(cli, "after the rerun")
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"], indirect=True)
+def test_on_sqlite_a_contender_of_a_run_stopped_while_writing_exits_5_within_seconds(
+    cli: Cli, db_url: str, engine: Engine, tmp_path: Path, dialect: str
+) -> None:
+    names = shop(cli, tmp_path)
+    rng = random.Random(f"paused-holder-{dialect}")
+    process = spawn(db_url, *BILL, "--quiet", log=tmp_path / "paused")
+    try:
+        wait_for_first_invoice(process, engine, tmp_path / "paused")
+        stop_inside_write_transaction(process, engine, dialect, rng)
+        code, err, took = timed(db_url, *BILL, limit=10)
+        assert code == 5 and took < 10, (code, took, err)
+        assert "held by" in err and f":{process.pid}" in err, err
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
+    try:
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert code == 0, logs(tmp_path / "paused")  # its lease lasted: it finished the month
+    rows = ok(cli, "invoice", "list", "--period", PERIOD)
+    assert Counter(row["customer"] for row in rows) == dict.fromkeys(names, 1)
+    assert {row["status"] for row in rows} == {"finalized"}, Counter(r["status"] for r in rows)
+    assert_gapless(engine)
+    assert_check_ok(cli, "after the run")

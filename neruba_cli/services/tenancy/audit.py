@@ -11,8 +11,10 @@ import orjson
 from sqlalchemy import Engine, insert, or_, select
 from sqlalchemy.orm import Session
 
+from neruba_cli.db.engine import LEASE_LOCK_WAIT_SECONDS, short_lock_wait
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import AuditRecord
+from neruba_cli.domain.errors import LockHeld
 from neruba_cli.domain.keys import redact_secrets
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.tenancy.access import Actor
@@ -58,9 +60,16 @@ def record(
     outcome: Outcome,
     now: datetime,
 ) -> str:
-    """Append one audit record in its own transaction, after the command's own work."""
+    """Append one audit record in its own transaction, after the command's own work.
+
+    A command refused as busy (exit 5) waits only briefly to record that: on SQLite whatever
+    made it busy (a holder paused inside a write transaction) may keep the database's write
+    lock, and the refusal must not queue the full lock wait behind it (the record is then
+    lost, as when the database is unreachable)."""
     record_id = new_id("aud")
-    with engine.begin() as conn:
+    busy = outcome.exit_code == LockHeld.exit_code
+    transaction = short_lock_wait(engine, LEASE_LOCK_WAIT_SECONDS) if busy else engine.begin()
+    with transaction as conn:
         conn.execute(
             insert(AuditRecord).values(
                 id=record_id,
