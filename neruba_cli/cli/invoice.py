@@ -22,6 +22,7 @@ from neruba_cli.services.invoices import verify as invoices_verify
 from neruba_cli.services.invoices import void as invoices_void
 
 EXIT_DISCREPANCY = 4
+EXIT_UNPOSTABLE = 3  # finalized the others; some drafts cannot be posted
 
 app = typer.Typer()
 
@@ -88,10 +89,12 @@ def finalize(
         str | None, typer.Argument(help="Invoice number (or use --period).", show_default=False)
     ] = None,
     period: PeriodOption = None,
-) -> None:
+) -> int:
     """Make drafts immutable: one by number, or every draft of a month whose period ended.
 
-    Takes the month's run lock: exit 5 while a run holds it."""
+    A draft whose amounts the ledger cannot hold is refused (exit 1); with --period it is
+    left as a draft and listed, the others are finalized, and the exit code is 3. Takes the
+    month's run lock: exit 5 while a run holds it."""
     _one_of(number, period)
     now = rt.now()
     with rt.transaction() as session:
@@ -107,6 +110,7 @@ def finalize(
             {"number": open_number, "period_end": format_ts(end)}
             for open_number, end in report.still_open
         ],
+        "unpostable": [{"number": n, "reason": why} for n, why in report.unpostable],
     }
     rt.out.emit(data)
     if report.finalized:
@@ -118,6 +122,9 @@ def finalize(
             f"{len(report.still_open)} drafts of {report.period} are still open and were left "
             f"as drafts: {', '.join(n for n, _ in report.still_open)}"
         )
+    for _number, why in report.unpostable:
+        rt.out.warn(f"left as a draft: {why}")
+    return EXIT_UNPOSTABLE if report.unpostable else 0
 
 
 @command(app, "void", group="invoice", scope="billing", mutating=True)

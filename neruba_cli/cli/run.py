@@ -25,6 +25,7 @@ from neruba_cli.services.billing import runs
 app = typer.Typer()
 
 Starter = Callable[[int], Callable[[int], None]]
+EXIT_UNBILLED = 3  # the run completed, but some customers could not be billed
 
 
 @command(app, "bill", group="run", scope="billing", mutating=True)
@@ -61,11 +62,14 @@ def bill(
             min=1, metavar="SECONDS", help="Seconds the run's lock lasts without renewal."
         ),
     ] = 600,
-) -> None:
+) -> int:
     """Bill a month: create or recompute drafts, correct finalized invoices for late events.
 
-    A rerun whose inputs did not change writes nothing and says "no changes". Exit 5 when
-    another run holds the month's lock.
+    A rerun whose inputs did not change writes nothing and says "no changes". A customer
+    whose invoice cannot be priced exactly or stored (a stored event reads a value no invoice
+    can hold) is skipped and listed with the events that caused it; the others are billed
+    and finalized. Exit 3 when the run completed with customers it could not bill; exit 5
+    when another run holds the month's lock.
     """
     moment = rt.moment(as_of)
     options = billing_run.RunOptions(
@@ -90,6 +94,7 @@ def bill(
         )
     data = report_to_dict(report)
     rt.out.emit(data, _render_report(data))
+    return EXIT_UNBILLED if report.failed else 0
 
 
 def report_to_dict(report: billing_run.RunReport) -> dict[str, Any]:
@@ -128,6 +133,7 @@ def report_to_dict(report: billing_run.RunReport) -> dict[str, Any]:
         "finalized": list(report.finalized),
         "dry_run": report.dry_run,
         "changes": changes,
+        "failed": [failure.as_dict() for failure in report.failed],
     }
 
 
@@ -172,8 +178,30 @@ def _render_report(data: dict[str, Any]) -> Callable[[Console], None]:
                 )
             console.print(grid)
         console.print(Text(summary_line(data)))
+        for failure in data["failed"]:
+            _render_failure(console, failure)
 
     return render
+
+
+def _render_failure(console: Console, failure: dict[str, Any]) -> None:
+    """A customer the run skipped: why, and the stored events that caused it."""
+    kept = f" ({failure['invoice']} left as it was)" if failure["invoice"] else ""
+    console.print(
+        Text(
+            f"not billed: {failure['customer']} "
+            f"{failure['period_start'][:10]} → {failure['period_end'][:10]}: "
+            f"{failure['reason']}{kept}",
+            style="red",
+        )
+    )
+    for event in failure["events"]:
+        console.print(
+            Text(
+                f"  event {event['idempotency_key']}: meter {event['meter']} reads "
+                f"{event['property']} = {event['value']} ({event['reason']})"
+            )
+        )
 
 
 def _landed(change: dict[str, Any]) -> str:
@@ -194,12 +222,14 @@ def summary_line(data: dict[str, Any]) -> str:
     if data["finalized"]:
         parts.append(f"{len(data['finalized'])} finalized")
     late = f", {plural(data['late_events'], 'late event')}" if data["late_events"] else ""
+    failed = f"; {plural(len(data['failed']), 'customer')} not billed" if data["failed"] else ""
     if not parts:
-        return f"{prefix}no changes ({plural(data['unchanged'], 'invoice')} unchanged{late})"
+        unchanged = plural(data["unchanged"], "invoice")
+        return f"{prefix}no changes ({unchanged} unchanged{late}){failed}"
     if data["dry_run"]:
         prefix += "nothing written; would have "
     run = f" in {data['run']}" if data["run"] else ""
-    return f"{prefix}{', '.join(parts)}{run} ({data['unchanged']} unchanged{late})"
+    return f"{prefix}{', '.join(parts)}{run} ({data['unchanged']} unchanged{late}){failed}"
 
 
 # --------------------------------------------------------------------------- past runs

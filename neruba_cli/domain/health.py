@@ -98,6 +98,39 @@ def runs_check(runs: list[RunFacts], now: datetime) -> Check:
     return Check("runs", "warn", detail)
 
 
+@dataclass(frozen=True)
+class UnbilledFacts:
+    """A customer the latest run of a month that covered it could not bill."""
+
+    project: str  # slug
+    period: str  # YYYY-MM
+    customer: str
+    reason: str
+    events: tuple[str, ...] = ()  # idempotency keys of the events that caused it
+
+
+def unbilled_check(unbilled: list[UnbilledFacts]) -> Check:
+    """A warning, not a failure: the rest of the month is billed (and finalized); these
+    customers wait until what made their invoice unbillable is dealt with and the month is
+    run again (docs/guides/billing.md, "Customers a run could not bill")."""
+    if not unbilled:
+        return Check("unbilled customers", "ok", "the latest runs billed every customer")
+    shown = [
+        f"{u.project} {u.period} {u.customer}: {u.reason}"
+        + (f" (event {', '.join(u.events)})" if u.events else "")
+        for u in unbilled[:10]
+    ]
+    more = f"; and {len(unbilled) - 10} more" if len(unbilled) > 10 else ""
+    return Check(
+        "unbilled customers",
+        "warn",
+        f"{len(unbilled)} not billed by the latest run of their month: "
+        + "; ".join(shown)
+        + more
+        + ". `neruba check` names them; rerun the month once the cause is dealt with",
+    )
+
+
 # --------------------------------------------------------------------------- imports
 
 

@@ -31,6 +31,8 @@ import orjson
 from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.base_fee import PhaseFee, Timing, base_fee_lines
 from neruba_cli.domain.catalog import PlanDef
+from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.invoice_limits import Unbillable, check_document, check_reading
 from neruba_cli.domain.money import (
     RoundingMode,
     decimal_text,
@@ -143,6 +145,7 @@ def build_invoice(inp: InvoiceInput) -> BuiltInvoice:
     for carried in sorted(inp.carried, key=lambda c: c.source):
         lines += carried_lines(carried)
     content = invoice_content("invoice", inp.currency, inp.period, inp.label, lines)
+    check_document(content, inp.currency)
     inputs = inputs_document(inp)
     return BuiltInvoice(
         content=content,
@@ -226,7 +229,11 @@ def _usage_lines(inp: InvoiceInput, terms: SubscriptionTerms) -> list[dict[str, 
         descriptions = plan.charge_descriptions or (None,) * len(plan.charges)
         for charge, description in zip(plan.charges, descriptions, strict=False):
             usage = piece.usage.get(charge.meter, MeterUsage(ZERO))
-            rating = rate_charge(charge, Usage(usage.value, usage.transactions))
+            check_reading(charge.meter, usage.value, usage.transactions)
+            try:
+                rating = rate_charge(charge, Usage(usage.value, usage.transactions))
+            except InvalidInput as exc:  # e.g. cannot be priced exactly: the reading's fault
+                raise Unbillable(exc.message, meter=charge.meter, hint=exc.hint) from None
             for priced in price_lines(rating, inp.currency, inp.rounding):
                 label = description or charge.meter
                 lines.append(

@@ -3,6 +3,7 @@ a JSONL file of them, and ingesting one through the CLI."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -10,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy import Engine, insert, select
 
+from neruba_cli.db.tables import customers_t, events_t, projects_t
 from tests.support.cli import Cli
 
 
@@ -77,3 +80,38 @@ def ingest(cli: Cli, path: Path, slug: str = "acme") -> dict[str, Any]:
     summary: dict[str, Any] = result.json()
     assert summary["rejected"] == 0 and summary["conflicts"] == 0, summary
     return summary
+
+
+def store_directly(engine: Engine, events: list[Ev], slug: str = "acme") -> None:
+    """Write events straight into the events table, bypassing ingest and its checks: events
+    stored by an older version or another path (a migration-era fixture). One multi-row
+    insert per thousand events."""
+    with engine.begin() as conn:
+        project_id = conn.execute(
+            select(projects_t.c.id).where(projects_t.c.slug == slug)
+        ).scalar_one()
+        customers = dict(
+            conn.execute(
+                select(customers_t.c.external_id, customers_t.c.id).where(
+                    customers_t.c.project_id == project_id
+                )
+            ).all()
+        )
+        rows = [
+            {
+                "project_id": project_id,
+                "idempotency_key": e.key,
+                "customer_id": customers[e.customer],
+                "meter": e.meter,
+                "ts": e.ts,
+                "quantity": e.quantity,
+                "properties": orjson.dumps(e.properties).decode(),
+                "payload_hash": hashlib.sha256(orjson.dumps(e.json())).hexdigest(),
+                "batch_id": None,
+                "line": None,
+                "received_at": e.ts,
+            }
+            for e in events
+        ]
+        for start in range(0, len(rows), 1000):
+            conn.execute(insert(events_t), rows[start : start + 1000])

@@ -49,7 +49,7 @@ from neruba_cli.db.tables import (
 from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.billing_periods import Schedule, billed_periods, is_first_period, next_period
 from neruba_cli.domain.catalog import MeterDef, PlanDef, load_version
-from neruba_cli.domain.errors import NotFound
+from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.invoice import (
     BuiltInvoice,
     CarriedUsage,
@@ -64,6 +64,7 @@ from neruba_cli.domain.invoice import (
     inputs_document,
     setup_document,
 )
+from neruba_cli.domain.invoice_limits import Unbillable
 from neruba_cli.domain.money import RoundingMode
 from neruba_cli.domain.periods import Period, Phase, month_period, split_period
 
@@ -490,7 +491,26 @@ def _setup_fingerprint(item: WorkItem, project: Project) -> str:
 
 
 def build(conn: Connection, project: Project, items: list[WorkItem]) -> dict[Any, BuiltInvoice]:
-    """Aggregate the usage of every piece of every item in the database, then build."""
+    """Aggregate the usage of every piece of every item in the database, then build; an
+    invoice that cannot be billed is an error (`Unbillable`) naming its customer."""
+    built, failed = build_each(conn, project, items)
+    for item in items:
+        if item.key in failed:
+            error = failed[item.key]
+            raise Unbillable(
+                f"customer {item.customer.external_id!r}: {error.message}",
+                meter=error.meter,
+                hint=error.hint,
+            )
+    return built
+
+
+def build_each(
+    conn: Connection, project: Project, items: list[WorkItem]
+) -> tuple[dict[Any, BuiltInvoice], dict[Any, Unbillable]]:
+    """Aggregate the usage of every piece of every item in the database, then build each
+    invoice on its own: (the invoices built, the items that cannot be billed and why). One
+    customer's reading that no invoice can hold never stops the others."""
     wanted: dict[tuple[datetime, datetime, MeterSpec], set[str]] = defaultdict(set)
     percentage: set[tuple[datetime, datetime, MeterSpec, str]] = set()
     for item in items:
@@ -513,10 +533,16 @@ def build(conn: Connection, project: Project, items: list[WorkItem]) -> dict[Any
         ):
             results[(start, end, spec, usage_customer)] = usage
     built: dict[Any, BuiltInvoice] = {}
+    failed: dict[Any, Unbillable] = {}
     for item in items:
         item.terms = [_with_usage(terms, item.customer.id, results) for terms in item.terms]
-        built[item.key] = build_invoice(_invoice_input(item, project))
-    return built
+        try:
+            built[item.key] = build_invoice(_invoice_input(item, project))
+        except Unbillable as exc:
+            failed[item.key] = exc
+        except InvalidInput as exc:  # any other domain rule this customer's inputs break
+            failed[item.key] = Unbillable(exc.message, hint=exc.hint)
+    return built, failed
 
 
 def _aggregate(

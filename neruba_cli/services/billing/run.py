@@ -28,17 +28,21 @@ from neruba_cli.db import locks
 from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import billing_runs_t, events_t, invoices_t
 from neruba_cli.domain import lock_names
+from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.billing_periods import resolve_label
 from neruba_cli.domain.invoice import BuiltInvoice, CarriedUsage, correction_lines, run_fingerprint
+from neruba_cli.domain.invoice_limits import Unbillable
 from neruba_cli.domain.late_events import carries_forward
 from neruba_cli.domain.periods import Period
 from neruba_cli.domain.timestamps import format_ts
+from neruba_cli.services.billing import culprits
 from neruba_cli.services.billing import plan as billing_plan
 from neruba_cli.services.billing.plan import (
     FINAL,
     WorkItem,
     attach_existing,
     build,
+    build_each,
     count_events,
     documents,
     latest_invoice,
@@ -51,7 +55,8 @@ from neruba_cli.services.billing.plan import (
     restore_carried,
     subscription_schedule,
 )
-from neruba_cli.services.billing.writer import InvoiceWriter, Outcome
+from neruba_cli.services.billing.runs import failing_customers
+from neruba_cli.services.billing.writer import Failure, InvoiceWriter, Outcome
 
 # what `run bill` takes and returns, and how a run is summed up: part of this module's face
 from neruba_cli.services.billing.writer import RunOptions as RunOptions
@@ -95,7 +100,8 @@ def run_bill(
             restore_carried(conn, items)
             if carries_forward(project.late_events):
                 _fall_back_where_next_is_final(conn, project, label, items)
-                items += _late_carry(conn, project, label, items, options)
+                items += _late_carry(conn, project, label, items, options, report)
+            failing_before = [] if options.dry_run else failing_customers(conn, project.id, label)
         advance = progress_total(len(items)) if progress_total else (lambda _n: None)
         for start in range(0, len(items), billing_plan.CUSTOMER_BATCH):
             chunk = items[start : start + billing_plan.CUSTOMER_BATCH]
@@ -104,7 +110,14 @@ def run_bill(
             advance(len(chunk))
         writer.flush()
         if options.finalize and not options.dry_run:
-            report.finalized = writer.finalize_period()
+            skip = {failure.customer_id for failure in report.failed}
+            report.finalized, unpostable = writer.finalize_period(skip)
+            _report_unpostable(engine, project, items, unpostable, report)
+        covered = set(options.customers)
+        if not options.dry_run and (
+            report.failed or any(not covered or f["customer"] in covered for f in failing_before)
+        ):
+            writer.record()  # what `check` reads: this run's failures supersede earlier ones
         report.fingerprint = run_fingerprint(
             (o.customer, format_ts(o.period.start) or "", o.fingerprint or "")
             for o in report.outcomes
@@ -151,15 +164,67 @@ def _bill_chunk(
     with engine.connect() as conn:
         count_events(conn, project, chunk)
         todo = [item for item in chunk if needs_pricing(item, project)]
-        built = build(conn, project, todo) if todo else {}
+        built, failed = build_each(conn, project, todo) if todo else ({}, {})
     outcomes: list[Outcome] = []
     for item in chunk:
+        if item.key in failed:
+            report.failed.append(_failure(engine, project, item, failed[item.key]))
+            continue
         invoice = built.get(item.key)
         if invoice is None:
             outcomes.append(_unchanged(item))
             continue
-        outcomes.append(writer.settle(item, invoice))
+        try:
+            outcomes.append(writer.settle(item, invoice))
+        except Unbillable as exc:  # its correction does not fit: checked before any write
+            report.failed.append(_failure(engine, project, item, exc))
     return outcomes
+
+
+def _failure(engine: Engine, project: Project, item: WorkItem, error: Unbillable) -> Failure:
+    """A customer skipped: why, its stored invoice (left as it was) and the events that
+    caused it (those of the meter the error names, else of every meter it is billed for)."""
+    specs = _specs(item, error.meter)
+    with engine.connect() as conn:
+        found = culprits.find(conn, project.id, item.customer.id, item.period, specs)
+    latest = latest_invoice(item)
+    return Failure(
+        customer=item.customer.external_id,
+        customer_id=item.customer.id,
+        period=item.period,
+        reason=error.message,
+        number=None if latest is None else latest.number,
+        events=[culprit.as_dict() for culprit in found],
+    )
+
+
+def _specs(item: WorkItem, meter: str | None) -> list[MeterSpec]:
+    found: dict[MeterSpec, None] = {}
+    for terms in item.terms:
+        for phase in terms.phases:
+            for code, spec in sorted(phase.meters.items()):
+                if meter is None or code == meter:
+                    found[spec] = None
+    return list(found)
+
+
+def _report_unpostable(
+    engine: Engine,
+    project: Project,
+    items: list[WorkItem],
+    unpostable: list[tuple[Any, Unbillable]],
+    report: RunReport,
+) -> None:
+    """Drafts `--finalize` left because the ledger cannot hold them (stored before amounts
+    were checked): each customer is reported like one the run could not bill."""
+    by_window = {(i.customer.id, i.period.start, i.period.end): i for i in items}
+    for row, error in unpostable:
+        item = by_window.get((row.customer_id, row.period_start, row.period_end))
+        if item is None:
+            continue
+        failure = _failure(engine, project, item, error)
+        failure.number = row.number
+        report.failed.append(failure)
 
 
 def _unchanged(item: WorkItem) -> Outcome:
@@ -193,7 +258,12 @@ def _fail_run(engine: Engine, run_id: str, exc: BaseException, now: datetime) ->
 
 
 def _late_carry(
-    conn: Connection, project: Project, label: str, items: list[WorkItem], options: RunOptions
+    conn: Connection,
+    project: Project,
+    label: str,
+    items: list[WorkItem],
+    options: RunOptions,
+    report: RunReport,
 ) -> list[WorkItem]:
     """Policy `next_invoice`: late usage of the previous month's finalized invoices goes on
     each customer's first invoice of this month, as difference lines marked `late_from`.
@@ -215,7 +285,23 @@ def _late_carry(
     changed = [i for i in earlier if needs_pricing(i, project, final_only=True)]
     if not changed:
         return []
-    built = build(conn, project, changed)
+    built, failed = build_each(conn, project, changed)
+    for item in changed:
+        if item.key in failed:
+            error = failed[item.key]
+            found = culprits.find(
+                conn, project.id, item.customer.id, item.period, _specs(item, error.meter)
+            )
+            report.failed.append(
+                Failure(
+                    item.customer.external_id,
+                    item.customer.id,
+                    item.period,
+                    f"late usage of {previous}: {error.message}",
+                    events=[culprit.as_dict() for culprit in found],
+                )
+            )
+    changed = [item for item in changed if item.key not in failed]
     first: dict[str, WorkItem] = {}
     for item in items:
         first.setdefault(item.customer.id, item)

@@ -15,10 +15,11 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import BillingRun, Customer, Invoice, InvoiceRevision, Project
+from neruba_cli.db.tables import billing_runs_t
 from neruba_cli.domain.errors import NotFound
 from neruba_cli.domain.invoice import diff_lines
 from neruba_cli.domain.timestamps import format_ts
@@ -55,6 +56,42 @@ def get_run(session: Session, project: Project, run_id: str) -> BillingRun:
     return run
 
 
+def failing_customers(conn: Connection, project_id: str, label: str) -> list[dict[str, Any]]:
+    """The customers month `label` currently fails to bill: for each customer, what the
+    latest completed run that covered it recorded (a run with `--customer` covers those
+    only). Entries as in `run bill --json`'s `failed`; a run record keeps the first failures
+    within its size, so a run with thousands lists the first ones."""
+    rows = conn.execute(
+        select(billing_runs_t.c.summary)
+        .where(billing_runs_t.c.project_id == project_id, billing_runs_t.c.period == label)
+        .where(billing_runs_t.c.status == "completed")
+        .order_by(billing_runs_t.c.started_at.desc(), billing_runs_t.c.id.desc())
+    )
+    decided: set[str] = set()
+    failing: list[dict[str, Any]] = []
+    for (text,) in rows:
+        summary = orjson.loads(text) if text else {}
+        failing += [f for f in summary.get("failed") or [] if f["customer"] not in decided]
+        covered = summary.get("customers")
+        if covered is None:
+            break
+        decided.update(covered)
+    return failing
+
+
+def failed_labels(conn: Connection, project_id: str) -> list[str]:
+    """The months with a completed run that recorded failures (candidates for
+    `failing_customers`)."""
+    rows = conn.execute(
+        select(billing_runs_t.c.period)
+        .where(billing_runs_t.c.project_id == project_id)
+        .where(billing_runs_t.c.status == "completed")
+        .where(billing_runs_t.c.summary.like('%"failed":[{%'))
+        .distinct()
+    )
+    return sorted(row.period for row in rows)
+
+
 def run_to_dict(run: BillingRun) -> dict[str, Any]:
     summary = orjson.loads(run.summary) if run.summary else {}
     return {
@@ -69,6 +106,7 @@ def run_to_dict(run: BillingRun) -> dict[str, Any]:
         "fingerprint": run.fingerprint,
         **{key: summary.get(key) for key in SUMMARY_COUNTS},
         "message": run.message,
+        "failed": summary.get("failed") or [],
     }
 
 

@@ -21,7 +21,7 @@ services/billing/run.py re-exports them, and this module imports nothing from it
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,6 +29,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -57,12 +58,15 @@ from neruba_cli.domain.invoice import (
     correction_lines,
     invoice_content,
 )
+from neruba_cli.domain.invoice_limits import Unbillable, check_document
 from neruba_cli.domain.late_events import Treatment, treatment
 from neruba_cli.domain.periods import Period
+from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.billing.plan import FINAL, WorkItem, documents
 from neruba_cli.services.invoices import settlement
 
 WRITE_BATCH = 100  # whole invoices per transaction
+RECORDED_BYTES = 40_000  # failures kept in the run record (a TEXT column on MariaDB: 64 KiB)
 DEFAULT_LEASE = timedelta(minutes=10)
 
 
@@ -95,6 +99,29 @@ class Outcome:
 
 
 @dataclass
+class Failure:
+    """A customer the run could not bill (or finalize): skipped, nothing of it written, and
+    reported with the stored events that caused it."""
+
+    customer: str  # external id
+    customer_id: str
+    period: Period
+    reason: str
+    number: str | None = None  # its stored invoice, left as it was
+    events: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "customer": self.customer,
+            "period_start": format_ts(self.period.start),
+            "period_end": format_ts(self.period.end),
+            "reason": self.reason,
+            "invoice": self.number,
+            "events": list(self.events),
+        }
+
+
+@dataclass
 class RunReport:
     period: str
     run: str | None = None
@@ -103,6 +130,7 @@ class RunReport:
     finalized: list[str] = field(default_factory=list)
     fingerprint: str | None = None
     dry_run: bool = False
+    failed: list[Failure] = field(default_factory=list)
 
     def count(self, *actions: str) -> int:
         return sum(1 for outcome in self.outcomes if outcome.action in actions)
@@ -241,6 +269,7 @@ class InvoiceWriter:
         content = invoice_content(
             correction_kind(total), currency, item.period, built.content["period"]["label"], lines
         )
+        check_document(content, currency)
         outcome.total = total
         if self.options.dry_run:
             outcome.content = content
@@ -454,14 +483,27 @@ class InvoiceWriter:
             )
         self.run_id = run_id
 
-    def finalize_period(self) -> list[str]:
+    def finalize_period(
+        self, skip_customers: Collection[str] = ()
+    ) -> tuple[list[str], list[tuple[Any, Unbillable]]]:
         """Finalize this month's drafts (of the selected customers) whose period has ended,
-        and the corrections of earlier months this run wrote."""
+        and the corrections of earlier months this run wrote: (the numbers finalized, the
+        drafts left because the ledger cannot hold them, with why). The drafts of
+        `skip_customers` (internal ids: customers this run could not bill) are left too."""
         mine = invoices_t.c.period == self.label
         if self.run_id is not None:
             mine = or_(mine, invoices_t.c.run_id == self.run_id)
         query = (
-            select(invoices_t.c.id, invoices_t.c.number)
+            select(
+                invoices_t.c.id,
+                invoices_t.c.number,
+                invoices_t.c.customer_id,
+                invoices_t.c.period_start,
+                invoices_t.c.period_end,
+                invoices_t.c.currency,
+                invoices_t.c.subtotal,
+                invoices_t.c.total,
+            )
             .where(invoices_t.c.project_id == self.project.id)
             .where(mine)
             .where(invoices_t.c.status == "draft")
@@ -473,21 +515,51 @@ class InvoiceWriter:
                 Customer.external_id.in_(list(self.options.customers))
             )
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        if rows:
-            self._ensure_run()
+            found = [row for row in conn.execute(query) if row.customer_id not in skip_customers]
+        unpostable: list[tuple[Any, Unbillable]] = []
         done: list[str] = []
-        for start in range(0, len(rows), WRITE_BATCH):
-            chunk = rows[start : start + WRITE_BATCH]
-            done += retrying(partial(self._finalize_chunk, [row.id for row in chunk]))
-        return done
+        for start in range(0, len(found), WRITE_BATCH):
+            chunk = self._postable(found[start : start + WRITE_BATCH], unpostable)
+            if chunk:
+                self._ensure_run()
+                done += retrying(partial(self._finalize_chunk, [row.id for row in chunk]))
+        return done, unpostable
+
+    def _postable(self, rows: list[Any], unpostable: list[tuple[Any, Unbillable]]) -> list[Any]:
+        """The drafts of `rows` the ledger can hold; the others go to `unpostable` (stored
+        before amounts were checked), so one of them never stops a chunk's transaction."""
+        ids = [row.id for row in rows]
+        with self.engine.connect() as conn:
+            contents = dict(
+                conn.execute(
+                    select(invoices_t.c.id, invoices_t.c.content).where(invoices_t.c.id.in_(ids))
+                ).all()
+            )
+        postable = []
+        for row in rows:
+            try:
+                settlement.check_postable(row, orjson.loads(contents[row.id]))
+            except Unbillable as exc:
+                unpostable.append((row, exc))
+                continue
+            postable.append(row)
+        return postable
 
     def _finalize_chunk(self, ids: list[str]) -> list[str]:
         with self.transaction() as conn:
             return settlement.finalize(conn, self.project, ids, now=self.now, actor=self.actor)
 
+    def record(self) -> None:
+        """Make sure the run leaves a record, although it may change no invoice: a run that
+        failed customers (or billed ones an earlier run failed) is what `check` reads."""
+        self._ensure_run()
+
     def close_run(self, report: RunReport) -> None:
-        summary = run_summary(report)
+        summary: dict[str, Any] = run_summary(report)
+        if self.options.customers:
+            summary["customers"] = sorted(self.options.customers)
+        summary["failed"] = _recorded(report.failed)
+        summary["failed_count"] = len(report.failed)
         with self.transaction() as conn:
             conn.execute(
                 update(billing_runs_t)
@@ -499,6 +571,20 @@ class InvoiceWriter:
                     summary=canonical_json(summary).decode(),
                 )
             )
+
+
+def _recorded(failures: list[Failure]) -> list[dict[str, Any]]:
+    """The failures the run record keeps: the first ones, within the column's size (the
+    record's `failed_count` is exact)."""
+    kept: list[dict[str, Any]] = []
+    size = 0
+    for failure in failures:
+        entry = failure.as_dict()
+        size += len(canonical_json(entry))
+        if size > RECORDED_BYTES:
+            break
+        kept.append(entry)
+    return kept
 
 
 @dataclass

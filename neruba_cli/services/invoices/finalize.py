@@ -20,6 +20,7 @@ from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import invoices_t
 from neruba_cli.domain import lock_names
 from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.invoice_limits import Unbillable
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.invoices import settlement
 from neruba_cli.services.invoices.read import get, invoice_query
@@ -32,6 +33,7 @@ class FinalizeReport:
     period: str
     finalized: list[str] = field(default_factory=list)
     still_open: list[tuple[str, datetime]] = field(default_factory=list)  # number, period end
+    unpostable: list[tuple[str, str]] = field(default_factory=list)  # number, why
 
 
 def finalize(
@@ -68,9 +70,18 @@ def finalize(
                 .where(invoices_t.c.period == label, invoices_t.c.status == "draft")
                 .order_by(invoices_t.c.number)
             ).all()
-        ended = [row for row in drafts if row.period_end <= now]
+        ended = []
+        for row in drafts:
+            if row.period_end > now:
+                continue
+            try:
+                settlement.check_postable(row)
+            except Unbillable as exc:
+                report.unpostable.append((row.number, exc.message))
+                continue
+            ended.append(row)
         report.still_open = [(row.number, row.period_end) for row in drafts if row.period_end > now]
-        if report.still_open and not ended:
+        if report.still_open and not ended and not report.unpostable:
             number, end = report.still_open[0]
             raise InvalidInput(
                 f"the billing periods of {label} have not ended yet ({number} runs until "
@@ -97,6 +108,7 @@ def _check_finalizable(row: Row[Any], now: datetime) -> None:
             f"{format_ts(row.period_end)}); it cannot be finalized",
             hint="finalize after the period ends; until then a run recomputes the draft",
         )
+    settlement.check_postable(row)
 
 
 def _finalize_ids(

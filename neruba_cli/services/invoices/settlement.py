@@ -34,6 +34,7 @@ from neruba_cli.db.tables import invoice_revisions_t, invoices_t
 from neruba_cli.domain import credits as credit_rules
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.invoice import canonical_json
+from neruba_cli.domain.invoice_limits import Unbillable, check_document, check_totals
 from neruba_cli.domain.ledger import (
     Allocation,
     CreditReturns,
@@ -127,9 +128,28 @@ def _lock_for_settlement(
         credits.lock_wallet(conn, project, customer_id, currency, now=now)
 
 
+def check_postable(row: Row[Any], content: dict[str, Any] | None = None) -> None:
+    """Refuse, with a clear error, a draft whose amounts the ledger cannot hold (stored
+    before amounts were checked): posting it would break the ledger's 64-bit range."""
+    content = content if content is not None else orjson.loads(row.content)
+    try:
+        check_totals((row.subtotal, row.total), row.currency, row.number)
+        check_document(content, row.currency)
+    except Unbillable as exc:
+        message = exc.message
+        if not message.startswith("invoice "):
+            message = f"invoice {row.number} cannot be posted: {message}"
+        raise Unbillable(
+            message,
+            meter=exc.meter,
+            hint="it stays a draft; `neruba run bill --period P` names the event(s) behind it",
+        ) from None
+
+
 def facts(row: Row[Any], content: dict[str, Any] | None = None) -> InvoiceFacts:
     """The invoice as the ledger sees it: revenue by line kind, in minor units."""
     content = content if content is not None else orjson.loads(row.content)
+    check_postable(row, content)
     revenue: dict[str, int] = {}
     for line in content["lines"]:
         units = to_minor_units(Decimal(line["amount"]), row.currency)

@@ -39,7 +39,8 @@ from neruba_cli.db.schema import (
 from neruba_cli.db.tables import billing_runs_t, locks_t, projects_t
 from neruba_cli.domain import health, lock_names
 from neruba_cli.domain.errors import NerubaError
-from neruba_cli.domain.health import BatchFacts, Check, RunFacts, Status
+from neruba_cli.domain.health import BatchFacts, Check, RunFacts, Status, UnbilledFacts
+from neruba_cli.services.billing.runs import failed_labels, failing_customers
 from neruba_cli.services.stripe import gateway as stripe_gateway
 
 __all__ = ["Check", "Report", "Status", "diagnose"]
@@ -95,6 +96,7 @@ def diagnose(
             _check_locks(report, engine, now, lock_prefix)
             project_ids = _confined_projects(engine, lock_prefix)
             _check_runs(report, engine, now, project_ids)
+            _check_unbilled(report, engine, project_ids)
             _check_imports(report, engine, now, project_ids)
             _check_webhooks(report, engine, now, project_ids)
             _check_stripe(report, engine, env, project_ids)
@@ -224,6 +226,21 @@ def _check_runs(
             )
         )
     report.checks.append(health.runs_check(facts, now))
+
+
+def _check_unbilled(report: Report, engine: Engine, project_ids: list[str] | None) -> None:
+    """The customers the latest run of each month could not bill (recorded in the runs)."""
+    found: list[UnbilledFacts] = []
+    query = select(projects_t.c.id, projects_t.c.slug).order_by(projects_t.c.slug)
+    with engine.connect() as conn:
+        for project_id, slug in conn.execute(_confine(query, projects_t.c.id, project_ids)):
+            for label in failed_labels(conn, project_id):
+                for failure in failing_customers(conn, project_id, label):
+                    keys = tuple(event["idempotency_key"] for event in failure["events"])
+                    found.append(
+                        UnbilledFacts(slug, label, failure["customer"], failure["reason"], keys)
+                    )
+    report.checks.append(health.unbilled_check(found))
 
 
 def _aware(moment: datetime | None) -> datetime | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, Engine
 
 from neruba_cli.db.schema import Project
-from neruba_cli.services.ops.check import events, ingest, invoices, ledger
+from neruba_cli.services.ops.check import billing, events, ingest, invoices, ledger
 from neruba_cli.services.ops.check.result import CheckReport, CheckResult, Sweep
 
 # (name, what it holds, the sweep): the order of `neruba check`'s output.
@@ -14,6 +14,7 @@ SWEEPS: list[tuple[str, str, Sweep]] = [
     *invoices.SWEEPS,
     *events.SWEEPS,
     *ingest.SWEEPS,
+    *billing.SWEEPS,
 ]
 
 
