@@ -114,7 +114,7 @@ def unbilled_check(unbilled: list[UnbilledFacts]) -> Check:
     customers wait until what made their invoice unbillable is dealt with and the month is
     run again (docs/guides/billing.md, "Customers a run could not bill")."""
     if not unbilled:
-        return Check("unbilled customers", "ok", "the latest runs billed every customer")
+        return Check("unbilled", "ok", "the latest runs billed every customer")
     shown = [
         f"{u.project} {u.period} {u.customer}: {u.reason}"
         + (f" (event {', '.join(u.events)})" if u.events else "")
@@ -122,7 +122,7 @@ def unbilled_check(unbilled: list[UnbilledFacts]) -> Check:
     ]
     more = f"; and {len(unbilled) - 10} more" if len(unbilled) > 10 else ""
     return Check(
-        "unbilled customers",
+        "unbilled",
         "warn",
         f"{len(unbilled)} not billed by the latest run of their month: "
         + "; ".join(shown)

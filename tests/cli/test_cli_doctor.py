@@ -22,7 +22,7 @@ from tests.support.workload import AFTER_OCTOBER, generate, population, shop_for
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 CHECKS = ["config", "database", "schema", "locks"]
-CHECKS += ["runs", "imports", "webhooks", "stripe", "clock", "project"]
+CHECKS += ["runs", "unbilled", "imports", "webhooks", "stripe", "clock", "project"]
 
 
 def doctor(cli: Cli, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:

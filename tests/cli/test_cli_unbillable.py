@@ -129,7 +129,7 @@ def test_check_and_doctor_show_it_until_a_run_bills_the_customer(
     assert any("c1" in p and "2026-10" in p and "not billed" in p for p in problems), problems
 
     doctor = cli("doctor", "--project", "acme", "--json")
-    runs = next(c for c in doctor.json()["checks"] if c["name"] == "unbilled customers")
+    runs = next(c for c in doctor.json()["checks"] if c["name"] == "unbilled")
     assert runs["status"] == "warn" and "c1" in runs["detail"], runs
 
     # the remedy (until events can be voided): the event removed by the database owner, rerun
