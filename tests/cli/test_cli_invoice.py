@@ -166,7 +166,12 @@ def test_explain_says_which_events_and_how_to_list_them(shop: Cli) -> None:
 
 def test_finalize_by_number_and_by_period(shop: Cli, engine: Engine) -> None:
     done = ok(shop, "invoice", "finalize", "ACME-000001")
-    assert done == {"period": "2026-10", "finalized": ["ACME-000001"], "still_open": []}
+    assert done == {
+        "period": "2026-10",
+        "finalized": ["ACME-000001"],
+        "still_open": [],
+        "unpostable": [],
+    }
     shown = ok(shop, "invoice", "show", "ACME-000001")
     assert shown["status"] == "finalized" and shown["finalized_at"] is not None
     again = shop("invoice", "finalize", "ACME-000001", "--project", "acme")
