@@ -18,7 +18,7 @@ checked here, on plain values, before anything is written: a run skips the one c
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 from neruba_cli.domain.aggregation import NUMERIC_STRING
@@ -27,6 +27,7 @@ from neruba_cli.domain.ledger import MAX_MINOR
 from neruba_cli.domain.money import MAX_AMOUNT, exponent
 
 MAX_READING_DIGITS = 26  # integer digits of DECIMAL(38, 12)
+_SHORT = Context(prec=7)
 
 
 class Unbillable(InvalidInput):
@@ -43,13 +44,14 @@ class Unbillable(InvalidInput):
 
 def reading_problem(value: Decimal) -> str | None:
     """Why one value a meter reads (an event's quantity or property, or their aggregate)
-    cannot be billed, or None. Decided from the exponent alone, so `1e999999999` is cheap."""
+    cannot be billed (`more than 26 integer digits`), or None. Decided from the exponent
+    alone, so `1e999999999` is cheap."""
     if not value.is_finite():
-        return f"{value} is not a finite number"
+        return "not a finite number"
     if value.is_zero():
         return None
     if value.adjusted() >= MAX_READING_DIGITS:
-        return f"{_short(value)} has more than {MAX_READING_DIGITS} integer digits"
+        return f"more than the {MAX_READING_DIGITS} integer digits an invoice line holds"
     return None
 
 
@@ -57,13 +59,10 @@ def check_reading(
     meter: str, value: Decimal, transactions: Sequence[Decimal] | None = None
 ) -> None:
     """Refuse a meter's reading no invoice line can hold (before pricing it)."""
-    problem = reading_problem(value)
-    if problem is None and transactions:
-        problem = next(
-            (p for p in (reading_problem(v) for v in transactions) if p is not None), None
-        )
-    if problem is not None:
-        raise Unbillable(f"meter {meter!r} reads {problem}", meter=meter)
+    for read in (value, *(transactions or ())):
+        problem = reading_problem(read)
+        if problem is not None:
+            raise Unbillable(f"meter {meter!r} reads {short(read)}: {problem}", meter=meter)
 
 
 def amount_problem(amount: Decimal, currency: str) -> str | None:
@@ -78,7 +77,7 @@ def amount_problem(amount: Decimal, currency: str) -> str | None:
     )
     if too_large:
         return (
-            f"{_short(amount)} {currency} exceeds the ledger's 64-bit range "
+            f"{short(amount)} {currency} exceeds the ledger's 64-bit range "
             f"(at most {MAX_MINOR} minor units)"
         )
     return None
@@ -93,7 +92,10 @@ def check_document(content: Mapping[str, Any], currency: str) -> None:
         meter = line.get("meter")
         problem = amount_problem(amount, currency)
         if problem is None and line.get("quantity") is not None:
-            problem = reading_problem(Decimal(line["quantity"]))
+            quantity = Decimal(line["quantity"])
+            problem = reading_problem(quantity)
+            if problem is not None:
+                problem = f"quantity {short(quantity)}: {problem}"
         if problem is not None:
             where = f"the {meter!r} line" if meter else f"the {line['kind']} line"
             raise Unbillable(f"{where}: {problem}", meter=meter)
@@ -128,10 +130,10 @@ def _only_meter(content: Mapping[str, Any]) -> str | None:
     return str(max(usage, key=lambda line: Decimal(line["amount"]).copy_abs())["meter"])
 
 
-def _short(value: Decimal) -> str:
-    """A value as written, shortened: `1E+39` rather than forty digits."""
+def short(value: Decimal) -> str:
+    """A value as written, shortened past 32 characters: `1E+39` rather than forty digits."""
     text = str(value)
-    return text if len(text) <= 32 else f"{value:.6E}"
+    return text if len(text) <= 32 else str(value.normalize(_SHORT))
 
 
 def reading_of(raw: object) -> Decimal | None:

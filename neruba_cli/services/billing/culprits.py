@@ -18,7 +18,7 @@ from sqlalchemy import Connection, select
 
 from neruba_cli.db.tables import events_t
 from neruba_cli.domain.aggregation import EventRecord, MeterSpec, matches
-from neruba_cli.domain.invoice_limits import reading_of, reading_problem
+from neruba_cli.domain.invoice_limits import reading_of, reading_problem, short
 from neruba_cli.domain.periods import Period
 
 MAX_REPORTED = 5  # events named per failure
@@ -120,4 +120,4 @@ def _properties(text: str) -> dict[str, Any]:
 def value_text(value: Decimal) -> str:
     """A value as stored, shortened past 64 characters."""
     text = str(value)
-    return text if len(text) <= 64 else f"{value:.6E}"
+    return text if len(text) <= 64 else short(value)

@@ -65,8 +65,8 @@ def readings(conn: Connection, project: Project, result: CheckResult) -> None:
                 )
             result.fail(
                 f"event {key} (customer {names.get(customer_id, customer_id)}): meter "
-                f"{spec.code} reads {spec.field} = {culprits.value_text(value)}, which "
-                f"{problem.split(' ', 1)[1]}: no invoice can bill it"
+                f"{spec.code} reads {spec.field} = {culprits.value_text(value)}: {problem}, "
+                "so no run can bill its customer"
             )
 
 
