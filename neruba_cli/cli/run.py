@@ -272,6 +272,8 @@ def _result(row: dict[str, Any]) -> Text:
             parts.append(f"{row[key]} {key}")
     if row.get("late_events"):
         parts.append(plural(row["late_events"], "late event"))
+    if row.get("failed"):
+        parts.append(f"{plural(len(row['failed']), 'customer')} not billed")
     return Text(", ".join(parts) or (row.get("message") or ""))
 
 
