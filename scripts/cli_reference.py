@@ -133,10 +133,18 @@ def anchor(path: str) -> str:
 
 
 def scopes() -> dict[str, str]:
-    """Each command's access scope, as the commands declare it (see services/tenancy/access.py)."""
+    """Each command's access scope, as the commands declare it (see services/tenancy/access.py),
+    with the scopes that options changing state add (`read`; with `--name` also `export`)."""
     from neruba_cli.cli import runtime
 
-    return {name: policy.scope for name, policy in runtime.COMMANDS.items()}
+    described: dict[str, str] = {}
+    for name, policy in runtime.COMMANDS.items():
+        text = SCOPE_TEXT.get(policy.scope, f"`{policy.scope}`")
+        for option, extra in policy.writes_with.items():
+            flag = "--" + option.replace("_", "-")
+            text += f"; with `{flag}` also `{extra}` (it then changes state and is audited)"
+        described[name] = text
+    return described
 
 
 SCOPE_TEXT = {
@@ -158,7 +166,7 @@ def render_node(node: Node, scope: str | None = None) -> list[str]:
         if node.path != "neruba":
             return lines
     if scope is not None:
-        lines += [f"Scope: {SCOPE_TEXT.get(scope, f'`{scope}`')}.", ""]
+        lines += [f"Scope: {scope}.", ""]
     own = [p for p in node.command.get_params(node.ctx) if not is_common(p)]
     lines += params_table(own, node.ctx)
     if any(is_common(p) for p in node.command.get_params(node.ctx)) and node.path != "neruba":

@@ -202,7 +202,16 @@ def _register(kind: str) -> None:
     since = values.Value(  # watermarks are ids for journals, times for documents
         lambda text, _name, now: export_watermarks.parse_since_option(text, kind, now=now)
     )
-    command(app, kind, group="export", scope="read", checks={"since": since})(run)
+    # A named export stores its watermark and holds a lease: it changes state, so it needs
+    # the `export` scope as well and is audited; a plain export only reads.
+    command(
+        app,
+        kind,
+        group="export",
+        scope="read",
+        writes_with={"name": "export"},
+        checks={"since": since},
+    )(run)
 
 
 for _kind in export_kinds.KINDS:

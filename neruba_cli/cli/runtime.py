@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Annotated, Any
@@ -132,12 +132,29 @@ _COMMON_NAMES = tuple(parameter.name for parameter in _COMMON_PARAMETERS)
 
 @dataclass(frozen=True)
 class CommandPolicy:
-    """What a command needs: its scope (see services/tenancy/access.py) and how it is recorded."""
+    """What a command needs: its scope (see services/tenancy/access.py) and how it is recorded.
+
+    `writes_with` names the options that turn a reading command into one that changes state
+    (`export ... --name` stores a watermark and holds a lease), each with the scope it then
+    needs as well; such a run is also recorded in the audit trail."""
 
     name: str
     scope: str
     mutating: bool
     administers_access: bool
+    writes_with: Mapping[str, str] = field(default_factory=dict)
+
+    def writes(self, arguments: Mapping[str, Any]) -> bool:
+        """Whether this invocation changes state (and is therefore audited)."""
+        return self.mutating or bool(self.extra_scopes(arguments))
+
+    def extra_scopes(self, arguments: Mapping[str, Any]) -> dict[str, str]:
+        """The scopes the given options add, by option name (`{"--name": "export"}`)."""
+        return {
+            "--" + option.replace("_", "-"): scope
+            for option, scope in self.writes_with.items()
+            if arguments.get(option) not in (None, False)
+        }
 
 
 COMMANDS: dict[str, CommandPolicy] = {}  # every registered command, for docs and the test matrix
@@ -197,7 +214,7 @@ class Runtime:
 
     @property
     def api_key(self) -> str | None:
-        return os.environ.get(ENV_API_KEY) or None
+        return access.key_from_environment(os.environ.get(ENV_API_KEY))
 
     @cached_property
     def access(self) -> Access:
@@ -212,9 +229,10 @@ class Runtime:
     def actor(self) -> Actor:
         return self.access.actor
 
-    def authorize(self) -> None:
+    def authorize(self, arguments: Mapping[str, Any] | None = None) -> None:
         """Runs before every command. Operator commands refuse a key without even looking it
-        up; every other scope is checked against the key's grant."""
+        up; every other scope is checked against the key's grant, and so are the scopes that
+        options which change state add (`export ... --name` needs `export` as well)."""
         scope = self.policy.scope
         if scope == access.PUBLIC:
             return
@@ -224,6 +242,8 @@ class Runtime:
             return
         access.confine(self.access, self.settings.project)
         access.authorize(self.access, scope=scope, command=self.command)
+        for option, extra in self.policy.extra_scopes(arguments or {}).items():
+            access.authorize(self.access, scope=extra, command=f"{self.command} {option}")
 
     @property
     def project_slug(self) -> str:
@@ -285,6 +305,7 @@ def command(
     group: str | None = None,
     mutating: bool = False,
     administers_access: bool = False,
+    writes_with: Mapping[str, str] | None = None,
     cls: type[NerubaCommand] | None = None,
     checks: Mapping[str, values.Value] | None = None,
 ) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
@@ -300,7 +321,10 @@ def command(
     full_name = f"{group} {name}" if group else name
     if scope not in access.COMMAND_SCOPES:
         raise ValueError(f"{full_name}: unknown scope {scope!r}")
-    policy = CommandPolicy(full_name, scope, mutating, administers_access)
+    for extra in (writes_with or {}).values():
+        if extra not in access.SCOPES:
+            raise ValueError(f"{full_name}: unknown scope {extra!r}")
+    policy = CommandPolicy(full_name, scope, mutating, administers_access, dict(writes_with or {}))
     COMMANDS[full_name] = policy
 
     def decorate(fn: Callable[..., int | None]) -> Callable[..., int | None]:
@@ -315,7 +339,7 @@ def command(
             out = Output(json=common.json, quiet=common.quiet)
             rt = Runtime(common, policy, out)
             code, message = _run(rt, fn, kwargs, checked)
-            if mutating:
+            if policy.writes(kwargs):
                 _audit(rt, kwargs, code, message)
             rt.close()
             if code:
@@ -343,7 +367,7 @@ def _run(
 ) -> tuple[int, str | None]:
     try:
         values.check_all(checked, kwargs, now=rt.now())
-        rt.authorize()
+        rt.authorize(kwargs)
         return int(fn(rt, **kwargs) or 0), None
     except NerubaError as exc:
         rt.out.error(exc)

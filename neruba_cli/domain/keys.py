@@ -36,7 +36,9 @@ _ANY_SECRET = re.compile(
 )
 INVITE_PATTERN = re.compile(r"^nrb_inv_[0-9A-Za-z]{38}$")
 
-SCOPES: tuple[str, ...] = ("ingest", "billing", "credits", "read", "admin")
+# `export` moves an incremental export's state (`export ... --name`: its watermark and lease);
+# it is last so that the scopes of keys stored before it existed keep their canonical order.
+SCOPES: tuple[str, ...] = ("ingest", "billing", "credits", "read", "admin", "export")
 ROLES: dict[str, frozenset[str]] = {
     "viewer": frozenset({"read"}),
     "billing": frozenset({"read", "billing", "credits", "ingest"}),
@@ -136,6 +138,25 @@ def format_scopes(scopes: Iterable[str]) -> str:
     """Stored and shown in the canonical order of SCOPES, comma-separated."""
     chosen = set(scopes)
     return ",".join(scope for scope in SCOPES if scope in chosen)
+
+
+def looks_like_secret(text: str) -> bool:
+    """Whether `text` holds anything shaped like a key, an invite token or a Stripe secret:
+    the same shapes `redact_secrets` hides."""
+    return _ANY_SECRET.search(text) is not None
+
+
+def refuse_secret(text: str, *, field: str) -> str:
+    """A name or id must not be a secret pasted into the wrong argument: it would be stored
+    in clear (customer ids, export names in watermarks and lock names, key names). The
+    message names the field, never the value."""
+    if looks_like_secret(text):
+        raise InvalidInput(
+            f"{field} looks like a secret (an API key, invite token or Stripe key), "
+            "not a name; nothing was stored",
+            hint="pass secrets through the environment (NERUBA_API_KEY), never as a name or id",
+        )
+    return text
 
 
 def redact_secrets(text: str) -> str:

@@ -4,6 +4,7 @@ Every command goes through `authorize` (scope) and `admit` (project) via the CLI
 no command can skip the check. The rules:
 
 - Without NERUBA_API_KEY the actor is the local operator (the OS user), who holds every scope.
+  Set but empty (or blank) is an error, never the operator.
 - With a key, the actor is the key: confined to its project and its scopes. Commands that act
   on the installation rather than on a project ("operator" commands: init, db, project create
   and update) refuse keys outright.
@@ -68,6 +69,21 @@ def current_operator() -> Actor:
 
 def operator_access() -> Access:
     return Access(actor=current_operator())
+
+
+def key_from_environment(value: str | None) -> str | None:
+    """NERUBA_API_KEY as read from the environment: None when it is not set (the local
+    operator). Set but blank is refused, never taken for the operator: a cron job whose key
+    file went missing must not run with every right."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise AccessDenied(
+            "NERUBA_API_KEY is set but empty",
+            hint="set it to a key of the project (`neruba key create`), or unset it to run "
+            "as the local operator",
+        )
+    return value
 
 
 def authenticate(session: Session, secret: str, *, now: datetime) -> Access:
