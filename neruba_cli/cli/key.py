@@ -29,7 +29,7 @@ def create(
         typer.Option(metavar="WHEN", help="A duration such as 90d, or a timestamp."),
         values.EXPIRY,
     ] = None,
-    name: Annotated[str | None, typer.Option(help="What the key is for.")] = None,
+    name: Annotated[str | None, typer.Option(help="What the key is for."), values.NAME] = None,
     member: Annotated[
         str | None,
         typer.Option(metavar="EMAIL", help="E-mail of the member it belongs to (scopes ⊆ role)."),

@@ -18,6 +18,7 @@ import orjson
 
 from neruba_cli.domain.aggregation import AGGREGATIONS, Aggregation, MeterSpec
 from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.keys import looks_like_secret
 from neruba_cli.domain.money import (
     MAX_AMOUNT,
     MAX_PRICE_PLACES,
@@ -488,6 +489,9 @@ def _exponent(value: Decimal) -> int:
 
 
 def _code(value: Any, path: str, check: _Checker) -> str | None:
+    if isinstance(value, str) and looks_like_secret(value):
+        check.add(path, "looks like a secret (an API key or token), not a code")
+        return None
     if not isinstance(value, str) or not _CODE.match(value):
         check.add(path, "must be 1-64 lower-case letters, digits or _, starting with a letter")
         return None

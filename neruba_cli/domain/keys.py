@@ -153,8 +153,9 @@ def refuse_secret(text: str, *, field: str) -> str:
     if looks_like_secret(text):
         raise InvalidInput(
             f"{field} looks like a secret (an API key, invite token or Stripe key), "
-            "not a name; nothing was stored",
-            hint="pass secrets through the environment (NERUBA_API_KEY), never as a name or id",
+            "not a name or id",
+            hint="it was not stored; secrets are read from the environment only "
+            "(NERUBA_API_KEY, STRIPE_API_KEY)",
         )
     return text
 

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.keys import refuse_secret
 from neruba_cli.domain.money import ROUNDING_MODES, RoundingMode, normalize_currency
 from neruba_cli.domain.timestamps import validate_timezone
 
@@ -39,6 +40,7 @@ class CustomerSpec:
 
 def validate_slug(slug: str) -> str:
     """Slugs appear in invoice numbers and lock names, so they stay short and plain."""
+    refuse_secret(slug, field="project slug")
     if not _SLUG.match(slug):
         raise InvalidInput(
             f"project slug {slug!r} is not valid",
@@ -48,7 +50,7 @@ def validate_slug(slug: str) -> str:
 
 
 def validate_email(email: str) -> str:
-    cleaned = email.strip()
+    cleaned = refuse_secret(email.strip(), field="email")
     if not _EMAIL.match(cleaned) or len(cleaned) > 254 or _CONTROL.search(cleaned):
         raise InvalidInput(f"email {email!r} is not an e-mail address")
     return cleaned
@@ -118,6 +120,7 @@ def validate_external_id(external_id: str) -> str:
     cleaned = (external_id or "").strip()
     if not cleaned:
         raise InvalidInput("external_id is required")
+    refuse_secret(cleaned, field="external_id")
     if not _EXTERNAL_ID.match(cleaned):
         raise InvalidInput(
             f"external_id {cleaned!r} is not valid",
@@ -147,6 +150,8 @@ def _blank_to_none(value: str | None) -> str | None:
 
 def _clean_name(value: str | None, field: str) -> str | None:
     cleaned = _blank_to_none(value)
+    if cleaned is not None:
+        refuse_secret(cleaned, field=field)
     if cleaned is not None and len(cleaned) > MAX_NAME:
         raise InvalidInput(f"{field} is longer than {MAX_NAME} characters")
     if cleaned is not None and _CONTROL.search(cleaned):

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Select, Table
 
 from neruba_cli.db.tables import events_t, ledger_entries_t
 from neruba_cli.domain.errors import InvalidInput, UsageError
+from neruba_cli.domain.keys import refuse_secret
 from neruba_cli.services.export import documents, journals
 from neruba_cli.services.export.journals import EVENT_FIELDS, RowFormat
 from neruba_cli.services.export.plan import FORMATS, NAME, YIELD_PER, ExportRequest, Plan
@@ -130,6 +131,8 @@ def check_request(request: ExportRequest) -> None:
         raise UsageError(f"cannot export {request.kind!r}", hint=f"one of {', '.join(KINDS)}")
     if request.fmt not in FORMATS:
         raise UsageError(f"--format {request.fmt!r} is not one of: {', '.join(FORMATS)}")
+    if request.name is not None:
+        refuse_secret(request.name, field="--name")
     if request.name is not None and not NAME.fullmatch(request.name):
         raise InvalidInput(
             f"--name {request.name!r} is not a name",

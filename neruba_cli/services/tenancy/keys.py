@@ -22,6 +22,7 @@ from neruba_cli.domain.keys import (
     redact_secrets,
     role_scopes,
 )
+from neruba_cli.domain.tenancy import validate_name
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.tenancy.access import Access, AccessDenied
 from neruba_cli.services.tenancy.members import get_member
@@ -62,7 +63,7 @@ def create_key(
         id=new_id("key"),
         project_id=project.id,
         member_id=member.id if member else None,
-        name=(name or "").strip() or None,
+        name=validate_name(name or ""),
         prefix=lookup_prefix(secret),
         secret_hash=hash_secret(secret),
         scopes=format_scopes(scopes),
