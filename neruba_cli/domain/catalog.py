@@ -214,11 +214,16 @@ def _parse_meters(raw: Any, check: _Checker) -> list[MeterDef]:
             seen.add(code)
         aggregation = _choice(item.get("aggregation"), AGGREGATIONS, f"{path}.aggregation", check)
         field_name = item.get("field", "quantity")
-        if not isinstance(field_name, str) or not (
+        field_ok = isinstance(field_name, str) and (
             field_name == "quantity"
-            or (field_name.startswith("properties.") and _PROPERTY.match(field_name[11:]))
-        ):
-            check.add(f"{path}.field", 'use "quantity" or "properties.<name>"')
+            or (field_name.startswith("properties.") and bool(_PROPERTY.match(field_name[11:])))
+        )
+        if not field_ok:
+            check.add(
+                f"{path}.field",
+                'use "quantity" or "properties.<name>" (a name of letters, digits and _, '
+                "not starting with a digit)",
+            )
         filters = _filters(item.get("filter", {}), f"{path}.filter", check)
         weighted = aggregation == "weighted_sum"
         recurring = _bool(item.get("recurring", False), f"{path}.recurring", check)
@@ -228,8 +233,8 @@ def _parse_meters(raw: Any, check: _Checker) -> list[MeterDef]:
         if not weighted and ("recurring" in item or "gauge" in item):
             key = "recurring" if "recurring" in item else "gauge"
             check.add(f"{path}.{key}", "applies to weighted_sum meters only")
-        if code is None or aggregation is None or not isinstance(field_name, str):
-            continue
+        if code is None or aggregation is None or not field_ok:
+            continue  # reported above; a MeterSpec would only raise it again
         spec = MeterSpec(
             code=code,
             aggregation=cast(Aggregation, aggregation),

@@ -96,10 +96,22 @@ def bar(eighths: int) -> str:
 
 def _local_days(start: datetime, end: datetime, zone: ZoneInfo) -> list[date]:
     """Every local date from the day before `start` to the day after `end` (a margin for
-    boundaries that move across midnight)."""
-    first = start.astimezone(zone).date() - _DAY
-    last = end.astimezone(zone).date() + _DAY
+    boundaries that move across midnight), within the calendar: a month at either end of the
+    years 1 to 9999 has no day beyond it."""
+    first = start.astimezone(zone).date()
+    last = end.astimezone(zone).date()
+    first = first - _DAY if first > date.min else first
+    last = last + _DAY if last < date.max else last
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def _instant(wall: datetime) -> datetime | None:
+    """The UTC instant of a local wall time, or None past the calendar's range (such a
+    margin boundary lies outside every period anyway)."""
+    try:
+        return wall.astimezone(UTC)
+    except OverflowError:
+        return None
 
 
 def _boundaries(start: datetime, end: datetime, by: Granularity, zone: ZoneInfo) -> set[datetime]:
@@ -108,12 +120,16 @@ def _boundaries(start: datetime, end: datetime, by: Granularity, zone: ZoneInfo)
         if by == "day":
             # fold=0 reads a nonexistent midnight with the offset before the change: the
             # instant the clocks jump, which is when that local day begins.
-            found.add(datetime.combine(day, time(), tzinfo=zone).astimezone(UTC))
+            midnight = _instant(datetime.combine(day, time(), tzinfo=zone))
+            if midnight is not None:
+                found.add(midnight)
             continue
         for hour in range(24):
             for fold in (0, 1):
                 wall = datetime.combine(day, time(hour), tzinfo=zone).replace(fold=fold)
-                instant = wall.astimezone(UTC)
+                instant = _instant(wall)
+                if instant is None:
+                    continue
                 local = instant.astimezone(zone)
                 if (local.date(), local.hour, local.minute, local.second) == (day, hour, 0, 0):
                     found.add(instant)  # an hour the clock shows (gaps are skipped)

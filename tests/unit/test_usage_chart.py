@@ -155,3 +155,15 @@ def test_bar_characters() -> None:
     assert bar_eighths(Decimal(0), Decimal(0), 10) == 0
     with pytest.raises(ValueError):
         bar_eighths(Decimal(1), Decimal(1), 0)
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/Los_Angeles", "Pacific/Kiritimati"])
+@pytest.mark.parametrize("label", ["0001-01", "9999-11"])
+@pytest.mark.parametrize("by", ["day", "hour"])
+def test_buckets_at_the_ends_of_the_calendar(tz: str, label: str, by: str) -> None:
+    # the day of margin before the first month (or after the last) lies outside the calendar
+    month = month_period(label, tz)
+    found = buckets(month.start, month.end, by, tz)  # type: ignore[arg-type]
+    assert found[0].start == month.start and found[-1].end == month.end
+    assert all(a.end == b.start for a, b in pairwise(found))
+    assert 28 <= len(found) // (24 if by == "hour" else 1) <= 31

@@ -8,7 +8,7 @@ A row is only replaced by a view of the object at least as new as the one it hol
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import stripe_objects_t
+from neruba_cli.domain.unix_time import optional_unix_seconds
 
 MIRRORED = (
     "invoice",
@@ -68,7 +69,7 @@ def columns(obj: dict[str, Any]) -> dict[str, Any]:
         "amount": _int(obj.get("total", obj.get("amount", obj.get("amount_paid")))),
         "amount_paid": _int(obj.get("amount_paid", obj.get("amount_received"))),
         "amount_refunded": _int(obj.get("amount_refunded")),
-        "stripe_created": None if created is None else datetime.fromtimestamp(created, UTC),
+        "stripe_created": optional_unix_seconds(created, field=f"{kind} created"),
         "deleted": bool(obj.get("deleted")),
     }
     if kind == "invoice_payment":

@@ -9,7 +9,7 @@ per project serialises the read-then-record step.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
@@ -21,6 +21,7 @@ from neruba_cli.domain import lock_names, stripe_keys
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.money import format_minor
 from neruba_cli.domain.stripe_money import stripe_to_iso_minor
+from neruba_cli.domain.unix_time import from_unix_seconds, optional_unix_seconds
 from neruba_cli.services.ledger import payments
 from neruba_cli.services.stripe import mirror as stripe_mirror
 
@@ -183,10 +184,8 @@ def _swept_after(conn: Connection, project: Project, charge: dict[str, Any]) -> 
             stripe_cursors_t.c.since.is_(None),
         )
     ).scalar()
-    created = charge.get("created")
-    return (
-        swept is not None and created is not None and swept > datetime.fromtimestamp(created, UTC)
-    )
+    created = optional_unix_seconds(charge.get("created"), field="charge created")
+    return swept is not None and created is not None and swept > created
 
 
 def _sum(conn: Connection, table: Any, project: Project, prefix: str) -> int:
@@ -206,7 +205,7 @@ def _paid_at(obj: dict[str, Any], finalized_at: datetime | None, now: datetime) 
     stamp = (obj.get("status_transitions") or {}).get("paid_at")
     if not stamp:
         return None
-    at = datetime.fromtimestamp(int(stamp), UTC)
+    at = from_unix_seconds(stamp, field="status_transitions.paid_at")
     if (finalized_at is not None and at < finalized_at) or at > now:
         return None
     return at

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -26,6 +26,7 @@ from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import stripe_webhook_events_t
 from neruba_cli.domain.errors import InvalidInput, NerubaError
 from neruba_cli.domain.timestamps import format_ts
+from neruba_cli.domain.unix_time import optional_unix_seconds
 from neruba_cli.domain.webhook_signature import SignatureError, verify
 from neruba_cli.services.stripe import mirror as stripe_mirror
 from neruba_cli.services.stripe import payments as stripe_payments
@@ -117,8 +118,22 @@ def _verified(
         raise InvalidInput(f"{delivery.where}: the body is not JSON ({exc})") from None
     if not isinstance(event, dict) or event.get("object") != "event" or not event.get("id"):
         raise InvalidInput(f"{delivery.where}: the body is not a Stripe event")
-    if not isinstance((event.get("data") or {}).get("object"), dict):
+    obj = (event.get("data") or {}).get("object")
+    if not isinstance(obj, dict):
         raise InvalidInput(f"{delivery.where}: event {event['id']} has no data.object")
+    transitions = obj.get("status_transitions")
+    times = {
+        "created": event.get("created"),
+        "data.object.created": obj.get("created"),
+        "data.object.status_transitions.paid_at": (
+            transitions.get("paid_at") if isinstance(transitions, dict) else None
+        ),
+    }
+    for name, value in times.items():
+        try:
+            optional_unix_seconds(value, field=name)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{delivery.where}: event {event['id']}: {exc.message}") from None
     return event
 
 
@@ -138,9 +153,7 @@ def _receive(
                     error=None,
                     attempts=0,
                     payload=body.decode("utf-8", errors="replace"),
-                    stripe_created=None
-                    if created is None
-                    else datetime.fromtimestamp(created, UTC),
+                    stripe_created=optional_unix_seconds(created, field="created"),
                     received_at=now,
                     processed_at=None,
                 )
@@ -197,7 +210,7 @@ def _handle(
     kind = str(event.get("type") or "")
     obj: dict[str, Any] = event["data"]["object"]
     created = event.get("created")
-    observed = now if created is None else datetime.fromtimestamp(created, UTC)
+    observed = optional_unix_seconds(created, field="created") or now
     if kind not in HANDLED:
         return "ignored", f"{kind} is not an event Neruba acts on"
     metadata = obj.get("metadata") or {}
