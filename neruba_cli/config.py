@@ -19,7 +19,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
-from neruba_cli.db.engine import anchored_sqlite_url
+from neruba_cli.db.engine import anchored_sqlite_url, without_credentials
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.suggest import close_match
 from neruba_cli.domain.toml_lines import key_lines, line_of
@@ -217,9 +217,15 @@ def _first(*candidates: tuple[str, str | None]) -> tuple[str | None, str]:
     return None, "default"
 
 
-def write_config_file(path: Path, *, database_url: str, project: str | None = None) -> None:
-    """Write neruba.toml with tomli-w (never by string formatting, so quoting is always right)."""
-    document: dict[str, dict[str, str]] = {"database": {"url": database_url}}
+def write_config_file(path: Path, *, database_url: str, project: str | None = None) -> bool:
+    """Write neruba.toml with tomli-w (never by string formatting, so quoting is always right).
+
+    The file never holds a secret: the database URL is written without its password (and
+    without credential parameters such as `?password=`), which the operator keeps in
+    NERUBA_DATABASE_URL. Returns whether something was left out."""
+    url, left_out = without_credentials(database_url)
+    document: dict[str, dict[str, str]] = {"database": {"url": url}}
     if project:
         document["defaults"] = {"project": project}
     path.write_text(tomli_w.dumps(document), encoding="utf-8")
+    return left_out

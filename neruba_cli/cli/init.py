@@ -10,9 +10,20 @@ import typer
 
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
-from neruba_cli.config import CONFIG_FILE_NAME, Settings, resolve_settings, write_config_file
+from neruba_cli.config import (
+    CONFIG_FILE_NAME,
+    ENV_DATABASE_URL,
+    Settings,
+    resolve_settings,
+    write_config_file,
+)
 from neruba_cli.db import migrate
-from neruba_cli.db.engine import anchored_sqlite_url, display_url, parse_database_url, redact
+from neruba_cli.db.engine import (
+    anchored_sqlite_url,
+    display_url,
+    parse_database_url,
+    redact,
+)
 from neruba_cli.services.tenancy.access import OPERATOR
 
 
@@ -39,13 +50,15 @@ def register(app: typer.Typer) -> None:
         before = migrate.current_revision(engine)
         migrate.upgrade(engine)
         after = migrate.current_revision(engine)
+        left_out = False  # the config file never holds the password (see write_config_file)
         if wrote:  # only once the database is reachable and migrated
-            write_config_file(target, database_url=url, project=rt.settings.project)
+            left_out = write_config_file(target, database_url=url, project=rt.settings.project)
         rt.out.emit(
             {
                 "config": str(target),
                 "config_written": wrote,
                 "database": redact(engine.url),
+                "password_left_out": left_out,
                 "from": before,
                 "to": after,
             }
@@ -55,6 +68,12 @@ def register(app: typer.Typer) -> None:
         else:
             rt.out.say(f"Kept the existing {target} (use --force to overwrite it).")
         rt.out.say(f"Database {display_url(url)} is at {after}.")
+        if left_out:
+            rt.out.warn(
+                f"the database password was not written to {target} (a config file never "
+                f"holds secrets): set {ENV_DATABASE_URL} to the full URL in the environment "
+                "of every neruba command, e.g. in the cron job or a file only you can read"
+            )
 
 
 def _anchored(settings: Settings, config: Path) -> Settings:

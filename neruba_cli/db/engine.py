@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -48,7 +49,11 @@ _MYSQL_SQL_MODE = (
     "NO_ENGINE_SUBSTITUTION"
 )
 
-_PASSWORD_IN_URL = re.compile(r"://([^:/@]*):[^@]*@")
+_SCHEME = re.compile(r"^(.*?://)(.*)$", re.DOTALL)  # what a URL has before its authority
+# Query parameters that carry a credential (libpq's password/sslpassword, PyMySQL's
+# passwd, ODBC's pwd, tokens): matched as parts of the parameter's name, case-insensitively.
+_CREDENTIAL_PARAMETERS = ("password", "passwd", "pwd", "secret", "token", "apikey", "api_key")
+MASK = "***"
 
 _DRIVERS = {
     "sqlite": "sqlite",
@@ -122,23 +127,84 @@ def require_sqlite_file(url: str, origin: str) -> None:
 
 
 def redact(url: str | URL) -> str:
-    """The URL with its password hidden: safe for output, logs and the audit trail."""
-    try:
-        parsed = url if isinstance(url, URL) else make_url(url)
-        return parsed.render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return _PASSWORD_IN_URL.sub(r"://\1:***@", str(url))
+    """The URL with every credential hidden: safe for output, logs and the audit trail.
+
+    The one masking rule for database URLs, applied to the text so it holds for URLs no
+    parser accepts: the password of the user information (up to the last `@` before the
+    query, so an unescaped `@` in a password hides all of it) and the value of every query
+    parameter that names a credential (`?password=`, `passwd`, `pwd`, `sslpassword`,
+    `token`, ...)."""
+    return _scrub(_text(url), MASK)
 
 
 def display_url(url: str | URL) -> str:
-    """The URL as the operator wrote it, for messages: password hidden, and without the driver
-    Neruba adds (`postgresql://`, not `postgresql+psycopg://`)."""
+    """The URL as the operator wrote it, for messages: credentials hidden (see `redact`),
+    and without the driver Neruba adds (`postgresql://`, not `postgresql+psycopg://`)."""
     try:
         parsed = url if isinstance(url, URL) else make_url(url)
         bare = parsed.set(drivername=parsed.drivername.split("+")[0])
-        return bare.render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return redact(url)
+    return redact(bare)
+
+
+def without_credentials(url: str) -> tuple[str, bool]:
+    """The URL with its credentials left out (not masked), and whether it had any: what
+    `init` may write into a config file, which never holds a secret."""
+    clean = _scrub(url, None)
+    return clean, clean != url
+
+
+def _text(url: str | URL) -> str:
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=False)
+    return str(url)
+
+
+def _scrub(text: str, mask: str | None, found: list[str] | None = None) -> str:
+    """`text` with the password and credential parameters replaced by `mask`, or left out
+    when `mask` is None; the values hidden are appended to `found`."""
+    hidden = [] if found is None else found
+    matched = _SCHEME.match(text)
+    if matched is None:
+        return text
+    scheme, rest = matched.groups()
+    query_at = rest.find("?")
+    head, query = (rest, None) if query_at < 0 else (rest[:query_at], rest[query_at + 1 :])
+    at = head.rfind("@")
+    if not head.startswith("/") and at >= 0:  # a SQLite path has no user information
+        user, colon, password = head[:at].partition(":")
+        if colon:
+            hidden.append(password)
+            head = (f"{user}:{mask}" if mask is not None else user) + head[at:]
+    if query is None:
+        return scheme + head
+    kept: list[str] = []
+    for item in query.split("&"):
+        name, equals, value = item.partition("=")
+        if equals and any(word in name.lower() for word in _CREDENTIAL_PARAMETERS):
+            hidden.append(value)
+            if mask is None:
+                continue
+            item = f"{name}={mask}"
+        kept.append(item)
+    return scheme + head + ("?" + "&".join(kept) if kept else "")
+
+
+def redact_message(message: str, url: str | URL) -> str:
+    """A driver's message with the URL's credentials hidden. A password with an unescaped
+    `@` is split by the driver, which then names its tail as part of the host
+    (`failed to resolve host 't@127.0.0.1'`): every piece of it is hidden too."""
+    found: list[str] = []
+    _scrub(_text(url), MASK, found)
+    for value in found:
+        for secret in {value, unquote(value)}:
+            pieces = [secret, *secret.split("@")]
+            for piece in sorted({p for p in pieces if p}, key=len, reverse=True):
+                message = message.replace(piece + "@", MASK + "@")
+                if len(piece) >= 3:
+                    message = message.replace(piece, MASK)
+    return message
 
 
 def product_name(engine: Engine) -> str:
@@ -312,6 +378,7 @@ def explain_error(exc: Exception, url: str) -> NerubaError:
     transaction kept the rows this one needed for LOCK_WAIT_SECONDS."""
     reason = getattr(exc, "orig", None) or exc
     text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    text = redact_message(text, url)
     if is_lock_timeout(exc):
         return LockHeld(
             f"gave up after waiting {LOCK_WAIT_SECONDS} s for rows another transaction holds "
