@@ -243,3 +243,67 @@ def test_the_architecture_page_maps_every_package() -> None:
     folders += [p for p in (package / "services").iterdir() if (p / "__init__.py").exists()]
     unmapped = [p.name for p in folders if f"`{p.name}/`" not in text]
     assert unmapped == [], "packages missing from docs/architecture.md"
+
+
+SCOPE_GUIDE = ROOT / "docs" / "guides" / "projects-keys-members.md"
+_SCOPE_ROWS = {"operator only": "operator", "none": "none"}  # rows named in words
+
+
+def _documented_scopes() -> tuple[dict[str, set[str]], set[tuple[str, str]]]:
+    """The scope table of the keys guide: commands by scope (`key *` and `ledger
+    show/balances` expanded against the CLI), and the (command, option) pairs an option row
+    such as `export * --name` names."""
+    from neruba_cli.cli.app import command_policies
+
+    names = set(command_policies())
+    by_scope: dict[str, set[str]] = {}
+    with_option: set[tuple[str, str]] = set()
+    for line in SCOPE_GUIDE.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 2 or not line.startswith("| "):
+            continue
+        head = cells[0].strip("`")
+        if head in ("scope", "---"):
+            continue
+        scope = _SCOPE_ROWS.get(head, head)
+        commands = by_scope.setdefault(scope, set())
+        for item in re.findall(r"`([^`]+)`", cells[1]):
+            spelled, _, option = item.partition(" --")
+            prefix, _, last = spelled.rpartition(" ")
+            lead = f"{prefix} " if prefix else ""
+            if last == "*":
+                found = {name for name in names if name.startswith(lead)}
+            else:
+                found = {lead + word for word in last.split("/")}
+            if not found <= names:
+                continue  # a word in backticks that is not a command (`read`, `--name`)
+            if option:
+                with_option |= {(name, option) for name in found}
+            else:
+                commands |= found
+    return by_scope, with_option
+
+
+def test_the_scope_table_names_every_command_under_the_scope_it_declares() -> None:
+    from neruba_cli.cli.app import command_policies
+    from neruba_cli.services.tenancy.access import COMMAND_SCOPES
+
+    policies = command_policies()
+    documented, with_option = _documented_scopes()
+    for scope in COMMAND_SCOPES:
+        declared = {name for name, policy in policies.items() if policy.scope == scope}
+        shown = documented.get(scope, set())
+        assert shown == declared, (scope, sorted(shown ^ declared))
+    options = {
+        (name, option.replace("_", "-"))
+        for name, policy in policies.items()
+        for option in policy.writes_with
+    }
+    assert with_option == options, sorted(with_option ^ options)
+    extra = {
+        scope
+        for name, policy in policies.items()
+        for scope in policy.writes_with.values()
+        if any(n == name for n, _ in with_option)
+    }
+    assert extra <= set(documented), extra  # an option's scope has its own row
