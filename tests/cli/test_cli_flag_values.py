@@ -124,6 +124,7 @@ BAD: list[tuple[tuple[str, ...], str]] = [
     (("key", "create", "--scope", "write"), "--scope"),
     (("key", "create", "--scope", "read", "--expires", "2020-01-01T00:00:00Z"), "--expires"),
     (("key", "create", "--scope", "read", "--member", "ann"), "--member"),
+    (("key", "create", "--scope", "read", "--name", "a\nb"), "--name"),
     (("member", "add", "ann", "--role", "viewer"), "EMAIL"),
     (("member", "add", "ann@example.com", "--role", "boss"), "--role"),
     (("invite", "create", "ann", "--role", "viewer"), "EMAIL"),
