@@ -32,8 +32,19 @@ def apply(
     rt: Runtime,
     file: Annotated[Path, typer.Argument(help="Catalog TOML ([[meters]] and [[plans]]).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and report only.")] = False,
+    allow_unreadable_events: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unreadable-events",
+            help="Apply a new or changed meter even when stored events hold values it cannot "
+            "read (a warning names them; billing reports their customers).",
+        ),
+    ] = False,
 ) -> None:
-    """Create or change meters and plans; a changed plan gets a new version."""
+    """Create or change meters and plans; a changed plan gets a new version.
+
+    A new or changed meter that reads a property is checked against the stored events of its
+    code: values billing cannot read exactly refuse the apply (exit 1), naming the events."""
     catalog = read_catalog_file(file)
     with rt.transaction() as session:
         project = rt.project(session)
@@ -41,10 +52,17 @@ def apply(
             session, project, catalog.data, source=catalog.source, text=catalog.text
         )
         report = catalog_store.apply_catalog(
-            session, project, parsed, now=rt.now(), dry_run=dry_run
+            session,
+            project,
+            parsed,
+            now=rt.now(),
+            dry_run=dry_run,
+            allow_unreadable=allow_unreadable_events,
         )
     result = {**report.as_dict(), "dry_run": dry_run}
     rt.out.emit(result)
+    for warning in report.warnings:
+        rt.out.warn(warning)
     verb = "Would apply" if dry_run else "Applied"
     if not report.changed:
         rt.out.say(f"{file}: the catalog already matches; nothing to change.")

@@ -30,8 +30,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from neruba_cli.domain.money import canonical, decimal_text
+from neruba_cli.domain.money import canonical, decimal_from_text, decimal_text
 from neruba_cli.domain.suggest import did_you_mean
+from neruba_cli.domain.timestamps import MIN_YEAR, parse_rfc3339
 
 FIELDS = frozenset(
     {"type", "idempotency_key", "customer", "meter", "timestamp", "quantity", "properties"}
@@ -137,7 +138,10 @@ class EventChecker:
             raise Rejected("properties must be a JSON object")
         event = EventInput(key, customer, meter, timestamp, quantity, properties)
         stamp = timestamp.isoformat(timespec="microseconds")
-        payload = _canonical_payload(event, stamp, text)
+        try:
+            payload = _canonical_payload(event, stamp, text)
+        except orjson.JSONEncodeError:  # a number of exact_json's that JSON cannot store
+            raise Rejected(_unstorable(properties, "properties")) from None
         if b"\\u0000" in payload and _has_nul(properties):  # the scan only when it may be
             raise Rejected("properties contain a NUL character (\\u0000)")
         digest = hashlib.sha256(payload).hexdigest()
@@ -206,66 +210,127 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+INT64 = (-(1 << 63), (1 << 64) - 1)
+"""The integers stored properties hold (orjson's range: signed and unsigned 64-bit)."""
+
+
+def _unstorable(value: Any, path: str) -> str:
+    """Why a property value cannot be stored as it was written: a JSON number with more digits
+    than a float holds, or an integer beyond 64 bits (exact_json keeps both exact)."""
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{key}", item) for key, item in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        if isinstance(value, Decimal):
+            try:
+                parse_quantity(value, path)
+            except Rejected as exc:
+                return str(exc)
+        if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+            return (
+                f"{path} {value} is beyond the 64-bit integers a property holds; "
+                "write it as a string"
+            )
+        return ""
+    for where, item in items:
+        reason = _unstorable(item, where)
+        if reason:
+            return reason
+    return "properties cannot be stored as JSON" if path == "properties" else ""
+
+
 def parse_timestamp(value: Any, assume_tz: tzinfo | None = None) -> datetime:
+    """An event's RFC 3339 timestamp (timestamps.parse_rfc3339) in UTC, within the years
+    MIN_YEAR to 9999 there."""
     if not isinstance(value, str):
         raise Rejected("timestamp is required" if value is None else "timestamp must be a string")
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise Rejected(f"timestamp {value!r} is not RFC 3339") from None
+        moment = parse_rfc3339(value)
+    except ValueError as exc:
+        raise Rejected(f"timestamp {exc}") from None
     if moment.tzinfo is None:
         if assume_tz is None:
             raise Rejected("timestamp has no time-zone offset")
         moment = moment.replace(tzinfo=assume_tz)
     try:
-        return moment.astimezone(UTC)
+        utc = moment.astimezone(UTC)
     except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
         raise Rejected(f"timestamp {value!r} is out of range in UTC") from None
+    if utc.year < MIN_YEAR:
+        raise Rejected(f"timestamp {value!r} is before the year {MIN_YEAR} in UTC")
+    return utc
 
 
-def parse_quantity(value: Any) -> Decimal:
+def parse_quantity(value: Any, name: str = "quantity") -> Decimal:
+    """A number billing reads — `quantity`, or a property a meter reads (`name` says which,
+    for the reason) — exactly as stored, or Rejected. JSON numbers are read from the digits
+    in the file: an integer is exact at any length; a number with a fraction or an exponent
+    has at most FLOAT_DIGITS significant digits (readers.exact_json hands one with more as a
+    Decimal, which is refused here: a float would have rounded it). Strings are ASCII
+    decimals (money.decimal_from_text)."""
     if isinstance(value, bool):
-        raise Rejected("quantity must be a number, not a boolean")
+        raise Rejected(f"{name} must be a number, not a boolean")
     if isinstance(value, int):
         amount = Decimal(value)
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise Rejected("quantity must be finite")
+            raise Rejected(f"{name} must be finite")
         text = repr(value)
         if _significant_digits(text) > FLOAT_DIGITS:
-            raise Rejected(
-                f"quantity {text} has more than {FLOAT_DIGITS} significant digits; "
-                'write it as a string, e.g. "0.1234567890123456"'
-            )
+            raise Rejected(_too_many_digits(name, text))
         amount = Decimal(text)
+    elif isinstance(value, Decimal):  # a JSON number whose digits a float cannot hold
+        if not value.is_finite():
+            raise Rejected(f"{name} must be finite")
+        _bounded(value, name)
+        if len(value.as_tuple().digits) > FLOAT_DIGITS:
+            raise Rejected(_too_many_digits(name, str(value)))
+        amount = value
     elif isinstance(value, str):
         try:
-            amount = Decimal(value.strip())
+            amount = decimal_from_text(value)
         except InvalidOperation:
-            raise Rejected(f"quantity {value!r} is not a number") from None
+            raise Rejected(
+                f"{name} {value[:40]!r} is not a number (ASCII digits, an optional sign, "
+                "point and exponent)"
+            ) from None
         if not amount.is_finite():
-            raise Rejected("quantity must be finite")
+            raise Rejected(f"{name} must be finite")
     else:
-        raise Rejected("quantity must be a number or a decimal string")
-    return _storable(amount)
+        raise Rejected(f"{name} must be a number or a decimal string")
+    return _storable(amount, name)
 
 
-def _storable(amount: Decimal) -> Decimal:
-    # Bounds first, from the exponent alone: canonical() writes every digit out, and
-    # "1e999999999" (or "0e999999999") would take minutes and gigabytes to write.
+def _too_many_digits(name: str, text: str) -> str:
+    return (
+        f"{name} {text} has more than {FLOAT_DIGITS} significant digits; "
+        'write it as a string, e.g. "0.1234567890123456"'
+    )
+
+
+def _bounded(amount: Decimal, name: str) -> None:
+    """The bounds, from the exponent alone: canonical() writes every digit out, and
+    "1e999999999" (or "0e999999999") would take minutes and gigabytes to write."""
+    if amount.is_zero():
+        return
+    if amount.adjusted() >= MAX_INTEGER_DIGITS:
+        raise Rejected(f"{name} has more than {MAX_INTEGER_DIGITS} integer digits")
+    if amount.adjusted() < -MAX_SCALE:
+        raise Rejected(f"{name} has more than {MAX_SCALE} decimal places")
+
+
+def _storable(amount: Decimal, name: str = "quantity") -> Decimal:
     if amount.is_zero():
         return Decimal(0)
-    if amount.adjusted() >= MAX_INTEGER_DIGITS:
-        raise Rejected(f"quantity has more than {MAX_INTEGER_DIGITS} integer digits")
-    if amount.adjusted() < -MAX_SCALE:
-        raise Rejected(f"quantity has more than {MAX_SCALE} decimal places")
+    _bounded(amount, name)
     value = canonical(amount)
     _, digits, exp = value.as_tuple()
     assert isinstance(exp, int)
     if -exp > MAX_SCALE:
-        raise Rejected(f"quantity has more than {MAX_SCALE} decimal places")
+        raise Rejected(f"{name} has more than {MAX_SCALE} decimal places")
     if len(digits) + exp > MAX_INTEGER_DIGITS:
-        raise Rejected(f"quantity has more than {MAX_INTEGER_DIGITS} integer digits")
+        raise Rejected(f"{name} has more than {MAX_INTEGER_DIGITS} integer digits")
     return value
 
 

@@ -62,7 +62,7 @@ def parse_amount(value: object, *, field: str = "amount") -> Decimal:
         amount = Decimal(value)
     elif isinstance(value, str):
         try:
-            amount = Decimal(value.strip())
+            amount = decimal_from_text(value)
         except InvalidOperation:
             raise InvalidInput(f"{field}: {value!r} is not a decimal number") from None
     else:
@@ -121,6 +121,17 @@ def format_minor(units: int, currency: str) -> str:
 def format_amount(amount: Decimal, currency: str) -> str:
     """The decimal string used in every JSON output: major units at the currency's precision."""
     return str(amount.quantize(quantum(currency), context=_WIDE))
+
+
+def decimal_from_text(text: str) -> Decimal:
+    """A decimal written in ASCII: `Decimal(text)` for `12.5`, `-3`, `1e3` (spaces around
+    allowed), but `InvalidOperation` for what Python's Decimal also reads and no other system
+    does — `1_000`, full-width `１２`, Arabic-Indic `١٢` — so a value never means one thing here
+    and another in the database or a spreadsheet."""
+    stripped = text.strip()
+    if "_" in stripped or not stripped.isascii():
+        raise InvalidOperation(text)
+    return Decimal(stripped)
 
 
 def canonical(value: Decimal) -> Decimal:

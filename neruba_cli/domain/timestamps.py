@@ -12,6 +12,20 @@ _DURATION = re.compile(r"^\s*(\d+)\s*(s|h|d|w|m|y)\s*$")
 _FIXED_SECONDS = {"s": 1, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_UNITS = "s (seconds), h (hours), d (days), w (weeks), m (months), y (years)"
 
+RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
+"""An RFC 3339 date-time (section 5.6; `t`, `z` and a space for `T` allowed, as its note
+says), the offset optional so that a naive time can be named as such. Python's
+`fromisoformat` reads much more of ISO 8601 — week dates (`2026-W40-1`), the basic format
+(`20261003T120000Z`), hour-only times (`T12Z`), offsets with seconds (`+01:00:30`) — which no
+other tool of a billing pipeline writes the same way: those are refused, not guessed at."""
+
+MIN_YEAR = 1000
+"""Earlier years are a typo (`0026` for `2026`) and break calendars downstream (a month
+before year 1 does not exist): refused."""
+
 
 def format_ts(value: datetime | None) -> str | None:
     """RFC 3339 in UTC with a `Z`, seconds precision unless there are microseconds."""
@@ -27,6 +41,21 @@ def as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """An RFC 3339 date-time as written (aware when it carries an offset, naive otherwise);
+    ValueError with the reason for anything else, a year before MIN_YEAR included."""
+    if RFC3339.fullmatch(text) is None:
+        raise ValueError(f"{text!r} is not RFC 3339 (e.g. 2026-10-03T12:00:00Z)")
+    if text[:4] < f"{MIN_YEAR:04d}":
+        raise ValueError(f"{text!r} is before the year {MIN_YEAR}")
+    if text[-1] == "z" or text[10] == "t":
+        text = text.upper()
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:  # a month 13, a 31 November, an hour 24
+        raise ValueError(f"{text!r} is not a valid date and time") from None
 
 
 def parse_ts(text: str, *, field: str = "timestamp") -> datetime:

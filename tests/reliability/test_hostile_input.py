@@ -4,8 +4,11 @@ Promise 7 (nothing lost on bad input) and promise 1 (replay-safe ingest) under i
 should send but somebody will: truncated lines and files cut mid-UTF-8 sequence, wrong types,
 numbers too large for any column, NaN/Infinity, invalid UTF-8, NUL bytes (raw, and as \\u0000:
 PostgreSQL cannot store one in text, so every database refuses it the same way), 4-byte UTF-8,
-BOMs, CRLF, blank lines, duplicate JSON object keys, a 10 MB line, an idempotency key reused
-with another payload, one-off charge lines with impossible amounts.
+BOMs, CRLF, blank lines, duplicate JSON object keys (nested ones too), JSON numbers with more
+digits than a float holds and integers past 64 bits, property values a meter reads that no
+column holds (`"tokens": 1e308`, 40-digit strings, `"abc"` on a sum meter), CSV records with
+line breaks inside quoted fields and an unterminated quote, a 10 MB line, an idempotency key
+reused with another payload, one-off charge lines with impossible amounts.
 
 For every import, whatever the input:
 
@@ -19,7 +22,7 @@ For every import, whatever the input:
 
 Generated files mix lines whose fate a small model predicts (well-formed events whose keys and
 payloads repeat: accepted, duplicate or conflict; lines that must be rejected) with lines whose
-fate depends on the dialect or is not specified (year 1, a JSON key given twice):
+fate depends on the dialect or is not specified (seven fraction digits, deep nesting):
 those get a key of their own, so they never change the fate of another line. The property runs
 many examples on SQLite and a handful on MariaDB and PostgreSQL; the fixed nasty files and the
 10 MB line run on all three.
@@ -164,7 +167,14 @@ NASTY_JSONL: list[tuple[bytes, str]] = [
     (orjson.dumps(event("ok-1", quantity="2")), "accept"),
     (orjson.dumps(event("t-over-1", timestamp="9999-12-31T23:59:59-01:00")), "reject"),
     (orjson.dumps(event("t-over-2", timestamp="0001-01-01T00:00:00+01:00")), "reject"),
-    (orjson.dumps(event("t-year-1", timestamp="0001-01-01T00:00:00Z")), "either"),
+    (orjson.dumps(event("t-year-1", timestamp="0001-01-01T00:00:00Z")), "reject"),
+    (orjson.dumps(event("t-week", timestamp="2026-W40-6T12:00:00Z")), "reject"),
+    (orjson.dumps(event("t-basic", timestamp="20261003T120000Z")), "reject"),
+    (orjson.dumps(event("t-hour", timestamp="2026-10-03T12Z")), "reject"),
+    (orjson.dumps(event("t-off-sec", timestamp="2026-10-03T12:00:00+01:00:30")), "reject"),
+    (orjson.dumps(event("q-underscore", quantity="1_000")), "reject"),
+    (orjson.dumps(event("q-fullwidth", quantity="\uff11\uff12")), "reject"),
+    (orjson.dumps(event("q-arabic", quantity="\u0661\u0662")), "reject"),
     (orjson.dumps(event("t-num", timestamp=1790000000)), "reject"),
     (orjson.dumps(event("t-bad", timestamp="2026-13-45T99:00:00Z")), "reject"),
     (orjson.dumps(event("nul\u0000key")), "reject"),
@@ -212,8 +222,34 @@ NASTY_JSONL: list[tuple[bytes, str]] = [
         b'"timestamp": "2026-10-03T12:00:00Z", "properties": {"n": 1'
         + b"0" * 30
         + b', "f": 1e300}}',
+        "reject",  # an integer past 64 bits in a property: stored as a float, it was 1e30
+    ),
+    (
+        b'{"idempotency_key": "p-float", "customer": "c1", "meter": "api_calls", '
+        b'"timestamp": "2026-10-03T12:00:00Z", "properties": {"n": 1, "f": 1e300}}',
         "accept",
     ),
+    (
+        b'{"idempotency_key": "q-20-digits", "customer": "c1", "meter": "api_calls", '
+        b'"timestamp": "2026-10-03T12:00:00Z", "quantity": 99999999999999999999}',
+        "accept",  # exactly, not 1e20
+    ),
+    (
+        b'{"idempotency_key": "q-17-digits", "customer": "c1", "meter": "api_calls", '
+        b'"timestamp": "2026-10-03T12:00:00Z", "quantity": 1.0000000000000001}',
+        "reject",
+    ),
+    (
+        orjson.dumps(event("m-huge", meter="tokens", properties={"tokens": "1" + "0" * 39})),
+        "reject",
+    ),
+    (
+        b'{"idempotency_key": "m-1e308", "customer": "c1", "meter": "tokens", '
+        b'"timestamp": "2026-10-03T12:00:00Z", "properties": {"tokens": 1e308}}',
+        "reject",
+    ),
+    (orjson.dumps(event("m-text", meter="tokens", properties={"tokens": "abc"})), "reject"),
+    (orjson.dumps(event("m-ok", meter="tokens", properties={"tokens": "1250"})), "accept"),
     (orjson.dumps(event("c-null", customer=None)), "reject"),
     (orjson.dumps(event("m-list", meter=["api_calls"])), "reject"),
     (orjson.dumps(5), "reject"),
@@ -223,7 +259,12 @@ NASTY_JSONL: list[tuple[bytes, str]] = [
     (
         b'{"idempotency_key": "dup-json-key", "quantity": "1", "customer": "c1", "meter": '
         b'"api_calls", "timestamp": "2026-10-03T12:00:00Z", "quantity": "7"}',
-        "either",
+        "reject",
+    ),
+    (
+        b'{"idempotency_key": "dup-nested-key", "customer": "c1", "meter": "tokens", '
+        b'"timestamp": "2026-10-03T12:00:00Z", "properties": {"tokens": 1, "tokens": 1000}}',
+        "reject",
     ),
     (b'{"idempotency_key": "bad-utf8-\xff\xfe", "customer": "c1"}', "reject"),
     (b'{"idempotency_key": "surrogate-\\ud800", "customer": "c1"}', "reject"),
@@ -287,12 +328,21 @@ QUANTITIES: list[list[Any]] = [
     ["0", "-0", -0.0, 0, "0.000", "-0e5"],
     ["2.5", 2.5, "25e-1", "2.50000"],
     ["99999999999999999999999999.999999999999"],
+    ["99999999999999999999", "BIG:99999999999999999999", "99999999999999999999.000"],
 ]
+"""`BIG:` marks a JSON integer too large for orjson to write (past 64 bits): the line is
+written with the digits in place of the string."""
 INSTANTS: list[list[str]] = [
     ["2026-10-03T12:00:00Z", "2026-10-03T14:00:00+02:00", "2026-10-03T12:00:00.000000+00:00"],
     ["2026-10-31T23:59:59.999999Z", "2026-11-01T00:59:59.999999+01:00"],
 ]
-PROPERTIES: list[dict[str, Any]] = [{}, {"region": "eu"}, {"e": "\U0001f600 \u00e9"}]
+PROPERTIES: list[dict[str, Any]] = [
+    {},
+    {"region": "eu"},
+    {"e": "\U0001f600 \u00e9"},
+    {"tokens": 1250},  # read by meter tokens: numbers within the bounds are fine
+    {"tokens": "0.000000000001", "region": "eu"},
+]
 
 
 @dataclass(frozen=True)
@@ -329,10 +379,19 @@ def valid_line(
     if not (q == 0 and draw(st.booleans())):  # quantity 1 may also be left out
         fields["quantity"] = quantity
     order = draw(st.permutations(list(fields)))
-    data = orjson.dumps({name: fields[name] for name in order})
+    data = _dumps({name: fields[name] for name in order})
     if draw(st.booleans()):
         data = data.replace(b'":', b'" : ').replace(b",", b" ,\t")
     return Line(data, "valid", key, (customer, meter, t, q, p))
+
+
+def _dumps(fields: dict[str, Any]) -> bytes:
+    """orjson.dumps, with a `"BIG:<digits>"` string written as the JSON integer <digits>."""
+    quantity = fields.get("quantity")
+    if isinstance(quantity, str) and quantity.startswith("BIG:"):
+        data = orjson.dumps(fields | {"quantity": "@BIG@"})
+        return data.replace(b'"@BIG@"', quantity[4:].encode())
+    return orjson.dumps(fields)
 
 
 def _base(key: str) -> dict[str, Any]:
@@ -368,6 +427,23 @@ REJECTED_FIELDS: list[dict[str, Any]] = [
     {"properties": {"a": "\u0000"}},
     {"customer": "c1\u0000"},
     {"type": "refund"},
+    {"timestamp": "2026-W40-6T12:00:00Z"},
+    {"timestamp": "20261003T120000Z"},
+    {"timestamp": "2026-10-03T12Z"},
+    {"timestamp": "2026-10-03T12:00:00+01:00:30"},
+    {"timestamp": "0999-10-03T12:00:00Z"},
+    {"quantity": "1_000"},
+    {"quantity": "\uff11"},
+    {"quantity": "\u0661"},
+    {"quantity": "BIG:1000000000000000000000000000"},  # 28 integer digits
+    {"properties": {"big": "BIG"}},  # an integer past 64 bits where no meter reads it
+    {"meter": "tokens", "properties": {"tokens": "1" + "0" * 39}},
+    {"meter": "tokens", "properties": {"tokens": 1e308}},
+    {"meter": "tokens", "properties": {"tokens": "abc"}},
+    {"meter": "tokens", "properties": {"tokens": "1e3"}},
+    {"meter": "tokens", "properties": {"tokens": True}},
+    {"meter": "tokens", "properties": {"tokens": "0.0000000000001"}},
+    {"meter": "tokens", "properties": {"tokens": "FLOAT17"}},  # 1.0000000000000001, a number
 ]
 
 
@@ -377,7 +453,9 @@ def rejected_line(draw: st.DrawFn, keys: list[str]) -> Line:
     good = orjson.dumps(_base(key))
     kind = draw(st.integers(0, 9))
     if kind <= 2:  # a wrong field
-        data = orjson.dumps(_base(key) | draw(st.sampled_from(REJECTED_FIELDS)))
+        data = _dumps(_base(key) | draw(st.sampled_from(REJECTED_FIELDS)))
+        data = data.replace(b'{"big":"BIG"}', b'{"big":' + b"9" * 25 + b"}")
+        data = data.replace(b'"FLOAT17"', b"1.0000000000000001")
     elif kind == 3:  # cut inside the object
         data = good[: draw(st.integers(1, len(good) - 1))]
     elif kind == 4:  # cut inside a 4-byte UTF-8 sequence
@@ -399,6 +477,20 @@ def rejected_line(draw: st.DrawFn, keys: list[str]) -> Line:
         )
     elif kind == 8:  # not an object
         data = draw(st.sampled_from([b"[]", b"null", b"42", b'"evt"', b"{", b"}", b"[" * 5000]))
+    elif draw(st.booleans()):  # a key given twice, at the top or in properties
+        data = draw(
+            st.sampled_from(
+                [
+                    good.replace(b'"quantity":"1"', b'"quantity":"1","quantity":"1000"'),
+                    good.replace(b'"quantity":"1"', b'"quantity":"1","quantity":"1"'),
+                    good.replace(
+                        b'"idempotency_key":', b'"idempotency_key":"x","idempotency_key":'
+                    ),
+                    good.replace(b'{"e":', b'{"e":1,"e":'),
+                    good.replace(b'"quantity":"1"', b'"quantity" : "1", "quantity":"2"'),
+                ]
+            )
+        )
     else:  # an unknown field (a typo would otherwise bill 1)
         data = orjson.dumps(_base(key) | {"quanity": "2"})
     return Line(data, "reject", key)
@@ -408,12 +500,9 @@ def rejected_line(draw: st.DrawFn, keys: list[str]) -> Line:
 def either_line(draw: st.DrawFn, unique: str) -> Line:
     """Accepted or rejected, depending on the dialect or on unspecified details; a key of its
     own so that its fate changes no other line's."""
-    good = orjson.dumps(_base(unique))
     data = draw(
         st.sampled_from(
             [
-                good.replace(b'"quantity":"1"', b'"quantity":"1","quantity":"3"'),  # duplicate key
-                orjson.dumps(_base(unique) | {"timestamp": "0001-01-01T00:00:00Z"}),
                 orjson.dumps(
                     _base(unique) | {"properties": {"d": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}}
                 ),
@@ -461,9 +550,15 @@ def hostile_file(draw: st.DrawFn) -> tuple[bytes, list[Line]]:
 
 
 def check_against_model(first: Imported, lines: list[Line], data: bytes) -> None:
-    numbered = dict(enumerate(lines, start=1))
-    counted = [n for n in nonblank(data.replace(b"\r\n", b"\n")) if numbered[n].fate != "header"]
-    assert [n for n, line in numbered.items() if line.fate not in ("blank", "header")] == counted
+    numbered: dict[int, Line] = {}  # by the first physical line of each line or record
+    number = 1
+    for line in lines:
+        numbered[number] = line
+        number += 1 + line.data.replace(b"\r\n", b"\n").count(b"\n")
+    counted = [n for n, line in numbered.items() if line.fate not in ("blank", "header")]
+    if number - 1 == len(lines):  # one physical line each: the blank ones are the skipped ones
+        physical = nonblank(data.replace(b"\r\n", b"\n"))
+        assert [n for n in physical if numbered[n].fate != "header"] == counted
     assert first.summary["lines"] == len(counted)
     seen: dict[str, tuple[Any, ...]] = {}
     accepted, duplicates, conflicts, rejected, either = set(), set(), set(), set(), set()
@@ -575,12 +670,15 @@ NASTY_CSV: list[tuple[bytes, str]] = [
     (b"v12\x00,c1,api_calls,2026-10-03T12:00:00Z,1,eu", "reject"),
     (b"v13,,api_calls,2026-10-03T12:00:00Z,1,eu", "reject"),
     (b"v14,c1,api_calls,2026-10-03T12:00:00Z,1,\xf0\x9f\x98\x80", "accept"),
-    (b'v15,c1,api_calls,2026-10-03T12:00:00Z,1,"unclosed', "either"),
     (b"v16,c1,api_calls,9999-12-31T23:59:59-01:00,1,eu", "reject"),
     (b"", "blank"),
     (b"v1,c1,api_calls,2026-10-03T14:00:00+02:00,2.000,eu", "duplicate"),
     (b"v1,c1,api_calls,2026-10-03T12:00:00Z,3,eu", "conflict"),
     (b"v17,c1,api_calls,2026-10-03T12:00:00Z,1,\xf0\x9f", "reject"),  # cut mid-UTF-8
+    (b"v18,c1,api_calls,2026-W40-6T12:00:00Z,1,eu", "reject"),
+    (b"v19,c1,api_calls,2026-10-03T12:00:00Z,1_000,eu", "reject"),
+    (b'v20,c1,api_calls,2026-10-03T12:00:00Z,1,"eu"x', "reject"),  # a stray quote
+    (b'v15,c1,api_calls,2026-10-03T12:00:00Z,1,"unclosed', "reject"),  # swallows the rest: last
 ]
 
 
@@ -642,14 +740,17 @@ def test_nasty_cloudevents_are_accounted_for(shop: Cli, engine: Engine, tmp_path
     assert_replay_accepts_nothing(shop, engine, path, first)
 
 
-CSV_REGIONS = ["", "eu", "\U0001f600 \u00e9"]
-CSV_QUANTITIES = [[q for q in group if isinstance(q, str)] for group in QUANTITIES]
+CSV_REGIONS = ["", "eu", "\U0001f600 \u00e9", "two\nlines", 'three\r\nlines, "quoted"\n']
+"""Regions with line breaks make records of several lines, numbered by their first."""
+CSV_QUANTITIES = [
+    [q for q in group if isinstance(q, str) and not q.startswith("BIG:")] for group in QUANTITIES
+]
 CSV_QUANTITIES[0].append("")  # an empty cell: the default, 1
 
 
-def _csv_row(draw: st.DrawFn, cells: list[str]) -> bytes:
+def _csv_row(draw: st.DrawFn, cells: list[str], *, minimal: bool = False) -> bytes:
     buffer = io.StringIO()
-    if draw(st.booleans()):
+    if not minimal and draw(st.booleans()):
         csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="").writerow(cells)
     else:
         csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="").writerow(cells)
@@ -710,11 +811,11 @@ def rejected_csv_row(draw: st.DrawFn, keys: list[str]) -> Line:
         data = _csv_row(draw, cells)
     elif kind == 2:  # a field short or a field too many
         data = _csv_row(draw, draw(st.sampled_from([cells[:-1], [*cells, "x"]])))
-    elif kind == 3:  # cut before the last field
-        row = _csv_row(draw, cells)
+    elif kind == 3:  # cut before the last field (inside no quote: that would swallow the rest)
+        row = _csv_row(draw, cells, minimal=True)
         data = row[: draw(st.integers(1, row.rindex(b",")))]
     elif kind == 4:  # cut inside the last cell's 4-byte UTF-8 sequence
-        row = _csv_row(draw, cells)
+        row = _csv_row(draw, cells, minimal=True)
         data = row[: row.index("\U0001f600".encode()) + draw(st.integers(1, 3))]
     else:  # invalid UTF-8 inside a cell
         junk = draw(st.sampled_from(["\udcff", "\udcc3"]))
@@ -729,9 +830,7 @@ def either_csv_row(draw: st.DrawFn, unique: str) -> Line:
     data = draw(
         st.sampled_from(
             [
-                _csv_row(draw, cells)[:-1] + b'"eu',  # an unclosed quote
-                _csv_row(draw, [*cells[:3], "0001-01-01T00:00:00Z", *cells[4:]]),
-                _csv_row(draw, cells).replace(b"api_calls", b'"api_calls"x'),
+                _csv_row(draw, [*cells[:3], "2026-10-03T12:00:00.1234567Z", *cells[4:]]),
             ]
         )
     )
@@ -762,6 +861,9 @@ def hostile_csv(draw: st.DrawFn) -> tuple[bytes, list[Line]]:
             assert line.key is not None and line.payload is not None
             at = draw(st.integers(index + 1, len(lines)))
             lines.insert(at, draw(valid_csv_row(keys, again=(line.key, line.payload))))
+    if draw(st.integers(0, 3)) == 0:  # an unterminated quote runs to the end: one reject
+        row = _csv_row(draw, ["unclosed", "c1", "api_calls", "2026-10-03T12:00:00Z", "1", "x"])
+        lines.append(Line(row[: row.rindex(b",") + 1] + b'"eu', "reject", "unclosed"))
     lines.insert(0, Line(CSV_HEADER, "header"))
     endings = [draw(st.sampled_from([b"\n", b"\r\n"])) for _ in lines]
     data = b"".join(line.data + end for line, end in zip(lines, endings, strict=True))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -10,14 +9,16 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from neruba_cli.domain import aggregation
+from neruba_cli.domain import aggregation, exact_json
 from neruba_cli.domain.aggregation import EventRecord
 from neruba_cli.domain.catalog import MeterDef, PlanDef
 from neruba_cli.domain.errors import InvalidInput, UsageError
+from neruba_cli.domain.events import Rejected, parse_quantity, parse_timestamp
+from neruba_cli.domain.meter_values import check_meter_value
+from neruba_cli.domain.money import decimal_from_text
 from neruba_cli.domain.periods import Period
 from neruba_cli.domain.pricing import Usage
 from neruba_cli.domain.suggest import did_you_mean
-from neruba_cli.domain.timestamps import parse_ts
 
 PERCENTAGE_MODELS = ("percentage", "graduated_percentage")
 
@@ -43,7 +44,7 @@ def parse_usage_pair(pair: str) -> tuple[str, Decimal]:
     if not sep:
         raise InvalidInput(f"--usage {pair!r}: write METER=QUANTITY, e.g. api_calls=12000")
     try:
-        quantity = Decimal(text.strip())
+        quantity = decimal_from_text(text)
     except InvalidOperation:
         raise InvalidInput(f"--usage {pair!r}: {text!r} is not a number") from None
     if not quantity.is_finite() or quantity < 0:
@@ -74,7 +75,13 @@ def usage_from_events(
         owner = event.get("customer")
         owners.add(owner if isinstance(owner, str) else None)
         if customer is None or owner == customer:
-            by_meter[meter].append(_record(event, f"{path}:{event['__line__']}", number))
+            where = f"{path}:{event['__line__']}"
+            record = _record(event, where, number)
+            try:  # the property the meter reads, as ingest and billing read it
+                check_meter_value(meters[meter].spec, record.properties)
+            except Rejected as exc:
+                raise InvalidInput(f"{where}: {exc}") from None
+            by_meter[meter].append(record)
     _check_customers(path, owners, customer)
     usage: dict[str, Usage] = {}
     for charge in plan.charges:
@@ -133,10 +140,10 @@ def _read_events(path: Path) -> Any:
         for line_number, line in enumerate(_decoded(handle, path), start=1):
             if not line.strip():
                 continue
-            try:
-                event = json.loads(line, parse_float=Decimal)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"{path}:{line_number}: invalid JSON ({exc.msg})") from None
+            try:  # the lines ingest reads: exact numbers, each key once, bounded nesting
+                event = exact_json.loads(line)
+            except exact_json.JsonError as exc:
+                raise InvalidInput(f"{path}:{line_number}: {exc}") from None
             if not isinstance(event, dict):
                 raise InvalidInput(f"{path}:{line_number}: expected a JSON object")
             event["__line__"] = line_number
@@ -144,24 +151,17 @@ def _read_events(path: Path) -> Any:
 
 
 def _record(event: dict[str, Any], where: str, sequence: int) -> EventRecord:
-    timestamp = event.get("timestamp")
-    if not isinstance(timestamp, str):
-        raise InvalidInput(f"{where}: timestamp is required")
-    quantity = event.get("quantity", "1")
-    if isinstance(quantity, bool) or not isinstance(quantity, int | str | Decimal):
-        raise InvalidInput(f"{where}: quantity must be a number")
+    """The event as billing would read it, by ingest's rules (domain/events.py): an RFC 3339
+    timestamp with an offset, a quantity the store holds exactly (1 when absent)."""
     try:
-        value = Decimal(str(quantity))
-    except InvalidOperation:
-        raise InvalidInput(f"{where}: quantity {quantity!r} is not a number") from None
-    if not value.is_finite():
-        raise InvalidInput(f"{where}: quantity must be finite")
+        timestamp = parse_timestamp(event.get("timestamp"))
+        value = parse_quantity(event.get("quantity", 1))
+    except Rejected as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
     properties = event.get("properties") or {}
     if not isinstance(properties, dict):
         raise InvalidInput(f"{where}: properties must be an object")
-    return EventRecord(
-        parse_ts(timestamp, field=f"{where}: timestamp"), value, properties, sequence
-    )
+    return EventRecord(timestamp, value, properties, sequence)
 
 
 def _decoded(handle: Any, path: Path) -> Any:

@@ -4,6 +4,15 @@ Applying is additive and idempotent: meters and plans in the file are created or
 nothing is deleted, and applying the same file twice changes nothing. A plan version freezes
 the plan and the meters it reads; any change to either makes a new version, and subscriptions
 keep the version they were created on until they are changed.
+
+A meter added or changed to read a property (`field = "properties.tokens"`) is checked against
+the events already stored for its code, with ingest's rule (domain/meter_values.py): events
+stored before the meter existed, or under another field, were never checked for that value.
+When some hold a value billing cannot read exactly (a 40-digit number, `1e308`, `"abc"` on a
+sum meter), the apply is refused — nothing changes — with their count and the first of them
+(idempotency key and customer), unless `allow_unreadable` is given: then the catalog is
+applied and the report carries the same finding as a warning, for billing reports those
+events' customers as ones it could not bill. Either way no event is changed or dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Meter, Plan, PlanVersion, Project
+from neruba_cli.db.tables import customers_t, events_t
 from neruba_cli.domain.catalog import (
     Catalog,
     MeterDef,
@@ -32,6 +42,8 @@ from neruba_cli.domain.catalog import (
     version_document,
 )
 from neruba_cli.domain.errors import InvalidInput, NotFound
+from neruba_cli.domain.events import Rejected
+from neruba_cli.domain.meter_values import check_meter_value, reads_value
 from neruba_cli.domain.suggest import did_you_mean
 
 
@@ -40,6 +52,7 @@ class ApplyReport:
     meters: dict[str, str] = field(default_factory=dict)  # code -> created|updated|unchanged
     plans: dict[str, str] = field(default_factory=dict)  # code -> created|new version|unchanged
     versions: dict[str, int] = field(default_factory=dict)  # code -> current version
+    warnings: list[str] = field(default_factory=list)  # stored events a meter cannot read
 
     @property
     def changed(self) -> bool:
@@ -54,6 +67,7 @@ class ApplyReport:
                 {"code": c, "outcome": o, "version": self.versions[c]}
                 for c, o in self.plans.items()
             ],
+            "warnings": self.warnings,
         }
 
 
@@ -90,7 +104,13 @@ def parse_for_project(
 
 
 def apply_catalog(
-    session: Session, project: Project, catalog: Catalog, *, now: datetime, dry_run: bool = False
+    session: Session,
+    project: Project,
+    catalog: Catalog,
+    *,
+    now: datetime,
+    dry_run: bool = False,
+    allow_unreadable: bool = False,
 ) -> ApplyReport:
     report = ApplyReport()
     meter_rows = {
@@ -120,11 +140,83 @@ def apply_catalog(
                 row.updated_at = now
         else:
             report.meters[meter.code] = "unchanged"
+    _check_stored_values(session, project, catalog, report, allow_unreadable)
     meters = {**stored_meters(session, project), **{m.code: m for m in catalog.meters}}
     _apply_plans(session, project, catalog, meters, report, now, dry_run)
     if not dry_run:
         session.flush()
     return report
+
+
+SHOWN_EVENTS = 5  # stored events a finding names; its count is always exact
+
+
+@dataclass
+class _Unreadable:
+    count: int = 0
+    shown: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+def _check_stored_values(
+    session: Session,
+    project: Project,
+    catalog: Catalog,
+    report: ApplyReport,
+    allow_unreadable: bool,
+) -> None:
+    """Refuse (InvalidInput) a new or changed meter whose property stored events hold a value
+    billing cannot read; with `allow_unreadable`, a warning in the report instead."""
+    findings: list[str] = []
+    for meter in catalog.meters:
+        if report.meters.get(meter.code) == "unchanged" or not reads_value(meter.spec):
+            continue
+        found = _unreadable_events(session, project, meter)
+        if found.count:
+            plural = "s" if found.count != 1 else ""
+            findings.append(
+                f"meter {meter.code}: {found.count} stored event{plural} hold a "
+                f"{meter.spec.field} billing cannot read ({', '.join(found.shown)}"
+                f"{', ...' if found.count > len(found.shown) else ''}; first: {found.reason})"
+            )
+    if not findings:
+        return
+    if allow_unreadable:
+        report.warnings += findings
+        return
+    raise InvalidInput(
+        "; ".join(findings) + ". Nothing was applied",
+        hint="billing could not bill those customers; --allow-unreadable-events applies the "
+        "catalog anyway (billing then reports them), and no event is changed either way",
+    )
+
+
+def _unreadable_events(session: Session, project: Project, meter: MeterDef) -> _Unreadable:
+    """Stored events of the meter's code whose property fails meter_values' check; only the
+    events that mention the property's name are read, in a stream."""
+    name = meter.spec.property_name
+    assert name is not None
+    query = (
+        select(events_t.c.idempotency_key, customers_t.c.external_id, events_t.c.properties)
+        .join(customers_t, customers_t.c.id == events_t.c.customer_id)
+        .where(events_t.c.project_id == project.id, events_t.c.meter == meter.code)
+        .where(events_t.c.properties.contains(f'"{name}"', autoescape=True))
+        .order_by(events_t.c.id)
+        .execution_options(yield_per=5000)
+    )
+    found = _Unreadable()
+    with session.connection().execute(query) as rows:
+        for key, customer, properties in rows:
+            try:
+                check_meter_value(meter.spec, orjson.loads(properties))
+            except Rejected as exc:
+                found.count += 1
+                if len(found.shown) < SHOWN_EVENTS:
+                    found.shown.append(f"{key} of {customer}")
+                found.reason = found.reason or str(exc)
+            except orjson.JSONDecodeError:
+                continue
+    return found
 
 
 def _apply_plans(

@@ -10,14 +10,13 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import io
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import orjson
-
+from neruba_cli.domain import exact_json
 from neruba_cli.domain.csv_header import delimiter_problem
 from neruba_cli.domain.errors import InvalidInput, UsageError
 
@@ -76,16 +75,19 @@ def _open(path: str) -> IO[bytes]:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
 
 
-def physical_lines(source: Source) -> Iterator[tuple[str, int, bytes | None]]:
-    """(path, line number, bytes without the newline), or None bytes for an over-long line."""
-    for path in source.paths:
+def physical_lines(
+    source: Source, *, only: str | None = None, keep_ends: bool = False
+) -> Iterator[tuple[str, int, bytes | None]]:
+    """(path, line number, bytes without the newline — with it when `keep_ends`), or None
+    bytes for an over-long line; of every file, or of the file `only`."""
+    for path in source.paths if only is None else (only,):
         handle = _open(path)
         try:
             number = 0
             while True:
                 try:
                     chunk = handle.readline(MAX_LINE + 1)
-                except (OSError, EOFError) as exc:
+                except (OSError, EOFError, zlib.error) as exc:  # a truncated or damaged .gz
                     raise InvalidInput(f"{path}: cannot read past line {number}: {exc}") from None
                 if not chunk:
                     break
@@ -98,7 +100,7 @@ def physical_lines(source: Source) -> Iterator[tuple[str, int, bytes | None]]:
                     _skip_rest(handle, source)
                     yield path, number, None
                     continue
-                yield path, number, chunk.rstrip(b"\r\n")
+                yield path, number, chunk if keep_ends else chunk.rstrip(b"\r\n")
         finally:
             if handle is not sys.stdin.buffer:
                 handle.close()
@@ -133,9 +135,9 @@ def parsed_lines(source: Source, fmt: str) -> Iterator[tuple[str, int, bytes, An
         if not data.strip():
             continue
         try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            yield name, number, data, LineError(f"invalid JSON: {exc}")
+            obj = exact_json.loads(data)
+        except exact_json.JsonError as exc:
+            yield name, number, data, LineError(str(exc))
             continue
         yield name, number, data, from_cloudevent(obj) if fmt == "cloudevents" else obj
 
@@ -165,33 +167,78 @@ def from_cloudevent(obj: Any) -> Any:
 
 
 def _csv_lines(source: Source) -> Iterator[tuple[str, int, bytes, Any]]:
+    """CSV records, not lines: a quoted field may hold line breaks, and its record is one
+    event whose line number is the record's first line. The parser is strict: an unterminated
+    quote (which would swallow the rest of the file) or a stray quote is a reject, and reading
+    goes on at the next line. A record is held whole, but none is longer than MAX_LINE: an
+    over-long line rejects its record."""
+    csv.field_size_limit(MAX_LINE)
+    for path in source.paths:
+        yield from _csv_file(source, path)
+
+
+@dataclass
+class _Record:
+    """The physical lines of the record being parsed, and what was wrong with them."""
+
+    start: int = 0
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+    problem: str | None = None
+
+
+def _csv_file(source: Source, path: str) -> Iterator[tuple[str, int, bytes, Any]]:
+    name = file_name(path)
+    record = _Record()
+    lines = physical_lines(source, only=path, keep_ends=True)
+
+    def texts() -> Iterator[str]:
+        for _, number, data in lines:
+            if not record.start:
+                record.start = number
+            if data is None:
+                record.problem = record.problem or f"line {number} is longer than {MAX_LINE} bytes"
+                yield "\n"
+                continue
+            record.size += len(data)
+            if record.size > MAX_LINE:  # a runaway quoted field: never held whole
+                record.problem = record.problem or f"record is longer than {MAX_LINE} bytes"
+            else:
+                record.parts.append(data)
+            try:
+                yield data.decode("utf-8")
+            except UnicodeDecodeError:
+                record.problem = record.problem or f"line {number} is not UTF-8 text"
+                yield data.decode("utf-8", errors="replace")
+
+    reader = csv.reader(texts(), strict=True)
     header: list[str] | None = None
-    for path, number, data in physical_lines(source):
-        name = file_name(path)
-        if data is None:
-            yield name, number, b"", LineError(f"line is longer than {MAX_LINE} bytes")
-            continue
-        if not data.strip():
-            continue
+    while True:
+        record.start, record.parts, record.size, record.problem = 0, [], 0, None
+        error: str | None = None
         try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            yield name, number, data[:RAW_SHOWN], LineError("the line is not UTF-8 text")
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            cells, error = [], f"malformed CSV: {exc}"
+        number, raw = record.start, b"".join(record.parts).rstrip(b"\r\n")
+        problem = record.problem or error
+        if problem is not None:
+            shown = raw[:RAW_SHOWN] if "UTF-8" in problem else raw
+            yield name, number, shown, LineError(problem)
             continue
-        try:
-            cells = next(csv.reader(io.StringIO(text)))
-        except (csv.Error, StopIteration) as exc:
-            yield name, number, data, LineError(f"malformed CSV: {exc}")
+        if not any(cell.strip() for cell in cells):
             continue
-        if header is None or number == 1:
+        if header is None:
             header = [cell.strip() for cell in cells]
             _check_header(name, header)
             continue
         if len(cells) != len(header):
             reason = f"row has {len(cells)} fields, the header has {len(header)}"
-            yield name, number, data, LineError(reason)
+            yield name, number, raw, LineError(reason)
             continue
-        yield name, number, data, _csv_event(header, cells)
+        yield name, number, raw, _csv_event(header, cells)
 
 
 def _check_header(path: str, header: list[str]) -> None:
@@ -229,6 +276,6 @@ def content_digest(paths: Sequence[str]) -> str | None:
             with _open(path) as handle:
                 while block := handle.read(1 << 20):
                     digest.update(block)
-        except OSError as exc:  # a damaged .gz
+        except (OSError, EOFError, zlib.error) as exc:  # a truncated or damaged .gz
             raise InvalidInput(f"cannot read {path}: {exc}") from None
     return digest.hexdigest()

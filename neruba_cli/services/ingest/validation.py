@@ -2,7 +2,8 @@
 
 The rules are the domain's (domain/events.py, domain/charges.py); this module adds what
 needs the project: the catalog's meters (with the near one for a misspelt name), whether a
-meter allows negative quantities, and a note of events whose quantity their meter ignores
+meter allows negative quantities, whether the property a meter reads is a number billing
+can read exactly (domain/meter_values.py), and a note of events whose quantity their meter ignores
 (a `count` meter counts events: `"quantity": 3` counts as 1).
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from neruba_cli.domain.catalog import MeterDef
 from neruba_cli.domain.charges import ChargeInput, validate_charge
 from neruba_cli.domain.events import EventChecker, EventInput, Rejected
+from neruba_cli.domain.meter_values import check_meter_value
 from neruba_cli.domain.suggest import did_you_mean
 from neruba_cli.services.ingest.readers import LineError
 from neruba_cli.services.ingest.rejects import Reject, raw_text
@@ -81,6 +83,11 @@ class Validator:
         meter = self.meters.get(event.meter)
         if meter is None:
             return Reject(number, self._unknown_meter(event.meter), raw_text(raw), file=file)
+        if meter.spec.property_name is not None:  # the property it reads, as billing will
+            try:
+                check_meter_value(meter.spec, event.properties)
+            except Rejected as exc:
+                return Reject(number, str(exc), raw_text(raw), file=file)
         if quantity[0] == "-" and not meter.allow_negative:  # canonical text: never "-0"
             reason = f"negative quantity, and meter {event.meter} does not allow it"
             return Reject(number, reason, raw_text(raw), file=file)
