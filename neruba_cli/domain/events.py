@@ -285,7 +285,7 @@ def parse_quantity(value: Any, name: str = "quantity") -> Decimal:
             raise Rejected(f"{name} must be finite")
         _bounded(value, name)
         if len(value.as_tuple().digits) > FLOAT_DIGITS:
-            raise Rejected(_too_many_digits(name, str(value)))
+            raise Rejected(_too_many_digits(name, str(value), f'"{value}"'))
         amount = value
     elif isinstance(value, str):
         try:
@@ -302,10 +302,10 @@ def parse_quantity(value: Any, name: str = "quantity") -> Decimal:
     return _storable(amount, name)
 
 
-def _too_many_digits(name: str, text: str) -> str:
+def _too_many_digits(name: str, text: str, example: str = '"0.1234567890123456"') -> str:
     return (
         f"{name} {text} has more than {FLOAT_DIGITS} significant digits; "
-        'write it as a string, e.g. "0.1234567890123456"'
+        f"write it as a string, e.g. {example}"
     )
 
 

@@ -46,10 +46,11 @@ def check_meter_value(spec: MeterSpec, properties: Mapping[str, Any]) -> None:
         return
     label = f"properties.{name}"
     if isinstance(value, str):
-        if NUMERIC_STRING.fullmatch(value):
-            parse_quantity(value, label)
-        elif spec.aggregation != "unique_count":
+        if spec.aggregation == "unique_count":  # a string is a value as written
+            return
+        if not NUMERIC_STRING.fullmatch(value):
             raise Rejected(_not_a_number(spec, label, value))
+        parse_quantity(value, label)
         return
     if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
         parse_quantity(value, label)

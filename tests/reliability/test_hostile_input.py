@@ -519,8 +519,8 @@ def either_line(draw: st.DrawFn, unique: str) -> Line:
 @st.composite
 def hostile_file(draw: st.DrawFn) -> tuple[bytes, list[Line]]:
     n = next(_examples)
-    keys = [f"h{n}-{i}" for i in range(3)]
-    uniques = (f"h{n}-u{i}" for i in itertools.count())
+    keys = [f"h{n:06d}-{i}" for i in range(3)]  # one width: draws depend on lengths
+    uniques = (f"h{n:06d}-u{i}" for i in itertools.count())
     blank = st.sampled_from([b"", b"   ", b"\t", b"\r"]).map(lambda b: Line(b, "blank"))
     lines = draw(
         st.lists(
@@ -750,7 +750,8 @@ CSV_QUANTITIES[0].append("")  # an empty cell: the default, 1
 
 def _csv_row(draw: st.DrawFn, cells: list[str], *, minimal: bool = False) -> bytes:
     buffer = io.StringIO()
-    if not minimal and draw(st.booleans()):
+    breaks = any("\n" in cell or "\r" in cell for cell in cells)  # no lineterminator: quote all
+    if breaks or (not minimal and draw(st.booleans())):
         csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="").writerow(cells)
     else:
         csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="").writerow(cells)
@@ -840,8 +841,8 @@ def either_csv_row(draw: st.DrawFn, unique: str) -> Line:
 @st.composite
 def hostile_csv(draw: st.DrawFn) -> tuple[bytes, list[Line]]:
     n = next(_examples)
-    keys = [f"h{n}-{i}" for i in range(3)]
-    uniques = (f"h{n}-u{i}" for i in itertools.count())
+    keys = [f"h{n:06d}-{i}" for i in range(3)]  # one width: draws depend on lengths
+    uniques = (f"h{n:06d}-u{i}" for i in itertools.count())
     blank = st.sampled_from([b"", b"   ", b"\t"]).map(lambda b: Line(b, "blank"))
     lines = draw(
         st.lists(

@@ -173,9 +173,9 @@ def _check_stored_values(
             continue
         found = _unreadable_events(session, project, meter)
         if found.count:
-            plural = "s" if found.count != 1 else ""
+            plural = ("s", "hold") if found.count != 1 else ("", "holds")
             findings.append(
-                f"meter {meter.code}: {found.count} stored event{plural} hold a "
+                f"meter {meter.code}: {found.count} stored event{plural[0]} {plural[1]} a "
                 f"{meter.spec.field} billing cannot read ({', '.join(found.shown)}"
                 f"{', ...' if found.count > len(found.shown) else ''}; first: {found.reason})"
             )
@@ -186,8 +186,8 @@ def _check_stored_values(
         return
     raise InvalidInput(
         "; ".join(findings) + ". Nothing was applied",
-        hint="billing could not bill those customers; --allow-unreadable-events applies the "
-        "catalog anyway (billing then reports them), and no event is changed either way",
+        hint="--allow-unreadable-events applies it anyway, and billing reports those "
+        "events' customers as not billed; no event is changed either way",
     )
 
 
