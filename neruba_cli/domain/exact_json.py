@@ -3,19 +3,19 @@
 orjson is fast, but it reads every number with a fraction or exponent, and every integer past
 64 bits, as a binary float — `99999999999999999999` becomes 1e20, `1.0000000000000001`
 becomes 1.0 — and keeps the last of two equal keys (`"quantity": 1, "quantity": 1000` is 1000).
-Neither can be seen in what it returns. So `loads` parses with orjson and looks at the bytes
-for the two things that can hide:
+Neither can be seen in what it returns. So `loads` parses with orjson and compares what it
+returned with the bytes, in one walk over the value:
 
-- a run of 16 or more digits and points (a number that may hold more than a float's 15
-  significant digits, or an integer past 64 bits);
-- more keys written than parsed. Without a backslash (an escaped quote) or a quote followed by
-  white space in the line, every `":` ends a key, so `line.count(b'":')` must equal the
-  number of keys parsed; otherwise a key may have been given twice.
+- a key given twice leaves its quotes in the bytes: without a backslash in the line (an
+  escaped quote), the line holds exactly two quotes per key and per string of the value;
+- a number only loses digits where orjson returned a float, and then only when the line has a
+  run of 16 or more digits and points.
 
-Only then is the line parsed again with the standard library, exactly: integers as Python
-ints (any length), numbers that a float rounds as Decimals (events.parse_quantity refuses
-them where they are read, and storing refuses them elsewhere), and a key given twice in any
-object is an error. Other lines, nearly all of them, pay two byte scans and a key count.
+Only a line with a backslash, quotes that do not add up, or a float and a long run of digits
+is parsed again with the standard library, exactly: integers as Python ints (any length),
+numbers that a float rounds as Decimals (events.parse_quantity refuses them where they are
+read, and storing refuses them elsewhere), and a key given twice in any object is an error.
+Other lines, nearly all of them, pay one walk over the value and two byte scans.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import orjson
 
 FLOAT_DIGITS = 15
 _LONG_NUMBER = re.compile(rb"[0-9][0-9.]{15}")
-_SPACED = (b"\\", b'" ', b'"\t', b'"\r', b'"\n')
 _MAX_INT_TEXT = 4000  # below Python's 4300-digit limit on int(); longer ones stay Decimal
 
 
@@ -44,32 +43,47 @@ def loads(data: bytes | str) -> Any:
     except orjson.JSONDecodeError as exc:
         raise JsonError(f"invalid JSON: {exc}") from None
     raw = data.encode() if isinstance(data, str) else data
-    if _LONG_NUMBER.search(raw) is None and _plain_keys(raw, value):
-        return value
-    return _exact(raw)
-
-
-def _plain_keys(raw: bytes, value: Any) -> bool:
-    for marker in _SPACED:
-        if marker in raw:
-            return False
+    if b"\\" in raw:
+        return _exact(raw)
     try:
-        return raw.count(b'":') == _keys(value)
+        tally = _tally(value)
     except RecursionError:  # nested past Python's stack: the exact parse says so
-        return False
+        return _exact(raw)
+    if raw.count(b'"') != 2 * (tally & _STRINGS):
+        return _exact(raw)
+    if tally > _STRINGS and _LONG_NUMBER.search(raw) is not None:
+        return _exact(raw)
+    return value
 
 
-def _keys(value: Any) -> int:
+_FLOAT = 1 << 40  # _tally's unit for floats, above the count of keys and strings
+_STRINGS = _FLOAT - 1
+
+
+def _tally(value: Any) -> int:
+    """Keys and strings in a parsed value, plus _FLOAT for each float."""
     kind = type(value)
+    if kind is str:
+        return 1
+    if kind is float:
+        return _FLOAT
     if kind is dict:
         count = len(value)
-        for item in value.values():
-            if type(item) is dict or type(item) is list:
-                count += _keys(item)
-        return count
-    if kind is list:
-        return sum(_keys(item) for item in value if type(item) is dict or type(item) is list)
-    return 0
+        items = value.values()
+    elif kind is list:
+        count = 0
+        items = value
+    else:
+        return 0
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            count += 1
+        elif kind is float:
+            count += _FLOAT
+        elif kind is dict or kind is list:
+            count += _tally(item)
+    return count
 
 
 def _exact(raw: bytes) -> Any:
