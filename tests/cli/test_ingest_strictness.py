@@ -289,3 +289,6 @@ def test_quote_events_hostile_lines_fail_fast(shop: Cli, tmp_path: Path) -> None
             continue
         assert result.exit_code == 1, (name, result.stdout, result.stderr)
         assert f"{path}:1:" in result.stderr and "internal error" not in result.stderr, name
+    for usage in ("api_calls=1_000", "api_calls=\uff11\uff12"):
+        result = shop("catalog", "quote", "pro", "--usage", usage, "--project", "acme")
+        assert result.exit_code == 2 and "is not a number" in result.stderr, usage  # a bad flag
