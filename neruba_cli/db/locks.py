@@ -34,7 +34,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, Engine, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from neruba_cli.db.engine import LEASE_LOCK_WAIT_SECONDS, is_lock_timeout, short_lock_wait
+from neruba_cli.db.engine import (
+    LEASE_LOCK_WAIT_SECONDS,
+    begin_write,
+    is_lock_timeout,
+    short_lock_wait,
+)
 from neruba_cli.db.tables import locks_t
 from neruba_cli.domain.errors import LockHeld, LockLost, NotFound
 from neruba_cli.domain.timestamps import format_ts
@@ -225,8 +230,12 @@ def renew(
 def fenced(engine: Engine, lease: Lease, *, clock: Clock = utcnow) -> Iterator[Connection]:
     """A write transaction of the lease's holder: the block's statements, then the fence as
     the last statement before COMMIT. If the lease is no longer ours, LockLost and nothing of
-    the block is written; if the block raises, the fence does not run and all rolls back."""
-    with engine.begin() as conn:
+    the block is written; if the block raises, the fence does not run and all rolls back.
+
+    On SQLite it takes the write lock at BEGIN (`begin_write`): the block reads before it
+    writes, and a WAL reader that writes later fails outright once another writer committed
+    since its read."""
+    with begin_write(engine) as conn:
         yield conn
         fence(conn, lease, clock=clock)
 
