@@ -101,8 +101,20 @@ def _property(properties: Any, name: Any) -> object:
     return document.get(name) if isinstance(document, dict) else None
 
 
+# PostgreSQL's NUMERIC holds 131072 digits before the point and 16383 after; a JSON number
+# past them fails its query there. Here too, rather than spend minutes writing out the digits
+# of `1e999999999` (a billing run then isolates the customer whose events hold it).
+_NUMERIC_DIGITS = 131072
+
+
+def _bounded(raw: Any) -> Any:
+    if isinstance(raw, Decimal) and raw.is_finite() and abs(raw.adjusted()) > _NUMERIC_DIGITS:
+        raise ValueError(f"property value {raw} is beyond any number a meter reads")
+    return raw
+
+
 def _json_number(properties: Any, name: Any) -> str | None:
-    value = numeric_value(_property(properties, name))
+    value = numeric_value(_bounded(_property(properties, name)))
     return None if value is None else units_text(rounded_units(value))
 
 
@@ -114,7 +126,7 @@ def _numeric_text(value: Any) -> str | None:
 
 
 def _json_key(properties: Any, name: Any) -> str | None:
-    return distinct_key(_property(properties, name))
+    return distinct_key(_bounded(_property(properties, name)))
 
 
 def _mul(value: Any, factor: Any) -> str | None:

@@ -211,3 +211,29 @@ def _problems(report: dict[str, Any]) -> list[str]:
 def _remove_the_event(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(delete(events_t).where(events_t.c.idempotency_key.like("evil-%")))
+
+
+def test_a_number_no_database_can_read_costs_its_customer_only(
+    cli: Cli, engine: Engine, tmp_path: Path
+) -> None:
+    """`"tokens": 1e999999999`, a JSON number past PostgreSQL's NUMERIC (its query fails) and
+    past what SQLite's exact functions write out: the batch is billed customer by customer,
+    and only c1 is skipped."""
+    invoice_shop(cli, tmp_path)
+    store_directly(engine, [hostile("overflow")])
+    with engine.begin() as conn:
+        conn.execute(
+            update(events_t)
+            .where(events_t.c.idempotency_key == "evil-overflow")
+            .values(properties='{"tokens":1e999999999}')
+        )
+
+    report = bill(cli, "--finalize")
+
+    (failure,) = report["failed"]
+    assert failure["customer"] == "c1"
+    assert [(e["idempotency_key"], e["value"]) for e in failure["events"]] == [
+        ("evil-overflow", "1E+999999999")
+    ]
+    assert report["finalized"] == ["ACME-000002"]
+    assert invoices(cli)["ACME-000001"] == ("c1", "draft", "56.75")

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from neruba_cli.db import locks
 from neruba_cli.db.schema import Project
@@ -164,7 +165,13 @@ def _bill_chunk(
     with engine.connect() as conn:
         count_events(conn, project, chunk)
         todo = [item for item in chunk if needs_pricing(item, project)]
-        built, failed = build_each(conn, project, todo) if todo else ({}, {})
+    try:
+        with engine.connect() as conn:
+            built, failed = build_each(conn, project, todo) if todo else ({}, {})
+    except DBAPIError as exc:
+        if not _unreadable_value(exc):
+            raise
+        built, failed = _build_one_by_one(engine, project, todo)
     outcomes: list[Outcome] = []
     for item in chunk:
         if item.key in failed:
@@ -179,6 +186,39 @@ def _bill_chunk(
         except Unbillable as exc:  # its correction does not fit: checked before any write
             report.failed.append(_failure(engine, project, item, exc))
     return outcomes
+
+
+def _unreadable_value(exc: DBAPIError) -> bool:
+    """The database could not read a stored value as a number (PostgreSQL: a JSON number past
+    NUMERIC's range; SQLite: the same refused by the exact functions), as opposed to a
+    database that is down, locked or out of resources (those stop the run)."""
+    if exc.connection_invalidated:
+        return False
+    if isinstance(exc, DataError):
+        return True
+    return isinstance(exc, OperationalError) and "user-defined function raised" in str(exc)
+
+
+def _build_one_by_one(
+    engine: Engine, project: Project, items: list[WorkItem]
+) -> tuple[dict[Any, BuiltInvoice], dict[Any, Unbillable]]:
+    """A batch whose aggregation the database refused: each customer on its own, so only the
+    one whose events hold the unreadable value is skipped."""
+    built: dict[Any, BuiltInvoice] = {}
+    failed: dict[Any, Unbillable] = {}
+    for item in items:
+        try:
+            with engine.connect() as conn:
+                one, bad = build_each(conn, project, [item])
+        except DBAPIError as exc:
+            if not _unreadable_value(exc):
+                raise
+            reason = str(exc.orig).strip().splitlines()[0][:300] if exc.orig else str(exc)[:300]
+            failed[item.key] = Unbillable(f"its usage cannot be aggregated: {reason}")
+            continue
+        built.update(one)
+        failed.update(bad)
+    return built, failed
 
 
 def _failure(engine: Engine, project: Project, item: WorkItem, error: Unbillable) -> Failure:
