@@ -23,10 +23,11 @@ from typing import Any
 
 from neruba_cli.domain.aggregation import NUMERIC_STRING
 from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.events import MAX_INTEGER_DIGITS
 from neruba_cli.domain.ledger import MAX_MINOR
 from neruba_cli.domain.money import MAX_AMOUNT, exponent
 
-MAX_READING_DIGITS = 26  # integer digits of DECIMAL(38, 12)
+MAX_READING_DIGITS = MAX_INTEGER_DIGITS  # of DECIMAL(38, 12); the bound ingest checks too
 _SHORT = Context(prec=7)
 
 
