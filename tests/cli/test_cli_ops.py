@@ -72,6 +72,7 @@ def test_init_writes_config_and_migrates(bare_cli: Cli, isolated: Path) -> None:
         "schema",
         "locks",
         "runs",
+        "unbilled",
         "imports",
         "webhooks",
         "stripe",
