@@ -381,8 +381,8 @@ def explain_error(exc: Exception, url: str) -> NerubaError:
     text = redact_message(text, url)
     if is_lock_timeout(exc):
         return LockHeld(
-            f"gave up waiting (at most {LOCK_WAIT_SECONDS} s) for rows another transaction "
-            f"holds locked (database {display_url(url)}: {text})",
+            f"database {display_url(url)}: gave up waiting (at most {LOCK_WAIT_SECONDS} s) "
+            f"for a lock another transaction holds ({text})",
             hint="another neruba process may be paused or stuck; `neruba locks list` shows "
             "which job holds which lease; try again when it has finished",
         )

@@ -1,4 +1,4 @@
-"""A database that goes away in the middle of a run: a clear error, exit 1, and a clean rerun.
+"""A database that goes away in the middle of a run: one clear error, and a clean rerun.
 
 `neruba ingest BIGFILE` and `neruba run bill --period P --finalize` run as real subprocesses.
 Once the run has committed something (the test polls the database), the test freezes it
@@ -17,9 +17,9 @@ outage with work left to do:
 
 The subprocesses also write invoices in batches of 20 instead of 100 (as the runner of
 tests/support/workload.py does): more commits to stop between. After the outage the run must
-exit 1 within a hang guard, with one line of error on stderr (JSON with --json) that names the
-database (password hidden) and no traceback. Then the database comes back and the same command
-is run again:
+exit 1 (SQLite, locked by another process: exit 5, busy) within a hang guard, with one line of
+error on stderr (JSON with --json) that names the database (password hidden) and no traceback.
+Then the database comes back and the same command is run again:
 
 - ingest: exit 0; the events are the file's keys exactly once (the rerun accepts exactly what
   the interrupted run had not committed, and counts the rest as duplicates);
@@ -96,7 +96,11 @@ main()
 
 
 class Outage:
-    """Takes one database away and brings it back."""
+    """Takes one database away and brings it back. `exit_code` is what the run meets: a server
+    that is gone is an error (1); a SQLite database another process keeps locked past the busy
+    timeout is busy (5, like a held lease: try again when the other process is done)."""
+
+    exit_code = 1
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -123,6 +127,8 @@ class ServerOutage(Outage):
 class SQLiteLockOutage(Outage):
     """Another process (this test) holds the write lock; the frozen run is let go a moment at a
     time until the lock is ours, i.e. until it is frozen outside any write transaction."""
+
+    exit_code = 5
 
     def __init__(self, url: str, path: Path) -> None:
         super().__init__(url)
@@ -258,13 +264,13 @@ def interrupt(
     return process.returncode, out, err
 
 
-def assert_one_clear_error(err: str, url: str) -> None:
+def assert_one_clear_error(err: str, outage: Outage) -> None:
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     error = orjson.loads(lines[0])["error"]
-    assert error["exit_code"] == 1, error
-    assert error["message"].startswith(f"database {redact(url)}: "), error
+    assert error["exit_code"] == outage.exit_code, error
+    assert error["message"].startswith(f"database {redact(outage.url)}: "), error
     assert "internal error" not in error["message"], error
 
 
@@ -291,8 +297,8 @@ def test_ingest_when_the_database_goes_away_exits_1_and_a_rerun_completes_it(
 
     process = spawn(outage.url, tmp_path, "ingest", str(source))
     code, out, err = interrupt(process, outage, lambda: count(db, Event) > 0)
-    assert code == 1 and out == "", (code, out, err)
-    assert_one_clear_error(err, outage.url)
+    assert code == outage.exit_code and out == "", (code, out, err)
+    assert_one_clear_error(err, outage)
     outage.end()
 
     kept = count(db, Event)
@@ -332,8 +338,8 @@ def test_a_billing_run_when_the_database_goes_away_exits_1_and_a_rerun_is_exact(
 
     process = spawn(outage.url, tmp_path, *command, "--finalize")
     code, out, err = interrupt(process, outage, lambda: count(db, Invoice) > 0)
-    assert code == 1 and out == "", (code, out, err)
-    assert_one_clear_error(err, outage.url)
+    assert code == outage.exit_code and out == "", (code, out, err)
+    assert_one_clear_error(err, outage)
     outage.end()
 
     written = invoices(db)
