@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from neruba_cli.domain.errors import InvalidInput
-from neruba_cli.domain.events import MAX_KEY, Rejected, parse_timestamp
+from neruba_cli.domain.events import MAX_KEY, Rejected, identifier, parse_timestamp
 from neruba_cli.domain.money import decimal_text, exponent, parse_amount
 
 FIELDS = frozenset({"type", "idempotency_key", "customer", "amount", "description", "timestamp"})
@@ -41,7 +41,7 @@ def validate_charge(
     for name in raw:
         if name not in FIELDS:
             raise Rejected(f"unknown field {name!r} for a charge")
-    key = _text(raw, "idempotency_key")
+    key = identifier(_text(raw, "idempotency_key"), "idempotency_key")
     if len(key) > MAX_KEY:
         raise Rejected(f"idempotency_key is longer than {MAX_KEY} characters")
     description = _text(raw, "description")
@@ -57,7 +57,8 @@ def validate_charge(
     timestamp = now if stamp is None else parse_timestamp(stamp, assume_tz)
     if timestamp - now > max_future:
         raise Rejected("timestamp is in the future beyond the allowed skew")
-    return ChargeInput(key, _text(raw, "customer"), amount, description, timestamp)
+    customer = identifier(_text(raw, "customer"), "customer")
+    return ChargeInput(key, customer, amount, description, timestamp)
 
 
 def check_currency(charge: ChargeInput, currency: str) -> None:

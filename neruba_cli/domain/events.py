@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from neruba_cli.domain.keys import looks_like_secret
 from neruba_cli.domain.money import canonical, decimal_from_text, decimal_text
 from neruba_cli.domain.suggest import did_you_mean
 from neruba_cli.domain.timestamps import MIN_YEAR, parse_rfc3339
@@ -117,10 +118,10 @@ class EventChecker:
         kind = raw.get("type", "event")
         if kind != "event":
             raise Rejected(f"type {kind!r} is not event or charge")
-        key = _text(raw, "idempotency_key")
+        key = identifier(_text(raw, "idempotency_key"), "idempotency_key")
         if len(key) > MAX_KEY:
             raise Rejected(f"idempotency_key is longer than {MAX_KEY} characters")
-        customer = _text(raw, "customer")
+        customer = identifier(_text(raw, "customer"), "customer")
         meter = _text(raw, "meter")
         timestamp = parse_timestamp(raw.get("timestamp"), self.assume_tz)
         latest = self.latest
@@ -182,6 +183,16 @@ def _quantity(given: Any) -> tuple[Decimal, str]:
             _QUANTITIES.clear()
         _QUANTITIES[given] = found
     return found
+
+
+def identifier(value: str, name: str) -> str:
+    """An id stored in clear (an idempotency key, a customer id) must not be a secret pasted
+    into the wrong field: the line is rejected, and the reason does not repeat the value."""
+    if "_" in value and looks_like_secret(value):
+        raise Rejected(
+            f"{name} looks like a secret (an API key, invite token or Stripe key), not an id"
+        )
+    return value
 
 
 def _text(raw: dict[str, Any], name: str) -> str:

@@ -7,6 +7,7 @@ or argument, a rejected row for a file, and a message that names the field, not 
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from sqlalchemy import Engine
 
@@ -14,6 +15,7 @@ from neruba_cli.db.schema import Base
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.keys import compose, looks_like_secret, refuse_secret
 from neruba_cli.services.tenancy.tokens import new_secret
+from tests.support.catalogs import EXAMPLE
 from tests.support.cli import Cli
 
 SECRET = new_secret("nrb_live_")
@@ -94,3 +96,39 @@ def test_a_project_slug_cannot_be_one(shop: Cli) -> None:
     result = shop("project", "create", LOWER_CASE, "--json")
     assert result.exit_code == 2 and "looks like a secret" in result.error()["message"]
     assert LOWER_CASE[9:] not in result.stderr
+
+
+def test_an_event_or_charge_keyed_by_a_secret_is_rejected_and_the_others_stored(
+    shop: Cli, engine: Engine
+) -> None:
+    """Idempotency keys and customer ids of events and charges are stored in clear: a pasted
+    secret there rejects its line, with a reason that does not repeat it."""
+    assert shop("customer", "create", "c1", "--project", "acme").exit_code == 0
+    assert shop("catalog", "apply", str(EXAMPLE), "--project", "acme").exit_code == 0
+    ts = "2026-10-03T12:00:00Z"
+    lines = [
+        {"idempotency_key": SECRET, "customer": "c1", "meter": "api_calls", "timestamp": ts},
+        {"idempotency_key": "e2", "customer": SECRET, "meter": "api_calls", "timestamp": ts},
+        {
+            "type": "charge",
+            "idempotency_key": f"setup-{SECRET}",
+            "customer": "c1",
+            "amount": "5.00",
+            "description": "Setup",
+            "timestamp": ts,
+        },
+        {"idempotency_key": "e4", "customer": "c1", "meter": "api_calls", "timestamp": ts},
+    ]
+    with open("usage.jsonl", "w", encoding="utf-8") as file:
+        file.writelines(orjson.dumps(line).decode() + "\n" for line in lines)
+    result = shop("ingest", "usage.jsonl", "--project", "acme", "--json")
+    assert result.exit_code == 3, result
+    summary = result.json()
+    assert (summary["accepted"], summary["rejected"]) == (1, 3)
+    shape = "looks like a secret (an API key, invite token or Stripe key), not an id"
+    assert {item["line"]: item["reason"] for item in summary["rejects"]} == {
+        1: f"idempotency_key {shape}",
+        2: f"customer {shape}",
+        3: f"idempotency_key {shape}",
+    }
+    _nowhere_in_the_database(engine, SECRET)
