@@ -39,6 +39,9 @@ INVITE_PATTERN = re.compile(r"^nrb_inv_[0-9A-Za-z]{38}$")
 # `export` moves an incremental export's state (`export ... --name`: its watermark and lease);
 # it is last so that the scopes of keys stored before it existed keep their canonical order.
 SCOPES: tuple[str, ...] = ("ingest", "billing", "credits", "read", "admin", "export")
+# A scope a key holds without naming it: `admin` (which already moves every other kind of
+# project state) may also move an export's, so keys made before `export` existed keep working.
+IMPLIED_BY: dict[str, frozenset[str]] = {"export": frozenset({"admin"})}
 ROLES: dict[str, frozenset[str]] = {
     "viewer": frozenset({"read"}),
     "billing": frozenset({"read", "billing", "credits", "ingest"}),
@@ -132,6 +135,11 @@ def role_scopes(role: str) -> frozenset[str]:
         return ROLES[role]
     except KeyError:
         raise InvalidInput(f"unknown role {role!r}", hint=f"roles: {', '.join(ROLES)}") from None
+
+
+def holds_scope(scopes: frozenset[str], scope: str) -> bool:
+    """Whether a key with `scopes` may do what `scope` allows (named or implied)."""
+    return scope in scopes or not scopes.isdisjoint(IMPLIED_BY.get(scope, ()))
 
 
 def format_scopes(scopes: Iterable[str]) -> str:

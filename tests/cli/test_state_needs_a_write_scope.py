@@ -115,3 +115,21 @@ def test_a_blank_api_key_is_an_error_not_the_operator(shop: Cli, blank: str) -> 
         assert "unset it to run as the local operator" in error["hint"]
     listed = shop("project", "list", "--json").json()
     assert [project["slug"] for project in listed] == ["acme"]
+
+
+def test_an_admin_key_that_reads_may_run_a_named_export(shop: Cli, engine: Engine) -> None:
+    """`admin` moves every other kind of project state, so it implies `export`."""
+    admin = _key(shop, "read,admin")
+    result = shop(
+        "export",
+        "events",
+        "--name",
+        "warehouse",
+        "--output",
+        "ev.csv",
+        "--json",
+        env={"NERUBA_API_KEY": admin},
+    )
+    assert result.exit_code == 0, result.stderr
+    assert _watermarks(engine) == 1
+    assert [r["outcome"] for r in _audited(shop, "export events")] == ["ok"]

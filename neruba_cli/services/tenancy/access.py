@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from neruba_cli.db.schema import ApiKey, Project
 from neruba_cli.domain import lock_names
 from neruba_cli.domain.errors import NerubaError
-from neruba_cli.domain.keys import SCOPES, hash_secret, parse_secret, same_hash
+from neruba_cli.domain.keys import SCOPES, hash_secret, holds_scope, parse_secret, same_hash
 from neruba_cli.domain.timestamps import format_ts
 
 OPERATOR = "operator"  # only the local operator, never a key
@@ -127,7 +127,7 @@ def authorize(access: Access, *, scope: str, command: str) -> None:
         return
     if scope == OPERATOR:
         raise operator_only(command)
-    if scope not in key.scopes:
+    if not holds_scope(key.scopes, scope):
         raise AccessDenied(
             f"API key {key.key_id} lacks the {scope!r} scope that `neruba {command}` needs",
             hint=f"the key has: {', '.join(sorted(key.scopes))}",
