@@ -262,6 +262,32 @@ def fence(conn: Connection, lease: Lease, *, clock: Clock = utcnow) -> None:
         )
 
 
+class Holding:
+    """A lease held through long work (a Stripe push or pull, a retention run): every write
+    transaction of the work through `write()`, fenced, and the lease renewed first (in a
+    transaction of its own) once a third of its ttl has passed, so it never lapses under a
+    live holder however long the work takes between two writes. Passed down to the services
+    that write for the holder, so none of them opens an unfenced transaction."""
+
+    def __init__(
+        self, engine: Engine, lease: Lease, *, ttl: timedelta = DEFAULT_TTL, clock: Clock = utcnow
+    ) -> None:
+        self.engine, self.lease, self.ttl, self.clock = engine, lease, ttl, clock
+
+    def renew_when_due(self) -> None:
+        """Renew once a third of the ttl has passed (LockLost if the lease is gone)."""
+        if self.lease.expires_at - self.clock() < self.ttl * 2 / 3:
+            self.lease = renew(self.engine, self.lease, ttl=self.ttl, clock=self.clock)
+
+    def write(self) -> AbstractContextManager[Connection]:
+        """A write transaction of the holder (`fenced`), the lease renewed first when due."""
+        self.renew_when_due()
+        return fenced(self.engine, self.lease, clock=self.clock)
+
+    def release(self) -> bool:
+        return release(self.engine, self.lease)
+
+
 def release(engine: Engine, lease: Lease) -> bool:
     """Give the lease back; False when it had already expired and been taken over (or its row
     stayed locked: the lease then ends at its expiry)."""

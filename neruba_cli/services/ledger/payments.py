@@ -13,6 +13,7 @@ invoice, amount and reference is a no-op; with others it is an error.
 from __future__ import annotations
 
 import hashlib
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ import orjson
 from sqlalchemy import Connection, Engine, Row, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from neruba_cli.db import locks
 from neruba_cli.db.engine import begin_write
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.retry import retrying
@@ -72,25 +74,43 @@ def _invoice(conn: Connection, project: Project, number: str, *, lock: bool) -> 
     return row
 
 
+def _transaction(engine: Engine, lease: locks.Lease | None) -> AbstractContextManager[Connection]:
+    """The write transaction: fenced by the caller's lease when it holds one (a Stripe
+    applier), so a caller whose lease is gone records nothing."""
+    return begin_write(engine) if lease is None else locks.fenced(engine, lease)
+
+
 def record(
-    engine: Engine, project: Project, request: PaymentRequest, *, actor: str, now: datetime
+    engine: Engine,
+    project: Project,
+    request: PaymentRequest,
+    *,
+    actor: str,
+    now: datetime,
+    lease: locks.Lease | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Record a payment; (payment, created)."""
+    """Record a payment; (payment, created). With `lease`, the transaction is fenced by it."""
 
     def attempt() -> tuple[dict[str, Any], bool]:
         try:
-            return _record(engine, project, request, actor=actor, now=now)
+            return _record(engine, project, request, actor=actor, now=now, lease=lease)
         except IntegrityError:
             if request.idempotency_key is None and request.reference is None:
                 raise
             # The same payment recorded by another process meanwhile: compare with it.
-            return _record(engine, project, request, actor=actor, now=now)
+            return _record(engine, project, request, actor=actor, now=now, lease=lease)
 
     return retrying(attempt)
 
 
 def _record(
-    engine: Engine, project: Project, request: PaymentRequest, *, actor: str, now: datetime
+    engine: Engine,
+    project: Project,
+    request: PaymentRequest,
+    *,
+    actor: str,
+    now: datetime,
+    lease: locks.Lease | None,
 ) -> tuple[dict[str, Any], bool]:
     received_at = request.at or now
     if received_at > now:
@@ -98,7 +118,7 @@ def _record(
     reference = None if request.reference is None else request.reference.strip()
     if reference is not None and not reference:
         raise InvalidInput("--reference is empty")
-    with begin_write(engine) as conn:
+    with _transaction(engine, lease) as conn:
         invoice = _invoice(conn, project, request.invoice, lock=True)
         if invoice.status not in settlement.FINAL:
             raise InvalidInput(
@@ -221,11 +241,15 @@ def refund(
     idempotency_key: str | None,
     actor: str,
     now: datetime,
+    lease: locks.Lease | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Pay back (part of) what a payment settled: the invoice owes it again. An overpayment's
-    credit is returned by revoking its grant (`credits revoke`)."""
+    credit is returned by revoking its grant (`credits revoke`). With `lease`, the
+    transaction is fenced by it."""
     return retrying(
-        lambda: _refund(engine, project, payment_id, amount, reason, idempotency_key, actor, now)
+        lambda: _refund(
+            engine, project, payment_id, amount, reason, idempotency_key, actor, now, lease
+        )
     )
 
 
@@ -238,8 +262,9 @@ def _refund(
     idempotency_key: str | None,
     actor: str,
     now: datetime,
+    lease: locks.Lease | None,
 ) -> tuple[dict[str, Any], bool]:
-    with begin_write(engine) as conn:
+    with _transaction(engine, lease) as conn:
         payment = conn.execute(
             select(payments_t)
             .where(payments_t.c.project_id == project.id, payments_t.c.id == payment_id)

@@ -18,6 +18,7 @@ events, across customers and meters, and is rewritten in one transaction.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -64,15 +65,18 @@ def rewrite(
     write: bool,
     batch_size: int = BATCH,
     before_commit: BeforeCommit | None = None,
+    transaction: Callable[[], AbstractContextManager[Connection]] | None = None,
 ) -> Iterator[Batch]:
     """Rewrite the selected events' properties through `key_filter`; yields each batch once it
     is committed. `before_commit` runs inside each writing transaction that changed events
-    (to keep a run's counters in step with the events it changed)."""
+    (to keep a run's counters in step with the events it changed). `transaction` opens each
+    batch's transaction (default `engine.begin`; a lease holder passes its fenced one)."""
     if batch_size <= 0:
         raise ValueError("batch_size must be positive")
     pages = _Pages(selection)
+    begin = transaction or engine.begin
     while not pages.done:
-        with engine.begin() as conn:
+        with begin() as conn:
             rows = pages.read(conn, batch_size)
             changes = []
             removed = 0

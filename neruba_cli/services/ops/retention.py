@@ -4,9 +4,11 @@ The rule of which months qualify and which properties go is in domain/retention.
 module gathers the facts (invoices per month, event counts per customer period, Stripe links),
 then rewrites the events' `properties` in batches of `BATCH` events, one transaction each
 (services/ops/event_properties.py, which pages along the events index), under a lease so that
-two operators never run it at once. Each batch rewrites only events
-that still carry a droppable key, so a run that was killed is finished by running the command
-again (it finds the same months, and the events already done have nothing left to drop).
+two operators never run it at once; every write of a run is fenced by that lease, so a run that
+lost it (paused past its expiry, released by an operator) writes nothing more. Each batch
+rewrites only events that still carry a droppable key, so a run that was killed is finished by
+running the command again (it finds the same months, and the events already done have nothing
+left to drop).
 `retention_runs` records each run: the months, what was kept, how many events changed. A run
 whose process was killed stays `running` until the next run takes the lease: that run marks
 it `failed` (its `finished_at` stays empty, and `retention list` shows it as abandoned).
@@ -30,6 +32,7 @@ from neruba_cli.db.tables import invoices_t, meters_t, retention_runs_t, stripe_
 from neruba_cli.domain import lock_names
 from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.catalog import parse_catalog
+from neruba_cli.domain.errors import LockLost
 from neruba_cli.domain.retention import (
     Age,
     MonthFacts,
@@ -262,10 +265,14 @@ def apply(
     the command's clock: the run's start and finish are recorded with it. An `as_of` after
     `now` is refused: it would make months eligible that are not old enough yet."""
     check_as_of(as_of, now)
-    lease = None if dry_run else locks.acquire(engine, lock_names.retention(project.slug))
+    holding = (
+        None
+        if dry_run
+        else locks.Holding(engine, locks.acquire(engine, lock_names.retention(project.slug)))
+    )
     try:
-        if lease is not None:
-            close_abandoned(engine, project)
+        if holding is not None:
+            close_abandoned(holding, project)
         with engine.connect() as conn:
             planned = plan(conn, project, age, as_of)
         report = RetentionReport(
@@ -283,38 +290,45 @@ def apply(
             kept_properties=sorted(planned.kept),
             events_in_periods=planned.events_in_scope,
         )
-        if report.run is not None:
-            _open_run(engine, project, report, actor, now)
+        if holding is not None and report.run is not None:
+            _open_run(holding, project, report, actor, now)
         advance = progress_total(planned.events_in_scope) if progress_total else (lambda _n: None)
         scanned = 0
         try:
             for scope in planned.scopes:
                 for window, customer_ids in scope.windows.items():
                     for seen in _rewrite(
-                        engine, project, report, planned.kept, window, customer_ids, batch_size
+                        engine,
+                        holding,
+                        project,
+                        report,
+                        planned.kept,
+                        window,
+                        customer_ids,
+                        batch_size,
                     ):
                         scanned += seen
                         advance(scanned)
-                        if lease is not None:
-                            lease = locks.renew(engine, lease)
+        except LockLost:
+            raise  # not ours to close any more: the next run marks it failed (abandoned)
         except BaseException:
-            if report.run is not None:
-                _close_run(engine, report, status="failed", now=now)
+            if holding is not None and report.run is not None:
+                _close_run(holding, report, status="failed", now=now)
             raise
-        if report.run is not None:
-            _close_run(engine, report, status="completed", now=now)
+        if holding is not None and report.run is not None:
+            _close_run(holding, report, status="completed", now=now)
         return report
     finally:
-        if lease is not None:
-            locks.release(engine, lease)
+        if holding is not None:
+            holding.release()
 
 
-def close_abandoned(engine: Engine, project: Project) -> int:
+def close_abandoned(holding: locks.Holding, project: Project) -> int:
     """Runs of the project still `running` while this one holds the retention lease lost
     their lease, so their process stopped (killed) before finishing: mark them failed so they
     stop looking in progress. Called before this run's own row exists. `finished_at` stays
     empty: when they stopped is not known; `retention list` shows them as abandoned."""
-    with engine.begin() as conn:
+    with holding.write() as conn:
         closed = conn.execute(
             update(retention_runs_t)
             .where(
@@ -327,6 +341,7 @@ def close_abandoned(engine: Engine, project: Project) -> int:
 
 def _rewrite(
     engine: Engine,
+    holding: locks.Holding | None,
     project: Project,
     report: RetentionReport,
     kept: frozenset[str],
@@ -335,7 +350,8 @@ def _rewrite(
     batch_size: int,
 ) -> Iterator[int]:
     """Rewrite the window's events of these customers, a batch per transaction together
-    with the run's counters. Yields how many events each batch read."""
+    with the run's counters, each fenced by the run's lease (`holding`; None for a dry run,
+    which writes nothing). Yields how many events each batch read."""
     start, end = window
 
     def count(conn: Connection, batch: event_properties.Batch) -> None:
@@ -355,6 +371,7 @@ def _rewrite(
         write=not report.dry_run,
         batch_size=batch_size,
         before_commit=None if report.dry_run else count,
+        transaction=None if holding is None else holding.write,
     ):
         report.events += batch.events  # counted once the batch is committed
         report.properties_dropped += batch.removed
@@ -362,9 +379,9 @@ def _rewrite(
 
 
 def _open_run(
-    engine: Engine, project: Project, report: RetentionReport, actor: str, now: datetime
+    holding: locks.Holding, project: Project, report: RetentionReport, actor: str, now: datetime
 ) -> None:
-    with engine.begin() as conn:
+    with holding.write() as conn:
         conn.execute(
             insert(retention_runs_t).values(
                 id=report.run,
@@ -382,8 +399,10 @@ def _open_run(
         )
 
 
-def _close_run(engine: Engine, report: RetentionReport, *, status: str, now: datetime) -> None:
-    with engine.begin() as conn:
+def _close_run(
+    holding: locks.Holding, report: RetentionReport, *, status: str, now: datetime
+) -> None:
+    with holding.write() as conn:
         conn.execute(
             update(retention_runs_t)
             .where(retention_runs_t.c.id == report.run)

@@ -4,7 +4,8 @@ Stripe reports running totals: an invoice's `amount_paid`, a charge's `amount_re
 records the difference to what it already holds from Stripe as one payment (or refund) whose
 idempotency key names the Stripe object and that running total, so a pull and a webhook that
 both see the same state record it once, and an older state seen late records nothing. One lease
-per project serialises the read-then-record step.
+per project serialises the read-then-record step, and fences the record: an applier whose lease
+expired (paused past it) or was released records nothing (LockLost, exit 5).
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ def apply_invoice(
             at=_paid_at(obj, invoice.finalized_at, now),
             idempotency_key=stripe_keys.paid_key(obj["id"], paid),
         )
-        payment, _created = payments.record(engine, project, request, actor=actor, now=now)
+        payment, _created = payments.record(
+            engine, project, request, actor=actor, now=now, lease=lease
+        )
     finally:
         locks.release(engine, lease)
     return (
@@ -138,6 +141,7 @@ def apply_charge(
                 idempotency_key=stripe_keys.refunded_key(charge, refunded, payment.id),
                 actor=actor,
                 now=now,
+                lease=lease,
             )
             left -= part
     finally:

@@ -19,12 +19,11 @@ import orjson
 from sqlalchemy import Connection, Engine, insert, or_, select, update
 
 from neruba_cli.db import locks
-from neruba_cli.db.engine import begin_write
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import stripe_cursors_t, stripe_objects_t
 from neruba_cli.domain import lock_names
-from neruba_cli.domain.errors import NerubaError
+from neruba_cli.domain.errors import LockLost, NerubaError
 from neruba_cli.services.stripe import gateway as stripe_gateway
 from neruba_cli.services.stripe import mirror as stripe_mirror
 from neruba_cli.services.stripe import payments as stripe_payments
@@ -77,20 +76,20 @@ def pull(
     refunds in the ledger."""
     client = gateway()
     report = PullReport(since)
-    lease = locks.acquire(engine, lock_names.stripe_pull(project.slug))
+    holding = locks.Holding(engine, locks.acquire(engine, lock_names.stripe_pull(project.slug)))
     try:
         for resource, kind in PULLED:
-            _sweep(engine, project, client, resource, kind, since, now, report, progress)
-            lease = locks.renew(engine, lease)
+            _sweep(holding, project, client, resource, kind, since, now, report, progress)
         if apply:
+            holding.renew_when_due()
             _apply(engine, project, report, actor=actor, now=now)
     finally:
-        locks.release(engine, lease)
+        holding.release()
     return report
 
 
 def _sweep(
-    engine: Engine,
+    holding: locks.Holding,
     project: Project,
     client: Gateway,
     resource: str,
@@ -100,7 +99,7 @@ def _sweep(
     report: PullReport,
     progress: Callable[[str, int], None] | None,
 ) -> None:
-    sweep, after, seen, started = _start(engine, project, kind, since, now, report)
+    sweep, after, seen, started = _start(holding, project, kind, since, now, report)
     while True:
         params: dict[str, Any] = {"limit": stripe_gateway.PAGE_SIZE}
         if after is not None:
@@ -108,7 +107,7 @@ def _sweep(
         if since is not None:
             params["created"] = {"gte": int(since.timestamp())}
         page, more = client.list_page(resource, params)
-        with begin_write(engine) as conn:
+        with holding.write() as conn:
             for obj in page:
                 stripe_mirror.upsert(conn, project, obj, observed_at=now, sweep=sweep)
             seen += len(page)
@@ -124,7 +123,7 @@ def _sweep(
             progress(kind, seen)
         if not more or not page:
             break
-    with begin_write(engine) as conn:
+    with holding.write() as conn:
         report.deleted[kind] = _mark_deleted(conn, project, kind, sweep, since, started)
         conn.execute(
             update(stripe_cursors_t)
@@ -135,7 +134,7 @@ def _sweep(
 
 
 def _start(
-    engine: Engine,
+    holding: locks.Holding,
     project: Project,
     kind: str,
     since: datetime | None,
@@ -143,7 +142,7 @@ def _start(
     report: PullReport,
 ) -> tuple[str, str | None, int, datetime]:
     """The sweep to continue (an unfinished one with the same --since) or a new one."""
-    with begin_write(engine) as conn:
+    with holding.write() as conn:
         row = conn.execute(
             select(stripe_cursors_t).where(
                 stripe_cursors_t.c.project_id == project.id, stripe_cursors_t.c.object == kind
@@ -232,6 +231,8 @@ def _apply(
             obj = orjson.loads(row.data)
             try:
                 message = apply(engine, project, obj, actor=actor, now=now)
+            except LockLost:
+                raise  # the applier's lease is gone: it must stop writing (exit 5)
             except NerubaError as exc:
                 report.errors.append(f"{obj['id']}: {exc}")
                 continue

@@ -22,7 +22,6 @@ import orjson
 from sqlalchemy import Connection, Engine, Row, insert, select, update
 
 from neruba_cli.db import locks
-from neruba_cli.db.engine import begin_write
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import customers_t, stripe_links_t
@@ -117,11 +116,11 @@ def push(
             report.outcomes = [_plan(conn, project, row, replace) for row in rows]
         return report
     client = gateway()
-    lease = locks.acquire(engine, lock_names.stripe_push(project.slug))
+    holding = locks.Holding(engine, locks.acquire(engine, lock_names.stripe_push(project.slug)))
     try:
         advance = progress(len(rows)) if progress else (lambda _n: None)
         for done, row in enumerate(rows, start=1):
-            pusher = _Pusher(engine, project, client, row, now)
+            pusher = _Pusher(holding, project, client, row, now)
             try:
                 report.outcomes.append(pusher.run(replace=row.number in replace))
             except StripeFailure as exc:
@@ -129,9 +128,9 @@ def push(
                     raise  # Stripe unreachable or the key refused: stop, a rerun resumes
                 report.outcomes.append(Outcome(row.number, row.kind, "failed", error=exc.message))
             advance(done)
-            lease = locks.renew(engine, lease)
+            holding.renew_when_due()
     finally:
-        locks.release(engine, lease)
+        holding.release()
     return report
 
 
@@ -225,18 +224,22 @@ def _plan(conn: Connection, project: Project, row: Row[Any], replace: Sequence[s
 
 
 class _Pusher:
-    """The steps for one invoice; each records its result before the next one starts."""
+    """The steps for one invoice; each records its result before the next one starts, in a
+    write transaction fenced by the push's lease (`holding`). Stripe is called between those
+    transactions, never inside one: a push that lost its lease after a Stripe call records
+    nothing of it, and the next push finds what that call made (by idempotency key within
+    Stripe's 24 hours, else by metadata) instead of making it again."""
 
     def __init__(
-        self, engine: Engine, project: Project, gateway: Gateway, row: Row[Any], now: datetime
+        self,
+        holding: locks.Holding,
+        project: Project,
+        gateway: Gateway,
+        row: Row[Any],
+        now: datetime,
     ) -> None:
-        self.engine, self.project, self.gateway, self.row, self.now = (
-            engine,
-            project,
-            gateway,
-            row,
-            now,
-        )
+        self.holding, self.engine = holding, holding.engine
+        self.project, self.gateway, self.row, self.now = project, gateway, row, now
 
     def run(self, *, replace: bool) -> Outcome:
         row = self.row
@@ -260,7 +263,7 @@ class _Pusher:
     # -- links ----------------------------------------------------------------------------
 
     def _ensure_link(self) -> Row[Any]:
-        with begin_write(self.engine) as conn:
+        with self.holding.write() as conn:
             link = _link(conn, self.project, self.row.id)
             if link is None:
                 conn.execute(
@@ -289,7 +292,7 @@ class _Pusher:
         return link
 
     def _record(self, **values: Any) -> Row[Any]:
-        with begin_write(self.engine) as conn:
+        with self.holding.write() as conn:
             conn.execute(
                 update(stripe_links_t)
                 .where(
@@ -307,7 +310,7 @@ class _Pusher:
             return stripe_mirror.is_live(conn, self.project, stripe_id)
 
     def _mirror(self, obj: dict[str, Any]) -> None:
-        with begin_write(self.engine) as conn:
+        with self.holding.write() as conn:
             stripe_mirror.upsert(conn, self.project, obj, observed_at=self.now)
 
     # -- invoices -------------------------------------------------------------------------
@@ -423,7 +426,7 @@ class _Pusher:
         created = self.gateway.create(
             "customers", params, key=stripe_keys.customer_key(self.project.id, customer.id)
         )
-        with begin_write(self.engine) as conn:
+        with self.holding.write() as conn:
             conn.execute(
                 update(customers_t)
                 .where(customers_t.c.id == customer.id, customers_t.c.stripe_id.is_(None))
