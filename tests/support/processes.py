@@ -192,3 +192,29 @@ def assert_taken_over(engine: Engine, cli: Cli, left: dict[str, Any]) -> None:
     assert held_lock(cli, left["name"]) is None, left
     state = locks.get(engine, left["name"])
     assert state is not None and state.token > left["token"], (state, left)
+
+
+class ReleaseFromAnotherProcess:
+    """An operator's `neruba locks release NAME --yes`, run in a process of its own each time
+    it is called (from a test double's hook, while the holder is between two writes). A hook
+    may run on another thread, whose assertion errors nobody would see: the outcomes are kept,
+    and the test asserts them with `assert_released_once`."""
+
+    def __init__(self, db_url: str, name: str) -> None:
+        self.db_url, self.name = db_url, name
+        self.outcomes: list[tuple[int, str]] = []
+
+    def __call__(self) -> None:
+        done = subprocess.run(
+            neruba_argv(self.db_url, "locks", "release", self.name, "--yes", "--json"),
+            capture_output=True,
+            text=True,
+            env={**os.environ, **ENV},
+            timeout=120,
+        )
+        self.outcomes.append((done.returncode, done.stdout + done.stderr))
+
+    def assert_released_once(self) -> None:
+        assert len(self.outcomes) == 1, self.outcomes
+        code, output = self.outcomes[0]
+        assert code == 0 and self.name in output, output[-2000:]

@@ -1,17 +1,20 @@
 """Fault injection: 429, 500, timeouts, dropped and hung connections, before or after a
-request is applied."""
+request is applied; and "call", which runs a test's callable at that point and then answers
+normally (to make something happen elsewhere while the client waits on Stripe, e.g. an
+operator releasing the client's lease)."""
 
 from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tests.fakes.stripe.errors import FakeStripeError
 from tests.fakes.stripe.store import Store
 from tests.fakes.stripe.wire import Reply, RequestHandler, RequestLog, dump_json
 
-FAULT_ACTIONS = frozenset({"429", "500", "timeout", "drop", "hang"})
+FAULT_ACTIONS = frozenset({"429", "500", "timeout", "drop", "hang", "call"})
 FAULT_METHODS = frozenset({"GET", "POST", "DELETE", "*"})
 
 
@@ -26,6 +29,7 @@ class Fault:
     skip: int = 0
     after_apply: bool = False
     delay: float = 3.0
+    call: Callable[[], None] | None = None  # the "call" action's callable
 
     def __post_init__(self) -> None:
         # Fail at add_fault time rather than with a silently unmatched fault.
@@ -34,6 +38,8 @@ class Fault:
             raise ValueError(f"Fault.method must be one of {sorted(FAULT_METHODS)}")
         if self.action not in FAULT_ACTIONS:
             raise ValueError(f"Fault.action must be one of {sorted(FAULT_ACTIONS)}")
+        if (self.action == "call") != (self.call is not None):
+            raise ValueError('Fault.call is given exactly for the "call" action')
         if self.times < 1 or self.skip < 0 or self.delay < 0:
             raise ValueError("Fault needs times >= 1, skip >= 0 and delay >= 0")
         re.compile(self.path)

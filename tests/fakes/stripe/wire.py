@@ -118,6 +118,16 @@ class WireProtocol(Store):
         with self._control:
             self.requests.append(log)
         fault = self._take_fault(method, path)
+        if fault is not None and fault.call is not None:  # run it, then answer as usual
+            if not fault.after_apply:
+                fault.call()
+            reply = self._process(
+                handler.headers.get("Authorization"), method, path, url.query, body, key
+            )
+            if fault.after_apply:
+                fault.call()
+            self._send(handler, log, reply, key)
+            return
         if fault is not None and not fault.after_apply:
             self._inject(handler, log, fault, key)
             return
