@@ -5,7 +5,9 @@ Each object type is swept page by page (newest first, `starting_after`); after e
 objects and the cursor are stored in one transaction, so a pull that is interrupted resumes
 after the last stored page. A sweep that reaches the end marks the mirrored objects it did not
 see as deleted in Stripe — only those created and last seen before it started, so an object
-a concurrent push or webhook just stored is never taken for a deleted one.
+a concurrent push or webhook just stored is never taken for a deleted one. Every one of these
+transactions is fenced by the pull's lease (db/locks.py): a pull that lost it stores nothing
+more, and the next pull resumes the sweep.
 """
 
 from __future__ import annotations
