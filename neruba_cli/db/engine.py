@@ -30,6 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from neruba_cli.db import sqlite_functions
+from neruba_cli.db.retry import driver_errors
 from neruba_cli.domain.errors import DatabaseError, InvalidInput, LockHeld, NerubaError
 
 CONNECT_TIMEOUT_SECONDS = 5
@@ -352,23 +353,17 @@ def _restore_lock_wait(conn: Connection, dialect: str) -> None:
 def is_lock_timeout(exc: BaseException) -> bool:
     """Whether a database error (or one it came from) is a lock wait that ran out: PostgreSQL
     SQLSTATE 55P03, MariaDB 1205, SQLite "database is locked" (SQLITE_BUSY)."""
-    seen: BaseException | None = exc
-    for _depth in range(6):
-        if seen is None:
-            return False
-        orig = getattr(seen, "orig", None)
-        if orig is not None:
-            args = getattr(orig, "args", ())
-            if args and args[0] == _MYSQL_LOCK_WAIT_TIMEOUT:
-                return True
-            if getattr(orig, "sqlstate", None) == _PG_LOCK_NOT_AVAILABLE:
-                return True
-            if isinstance(orig, sqlite3.OperationalError) and (
-                getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
-                or "database is locked" in str(orig)
-            ):
-                return True
-        seen = seen.__cause__ or seen.__context__
+    for orig in driver_errors(exc):
+        args = getattr(orig, "args", ())
+        if args and args[0] == _MYSQL_LOCK_WAIT_TIMEOUT:
+            return True
+        if getattr(orig, "sqlstate", None) == _PG_LOCK_NOT_AVAILABLE:
+            return True
+        if isinstance(orig, sqlite3.OperationalError) and (
+            getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+            or "database is locked" in str(orig)
+        ):
+            return True
     return False
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
@@ -22,21 +22,28 @@ _MYSQL_CODES = frozenset({1213})  # ER_LOCK_DEADLOCK
 _PG_STATES = frozenset({"40P01", "40001"})
 
 
-def transient(exc: BaseException) -> bool:
-    """Whether the error (or one it was raised from, e.g. a failed ROLLBACK TO SAVEPOINT
-    after the server had already rolled the transaction back) is a deadlock victim's."""
+def driver_errors(exc: BaseException) -> Iterator[BaseException]:
+    """The driver's own errors behind a SQLAlchemy error and the errors it was raised from
+    (a failed ROLLBACK TO SAVEPOINT hides the deadlock that caused it), nearest first."""
     seen: BaseException | None = exc
     for _depth in range(6):
         if seen is None:
-            return False
+            return
         orig = getattr(seen, "orig", None)
         if orig is not None:
-            args = getattr(orig, "args", ())
-            if args and args[0] in _MYSQL_CODES:
-                return True
-            if getattr(orig, "sqlstate", None) in _PG_STATES:
-                return True
+            yield orig
         seen = seen.__cause__ or seen.__context__
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether the error (or one it was raised from, e.g. a failed ROLLBACK TO SAVEPOINT
+    after the server had already rolled the transaction back) is a deadlock victim's."""
+    for orig in driver_errors(exc):
+        args = getattr(orig, "args", ())
+        if args and args[0] in _MYSQL_CODES:
+            return True
+        if getattr(orig, "sqlstate", None) in _PG_STATES:
+            return True
     return False
 
 
