@@ -20,6 +20,8 @@ module only spells them in each dialect's SQL:
   the level after each event; LEAD(ts) gives how long it was held, in integer microseconds
   (PostgreSQL EXTRACT(EPOCH …) × 10⁶, MariaDB TIMESTAMPDIFF(MICROSECOND, …), SQLite
   `neruba_epoch_us`); the opening level enters as one extra row at the period start. The
+  divisor is the full billing period's microseconds (`weighted_divisor`: a window that is
+  part of a period, after a mid-period start or plan change, gives its share). The
   final division is integer arithmetic rounded half away from zero at 12 places: PostgreSQL
   `div`, MariaDB `(X - MOD(X, Y)) / Y` (both exact), SQLite `neruba_weighted`.
 
@@ -67,9 +69,9 @@ from neruba_cli.db.tables import events_t
 from neruba_cli.db.types import UTCDateTime
 from neruba_cli.domain.aggregation import (
     MeterSpec,
-    period_microseconds,
     rounded_units,
     units_text,
+    weighted_divisor,
 )
 from neruba_cli.domain.money import canonical
 
@@ -375,8 +377,10 @@ class _Usage:
         end: datetime,
         customer_ids: Sequence[str] | None,
         openings: Mapping[str, Decimal] | None,
+        period: tuple[datetime, datetime] | None = None,
     ) -> None:
-        self.total_microseconds = period_microseconds(start, end)  # also checks the period
+        # weighted_sum's divisor: the full billing period's µs (also checks the window)
+        self.total_microseconds = weighted_divisor(start, end, period)
         self.meter, self.sql = meter, sql
         self.start, self.end = start, end
         self.customer_ids = None if customer_ids is None else list(customer_ids)
@@ -546,13 +550,15 @@ def usage_query(
     end: datetime,
     customer_ids: Sequence[str] | None = None,
     openings: Mapping[str, Decimal] | None = None,
+    period: tuple[datetime, datetime] | None = None,
 ) -> Select[Any]:
     """SELECT customer_id, value: the meter's value per customer for [start, end).
 
-    `openings` (weighted_sum only) are the customers' levels at `start`.
+    `openings` (weighted_sum only) are the customers' levels at `start`; `period` is the full
+    billing period [start, end) is part of, which weighted_sum divides by (default: the window).
     """
     sql = _dialect(dialect)
-    usage = _Usage(meter, sql, project_id, start, end, customer_ids, openings)
+    usage = _Usage(meter, sql, project_id, start, end, customer_ids, openings, period)
     return _BUILDERS[meter.aggregation](usage)
 
 
@@ -582,9 +588,10 @@ def aggregate_usage(
     end: datetime,
     customer_ids: Sequence[str] | None = None,
     openings: Mapping[str, Decimal] | None = None,
+    period: tuple[datetime, datetime] | None = None,
 ) -> dict[str, Decimal]:
     """customer_id → value. Customers without events may be absent (their value is 0), except
-    weighted_sum customers with a non-zero opening level."""
+    weighted_sum customers with a non-zero opening level. `period`: as in `usage_query`."""
     query = usage_query(
         meter,
         dialect=conn.dialect.name,
@@ -593,6 +600,7 @@ def aggregate_usage(
         end=end,
         customer_ids=customer_ids,
         openings=openings,
+        period=period,
     )
     return {row.customer_id: row.value for row in conn.execute(query)}
 

@@ -25,10 +25,15 @@ A meter turns a customer's events of one period into one number. The rules, exac
   billing run passes the previous period's closing level of a `recurring` meter). In event
   order, with `gauge = "delta"` each value is added to the level at its timestamp; with
   `gauge = "absolute"` each value becomes the level. The result is
-  Σ level × microseconds held / microseconds of [start, end), computed exactly in integers and
-  rounded once to 12 decimal places, half away from zero (the opening is rounded to 12 places
-  like any value). `closing_level` is the gauge at `end` (opening + Σ deltas, or the last
-  absolute value, else the opening).
+  Σ level × microseconds held over [start, end) / microseconds of the full billing `period`
+  that [start, end) is part of (`weighted_divisor`; the window itself when no period is
+  given), computed exactly in integers and rounded once to 12 decimal places, half away from
+  zero (the opening is rounded to 12 places like any value). So a subscription that starts
+  (or a plan that takes over) part-way through a period is billed its share of the period,
+  not the window's average: a level of 2500 held Mar 5–Apr 1 in a Mar 1–Apr 1 period is
+  2500 × 27/31, and the pieces of a period split by a plan change add up to the whole.
+  `closing_level` is the gauge at `end` (opening + Σ deltas, or the last absolute value,
+  else the opening).
 - **transaction values** (percentage charges): the field values of the matching events in
   (timestamp, sequence) order, skipping events without a numeric value.
 
@@ -149,8 +154,12 @@ def aggregate(
     end: datetime,
     *,
     opening: Decimal = Decimal(0),
+    period: tuple[datetime, datetime] | None = None,
 ) -> Decimal:
-    """The meter's value for [start, end), by the rules in this module's docstring."""
+    """The meter's value for [start, end), by the rules in this module's docstring.
+
+    `period` is the full billing period the window is part of (weighted_sum divides by it).
+    """
     selected = _selected(meter, events, start, end)
     kind = meter.aggregation
     if kind == "count":
@@ -166,7 +175,8 @@ def aggregate(
         return _from_units(max(values, default=0))
     if kind == "latest":
         return _from_units(values[-1] if values else 0)
-    return _weighted(meter, selected, start, end, rounded_units(opening))
+    divisor = weighted_divisor(start, end, period)
+    return _weighted(meter, selected, start, end, rounded_units(opening), divisor)
 
 
 def closing_level(
@@ -242,6 +252,26 @@ def units_text(units: int) -> str:
     return f"-{text}" if units < 0 else text
 
 
+def weighted_divisor(
+    start: datetime, end: datetime, period: tuple[datetime, datetime] | None = None
+) -> int:
+    """weighted_sum's divisor: the microseconds of the full billing period (DESIGN: "seconds
+    in the full period"), so a window that covers part of it yields its share, and adjacent
+    windows of one period add up to the period's value. Without a period the window is the
+    period. Raises ValueError when the window is not inside the period."""
+    _check_period(start, end)
+    if period is None:
+        return period_microseconds(start, end)
+    period_start, period_end = period
+    total = period_microseconds(period_start, period_end)
+    if start < period_start or end > period_end:
+        raise ValueError(
+            f"window {start.isoformat()}–{end.isoformat()} is not inside the period "
+            f"{period_start.isoformat()}–{period_end.isoformat()}"
+        )
+    return total
+
+
 def period_microseconds(start: datetime, end: datetime) -> int:
     """Microseconds in [start, end); raises ValueError unless both are aware and start < end."""
     _check_period(start, end)
@@ -297,7 +327,12 @@ def _number_units(raw: object) -> int | None:
 
 
 def _weighted(
-    meter: MeterSpec, events: list[EventRecord], start: datetime, end: datetime, opening: int
+    meter: MeterSpec,
+    events: list[EventRecord],
+    start: datetime,
+    end: datetime,
+    opening: int,
+    divisor: int,
 ) -> Decimal:
     level, since, area = opening, start, 0
     for event in events:
@@ -308,8 +343,7 @@ def _weighted(
         level = level + units if meter.gauge == "delta" else units
         since = event.timestamp
     area += level * ((end - since) // _MICROSECOND)
-    total = period_microseconds(start, end)
-    return _from_units(weighted_units(area, total))
+    return _from_units(weighted_units(area, divisor))
 
 
 def _divide_half_away(numerator: int, denominator: int) -> int:

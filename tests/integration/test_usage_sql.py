@@ -148,6 +148,35 @@ def test_sql_seats_example_on_every_database(usage_engine: Engine) -> None:
     assert levels == {"cus_a": D(20), "cus_b": D(4), "cus_c": D("2.5")}
 
 
+def test_sql_weighted_sum_divides_by_the_full_period_on_every_database(
+    usage_engine: Engine,
+) -> None:
+    """A window that is part of the billing period (a subscription starting on the 5th of a
+    31-day month, a plan change) bills its share of the period, as the reference does."""
+    march = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC))
+    fifth = datetime(2026, 3, 5, tzinfo=UTC)
+    store(
+        usage_engine,
+        [
+            {"id": 1, "customer_id": "cus_a", "meter": "seats", "ts": fifth, "quantity": D(2500)},
+            {"id": 2, "customer_id": "cus_b", "meter": "seats", "ts": march[0],
+             "quantity": D(2500)},
+        ],
+    )  # fmt: skip
+    seats = MeterSpec("seats", "weighted_sum", recurring=True)
+    late = usage(usage_engine, seats, start=fifth, end=march[1], period=march)
+    assert late["cus_a"] == D("2177.41935483871")  # 2500 × 27/31
+    before = usage(usage_engine, seats, start=march[0], end=fifth, period=march)
+    after = usage(
+        usage_engine, seats, start=fifth, end=march[1], openings={"cus_b": D(2500)}, period=march
+    )
+    assert (before["cus_b"], after["cus_b"]) == (D("322.58064516129"), D("2177.41935483871"))
+    assert before["cus_b"] + after["cus_b"] == 2500
+    reference = aggregate(seats, [EventRecord(fifth, D(2500), {})], fifth, march[1], period=march)
+    assert late["cus_a"] == reference
+    assert usage(usage_engine, seats, start=fifth, end=march[1])["cus_a"] == 2500  # no period
+
+
 def test_sql_sums_stay_exact_past_28_digits(usage_engine: Engine) -> None:
     quantity = D("9999999999999999.999999999999")
     store(

@@ -511,7 +511,7 @@ def build_each(
     """Aggregate the usage of every piece of every item in the database, then build each
     invoice on its own: (the invoices built, the items that cannot be billed and why). One
     customer's reading that no invoice can hold never stops the others."""
-    wanted: dict[tuple[datetime, datetime, MeterSpec], set[str]] = defaultdict(set)
+    wanted: dict[tuple[datetime, datetime, Period, MeterSpec], set[str]] = defaultdict(set)
     percentage: set[tuple[datetime, datetime, MeterSpec, str]] = set()
     for item in items:
         for terms in item.terms:
@@ -520,22 +520,24 @@ def build_each(
                 pp = plans[piece.phase_key]
                 for charge in pp.plan.charges:
                     spec = pp.meters[charge.meter]
-                    wanted[(piece.start, piece.end, spec)].add(item.customer.id)
+                    wanted[(piece.start, piece.end, item.period, spec)].add(item.customer.id)
                     if charge.model == "percentage":
                         percentage.add((piece.start, piece.end, spec, item.customer.id))
     known = _known_spans(items)
-    results: dict[tuple[datetime, datetime, MeterSpec, str], MeterUsage] = {}
-    for (start, end, spec), customer_ids in wanted.items():
+    results: dict[_UsageKey, MeterUsage] = {}
+    for (start, end, period, spec), customer_ids in wanted.items():
         ids = sorted(customer_ids)
         spans = _spans(known, spec, start, end, ids)
         for usage_customer, usage in _aggregate(
-            conn, project, spec, start, end, ids, percentage, spans
+            conn, project, spec, start, end, period, ids, percentage, spans
         ):
-            results[(start, end, spec, usage_customer)] = usage
+            results[(start, end, period, spec, usage_customer)] = usage
     built: dict[Any, BuiltInvoice] = {}
     failed: dict[Any, Unbillable] = {}
     for item in items:
-        item.terms = [_with_usage(terms, item.customer.id, results) for terms in item.terms]
+        item.terms = [
+            _with_usage(terms, item.customer.id, item.period, results) for terms in item.terms
+        ]
         try:
             built[item.key] = build_invoice(_invoice_input(item, project))
         except Unbillable as exc:
@@ -551,10 +553,13 @@ def _aggregate(
     spec: MeterSpec,
     start: datetime,
     end: datetime,
+    period: Period,
     ids: list[str],
     percentage: set[tuple[datetime, datetime, MeterSpec, str]],
     spans: dict[str, tuple[int, datetime, datetime]] | None,
 ) -> Iterable[tuple[str, MeterUsage]]:
+    """The usage of [start, end), a piece of the billing `period` (weighted_sum divides by
+    the whole period, so a piece after a mid-period start or plan change bills its share)."""
     openings = None
     if spec.aggregation == "weighted_sum" and spec.recurring:
         openings = usage_sql.closing_levels(
@@ -568,6 +573,7 @@ def _aggregate(
         end=end,
         customer_ids=ids,
         openings=openings,
+        period=(period.start, period.end),
     )
     if spans is None:
         spans = usage_sql.event_stats(
@@ -619,17 +625,24 @@ def _spans(
     return found
 
 
+_UsageKey = tuple[datetime, datetime, Period, MeterSpec, str]
+"""A piece's usage: (piece start, piece end, its billing period, meter, customer)."""
+
+
 def _with_usage(
     terms: SubscriptionTerms,
     customer_id: str,
-    results: dict[tuple[datetime, datetime, MeterSpec, str], MeterUsage],
+    period: Period,
+    results: dict[_UsageKey, MeterUsage],
 ) -> SubscriptionTerms:
     plans = {pp.phase.key: pp for pp in terms.phases}
     pieces = []
     for piece in terms.pieces:
         pp = plans[piece.phase_key]
         usage = {
-            charge.meter: results[(piece.start, piece.end, pp.meters[charge.meter], customer_id)]
+            charge.meter: results[
+                (piece.start, piece.end, period, pp.meters[charge.meter], customer_id)
+            ]
             for charge in pp.plan.charges
         }
         pieces.append(UsagePiece(piece.phase_key, piece.start, piece.end, usage))
