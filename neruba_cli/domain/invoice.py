@@ -381,6 +381,7 @@ def inputs_document(inp: InvoiceInput) -> dict[str, Any]:
                         "phase": piece.phase_key,
                         "start": format_ts(piece.start),
                         "end": format_ts(piece.end),
+                        **_weighted_divisor_mark(inp.period, terms, piece),
                         "usage": {
                             meter: _usage_document(usage)
                             for meter, usage in sorted(piece.usage.items())
@@ -406,6 +407,26 @@ def inputs_document(inp: InvoiceInput) -> dict[str, Any]:
         ],
         "credits": [],
     }
+
+
+def _weighted_divisor_mark(
+    period: Period, terms: SubscriptionTerms, piece: UsagePiece
+) -> dict[str, str]:
+    """`{"weighted_divisor": "period"}` on a piece shorter than its period whose plan reads a
+    weighted_sum meter: such a piece's usage is its share of the full period, which invoices
+    stored before that rule divided by the piece instead. The mark puts the rule in the setup
+    fingerprint, so a rerun reprices exactly those invoices (and corrects them), while every
+    other invoice's inputs, and fingerprint, stay as they were."""
+    if (piece.start, piece.end) == (period.start, period.end):
+        return {}
+    plan = next((pp for pp in terms.phases if pp.phase.key == piece.phase_key), None)
+    if plan is None:
+        return {}
+    weighted = any(
+        charge.meter in plan.meters and plan.meters[charge.meter].aggregation == "weighted_sum"
+        for charge in plan.plan.charges
+    )
+    return {"weighted_divisor": "period"} if weighted else {}
 
 
 def _usage_document(usage: MeterUsage) -> dict[str, Any]:
