@@ -50,6 +50,13 @@ def bill(
         bool,
         typer.Option("--finalize", help="Finalize the month's drafts whose period has ended."),
     ] = False,
+    allow_future: Annotated[
+        bool,
+        typer.Option(
+            "--allow-future",
+            help="Bill a month that has not started at --as-of (fees in advance, ahead of time).",
+        ),
+    ] = False,
     wait: Annotated[
         float,
         typer.Option(
@@ -69,7 +76,9 @@ def bill(
     whose invoice cannot be priced exactly or stored (a stored event reads a value no invoice
     can hold) is skipped and listed with the events that caused it; the others are billed
     and finalized. Exit 3 when the run completed with customers it could not bill; exit 5
-    when another run holds the month's lock.
+    when another run holds the month's lock. A month that has not started at the as-of
+    instant (`2027-05` typed for `2026-05`) is refused, exit 2, with nothing written, unless
+    `--allow-future`; a dry run of it is computed with a warning.
     """
     moment = rt.moment(as_of)
     options = billing_run.RunOptions(
@@ -78,6 +87,7 @@ def bill(
         customers=tuple(customer or ()),
         dry_run=dry_run,
         finalize=finalize,
+        allow_future=allow_future,
         wait=wait,
         lease=timedelta(seconds=lease),
     )
@@ -92,6 +102,8 @@ def bill(
             now=rt.now(),
             progress_total=start,
         )
+    for warning in report.warnings:
+        rt.out.warn(warning)
     data = report_to_dict(report)
     rt.out.emit(data, _render_report(data))
     return EXIT_UNBILLED if report.failed else 0

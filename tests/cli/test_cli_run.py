@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from neruba_cli.db import locks
-from neruba_cli.db.schema import BillingRun, Invoice, InvoiceRevision
+from neruba_cli.db.schema import BillingRun, Invoice, InvoiceRevision, InvoiceSequence, Lock
 from neruba_cli.domain import lock_names
 from tests.support.catalogs import catalog, meter, per_unit, plan
 from tests.support.cli import Cli
@@ -336,6 +336,88 @@ def test_a_bad_period_and_a_held_lock(shop: Cli, engine: Engine) -> None:
     assert count(engine, Invoice) == 0 and count(engine, BillingRun) == 0
     assert locks.release(engine, lease)
     assert bill(shop)["created"] == 3
+
+
+# --------------------------------------------------------------------------- months not started
+
+
+def _written(engine: Engine) -> tuple[int, ...]:
+    """Invoices, run records, invoice number sequences and locks: what a run could write."""
+    return tuple(count(engine, model) for model in (Invoice, BillingRun, InvoiceSequence, Lock))
+
+
+def test_a_month_that_has_not_started_is_refused_with_nothing_written(
+    shop: Cli, engine: Engine
+) -> None:
+    before = _written(engine)
+    typo = shop("run", "bill", "--period", "2027-10", "--as-of", AS_OF, "--project", "acme")
+    assert typo.exit_code == 2
+    assert (
+        "period 2027-10 has not started: it starts at 2027-10-01T00:00:00Z, after the run's "
+        "as-of instant 2026-11-02T00:00:00Z" in typo.stderr
+    )
+    assert "did you mean 2026-10? Or pass --allow-future to bill it in advance" in typo.stderr
+    error = shop(
+        "run", "bill", "--period", "2026-12", "--as-of", AS_OF, "--project", "acme", "--json"
+    ).error()
+    assert (error["type"], error["exit_code"]) == ("usage_error", 2)
+    assert error["message"].startswith("period 2026-12 has not started")
+    assert error["hint"] == "pass --allow-future to bill it in advance"  # same year: no typo
+    assert _written(engine) == before and before[:3] == (0, 0, 0)
+    assert bill(shop)["created"] == 3  # the month meant is billed as before
+
+
+def test_allow_future_bills_a_month_ahead_and_a_dry_run_only_warns(
+    shop: Cli, engine: Engine
+) -> None:
+    before = _written(engine)
+    dry = shop(
+        "run", "bill", "--period", "2026-12", "--as-of", AS_OF, "--dry-run", "--project", "acme"
+    )
+    assert dry.exit_code == 0, dry.stderr
+    assert "warning: period 2026-12 has not started" in dry.stderr
+    assert "--allow-future" in dry.stderr
+    assert _written(engine) == before and before[:3] == (0, 0, 0)
+
+    ahead = _bill_month(shop, "acme", "2026-12", AS_OF, "--allow-future")
+    assert (ahead["period"], ahead["created"]) == ("2026-12", 3)
+    assert {i.status for i in invoices(engine)} == {"draft"}
+    assert {i.period for i in invoices(engine)} == {"2026-12"}
+
+
+def test_the_current_month_and_the_first_instant_of_a_month_are_billed(
+    shop: Cli, engine: Engine
+) -> None:
+    assert _bill_month(shop, "acme", "2026-11", AS_OF)["created"] == 3  # started, not ended
+    early = shop(
+        "run", "bill", "--period", "2026-12", "--as-of", "2026-11-30T23:59:59Z", "--project", "acme"
+    )
+    assert early.exit_code == 2 and "period 2026-12 has not started" in early.stderr
+    assert count(engine, Invoice) == 3
+    at_start = _bill_month(shop, "acme", "2026-12", "2026-12-01T00:00:00Z")
+    assert at_start["created"] == 3
+    current = _bill_month(shop, "acme", "current", "2026-12-01T00:00:00Z")
+    assert (current["period"], current["created"]) == ("2026-12", 0)
+
+
+def test_a_month_started_in_a_billed_customers_time_zone_is_not_future(
+    shop: Cli, engine: Engine
+) -> None:
+    created = shop(
+        "customer", "create", "kiwi", "--timezone", "Pacific/Auckland", "--project", "acme"
+    )
+    assert created.exit_code == 0, created.stderr
+    noon = "2026-11-30T12:00:00Z"  # December 1, 01:00 in Auckland; still November in UTC
+    kiwi = _bill_month(shop, "acme", "2026-12", noon, "--customer", "kiwi")
+    assert kiwi["period"] == "2026-12"
+    utc_only = shop(
+        "run", "bill", "--period", "2026-12", "--as-of", noon, "--customer", "c1",
+        "--project", "acme",
+    )  # fmt: skip
+    assert utc_only.exit_code == 2
+    assert "it starts at 2026-12-01T00:00:00Z" in utc_only.stderr
+    whole = _bill_month(shop, "acme", "2026-12", noon)  # kiwi's month has begun
+    assert whole["created"] == 3
 
 
 # --------------------------------------------------------------------------- edge cases

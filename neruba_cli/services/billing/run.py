@@ -27,8 +27,8 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from neruba_cli.db import locks
 from neruba_cli.db.schema import Project
-from neruba_cli.db.tables import billing_runs_t, events_t, invoices_t
-from neruba_cli.domain import lock_names
+from neruba_cli.db.tables import billing_runs_t, customers_t, events_t, invoices_t
+from neruba_cli.domain import future_months, lock_names
 from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.billing_periods import resolve_label
 from neruba_cli.domain.invoice import BuiltInvoice, CarriedUsage, correction_lines, run_fingerprint
@@ -82,6 +82,8 @@ def run_bill(
 ) -> RunReport:
     label = resolve_label(options.label, as_of=options.as_of, tz=project.timezone)
     report = RunReport(period=label, dry_run=options.dry_run)
+    if not options.allow_future:
+        _refuse_unstarted(engine, project, label, options, report)
     lease = None
     if not options.dry_run:
         lease = locks.acquire(
@@ -137,6 +139,30 @@ def run_bill(
     finally:
         if writer.lease is not None:
             locks.release(engine, writer.lease)
+
+
+def _refuse_unstarted(
+    engine: Engine, project: Project, label: str, options: RunOptions, report: RunReport
+) -> None:
+    """Refuse, before anything is locked or written, a month that has not started for the
+    project nor any customer the run bills (domain/future_months.py); a dry run writes
+    nothing, so it goes on with a warning."""
+    query = select(customers_t.c.timezone).where(customers_t.c.project_id == project.id)
+    if options.customers:
+        query = query.where(customers_t.c.external_id.in_(list(options.customers)))
+    with engine.connect() as conn:
+        zones = [str(zone) for zone in conn.scalars(query.distinct())]
+    reason = future_months.not_started(
+        label, as_of=options.as_of, project_tz=project.timezone, time_zones=zones
+    )
+    if reason is None:
+        return
+    if not options.dry_run:
+        raise future_months.refusal(reason)
+    report.warnings.append(
+        f"{reason.message}; without --dry-run the run is refused unless it is given "
+        f"{future_months.ALLOW_FLAG}"
+    )
 
 
 ABANDONED = "abandoned: its process stopped before finishing"

@@ -82,6 +82,7 @@ class RunOptions:
     finalize: bool = False
     wait: float = 0.0
     lease: timedelta = DEFAULT_LEASE
+    allow_future: bool = False  # bill a month that has not started (fees in advance)
 
 
 @dataclass
@@ -131,6 +132,7 @@ class RunReport:
     fingerprint: str | None = None
     dry_run: bool = False
     failed: list[Failure] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # shown on stderr, not in the JSON
 
     def count(self, *actions: str) -> int:
         return sum(1 for outcome in self.outcomes if outcome.action in actions)
