@@ -272,8 +272,17 @@ STRIPE_CUSTOMERS = 30
 
 
 def test_stripe_push_killed_mid_way_then_rerun_makes_one_stripe_invoice_each(
-    cli: Cli, db_url: str, engine: Engine, tmp_path: Path, stripe: FakeStripe, dialect: str
+    cli: Cli,
+    db_url: str,
+    engine: Engine,
+    tmp_path: Path,
+    stripe: FakeStripe,
+    dialect: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Nothing here hangs on purpose: the fake's quick 1 s timeout (for tests that do) would
+    # only turn a slow answer on a loaded machine into a failed item.
+    monkeypatch.setenv("NERUBA_STRIPE_TIMEOUT", "30")
     names = subscribed_shop(cli, tmp_path, STRIPE_CUSTOMERS, pro_and_gulf())
     for name in names[::6]:  # some invoices carry a credits line
         ok(cli, "credits", "grant", name, "5.00")
