@@ -139,6 +139,27 @@ def test_check_and_doctor_show_it_until_a_run_bills_the_customer(
     assert cli("check", "--project", "acme", "--json").exit_code == 0
 
 
+def test_check_names_every_unbillable_event_not_only_the_first(
+    cli: Cli, engine: Engine, tmp_path: Path
+) -> None:
+    """The sweep streams the events: reporting the first must not cut the stream short (on
+    MariaDB a query run while an unbuffered result is open drops the rest of it; 2,500 events
+    between the two make more than one streamed batch)."""
+    invoice_shop(cli, tmp_path)
+    day = datetime(2026, 10, 21, tzinfo=UTC)
+    store_directly(
+        engine,
+        [
+            hostile("overflow"),
+            *(Ev(f"fine-{i}", "c1", "tokens", day, properties={"tokens": i}) for i in range(2500)),
+            Ev("evil-late", "c1", "tokens", day, properties={"tokens": "9" * 30}),
+        ],
+    )
+    problems = _problems(expect(cli, 4, "check"))
+    named = sorted(key for key in ("evil-overflow", "evil-late") if any(key in p for p in problems))
+    assert named == ["evil-late", "evil-overflow"], problems
+
+
 def test_invoice_finalize_refuses_an_invoice_beyond_the_ledger(
     cli: Cli, engine: Engine, tmp_path: Path
 ) -> None:

@@ -68,16 +68,18 @@ def readings(
         query = query.where(events_t.c.ts >= period.start, events_t.c.ts < period.end)
     if name is not None:
         query = query.where(events_t.c.properties.like(f'%"{name}"%'))
-    result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
-    for row in result:
-        properties = _properties(row.properties) if (name or spec.filters) else {}
-        if spec.filters and not matches(
-            spec, EventRecord(row.ts, Decimal(row.quantity), properties)
-        ):
-            continue
-        value = Decimal(row.quantity) if name is None else reading_of(properties.get(name))
-        if value is not None:
-            yield row.customer_id, row.idempotency_key, value
+    # `with`: a caller that stops early closes the streamed result (MariaDB otherwise warns of
+    # an unbuffered result left incomplete, and the connection reads it to the end).
+    with conn.execution_options(stream_results=True, yield_per=2000).execute(query) as result:
+        for row in result:
+            properties = _properties(row.properties) if (name or spec.filters) else {}
+            if spec.filters and not matches(
+                spec, EventRecord(row.ts, Decimal(row.quantity), properties)
+            ):
+                continue
+            value = Decimal(row.quantity) if name is None else reading_of(properties.get(name))
+            if value is not None:
+                yield row.customer_id, row.idempotency_key, value
 
 
 def find(

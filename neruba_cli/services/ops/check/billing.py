@@ -48,21 +48,23 @@ def readings(conn: Connection, project: Project, result: CheckResult) -> None:
                 "unique_count",
             ):
                 specs[spec] = None
-    names: dict[str, str] | None = None
+    if not specs:
+        return
+    # Read before streaming: a second query on the connection while an unbuffered (MariaDB)
+    # result is open would cut that result short.
+    names = dict(
+        conn.execute(
+            select(customers_t.c.id, customers_t.c.external_id).where(
+                customers_t.c.project_id == project.id
+            )
+        ).all()
+    )
     for spec in sorted(specs, key=lambda s: (s.code, s.field)):
         for customer_id, key, value in culprits.readings(conn, project.id, spec):
             result.checked += 1
             problem = reading_problem(value)
             if problem is None:
                 continue
-            if names is None:
-                names = dict(
-                    conn.execute(
-                        select(customers_t.c.id, customers_t.c.external_id).where(
-                            customers_t.c.project_id == project.id
-                        )
-                    ).all()
-                )
             result.fail(
                 f"event {key} (customer {names.get(customer_id, customer_id)}): meter "
                 f"{spec.code} reads {spec.field} = {culprits.value_text(value)}: {problem}, "
