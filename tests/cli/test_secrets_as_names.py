@@ -7,6 +7,8 @@ or argument, a rejected row for a file, and a message that names the field, not 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 from sqlalchemy import Engine
@@ -131,4 +133,10 @@ def test_an_event_or_charge_keyed_by_a_secret_is_rejected_and_the_others_stored(
         2: f"customer {shape}",
         3: f"idempotency_key {shape}",
     }
+    # the summary shows the lines with the secret cut to its prefix; the rejects file keeps
+    # them as they were, to be fixed and sent again
+    assert SECRET[9:] not in result.stdout + result.stderr
+    assert SECRET[:17] + "…" in summary["rejects"][0]["raw"]
+    kept = Path("usage.jsonl.rejects.jsonl").read_text(encoding="utf-8")
+    assert kept.count(SECRET) == 3
     _nowhere_in_the_database(engine, SECRET)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
 import orjson
 
+from neruba_cli.domain.keys import looks_like_secret, redact_secrets
 from neruba_cli.services import output_files
 
 
@@ -84,9 +85,12 @@ REPORTED_REJECTS = 100  # every reject goes to the file; this many are also kept
 
 
 def keep(kept: list[Reject], item: Reject, writer: RejectsWriter) -> None:
+    """The rejects file keeps the line as it was (to be fixed and sent again); what the
+    command shows hides anything shaped like a secret, as every message does."""
     writer.write(item)
     if len(kept) < REPORTED_REJECTS:
-        kept.append(item)
+        shown = replace(item, raw=redact_secrets(item.raw)) if looks_like_secret(item.raw) else item
+        kept.append(shown)
 
 
 def default_rejects_path(source: Path) -> Path:
