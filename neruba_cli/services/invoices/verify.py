@@ -238,6 +238,12 @@ def _recomputed_checks(
             )
             verdict.notes.append(f"{changed}; the project's late_events policy {where}")
             return
+        if row.status in FINAL and not _amounts_changed(row, built, live):
+            # What `run bill` decides too: a correction is written only for lines whose
+            # amount changed, so late usage that moves no rounded amount leaves it as billed.
+            verdict.checks["recomputed"] = "ok"
+            verdict.notes.append(f"{changed}; no amount changed, so there is nothing to correct")
+            return
         hint = f"run `neruba run bill --period {row.period}` to " + (
             "write the correction" if row.status in FINAL else "recompute the draft"
         )
@@ -277,6 +283,17 @@ def _recomputed_checks(
         verdict.fail("recomputed", f"recomputed fingerprint {built.fingerprint} differs")
         return
     verdict.checks["recomputed"] = "ok"
+
+
+def _amounts_changed(row: Row[Any], built: BuiltInvoice, live: list[Row[Any]]) -> bool:
+    """Whether a correction of this finalized invoice would have any line: the run's own rule
+    (`correction_lines` against every finalized document of the customer-period)."""
+    billed = [
+        orjson.loads(other.content)["lines"]
+        for other in live
+        if other.revision <= row.revision and other.status in FINAL
+    ]
+    return bool(correction_lines(built.content["lines"], billed, row.currency))
 
 
 def _inputs_difference(stored: dict[str, Any], now: dict[str, Any]) -> str:
