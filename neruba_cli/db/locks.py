@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.sql.expression import Update
 
 from neruba_cli.db.engine import (
     LEASE_LOCK_WAIT_SECONDS,
@@ -197,6 +198,17 @@ def _held_error(engine: Engine, name: str) -> LockHeld:
     )
 
 
+def _ours(lease: Lease) -> Update:
+    """An UPDATE of the lease's row that matches only while this lease (its holder and
+    fencing token) still holds it."""
+    return (
+        update(locks_t)
+        .where(locks_t.c.name == lease.name)
+        .where(locks_t.c.token == lease.token)
+        .where(locks_t.c.holder == lease.holder)
+    )
+
+
 def renew(
     engine: Engine, lease: Lease, *, ttl: timedelta = DEFAULT_TTL, clock: Clock = utcnow
 ) -> Lease:
@@ -206,12 +218,7 @@ def renew(
     try:
         with _lease_transaction(engine) as conn:
             changed = conn.execute(
-                update(locks_t)
-                .where(locks_t.c.name == lease.name)
-                .where(locks_t.c.token == lease.token)
-                .where(locks_t.c.holder == lease.holder)
-                .where(locks_t.c.expires_at > now)
-                .values(expires_at=expires)
+                _ours(lease).where(locks_t.c.expires_at > now).values(expires_at=expires)
             ).rowcount
     except DBAPIError as exc:
         if not is_lock_timeout(exc):
@@ -294,11 +301,7 @@ def release(engine: Engine, lease: Lease) -> bool:
     try:
         with _lease_transaction(engine) as conn:
             changed = conn.execute(
-                update(locks_t)
-                .where(locks_t.c.name == lease.name)
-                .where(locks_t.c.token == lease.token)
-                .where(locks_t.c.holder == lease.holder)
-                .values(holder=None, acquired_at=None, expires_at=None)
+                _ours(lease).values(holder=None, acquired_at=None, expires_at=None)
             ).rowcount
     except DBAPIError as exc:
         if not is_lock_timeout(exc):
