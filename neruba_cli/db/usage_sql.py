@@ -16,6 +16,9 @@ module only spells them in each dialect's SQL:
   `json_extract` for string filters, and the registered functions for numbers (json_extract
   reads JSON numbers as floats). Property names are validated identifiers (MeterSpec) and
   travel as bound parameters (`name`, or the path `$.name`) on every dialect.
+- **recurring sum and unique_count** drop the lower bound: every matching event before the
+  window's end counts (the value carried since the first event). Event spans (`event_stats`)
+  and transaction values keep the window.
 - **weighted_sum.** A running SUM (delta gauges) or the value itself (absolute gauges) gives
   the level after each event; LEAD(ts) gives how long it was held, in integer microseconds
   (PostgreSQL EXTRACT(EPOCH …) × 10⁶, MariaDB TIMESTAMPDIFF(MICROSECOND, …), SQLite
@@ -378,6 +381,8 @@ class _Usage:
         customer_ids: Sequence[str] | None,
         openings: Mapping[str, Decimal] | None,
         period: tuple[datetime, datetime] | None = None,
+        *,
+        carried: bool = False,
     ) -> None:
         # weighted_sum's divisor: the full billing period's µs (also checks the window)
         self.total_microseconds = weighted_divisor(start, end, period)
@@ -388,9 +393,10 @@ class _Usage:
         self.conditions: list[ColumnElement[bool]] = [
             events_t.c.project_id == project_id,
             events_t.c.meter == meter.code,
-            events_t.c.ts >= start,
             events_t.c.ts < end,
         ]
+        if not carried:  # a recurring sum or unique_count reads everything before `end`
+            self.conditions.append(events_t.c.ts >= start)
         if self.customer_ids is not None:
             self.conditions.append(events_t.c.customer_id.in_(self.customer_ids))
         self.conditions += [sql.property_equals(name, value) for name, value in meter.filters]
@@ -558,7 +564,9 @@ def usage_query(
     billing period [start, end) is part of, which weighted_sum divides by (default: the window).
     """
     sql = _dialect(dialect)
-    usage = _Usage(meter, sql, project_id, start, end, customer_ids, openings, period)
+    usage = _Usage(
+        meter, sql, project_id, start, end, customer_ids, openings, period, carried=meter.carried
+    )
     return _BUILDERS[meter.aggregation](usage)
 
 

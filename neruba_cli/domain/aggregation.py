@@ -13,6 +13,12 @@ A meter turns a customer's events of one period into one number. The rules, exac
   Events whose field is missing or not a number are skipped by every aggregation but `count`.
 - **count**: the number of matching events (the field is not read).
 - **sum**: the sum of the field values (0 when there are none).
+- **recurring** (`sum`, `unique_count`; seats, licences, stored objects): the value carries
+  over between periods. It is computed over every matching event before `end`, whatever
+  its time (no lower bound): a recurring sum is the running total at `end`, a recurring
+  unique_count the distinct values present at `end`. Events dated before a subscription
+  started count too (the seats a customer had when it subscribed). `count`, `max` and
+  `latest` have no recurring form; weighted_sum carries its level through `opening`.
 - **max**: the largest field value, 0 when there are none (negative values stay negative).
 - **unique_count**: the number of distinct values, each by its canonical text: a string
   property as it is (`"1.50"` is not `"1.5"`), a number by its canonical decimal (`1.50` and
@@ -65,6 +71,8 @@ AGGREGATIONS: tuple[Aggregation, ...] = (
     "latest",
     "weighted_sum",
 )
+RECURRING_AGGREGATIONS: tuple[Aggregation, ...] = ("sum", "unique_count", "weighted_sum")
+"""The aggregations whose value can carry over between periods (`recurring = true`)."""
 Gauge = Literal["delta", "absolute"]
 GAUGES: tuple[Gauge, ...] = ("delta", "absolute")
 
@@ -96,6 +104,11 @@ class MeterSpec:
                 f"meter {self.code!r}: unknown aggregation {self.aggregation!r} "
                 f"(use one of {', '.join(AGGREGATIONS)})"
             )
+        if self.recurring and self.aggregation not in RECURRING_AGGREGATIONS:
+            raise ValueError(
+                f"meter {self.code!r}: {self.aggregation} meters cannot be recurring "
+                f"(only {', '.join(RECURRING_AGGREGATIONS)})"
+            )
         if self.gauge not in GAUGES:
             raise ValueError(f"meter {self.code!r}: gauge must be 'delta' or 'absolute'")
         if self.field != "quantity":
@@ -115,6 +128,12 @@ class MeterSpec:
         if len(set(names)) != len(names):
             raise ValueError(f"meter {self.code!r}: a filter property appears twice")
         object.__setattr__(self, "filters", filters)
+
+    @property
+    def carried(self) -> bool:
+        """A recurring sum or unique_count: its value reads every event before the window's
+        end (weighted_sum carries its level through an opening instead)."""
+        return self.recurring and self.aggregation in ("sum", "unique_count")
 
     @property
     def property_name(self) -> str | None:
@@ -160,7 +179,7 @@ def aggregate(
 
     `period` is the full billing period the window is part of (weighted_sum divides by it).
     """
-    selected = _selected(meter, events, start, end)
+    selected = _selected(meter, events, start, end, carried=meter.carried)
     kind = meter.aggregation
     if kind == "count":
         return Decimal(len(selected))
@@ -289,11 +308,21 @@ def _check_period(start: datetime, end: datetime) -> None:
 
 
 def _selected(
-    meter: MeterSpec, events: Iterable[EventRecord], start: datetime, end: datetime
+    meter: MeterSpec,
+    events: Iterable[EventRecord],
+    start: datetime,
+    end: datetime,
+    *,
+    carried: bool = False,
 ) -> list[EventRecord]:
-    """The matching events of [start, end), in (timestamp, sequence) order."""
+    """The matching events of [start, end) (of everything before `end` when `carried`), in
+    (timestamp, sequence) order."""
     _check_period(start, end)
-    chosen = [e for e in events if start <= e.timestamp < end and matches(meter, e)]
+    chosen = [
+        e
+        for e in events
+        if (carried or start <= e.timestamp) and e.timestamp < end and matches(meter, e)
+    ]
     chosen.sort(key=lambda e: (e.timestamp, e.sequence))
     return chosen
 

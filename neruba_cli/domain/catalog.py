@@ -16,7 +16,12 @@ from typing import Any, Literal, cast
 
 import orjson
 
-from neruba_cli.domain.aggregation import AGGREGATIONS, Aggregation, MeterSpec
+from neruba_cli.domain.aggregation import (
+    AGGREGATIONS,
+    RECURRING_AGGREGATIONS,
+    Aggregation,
+    MeterSpec,
+)
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.keys import looks_like_secret
 from neruba_cli.domain.money import (
@@ -230,9 +235,16 @@ def _parse_meters(raw: Any, check: _Checker) -> list[MeterDef]:
         gauge = item.get("gauge", "delta")
         if gauge not in GAUGES:
             check.add(f"{path}.gauge", 'use "delta" or "absolute"')
-        if not weighted and ("recurring" in item or "gauge" in item):
-            key = "recurring" if "recurring" in item else "gauge"
-            check.add(f"{path}.{key}", "applies to weighted_sum meters only")
+        if not weighted and "gauge" in item:
+            check.add(f"{path}.gauge", "applies to weighted_sum meters only")
+        if recurring and aggregation is not None and aggregation not in RECURRING_AGGREGATIONS:
+            check.add(
+                f"{path}.recurring",
+                f"a {aggregation} meter cannot be recurring: its value is not something that "
+                f"carries over between periods (recurring applies to "
+                f"{', '.join(RECURRING_AGGREGATIONS)})",
+            )
+            recurring = False
         if code is None or aggregation is None or not field_ok:
             continue  # reported above; a MeterSpec would only raise it again
         spec = MeterSpec(
@@ -563,6 +575,8 @@ def meter_document(meter: MeterDef) -> dict[str, Any]:
     if spec.aggregation == "weighted_sum":
         document["recurring"] = spec.recurring
         document["gauge"] = spec.gauge
+    elif spec.recurring:  # only when set: meters stored before it keep their fingerprint
+        document["recurring"] = True
     if meter.allow_negative:
         document["allow_negative"] = True
     if meter.name:

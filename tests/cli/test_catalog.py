@@ -76,7 +76,7 @@ def test_every_problem_is_reported_at_once() -> None:
     data = {
         "meters": [
             {"code": "Calls", "aggregation": "average"},
-            {"code": "gauge", "aggregation": "sum", "recurring": True},
+            {"code": "gauge", "aggregation": "max", "recurring": True},
         ],
         "plans": [
             {
@@ -101,7 +101,7 @@ def test_every_problem_is_reported_at_once() -> None:
         "extras: unknown section",
         "meters[0].code: must be 1-64 lower-case letters",
         "meters[0].aggregation: 'average' is not one of",
-        "meters[1].recurring: applies to weighted_sum meters only",
+        "meters[1].recurring: a max meter cannot be recurring",
         "plans[0].interval: 'fortnight' is not one of",
         'plans[0].base_fee: write money as a string, e.g. "49.0"',
         "plans[0].charges[0].tiers[1].up_to: the last tier must be up_to = inf",

@@ -334,6 +334,8 @@ def meters() -> Iterator[MeterSpec]:
             for where in filters:
                 for gauge in gauges:
                     yield MeterSpec("m1", aggregation, field, where, gauge=gauge)
+                if aggregation in ("sum", "unique_count"):
+                    yield MeterSpec("m1", aggregation, field, where, recurring=True)
 
 
 openings_strategy = st.dictionaries(

@@ -17,7 +17,10 @@ that way: their buckets are billing's query over each bucket's [start, end), sen
 UNION ALL statements, and only for buckets that have events (an empty bucket is 0 for
 `latest`, and holds its opening level for `weighted_sum`, which is the gauge's time-weighted
 average over the bucket starting from the level the earlier buckets, and for recurring meters
-the earlier months, left). Events are never looped over in Python, so memory stays flat.
+the earlier months, left). A recurring `sum` or `unique_count` carries its value over: each
+bucket shows the value carried to the bucket's end (the running total, or the distinct values
+present), from billing's query over the bucket, and the month's quantity is the value at the
+month's end. Events are never looped over in Python, so memory stays flat.
 `events` counts the events the meter matches (its code and filters), with or without a value
 in its field. Counts, sums and events add up over the buckets to the month; a meter's
 `quantity` is the month's own aggregation (what billing bills for a calendar month), which for
@@ -154,6 +157,8 @@ def _meter_view(
     opening = usage.opening(spec)
     if spec.aggregation == "count":
         quantities = [Decimal(n) for n in events]
+    elif spec.carried:  # a recurring sum or unique_count: the carried value at each bucket's end
+        quantities = [value or ZERO for value in usage.one_by_one(spec)]
     elif spec.aggregation in GROUPABLE:
         quantities = usage.grouped(spec)
     elif spec.aggregation == "latest":

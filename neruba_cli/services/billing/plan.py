@@ -232,11 +232,9 @@ def subscription_schedule(sub: Row[Any], phases: list[PhasePlan], customer: Cust
 
 
 def _has_recurring(phases: list[PhasePlan]) -> bool:
-    return any(
-        spec.aggregation == "weighted_sum" and spec.recurring
-        for pp in phases
-        for spec in pp.meters.values()
-    )
+    """A recurring meter's value depends on events before the period: a count of the
+    period's own events cannot tell whether it moved, so such items are always repriced."""
+    return any(spec.recurring for pp in phases for spec in pp.meters.values())
 
 
 def _terms(
