@@ -16,6 +16,7 @@ from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.catalog import meter_document, plan_document
 from neruba_cli.domain.errors import InvalidInput, UsageError
+from neruba_cli.domain.grouping import group_text
 from neruba_cli.domain.periods import month_period
 from neruba_cli.domain.quote import quote_document, quote_plan
 from neruba_cli.services import output_files
@@ -169,7 +170,12 @@ def quote_(
     plan: Annotated[str, typer.Argument(help="Plan code, or PLAN@VERSION."), values.PLAN],
     usage: Annotated[
         list[str] | None,
-        typer.Option("--usage", metavar="METER=QUANTITY", help="METER=QUANTITY, repeatable."),
+        typer.Option(
+            "--usage",
+            metavar="METER=QUANTITY",
+            help="METER=QUANTITY, repeatable; METER[PROPERTY=VALUE]=QUANTITY for one group "
+            "of a grouped charge.",
+        ),
         values.read_by(quote.parse_usage_pair),
     ] = None,
     events: Annotated[
@@ -205,17 +211,28 @@ def quote_(
         from_file = quote.usage_from_events(
             events, stored.plan, stored.meters, window, customer=customer
         )
-        amounts = {**from_file, **amounts}
-    result = quote_plan(stored.plan, amounts, rounding=defaults.rounding)
+        amounts = from_file.updated(amounts)
+    result = quote_plan(
+        stored.plan, amounts.meters, rounding=defaults.rounding, groups=amounts.groups
+    )
     data = {**quote_document(result), "version": stored.version, "customer": customer}
     rt.out.emit(data, lambda console: render_quote(console, data))
+
+
+def _meter_cell(line: dict[str, Any]) -> str:
+    """The meter, and a grouped charge's group: `api_calls (region: eu)`."""
+    meter = line["meter"] or ""
+    group = line.get("group")
+    if not group:
+        return meter
+    return f"{meter} ({group_text(list(group), tuple(group.values()))})"
 
 
 def render_quote(console: Console, data: dict[str, Any]) -> None:
     rows = [
         (
             line["kind"],
-            line["meter"] or "",
+            _meter_cell(line),
             line["charge_model"] or "",
             line["quantity"] or "",
             line["amount_exact"],

@@ -13,6 +13,7 @@ from neruba_cli.cli import values
 from neruba_cli.cli.output import Renderer, plural, table
 from neruba_cli.cli.runtime import Runtime, command
 from neruba_cli.domain.errors import UsageError
+from neruba_cli.domain.grouping import group_condition
 from neruba_cli.domain.timestamps import format_ts, parse_ts
 from neruba_cli.services.invoices import explain as invoices_explain
 from neruba_cli.services.invoices import finalize as invoices_finalize
@@ -289,6 +290,7 @@ def _render_explanation(data: dict[str, Any]) -> Renderer:
                 ("meter", line["meter"]),
                 ("aggregation", line["aggregation"]),
                 ("filters", line["filters"]),
+                ("group", group_condition(line["group"]) if line.get("group") else None),
                 ("charge model", line["charge_model"]),
                 ("plan", line["plan"]),
                 ("quantity", line["quantity"]),

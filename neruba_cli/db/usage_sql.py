@@ -76,6 +76,7 @@ from neruba_cli.domain.aggregation import (
     units_text,
     weighted_divisor,
 )
+from neruba_cli.domain.grouping import GroupKey
 from neruba_cli.domain.money import canonical
 
 # The numeric-string rule of the domain (NUMERIC_STRING), anchored at both ends. `\z`, not
@@ -135,6 +136,11 @@ class _Dialect:
 
     def distinct(self, key: ColumnElement[Any]) -> ColumnElement[Any]:
         return key
+
+    def property_string(self, name: str) -> ColumnElement[Any]:
+        """A group's value: the property when it is a JSON string, else NULL; grouped and
+        compared code point for code point, like `property_equals`."""
+        raise NotImplementedError
 
     def sum(self, value: ColumnElement[Any]) -> Any:
         return func.sum(value)
@@ -198,6 +204,15 @@ class _SQLite(_Dialect):
         return and_(
             func.json_type(events_t.c.properties, path) == "text",
             func.json_extract(events_t.c.properties, path) == literal(value, String),
+        )
+
+    def property_string(self, name: str) -> ColumnElement[Any]:
+        path = literal(f"$.{name}", String)
+        return case(
+            (
+                func.json_type(events_t.c.properties, path) == "text",
+                func.json_extract(events_t.c.properties, path),
+            )
         )
 
     def sum(self, value: ColumnElement[Any]) -> Any:
@@ -276,6 +291,10 @@ class _MariaDB(_Dialect):
     def distinct(self, key: ColumnElement[Any]) -> ColumnElement[Any]:
         return cast(key, mysql.BINARY())
 
+    def property_string(self, name: str) -> ColumnElement[Any]:
+        # BINARY: grouped byte by byte (no case folding, no PAD SPACE); read back as UTF-8
+        return case((self._is_string(name), cast(self._text(name), mysql.BINARY())))
+
     def decimal(self, value: Decimal) -> ColumnElement[Any]:
         return cast(literal(units_text(rounded_units(value)), String), self.DECIMAL)
 
@@ -337,6 +356,9 @@ class _PostgreSQL(_Dialect):
     def property_equals(self, name: str, value: str) -> ColumnElement[bool]:
         return and_(self._type(name) == "string", self._text(name) == literal(value, Text))
 
+    def property_string(self, name: str) -> ColumnElement[Any]:
+        return case((self._type(name) == "string", self._text(name)))
+
     def microseconds(self, since: ColumnElement[Any], until: ColumnElement[Any]) -> Any:
         seconds = extract("epoch", until) - extract("epoch", since)
         return cast(seconds * 1_000_000, BigInteger)
@@ -383,7 +405,11 @@ class _Usage:
         period: tuple[datetime, datetime] | None = None,
         *,
         carried: bool = False,
+        group_by: Sequence[str] = (),
     ) -> None:
+        if group_by and openings:
+            raise ValueError(f"meter {meter.code!r}: opening levels cannot be grouped")
+        self.group_by = tuple(group_by)
         # weighted_sum's divisor: the full billing period's µs (also checks the window)
         self.total_microseconds = weighted_divisor(start, end, period)
         self.meter, self.sql = meter, sql
@@ -401,6 +427,17 @@ class _Usage:
             self.conditions.append(events_t.c.customer_id.in_(self.customer_ids))
         self.conditions += [sql.property_equals(name, value) for name, value in meter.filters]
 
+    def groups(self) -> list[ColumnElement[Any]]:
+        """The group columns `g0`, `g1`, … (one per group_by property) over the events."""
+        return [
+            self.sql.property_string(name).label(f"g{index}")
+            for index, name in enumerate(self.group_by)
+        ]
+
+    def keys_of(self, rows: Any) -> list[ColumnElement[Any]]:
+        """A subquery's partition: customer_id and the group columns."""
+        return [rows.c.customer_id, *(rows.c[f"g{i}"] for i in range(len(self.group_by)))]
+
     def value(self) -> ColumnElement[Any]:
         """The field's exact value per event (NULL when missing or not a number)."""
         name = self.meter.property_name
@@ -414,6 +451,7 @@ class _Usage:
         """The matching events that have a field value: (customer_id, ts, seq, v)."""
         rows = select(
             events_t.c.customer_id,
+            *self.groups(),
             events_t.c.ts,
             self.sql.in_key_order(events_t.c.idempotency_key).label("seq"),
             self.value().label("v"),
@@ -440,88 +478,88 @@ class _Usage:
         return union_all(*rows).subquery("points")
 
 
-def _result(customer_id: ColumnElement[Any], value: Any) -> list[ColumnElement[Any]]:
-    return [customer_id.label("customer_id"), type_coerce(value, UsageValue()).label("value")]
+def _result(
+    customer_id: ColumnElement[Any], value: Any, groups: Sequence[ColumnElement[Any]] = ()
+) -> list[ColumnElement[Any]]:
+    return [
+        customer_id.label("customer_id"),
+        type_coerce(value, UsageValue()).label("value"),
+        *(group.label(f"g{index}") for index, group in enumerate(groups)),
+    ]
+
+
+def _per_event(usage: _Usage, value: Any) -> Select[Any]:
+    """An aggregate over the matching events, per customer (and group)."""
+    groups = usage.groups()
+    return (
+        select(*_result(events_t.c.customer_id, value, groups))
+        .where(*usage.conditions)
+        .group_by(events_t.c.customer_id, *groups)
+    )
 
 
 # -- one builder per aggregation ------------------------------------------------------------
 
 
 def _count(usage: _Usage) -> Select[Any]:
-    return (
-        select(*_result(events_t.c.customer_id, func.count()))
-        .where(*usage.conditions)
-        .group_by(events_t.c.customer_id)
-    )
+    return _per_event(usage, func.count())
 
 
 def _sum(usage: _Usage) -> Select[Any]:
-    total = func.coalesce(usage.sql.sum(usage.value()), usage.sql.zero())
-    return (
-        select(*_result(events_t.c.customer_id, total))
-        .where(*usage.conditions)
-        .group_by(events_t.c.customer_id)
-    )
+    return _per_event(usage, func.coalesce(usage.sql.sum(usage.value()), usage.sql.zero()))
 
 
 def _max(usage: _Usage) -> Select[Any]:
-    largest = func.coalesce(usage.sql.max(usage.value()), usage.sql.zero())
-    return (
-        select(*_result(events_t.c.customer_id, largest))
-        .where(*usage.conditions)
-        .group_by(events_t.c.customer_id)
-    )
+    return _per_event(usage, func.coalesce(usage.sql.max(usage.value()), usage.sql.zero()))
 
 
 def _unique_count(usage: _Usage) -> Select[Any]:
-    distinct = func.count(usage.sql.distinct(usage.key()).distinct())
-    return (
-        select(*_result(events_t.c.customer_id, distinct))
-        .where(*usage.conditions)
-        .group_by(events_t.c.customer_id)
-    )
+    return _per_event(usage, func.count(usage.sql.distinct(usage.key()).distinct()))
 
 
-def _latest_of(rows: Any) -> Select[Any]:
-    """The `v` of each customer's last row by (ts, seq)."""
+def _latest_of(rows: Any, usage: _Usage) -> Select[Any]:
+    """The `v` of each customer's (and group's) last row by (ts, seq)."""
+    keys = usage.keys_of(rows)
     rank = (
         func.row_number()
-        .over(partition_by=rows.c.customer_id, order_by=(rows.c.ts.desc(), rows.c.seq.desc()))
+        .over(partition_by=keys, order_by=(rows.c.ts.desc(), rows.c.seq.desc()))
         .label("rank")
     )
-    ranked = select(rows.c.customer_id, rows.c.v, rank).subquery("ranked")
-    return select(*_result(ranked.c.customer_id, ranked.c.v)).where(ranked.c.rank == 1)
+    ranked = select(*keys, rows.c.v, rank).subquery("ranked")
+    ranked_keys = usage.keys_of(ranked)
+    return select(*_result(ranked_keys[0], ranked.c.v, ranked_keys[1:])).where(ranked.c.rank == 1)
 
 
 def _latest(usage: _Usage) -> Select[Any]:
-    return _latest_of(usage.valued().subquery("valued"))
+    return _latest_of(usage.valued().subquery("valued"), usage)
 
 
 def _weighted_sum(usage: _Usage) -> Select[Any]:
     sql, points = usage.sql, usage.points()
     order = (points.c.ts, points.c.seq)
+    partition = usage.keys_of(points)
     if usage.meter.gauge == "delta":
-        level = sql.sum(points.c.v).over(
-            partition_by=points.c.customer_id, order_by=order, rows=(None, 0)
-        )
+        level = sql.sum(points.c.v).over(partition_by=partition, order_by=order, rows=(None, 0))
     else:
         level = points.c.v
     until = func.coalesce(
-        func.lead(points.c.ts).over(partition_by=points.c.customer_id, order_by=order),
+        func.lead(points.c.ts).over(partition_by=partition, order_by=order),
         sql.timestamp(usage.end),
     )
     held = select(
-        points.c.customer_id,
+        *partition,
         level.label("level"),
         sql.microseconds(points.c.ts, until).label("us"),
     ).subquery("held")
+    held_keys = usage.keys_of(held)
     areas = (
-        select(held.c.customer_id, sql.sum(sql.times(held.c.level, held.c.us)).label("area"))
-        .group_by(held.c.customer_id)
+        select(*held_keys, sql.sum(sql.times(held.c.level, held.c.us)).label("area"))
+        .group_by(*held_keys)
         .subquery("areas")
     )
     value = sql.weighted(areas.c.area, usage.total_microseconds)
-    return select(*_result(areas.c.customer_id, value))
+    area_keys = usage.keys_of(areas)
+    return select(*_result(area_keys[0], value, area_keys[1:]))
 
 
 _BUILDERS = {
@@ -538,7 +576,7 @@ def _closing(usage: _Usage) -> Select[Any]:
     """weighted_sum: each customer's level at the period end."""
     points = usage.points()
     if usage.meter.gauge == "absolute":
-        return _latest_of(points)
+        return _latest_of(points, usage)
     return select(*_result(points.c.customer_id, usage.sql.sum(points.c.v))).group_by(
         points.c.customer_id
     )
@@ -557,17 +595,146 @@ def usage_query(
     customer_ids: Sequence[str] | None = None,
     openings: Mapping[str, Decimal] | None = None,
     period: tuple[datetime, datetime] | None = None,
+    group_by: Sequence[str] = (),
 ) -> Select[Any]:
     """SELECT customer_id, value: the meter's value per customer for [start, end).
 
     `openings` (weighted_sum only) are the customers' levels at `start`; `period` is the full
     billing period [start, end) is part of, which weighted_sum divides by (default: the window).
+    With `group_by` (property names), one row per customer and group, the group's values in
+    columns g0, g1, … (domain/grouping.py); openings cannot be grouped.
     """
     sql = _dialect(dialect)
     usage = _Usage(
-        meter, sql, project_id, start, end, customer_ids, openings, period, carried=meter.carried
+        meter,
+        sql,
+        project_id,
+        start,
+        end,
+        customer_ids,
+        openings,
+        period,
+        carried=meter.carried,
+        group_by=group_by,
     )
     return _BUILDERS[meter.aggregation](usage)
+
+
+def group_of(row: Any, size: int) -> GroupKey:
+    """A result row's group: its g0, g1, … as text (MariaDB returns them as bytes)."""
+    return tuple(_group_value(row._mapping[f"g{index}"]) for index in range(size))
+
+
+def _group_value(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8")
+    return str(value)
+
+
+def aggregate_groups(
+    conn: Connection,
+    meter: MeterSpec,
+    group_by: Sequence[str],
+    *,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    customer_ids: Sequence[str] | None = None,
+    period: tuple[datetime, datetime] | None = None,
+) -> dict[str, dict[GroupKey, Decimal]]:
+    """customer_id → group → value: `aggregate_usage` per group of `group_by`. Groups without
+    events are absent (their value is 0)."""
+    query = usage_query(
+        meter,
+        dialect=conn.dialect.name,
+        project_id=project_id,
+        start=start,
+        end=end,
+        customer_ids=customer_ids,
+        period=period,
+        group_by=group_by,
+    )
+    found: dict[str, dict[GroupKey, Decimal]] = {}
+    for row in conn.execute(query):
+        found.setdefault(row.customer_id, {})[group_of(row, len(group_by))] = row.value
+    return found
+
+
+def group_event_stats(
+    conn: Connection,
+    meter: MeterSpec,
+    group_by: Sequence[str],
+    *,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    customer_ids: Sequence[str],
+) -> dict[str, dict[GroupKey, tuple[int, datetime, datetime]]]:
+    """`event_stats` per group: customer_id → group → (count, first ts, last ts)."""
+    usage = _Usage(
+        meter,
+        _dialect(conn.dialect.name),
+        project_id,
+        start,
+        end,
+        customer_ids,
+        None,
+        None,
+        group_by=group_by,
+    )
+    groups = usage.groups()
+    query = (
+        select(
+            events_t.c.customer_id,
+            *groups,
+            func.count().label("n"),
+            func.min(events_t.c.ts).label("first"),
+            func.max(events_t.c.ts).label("last"),
+        )
+        .where(*usage.conditions, usage.value().is_not(None))
+        .group_by(events_t.c.customer_id, *groups)
+    )
+    found: dict[str, dict[GroupKey, tuple[int, datetime, datetime]]] = {}
+    for row in conn.execute(query):
+        key = group_of(row, len(group_by))
+        found.setdefault(row.customer_id, {})[key] = (int(row.n), row.first, row.last)
+    return found
+
+
+def group_transaction_values(
+    conn: Connection,
+    meter: MeterSpec,
+    group_by: Sequence[str],
+    *,
+    project_id: str,
+    customer_id: str,
+    start: datetime,
+    end: datetime,
+) -> dict[GroupKey, tuple[Decimal, ...]]:
+    """`transaction_values` per group: each group's values in (ts, idempotency key) order."""
+    usage = _Usage(
+        meter,
+        _dialect(conn.dialect.name),
+        project_id,
+        start,
+        end,
+        [customer_id],
+        None,
+        None,
+        group_by=group_by,
+    )
+    value = usage.value()
+    query = (
+        select(type_coerce(value, UsageValue()).label("value"), *usage.groups())
+        .where(*usage.conditions, value.is_not(None))
+        .order_by(events_t.c.ts, usage.sql.in_key_order(events_t.c.idempotency_key))
+    )
+    found: dict[GroupKey, list[Decimal]] = {}
+    for row in conn.execute(query, execution_options={"yield_per": 1000}):
+        found.setdefault(group_of(row, len(group_by)), []).append(row.value)
+    return {key: tuple(values) for key, values in found.items()}
 
 
 def closing_query(

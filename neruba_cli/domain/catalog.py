@@ -31,7 +31,7 @@ from neruba_cli.domain.money import (
     normalize_currency,
     parse_amount,
 )
-from neruba_cli.domain.pricing import MODELS, Charge, ChargeModel, Tier
+from neruba_cli.domain.pricing import MODELS, Charge, ChargeGroup, ChargeModel, Tier
 from neruba_cli.domain.suggest import did_you_mean
 from neruba_cli.domain.toml_lines import key_lines, line_of
 
@@ -46,6 +46,9 @@ _PROPERTY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 # Which parameters each model reads; anything else set on a charge is an error, so a typo or
 # a parameter from another model never passes silently.
 _COMMON = {"meter", "model", "free_units", "min_amount", "max_amount", "description"}
+_GROUPING = {"group_by", "groups"}  # pricing by property value (domain/grouping.py)
+_GROUP_LIMITS = {"free_units", "min_amount", "max_amount"}  # a group may set its own
+MAX_GROUP_BY = 5
 _MODEL_PARAMS: dict[str, set[str]] = {
     "per_unit": {"unit_amount"},
     "graduated": {"tiers", "flat_fee_at_zero"},
@@ -362,7 +365,7 @@ def _parse_charge(
         return None
     allowed = _COMMON | _MODEL_PARAMS[model]
     for key in item:
-        if key not in allowed:
+        if key not in allowed and key not in _GROUPING:
             other = [name for name, params in _MODEL_PARAMS.items() if key in params]
             hint = f" (it belongs to {', '.join(other)})" if other else ""
             check.add(f"{path}.{key}", f"does not apply to model {model}{hint}")
@@ -405,10 +408,102 @@ def _parse_charge(
     low, high = values.get("per_transaction_min"), values.get("per_transaction_max")
     if low is not None and high is not None and low > high:
         check.add(f"{path}.per_transaction_min", "must not exceed per_transaction_max")
+    group_by = _group_by(item, path, meters.get(meter) if isinstance(meter, str) else None, check)
     if len(check.problems) > before or not isinstance(meter, str):
         return None
     clean = {key: value for key, value in values.items() if value is not None}
-    return Charge(meter=meter, model=cast(ChargeModel, model), **clean)
+    charge = Charge(meter=meter, model=cast(ChargeModel, model), **clean)
+    if not group_by:
+        return charge
+    groups = _groups(item, path, group_by, meters, check)
+    if len(check.problems) > before:
+        return None
+    return replace(charge, group_by=group_by, groups=groups)
+
+
+def _group_by(
+    item: Mapping[str, Any], path: str, meter: MeterDef | None, check: _Checker
+) -> tuple[str, ...]:
+    """`group_by = ["region"]`: the properties whose values split the charge's usage."""
+    if "group_by" not in item:
+        if "groups" in item:
+            check.add(f"{path}.groups", 'needs group_by, e.g. group_by = ["region"]')
+        return ()
+    raw = item["group_by"]
+    here = f"{path}.group_by"
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_GROUP_BY:
+        check.add(here, f'must be a list of 1 to {MAX_GROUP_BY} property names, e.g. ["region"]')
+        return ()
+    names: list[str] = []
+    for name in raw:
+        if not isinstance(name, str) or not _PROPERTY.match(name):
+            check.add(here, f"{name!r}: property names are letters, digits and _")
+        elif name in names:
+            check.add(here, f"{name!r} appears twice")
+        else:
+            names.append(name)
+    if meter is not None and meter.spec.recurring:
+        check.add(here, f"meter {meter.code!r} is recurring: grouping it is not supported")
+    return tuple(names)
+
+
+def _groups(
+    item: Mapping[str, Any],
+    path: str,
+    group_by: tuple[str, ...],
+    meters: Mapping[str, MeterDef],
+    check: _Checker,
+) -> tuple[ChargeGroup, ...]:
+    """`[[plans.charges.groups]]`: groups priced with their own parameters on top of the
+    charge's (the same model; `values` names every group_by property)."""
+    raw = item.get("groups", [])
+    if not isinstance(raw, list):
+        check.add(f"{path}.groups", "must be an array of tables ([[plans.charges.groups]])")
+        return ()
+    model = item["model"]
+    inherited = {
+        key: value for key, value in item.items() if key not in _GROUPING and key != "description"
+    }
+    groups: list[ChargeGroup] = []
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    for index, group in enumerate(raw):
+        here = f"{path}.groups[{index}]"
+        if not isinstance(group, dict):
+            check.add(here, 'must be a table such as { values = { region = "eu" }, ... }')
+            continue
+        values = _group_values(group.get("values"), f"{here}.values", group_by, check)
+        params = [key for key in group if key != "values"]
+        for key in params:
+            if key not in _MODEL_PARAMS[model] and key not in _GROUP_LIMITS:
+                check.add(
+                    f"{here}.{key}",
+                    f"a group sets the price parameters of model {model} "
+                    f"({', '.join(sorted(_MODEL_PARAMS[model] | _GROUP_LIMITS))})",
+                )
+        if values is None:
+            continue
+        if values in seen:
+            check.add(f"{here}.values", "this group is priced twice")
+        seen.add(values)
+        before = len(check.problems)
+        merged = {**inherited, **{key: group[key] for key in params}}
+        priced = _parse_charge(merged, here, meters, check)
+        if priced is not None and len(check.problems) == before:
+            groups.append(ChargeGroup(values, priced, tuple(sorted(params))))
+    return tuple(groups)
+
+
+def _group_values(
+    raw: Any, path: str, group_by: tuple[str, ...], check: _Checker
+) -> tuple[tuple[str, str], ...] | None:
+    example = ", ".join(f'{name} = "..."' for name in group_by)
+    if not isinstance(raw, dict):
+        check.add(path, f"is required: a table naming every group_by property, {{ {example} }}")
+        return None
+    if set(raw) != set(group_by) or not all(isinstance(v, str) for v in raw.values()):
+        check.add(path, f"must give a string for each group_by property: {{ {example} }}")
+        return None
+    return tuple(sorted(raw.items()))
 
 
 def _tiers(raw: Any, path: str, model: str, check: _Checker) -> tuple[Tier, ...]:
@@ -604,8 +699,26 @@ def charge_document(charge: Charge, description: str | None = None) -> dict[str,
                 document[key] = _dec(value)
         elif value is not None:
             document[key] = _dec(value)
+    if charge.group_by:
+        document["group_by"] = list(charge.group_by)
+        document["groups"] = [_group_document(group) for group in charge.groups]
     if description:
         document["description"] = description
+    return document
+
+
+def _group_document(group: ChargeGroup) -> dict[str, Any]:
+    """A priced group as written: its values and the parameters it sets, each spelled out
+    (a group's `free_units = 0` undoes the charge's, so defaults are kept here)."""
+    document: dict[str, Any] = {"values": dict(group.values)}
+    for key in group.params:
+        value = getattr(group.charge, key)
+        if key == "tiers":
+            document[key] = [_tier_document(tier, group.charge.model) for tier in value]
+        elif isinstance(value, bool | int) and not isinstance(value, Decimal):
+            document[key] = value
+        else:
+            document[key] = _dec(value)
     return document
 
 

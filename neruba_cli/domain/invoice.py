@@ -32,6 +32,15 @@ from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.base_fee import PhaseFee, Timing, base_fee_lines
 from neruba_cli.domain.catalog import PlanDef
 from neruba_cli.domain.errors import InvalidInput
+from neruba_cli.domain.grouping import (
+    GroupKey,
+    billed_keys,
+    charge_for,
+    group_document,
+    group_from_document,
+    group_text,
+    key_order,
+)
 from neruba_cli.domain.invoice_limits import Unbillable, check_document, check_reading
 from neruba_cli.domain.money import (
     RoundingMode,
@@ -40,7 +49,14 @@ from neruba_cli.domain.money import (
     round_to_minor,
 )
 from neruba_cli.domain.periods import Period, Phase
-from neruba_cli.domain.pricing import TierLine, Usage, price_lines, rate_charge, tier_document
+from neruba_cli.domain.pricing import (
+    Charge,
+    TierLine,
+    Usage,
+    price_lines,
+    rate_charge,
+    tier_document,
+)
 from neruba_cli.domain.timestamps import format_ts
 
 LineKind = Literal["base_fee", "usage", "minimum", "charge"]
@@ -58,6 +74,9 @@ class MeterUsage:
     first: datetime | None = None
     last: datetime | None = None
     transactions: tuple[Decimal, ...] | None = None  # percentage models, in event order
+    # a grouped charge's usage (domain/grouping.py): each group with events, by key; then the
+    # fields above are the totals over the groups (value: their sum)
+    groups: tuple[tuple[GroupKey, MeterUsage], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -229,35 +248,67 @@ def _usage_lines(inp: InvoiceInput, terms: SubscriptionTerms) -> list[dict[str, 
         descriptions = plan.charge_descriptions or (None,) * len(plan.charges)
         for charge, description in zip(plan.charges, descriptions, strict=False):
             usage = piece.usage.get(charge.meter, MeterUsage(ZERO))
-            check_reading(charge.meter, usage.value, usage.transactions)
-            try:
-                rating = rate_charge(charge, Usage(usage.value, usage.transactions))
-            except InvalidInput as exc:  # e.g. cannot be priced exactly: the reading's fault
-                raise Unbillable(exc.message, meter=charge.meter, hint=exc.hint) from None
-            for priced in price_lines(rating, inp.currency, inp.rounding):
-                label = description or charge.meter
-                lines.append(
-                    _line(
-                        priced.kind,
-                        f"{label} (minimum commitment)" if priced.kind == "minimum" else label,
-                        inp.currency,
-                        subscription=terms.id,
-                        plan=piece.phase_key,
-                        service=(piece.start, piece.end),
-                        quantity=priced.quantity,
-                        amount=priced.amount,
-                        amount_exact=priced.amount_exact,
-                        meter=charge.meter,
-                        charge_model=charge.model,
-                        aggregation=_aggregation(phase_plan, charge.meter),
-                        tiers=priced.tiers,
-                        events=usage if priced.kind == "usage" else None,
-                        free_units=charge.free_units,
-                        billable_quantity=rating.billable_quantity,
-                        minimum=charge.min_amount,
-                        maximum=charge.max_amount,
-                    )
+            label = description or charge.meter
+            if not charge.group_by:
+                lines += _charge_lines(inp, terms, piece, phase_plan, charge, label, usage)
+                continue
+            observed = dict(usage.groups or ())
+            for key in billed_keys(charge, observed):
+                lines += _charge_lines(
+                    inp,
+                    terms,
+                    piece,
+                    phase_plan,
+                    charge_for(charge, key),
+                    f"{label} — {group_text(charge.group_by, key)}",
+                    observed.get(key, MeterUsage(ZERO)),
+                    group=group_document(charge.group_by, key),
                 )
+    return lines
+
+
+def _charge_lines(
+    inp: InvoiceInput,
+    terms: SubscriptionTerms,
+    piece: UsagePiece,
+    phase_plan: PhasePlan,
+    charge: Charge,
+    label: str,
+    usage: MeterUsage,
+    *,
+    group: dict[str, str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """The usage line of one charge (of one group of a grouped charge) and its minimum."""
+    check_reading(charge.meter, usage.value, usage.transactions)
+    try:
+        rating = rate_charge(charge, Usage(usage.value, usage.transactions))
+    except InvalidInput as exc:  # e.g. cannot be priced exactly: the reading's fault
+        raise Unbillable(exc.message, meter=charge.meter, hint=exc.hint) from None
+    lines: list[dict[str, Any]] = []
+    for priced in price_lines(rating, inp.currency, inp.rounding):
+        line = _line(
+            priced.kind,
+            f"{label} (minimum commitment)" if priced.kind == "minimum" else label,
+            inp.currency,
+            subscription=terms.id,
+            plan=piece.phase_key,
+            service=(piece.start, piece.end),
+            quantity=priced.quantity,
+            amount=priced.amount,
+            amount_exact=priced.amount_exact,
+            meter=charge.meter,
+            charge_model=charge.model,
+            aggregation=_aggregation(phase_plan, charge.meter),
+            tiers=priced.tiers,
+            events=usage if priced.kind == "usage" else None,
+            free_units=charge.free_units,
+            billable_quantity=rating.billable_quantity,
+            minimum=charge.min_amount,
+            maximum=charge.max_amount,
+        )
+        if group is not None:  # only grouped lines carry the key: others stay as they were
+            line["group"] = group
+        lines.append(line)
     return lines
 
 
@@ -442,6 +493,11 @@ def _usage_document(usage: MeterUsage) -> dict[str, Any]:
             "count": len(usage.transactions),
             "sha256": hashlib.sha256(joined.encode()).hexdigest(),
         }
+    if usage.groups is not None:
+        document["groups"] = [
+            {"group": list(key), **_usage_document(group)}
+            for key, group in sorted(usage.groups, key=lambda g: key_order(g[0]))
+        ]
     return document
 
 
@@ -484,7 +540,17 @@ def line_key(line: Mapping[str, Any]) -> tuple[Any, ...]:
         service.get("end") if line["kind"] != "base_fee" else fee_period.get("start"),
         line.get("reference"),
         line.get("late_from"),
+        _group_identity(line.get("group")),
     )
+
+
+def _group_identity(group: Any) -> tuple[tuple[str, str | None], ...] | None:
+    """A grouped line's group as part of its identity; None on every other line (and on
+    lines stored before grouping existed, which carry no `group`)."""
+    if not isinstance(group, Mapping):
+        return None
+    names = sorted(group)
+    return tuple(zip(names, group_from_document(names, group), strict=True))
 
 
 def correction_lines(

@@ -118,6 +118,19 @@ class Charge:
     min_amount: Decimal | None = None  # any model: period minimum, its own line
     max_amount: Decimal | None = None  # any model: cap
     flat_fee_at_zero: bool = True  # tiered models
+    group_by: tuple[str, ...] = ()  # properties whose values split the usage (domain/grouping.py)
+    groups: tuple[ChargeGroup, ...] = ()  # groups with their own price, in catalog order
+
+
+@dataclass(frozen=True)
+class ChargeGroup:
+    """A group of a grouped charge with its own price: `values` names every `group_by`
+    property (sorted by name); `charge` is the charge that prices it (the charge's own
+    parameters with the group's on top); `params` are the parameters the group sets."""
+
+    values: tuple[tuple[str, str], ...]
+    charge: Charge
+    params: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

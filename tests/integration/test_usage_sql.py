@@ -26,6 +26,7 @@ from neruba_cli.domain.aggregation import (
     closing_level,
     transaction_values,
 )
+from neruba_cli.domain.grouping import GroupKey, aggregate_groups, transaction_groups
 from neruba_cli.domain.money import canonical
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -394,3 +395,62 @@ def test_sql_equals_the_reference(
             customer_ids=["cus_b"],
         )  # fmt: skip
         assert set(only_b) <= {"cus_b"}
+
+
+GROUPINGS: list[tuple[str, ...]] = [("region",), ("region", "user")]
+
+
+def _nonzero(values: Mapping[GroupKey, Decimal]) -> dict[GroupKey, Decimal]:
+    return {key: value for key, value in values.items() if value != 0}
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(scenario=scenarios())
+def test_sql_groups_equal_the_reference(
+    usage_engine: Engine, scenario: tuple[datetime, datetime, list[dict[str, Any]]]
+) -> None:
+    """Pricing by property value: the meter per group (exact JSON strings; anything else is
+    the group without a value) equals domain/grouping.py, with each group's event span and
+    per-event values."""
+    start, end, rows = scenario
+    store(usage_engine, rows)
+    with usage_engine.connect() as conn:
+        for group_by in GROUPINGS:
+            for meter in meters():
+                got = usage_sql.aggregate_groups(
+                    conn, meter, group_by, project_id=PROJECT, start=start, end=end
+                )
+                spans = usage_sql.group_event_stats(
+                    conn,
+                    meter,
+                    group_by,
+                    project_id=PROJECT,
+                    start=start,
+                    end=end,
+                    customer_ids=list(CUSTOMERS),
+                )
+                for customer in CUSTOMERS:
+                    assert_canonical(got.get(customer, {}))
+                    events = records(rows, customer, "m1")
+                    expected = aggregate_groups(meter, group_by, events, start, end)
+                    mine = got.get(customer, {})
+                    assert _nonzero(mine) == _nonzero(expected), (meter, group_by, customer)
+                    values = transaction_groups(meter, group_by, events, start, end)
+                    counted = {key: len(found) for key, found in values.items() if found}
+                    span_counts = {key: n for key, (n, _, _) in spans.get(customer, {}).items()}
+                    assert span_counts == counted, (meter, group_by, customer)
+                    if meter.aggregation == "sum":
+                        streamed = usage_sql.group_transaction_values(
+                            conn,
+                            meter,
+                            group_by,
+                            project_id=PROJECT,
+                            customer_id=customer,
+                            start=start,
+                            end=end,
+                        )
+                        assert streamed == {k: v for k, v in values.items() if v}, (meter,)

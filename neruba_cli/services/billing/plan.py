@@ -50,6 +50,7 @@ from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.billing_periods import Schedule, billed_periods, is_first_period, next_period
 from neruba_cli.domain.catalog import MeterDef, PlanDef, load_version
 from neruba_cli.domain.errors import InvalidInput, NotFound
+from neruba_cli.domain.grouping import GroupKey, key_order
 from neruba_cli.domain.invoice import (
     BuiltInvoice,
     CarriedUsage,
@@ -509,7 +510,7 @@ def build_each(
     """Aggregate the usage of every piece of every item in the database, then build each
     invoice on its own: (the invoices built, the items that cannot be billed and why). One
     customer's reading that no invoice can hold never stops the others."""
-    wanted: dict[tuple[datetime, datetime, Period, MeterSpec], set[str]] = defaultdict(set)
+    wanted: dict[tuple[datetime, datetime, Period, MeterSpec, GroupBy], set[str]] = defaultdict(set)
     percentage: set[tuple[datetime, datetime, MeterSpec, str]] = set()
     for item in items:
         for terms in item.terms:
@@ -518,18 +519,23 @@ def build_each(
                 pp = plans[piece.phase_key]
                 for charge in pp.plan.charges:
                     spec = pp.meters[charge.meter]
-                    wanted[(piece.start, piece.end, item.period, spec)].add(item.customer.id)
+                    window = (piece.start, piece.end, item.period, spec, charge.group_by)
+                    wanted[window].add(item.customer.id)
                     if charge.model == "percentage":
                         percentage.add((piece.start, piece.end, spec, item.customer.id))
     known = _known_spans(items)
     results: dict[_UsageKey, MeterUsage] = {}
-    for (start, end, period, spec), customer_ids in wanted.items():
+    for (start, end, period, spec, group_by), customer_ids in wanted.items():
         ids = sorted(customer_ids)
-        spans = _spans(known, spec, start, end, ids)
-        for usage_customer, usage in _aggregate(
-            conn, project, spec, start, end, period, ids, percentage, spans
-        ):
-            results[(start, end, period, spec, usage_customer)] = usage
+        if group_by:
+            found = _aggregate_groups(
+                conn, project, spec, group_by, start, end, period, ids, percentage
+            )
+        else:
+            spans = _spans(known, spec, start, end, ids)
+            found = _aggregate(conn, project, spec, start, end, period, ids, percentage, spans)
+        for usage_customer, usage in found:
+            results[(start, end, period, spec, group_by, usage_customer)] = usage
     built: dict[Any, BuiltInvoice] = {}
     failed: dict[Any, Unbillable] = {}
     for item in items:
@@ -590,6 +596,64 @@ def _aggregate(
         yield customer_id, MeterUsage(value, count, first, last, transactions)
 
 
+def _aggregate_groups(
+    conn: Connection,
+    project: Project,
+    spec: MeterSpec,
+    group_by: GroupBy,
+    start: datetime,
+    end: datetime,
+    period: Period,
+    ids: list[str],
+    percentage: set[tuple[datetime, datetime, MeterSpec, str]],
+) -> Iterable[tuple[str, MeterUsage]]:
+    """A grouped charge's usage of [start, end): the meter per group of `group_by` values
+    (domain/grouping.py), one GROUP BY for the batch; the totals are over the groups."""
+    values = usage_sql.aggregate_groups(
+        conn,
+        spec,
+        group_by,
+        project_id=project.id,
+        start=start,
+        end=end,
+        customer_ids=ids,
+        period=(period.start, period.end),
+    )
+    spans = usage_sql.group_event_stats(
+        conn, spec, group_by, project_id=project.id, start=start, end=end, customer_ids=ids
+    )
+    for customer_id in ids:
+        found, seen = values.get(customer_id, {}), spans.get(customer_id, {})
+        transactions: dict[GroupKey, tuple[Decimal, ...]] | None = None
+        if (start, end, spec, customer_id) in percentage:
+            transactions = usage_sql.group_transaction_values(
+                conn,
+                spec,
+                group_by,
+                project_id=project.id,
+                customer_id=customer_id,
+                start=start,
+                end=end,
+            )
+        groups: list[tuple[GroupKey, MeterUsage]] = []
+        for key in sorted(set(found) | set(seen), key=key_order):
+            count, first, last = seen.get(key, (0, None, None))
+            mine = None if transactions is None else transactions.get(key, ())
+            groups.append((key, MeterUsage(found.get(key, Decimal(0)), count, first, last, mine)))
+        firsts = [usage.first for _, usage in groups if usage.first is not None]
+        lasts = [usage.last for _, usage in groups if usage.last is not None]
+        yield (
+            customer_id,
+            MeterUsage(
+                value=sum((usage.value for _, usage in groups), Decimal(0)),
+                count=sum(usage.count for _, usage in groups),
+                first=min(firsts, default=None),
+                last=max(lasts, default=None),
+                groups=tuple(groups),
+            ),
+        )
+
+
 Span = tuple[int, datetime, datetime]
 
 
@@ -623,8 +687,10 @@ def _spans(
     return found
 
 
-_UsageKey = tuple[datetime, datetime, Period, MeterSpec, str]
-"""A piece's usage: (piece start, piece end, its billing period, meter, customer)."""
+GroupBy = tuple[str, ...]
+_UsageKey = tuple[datetime, datetime, Period, MeterSpec, GroupBy, str]
+"""A piece's usage: (piece start, piece end, its billing period, meter, the charge's
+group_by, customer)."""
 
 
 def _with_usage(
@@ -639,7 +705,14 @@ def _with_usage(
         pp = plans[piece.phase_key]
         usage = {
             charge.meter: results[
-                (piece.start, piece.end, period, pp.meters[charge.meter], customer_id)
+                (
+                    piece.start,
+                    piece.end,
+                    period,
+                    pp.meters[charge.meter],
+                    charge.group_by,
+                    customer_id,
+                )
             ]
             for charge in pp.plan.charges
         }

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from neruba_cli.domain import aggregation, exact_json
+from neruba_cli.domain import aggregation, exact_json, grouping
 from neruba_cli.domain.aggregation import EventRecord
 from neruba_cli.domain.catalog import MeterDef, PlanDef
 from neruba_cli.domain.errors import InvalidInput, UsageError
 from neruba_cli.domain.events import Rejected, parse_quantity, parse_timestamp
+from neruba_cli.domain.grouping import GroupKey
 from neruba_cli.domain.meter_values import check_meter_value
 from neruba_cli.domain.money import decimal_from_text
 from neruba_cli.domain.periods import Period
@@ -23,33 +25,83 @@ from neruba_cli.domain.suggest import did_you_mean
 PERCENTAGE_MODELS = ("percentage", "graduated_percentage")
 
 
-def usage_from_pairs(pairs: Sequence[str], plan: PlanDef) -> dict[str, Usage]:
-    """`--usage api_calls=12000`: the period's aggregated value of each meter."""
-    charged = {charge.meter for charge in plan.charges}
-    usage: dict[str, Usage] = {}
+@dataclass
+class QuoteUsage:
+    """What a quote prices: each meter's value, and a grouped charge's value per group."""
+
+    meters: dict[str, Usage] = field(default_factory=dict)
+    groups: dict[str, dict[GroupKey, Usage]] = field(default_factory=dict)
+
+    def updated(self, other: QuoteUsage) -> QuoteUsage:
+        """This usage with `other`'s values on top (flags over a file)."""
+        groups = {meter: dict(values) for meter, values in self.groups.items()}
+        for meter, values in other.groups.items():
+            groups.setdefault(meter, {}).update(values)
+        return QuoteUsage({**self.meters, **other.meters}, groups)
+
+
+def usage_from_pairs(pairs: Sequence[str], plan: PlanDef) -> QuoteUsage:
+    """`--usage api_calls=12000`: the period's aggregated value of each meter;
+    `--usage api_calls[region=eu]=1200` one group's of a grouped charge (a grouped charge's
+    plain METER=QUANTITY is the group of events without the properties, `(none)`)."""
+    charges = {charge.meter: charge for charge in plan.charges}
+    usage = QuoteUsage()
     for pair in pairs:
-        meter, quantity = parse_usage_pair(pair)
-        if meter not in charged:
+        meter, values, quantity = parse_usage_pair(pair)
+        charge = charges.get(meter)
+        if charge is None:
             raise InvalidInput(
                 f"--usage {pair!r}: plan {plan.code} has no charge on meter {meter!r}",
-                hint=f"charged meters: {', '.join(sorted(charged)) or 'none'}",
+                hint=f"charged meters: {', '.join(sorted(charges)) or 'none'}",
             )
-        usage[meter] = Usage(quantity)
+        if not charge.group_by:
+            if values:
+                raise InvalidInput(
+                    f"--usage {pair!r}: the charge on {meter} has no group_by; "
+                    f"write {meter}=QUANTITY"
+                )
+            usage.meters[meter] = Usage(quantity)
+            continue
+        if values and set(values) != set(charge.group_by):
+            raise InvalidInput(
+                f"--usage {pair!r}: name every group_by property of {meter}: "
+                + ", ".join(charge.group_by),
+                hint=f"e.g. {meter}[{','.join(f'{n}=VALUE' for n in charge.group_by)}]=QUANTITY",
+            )
+        key = tuple(values.get(name) for name in charge.group_by)
+        usage.groups.setdefault(meter, {})[key] = Usage(quantity)
     return usage
 
 
-def parse_usage_pair(pair: str) -> tuple[str, Decimal]:
-    """One `--usage METER=QUANTITY`: the meter's code and a quantity of 0 or more."""
-    meter, sep, text = pair.partition("=")
-    if not sep:
-        raise InvalidInput(f"--usage {pair!r}: write METER=QUANTITY, e.g. api_calls=12000")
+def parse_usage_pair(pair: str) -> tuple[str, dict[str, str], Decimal]:
+    """One `--usage METER=QUANTITY` or `METER[PROP=VALUE,...]=QUANTITY`: the meter's code,
+    the group's values (none for a plain meter) and a quantity of 0 or more."""
+    values: dict[str, str] = {}
+    head, bracket, rest = pair.partition("[")
+    if bracket:
+        inside, closed, tail = rest.partition("]")
+        if not closed or not tail.startswith("="):
+            raise InvalidInput(
+                f"--usage {pair!r}: write METER[PROPERTY=VALUE]=QUANTITY, "
+                "e.g. api_calls[region=eu]=1200"
+            )
+        for item in inside.split(","):
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise InvalidInput(f"--usage {pair!r}: {item!r} is not PROPERTY=VALUE")
+            values[name.strip()] = value
+        meter, text = head, tail[1:]
+    else:
+        meter, sep, text = pair.partition("=")
+        if not sep:
+            raise InvalidInput(f"--usage {pair!r}: write METER=QUANTITY, e.g. api_calls=12000")
     try:
         quantity = decimal_from_text(text)
     except InvalidOperation:
         raise InvalidInput(f"--usage {pair!r}: {text!r} is not a number") from None
     if not quantity.is_finite() or quantity < 0:
         raise InvalidInput(f"--usage {pair!r}: the quantity must be 0 or more")
-    return meter.strip(), quantity
+    return meter.strip(), values, quantity
 
 
 def usage_from_events(
@@ -58,8 +110,9 @@ def usage_from_events(
     meters: dict[str, MeterDef],
     period: Period | None,
     customer: str | None = None,
-) -> dict[str, Usage]:
-    """Aggregate a JSONL events file with the meters' own rules (the pure reference).
+) -> QuoteUsage:
+    """Aggregate a JSONL events file with the meters' own rules (the pure reference), per
+    group for a grouped charge.
 
     Without a period the events' own span is used; weighted_sum meters need a period, since
     their result is a time average over it. A quote prices one customer's usage (tiers,
@@ -83,19 +136,33 @@ def usage_from_events(
                 raise InvalidInput(f"{where}: {exc}") from None
             by_meter[meter].append(record)
     _check_customers(path, owners, customer)
-    usage: dict[str, Usage] = {}
+    usage = QuoteUsage()
     for charge in plan.charges:
         spec = meters[charge.meter].spec
         events = by_meter.get(charge.meter, [])
         if not events and period is None:
-            usage[charge.meter] = Usage(Decimal(0), ())
+            if not charge.group_by:
+                usage.meters[charge.meter] = Usage(Decimal(0), ())
             continue
         start, end = _window(events, period, spec.aggregation, charge.meter)
+        percentage = charge.model in PERCENTAGE_MODELS
+        if charge.group_by:
+            values = grouping.aggregate_groups(spec, charge.group_by, events, start, end)
+            transactions = (
+                grouping.transaction_groups(spec, charge.group_by, events, start, end)
+                if percentage
+                else {}
+            )
+            usage.groups[charge.meter] = {
+                key: Usage(value, transactions.get(key, ()) if percentage else None)
+                for key, value in values.items()
+            }
+            continue
         quantity = aggregation.aggregate(spec, events, start, end)
-        transactions = None
-        if charge.model in PERCENTAGE_MODELS:
-            transactions = aggregation.transaction_values(spec, events, start, end)
-        usage[charge.meter] = Usage(quantity, transactions)
+        transaction_list = None
+        if percentage:
+            transaction_list = aggregation.transaction_values(spec, events, start, end)
+        usage.meters[charge.meter] = Usage(quantity, transaction_list)
     return usage
 
 

@@ -346,7 +346,8 @@ def toml_ready(document: dict[str, Any]) -> dict[str, Any]:
 def _toml_plan(plan: dict[str, Any]) -> dict[str, Any]:
     """TOML spells the last tier's bound as the bare `inf`."""
     for charge in plan["charges"]:
-        for tier in charge.get("tiers", []):
-            if tier["up_to"] == "inf":
-                tier["up_to"] = float("inf")
+        for priced in [charge, *charge.get("groups", [])]:
+            for tier in priced.get("tiers", []):
+                if tier["up_to"] == "inf":
+                    tier["up_to"] = float("inf")
     return plan

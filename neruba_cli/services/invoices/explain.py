@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Row, func, select
 from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import events_t, invoices_t
 from neruba_cli.domain import credits as credit_rules
+from neruba_cli.domain.grouping import group_condition
 from neruba_cli.domain.ledger import Allocation
 from neruba_cli.domain.money import format_minor, to_minor_units
 from neruba_cli.services.billing import plan as billing_plan
@@ -107,6 +108,7 @@ def _explain_line(
         "meter": meter,
         "aggregation": line.get("aggregation"),
         "filters": meter_filters or None,
+        "group": line.get("group"),
         "charge_model": line.get("charge_model"),
         "service": line.get("service"),
         "fee_period": line.get("fee_period"),
@@ -165,6 +167,9 @@ def _events_command(
     if meter_filters:
         wanted = ", ".join(f"{k} = {v!r}" for k, v in sorted(meter_filters.items()))
         notes.append(f"the meter counts only events whose properties match {wanted}")
+    group = line.get("group")
+    if isinstance(group, dict):
+        notes.append(f"the line counts only events of group {group_condition(group)}")
     service = line.get("service") or {}
     return {
         "service": service,

@@ -451,7 +451,7 @@ def _demo_quote(engine: Any) -> Quote:
     with Session(engine) as session:
         stored = catalog_store.get_plan(session, projects.get_project(session, DEMO_PROJECT), "pro")
     usage = quote.usage_from_pairs(DEMO_USAGE, stored.plan)
-    return quote_plan(stored.plan, usage)
+    return quote_plan(stored.plan, usage.meters, groups=usage.groups)
 
 
 def _import_demo_customers(engine: Any, slug: str, now: datetime) -> ImportReport:

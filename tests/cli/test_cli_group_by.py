@@ -1,0 +1,212 @@
+"""Pricing by property value (`group_by`) end to end on every dialect: one invoice line per
+group with its own price, the groups in quote, explain, usage, simulate and exports, and a late
+event in one group correcting that group's line only.
+
+The shop: plan pro prices `calls` (the sum of the events' quantities) by region: 0.002 a call
+by default, eu 0.003, apac 0.004 (listed, no usage). October for c1:
+
+    eu    600 + 600 = 1,200 × 0.003 = 3.60
+    apac              0     × 0.004 = 0.00
+    EU                50    × 0.002 = 0.10   (values are compared exactly: not eu)
+    us                800   × 0.002 = 1.60
+    (none)      100 + 100 = 200 × 0.002 = 0.40   (no region, and a region that is a number)
+                                       total 5.70
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.support import catalogs
+from tests.support.cli import Cli, ok
+from tests.support.events import ingest, write_jsonl
+from tests.support.shops import bill, new_project
+
+CATALOG = """
+[[meters]]
+code = "calls"
+aggregation = "sum"
+
+[[plans]]
+code = "pro"
+currency = "USD"
+interval = "month"
+base_fee = "0"
+base_fee_timing = "arrears"
+
+  [[plans.charges]]
+  meter = "calls"
+  description = "API calls"
+  group_by = ["region"]
+  model = "per_unit"
+  unit_amount = "0.002"
+
+    [[plans.charges.groups]]
+    values = { region = "eu" }
+    unit_amount = "0.003"
+
+    [[plans.charges.groups]]
+    values = { region = "apac" }
+    unit_amount = "0.004"
+"""
+
+EVENTS = [
+    ("eu-1", "2026-10-02T10:00:00Z", 600, {"region": "eu"}),
+    ("eu-2", "2026-10-20T10:00:00Z", 600, {"region": "eu"}),
+    ("EU-1", "2026-10-05T10:00:00Z", 50, {"region": "EU"}),
+    ("us-1", "2026-10-07T10:00:00Z", 800, {"region": "us"}),
+    ("none-1", "2026-10-09T10:00:00Z", 100, {}),
+    ("none-2", "2026-10-11T10:00:00Z", 100, {"region": 1}),
+]
+EXPECTED = [
+    ("API calls — region: eu", {"region": "eu"}, "1200", "3.60"),
+    ("API calls — region: apac", {"region": "apac"}, "0", "0.00"),
+    ("API calls — region: EU", {"region": "EU"}, "50", "0.10"),
+    ("API calls — region: us", {"region": "us"}, "800", "1.60"),
+    ("API calls — region: (none)", {"region": None}, "200", "0.40"),
+]
+
+
+def _events(path: Path, rows: list[tuple[str, str, int, dict[str, object]]]) -> Path:
+    return write_jsonl(
+        path,
+        [
+            {
+                "idempotency_key": key,
+                "customer": "c1",
+                "meter": "calls",
+                "timestamp": ts,
+                "quantity": quantity,
+                "properties": properties,
+            }
+            for key, ts, quantity, properties in rows
+        ],
+    )
+
+
+@pytest.fixture
+def shop(cli: Cli, tmp_path: Path) -> Cli:
+    new_project(cli, "c1")
+    catalogs.apply_catalog(cli, tmp_path, CATALOG)
+    ok(cli, "subscription", "create", "c1", "pro", "--start", "2026-10-01T00:00:00Z")
+    ingest(cli, _events(tmp_path / "october.jsonl", EVENTS))
+    report = bill(cli, "2026-10", "2026-11-02T00:00:00Z")
+    assert report["invoices"] == 1
+    return cli
+
+
+def test_one_line_per_group_at_its_own_price(shop: Cli) -> None:
+    shown = ok(shop, "invoice", "show", "ACME-000001")
+    got = [
+        (line["description"], line["group"], line["quantity"], line["amount"])
+        for line in shown["lines"]
+    ]
+    assert got == EXPECTED
+    assert shown["total"] == "5.70"
+    eu = shown["lines"][0]
+    assert eu["events"]["count"] == 2
+    assert eu["events"]["first"] == "2026-10-02T10:00:00Z"
+    assert shown["lines"][1]["events"] == {"count": 0, "first": None, "last": None}
+    text = shop("invoice", "show", "ACME-000001", "--project", "acme")
+    assert text.exit_code == 0
+    assert "API calls — region: eu" in text.stdout
+    assert "API calls — region: (none)" in text.stdout
+
+
+def test_explain_names_the_group(shop: Cli) -> None:
+    explained = ok(shop, "invoice", "explain", "ACME-000001")
+    lines = explained["lines"]
+    assert [line["group"] for line in lines] == [group for _, group, _, _ in EXPECTED]
+    assert "quantity 1200" in lines[0]["why"]
+    assert "only events of group region = 'eu'" in lines[0]["events"]["note"]
+    text = shop("invoice", "explain", "ACME-000001", "--project", "acme")
+    assert text.exit_code == 0
+    assert "group: region = 'eu'" in text.stdout
+    assert "group: region = (none)" in text.stdout
+
+
+def test_a_late_event_in_one_group_corrects_that_group_only(shop: Cli, tmp_path: Path) -> None:
+    ok(shop, "invoice", "finalize", "ACME-000001")
+    before = shop("invoice", "show", "ACME-000001", "--project", "acme", "--json").stdout
+    late = [("eu-late", "2026-10-25T10:00:00Z", 100, {"region": "eu"})]
+    ingest(shop, _events(tmp_path / "late.jsonl", late))
+    report = bill(shop, "2026-10", "2026-11-10T00:00:00Z")
+    assert report["status"] == "completed"
+    listed = ok(shop, "invoice", "list")
+    corrections = [row for row in listed if row["kind"] == "supplemental"]
+    assert len(corrections) == 1
+    correction = ok(shop, "invoice", "show", corrections[0]["number"])
+    got = [
+        (line["description"], line["group"], line["quantity"], line["amount"])
+        for line in correction["lines"]
+    ]
+    assert got == [("API calls — region: eu (correction)", {"region": "eu"}, "100", "0.30")]
+    assert correction["total"] == "0.30"
+    after = shop("invoice", "show", "ACME-000001", "--project", "acme", "--json").stdout
+    assert after == before
+    again = bill(shop, "2026-10", "2026-11-10T00:00:00Z")
+    assert again["status"] == "unchanged"
+    assert len([r for r in ok(shop, "invoice", "list") if r["kind"] == "supplemental"]) == 1
+    assert ok(shop, "invoice", "verify", "ACME-000001") is not None
+
+
+def test_catalog_round_trips_the_groups(shop: Cli, tmp_path: Path) -> None:
+    shown = ok(shop, "catalog", "show")
+    charge = shown["plans"][0]["charges"][0]
+    assert charge["group_by"] == ["region"]
+    assert charge["groups"] == [
+        {"values": {"region": "eu"}, "unit_amount": "0.003"},
+        {"values": {"region": "apac"}, "unit_amount": "0.004"},
+    ]
+    exported = tmp_path / "exported.toml"
+    result = shop("catalog", "export", "--output", str(exported), "--project", "acme")
+    assert result.exit_code == 0, result.stderr
+    again = catalogs.apply_catalog(shop, tmp_path, exported.read_text(), name="again.toml")
+    assert again["changed"] is False
+
+
+def test_quote_prices_each_group(shop: Cli, tmp_path: Path) -> None:
+    quoted = ok(
+        shop,
+        "catalog",
+        "quote",
+        "pro",
+        "--usage",
+        "calls[region=eu]=1200",
+        "--usage",
+        "calls[region=us]=800",
+        "--usage",
+        "calls=200",
+    )
+    got = [(line["group"], line["quantity"], line["amount"]) for line in quoted["lines"]]
+    assert got == [
+        ({"region": "eu"}, "1200", "3.60"),
+        ({"region": "apac"}, "0", "0.00"),
+        ({"region": "us"}, "800", "1.60"),
+        ({"region": None}, "200", "0.40"),
+    ]
+    assert quoted["total"] == "5.60"
+    events = _events(tmp_path / "quote.jsonl", EVENTS)
+    from_file = ok(shop, "catalog", "quote", "pro", "--events", str(events))
+    got = [(line["group"], line["quantity"], line["amount"]) for line in from_file["lines"]]
+    assert got == [(group, quantity, amount) for _, group, quantity, amount in EXPECTED]
+    assert from_file["total"] == "5.70"
+    text = shop("catalog", "quote", "pro", "--events", str(events), "--project", "acme")
+    assert text.exit_code == 0 and "region: eu" in text.stdout
+    bad = shop("catalog", "quote", "pro", "--usage", "calls[zone=eu]=1", "--project", "acme")
+    assert bad.exit_code != 0 and "group_by" in bad.stderr
+
+
+def test_rerun_of_an_unchanged_month_changes_nothing(shop: Cli) -> None:
+    before = orjson.loads(
+        shop("invoice", "show", "ACME-000001", "--project", "acme", "--json").stdout
+    )
+    again = bill(shop, "2026-10", "2026-11-02T00:00:00Z")
+    assert again["status"] == "unchanged"
+    after = orjson.loads(
+        shop("invoice", "show", "ACME-000001", "--project", "acme", "--json").stdout
+    )
+    assert after["lines"] == before["lines"] and after["fingerprint"] == before["fingerprint"]
