@@ -45,6 +45,7 @@ COLUMNS = {
         "batch_id",
         "line",
         "received_at",
+        "operation",
     ),
     "charges": (
         "id",
@@ -176,13 +177,13 @@ def _mysql_inserts(rows: Iterable[Row]) -> Iterator[str]:
     parts: list[str] = []
     size = len(head)
     for row in rows:
-        project, key, customer, meter, ts, quantity, properties, digest, batch, line, at = row
+        project, key, customer, meter, ts, quantity, properties, digest, batch, line, at, op = row
         if not escaped:
             escaped = {value: escape_string(value) for value in (project, batch)}
         part = (
             f"('{escaped[project]}','{escape_string(key)}','{escape_string(customer)}',"
             f"'{escape_string(meter)}','{ts}',{quantity},'{escape_string(properties)}',"
-            f"'{digest}','{escaped[batch]}',{line},'{at}')"
+            f"'{digest}','{escaped[batch]}',{line},'{at}',{'NULL' if op is None else repr(op)})"
         )
         if parts and size + len(part) > _MYSQL_STATEMENT:
             yield (head + ",".join(parts)).replace("%", "%%")

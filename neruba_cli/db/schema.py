@@ -257,6 +257,8 @@ class Event(Base):
     batch_id: Mapped[str | None] = mapped_column(ID)
     line: Mapped[int | None] = mapped_column(Integer)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # "remove" takes a unique_count meter's value away; NULL is "add", the default
+    operation: Mapped[str | None] = mapped_column(String(8))
 
 
 class ImportBatch(Base):

@@ -16,6 +16,8 @@ module only spells them in each dialect's SQL:
   `json_extract` for string filters, and the registered functions for numbers (json_extract
   reads JSON numbers as floats). Property names are validated identifiers (MeterSpec) and
   travel as bound parameters (`name`, or the path `$.name`) on every dialect.
+- **unique_count** ranks each customer's events per value (ROW_NUMBER by ts, key, newest
+  first) and counts the values whose last event is not a `remove`.
 - **recurring sum and unique_count** drop the lower bound: every matching event before the
   window's end counts (the value carried since the first event). Event spans (`event_stats`)
   and transaction values keep the window.
@@ -514,7 +516,31 @@ def _max(usage: _Usage) -> Select[Any]:
 
 
 def _unique_count(usage: _Usage) -> Select[Any]:
-    return _per_event(usage, func.count(usage.sql.distinct(usage.key()).distinct()))
+    """The values whose last event (by ts, key) is not a remove, counted per customer (and
+    group)."""
+    key = usage.sql.distinct(usage.key())
+    groups = [usage.sql.property_string(name) for name in usage.group_by]
+    order = (events_t.c.ts.desc(), usage.sql.in_key_order(events_t.c.idempotency_key).desc())
+    rank = func.row_number().over(
+        partition_by=(events_t.c.customer_id, *groups, key), order_by=order
+    )
+    last = (
+        select(
+            events_t.c.customer_id,
+            *(group.label(f"g{index}") for index, group in enumerate(groups)),
+            events_t.c.operation.label("operation"),
+            rank.label("rank"),
+        )
+        .where(*usage.conditions, key.is_not(None))
+        .subquery("last_events")
+    )
+    present = or_(last.c.operation.is_(None), last.c.operation != "remove")
+    keys = usage.keys_of(last)
+    return (
+        select(*_result(keys[0], func.count(), keys[1:]))
+        .where(last.c.rank == 1, present)
+        .group_by(*keys)
+    )
 
 
 def _latest_of(rows: Any, usage: _Usage) -> Select[Any]:

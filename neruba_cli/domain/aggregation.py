@@ -23,7 +23,11 @@ A meter turns a customer's events of one period into one number. The rules, exac
 - **unique_count**: the number of distinct values, each by its canonical text: a string
   property as it is (`"1.50"` is not `"1.5"`), a number by its canonical decimal (`1.50` and
   `"1.5"` are one value); missing, `null`, booleans, objects and arrays are skipped. With
-  `field = "quantity"`, the distinct quantities.
+  `field = "quantity"`, the distinct quantities. An event's `operation` adds its value (the
+  default) or removes it: a value counts when its last event (by timestamp, sequence) is an
+  add, i.e. the values present at the end of the window. Without removes that is every
+  distinct value. A value added and removed within a non-recurring window does not count (as
+  Lago's unique count does); other aggregations ignore the operation.
 - **latest**: the value of the last event by (timestamp, sequence), 0 when there is none.
   `sequence` orders events with equal timestamps: the database uses the idempotency key
   (compared byte by byte), never the arrival order, so results do not depend on import order.
@@ -149,6 +153,7 @@ class EventRecord:
     quantity: Decimal
     properties: Mapping[str, object]
     sequence: int = 0
+    operation: str = "add"  # "add" or "remove" (unique_count)
 
 
 def matches(meter: MeterSpec, event: EventRecord) -> bool:
@@ -184,9 +189,7 @@ def aggregate(
     if kind == "count":
         return Decimal(len(selected))
     if kind == "unique_count":
-        keys = {_event_key(meter, event) for event in selected}
-        keys.discard(None)
-        return Decimal(len(keys))
+        return Decimal(len(present_values(meter, selected)))
     values = [units for units in (_field_units(meter, e) for e in selected) if units is not None]
     if kind == "sum":
         return _from_units(sum(values))
@@ -215,6 +218,16 @@ def closing_level(
         if units is not None:
             level = level + units if meter.gauge == "delta" else units
     return _from_units(level)
+
+
+def present_values(meter: MeterSpec, events: Iterable[EventRecord]) -> set[str]:
+    """unique_count: the distinct values whose last event (by timestamp, sequence) is an add."""
+    last: dict[str, str] = {}
+    for event in sorted(events, key=lambda e: (e.timestamp, e.sequence)):
+        key = _event_key(meter, event)
+        if key is not None:
+            last[key] = event.operation
+    return {key for key, operation in last.items() if operation != "remove"}
 
 
 def transaction_values(

@@ -12,10 +12,13 @@ Pure and fast: this runs once per line of every import. The rules:
   digits exactly; longer ones must be written as strings). NaN, infinities and booleans are
   refused; so is anything the store cannot hold exactly (12 decimal places, 26 integer digits).
 - `properties` is a JSON object (default empty).
+- `operation` is `"add"` (the default) or `"remove"`: a `unique_count` meter's event adds its
+  value to the distinct values present, or removes it (a seat given back mid-period).
 
 Two events with the same idempotency key are the same event when their canonical payloads
-(customer, meter, timestamp, quantity, properties) are equal: a duplicate. Otherwise the
-second is a conflict, never stored and never dropped silently.
+(customer, meter, timestamp, quantity, properties, and the operation when it is `remove`:
+payloads of `add` events are what they were before operations existed) are equal: a
+duplicate. Otherwise the second is a conflict, never stored and never dropped silently.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -36,8 +39,19 @@ from neruba_cli.domain.suggest import did_you_mean
 from neruba_cli.domain.timestamps import MIN_YEAR, parse_rfc3339
 
 FIELDS = frozenset(
-    {"type", "idempotency_key", "customer", "meter", "timestamp", "quantity", "properties"}
+    {
+        "type",
+        "idempotency_key",
+        "customer",
+        "meter",
+        "timestamp",
+        "quantity",
+        "properties",
+        "operation",
+    }
 )
+Operation = Literal["add", "remove"]
+OPERATIONS: tuple[Operation, ...] = ("add", "remove")
 MAX_KEY = 255
 MAX_SCALE = 12
 MAX_INTEGER_DIGITS = 26
@@ -57,6 +71,7 @@ class EventInput:
     timestamp: datetime  # aware UTC
     quantity: Decimal
     properties: dict[str, Any]
+    operation: Operation = "add"
 
     def canonical_payload(self) -> bytes:
         stamp = self.timestamp.isoformat(timespec="microseconds")
@@ -68,7 +83,19 @@ class EventInput:
 
 def _canonical_payload(event: EventInput, stamp: str, quantity: str) -> bytes:
     body = [event.customer, event.meter, stamp, quantity, event.properties]
+    if event.operation == "remove":  # only then: an add's payload is what it always was
+        body.append("remove")
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def parse_operation(value: Any) -> Operation:
+    """`operation`: "add" (also when absent or null) or "remove", else Rejected."""
+    if value is None or value == "add":
+        return "add"
+    if value == "remove":
+        return "remove"
+    shown = repr(value) if not isinstance(value, str) or len(value) <= 40 else repr(value[:37])
+    raise Rejected(f'operation must be "add" or "remove", not {shown}')
 
 
 class CheckedEvent(NamedTuple):
@@ -137,7 +164,8 @@ class EventChecker:
             properties = {}
         elif not isinstance(properties, dict):
             raise Rejected("properties must be a JSON object")
-        event = EventInput(key, customer, meter, timestamp, quantity, properties)
+        operation = parse_operation(raw.get("operation"))
+        event = EventInput(key, customer, meter, timestamp, quantity, properties, operation)
         stamp = timestamp.isoformat(timespec="microseconds")
         try:
             payload = _canonical_payload(event, stamp, text)

@@ -124,8 +124,13 @@ def aggregate_groups(
 ) -> dict[GroupKey, Decimal]:
     """The meter's value per group over [start, end): the pure reference billing's SQL
     (db/usage_sql.py, `group_by`) equals. Only groups with a matching event in the window
-    appear (the others are 0)."""
-    inside = [event for event in events if start <= event.timestamp < end]
+    appear (the others are 0); a recurring sum or unique_count reads every event before `end`
+    (its carried value), so its window has no start."""
+    inside = [
+        event
+        for event in events
+        if (meter.carried or start <= event.timestamp) and event.timestamp < end
+    ]
     return {
         key: aggregate(meter, members, start, end, period=period)
         for key, members in _split(group_by, inside).items()

@@ -8,8 +8,9 @@ from Jan 1, 2026.
 By hand:
   seats: +10 on Jan 1, +5 on Jan 15, -3 on Feb 10 → Jan 15, Feb 12, Mar 12 (no event in March)
          → 150.00, 120.00, 120.00.
-  users: u1, u2, u3 in January, u1 again and u4 in February → Jan 3, Feb 4, Mar 4
-         → 30.00, 40.00, 40.00.
+  users: u1, u2, u3 in January, u1 again and u4 in February, u2 removed on Feb 10
+         → Jan 3, Feb 3 (u1, u3, u4 present at the end of February), Mar 3
+         → 30.00, 30.00, 30.00.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ EVENTS = [
     user("u3", "u3", "2026-01-20T00:00:00Z"),
     user("u4", "u1", "2026-02-02T00:00:00Z"),
     user("u5", "u4", "2026-02-03T00:00:00Z"),
+    {**user("u6", "u2", "2026-02-10T00:00:00Z"), "operation": "remove"},
 ]
 
 
@@ -86,8 +88,8 @@ def test_recurring_sum_and_unique_count_carry_over_between_periods(shop: Cli) ->
     for period, as_of in MONTHS.items():
         ok(shop, "run", "bill", "--period", period, "--as-of", f"{as_of}T01:00:00Z")
     assert lines(shop, "2026-01") == {"seats": ("15", "150.00"), "users": ("3", "30.00")}
-    assert lines(shop, "2026-02") == {"seats": ("12", "120.00"), "users": ("4", "40.00")}
-    assert lines(shop, "2026-03") == {"seats": ("12", "120.00"), "users": ("4", "40.00")}
+    assert lines(shop, "2026-02") == {"seats": ("12", "120.00"), "users": ("3", "30.00")}
+    assert lines(shop, "2026-03") == {"seats": ("12", "120.00"), "users": ("3", "30.00")}
     # the stored invoices recompute to themselves, and a rerun of every month changes nothing
     for period, as_of in MONTHS.items():
         verified = ok(shop, "invoice", "verify", "--period", period)
@@ -99,7 +101,7 @@ def test_recurring_sum_and_unique_count_carry_over_between_periods(shop: Cli) ->
 def test_a_preview_shows_the_carried_value(shop: Cli) -> None:
     preview = ok(shop, "invoice", "preview", "c1", "--at", "2026-03-20T00:00:00Z")
     found = {line["meter"]: line["quantity"] for line in preview["lines"] if line["meter"]}
-    assert found == {"seats": "12", "users": "4"}
+    assert found == {"seats": "12", "users": "3"}
 
 
 def test_usage_show_charts_the_carried_value(shop: Cli) -> None:
@@ -110,3 +112,57 @@ def test_usage_show_charts_the_carried_value(shop: Cli) -> None:
     assert days[:9] == ["15"] * 9 and days[9:] == ["12"] * 19  # -3 on Feb 10
     assert seats["quantity"] == "12"
     assert seats["amount"] == "120.00"
+
+
+def ingest(cli: Cli, path: Path, *args: str, code: int = 0) -> dict[str, Any]:
+    result = cli("ingest", str(path), *args, "--project", "acme", "--json")
+    assert result.exit_code == code, result.stderr
+    summary: dict[str, Any] = result.json()
+    return summary
+
+
+def test_operations_in_every_format_and_their_rejects(shop: Cli, tmp_path: Path) -> None:
+    csv = tmp_path / "more.csv"
+    csv.write_text(
+        "idempotency_key,customer,meter,timestamp,operation,properties.user\n"
+        "c1,c1,users,2026-03-02T00:00:00Z,remove,u3\n"
+        "c2,c1,users,2026-03-02T00:00:00Z,,u9\n"
+        "c3,c1,users,2026-03-02T00:00:00Z,delete,u8\n"
+    )
+    summary = ingest(shop, csv, code=3)
+    assert (summary["accepted"], summary["rejected"]) == (2, 1)
+    (reject,) = summary["rejects"]
+    assert reject["line"] == 3 + 1 and reject["reason"] == (
+        'operation must be "add" or "remove", not \'delete\''
+    )
+    cloud = tmp_path / "more.ce.jsonl"
+    cloud.write_bytes(
+        orjson.dumps({"id": "ce1", "type": "users", "subject": "c1", "operation": "remove",
+                      "time": "2026-03-03T00:00:00Z", "data": {"user": "u9"}}) + b"\n"
+    )  # fmt: skip
+    assert ingest(shop, cloud, "--format", "cloudevents")["accepted"] == 1
+    # March: u1 and u4 present (u3 and u9 removed, u2 removed in February)
+    ok(shop, "run", "bill", "--period", "2026-03", "--as-of", "2026-04-01T01:00:00Z")
+    assert lines(shop, "2026-03")["users"] == ("2", "20.00")
+    # a replay with another operation is a conflict; remove on a sum meter is refused
+    bad = write_events(
+        tmp_path / "bad.jsonl",
+        [
+            {**user("u6", "u2", "2026-02-10T00:00:00Z"), "operation": "add"},
+            {**seat("s9", "1", "2026-03-05T00:00:00Z"), "operation": "remove"},
+            {**user("u7", "u5", "2026-03-05T00:00:00Z"), "operation": 1},
+        ],
+    )
+    summary = ingest(shop, bad, code=3)
+    assert (summary["accepted"], summary["conflicts"], summary["rejected"]) == (0, 1, 2)
+    reasons = {item["line"]: item["reason"] for item in summary["rejects"]}
+    assert "conflicts with event 'u6'" in reasons[1]
+    assert reasons[2] == (
+        'operation "remove" applies to unique_count meters; meter seats is a sum '
+        "(send a negative quantity to lower it)"
+    )
+    assert reasons[3] == 'operation must be "add" or "remove", not 1'
+    # the original file replays as duplicates: "add" written out is the same event as omitted
+    replay = write_events(tmp_path / "replay.jsonl", [{**user("u1", "u1", "2026-01-02T00:00:00Z"),
+                                                       "operation": "add"}])  # fmt: skip
+    assert ingest(shop, replay)["duplicates"] == 1

@@ -106,6 +106,7 @@ def records(rows: list[dict[str, Any]], customer: str, meter: str) -> list[Event
             row["quantity"],
             json.loads(row["properties"], parse_float=Decimal),
             row["id"],
+            row.get("operation") or "add",
         )
         for row in rows
         if row["customer_id"] == customer and row["meter"] == meter
@@ -315,6 +316,7 @@ def scenarios(draw: st.DrawFn) -> tuple[datetime, datetime, list[dict[str, Any]]
                 "ts": draw(times),
                 "quantity": draw(decimals),
                 "properties": json_text(draw(properties)),
+                "operation": draw(st.sampled_from([None, None, None, "remove"])),
             }
         )
     return start, end, rows

@@ -24,7 +24,7 @@ MAX_LINE = 1 << 20
 RAW_SHOWN = 2000  # bytes of an over-long or undecodable line kept in the rejects file
 FORMATS = ("jsonl", "csv", "cloudevents", "charges")
 _BOM = b"\xef\xbb\xbf"
-_EVENT_COLUMNS = ("idempotency_key", "customer", "meter", "timestamp", "quantity")
+_EVENT_COLUMNS = ("idempotency_key", "customer", "meter", "timestamp", "quantity", "operation")
 
 
 @dataclass
@@ -148,7 +148,8 @@ def file_name(path: str) -> str:
 
 def from_cloudevent(obj: Any) -> Any:
     """CloudEvents (as OpenMeter and others emit them): id, type = meter, subject = customer,
-    time, data. `data.quantity` is the quantity; the rest of `data` becomes properties."""
+    time, data. `data.quantity` is the quantity; the rest of `data` becomes properties. The
+    extension attribute `operation` (add or remove) is the event's operation."""
     if not isinstance(obj, dict):
         return LineError("expected a CloudEvents JSON object")
     data = obj.get("data") or {}
@@ -163,6 +164,8 @@ def from_cloudevent(obj: Any) -> Any:
     }
     if "quantity" in data:
         event["quantity"] = data["quantity"]
+    if "operation" in obj:
+        event["operation"] = obj["operation"]
     return event
 
 
@@ -242,7 +245,10 @@ def _csv_file(source: Source, path: str) -> Iterator[tuple[str, int, bytes, Any]
 
 
 def _check_header(path: str, header: list[str]) -> None:
-    columns = "columns: idempotency_key, customer, meter, timestamp, quantity, properties.<name>"
+    columns = (
+        "columns: idempotency_key, customer, meter, timestamp, quantity, operation, "
+        "properties.<name>"
+    )
     wrong_delimiter = delimiter_problem(header)
     if wrong_delimiter is not None:
         raise InvalidInput(f"{path}: line 1: {wrong_delimiter}", hint=columns)

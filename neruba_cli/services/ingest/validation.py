@@ -91,6 +91,17 @@ class Validator:
         if quantity[0] == "-" and not meter.allow_negative:  # canonical text: never "-0"
             reason = f"negative quantity, and meter {event.meter} does not allow it"
             return Reject(number, reason, raw_text(raw), file=file)
+        if event.operation == "remove" and meter.spec.aggregation != "unique_count":
+            reason = (
+                f'operation "remove" applies to unique_count meters; meter {event.meter} is a '
+                f"{meter.spec.aggregation}"
+                + (
+                    " (send a negative quantity to lower it)"
+                    if meter.spec.aggregation == "sum"
+                    else ""
+                )
+            )
+            return Reject(number, reason, raw_text(raw), file=file)
         if quantity != "1" and meter.spec.aggregation == "count":
             self._ignore(event.meter, file, number)
         return Pending(number, raw, event, digest, stamp, quantity, file)

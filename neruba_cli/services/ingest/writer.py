@@ -232,6 +232,7 @@ class BatchWriter:
                     batch,
                     item.line,
                     received,
+                    "remove" if event.operation == "remove" else None,  # type: ignore[union-attr]
                 )
             )
         return rows
@@ -349,4 +350,5 @@ def _stored_payload(row: Any, kind: str) -> dict[str, Any]:
         "timestamp": format_ts(row.ts),
         "quantity": quantity_text(Decimal(row.quantity)),
         "properties": orjson.loads(row.properties),
+        **({"operation": "remove"} if getattr(row, "operation", None) == "remove" else {}),
     }
