@@ -4,12 +4,22 @@
 billing service only gathers its inputs from the database and stores what comes out, and
 `--dry-run`, `invoice preview` and `invoice verify` call the same function.
 
-The inputs are also a document (`inputs_document`): the invoice's fingerprint is the SHA-256 of
-its canonical JSON, so the same inputs give the same fingerprint and the same invoice, byte for
-byte, whatever order the events arrived in. Usage enters as aggregates per meter and plan
-piece: the value, the number of events and the first and last event time (and, for percentage
-charges, a digest of the per-event values) — everything the invoice depends on, and nothing
+The inputs are also a document (`inputs_document`), stored beside the invoice. The invoice's
+fingerprint is the SHA-256 of the canonical JSON of its business part (`fingerprinted`): only
+what the operator controls — the customer's external id, currency and time zone, plan codes,
+version numbers and version contents, each subscription's terms, one-off charge keys and
+amounts, usage aggregates and the project's rounding — and nothing a database makes up (row
+ids, invoice numbers, insertion order). So the same business inputs give the same fingerprint
+and the same invoice, byte for byte, whatever order they were loaded in and in whichever
+database. Usage enters as aggregates per meter and plan piece: the value, the number of events
+and the first and last event time (and, for percentage charges, a digest of the per-event
+values, in time and idempotency-key order) — everything the invoice depends on, and nothing
 that depends on arrival order.
+
+Invoices written before this rule (fingerprint form 1, `LEGACY_FORM`) were fingerprinted over
+the whole stored document, subscription ids included; their documents carry no form marker
+and keep their fingerprint. `fingerprint_matches` recognises either form, so a rerun neither
+reprices nor corrects an invoice only because the formula changed.
 
 Line order: per subscription (by start, then id) its base fees, then its usage charges in the
 plan's order per plan piece; one-off charges last, by time then key. Each line is rounded once;
@@ -20,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -144,10 +154,20 @@ class InvoiceInput:
 class BuiltInvoice:
     content: dict[str, Any]  # the document's lines and totals (JSON-ready)
     total: Decimal
-    fingerprint: str  # over the full inputs
-    setup_fingerprint: str  # over the inputs without usage
+    fingerprint: str  # over the business part of the inputs
+    setup_fingerprint: str  # the same without usage
     inputs: dict[str, Any]
     event_count: int
+
+    def same_fingerprint(self, stored: str) -> bool:
+        """Whether an invoice stored with fingerprint `stored` (in any form) has these inputs."""
+        return stored == self.fingerprint or fingerprint_matches(stored, self.inputs)
+
+    def same_setup(self, stored: str) -> bool:
+        """Whether a stored setup fingerprint (in any form) is the one of these inputs."""
+        return stored == self.setup_fingerprint or fingerprint_matches(
+            stored, setup_document(self.inputs)
+        )
 
 
 # --------------------------------------------------------------------------- build
@@ -169,8 +189,8 @@ def build_invoice(inp: InvoiceInput) -> BuiltInvoice:
     return BuiltInvoice(
         content=content,
         total=Decimal(content["total"]),
-        fingerprint=fingerprint_of(inputs),
-        setup_fingerprint=fingerprint_of(setup_document(inputs)),
+        fingerprint=inputs_fingerprint(inputs),
+        setup_fingerprint=inputs_fingerprint(setup_document(inputs)),
         inputs=inputs,
         event_count=sum(
             usage.count
@@ -399,9 +419,20 @@ def _fraction_text(value: Fraction) -> str:
 # --------------------------------------------------------------------------- fingerprints
 
 
+LEGACY_FORM = 1
+"""Fingerprint over the whole stored inputs document, subscription ids included."""
+FINGERPRINT_FORM = 2
+"""Fingerprint over the business part of the inputs (`business_document`)."""
+FORMS = (LEGACY_FORM, FINGERPRINT_FORM)
+_FORM_KEY = "fingerprint_form"
+
+
 def inputs_document(inp: InvoiceInput) -> dict[str, Any]:
-    """Everything the invoice depends on, as canonical plain values."""
+    """Everything the invoice depends on, as canonical plain values: what is stored beside
+    it. It also holds the internal references a recomputation needs (subscription ids, the
+    numbers of invoices late usage came from); the fingerprint leaves those out."""
     return {
+        _FORM_KEY: FINGERPRINT_FORM,
         "customer": inp.customer,
         "currency": inp.currency,
         "timezone": inp.timezone,
@@ -519,8 +550,125 @@ def fingerprint_of(document: Any) -> str:
     return "sha256:" + hashlib.sha256(canonical_json(document)).hexdigest()
 
 
+def inputs_form(inputs: Mapping[str, Any]) -> int:
+    """The fingerprint form a stored inputs document was written in (no marker: legacy)."""
+    form = inputs.get(_FORM_KEY, LEGACY_FORM)
+    if form not in FORMS:
+        raise InvalidInput(
+            f"an invoice's inputs use fingerprint form {form!r}, which this version of Neruba "
+            "does not know",
+            hint="upgrade Neruba to the version that wrote it",
+        )
+    return int(form)
+
+
+def in_form(inputs: Mapping[str, Any], form: int) -> dict[str, Any]:
+    """The inputs document as an invoice of fingerprint form `form` stores it."""
+    document = {key: value for key, value in inputs.items() if key != _FORM_KEY}
+    if form != LEGACY_FORM:
+        document[_FORM_KEY] = form
+    return document
+
+
+def fingerprinted(inputs: Mapping[str, Any]) -> Any:
+    """What the fingerprint of a stored inputs document is over, in the document's form."""
+    if inputs_form(inputs) == LEGACY_FORM:
+        return inputs
+    return business_document(inputs)
+
+
+def inputs_fingerprint(inputs: Mapping[str, Any]) -> str:
+    """The fingerprint of an inputs document (or of its setup document), in its form."""
+    return fingerprint_of(fingerprinted(inputs))
+
+
+def fingerprint_matches(stored: str, inputs: Mapping[str, Any]) -> bool:
+    """Whether `stored` is the fingerprint of `inputs` in the current form or in the legacy
+    form, which an invoice written before the business-input fingerprint still carries."""
+    return stored == inputs_fingerprint(in_form(inputs, FINGERPRINT_FORM)) or (
+        stored == inputs_fingerprint(in_form(inputs, LEGACY_FORM))
+    )
+
+
+def business_document(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The inputs without what a database makes up: subscriptions without their ids, in the
+    order of their own terms; late usage carried in without the number of the invoice it came
+    from nor subscription ids on its lines. Two databases loaded with the same customers,
+    catalog, subscriptions, charges and events, in any order, give the same document."""
+    document = dict(inputs)
+    document[_FORM_KEY] = FINGERPRINT_FORM
+    document["subscriptions"] = sorted(
+        (_without(terms, "id") for terms in inputs["subscriptions"]), key=canonical_json
+    )
+    document["carried"] = sorted(
+        (
+            {"lines": [_without(line, "subscription", "late_from") for line in entry["lines"]]}
+            for entry in inputs.get("carried") or []
+        ),
+        key=canonical_json,
+    )
+    return document
+
+
+def _without(document: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    return {key: value for key, value in document.items() if key not in keys}
+
+
+def subscription_ids(stored: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, str]:
+    """Each subscription id of the inputs `now` → the id the stored inputs knew the same
+    subscription by (the same terms and usage, else the same terms): after the business
+    inputs were loaded into another database, its subscriptions have other ids."""
+    found: dict[str, str] = {}
+    for documents in ((stored, now), (setup_document(stored), setup_document(now))):
+        known: dict[bytes, list[str]] = {}
+        taken = set(found.values())
+        for terms in documents[0]["subscriptions"]:
+            if terms.get("id") is not None and terms["id"] not in taken:
+                known.setdefault(canonical_json(_without(terms, "id")), []).append(terms["id"])
+        for terms in documents[1]["subscriptions"]:
+            ids = known.get(canonical_json(_without(terms, "id")))
+            if terms["id"] not in found and ids:
+                found[terms["id"]] = ids.pop(0)
+    return found
+
+
+def with_subscription_ids(content: Mapping[str, Any], ids: Mapping[str, str]) -> dict[str, Any]:
+    """An invoice document whose lines name their subscriptions by the ids in `ids`."""
+    lines = [
+        {**line, "subscription": ids.get(line["subscription"], line["subscription"])}
+        if line.get("subscription") is not None
+        else line
+        for line in content["lines"]
+    ]
+    return {**content, "lines": lines}
+
+
+def with_ids(built: BuiltInvoice, ids: Mapping[str, str]) -> BuiltInvoice:
+    """`built` naming its subscriptions by the ids in `ids`, in its lines and in its inputs;
+    its fingerprints (over business inputs) stay as they are."""
+    if all(old == new for old, new in ids.items()):
+        return built
+    inputs = {
+        **built.inputs,
+        "subscriptions": [
+            {**terms, "id": ids.get(terms["id"], terms["id"])}
+            for terms in built.inputs["subscriptions"]
+        ],
+    }
+    return replace(built, content=with_subscription_ids(built.content, ids), inputs=inputs)
+
+
+def same_business_setup(stored: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
+    """Whether two inputs documents, in any form, have the same business terms (usage aside)."""
+    return canonical_json(business_document(setup_document(stored))) == canonical_json(
+        business_document(setup_document(now))
+    )
+
+
 def run_fingerprint(invoice_fingerprints: Iterable[tuple[str, str, str]]) -> str:
-    """A run's fingerprint: over (customer, period start, invoice fingerprint), sorted."""
+    """A run's fingerprint: over (customer external id, period start, invoice fingerprint),
+    sorted. Invoice numbers stay out: they count a project's invoices in the order they were
+    written, so two databases that agree on every invoice may still number them differently."""
     return fingerprint_of(sorted(list(item) for item in invoice_fingerprints))
 
 

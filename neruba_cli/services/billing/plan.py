@@ -61,9 +61,12 @@ from neruba_cli.domain.invoice import (
     SubscriptionTerms,
     UsagePiece,
     build_invoice,
-    fingerprint_of,
+    fingerprint_matches,
     inputs_document,
+    same_business_setup,
     setup_document,
+    subscription_ids,
+    with_ids,
 )
 from neruba_cli.domain.invoice_limits import Unbillable
 from neruba_cli.domain.money import RoundingMode
@@ -361,6 +364,37 @@ def documents(conn: Connection, invoices: Sequence[Invoice]) -> list[list[dict[s
     return [orjson.loads(rows[invoice_id])["lines"] for invoice_id in ids]
 
 
+def stored_inputs(conn: Connection, invoice: Invoice) -> dict[str, Any]:
+    """The inputs document an invoice was written with (read only where it is needed)."""
+    query = select(invoices_t.c.inputs).where(invoices_t.c.id == invoice.id)
+    return dict(orjson.loads(conn.execute(query).scalar_one()))
+
+
+def with_stored_ids(
+    conn: Connection,
+    built: BuiltInvoice,
+    invoices: Sequence[Invoice],
+    billed: Sequence[Sequence[dict[str, Any]]],
+) -> BuiltInvoice:
+    """`built` naming its subscriptions as the stored invoices of its customer-period do, so
+    their lines compare line by line. They differ where the invoices were written in another
+    database the same business inputs were loaded into: subscriptions get ids of their own
+    there, and are matched by their terms."""
+    named = {line.get("subscription") for lines in billed for line in lines} - {None}
+    if not invoices or named <= {terms["id"] for terms in built.inputs["subscriptions"]}:
+        return built
+    return with_ids(built, subscription_ids(stored_inputs(conn, invoices[-1]), built.inputs))
+
+
+def terms_changed(conn: Connection, built: BuiltInvoice, invoice: Invoice) -> bool:
+    """Whether the terms of `built` differ from those `invoice` was written with: by the setup
+    fingerprint, else (an invoice of the legacy form from another database, whose fingerprint
+    covers that database's ids) by the business terms of its stored inputs."""
+    if built.same_setup(invoice.setup_fingerprint):
+        return False
+    return not same_business_setup(stored_inputs(conn, invoice), built.inputs)
+
+
 def latest_invoice(item: WorkItem) -> Invoice | None:
     live = [inv for inv in item.existing if inv.status != "void"]
     return live[-1] if live else None
@@ -463,8 +497,10 @@ def needs_pricing(item: WorkItem, project: Project, *, final_only: bool = False)
         latest = finals[-1] if finals else None
     if latest is None or item.recurring:
         return True
-    setup = _setup_fingerprint(item, project)
-    return latest.setup_fingerprint != setup or latest.event_count != item.raw_count
+    setup = setup_document(inputs_document(_invoice_input(item, project)))
+    return latest.event_count != item.raw_count or not fingerprint_matches(
+        latest.setup_fingerprint, setup
+    )
 
 
 def _invoice_input(item: WorkItem, project: Project) -> InvoiceInput:
@@ -480,10 +516,6 @@ def _invoice_input(item: WorkItem, project: Project) -> InvoiceInput:
         charges=tuple(item.charges),
         carried=tuple(item.carried),
     )
-
-
-def _setup_fingerprint(item: WorkItem, project: Project) -> str:
-    return fingerprint_of(setup_document(inputs_document(_invoice_input(item, project))))
 
 
 # --------------------------------------------------------------------------- aggregation

@@ -55,6 +55,7 @@ from neruba_cli.services.billing.plan import (
     plan_versions,
     restore_carried,
     subscription_schedule,
+    with_stored_ids,
 )
 from neruba_cli.services.billing.runs import failing_customers
 from neruba_cli.services.billing.writer import Failure, InvoiceWriter, Outcome
@@ -378,7 +379,8 @@ def _late_carry(
         carried_before = _carried_lines(conn, target, finals[0].number) if target else []
         open_target = target is not None and not any(inv.status in FINAL for inv in target.existing)
         billed = documents(conn, finals) + carried_before
-        delta = correction_lines(built[item.key].content["lines"], billed, item.customer.currency)
+        own = with_stored_ids(conn, built[item.key], finals, billed)
+        delta = correction_lines(own.content["lines"], billed, item.customer.currency)
         if not delta:
             continue
         if open_target and target is not None:

@@ -62,7 +62,13 @@ from neruba_cli.domain.invoice_limits import Unbillable, check_document
 from neruba_cli.domain.late_events import Treatment, treatment
 from neruba_cli.domain.periods import Period
 from neruba_cli.domain.timestamps import format_ts
-from neruba_cli.services.billing.plan import FINAL, WorkItem, documents
+from neruba_cli.services.billing.plan import (
+    FINAL,
+    WorkItem,
+    documents,
+    terms_changed,
+    with_stored_ids,
+)
 from neruba_cli.services.invoices import settlement
 
 WRITE_BATCH = 100  # whole invoices per transaction
@@ -208,10 +214,14 @@ class InvoiceWriter:
             return self._settle_open(item, built, draft, outcome)
         late = max(item.raw_count - finals[-1].event_count, 0)
         outcome.late_events = late
+        changed = not built.same_setup(finals[-1].setup_fingerprint)
+        if changed:
+            with self.engine.connect() as conn:
+                changed = terms_changed(conn, built, finals[-1])
         decided = treatment(
             self.project.late_events,
             final=True,
-            terms_changed=built.setup_fingerprint != finals[-1].setup_fingerprint,
+            terms_changed=changed,
             can_carry=not item.fallback,
         )
         if decided is Treatment.CORRECT:
@@ -238,7 +248,7 @@ class InvoiceWriter:
         if draft is None:
             outcome.action = "created"
             self._queue_create(item, built, built.content, outcome, corrects=None)
-        elif draft.fingerprint == built.fingerprint:
+        elif built.same_fingerprint(draft.fingerprint):
             outcome.number = draft.number
             self._queue_bookkeeping(draft, item, built)
         else:
@@ -257,6 +267,7 @@ class InvoiceWriter:
         currency = item.customer.currency
         with self.engine.connect() as conn:
             billed = documents(conn, finals) + item.carried_elsewhere
+            built = with_stored_ids(conn, built, finals, billed)
         lines = correction_lines(built.content["lines"], billed, currency)
         if not lines:
             outcome.number, outcome.total = finals[-1].number, finals[-1].total
@@ -278,7 +289,7 @@ class InvoiceWriter:
         if draft is None:
             outcome.action = "corrected"
             self._queue_create(item, built, content, outcome, corrects=finals[0])
-        elif draft.fingerprint == built.fingerprint:
+        elif built.same_fingerprint(draft.fingerprint):
             outcome.number = draft.number
             outcome.landed = draft.number
             self._queue_bookkeeping(draft, item, built)
@@ -351,8 +362,7 @@ class InvoiceWriter:
         events as late a second time. Only these two bookkeeping columns change; a finalized
         invoice's document, totals and fingerprint never do."""
         if self.options.dry_run or (
-            invoice.event_count == item.raw_count
-            and invoice.setup_fingerprint == built.setup_fingerprint
+            invoice.event_count == item.raw_count and built.same_setup(invoice.setup_fingerprint)
         ):
             return
 

@@ -1,10 +1,18 @@
 """`invoice verify`: each invoice's stored document checked against itself and against a
 recomputation.
 
-For each invoice: (a) its fingerprint is the SHA-256 of its stored inputs; (b) its stored
-document is whole (totals, lines, the revision the run recorded); (c) for the customer-period's
-latest live invoice, recomputing it now through the run's own code path (services/billing)
-gives the same fingerprint and the same document. Nothing here prices anything itself.
+For each invoice: (a) its fingerprint is the SHA-256 of its stored inputs (of their business
+part, or of the whole document for an invoice of the legacy form); (b) its stored document is
+whole (totals, lines, the revision the run recorded); (c) for the customer-period's latest live
+invoice, recomputing it now through the run's own code path (services/billing) gives the same
+business inputs, the same fingerprint and the same document. Nothing here prices anything
+itself.
+
+Only business inputs are compared, so the check holds in another database the same inputs
+were loaded into (in any order) and the invoices copied to: lines name their subscriptions by
+the ids the stored inputs knew them by. An invoice of the legacy form, whose fingerprint covers
+subscription ids, is checked on its business inputs and document there, with a note that its
+fingerprint cannot be reproduced with this database's ids.
 """
 
 from __future__ import annotations
@@ -24,15 +32,21 @@ from neruba_cli.domain import consistency
 from neruba_cli.domain.consistency import InvoiceTotals
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.invoice import (
+    LEGACY_FORM,
     BuiltInvoice,
     CarriedUsage,
+    business_document,
     canonical_json,
     correction_kind,
     correction_lines,
     diff_lines,
-    fingerprint_of,
+    in_form,
+    inputs_fingerprint,
+    inputs_form,
     invoice_content,
     setup_document,
+    subscription_ids,
+    with_subscription_ids,
 )
 from neruba_cli.domain.late_events import Treatment, treatment
 from neruba_cli.domain.periods import Period
@@ -167,13 +181,13 @@ def _stored_checks(conn: Connection, row: Row[Any]) -> Verdict:
         row.number, row.customer_external_id, row.period, row.status, row.kind, checks={}
     )
     inputs = orjson.loads(row.inputs)
-    if fingerprint_of(inputs) == row.fingerprint:
+    if inputs_fingerprint(inputs) == row.fingerprint:
         verdict.checks["fingerprint"] = "ok"
     else:
         verdict.fail(
             "fingerprint",
             f"the stored fingerprint {row.fingerprint} is not the SHA-256 of the stored inputs "
-            f"({fingerprint_of(inputs)})",
+            f"({inputs_fingerprint(inputs)})",
         )
     content = orjson.loads(row.content)
     problems = consistency.document_problems(
@@ -221,9 +235,10 @@ def _recomputed_checks(
         )
         return
     stored_inputs = orjson.loads(row.inputs)
-    if canonical_json(stored_inputs) != canonical_json(built.inputs):
+    content = with_subscription_ids(built.content, subscription_ids(stored_inputs, built.inputs))
+    if _business(stored_inputs) != _business(built.inputs):
         changed = _inputs_difference(stored_inputs, built.inputs)
-        usage_only = canonical_json(setup_document(stored_inputs)) == canonical_json(
+        usage_only = _business(setup_document(stored_inputs)) == _business(
             setup_document(built.inputs)
         )
         decided = treatment(
@@ -238,7 +253,7 @@ def _recomputed_checks(
             )
             verdict.notes.append(f"{changed}; the project's late_events policy {where}")
             return
-        if row.status in FINAL and not _amounts_changed(row, built, live):
+        if row.status in FINAL and not _amounts_changed(row, content, live):
             # What `run bill` decides too: a correction is written only for lines whose
             # amount changed, so late usage that moves no rounded amount leaves it as billed.
             verdict.checks["recomputed"] = "ok"
@@ -250,14 +265,14 @@ def _recomputed_checks(
         verdict.fail("recomputed", f"inputs changed: {changed} ({hint})")
         return
     if row.corrects_id is None:
-        expected = built.content
+        expected = content
     else:
         billed = [
             orjson.loads(other.content)["lines"]
             for other in live
             if other.revision < row.revision and other.status in FINAL
         ]
-        lines = correction_lines(built.content["lines"], billed, row.currency)
+        lines = correction_lines(content["lines"], billed, row.currency)
         total = sum((Decimal(line["amount"]) for line in lines), Decimal(0))
         expected = invoice_content(
             correction_kind(total),
@@ -267,7 +282,7 @@ def _recomputed_checks(
             lines,
         )
     stored = settlement.as_billed(orjson.loads(row.content))
-    if canonical_json(stored) != canonical_json(expected):
+    if not _same_document(stored, expected):
         changes = diff_lines(stored["lines"], expected["lines"])
         detail = ", ".join(
             f"{change.description}: {change.before} → {change.after}" for change in changes[:5]
@@ -279,13 +294,20 @@ def _recomputed_checks(
             f"pricing differs for the same inputs (stored → recomputed: {detail})",
         )
         return
-    if built.fingerprint != row.fingerprint:
-        verdict.fail("recomputed", f"recomputed fingerprint {built.fingerprint} differs")
-        return
+    form = inputs_form(stored_inputs)
+    recomputed = inputs_fingerprint(in_form(built.inputs, form))
+    if recomputed != row.fingerprint:
+        if form != LEGACY_FORM:
+            verdict.fail("recomputed", f"recomputed fingerprint {recomputed} differs")
+            return
+        verdict.notes.append(
+            "fingerprint of the legacy form, over internal ids (subscription ids) that differ "
+            "in this database: its business inputs and document were checked instead"
+        )
     verdict.checks["recomputed"] = "ok"
 
 
-def _amounts_changed(row: Row[Any], built: BuiltInvoice, live: list[Row[Any]]) -> bool:
+def _amounts_changed(row: Row[Any], content: dict[str, Any], live: list[Row[Any]]) -> bool:
     """Whether a correction of this finalized invoice would have any line: the run's own rule
     (`correction_lines` against every finalized document of the customer-period)."""
     billed = [
@@ -293,11 +315,28 @@ def _amounts_changed(row: Row[Any], built: BuiltInvoice, live: list[Row[Any]]) -
         for other in live
         if other.revision <= row.revision and other.status in FINAL
     ]
-    return bool(correction_lines(built.content["lines"], billed, row.currency))
+    return bool(correction_lines(content["lines"], billed, row.currency))
+
+
+def _business(inputs: dict[str, Any]) -> bytes:
+    """The business inputs of a stored or recomputed inputs document, in whatever form it was
+    written: what must agree for the recomputation to be the same invoice."""
+    return canonical_json(business_document(inputs))
+
+
+def _same_document(stored: dict[str, Any], expected: dict[str, Any]) -> bool:
+    """The same document, or the same lines in another order: lines of two subscriptions
+    starting at the same instant follow their ids, which differ between databases."""
+    if canonical_json(stored) == canonical_json(expected):
+        return True
+    lines_apart = {**stored, "lines": None} == {**expected, "lines": None}
+    return lines_apart and sorted(map(canonical_json, stored["lines"])) == sorted(
+        map(canonical_json, expected["lines"])
+    )
 
 
 def _inputs_difference(stored: dict[str, Any], now: dict[str, Any]) -> str:
-    if canonical_json(setup_document(stored)) != canonical_json(setup_document(now)):
+    if _business(setup_document(stored)) != _business(setup_document(now)):
         return "the terms changed (plans, subscriptions, one-off charges or settings)"
     before, after = _usage_by_meter(stored), _usage_by_meter(now)
     parts = []
