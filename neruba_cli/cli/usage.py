@@ -13,6 +13,7 @@ from rich.text import Text
 from neruba_cli.cli import values
 from neruba_cli.cli.output import Renderer
 from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.grouping import group_text
 from neruba_cli.domain.usage_chart import bar, bar_eighths, granularity
 from neruba_cli.services.analysis import usage as analysis_usage
 
@@ -122,6 +123,25 @@ def _chart(console: Console, meter: dict[str, Any], currency: str) -> None:
         line.append(GAP + quantity.rjust(value_width) + GAP + count.rjust(count_width))
         console.print(line, no_wrap=True, overflow="crop")
     console.print(Text(_summary(meter, currency, f"events {meter['events']:,}")))
+    if meter.get("groups"):
+        _groups(console, meter["groups"], currency)
+
+
+def _groups(console: Console, groups: list[dict[str, Any]], currency: str) -> None:
+    """A grouped charge's meter per group (its invoices price each group on its own)."""
+    grid = Table(header_style="bold")
+    grid.add_column("group", overflow="fold")
+    for column in ("quantity", "events", f"projected {currency}"):
+        grid.add_column(column, justify="right")
+    for group in groups:
+        named = group["group"]
+        grid.add_row(
+            Text(group_text(list(named), tuple(named.values()))),
+            group["quantity"],
+            f"{group['events']:,}",
+            group["amount"] or "",
+        )
+    console.print(grid)
 
 
 def _summary(meter: dict[str, Any], currency: str, events: str) -> str:

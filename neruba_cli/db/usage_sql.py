@@ -646,12 +646,18 @@ def usage_query(
     return _BUILDERS[meter.aggregation](usage)
 
 
+def property_group(dialect: str, name: str) -> ColumnElement[Any]:
+    """A group's value of property `name` per event, as billing groups it: the JSON string,
+    else NULL (read it back with `group_value`)."""
+    return _dialect(dialect).property_string(name)
+
+
 def group_of(row: Any, size: int) -> GroupKey:
     """A result row's group: its g0, g1, … as text (MariaDB returns them as bytes)."""
-    return tuple(_group_value(row._mapping[f"g{index}"]) for index in range(size))
+    return tuple(group_value(row._mapping[f"g{index}"]) for index in range(size))
 
 
-def _group_value(value: Any) -> str | None:
+def group_value(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, bytes | bytearray | memoryview):

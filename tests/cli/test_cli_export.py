@@ -248,7 +248,7 @@ def test_every_kind_exports_its_documented_columns(shop: dict[str, Any], engine:
     usage = csv_rows(cli, "usage")
     assert len(usage) == 12 + 1 + 3 + 4
     assert usage[0] == {"customer": "c1", "meter": "api_calls", "day": "2026-10-02",
-                        "events": "1", "quantity": "1"}  # fmt: skip
+                        "events": "1", "quantity": "1", "group": ""}  # fmt: skip
     assert [(u["meter"], u["day"]) for u in usage[12:16]] == [
         ("api_calls", "2026-11-03"),
         ("tokens", "2026-10-05"),

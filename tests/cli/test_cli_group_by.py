@@ -15,6 +15,8 @@ by default, eu 0.003, apac 0.004 (listed, no usage). October for c1:
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import orjson
@@ -210,3 +212,103 @@ def test_rerun_of_an_unchanged_month_changes_nothing(shop: Cli) -> None:
         shop("invoice", "show", "ACME-000001", "--project", "acme", "--json").stdout
     )
     assert after["lines"] == before["lines"] and after["fingerprint"] == before["fingerprint"]
+
+
+def test_usage_show_gives_the_meter_per_group(shop: Cli) -> None:
+    shown = ok(
+        shop, "usage", "show", "c1", "--period", "2026-10", "--as-of", "2026-11-05T00:00:00Z"
+    )
+    (calls,) = [meter for meter in shown["meters"] if meter["meter"] == "calls"]
+    assert calls["quantity"] == "2250" and calls["amount"] == "5.70"
+    got = [(g["group"], g["quantity"], g["events"], g["amount"]) for g in calls["groups"]]
+    assert got == [
+        ({"region": "EU"}, "50", 1, "0.10"),
+        ({"region": "apac"}, "0", 0, "0.00"),
+        ({"region": "eu"}, "1200", 2, "3.60"),
+        ({"region": "us"}, "800", 1, "1.60"),
+        ({"region": None}, "200", 2, "0.40"),
+    ]
+    lines = shown["projection"]["lines"]
+    assert [line.get("group") for line in lines] == [group for _, group, _, _ in EXPECTED]
+    text = shop(
+        "usage", "show", "c1", "--period", "2026-10", "--as-of", "2026-11-05T00:00:00Z",
+        "--project", "acme",
+    )  # fmt: skip
+    assert text.exit_code == 0, text.stderr
+    assert "region: (none)" in text.stdout and "region: eu" in text.stdout
+
+
+def test_simulate_reprices_one_group(shop: Cli, tmp_path: Path) -> None:
+    ok(shop, "invoice", "finalize", "ACME-000001")
+    same = tmp_path / "same.toml"
+    same.write_text(CATALOG)
+    report = ok(shop, "simulate", "--catalog", str(same), "--period", "2026-10")
+    assert report["summary"]["differences"] == 0
+    dearer = tmp_path / "dearer.toml"
+    dearer.write_text(CATALOG.replace('unit_amount = "0.003"', 'unit_amount = "0.005"'))
+    report = ok(shop, "simulate", "--catalog", str(dearer), "--period", "2026-10", "--by", "line")
+    (difference,) = report["differences"]
+    assert difference["difference"] == "2.40"
+    changed = [line for line in difference["lines"] if line["status"] != "same"]
+    assert [line["line"] for line in changed] == ["API calls — region: eu"]
+
+
+def test_exports_carry_the_group(shop: Cli) -> None:
+    lines = shop("export", "lines", "--period", "2026-10", "--project", "acme")
+    assert lines.exit_code == 0, lines.stderr
+    rows = list(csv.DictReader(io.StringIO(lines.stdout)))
+    assert [(row["group"], row["quantity"], row["amount"]) for row in rows] == [
+        ("region: eu", "1200", "3.60"),
+        ("region: apac", "0", "0.00"),
+        ("region: EU", "50", "0.10"),
+        ("region: us", "800", "1.60"),
+        ("region: (none)", "200", "0.40"),
+    ]
+    usage = shop("export", "usage", "--period", "2026-10", "--project", "acme")
+    assert usage.exit_code == 0, usage.stderr
+    rows = list(csv.DictReader(io.StringIO(usage.stdout)))
+    got = sorted((row["day"], row["group"], row["events"], row["quantity"]) for row in rows)
+    assert got == [
+        ("2026-10-02", "region: eu", "1", "600"),
+        ("2026-10-05", "region: EU", "1", "50"),
+        ("2026-10-07", "region: us", "1", "800"),
+        ("2026-10-09", "region: (none)", "1", "100"),
+        ("2026-10-11", "region: (none)", "1", "100"),
+        ("2026-10-20", "region: eu", "1", "600"),
+    ]
+
+
+def test_invoices_from_before_grouping_rerun_without_corrections(cli: Cli, tmp_path: Path) -> None:
+    """An invoice whose lines carry no group (made before grouping, or by an ungrouped plan)
+    reruns unchanged once the catalog groups the meter in a new plan version; the
+    subscription moved to the new version is billed per group from then on."""
+    new_project(cli, "c1")
+    plain = CATALOG.split("    [[plans.charges.groups]]")[0].replace('group_by = ["region"]\n', "")
+    catalogs.apply_catalog(cli, tmp_path, plain, name="plain.toml")
+    subscribed = ok(cli, "subscription", "create", "c1", "pro", "--start", "2026-10-01T00:00:00Z")
+    ingest(cli, _events(tmp_path / "october.jsonl", EVENTS))
+    bill(cli, "2026-10", "2026-11-02T00:00:00Z")
+    ok(cli, "invoice", "finalize", "ACME-000001")
+    before = ok(cli, "invoice", "show", "ACME-000001")
+    assert [(line["description"], line["amount"]) for line in before["lines"]] == [
+        ("API calls", "4.50")  # 2250 × 0.002
+    ]
+    assert "group" not in before["lines"][0]
+    catalogs.apply_catalog(cli, tmp_path, CATALOG)  # pro v2 groups the meter
+    again = bill(cli, "2026-10", "2026-11-05T00:00:00Z")
+    assert again["status"] == "unchanged"
+    assert [row["number"] for row in ok(cli, "invoice", "list")] == ["ACME-000001"]
+    assert ok(cli, "invoice", "show", "ACME-000001") == before
+    verified = cli("invoice", "verify", "ACME-000001", "--project", "acme")
+    assert verified.exit_code == 0, verified.stdout + verified.stderr
+    ok(cli, "subscription", "change", subscribed["id"], "--plan", "pro", "--at",
+       "2026-11-01T00:00:00Z")  # fmt: skip
+    november = [("nov-eu", "2026-11-03T10:00:00Z", 100, {"region": "eu"})]
+    ingest(cli, _events(tmp_path / "november.jsonl", november))
+    bill(cli, "2026-11", "2026-12-02T00:00:00Z")
+    invoices = ok(cli, "invoice", "list", "--period", "2026-11")
+    shown = ok(cli, "invoice", "show", invoices[0]["number"])
+    assert [(line["group"], line["amount"]) for line in shown["lines"]] == [
+        ({"region": "eu"}, "0.30"),
+        ({"region": "apac"}, "0.00"),
+    ]

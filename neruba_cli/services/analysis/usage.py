@@ -62,6 +62,7 @@ from neruba_cli.db.tables import events_t
 from neruba_cli.domain.aggregation import MeterSpec, rounded_units, units_text
 from neruba_cli.domain.catalog import MeterDef
 from neruba_cli.domain.errors import NotFound
+from neruba_cli.domain.grouping import GroupKey, group_document, group_from_document, key_order
 from neruba_cli.domain.money import decimal_text, format_amount
 from neruba_cli.domain.periods import Period, month_period
 from neruba_cli.domain.timestamps import format_ts
@@ -170,7 +171,7 @@ def _meter_view(
     amounts = [
         Decimal(line["amount"]) for line in projection["lines"] if line["meter"] == spec.code
     ]
-    return {
+    view = {
         "meter": spec.code,
         "name": meter.name,
         "aggregation": spec.aggregation,
@@ -189,6 +190,66 @@ def _meter_view(
         "quantity": decimal_text(total),
         "amount": (format_amount(sum(amounts, ZERO), projection["currency"]) if amounts else None),
     }
+    group_by = _group_by(projection, spec.code)
+    if group_by:
+        view["groups"] = _group_views(conn, project, customer, spec, group_by, span, projection)
+    return view
+
+
+def _group_by(projection: dict[str, Any], meter: str) -> list[str]:
+    """The properties the customer's invoices group the meter by (their lines' `group`)."""
+    for line in projection["lines"]:
+        if line["meter"] == meter and line.get("group"):
+            return list(line["group"])
+    return []
+
+
+def _group_views(
+    conn: Connection,
+    project: Project,
+    customer: Customer,
+    spec: MeterSpec,
+    group_by: list[str],
+    span: Period,
+    projection: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """A grouped charge's meter per group over the month, by billing's SQL (the groups its
+    invoices bill, and any other group with events), with the group's projected amount."""
+    values = usage_sql.aggregate_groups(
+        conn,
+        spec,
+        group_by,
+        project_id=project.id,
+        start=span.start,
+        end=span.end,
+        customer_ids=[customer.id],
+    ).get(customer.id, {})
+    spans = usage_sql.group_event_stats(
+        conn,
+        spec,
+        group_by,
+        project_id=project.id,
+        start=span.start,
+        end=span.end,
+        customer_ids=[customer.id],
+    ).get(customer.id, {})
+    amounts: dict[GroupKey, Decimal] = {}
+    for line in projection["lines"]:
+        if line["meter"] == spec.code and line.get("group"):
+            key = group_from_document(group_by, line["group"])
+            amounts[key] = amounts.get(key, ZERO) + Decimal(line["amount"])
+    keys = sorted(set(values) | set(spans) | set(amounts), key=key_order)
+    return [
+        {
+            "group": group_document(group_by, key),
+            "events": spans.get(key, (0, None, None))[0],
+            "quantity": decimal_text(values.get(key, ZERO)),
+            "amount": (
+                format_amount(amounts[key], projection["currency"]) if key in amounts else None
+            ),
+        }
+        for key in keys
+    ]
 
 
 class _Usage:
@@ -384,6 +445,7 @@ def _summed(
                 "meter": line.get("meter"),
                 "quantity": line.get("quantity"),
                 "amount": line["amount"],
+                **({"group": line["group"]} if line.get("group") else {}),
             }
             for doc in documents
             for line in doc["lines"]

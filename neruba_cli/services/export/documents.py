@@ -36,6 +36,7 @@ from neruba_cli.db.tables import (
     payments_t,
     refunds_t,
 )
+from neruba_cli.domain.grouping import group_text
 from neruba_cli.domain.money import format_amount, format_minor
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.billing import plan as billing_plan
@@ -177,7 +178,15 @@ def line_rows(rows: Iterator[Any]) -> Iterator[tuple[Any, ...]]:
                 service.get("start"),
                 service.get("end"),
                 events.get("count"),
+                _group(line.get("group")),
             )
+
+
+def _group(group: Any) -> str | None:
+    """A grouped line's group as text (`region: eu`), as its description names it."""
+    if not isinstance(group, dict):
+        return None
+    return group_text(list(group), tuple(group.values()))
 
 
 def credits_query(plan: Plan) -> Select[Any]:

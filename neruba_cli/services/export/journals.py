@@ -21,6 +21,7 @@ from sqlalchemy import (
     Date,
     Select,
     String,
+    case,
     cast,
     func,
     select,
@@ -31,6 +32,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
+from neruba_cli.db import usage_sql
 from neruba_cli.db.tables import (
     customers_t,
     events_t,
@@ -40,6 +42,7 @@ from neruba_cli.db.tables import (
     ledger_transactions_t,
 )
 from neruba_cli.db.usage_sql import UsageValue
+from neruba_cli.domain.grouping import group_text
 from neruba_cli.domain.money import decimal_text, format_minor
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.export.plan import YIELD_PER, Plan
@@ -239,7 +242,9 @@ def property_names(conn: Connection, plan: Plan) -> list[str]:
 
 
 def usage_query(plan: Plan) -> Select[Any]:
-    """Events and their summed quantity per customer, meter and UTC day, in the database."""
+    """Events and their summed quantity per customer, meter and UTC day, in the database; for
+    a meter a plan groups (`group_by`), per group as well (columns g0, g1, …: one per grouped
+    property, NULL for the meters that property does not group)."""
     dialect = plan.dialect
     if dialect == "sqlite":
         day: Any = func.date(events_t.c.ts)
@@ -247,6 +252,12 @@ def usage_query(plan: Plan) -> Select[Any]:
     else:
         day = cast(events_t.c.ts, Date) if dialect == "postgresql" else func.date(events_t.c.ts)
         total = func.sum(events_t.c.quantity)
+    groups = [
+        case((events_t.c.meter.in_(meters), usage_sql.property_group(dialect, name))).label(
+            f"g{index}"
+        )
+        for index, (name, meters) in enumerate(_grouped_properties(plan))
+    ]
     return (
         select(
             customers_t.c.external_id,
@@ -254,18 +265,61 @@ def usage_query(plan: Plan) -> Select[Any]:
             day.label("day"),
             func.count().label("events"),
             type_coerce(total, UsageValue()).label("quantity"),
+            *groups,
         )
         .join(customers_t, customers_t.c.id == events_t.c.customer_id)
         .where(*_event_filters(plan))
-        .group_by(customers_t.c.external_id, events_t.c.meter, day)
-        .order_by(customers_t.c.external_id, events_t.c.meter, day)
+        .group_by(customers_t.c.external_id, events_t.c.meter, day, *groups)
+        .order_by(customers_t.c.external_id, events_t.c.meter, day, *groups)
     )
 
 
+def _grouped_properties(plan: Plan) -> list[tuple[str, list[str]]]:
+    """Each grouped property and the meters it groups, in a fixed order."""
+    meters: dict[str, list[str]] = {}
+    for meter, names in plan.groupings:
+        for name in names:
+            meters.setdefault(name, []).append(meter)
+    return sorted(meters.items())
+
+
+def usage_rows_for(plan: Plan) -> Callable[[Iterator[Any]], Iterator[tuple[Any, ...]]]:
+    """The usage rows of this plan: the group column names each grouped meter's group."""
+    return usage_rows_for_groupings(plan.groupings)
+
+
+def usage_rows_for_groupings(
+    groupings: tuple[tuple[str, tuple[str, ...]], ...],
+) -> Callable[[Iterator[Any]], Iterator[tuple[Any, ...]]]:
+    properties = sorted({name for _, names in groupings for name in names})
+    grouped = dict(groupings)
+
+    def rows(found: Iterator[Any]) -> Iterator[tuple[Any, ...]]:
+        for r in found:
+            day = r.day if isinstance(r.day, str) else r.day.isoformat()
+            group = None
+            names = grouped.get(r.meter)
+            if names:
+                values = {
+                    name: usage_sql.group_value(r._mapping[f"g{index}"])
+                    for index, name in enumerate(properties)
+                }
+                group = group_text(names, tuple(values[name] for name in names))
+            yield (
+                r.external_id,
+                r.meter,
+                day[:10],
+                int(r.events),
+                decimal_text(r.quantity),
+                group,
+            )
+
+    return rows
+
+
 def usage_rows(rows: Iterator[Any]) -> Iterator[tuple[Any, ...]]:
-    for r in rows:
-        day = r.day if isinstance(r.day, str) else r.day.isoformat()
-        yield (r.external_id, r.meter, day[:10], int(r.events), decimal_text(r.quantity))
+    """The usage rows when no plan groups a meter."""
+    return usage_rows_for_groupings(())(rows)
 
 
 def events_jsonl(rows: Iterator[Any]) -> Iterator[tuple[Any, ...]]:

@@ -44,12 +44,14 @@ class ExportKind:
     csv_layout: Callable[[Connection, Plan], tuple[tuple[str, ...], RowFormat]] | None = None
     # Kinds that write more rows than they select (lines): what the progress bar counts.
     counted: Callable[[Select[Any]], Select[Any]] | None = None
+    # Kinds whose rows depend on the plan (usage: the meters a plan groups)
+    rows_for: Callable[[Plan], RowFormat] | None = None
 
     def layout(self, conn: Connection, plan: Plan) -> tuple[tuple[str, ...], RowFormat]:
         """The header and the formatter of this run."""
         if self.csv_layout is not None and plan.fmt == "csv":
             return self.csv_layout(conn, plan)
-        return self.columns, self.rows
+        return self.columns, self.rows if self.rows_for is None else self.rows_for(plan)
 
 
 _ENTRIES = (
@@ -68,7 +70,7 @@ _ENTRIES = (
         "lines",
         _words(
             "invoice customer line kind description plan meter quantity amount currency "
-            "service_start service_end events"
+            "service_start service_end events group"
         ),
         documents.lines_query,
         documents.line_rows,
@@ -96,10 +98,11 @@ _ENTRIES = (
     ),
     ExportKind(
         "usage",
-        _words("customer meter day events quantity"),
+        _words("customer meter day events quantity group"),
         journals.usage_query,
         journals.usage_rows,
         journal=events_t,
+        rows_for=journals.usage_rows_for,
     ),
     ExportKind(
         "credits",

@@ -60,6 +60,8 @@ class Plan:
     since: Since | None
     high: int | None  # journals: the highest id this run exports
     watermark: str  # what the next run starts from
+    # usage: the properties the catalog's plans group each meter by (meter, properties)
+    groupings: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def where(
         self,

@@ -106,7 +106,25 @@ def make_plan(engine: Engine, project: Project, request: ExportRequest, *, now: 
         since=since,
         high=high,
         watermark=watermark,
+        groupings=_groupings(engine, project) if kind == "usage" else (),
     )
+
+
+def _groupings(engine: Engine, project: Project) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each meter some plan version groups (`group_by`), with the properties (all versions'
+    together, in the order they first appear)."""
+    from neruba_cli.services.billing import plan as billing_plan
+
+    found: dict[str, list[str]] = {}
+    with engine.connect() as conn:
+        versions = billing_plan.plan_versions(conn, project)
+    for key in sorted(versions, key=lambda k: versions[k].key):
+        for charge in versions[key].plan.charges:
+            names = found.setdefault(charge.meter, []) if charge.group_by else None
+            for name in charge.group_by:
+                if names is not None and name not in names:
+                    names.append(name)
+    return tuple((meter, tuple(names)) for meter, names in sorted(found.items()))
 
 
 def _customer_id(conn: Connection, project: Project, external_id: str | None) -> str | None:
