@@ -293,6 +293,7 @@ def _render_explanation(data: dict[str, Any]) -> Renderer:
                 ("group", group_condition(line["group"]) if line.get("group") else None),
                 ("charge model", line["charge_model"]),
                 ("plan", line["plan"]),
+                ("fee period", line.get("fee_dates")),
                 ("quantity", line["quantity"]),
                 ("free units", line["free_units"]),
                 ("billable", line["billable_quantity"]),

@@ -9,6 +9,16 @@ on the 15th gets the period that ends on the 15th of the month; a yearly plan is
 month its year ends. A period that has not ended by `--as-of` is billed as an open draft (it
 cannot be finalized until it has ended).
 
+A cancelled subscription's last period is billed in the run of the month its service ends in
+(the month of the last instant before the cancellation, in the customer's time zone), not the
+month the full period would have ended in. When those months differ, that invoice covers the
+period up to the cancellation only (`final_window`): a quarterly plan cancelled on June 20 is
+billed in the June run for Apr 1 – Jun 20 instead of in the July run. When they are the same
+month, the invoice keeps the whole period's dates (a monthly plan cancelled on the 20th is
+billed for the month, prorated to the 20th, as it always was), so invoices stored before keep
+their periods. A cancellation exactly on a period boundary ends the period before it in full.
+The run of a later month bills nothing more for the subscription.
+
 Base fees in arrears are billed on the invoice of the period they pay for. Base fees in
 advance are billed one period ahead: the invoice of a period carries the fee of the next period
 (when the subscription still runs then), and a subscription's first invoice also carries the
@@ -74,16 +84,46 @@ def month_label(moment: datetime, tz: str) -> str:
     return f"{local.year:04d}-{local.month:02d}"
 
 
-def billed_periods(schedule: Schedule, label: str) -> list[Period]:
-    """The subscription's periods that end within month `label` (in the subscription's time
-    zone) and overlap its active span."""
-    return [
-        period
-        for period in _ending_in(
-            label, schedule.interval, schedule.anchor, _grid_anchor(schedule), schedule.tz
+def billed_windows(schedule: Schedule, label: str) -> list[tuple[Period, Period]]:
+    """(period, window) for each period month `label` bills: the period as on the
+    subscription's grid (proration counts against it), and the span its invoice covers — the
+    period itself, or up to the cancellation (`final_window`)."""
+    tz = schedule.tz
+    candidates = list(
+        _ending_in(label, schedule.interval, schedule.anchor, _grid_anchor(schedule), tz)
+    )
+    end = schedule.end
+    if end is not None and month_label(end - _MICROSECOND, tz) == label:
+        last = _following(
+            end - _MICROSECOND,
+            schedule.interval,
+            schedule.anchor,
+            _grid_anchor(schedule),
+            tz,
         )
-        if _overlaps(schedule, period)
-    ]
+        if last not in candidates:
+            candidates.append(last)
+    found = []
+    for period in sorted(candidates):
+        if not _overlaps(schedule, period):
+            continue
+        window = final_window(schedule, period)
+        if month_label(window.end - _MICROSECOND, tz) == label:
+            found.append((period, window))
+    return found
+
+
+def final_window(schedule: Schedule, period: Period) -> Period:
+    """The span the invoice of `period` covers: up to the cancellation when the subscription
+    ends inside the period in an earlier month than the period's own end, else the period."""
+    end = schedule.end
+    if end is None or not period.start < end < period.end:
+        return period
+    if month_label(end - _MICROSECOND, schedule.tz) == month_label(
+        period.end - _MICROSECOND, schedule.tz
+    ):
+        return period
+    return Period(period.start, end)
 
 
 def next_period(schedule: Schedule, period: Period) -> Period | None:

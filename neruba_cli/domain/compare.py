@@ -43,6 +43,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from neruba_cli.domain.errors import InvalidInput, UsageError
+from neruba_cli.domain.invoice import plain_fee_description
 from neruba_cli.domain.money import decimal_text, format_amount, quantum
 from neruba_cli.domain.stats import nearest_rank, percent_of, percent_text
 
@@ -353,12 +354,13 @@ def invoice_lines(lines: Iterable[Mapping[str, Any]], source: str) -> list[Sourc
         kind = line.get("kind")
         quantity = line.get("quantity")
         full_fee, days = (None, None)
+        description = str(line.get("description") or line.get("meter") or kind or "")
         if kind == "base_fee":
             full_fee, days = _fee_evidence(line)
         service = _window(line.get("service")) if kind == "usage" else None
         result.append(
             SourceLine(
-                description=str(line.get("description") or line.get("meter") or kind or ""),
+                description=description,
                 amount=Decimal(line["amount"]),
                 quantity=None if quantity is None else Decimal(quantity),
                 meter=line.get("meter"),
@@ -405,8 +407,10 @@ def _window(value: Any) -> tuple[datetime, datetime] | None:
 
 
 def line_key(text: str | None) -> str:
-    """The matching key of a description or meter code."""
-    folded = " ".join((text or "").casefold().split())
+    """The matching key of a description or meter code; a base fee's days are left out
+    (`invoice.plain_fee_description`), so this period's and the next period's fee are one
+    line, as in a biller's export that names no days."""
+    folded = plain_fee_description(" ".join((text or "").casefold().split()))
     while folded.endswith(CORRECTION_SUFFIX):
         folded = folded[: -len(CORRECTION_SUFFIX)].rstrip()
     return folded

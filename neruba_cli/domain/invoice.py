@@ -29,6 +29,7 @@ the subtotal is the sum of rounded lines.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -39,7 +40,15 @@ from typing import Any, Literal
 import orjson
 
 from neruba_cli.domain.aggregation import MeterSpec
-from neruba_cli.domain.base_fee import PhaseFee, Timing, base_fee_lines
+from neruba_cli.domain.base_fee import (
+    BaseFeeLine,
+    PhaseFee,
+    Timing,
+    advance_settlement,
+    base_fee_lines,
+    billed_in_advance,
+    changes_within,
+)
 from neruba_cli.domain.catalog import PlanDef
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.grouping import (
@@ -58,7 +67,7 @@ from neruba_cli.domain.money import (
     format_amount,
     round_to_minor,
 )
-from neruba_cli.domain.periods import Period, Phase
+from neruba_cli.domain.periods import Period, Phase, days_text
 from neruba_cli.domain.pricing import (
     Charge,
     TierLine,
@@ -223,6 +232,9 @@ def invoice_content(
 
 
 def _base_fee_lines(inp: InvoiceInput, terms: SubscriptionTerms) -> list[dict[str, Any]]:
+    """The invoice period's fee in arrears; when a plan change or the end inside it cuts a fee
+    billed in advance short, its settlement; a fee in advance (the first period's and the next
+    period's)."""
     lines: list[dict[str, Any]] = []
     plans = {pp.phase.key: pp.plan for pp in terms.phases}
     for fee_period, timing in terms.fee_periods:
@@ -231,32 +243,116 @@ def _base_fee_lines(inp: InvoiceInput, terms: SubscriptionTerms) -> list[dict[st
             for pp in terms.phases
             if pp.plan.base_fee_timing == timing
         ]
-        for fee in base_fee_lines(
-            fee_period,
-            fees,
-            tz=inp.timezone,
-            currency=inp.currency,
-            trial_end=terms.trial_end,
-            subscription_end=terms.end,
-            rounding=inp.rounding,
-        ):
-            plan = plans[fee.plan]
-            lines.append(
-                _line(
-                    "base_fee",
-                    f"{plan.name or plan.code} base fee ({_TIMING_TEXT[timing]})",
-                    inp.currency,
-                    subscription=terms.id,
-                    plan=fee.plan,
-                    service=(fee.service_start, fee.service_end),
-                    quantity=None,
-                    amount=fee.amount,
-                    amount_exact=fee.amount_exact,
-                    proration=_fraction_text(fee.fraction),
-                    fee_period=(fee_period.start, fee_period.end),
-                )
-            )
+        common: dict[str, Any] = {
+            "tz": inp.timezone,
+            "currency": inp.currency,
+            "trial_end": terms.trial_end,
+            "rounding": inp.rounding,
+        }
+        if timing == "arrears" or _is_first(terms, fee_period):
+            found = base_fee_lines(fee_period, fees, subscription_end=terms.end, **common)
+        else:
+            found = billed_in_advance(fee_period, fees, **common)
+        lines += [_fee_line(inp, terms, plans, fee, fee_period, timing) for fee in found]
+        if timing == "arrears" and settles_advance(terms, fee_period):
+            advance = [
+                PhaseFee(pp.phase, pp.plan.base_fee, pp.plan.proration)
+                for pp in terms.phases
+                if pp.plan.base_fee_timing == "advance"
+            ]
+            settled = advance_settlement(fee_period, advance, subscription_end=terms.end, **common)
+            lines += [
+                _fee_line(inp, terms, plans, fee, fee_period, "advance", plans_after=terms.phases)
+                for fee in settled
+            ]
     return lines
+
+
+def _fee_line(
+    inp: InvoiceInput,
+    terms: SubscriptionTerms,
+    plans: Mapping[str, PlanDef],
+    fee: BaseFeeLine,
+    fee_period: Period,
+    timing: Timing,
+    *,
+    plans_after: Sequence[PhasePlan] = (),
+) -> dict[str, Any]:
+    plan = plans[fee.plan]
+    line = _line(
+        "base_fee",
+        fee_description(plan.name or plan.code, fee, timing),
+        inp.currency,
+        subscription=terms.id,
+        plan=fee.plan,
+        service=(fee.service_start, fee.service_end),
+        quantity=None,
+        amount=fee.amount,
+        amount_exact=fee.amount_exact,
+        proration=_fraction_text(fee.fraction),
+        fee_period=(fee_period.start, fee_period.end),
+    )
+    if fee.credit:
+        following = [
+            pp.phase.key
+            for pp in plans_after
+            if pp.phase.key != fee.plan and pp.phase.start >= fee.service_start
+        ]
+        line["credit"] = {
+            "billed_plan": fee.plan,
+            "next_plan": following[0] if following else None,
+            "ended": terms.end is not None and fee.service_start == terms.end,
+        }
+    return line
+
+
+def fee_description(name: str, fee: BaseFeeLine, timing: Timing) -> str:
+    """'Pro base fee, 1 Nov – 30 Nov 2026 (in advance)'; a credit: 'Pro base fee, unused
+    16 Nov – 30 Nov 2026 (credit)'. The days are local to the customer, both inclusive."""
+    days = "" if fee.days is None else days_text(*fee.days)
+    if fee.credit:
+        return f"{name} base fee, unused {days} (credit)" if days else f"{name} base fee (credit)"
+    text = _TIMING_TEXT[timing]
+    return f"{name} base fee, {days} ({text})" if days else f"{name} base fee ({text})"
+
+
+def billing_period(terms: SubscriptionTerms, invoice_period: Period) -> Period:
+    """The billing period the terms are billed for (their fee period in arrears): the
+    invoice's own period, or the whole period when the invoice stops at a cancellation.
+    Proration and weighted_sum divisors count against it."""
+    return next((p for p, timing in terms.fee_periods if timing == "arrears"), invoice_period)
+
+
+_FEE_DAYS = re.compile(
+    r" base fee, (?:unused )?[^()]*? \((in advance|in arrears|credit)\)", re.IGNORECASE
+)
+
+
+def plain_fee_description(description: str) -> str:
+    """A base-fee line's text without its days: 'Pro base fee, 1 Nov – 30 Nov 2026 (in
+    advance)' → 'Pro base fee (in advance)', the text invoices had before lines named their
+    days (what another biller's export of the same line says)."""
+    return _FEE_DAYS.sub(r" base fee (\1)", description, count=1)
+
+
+def _is_first(terms: SubscriptionTerms, period: Period) -> bool:
+    return period.start <= terms.start < period.end
+
+
+def settles_advance(terms: SubscriptionTerms, period: Period) -> bool:
+    """Whether the invoice of `period` settles the fee billed in advance for it: the
+    subscription started before it, a plan with fees in advance serves in it, and a plan
+    change or the subscription's end falls inside it (`base_fee.changes_within`)."""
+    serving = [
+        pp
+        for pp in terms.phases
+        if pp.phase.start < period.end and (pp.phase.end is None or pp.phase.end > period.start)
+    ]
+    if not any(pp.plan.base_fee_timing == "advance" for pp in serving):
+        return False
+    return changes_within(
+        period, [pp.phase.start for pp in serving], start=terms.start, end=terms.end
+    )
 
 
 def _usage_lines(inp: InvoiceInput, terms: SubscriptionTerms) -> list[dict[str, Any]]:
@@ -455,7 +551,12 @@ def inputs_document(inp: InvoiceInput) -> dict[str, Any]:
                     for pp in terms.phases
                 ],
                 "fee_periods": [
-                    {"start": format_ts(p.start), "end": format_ts(p.end), "timing": timing}
+                    {
+                        "start": format_ts(p.start),
+                        "end": format_ts(p.end),
+                        "timing": timing,
+                        **_advance_mark(terms, p, timing),
+                    }
                     for p, timing in terms.fee_periods
                 ],
                 "pieces": [
@@ -463,7 +564,7 @@ def inputs_document(inp: InvoiceInput) -> dict[str, Any]:
                         "phase": piece.phase_key,
                         "start": format_ts(piece.start),
                         "end": format_ts(piece.end),
-                        **_weighted_divisor_mark(inp.period, terms, piece),
+                        **_weighted_divisor_mark(billing_period(terms, inp.period), terms, piece),
                         "usage": {
                             meter: _usage_document(usage)
                             for meter, usage in sorted(piece.usage.items())
@@ -489,6 +590,21 @@ def inputs_document(inp: InvoiceInput) -> dict[str, Any]:
         ],
         "credits": [],
     }
+
+
+def _advance_mark(terms: SubscriptionTerms, period: Period, timing: Timing) -> dict[str, str]:
+    """A fee period whose fee in advance a plan change or the subscription's end cuts short
+    (`settles_advance`) is billed by the rule of `base_fee`: in advance at the plan in force
+    when the period starts (`{"advance": "at_start"}`), settled on the period's own invoice
+    (`{"advance": "settled"}`). Invoices stored before that rule prorated the fee in advance
+    and settled nothing; the mark puts the rule in the setup fingerprint, so a rerun reprices
+    exactly those invoices, while every other invoice's inputs, and fingerprint, stay as they
+    were."""
+    if not settles_advance(terms, period):
+        return {}
+    if timing == "arrears":
+        return {"advance": "settled"}
+    return {} if _is_first(terms, period) else {"advance": "at_start"}
 
 
 def _weighted_divisor_mark(
@@ -773,6 +889,19 @@ def correction_kind(total: Decimal) -> InvoiceKind:
 
 
 # --------------------------------------------------------------------------- diffs
+
+
+def without_fee_descriptions(content: Mapping[str, Any]) -> dict[str, Any]:
+    """The document with the text of its base-fee lines left out: invoices stored before the
+    lines named their days ("Pro base fee (in advance)") are the same invoice as their
+    recomputation ("Pro base fee, 1 Nov – 30 Nov 2026 (in advance)") when this agrees."""
+    return {
+        **content,
+        "lines": [
+            {**line, "description": None} if line.get("kind") == "base_fee" else line
+            for line in content.get("lines", [])
+        ],
+    }
 
 
 @dataclass(frozen=True)

@@ -295,6 +295,54 @@ def service_fraction(
     return Fraction(min(max(days, 0), total), total)
 
 
+def service_days(
+    service_start: datetime,
+    service_end: datetime,
+    *,
+    mode: ProrationMode,
+    tz: str,
+    ends_service: bool = False,
+    after_end: bool = False,
+) -> tuple[date, date] | None:
+    """The local calendar days [first, last] (both inclusive) a piece [start, end) of service
+    is charged for, as `service_fraction` counts them; None when it covers no day.
+
+    day: the day of `start` to the day before `end`'s, or to `end`'s own day when the service
+    really ends inside it (`ends_service`, `end` not a local day start). `after_end`: the piece
+    starts where a service ended mid-day, whose day that service was charged, so it starts on
+    the next day. second and none: the day of `start` to the day of the last instant before
+    `end`.
+    """
+    zone = _zone(tz)
+    start, end = as_utc(service_start), as_utc(service_end)
+    if end <= start:
+        return None
+    first = _local_date(start, zone)
+    if mode != "day":
+        return first, _local_date(end - _MICROSECOND, zone)
+    last_day = _local_date(end, zone)
+    partial = end != _day_start(last_day, zone)
+    last = last_day if ends_service and partial else last_day - timedelta(days=1)
+    if after_end and start != _day_start(first, zone):
+        first += timedelta(days=1)
+    return (first, last) if first <= last else None
+
+
+def days_text(first: date, last: date) -> str:
+    """'1 Nov – 30 Nov 2026', '16 Nov 2026', '15 Dec 2026 – 14 Jan 2027'."""
+    if first == last:
+        return _day_text(first, year=True)
+    return f"{_day_text(first, year=first.year != last.year)} – {_day_text(last, year=True)}"
+
+
+def _day_text(day: date, *, year: bool) -> str:
+    text = f"{day.day} {_MONTH_NAMES[day.month - 1]}"
+    return f"{text} {day.year}" if year else text
+
+
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def prorate(amount: Decimal, fraction: Fraction) -> Decimal:
     """amount * fraction: the product is exact, the one division keeps 34+ significant digits."""
     if not amount.is_finite():

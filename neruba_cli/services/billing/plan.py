@@ -47,7 +47,12 @@ from neruba_cli.db.tables import (
     subscriptions_t,
 )
 from neruba_cli.domain.aggregation import MeterSpec
-from neruba_cli.domain.billing_periods import Schedule, billed_periods, is_first_period, next_period
+from neruba_cli.domain.billing_periods import (
+    Schedule,
+    billed_windows,
+    is_first_period,
+    next_period,
+)
 from neruba_cli.domain.catalog import MeterDef, PlanDef, load_version
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.grouping import GroupKey, key_order
@@ -60,6 +65,7 @@ from neruba_cli.domain.invoice import (
     PhasePlan,
     SubscriptionTerms,
     UsagePiece,
+    billing_period,
     build_invoice,
     fingerprint_matches,
     inputs_document,
@@ -94,7 +100,7 @@ class WorkItem:
 
     customer: Customer
     label: str  # the month whose run bills it
-    period: Period
+    period: Period  # what the invoice covers: the billing period, or up to a cancellation
     terms: list[SubscriptionTerms]
     charges: list[OneOffCharge]
     closed: bool  # the period ended by --as-of
@@ -131,14 +137,14 @@ def plan_items(
         customer = customers[customer_id]
         for sub, phases in subs:
             schedule = subscription_schedule(sub, phases, customer)
-            for period in billed_periods(schedule, label):
-                key = (customer.id, period.start, period.end)
+            for period, window in billed_windows(schedule, label):
+                key = (customer.id, window.start, window.end)
                 item = items.get(key)
                 if item is None:
                     item = items[key] = WorkItem(
-                        customer, label, period, [], [], period.end <= as_of
+                        customer, label, window, [], [], window.end <= as_of
                     )
-                item.terms.append(_terms(sub, phases, schedule, period))
+                item.terms.append(_terms(sub, phases, schedule, period, window))
                 item.recurring = item.recurring or _has_recurring(phases)
     _place_charges(conn, project, label, customers, items, as_of)
     return sorted(items.values(), key=lambda i: (i.customer.external_id, i.period.start))
@@ -242,8 +248,10 @@ def _has_recurring(phases: list[PhasePlan]) -> bool:
 
 
 def _terms(
-    sub: Any, phases: list[PhasePlan], schedule: Schedule, period: Period
+    sub: Any, phases: list[PhasePlan], schedule: Schedule, period: Period, window: Period
 ) -> SubscriptionTerms:
+    """The subscription's terms on the invoice of `period` (its first fee period, whose base
+    fee and usage divisors count against the whole period), which covers `window`."""
     from neruba_cli.domain.periods import trial_end
 
     fee_periods: list[tuple[Period, str]] = [(period, "arrears")]
@@ -263,7 +271,7 @@ def _terms(
     ]
     pieces = [
         UsagePiece(phase.key, start, end, {})
-        for phase, start, end in split_period(period, [pp.phase for pp in clipped])
+        for phase, start, end in split_period(window, [pp.phase for pp in clipped])
     ]
     trial = trial_end(sub.start_at, sub.trial_days, schedule.tz) if sub.trial_days else None
     return SubscriptionTerms(
@@ -551,7 +559,8 @@ def build_each(
                 pp = plans[piece.phase_key]
                 for charge in pp.plan.charges:
                     spec = pp.meters[charge.meter]
-                    window = (piece.start, piece.end, item.period, spec, charge.group_by)
+                    period = billing_period(terms, item.period)
+                    window = (piece.start, piece.end, period, spec, charge.group_by)
                     wanted[window].add(item.customer.id)
                     if charge.model == "percentage":
                         percentage.add((piece.start, piece.end, spec, item.customer.id))
@@ -572,7 +581,8 @@ def build_each(
     failed: dict[Any, Unbillable] = {}
     for item in items:
         item.terms = [
-            _with_usage(terms, item.customer.id, item.period, results) for terms in item.terms
+            _with_usage(terms, item.customer.id, billing_period(terms, item.period), results)
+            for terms in item.terms
         ]
         try:
             built[item.key] = build_invoice(_invoice_input(item, project))

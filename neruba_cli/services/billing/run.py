@@ -493,7 +493,7 @@ def open_period_labels(
 ) -> list[str]:
     """The months whose runs bill the customer's billing periods that contain `at` (and the
     customer's own month of `at`, where one-off charges without a subscription land)."""
-    from neruba_cli.domain.billing_periods import month_label
+    from neruba_cli.domain.billing_periods import final_window, month_label
     from neruba_cli.domain.periods import period_containing
 
     customers = load_customers(conn, project, (customer_external_id,))
@@ -512,7 +512,8 @@ def open_period_labels(
                 anchor_at=schedule.start,
                 tz=schedule.tz,
             )
-            labels.add(month_label(period.end - timedelta(microseconds=1), customer.timezone))
+            window = final_window(schedule, period)
+            labels.add(month_label(window.end - timedelta(microseconds=1), customer.timezone))
     return sorted(labels)
 
 

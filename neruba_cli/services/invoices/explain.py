@@ -1,8 +1,9 @@
 """`invoice explain`: why each line of an invoice is what it is.
 
 Per line: meter, aggregation, which events (and the `events list` command that shows them),
-tiers, proration, free units, minimum and maximum, the credits that paid it; and what the
-invoice corrects. Everything is read from the stored document and the catalog; nothing is
+tiers, proration, the base fee's period (its local days), the plan a credit for an unused fee
+in advance gives way to, free units, minimum and maximum, the credits that paid it; and what
+the invoice corrects. Everything is read from the stored document and the catalog; nothing is
 priced again here.
 """
 
@@ -16,11 +17,13 @@ import orjson
 from sqlalchemy import Connection, Row, func, select
 
 from neruba_cli.db.schema import Project
-from neruba_cli.db.tables import events_t, invoices_t
+from neruba_cli.db.tables import customers_t, events_t, invoices_t
 from neruba_cli.domain import credits as credit_rules
 from neruba_cli.domain.grouping import group_condition
 from neruba_cli.domain.ledger import Allocation
 from neruba_cli.domain.money import format_minor, to_minor_units
+from neruba_cli.domain.periods import days_text, service_days
+from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.billing import plan as billing_plan
 from neruba_cli.services.invoices.read import amount_due, heading
 from neruba_cli.services.ledger import credits
@@ -36,12 +39,15 @@ def explain(conn: Connection, project: Project, row: Row[Any]) -> dict[str, Any]
         .order_by(invoices_t.c.revision)
     ).all()
     filters = _meter_filters(conn, project)
+    tz = conn.execute(
+        select(customers_t.c.timezone).where(customers_t.c.id == row.customer_id)
+    ).scalar_one()
     spent = credits.allocations_from(content.get("credits") or [], row.currency)
     per_line = credit_rules.by_line(
         [to_minor_units(Decimal(line["amount"]), row.currency) for line in content["lines"]], spent
     )
     lines = [
-        _explain_line(conn, project, row, position, line, filters, paid)
+        _explain_line(conn, project, row, position, line, filters, paid, tz)
         for (position, line), paid in zip(
             enumerate(content["lines"], start=1), per_line, strict=True
         )
@@ -88,8 +94,10 @@ def _explain_line(
     line: dict[str, Any],
     filters: dict[tuple[str, str], dict[str, str]],
     paid: list[Allocation],
+    tz: str,
 ) -> dict[str, Any]:
     events = line.get("events")
+    fee_dates = _fee_dates(line, tz)
     meter = line.get("meter")
     plan_key = (line.get("plan") or "").split("#")[0]
     meter_filters = filters.get((plan_key, meter or ""), {})
@@ -112,6 +120,8 @@ def _explain_line(
         "charge_model": line.get("charge_model"),
         "service": line.get("service"),
         "fee_period": line.get("fee_period"),
+        "fee_dates": fee_dates,
+        "credit": line.get("credit"),
         "quantity": line.get("quantity"),
         "free_units": line.get("free_units"),
         "billable_quantity": line.get("billable_quantity"),
@@ -125,8 +135,19 @@ def _explain_line(
         "amount": line["amount"],
         "credits_applied": format_minor(sum(a.amount for a in paid), row.currency),
         "credits": credits.allocations_document(paid, row.currency),
-        "why": _why(line, row.currency),
+        "why": _why(line, row.currency, fee_dates),
     }
+
+
+def _fee_dates(line: dict[str, Any], tz: str) -> str | None:
+    """A base fee's period as local days, e.g. '1 Nov – 30 Nov 2026'."""
+    fee_period = line.get("fee_period")
+    if line["kind"] != "base_fee" or not fee_period:
+        return None
+    days = service_days(
+        parse_ts(fee_period["start"]), parse_ts(fee_period["end"]), mode="second", tz=tz
+    )
+    return None if days is None else days_text(*days)
 
 
 def _events_command(
@@ -178,13 +199,28 @@ def _events_command(
     }
 
 
-def _why(line: dict[str, Any], currency: str) -> str:
+def _why(line: dict[str, Any], currency: str, fee_dates: str | None = None) -> str:
     """One sentence a support person can read out."""
     kind = line["kind"]
     amount = line["amount"]
     if kind == "base_fee":
         proration = line.get("proration")
         share = "the full period" if proration in (None, "1") else f"{proration} of the period"
+        if fee_dates:
+            share += f" {fee_dates}"
+        credit = line.get("credit")
+        if credit:
+            after = (
+                f"the change to {credit['next_plan']}"
+                if credit.get("next_plan")
+                else "the subscription's end"
+                if credit.get("ended")
+                else "the change"
+            )
+            return (
+                f"credit for the unused {share} billed in advance on "
+                f"{credit['billed_plan']}, after {after} = {amount} {currency}"
+            )
         return f"base fee for {share} = {amount} {currency}"
     if kind == "charge":
         return f"one-off charge ({line.get('reference')}) = {amount} {currency}"
