@@ -209,7 +209,7 @@ def quote_(
     if events is not None:
         window = month_period(period, defaults.timezone) if period else None
         from_file = quote.usage_from_events(
-            events, stored.plan, stored.meters, window, customer=customer
+            events, stored.plan, stored.meters, window, customer=customer, tz=defaults.timezone
         )
         amounts = from_file.updated(amounts)
     result = quote_plan(

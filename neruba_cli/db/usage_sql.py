@@ -21,6 +21,10 @@ module only spells them in each dialect's SQL:
 - **recurring sum and unique_count** drop the lower bound: every matching event before the
   window's end counts (the value carried since the first event). Event spans (`event_stats`)
   and transaction values keep the window.
+- **prorated usage** (`prorated_query`): Σ units × weight, where the weight of a unit added
+  or removed at an instant is a CASE over the window's local day starts (or microseconds to
+  the end), exactly as domain/prorated_usage.py; a unique_count's changes come from LAG over
+  each value's events (an add counts when the value was absent, a remove when present).
 - **weighted_sum.** A running SUM (delta gauges) or the value itself (absolute gauges) gives
   the level after each event; LEAD(ts) gives how long it was held, in integer microseconds
   (PostgreSQL EXTRACT(EPOCH …) × 10⁶, MariaDB TIMESTAMPDIFF(MICROSECOND, …), SQLite
@@ -80,6 +84,7 @@ from neruba_cli.domain.aggregation import (
 )
 from neruba_cli.domain.grouping import GroupKey
 from neruba_cli.domain.money import canonical
+from neruba_cli.domain.prorated_usage import Weights, prorated_from_area
 
 # The numeric-string rule of the domain (NUMERIC_STRING), anchored at both ends. `\z`, not
 # `$`: MariaDB's PCRE lets `$` match before a final newline.
@@ -153,6 +158,9 @@ class _Dialect:
     def zero(self) -> ColumnElement[Any]:
         return literal(0)
 
+    def negative(self, value: ColumnElement[Any]) -> ColumnElement[bool]:
+        return value < 0
+
     def decimal(self, value: Decimal) -> ColumnElement[Any]:
         return literal(value, Numeric())
 
@@ -225,6 +233,10 @@ class _SQLite(_Dialect):
 
     def zero(self) -> ColumnElement[Any]:
         return literal("0", String)
+
+    def negative(self, value: ColumnElement[Any]) -> ColumnElement[bool]:
+        # values are canonical text here: a number is negative when it starts with "-"
+        return func.substr(value, 1, 1) == "-"
 
     def decimal(self, value: Decimal) -> ColumnElement[Any]:
         return literal(units_text(rounded_units(value)), String)
@@ -767,6 +779,94 @@ def group_transaction_values(
     for row in conn.execute(query, execution_options={"yield_per": 1000}):
         found.setdefault(group_of(row, len(group_by)), []).append(row.value)
     return {key: tuple(values) for key, values in found.items()}
+
+
+def _weight(grid: Weights, sql: _Dialect, ts: Any, *, removed: bool) -> ColumnElement[Any]:
+    """The grid's weight of a unit added (or removed) at `ts`, as SQL (prorated_usage.py):
+    the whole window before its start; then microseconds to the end, or the day starts left
+    (a linear CASE over them: at most 367 for a yearly period)."""
+    before = (ts < grid.start, literal_column(str(grid.whole), BigInteger))
+    if grid.mode == "second":
+        return case(before, else_=sql.microseconds(ts, sql.timestamp(grid.end)))
+    count = len(grid.day_starts)
+    whens: list[tuple[Any, Any]] = [before]
+    for index, moment in enumerate(grid.day_starts):
+        if removed:
+            whens.append((ts <= moment, literal_column(str(count - index - 1), BigInteger)))
+        else:
+            whens.append((ts < moment, literal_column(str(count - index), BigInteger)))
+    return case(*whens, else_=literal_column("0", BigInteger))
+
+
+def prorated_query(
+    meter: MeterSpec,
+    grid: Weights,
+    *,
+    dialect: str,
+    project_id: str,
+    customer_ids: Sequence[str] | None = None,
+) -> Select[Any]:
+    """SELECT customer_id, area: Σ units × weight of a recurring sum or unique_count meter over
+    the grid's window (every matching event before its end), exact (prorated_usage.py)."""
+    if not meter.carried:
+        raise ValueError(f"meter {meter.code!r}: only recurring sum and unique_count prorate")
+    sql = _dialect(dialect)
+    usage = _Usage(meter, sql, project_id, grid.start, grid.end, customer_ids, None, carried=True)
+    if meter.aggregation == "sum":
+        value = usage.value()
+        weight = case(
+            (sql.negative(value), _weight(grid, sql, events_t.c.ts, removed=True)),
+            else_=_weight(grid, sql, events_t.c.ts, removed=False),
+        )
+        area = func.coalesce(sql.sum(sql.times(value, weight)), sql.zero())
+        return (
+            select(*_result(events_t.c.customer_id, area))
+            .where(*usage.conditions, value.is_not(None))
+            .group_by(events_t.c.customer_id)
+        )
+    key = sql.distinct(usage.key())
+    removing = case((events_t.c.operation == "remove", 1), else_=0)
+    order = (events_t.c.ts, sql.in_key_order(events_t.c.idempotency_key))
+    before = func.lag(removing).over(partition_by=(events_t.c.customer_id, key), order_by=order)
+    changes = (
+        select(
+            events_t.c.customer_id,
+            removing.label("removing"),
+            before.label("before"),
+            _weight(grid, sql, events_t.c.ts, removed=False).label("added"),
+            _weight(grid, sql, events_t.c.ts, removed=True).label("removed"),
+        )
+        .where(*usage.conditions, key.is_not(None))
+        .subquery("changes")
+    )
+    step = case(
+        (
+            and_(changes.c.removing == 0, or_(changes.c.before.is_(None), changes.c.before == 1)),
+            changes.c.added,
+        ),
+        (and_(changes.c.removing == 1, changes.c.before == 0), -changes.c.removed),
+        else_=literal_column("0", BigInteger),
+    )
+    return select(*_result(changes.c.customer_id, func.sum(step))).group_by(changes.c.customer_id)
+
+
+def prorated_usage(
+    conn: Connection,
+    meter: MeterSpec,
+    grid: Weights,
+    *,
+    project_id: str,
+    customer_ids: Sequence[str] | None = None,
+) -> dict[str, Decimal]:
+    """customer_id → prorated units (rounded up to 5 places) of a recurring sum or
+    unique_count meter over the grid's window; customers without events are absent (0)."""
+    query = prorated_query(
+        meter, grid, dialect=conn.dialect.name, project_id=project_id, customer_ids=customer_ids
+    )
+    return {
+        row.customer_id: prorated_from_area(rounded_units(row.value), grid.total)
+        for row in conn.execute(query)
+    }
 
 
 def closing_query(

@@ -220,6 +220,11 @@ def closing_level(
     return _from_units(level)
 
 
+def value_key(meter: MeterSpec, event: EventRecord) -> str | None:
+    """unique_count's identity of an event's value (None when it has none)."""
+    return _event_key(meter, event)
+
+
 def present_values(meter: MeterSpec, events: Iterable[EventRecord]) -> set[str]:
     """unique_count: the distinct values whose last event (by timestamp, sequence) is an add."""
     last: dict[str, str] = {}

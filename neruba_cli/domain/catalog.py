@@ -31,7 +31,14 @@ from neruba_cli.domain.money import (
     normalize_currency,
     parse_amount,
 )
-from neruba_cli.domain.pricing import MODELS, Charge, ChargeGroup, ChargeModel, Tier
+from neruba_cli.domain.pricing import (
+    MODELS,
+    PRORATED_MODELS,
+    Charge,
+    ChargeGroup,
+    ChargeModel,
+    Tier,
+)
 from neruba_cli.domain.suggest import did_you_mean
 from neruba_cli.domain.toml_lines import key_lines, line_of
 
@@ -302,7 +309,9 @@ def _parse_plans(raw: Any, meters: Mapping[str, MeterDef], check: _Checker) -> l
                 f"{path}.trial_days", f"must be a whole number of days, 0 to {MAX_TRIAL_DAYS}"
             )
             trial_days = 0
-        charges, notes = _parse_charges(item.get("charges", []), f"{path}.charges", meters, check)
+        charges, notes = _parse_charges(
+            item.get("charges", []), f"{path}.charges", meters, check, proration
+        )
         if None in (code, currency, interval, base_fee, timing, proration):
             continue
         plans.append(
@@ -324,7 +333,11 @@ def _parse_plans(raw: Any, meters: Mapping[str, MeterDef], check: _Checker) -> l
 
 
 def _parse_charges(
-    raw: Any, path: str, meters: Mapping[str, MeterDef], check: _Checker
+    raw: Any,
+    path: str,
+    meters: Mapping[str, MeterDef],
+    check: _Checker,
+    proration: str | None = None,
 ) -> tuple[list[Charge], list[str | None]]:
     if not isinstance(raw, list):
         check.add(path, "must be an array of tables ([[plans.charges]])")
@@ -337,7 +350,7 @@ def _parse_charges(
         if not isinstance(item, dict):
             check.add(here, "must be a table")
             continue
-        charge = _parse_charge(item, here, meters, check)
+        charge = _parse_charge(item, here, meters, check, proration)
         if charge is None:
             continue
         if charge.meter in used:
@@ -349,7 +362,11 @@ def _parse_charges(
 
 
 def _parse_charge(
-    item: Mapping[str, Any], path: str, meters: Mapping[str, MeterDef], check: _Checker
+    item: Mapping[str, Any],
+    path: str,
+    meters: Mapping[str, MeterDef],
+    check: _Checker,
+    proration: str | None = None,
 ) -> Charge | None:
     before = len(check.problems)
     meter = item.get("meter")
@@ -365,7 +382,7 @@ def _parse_charge(
         return None
     allowed = _COMMON | _MODEL_PARAMS[model]
     for key in item:
-        if key not in allowed and key not in _GROUPING:
+        if key not in allowed and key not in _GROUPING and key != "prorated":
             other = [name for name, params in _MODEL_PARAMS.items() if key in params]
             hint = f" (it belongs to {', '.join(other)})" if other else ""
             check.add(f"{path}.{key}", f"does not apply to model {model}{hint}")
@@ -409,6 +426,9 @@ def _parse_charge(
     if low is not None and high is not None and low > high:
         check.add(f"{path}.per_transaction_min", "must not exceed per_transaction_max")
     group_by = _group_by(item, path, meters.get(meter) if isinstance(meter, str) else None, check)
+    if "prorated" in item:
+        measured = meters.get(meter) if isinstance(meter, str) else None
+        values["prorated"] = _prorated(item, path, model, measured, proration, check)
     if len(check.problems) > before or not isinstance(meter, str):
         return None
     clean = {key: value for key, value in values.items() if value is not None}
@@ -419,6 +439,45 @@ def _parse_charge(
     if len(check.problems) > before:
         return None
     return replace(charge, group_by=group_by, groups=groups)
+
+
+def _prorated(
+    item: Mapping[str, Any],
+    path: str,
+    model: str,
+    meter: MeterDef | None,
+    proration: str | None,
+    check: _Checker,
+) -> bool:
+    """`prorated = true`: each unit billed for the share of the period it existed, which
+    means something only for a per-unit price of a recurring sum or unique_count meter."""
+    here = f"{path}.prorated"
+    prorated = _bool(item["prorated"], here, check)
+    if not prorated:
+        return False
+    if model not in PRORATED_MODELS:
+        check.add(
+            here,
+            f"applies to {', '.join(PRORATED_MODELS)} charges; a {model} charge has no price "
+            "per unit to prorate",
+        )
+    if meter is not None and not meter.spec.carried:
+        spec = meter.spec
+        what = (
+            f"a {spec.aggregation} that is not recurring (set recurring = true on it)"
+            if spec.aggregation in ("sum", "unique_count")
+            else f"a {spec.aggregation}{' (recurring)' if spec.recurring else ''}"
+        )
+        check.add(
+            here,
+            f"needs a recurring sum or unique_count meter (units that exist for part of a "
+            f"period); meter {meter.code} is {what}",
+        )
+    if "group_by" in item:
+        check.add(here, "a grouped charge (group_by) cannot be prorated")
+    if proration == "none":
+        check.add(here, 'the plan\'s proration is "none": prorate by "day" or "second"')
+    return True
 
 
 def _group_by(
@@ -699,6 +758,8 @@ def charge_document(charge: Charge, description: str | None = None) -> dict[str,
                 document[key] = _dec(value)
         elif value is not None:
             document[key] = _dec(value)
+    if charge.prorated:  # only when set: plan versions stored before keep their fingerprint
+        document["prorated"] = True
     if charge.group_by:
         document["group_by"] = list(charge.group_by)
         document["groups"] = [_group_document(group) for group in charge.groups]

@@ -93,6 +93,7 @@ class MeterUsage:
     first: datetime | None = None
     last: datetime | None = None
     transactions: tuple[Decimal, ...] | None = None  # percentage models, in event order
+    prorated: Decimal | None = None  # prorated charges: units × share of the period held
     # a grouped charge's usage (domain/grouping.py): each group with events, by key; then the
     # fields above are the totals over the groups (value: their sum)
     groups: tuple[tuple[GroupKey, MeterUsage], ...] | None = None
@@ -397,7 +398,7 @@ def _charge_lines(
     """The usage line of one charge (of one group of a grouped charge) and its minimum."""
     check_reading(charge.meter, usage.value, usage.transactions)
     try:
-        rating = rate_charge(charge, Usage(usage.value, usage.transactions))
+        rating = rate_charge(charge, Usage(usage.value, usage.transactions, usage.prorated))
     except InvalidInput as exc:  # e.g. cannot be priced exactly: the reading's fault
         raise Unbillable(exc.message, meter=charge.meter, hint=exc.hint) from None
     lines: list[dict[str, Any]] = []
@@ -424,6 +425,16 @@ def _charge_lines(
         )
         if group is not None:  # only grouped lines carry the key: others stay as they were
             line["group"] = group
+        spec = phase_plan.meters.get(charge.meter)
+        if spec is not None and spec.carried and priced.kind == "usage":
+            line["recurring"] = True  # the quantity carries events of earlier periods
+        if rating.unprorated_quantity is not None and priced.kind == "usage":
+            # a prorated line's quantity is its prorated units; the units at the piece's end
+            # and the proration mode say where they come from
+            line["prorated"] = {
+                "unprorated_quantity": decimal_text(rating.unprorated_quantity),
+                "by": phase_plan.plan.proration,
+            }
         lines.append(line)
     return lines
 
@@ -634,6 +645,8 @@ def _usage_document(usage: MeterUsage) -> dict[str, Any]:
         "first": format_ts(usage.first),
         "last": format_ts(usage.last),
     }
+    if usage.prorated is not None:  # only then: other documents are what they were
+        document["prorated"] = decimal_text(usage.prorated)
     if usage.transactions is not None:
         joined = "\n".join(decimal_text(value) for value in usage.transactions)
         document["transactions"] = {

@@ -343,6 +343,28 @@ def _day_text(day: date, *, year: bool) -> str:
 _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+def period_days(period: Period, tz: str) -> int:
+    """The local days of a period, as `day` proration counts them:
+    date(period.end) - date(period.start) in the time zone."""
+    zone = _zone(tz)
+    return (_local_date(period.end, zone) - _local_date(period.start, zone)).days
+
+
+def local_day_starts(start: datetime, end: datetime, tz: str) -> list[datetime]:
+    """The instants local days begin (midnight, or the end of a gap over it) in [start, end],
+    in order: the boundaries `day` proration counts."""
+    zone = _zone(tz)
+    lower, upper = as_utc(start), as_utc(end)
+    day, last = _local_date(lower, zone), _local_date(upper, zone)
+    found: list[datetime] = []
+    while day <= last:
+        moment = _day_start(day, zone)
+        if lower <= moment <= upper:
+            found.append(moment)
+        day += timedelta(days=1)
+    return found
+
+
 def prorate(amount: Decimal, fraction: Fraction) -> Decimal:
     """amount * fraction: the product is exact, the one division keeps 34+ significant digits."""
     if not amount.is_finite():

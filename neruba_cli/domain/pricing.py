@@ -35,6 +35,14 @@ percentage
     while still within `free_units`, it pays the rate on its excess over `free_amount` plus the
     fixed fee (clamped like any paying event); every later event pays in full. Negative values
     (refunds) are rated like any other value.
+prorated (per_unit, graduated and volume charges on a recurring sum or unique_count meter)
+    `usage.prorated` is the units weighted by the share of the period each existed
+    (domain/prorated_usage.py; the full quantity when not given: units present all period).
+    per_unit prices the prorated units; graduated runs the prorated units through the tiers
+    (a tier's flat amount in full once they enter it); volume picks the tier from the
+    unprorated quantity and prices the prorated units at its `unit_amount`, plus its flat
+    amount in full. `free_units` comes off both. The rating's `quantity` is then the prorated
+    units and `unprorated_quantity` the full quantity.
 min_amount / max_amount
     amount = min(uncapped, max_amount); minimum_topup = max(min_amount - amount, 0), shown as
     its own "minimum" line. Both must be >= 0 and min_amount <= max_amount.
@@ -71,6 +79,7 @@ HUNDRED = Decimal(100)
 ChargeModel = Literal[
     "per_unit", "graduated", "volume", "package", "percentage", "graduated_percentage"
 ]
+PRORATED_MODELS: tuple[ChargeModel, ...] = ("per_unit", "graduated", "volume")
 MODELS: tuple[ChargeModel, ...] = (
     "per_unit",
     "graduated",
@@ -120,6 +129,7 @@ class Charge:
     flat_fee_at_zero: bool = True  # tiered models
     group_by: tuple[str, ...] = ()  # properties whose values split the usage (domain/grouping.py)
     groups: tuple[ChargeGroup, ...] = ()  # groups with their own price, in catalog order
+    prorated: bool = False  # per_unit, graduated, volume on a recurring meter (see above)
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,7 @@ class ChargeGroup:
 class Usage:
     quantity: Decimal  # the meter's aggregated value for the period
     transactions: tuple[Decimal, ...] | None = None  # per-event values in event order
+    prorated: Decimal | None = None  # prorated charges: units × the share of the period held
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,7 @@ class Rating:
     tiers: tuple[TierLine, ...]  # breakdown for explain (tiered models; empty otherwise)
     transactions: int  # percentage models: number of transactions; others 0
     free_transactions: int  # percentage: fully free transactions
+    unprorated_quantity: Decimal | None = None  # prorated charges: the full quantity
 
 
 @dataclass(frozen=True)
@@ -204,17 +216,26 @@ def rate_charge(charge: Charge, usage: Usage) -> Rating:
     rater = _RATERS.get(charge.model)
     if rater is None:
         raise _invalid(charge, f"unknown price model {charge.model!r}")
+    quantity, unprorated = usage.quantity, None
     try:
         with localcontext(_EXACT):
             _check_common(charge)
-            priced = rater(charge, usage)
+            if charge.prorated:
+                if charge.model not in PRORATED_MODELS:
+                    raise _invalid(charge, "only per_unit, graduated and volume can be prorated")
+                quantity = usage.quantity if usage.prorated is None else usage.prorated
+                unprorated = usage.quantity
+                priced = _prorated(charge, usage.quantity, quantity)
+            else:
+                priced = rater(charge, usage)
             amount, topup = _apply_limits(charge, priced.amount)
     except DecimalException as exc:
         raise _invalid(charge, f"cannot be priced exactly ({type(exc).__name__})") from None
     return Rating(
         meter=charge.meter,
         model=charge.model,
-        quantity=usage.quantity,
+        quantity=quantity,
+        unprorated_quantity=unprorated,
         billable_quantity=priced.billable,
         amount=amount,
         uncapped_amount=priced.amount,
@@ -372,6 +393,28 @@ def _percentage(charge: Charge, usage: Usage) -> _Priced:
     amount = _sum(_transaction_fee(charge, rate, value) for value in paying)
     free = len(values) - len(paying)
     return _Priced(_sum(paying), amount, (), len(values), free)
+
+
+def _prorated(charge: Charge, quantity: Decimal, prorated: Decimal) -> _Priced:
+    """A prorated charge: the prorated units priced by the model (volume's tier from the
+    unprorated quantity)."""
+    if prorated < 0:
+        raise _invalid(charge, f"prorated quantity {prorated} is negative")
+    billable = max(prorated - charge.free_units, ZERO)
+    if charge.model == "volume":
+        full = _billable(charge, Usage(quantity))
+        lower = ZERO
+        for index, tier in enumerate(_checked_tiers(charge)):
+            if tier.up_to is None or full <= tier.up_to:
+                flat = tier.flat_amount if full > 0 or charge.flat_fee_at_zero else ZERO
+                line = _tier_line(index, lower, tier, billable, flat, percent=False)
+                return _Priced(billable, line.amount, (line,))
+            lower = tier.up_to
+        raise AssertionError("unreachable: the last tier is unbounded")  # pragma: no cover
+    if charge.model == "graduated":
+        lines = _graduated_lines(charge, billable, percent=False)
+        return _Priced(billable, _sum(line.amount for line in lines), lines)
+    return _Priced(billable, billable * _required(charge, charge.unit_amount, "unit_amount"))
 
 
 _RATERS: dict[ChargeModel, Callable[[Charge, Usage], _Priced]] = {

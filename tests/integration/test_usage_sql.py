@@ -28,6 +28,8 @@ from neruba_cli.domain.aggregation import (
 )
 from neruba_cli.domain.grouping import GroupKey, aggregate_groups, transaction_groups
 from neruba_cli.domain.money import canonical
+from neruba_cli.domain.periods import Period
+from neruba_cli.domain.prorated_usage import prorated_units, weights
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
 END = datetime(2026, 10, 31, tzinfo=UTC)  # 30 days
@@ -456,3 +458,46 @@ def test_sql_groups_equal_the_reference(
                             end=end,
                         )
                         assert streamed == {k: v for k, v in values.items() if v}, (meter,)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    scenario=scenarios(),
+    mode=st.sampled_from(["day", "second"]),
+    tz=st.sampled_from(["UTC", "America/New_York", "Asia/Kolkata"]),
+    split=st.integers(0, 4),
+)
+def test_sql_prorated_units_equal_the_reference(
+    usage_engine: Engine,
+    scenario: tuple[datetime, datetime, list[dict[str, Any]]],
+    mode: str,
+    tz: str,
+    split: int,
+) -> None:
+    """Prorated units of recurring sum and unique_count meters (domain/prorated_usage.py):
+    the SQL's Σ units × weight gives the reference's units, over a whole period and over a
+    piece of it (as after a plan change)."""
+    start, end, rows = scenario
+    store(usage_engine, rows)
+    period = Period(start, end)
+    windows = [(start, end)]
+    if split:  # a piece of the period, as after a plan change
+        middle = start + (end - start) * split / 5
+        if start < middle < end:
+            windows += [(start, middle), (middle, end)]
+    recurring = [m for m in meters() if m.aggregation in ("sum", "unique_count") and m.recurring]
+    assert recurring
+    with usage_engine.connect() as conn:
+        for meter in recurring:
+            for low, high in windows:
+                grid = weights(low, high, period, mode, tz)
+                got = usage_sql.prorated_usage(conn, meter, grid, project_id=PROJECT)
+                assert_canonical(got)
+                for customer in CUSTOMERS:
+                    events = records(rows, customer, "m1")
+                    expected = prorated_units(meter, events, grid)
+                    assert got.get(customer, D(0)) == expected, (meter, customer, low, high)

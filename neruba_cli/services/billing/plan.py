@@ -46,6 +46,7 @@ from neruba_cli.db.tables import (
     subscription_phases_t,
     subscriptions_t,
 )
+from neruba_cli.domain import prorated_usage
 from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.billing_periods import (
     Schedule,
@@ -552,6 +553,7 @@ def build_each(
     customer's reading that no invoice can hold never stops the others."""
     wanted: dict[tuple[datetime, datetime, Period, MeterSpec, GroupBy], set[str]] = defaultdict(set)
     percentage: set[tuple[datetime, datetime, MeterSpec, str]] = set()
+    prorating: dict[_ProratedKey, set[str]] = defaultdict(set)
     for item in items:
         for terms in item.terms:
             plans = {pp.phase.key: pp for pp in terms.phases}
@@ -564,6 +566,9 @@ def build_each(
                     wanted[window].add(item.customer.id)
                     if charge.model == "percentage":
                         percentage.add((piece.start, piece.end, spec, item.customer.id))
+                    if charge.prorated:
+                        grid = (piece.start, piece.end, item.period, spec, pp.plan.proration)
+                        prorating[(*grid, item.customer.timezone)].add(item.customer.id)
     known = _known_spans(items)
     results: dict[_UsageKey, MeterUsage] = {}
     for (start, end, period, spec, group_by), customer_ids in wanted.items():
@@ -577,6 +582,10 @@ def build_each(
             found = _aggregate(conn, project, spec, start, end, period, ids, percentage, spans)
         for usage_customer, usage in found:
             results[(start, end, period, spec, group_by, usage_customer)] = usage
+    for key, customer_ids in prorating.items():
+        for customer_id, units in _prorate(conn, project, key, sorted(customer_ids)).items():
+            usage_key = (*key[:4], (), customer_id)
+            results[usage_key] = replace(results[usage_key], prorated=units)
     built: dict[Any, BuiltInvoice] = {}
     failed: dict[Any, Unbillable] = {}
     for item in items:
@@ -591,6 +600,21 @@ def build_each(
         except InvalidInput as exc:  # any other domain rule this customer's inputs break
             failed[item.key] = Unbillable(exc.message, hint=exc.hint)
     return built, failed
+
+
+_ProratedKey = tuple[datetime, datetime, Period, MeterSpec, str, str]
+"""A prorated charge's piece: (start, end, its billing period, meter, proration, time zone)."""
+
+
+def _prorate(
+    conn: Connection, project: Project, key: _ProratedKey, ids: list[str]
+) -> dict[str, Decimal]:
+    """Every customer's prorated units of a recurring meter over one piece (0 without
+    events), by the plan's proration in the customer's time zone."""
+    start, end, period, spec, mode, tz = key
+    grid = prorated_usage.weights(start, end, period, mode, tz)
+    found = usage_sql.prorated_usage(conn, spec, grid, project_id=project.id, customer_ids=ids)
+    return {customer_id: found.get(customer_id, Decimal(0)) for customer_id in ids}
 
 
 def _aggregate(

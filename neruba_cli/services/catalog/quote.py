@@ -10,11 +10,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from neruba_cli.domain import aggregation, exact_json, grouping
+from neruba_cli.domain import aggregation, exact_json, grouping, prorated_usage
 from neruba_cli.domain.aggregation import EventRecord
 from neruba_cli.domain.catalog import MeterDef, PlanDef
 from neruba_cli.domain.errors import InvalidInput, UsageError
-from neruba_cli.domain.events import Rejected, parse_quantity, parse_timestamp
+from neruba_cli.domain.events import Rejected, parse_operation, parse_quantity, parse_timestamp
 from neruba_cli.domain.grouping import GroupKey
 from neruba_cli.domain.meter_values import check_meter_value
 from neruba_cli.domain.money import decimal_from_text
@@ -110,6 +110,7 @@ def usage_from_events(
     meters: dict[str, MeterDef],
     period: Period | None,
     customer: str | None = None,
+    tz: str = "UTC",
 ) -> QuoteUsage:
     """Aggregate a JSONL events file with the meters' own rules (the pure reference), per
     group for a grouped charge.
@@ -162,7 +163,11 @@ def usage_from_events(
         transaction_list = None
         if percentage:
             transaction_list = aggregation.transaction_values(spec, events, start, end)
-        usage.meters[charge.meter] = Usage(quantity, transaction_list)
+        prorated = None
+        if charge.prorated and period is not None:  # the file is the history: prorate it
+            grid = prorated_usage.weights(start, end, period, plan.proration, tz)
+            prorated = prorated_usage.prorated_units(spec, events, grid)
+        usage.meters[charge.meter] = Usage(quantity, transaction_list, prorated)
     return usage
 
 
@@ -223,12 +228,13 @@ def _record(event: dict[str, Any], where: str, sequence: int) -> EventRecord:
     try:
         timestamp = parse_timestamp(event.get("timestamp"))
         value = parse_quantity(event.get("quantity", 1))
+        operation = parse_operation(event.get("operation"))
     except Rejected as exc:
         raise InvalidInput(f"{where}: {exc}") from None
     properties = event.get("properties") or {}
     if not isinstance(properties, dict):
         raise InvalidInput(f"{where}: properties must be an object")
-    return EventRecord(timestamp, value, properties, sequence)
+    return EventRecord(timestamp, value, properties, sequence, operation)
 
 
 def _decoded(handle: Any, path: Path) -> Any:

@@ -125,6 +125,8 @@ def _explain_line(
         "quantity": line.get("quantity"),
         "free_units": line.get("free_units"),
         "billable_quantity": line.get("billable_quantity"),
+        "recurring": bool(line.get("recurring")),
+        "prorated": line.get("prorated"),
         "tiers": line.get("tiers") or [],
         "proration": line.get("proration"),
         "min_amount": line.get("min_amount"),
@@ -228,11 +230,25 @@ def _why(line: dict[str, Any], currency: str, fee_dates: str | None = None) -> s
         return f"usage was below the minimum {line.get('min_amount')}: raised by {amount}"
     parts = []
     events = line.get("events") or {}
+    prorated = line.get("prorated")
     if events:
         count = events.get("count", 0)
+        if line.get("recurring"):
+            full = prorated["unprorated_quantity"] if prorated else line.get("quantity")
+            parts.append(
+                f"{count} event{'' if count == 1 else 's'} in the period ("
+                f"{line.get('aggregation')}, recurring: carried since the first event) → "
+                f"{full} at the end of the service period"
+            )
+        else:
+            parts.append(
+                f"{count} event{'' if count == 1 else 's'} ({line.get('aggregation')}) → "
+                f"quantity {line.get('quantity')}"
+            )
+    if prorated:
         parts.append(
-            f"{count} event{'' if count == 1 else 's'} ({line.get('aggregation')}) → "
-            f"quantity {line.get('quantity')}"
+            f"each unit prorated by {prorated['by']} for the share of the period it existed "
+            f"→ {line.get('quantity')} units"
         )
     if line.get("free_units"):
         parts.append(f"{line['free_units']} free → billable {line.get('billable_quantity')}")
