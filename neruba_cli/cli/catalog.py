@@ -106,16 +106,30 @@ def _render_catalog(console: Console, data: dict[str, Any]) -> None:
             f"{plan['proration']}, trial {plan['trial_days']} days"
         )
         charges = [(c["meter"], c["model"], _params(c)) for c in plan["charges"]]
+        for charge in plan["charges"]:  # a grouped charge: a row per group with its own price
+            for group in charge.get("groups", []):
+                name = _group_name(charge, group)
+                charges.append((f"  {charge['meter']} · {name}", "", _params(group)))
         table(title, ("meter", "model", "price"), charges)(console)
         for charge in plan["charges"]:
-            if "tiers" in charge:
+            for priced in [charge, *charge.get("groups", [])]:
+                if "tiers" not in priced:
+                    continue
                 price = "rate %" if charge["model"] == "graduated_percentage" else "unit_amount"
                 tiers = [
                     (t["up_to"], t.get("rate", t.get("unit_amount")), t.get("flat_amount", "0"))
-                    for t in charge["tiers"]
+                    for t in priced["tiers"]
                 ]
                 heading = f"  {plan['code']} · {charge['meter']} tiers ({charge['model']})"
+                if priced is not charge:
+                    heading += f" · {_group_name(charge, priced)}"
                 table(heading, ("up_to", price, "flat_amount"), tiers)(console)
+
+
+def _group_name(charge: dict[str, Any], group: dict[str, Any]) -> str:
+    """A priced group as invoice lines name it, its values in group_by order."""
+    names = charge["group_by"]
+    return group_text(names, tuple(group["values"][name] for name in names))
 
 
 def _pairs(values: dict[str, str] | None) -> str:
@@ -129,8 +143,15 @@ def _gauge(meter: dict[str, Any]) -> str:
 
 
 def _params(charge: dict[str, Any]) -> str:
-    skip = {"meter", "model", "tiers", "description"}
-    return ", ".join(f"{k}={cell(v)}" for k, v in charge.items() if k not in skip) or "—"
+    skip = {"meter", "model", "tiers", "description", "groups", "values"}
+    shown = [
+        f"group_by={', '.join(v)}" if k == "group_by" else f"{k}={cell(v)}"
+        for k, v in charge.items()
+        if k not in skip
+    ]
+    if "tiers" in charge and "values" in charge:
+        shown.append("tiers (below)")
+    return ", ".join(shown) or "—"
 
 
 @command(app, "export", group="catalog", scope="read")

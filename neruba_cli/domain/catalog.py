@@ -531,9 +531,13 @@ def _groups(
             check.add(here, 'must be a table such as { values = { region = "eu" }, ... }')
             continue
         values = _group_values(group.get("values"), f"{here}.values", group_by, check)
-        params = [key for key in group if key != "values"]
-        for key in params:
-            if key not in _MODEL_PARAMS[model] and key not in _GROUP_LIMITS:
+        params = [
+            key
+            for key in group
+            if key != "values" and (key in _MODEL_PARAMS[model] or key in _GROUP_LIMITS)
+        ]
+        for key in group:
+            if key != "values" and key not in params:
                 check.add(
                     f"{here}.{key}",
                     f"a group sets the price parameters of model {model} "

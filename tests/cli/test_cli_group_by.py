@@ -312,3 +312,102 @@ def test_invoices_from_before_grouping_rerun_without_corrections(cli: Cli, tmp_p
         ({"region": "eu"}, "0.30"),
         ({"region": "apac"}, "0.00"),
     ]
+
+
+TIERED = """
+[[meters]]
+code = "gb"
+aggregation = "sum"
+
+[[meters]]
+code = "pay"
+aggregation = "sum"
+
+[[plans]]
+code = "tiered"
+currency = "USD"
+interval = "month"
+base_fee = "0"
+base_fee_timing = "arrears"
+
+  [[plans.charges]]
+  meter = "gb"
+  group_by = ["region", "class"]
+  model = "graduated"
+  tiers = [ { up_to = 100, unit_amount = "0" }, { up_to = inf, unit_amount = "0.10" } ]
+
+    [[plans.charges.groups]]
+    values = { region = "eu", class = "cold" }
+    tiers = [
+      { up_to = 10, unit_amount = "0" },
+      { up_to = inf, unit_amount = "0.02", flat_amount = "1" },
+    ]
+
+  [[plans.charges]]
+  meter = "pay"
+  group_by = ["method"]
+  model = "percentage"
+  rate = "2.9"
+  fixed_amount = "0.30"
+
+    [[plans.charges.groups]]
+    values = { method = "sepa" }
+    rate = "0.8"
+    fixed_amount = "0"
+    per_transaction_max = "5"
+"""
+
+
+def test_tiers_and_percentages_per_group(cli: Cli, tmp_path: Path) -> None:
+    """Two properties at once, graduated tiers per group, and percentage fees per event of
+    each group (in USD, half-even cents):
+
+        gb  eu/cold   60 + 50 = 110: 100 × 0.02 + 1 flat         = 3.00
+        gb  eu/(none) 30, the default tiers: all in the free tier = 0.00
+        gb  us/hot    250: 150 × 0.10                             = 15.00
+        pay sepa      1000 → 8 capped at 5, 100 → 0.80            = 5.80
+        pay card      50 × 2.9 % + 0.30                           = 1.75
+        pay (none)    20 × 2.9 % + 0.30 = 0.88                    = 0.88
+    """
+    new_project(cli, "c1")
+    catalogs.apply_catalog(cli, tmp_path, TIERED)
+    ok(cli, "subscription", "create", "c1", "tiered", "--start", "2026-10-01T00:00:00Z")
+    rows = [
+        ("gb", "g1", 60, {"region": "eu", "class": "cold"}),
+        ("gb", "g2", 50, {"class": "cold", "region": "eu"}),
+        ("gb", "g3", 30, {"region": "eu"}),
+        ("gb", "g4", 250, {"region": "us", "class": "hot"}),
+        ("pay", "p1", 1000, {"method": "sepa"}),
+        ("pay", "p2", 100, {"method": "sepa"}),
+        ("pay", "p3", 50, {"method": "card"}),
+        ("pay", "p4", 20, {}),
+    ]
+    events = [
+        {
+            "idempotency_key": key,
+            "customer": "c1",
+            "meter": meter,
+            "timestamp": f"2026-10-{index + 2:02d}T10:00:00Z",
+            "quantity": quantity,
+            "properties": properties,
+        }
+        for index, (meter, key, quantity, properties) in enumerate(rows)
+    ]
+    ingest(cli, write_jsonl(tmp_path / "october.jsonl", events))
+    bill(cli, "2026-10", "2026-11-02T00:00:00Z")
+    shown = ok(cli, "invoice", "show", "ACME-000001")
+    got = [(line["description"], line["quantity"], line["amount"]) for line in shown["lines"]]
+    assert got == [
+        ("gb — region: eu, class: cold", "110", "3.00"),
+        ("gb — region: eu, class: (none)", "30", "0.00"),
+        ("gb — region: us, class: hot", "250", "15.00"),
+        ("pay — method: sepa", "1100", "5.80"),
+        ("pay — method: card", "50", "1.75"),
+        ("pay — method: (none)", "20", "0.88"),
+    ]
+    assert shown["lines"][1]["group"] == {"region": "eu", "class": None}
+    assert shown["total"] == "26.43"
+    quoted = ok(cli, "catalog", "quote", "tiered", "--events", str(tmp_path / "october.jsonl"))
+    assert [(line["quantity"], line["amount"]) for line in quoted["lines"]] == [
+        (quantity, amount) for _, quantity, amount in got
+    ]

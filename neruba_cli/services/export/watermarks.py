@@ -45,6 +45,7 @@ from neruba_cli.domain import lock_names
 from neruba_cli.domain.errors import InvalidInput, LockHeld, NotFound
 from neruba_cli.domain.periods import month_period
 from neruba_cli.domain.timestamps import format_ts, parse_since, parse_ts
+from neruba_cli.services.billing import plan as billing_plan
 from neruba_cli.services.export.kinds import JOURNALS, KINDS, check_request
 from neruba_cli.services.export.plan import ExportRequest, Plan, Progress, Since
 from neruba_cli.services.invoices import read as invoices_read
@@ -113,8 +114,6 @@ def make_plan(engine: Engine, project: Project, request: ExportRequest, *, now: 
 def _groupings(engine: Engine, project: Project) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """Each meter some plan version groups (`group_by`), with the properties (all versions'
     together, in the order they first appear)."""
-    from neruba_cli.services.billing import plan as billing_plan
-
     found: dict[str, list[str]] = {}
     with engine.connect() as conn:
         versions = billing_plan.plan_versions(conn, project)
