@@ -787,6 +787,11 @@ def with_ids(built: BuiltInvoice, ids: Mapping[str, str]) -> BuiltInvoice:
     return replace(built, content=with_subscription_ids(built.content, ids), inputs=inputs)
 
 
+def same_business_inputs(stored: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
+    """Whether two inputs documents, in any form, have the same business inputs."""
+    return canonical_json(business_document(stored)) == canonical_json(business_document(now))
+
+
 def same_business_setup(stored: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
     """Whether two inputs documents, in any form, have the same business terms (usage aside)."""
     return canonical_json(business_document(setup_document(stored))) == canonical_json(

@@ -404,3 +404,31 @@ def test_invoices_fingerprinted_the_legacy_way_are_left_as_they_are(
     c2 = after[("c2", 0)]
     assert c2["fingerprint"] not in legacy.values() and c2["version"] == 2
     verified(cli)
+
+
+def test_a_moved_legacy_draft_is_not_rewritten(cli: Cli, second_cli: Cli, tmp_path: Path) -> None:
+    """A draft of the legacy form moved into another database: same business inputs, so a
+    rerun there neither rewrites it nor reports it updated; new usage does rewrite it."""
+    load(cli, tmp_path / "a", reverse=False)
+    bill(cli)
+    legacy = make_legacy(cli, "c1")  # c1's two subscriptions start at the same instant
+    load(second_cli, tmp_path / "b", reverse=True)
+    copy_invoices(cli, second_cli)
+    before = invoices(second_cli)
+
+    for _ in range(2):
+        rerun = bill(second_cli)
+        assert (rerun["invoices"], rerun["updated"], rerun["corrections"]) == (0, 0, 0), rerun
+        assert invoices(second_cli) == before
+    (verdict,) = [v for v in verified(second_cli)["invoices"] if v["customer"] == "c1"]
+    assert verdict["number"] in legacy and verdict["checks"]["recomputed"] == "ok"
+    assert any("legacy form" in note for note in verdict["notes"]), verdict
+
+    late = [event_line("c1-late-1", "c1", "api_calls", "2026-10-30T10:00:00Z")]
+    ok(second_cli, "ingest", str(write(tmp_path / "b" / "late.jsonl", late)))
+    rerun = bill(second_cli)
+    assert (rerun["updated"], rerun["corrections"]) == (1, 0)
+    c1 = invoices(second_cli)[("c1", 0)]
+    assert c1["fingerprint"] not in legacy.values() and c1["version"] == 2
+    (verdict,) = [v for v in verified(second_cli)["invoices"] if v["customer"] == "c1"]
+    assert verdict["notes"] == []

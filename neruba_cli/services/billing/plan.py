@@ -70,6 +70,7 @@ from neruba_cli.domain.invoice import (
     build_invoice,
     fingerprint_matches,
     inputs_document,
+    same_business_inputs,
     same_business_setup,
     setup_document,
     subscription_ids,
@@ -402,6 +403,19 @@ def terms_changed(conn: Connection, built: BuiltInvoice, invoice: Invoice) -> bo
     if built.same_setup(invoice.setup_fingerprint):
         return False
     return not same_business_setup(stored_inputs(conn, invoice), built.inputs)
+
+
+def same_invoice(conn: Connection, built: BuiltInvoice, invoice: Invoice) -> bool:
+    """Whether `invoice` was written from the inputs of `built`: by its fingerprint, else (an
+    invoice of the legacy form from another database, whose fingerprint covers that
+    database's ids) by the business part of its stored inputs. The stored inputs are read
+    only where the set-up fingerprints differ too, so a draft whose usage changed costs no
+    read."""
+    if built.same_fingerprint(invoice.fingerprint):
+        return True
+    if built.same_setup(invoice.setup_fingerprint):
+        return False
+    return same_business_inputs(stored_inputs(conn, invoice), built.inputs)
 
 
 def latest_invoice(item: WorkItem) -> Invoice | None:

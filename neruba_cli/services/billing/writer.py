@@ -66,6 +66,7 @@ from neruba_cli.services.billing.plan import (
     FINAL,
     WorkItem,
     documents,
+    same_invoice,
     terms_changed,
     with_stored_ids,
 )
@@ -248,7 +249,7 @@ class InvoiceWriter:
         if draft is None:
             outcome.action = "created"
             self._queue_create(item, built, built.content, outcome, corrects=None)
-        elif built.same_fingerprint(draft.fingerprint):
+        elif self._same_invoice(draft, built):
             outcome.number = draft.number
             self._queue_bookkeeping(draft, item, built)
         else:
@@ -289,7 +290,7 @@ class InvoiceWriter:
         if draft is None:
             outcome.action = "corrected"
             self._queue_create(item, built, content, outcome, corrects=finals[0])
-        elif built.same_fingerprint(draft.fingerprint):
+        elif self._same_invoice(draft, built):
             outcome.number = draft.number
             outcome.landed = draft.number
             self._queue_bookkeeping(draft, item, built)
@@ -297,6 +298,15 @@ class InvoiceWriter:
             outcome.action, outcome.number, outcome.landed = "corrected", draft.number, draft.number
             self._queue_update(draft, item, built, content)
         return outcome
+
+    def _same_invoice(self, stored: Invoice, built: BuiltInvoice) -> bool:
+        """`plan.same_invoice`, connecting only where it has to read the stored inputs."""
+        if built.same_fingerprint(stored.fingerprint):
+            return True
+        if built.same_setup(stored.setup_fingerprint):
+            return False
+        with self.engine.connect() as conn:
+            return same_invoice(conn, built, stored)
 
     # -- queued writes
 
