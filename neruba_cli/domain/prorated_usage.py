@@ -16,6 +16,9 @@ mode, with the rule base fees use (domain/periods.py `service_fraction`):
   gives back `end - r`, over the period's microseconds.
 - `none` cannot prorate (the catalog refuses `prorated = true` on such a plan).
 
+A window that ends where the service ends (a cancellation mid-day) counts the units present
+on that last day for the day, as a cancelled base fee counts its last day.
+
 Units carried in (events before the window: a recurring meter reads everything before its
 end) count the whole window, `date(end) - date(start)` days (`end - start` in second mode).
 
@@ -90,8 +93,20 @@ class Weights:
         return max(len(self.day_starts) - bisect_left(self.day_starts, moment) - 1, 0)
 
 
-def weights(start: datetime, end: datetime, period: Period, mode: str, tz: str) -> Weights:
-    """The weights of the window [start, end) inside `period` for `mode` (day or second)."""
+def weights(
+    start: datetime,
+    end: datetime,
+    period: Period,
+    mode: str,
+    tz: str,
+    *,
+    ends_service: bool = False,
+) -> Weights:
+    """The weights of the window [start, end) inside `period` for `mode` (day or second).
+
+    `ends_service`: the service ends at `end` (a cancellation), so when `end` is not a local
+    day start the units present on its day count that day too, as a cancelled base fee does
+    (`service_fraction(..., ends_service=True)`): `end` is then one more boundary."""
     if mode not in ("day", "second"):
         raise ValueError(f"usage cannot be prorated with proration {mode!r} (use day or second)")
     if start < period.start or end > period.end or not start < end:
@@ -103,7 +118,10 @@ def weights(start: datetime, end: datetime, period: Period, mode: str, tz: str) 
     if mode == "second" or days <= 0:
         total = (period.end - period.start) // _MICROSECOND
         return Weights("second", start, end, total)
-    return Weights("day", start, end, days, tuple(local_day_starts(start, end, tz)))
+    starts = local_day_starts(start, end, tz)
+    if ends_service and end < period.end and (not starts or starts[-1] != end):
+        starts.append(end)  # the last, partial day of a service that ends mid-day
+    return Weights("day", start, end, days, tuple(starts))
 
 
 def prorated_from_area(area_units: int, total: int) -> Decimal:

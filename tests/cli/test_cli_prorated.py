@@ -220,3 +220,13 @@ def test_explain_says_where_the_prorated_units_come_from(shop: Cli) -> None:
         "end of the service period; each unit prorated by day for the share of the period it "
         "existed → 12.74194 units = 127.42 USD (exact 127.4194)"
     )
+
+
+def test_a_cancellation_mid_day_counts_its_last_day(shop: Cli) -> None:
+    """c1 cancels on Jan 20 at 15:00: 10 seats × 20/31 (Jan 1–20) + 5 × 6/31 (Jan 15–20) =
+    230/31 = 7.419354… → 7.41936 → 74.19, the last day counted as the base fee counts it."""
+    (sub,) = ok(shop, "subscription", "list", "--customer", "c1")
+    ok(shop, "subscription", "cancel", sub["id"], "--at", "2026-01-20T15:00:00Z")
+    ok(shop, "run", "bill", "--period", "2026-01", "--as-of", "2026-02-01T01:00:00Z")
+    seats = usage_lines(shop, "2026-01", "c1")["seats"]
+    assert (seats["quantity"], seats["amount"]) == ("7.41936", "74.19")

@@ -470,6 +470,7 @@ def test_sql_groups_equal_the_reference(
     mode=st.sampled_from(["day", "second"]),
     tz=st.sampled_from(["UTC", "America/New_York", "Asia/Kolkata"]),
     split=st.integers(0, 4),
+    ends_service=st.booleans(),
 )
 def test_sql_prorated_units_equal_the_reference(
     usage_engine: Engine,
@@ -477,6 +478,7 @@ def test_sql_prorated_units_equal_the_reference(
     mode: str,
     tz: str,
     split: int,
+    ends_service: bool,
 ) -> None:
     """Prorated units of recurring sum and unique_count meters (domain/prorated_usage.py):
     the SQL's Σ units × weight gives the reference's units, over a whole period and over a
@@ -494,7 +496,7 @@ def test_sql_prorated_units_equal_the_reference(
     with usage_engine.connect() as conn:
         for meter in recurring:
             for low, high in windows:
-                grid = weights(low, high, period, mode, tz)
+                grid = weights(low, high, period, mode, tz, ends_service=ends_service)
                 got = usage_sql.prorated_usage(conn, meter, grid, project_id=PROJECT)
                 assert_canonical(got)
                 for customer in CUSTOMERS:

@@ -152,3 +152,14 @@ def test_prorated_pricing(full: D, share: D, free: D) -> None:
     assert graduated.amount == min(prorated, D(10)) * 10 + max(prorated - 10, D(0)) * 8 + (
         D(5) if prorated > 10 else D(0)
     )
+
+
+def test_a_service_ending_mid_day_counts_its_last_day_like_the_base_fee() -> None:
+    cancel = at(20, 15)
+    events = [seat(at(1), "1")]
+    ended = weights(JAN.start, cancel, JAN, "day", "UTC", ends_service=True)
+    assert prorated_units(SEATS, events, ended) == D("0.64517")  # 20/31, rounded up
+    fee = service_fraction(JAN.start, cancel, JAN, mode="day", tz="UTC", ends_service=True)
+    assert (fee.numerator, fee.denominator) == (20, 31)
+    cut = weights(JAN.start, cancel, JAN, "day", "UTC")  # a plan change: the day goes on
+    assert prorated_units(SEATS, events, cut) == D("0.61291")  # 19/31, rounded up

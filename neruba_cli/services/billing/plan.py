@@ -581,8 +581,9 @@ def build_each(
                     if charge.model == "percentage":
                         percentage.add((piece.start, piece.end, spec, item.customer.id))
                     if charge.prorated:
+                        ends = terms.end is not None and piece.end == terms.end
                         grid = (piece.start, piece.end, item.period, spec, pp.plan.proration)
-                        prorating[(*grid, item.customer.timezone)].add(item.customer.id)
+                        prorating[(*grid, item.customer.timezone, ends)].add(item.customer.id)
     known = _known_spans(items)
     results: dict[_UsageKey, MeterUsage] = {}
     for (start, end, period, spec, group_by), customer_ids in wanted.items():
@@ -616,8 +617,9 @@ def build_each(
     return built, failed
 
 
-_ProratedKey = tuple[datetime, datetime, Period, MeterSpec, str, str]
-"""A prorated charge's piece: (start, end, its billing period, meter, proration, time zone)."""
+_ProratedKey = tuple[datetime, datetime, Period, MeterSpec, str, str, bool]
+"""A prorated charge's piece: (start, end, its billing period, meter, proration, time zone,
+whether the subscription ends at the piece's end)."""
 
 
 def _prorate(
@@ -625,8 +627,8 @@ def _prorate(
 ) -> dict[str, Decimal]:
     """Every customer's prorated units of a recurring meter over one piece (0 without
     events), by the plan's proration in the customer's time zone."""
-    start, end, period, spec, mode, tz = key
-    grid = prorated_usage.weights(start, end, period, mode, tz)
+    start, end, period, spec, mode, tz, ends_service = key
+    grid = prorated_usage.weights(start, end, period, mode, tz, ends_service=ends_service)
     found = usage_sql.prorated_usage(conn, spec, grid, project_id=project.id, customer_ids=ids)
     return {customer_id: found.get(customer_id, Decimal(0)) for customer_id in ids}
 
