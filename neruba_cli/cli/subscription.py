@@ -11,6 +11,7 @@ from neruba_cli.cli import values
 from neruba_cli.cli.output import plural, table
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
+from neruba_cli.domain.billing_periods import final_run
 from neruba_cli.domain.catalog import MAX_TRIAL_DAYS
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.catalog import subscriptions
@@ -106,7 +107,13 @@ def cancel(
         project = rt.project(session)
         ended = subscriptions.cancel(session, project, subscription, at=parse_ts(at, field="--at"))
         data = subscriptions.to_dict(session, ended)
-    _emit_one(rt, data, f"{subscription} ends at {data['end']}.")
+        final = final_run(parse_ts(data["end"]), data["timezone"])
+    _emit_one(
+        rt,
+        data,
+        f"{subscription} ends at {data['end']}; its last period is billed by the run of "
+        f"{final} (neruba run bill --period {final}).",
+    )
 
 
 @command(app, "list", group="subscription", scope="read")

@@ -93,7 +93,7 @@ def billed_windows(schedule: Schedule, label: str) -> list[tuple[Period, Period]
         _ending_in(label, schedule.interval, schedule.anchor, _grid_anchor(schedule), tz)
     )
     end = schedule.end
-    if end is not None and month_label(end - _MICROSECOND, tz) == label:
+    if end is not None and final_run(end, tz) == label:
         last = _following(
             end - _MICROSECOND,
             schedule.interval,
@@ -113,15 +113,18 @@ def billed_windows(schedule: Schedule, label: str) -> list[tuple[Period, Period]
     return found
 
 
+def final_run(end: datetime, tz: str) -> str:
+    """The month whose run bills the last period of a subscription ending at `end`."""
+    return month_label(end - _MICROSECOND, tz)
+
+
 def final_window(schedule: Schedule, period: Period) -> Period:
     """The span the invoice of `period` covers: up to the cancellation when the subscription
     ends inside the period in an earlier month than the period's own end, else the period."""
     end = schedule.end
     if end is None or not period.start < end < period.end:
         return period
-    if month_label(end - _MICROSECOND, schedule.tz) == month_label(
-        period.end - _MICROSECOND, schedule.tz
-    ):
+    if final_run(end, schedule.tz) == final_run(period.end, schedule.tz):
         return period
     return Period(period.start, end)
 

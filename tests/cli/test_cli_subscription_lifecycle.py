@@ -155,7 +155,9 @@ def test_a_cancelled_plan_in_arrears_bills_its_share_in_the_month_it_ended(
         name="arrears.toml",
     )
     sub = subscribe(shop, "qtra", "2026-04-15T00:00:00Z", "--anchor", "anniversary")
-    ok(shop, "subscription", "cancel", sub, "--at", "2026-06-20T12:00:00Z")
+    said = shop("subscription", "cancel", sub, "--at", "2026-06-20T12:00:00Z", "--project", "acme")
+    assert said.exit_code == 0, said.stderr
+    assert "its last period is billed by the run of 2026-06" in said.stdout + said.stderr
     bill(shop, "2026-06", "2026-07-01T00:00:00Z")
     (final,) = invoices(shop, "2026-06")
     # Apr 15 – Jun 20: 67 of 91 days (the partial last day counts)
