@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from neruba_cli.db.tables import invoice_revisions_t, invoices_t
-from neruba_cli.domain.invoice import plain_fee_description
+from neruba_cli.domain.invoice import inputs_fingerprint, plain_fee_description, setup_document
 from tests.support.catalogs import apply_catalog, catalog, plan
 from tests.support.cli import Cli, ok
 
@@ -261,3 +261,85 @@ def test_a_backdated_cancellation_that_moves_the_final_invoice_to_an_earlier_mon
     for label in ("2026-06", "2026-07"):
         assert actions(bill(shop, label, "2026-08-02T00:00:00Z")) == ["unchanged"]
         assert ok(shop, "invoice", "verify", "--period", label)["mismatches"] == 0
+
+
+def test_an_invoice_that_prorated_a_fee_in_advance_before_this_rule_is_corrected_once(
+    shop: Cli, engine: Engine
+) -> None:
+    """Before settlements, the October invoice of a change already scheduled for Nov 16 billed
+    November in advance prorated (Pro 24.50 + Max 49.50) and its inputs had no mark; written
+    here in that older form. Its inputs now carry the mark, so the rerun of October reprices
+    it once: a credit note of -25.00 (Pro +24.50 to the whole month billed in advance, Max
+    -49.50 settled on November's invoice instead); November then settles. In all 123.00 -
+    25.00 + 124.00 = 222.00: October 49.00, November 24.50 + 49.50, December 99.00."""
+    sub = subscribe(shop, "pro", "2026-10-01T00:00:00Z")
+    ok(shop, "subscription", "change", sub, "--plan", "max", "--at", "2026-11-16T00:00:00Z")
+    bill(shop, "2026-10", "2026-11-01T00:00:00Z")
+    (october,) = invoices(shop, "2026-10")
+    _write_older_rule(engine, october["number"])
+    assert [amount for _, amount in lines(shop, october["number"])] == ["49.00", "24.50", "49.50"]
+    ok(shop, "invoice", "finalize", october["number"])
+    assert actions(bill(shop, "2026-10", "2026-11-02T00:00:00Z", "--finalize")) == ["corrected"]
+    note = next(i for i in invoices(shop, "2026-10") if i["kind"] == "credit_note")
+    assert note["total"] == "-25.00"
+    assert sorted(amount for _, amount in lines(shop, note["number"])) == ["-49.50", "24.50"]
+    assert actions(bill(shop, "2026-10", "2026-11-02T00:00:00Z")) == ["unchanged"]
+    bill(shop, "2026-11", "2026-12-01T00:00:00Z", "--finalize")
+    (november,) = invoices(shop, "2026-11")
+    assert november["total"] == "124.00"
+    totals = [row["total"] for label in ("2026-10", "2026-11") for row in invoices(shop, label)]
+    assert sum(Decimal(total) for total in totals) == Decimal("222.00")
+    for label in ("2026-10", "2026-11"):
+        assert ok(shop, "invoice", "verify", "--period", label)["mismatches"] == 0
+
+
+def _write_older_rule(engine: Engine, number: str) -> None:
+    """The draft as the version before settlements wrote it: November's fee in advance
+    prorated over the two plans, the text without days, the inputs without the mark."""
+    with engine.begin() as conn:
+        row = conn.execute(select(invoices_t).where(invoices_t.c.number == number)).one()
+        content, inputs = orjson.loads(row.content), orjson.loads(row.inputs)
+        first, advance = content["lines"]
+        pro = {
+            **advance,
+            "description": "Pro base fee (in advance)",
+            "service": {"start": "2026-11-01T00:00:00Z", "end": "2026-11-16T00:00:00Z"},
+            "amount": "24.50",
+            "amount_exact": "24.5",
+            "proration": "1/2",
+        }
+        max_line = {
+            **pro,
+            "description": "Max base fee (in advance)",
+            "plan": "max@1",
+            "service": {"start": "2026-11-16T00:00:00Z", "end": "2026-12-01T00:00:00Z"},
+            "amount": "49.50",
+            "amount_exact": "49.5",
+        }
+        first = {**first, "description": "Pro base fee (in advance)"}
+        content = {**content, "lines": [first, pro, max_line]}
+        content.update(subtotal="123.00", total="123.00")
+        for terms in inputs["subscriptions"]:
+            for entry in terms["fee_periods"]:
+                entry.pop("advance", None)
+        fingerprint = inputs_fingerprint(inputs)
+        values = {
+            "content": _as_stored(row.content, content),
+            "inputs": _as_stored(row.inputs, inputs),
+            "fingerprint": fingerprint,
+            "setup_fingerprint": inputs_fingerprint(setup_document(inputs)),
+            "subtotal": Decimal("123.00"),
+            "total": Decimal("123.00"),
+        }
+        conn.execute(update(invoices_t).where(invoices_t.c.id == row.id).values(**values))
+        conn.execute(
+            update(invoice_revisions_t)
+            .where(invoice_revisions_t.c.invoice_id == row.id)
+            .where(invoice_revisions_t.c.version == row.version)
+            .values(content=_as_stored(row.content, content), fingerprint=fingerprint)
+        )
+
+
+def _as_stored(like: Any, document: Any) -> Any:
+    text = orjson.dumps(document)
+    return text if isinstance(like, bytes) else text.decode()
