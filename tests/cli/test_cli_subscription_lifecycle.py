@@ -27,7 +27,7 @@ from sqlalchemy import Engine, select, update
 
 from neruba_cli.db.tables import invoice_revisions_t, invoices_t
 from neruba_cli.domain.invoice import inputs_fingerprint, plain_fee_description, setup_document
-from tests.support.catalogs import apply_catalog, catalog, plan
+from tests.support.catalogs import apply_catalog, catalog, meter, per_unit, plan
 from tests.support.cli import Cli, ok
 
 CATALOG = catalog(
@@ -343,3 +343,53 @@ def _write_older_rule(engine: Engine, number: str) -> None:
 def _as_stored(like: Any, document: Any) -> Any:
     text = orjson.dumps(document)
     return text if isinstance(like, bytes) else text.decode()
+
+
+def test_usage_in_arrears_up_to_the_cancellation_on_the_final_invoice(
+    shop: Cli, tmp_path: Path
+) -> None:
+    """The final invoice of a quarter cut short bills its usage up to the cancellation, and a
+    prorated charge counts against the whole quarter: 10 seats from Apr 15 (a recurring sum
+    at 1.00 a seat, prorated by day) cancelled on June 20 at noon: 67 of 91 days (the partial
+    last day counts) → 10 × 67/91 = 7.36264 seats → 7.36; 3 api calls at 0.50, the one after
+    the cancellation not billed; a fee in arrears of 0."""
+    apply_catalog(
+        shop,
+        tmp_path,
+        catalog(
+            meters=[meter("seats", "sum", recurring=True), meter("calls", "count")],
+            plans=[
+                plan(
+                    "team",
+                    "0.00",
+                    per_unit("seats", "1.00", prorated=True),
+                    per_unit("calls", "0.50"),
+                    interval="quarter",
+                    trial_days=0,
+                )
+            ],
+        ),
+        name="usage.toml",
+    )
+    sub = subscribe(shop, "team", "2026-04-15T00:00:00Z", "--anchor", "anniversary")
+    ok(shop, "subscription", "cancel", sub, "--at", "2026-06-20T12:00:00Z")
+    events = [
+        {"idempotency_key": "s1", "customer": "c1", "meter": "seats", "quantity": "10",
+         "timestamp": "2026-04-15T00:00:00Z"},
+        *({"idempotency_key": f"k{day}", "customer": "c1", "meter": "calls",
+           "timestamp": f"2026-06-{day:02d}T08:00:00Z"} for day in (1, 2, 3, 25)),
+    ]  # fmt: skip
+    path = tmp_path / "usage.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(event) for event in events) + b"\n")
+    ok(shop, "ingest", str(path))
+    bill(shop, "2026-06", "2026-07-01T00:00:00Z")
+    (final,) = invoices(shop, "2026-06")
+    shown = ok(shop, "invoice", "show", final["number"])
+    usage = {
+        line["meter"]: (line["quantity"], line["amount"])
+        for line in shown["lines"]
+        if line["meter"]
+    }
+    assert usage == {"seats": ("7.36264", "7.36"), "calls": ("3", "1.50")}
+    assert shown["period"]["end"] == "2026-06-20T12:00:00Z"
+    assert actions(bill(shop, "2026-07", "2026-08-01T00:00:00Z")) == []

@@ -11,7 +11,7 @@ from decimal import Decimal, localcontext
 from fractions import Fraction
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neruba_cli.domain.base_fee import (
@@ -160,6 +160,7 @@ def test_service_days_in_a_time_zone() -> None:
     )
 
 
+@settings(deadline=None)
 @given(
     st.sampled_from(ZONES),
     st.integers(min_value=1, max_value=30 * 24 - 1),
@@ -214,6 +215,7 @@ def test_billed_in_advance_plus_the_settlement_is_exactly_what_the_service_owes(
         assert settled == []
 
 
+@settings(deadline=None)
 @given(
     st.sampled_from(ZONES),
     st.sampled_from(["month", "quarter", "week", "year"]),

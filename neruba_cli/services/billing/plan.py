@@ -582,7 +582,7 @@ def build_each(
                         percentage.add((piece.start, piece.end, spec, item.customer.id))
                     if charge.prorated:
                         ends = terms.end is not None and piece.end == terms.end
-                        grid = (piece.start, piece.end, item.period, spec, pp.plan.proration)
+                        grid = (piece.start, piece.end, period, spec, pp.plan.proration)
                         prorating[(*grid, item.customer.timezone, ends)].add(item.customer.id)
     known = _known_spans(items)
     results: dict[_UsageKey, MeterUsage] = {}
