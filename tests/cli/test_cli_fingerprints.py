@@ -352,6 +352,19 @@ def test_invoices_moved_to_another_database_verify_there(
     assert (rerun["invoices"], rerun["corrections"], rerun["status"]) == (0, 0, "unchanged")
     assert invoices(second_cli) == before
 
+    # late usage there is corrected line by line: the lines name the moved invoice's ids
+    late = [event_line("c1-late-1", "c1", "api_calls", "2026-10-30T10:00:00Z")]
+    ok(second_cli, "ingest", str(write(tmp_path / "b" / "late.jsonl", late)))
+    assert bill(second_cli)["corrections"] == 1
+    correction = invoices(second_cli)[("c1", 1)]
+    assert sorted((line["meter"], line["amount"]) for line in correction["lines"]) == [
+        ("api_calls", "0.10"),
+        ("api_calls", "0.50"),
+    ]
+    billed = {line["subscription"] for line in before[("c1", 0)]["lines"]}
+    assert {line["subscription"] for line in correction["lines"]} <= billed
+    verified(second_cli)
+
 
 def test_a_moved_legacy_invoice_is_checked_on_its_business_inputs(
     cli: Cli, second_cli: Cli, tmp_path: Path
