@@ -12,12 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.cli import Cli, Outcome
 
 pytest_plugins = ["tests.support.fixtures"]
 
 __all__ = ["Cli", "Outcome"]
+
+# Property tests judge results, never speed: on a loaded machine (CI, parallel workers) an
+# example may take seconds, which is neither a failure nor a reason to generate fewer.
+settings.register_profile(
+    "neruba", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("neruba")
 
 TESTS = Path(__file__).resolve().parent
 LANES = ("unit", "integration", "cli", "reliability")
