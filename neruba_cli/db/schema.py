@@ -232,12 +232,19 @@ class SubscriptionPhase(Base):
 
 
 class Event(Base):
-    """A usage event: append-only, unique per project by idempotency key."""
+    """A usage event, unique per project by idempotency key: its current version.
+
+    Corrections (`events void`, `events amend`, `ingest --replace`) never delete a row: a
+    voided event keeps its row (and key) with `voided` set, an amended one is updated in
+    place, and the version it replaced is kept in `event_versions` with who, when and why.
+    `version` counts the versions (1 for an event never corrected). Billing reads the rows
+    that are not voided; `voided` is in the index it reads by, before `ts`, so a meter's
+    current events of a period are one index range, in (ts, id) order."""
 
     __tablename__ = "events"
     __table_args__ = (
         UniqueConstraint("project_id", "idempotency_key"),
-        Index(None, "project_id", "customer_id", "meter", "ts"),
+        Index(None, "project_id", "customer_id", "meter", "voided", "ts"),
         MYSQL_TABLE,
     )
 
@@ -259,6 +266,42 @@ class Event(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # "remove" takes a unique_count meter's value away; NULL is "add", the default
     operation: Mapped[str | None] = mapped_column(String(8))
+    voided: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+
+
+class EventVersion(Base):
+    """A superseded version of an event: its content as it was, and the correction that
+    replaced it (`void`, `amend` or `replace`: who, when, why). Billing never reads it."""
+
+    __tablename__ = "event_versions"
+    __table_args__ = (
+        Index(None, "project_id", "customer_id", "ts"),
+        Index(None, "project_id", "idempotency_key", "version"),
+        MYSQL_TABLE,
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    event_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(Integer)
+    customer_id: Mapped[str] = mapped_column(ID, ForeignKey("customers.id"))
+    meter: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[datetime] = mapped_column(UTCDateTime())
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal())
+    properties: Mapped[str] = mapped_column(LONG_TEXT)
+    operation: Mapped[str | None] = mapped_column(String(8))
+    voided: Mapped[bool] = mapped_column(Boolean)
+    batch_id: Mapped[str | None] = mapped_column(ID)
+    line: Mapped[int | None] = mapped_column(Integer)
+    change: Mapped[str] = mapped_column(String(16))  # void | amend | replace
+    change_batch: Mapped[str | None] = mapped_column(ID)  # the replacing import
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    changed_by: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(String(1000))
 
 
 class ImportBatch(Base):
@@ -278,6 +321,8 @@ class ImportBatch(Base):
     duplicates: Mapped[int] = mapped_column(Integer)
     conflicts: Mapped[int] = mapped_column(Integer)
     rejected: Mapped[int] = mapped_column(Integer)
+    voided: Mapped[int] = mapped_column(Integer, server_default="0")  # --replace: events voided
+    replaced: Mapped[str | None] = mapped_column(Text)  # --replace: its window, as JSON
     first_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     periods: Mapped[str] = mapped_column(Text)  # JSON list of YYYY-MM (UTC) with new events

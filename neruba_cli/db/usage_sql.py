@@ -62,6 +62,7 @@ from sqlalchemy import (
     case,
     cast,
     extract,
+    false,
     func,
     literal,
     literal_column,
@@ -74,7 +75,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import Numeric, TypeDecorator
 
-from neruba_cli.db.tables import events_t
+from neruba_cli.db.tables import event_versions_t, events_t
 from neruba_cli.db.types import UTCDateTime
 from neruba_cli.domain.aggregation import (
     MeterSpec,
@@ -91,6 +92,10 @@ from neruba_cli.domain.prorated_usage import Weights, prorated_from_area
 _NUMERIC_STRING_PCRE = r"^-?[0-9]+([.][0-9]+)?\z"
 _NUMERIC_STRING_POSIX = r"^-?[0-9]+([.][0-9]+)?$"
 _PICO = Decimal("0.000000000001")
+
+CURRENT = events_t.c.voided == false()
+"""The events billing reads: not voided (an amended event's row holds its current version;
+superseded versions live in `event_versions`). `voided` is in the events index, before `ts`."""
 _TEN_TO_12 = 10**12
 
 
@@ -434,6 +439,7 @@ class _Usage:
             events_t.c.project_id == project_id,
             events_t.c.meter == meter.code,
             events_t.c.ts < end,
+            CURRENT,
         ]
         if not carried:  # a recurring sum or unique_count reads everything before `end`
             self.conditions.append(events_t.c.ts >= start)
@@ -1000,17 +1006,21 @@ def meter_stats(
     start: datetime,
     end: datetime,
     customer_ids: Sequence[str],
-) -> dict[tuple[str, str], tuple[int, datetime, datetime]]:
-    """(customer_id, meter code) → (count, first ts, last ts) of all events in [start, end):
-    one pass that gives both the per-customer totals a rerun compares and the event span of
-    every meter that reads `quantity` without filters."""
+) -> dict[tuple[str, str], tuple[int, datetime | None, datetime | None, int]]:
+    """(customer_id, meter code) → (count, first ts, last ts, versions) of the events in
+    [start, end): one pass that gives both the per-customer versions a rerun compares (with
+    `superseded_versions`, see `event_counts`) and the span of the current (not voided) events
+    of every meter that reads `quantity` without filters (count 0 and no span when all of a
+    meter's events are voided)."""
+    current = case((CURRENT, 1), else_=0)
     query = (
         select(
             events_t.c.customer_id,
             events_t.c.meter,
-            func.count().label("n"),
-            func.min(events_t.c.ts).label("first"),
-            func.max(events_t.c.ts).label("last"),
+            func.sum(current).label("n"),
+            type_coerce(func.min(case((CURRENT, events_t.c.ts))), UTCDateTime()).label("first"),
+            type_coerce(func.max(case((CURRENT, events_t.c.ts))), UTCDateTime()).label("last"),
+            func.count().label("rows"),
         )
         .where(
             events_t.c.project_id == project_id,
@@ -1021,7 +1031,12 @@ def meter_stats(
         .group_by(events_t.c.customer_id, events_t.c.meter)
     )
     return {
-        (row.customer_id, row.meter): (int(row.n), row.first, row.last)
+        (row.customer_id, row.meter): (
+            int(row.n or 0),
+            row.first,
+            row.last,
+            int(row.rows),
+        )
         for row in conn.execute(query)
     }
 
@@ -1034,8 +1049,10 @@ def event_counts(
     end: datetime,
     customer_ids: Sequence[str],
 ) -> dict[str, int]:
-    """customer_id → how many events (of any meter) it has in [start, end): a cheap way to see
-    whether anything arrived since an invoice was computed, events being append-only."""
+    """customer_id → how many event versions it has in [start, end): its events (voided ones
+    too) and their superseded versions. A cheap way to see whether anything changed since an
+    invoice was computed: a new event, a void and an amendment each add one, and nothing
+    ever takes one away (an event never leaves its row, nor its timestamp)."""
     query = (
         select(events_t.c.customer_id, func.count().label("n"))
         .where(
@@ -1045,5 +1062,33 @@ def event_counts(
             events_t.c.ts < end,
         )
         .group_by(events_t.c.customer_id)
+    )
+    counts = {row.customer_id: int(row.n) for row in conn.execute(query)}
+    for customer_id, n in superseded_versions(
+        conn, project_id=project_id, start=start, end=end, customer_ids=customer_ids
+    ).items():
+        counts[customer_id] = counts.get(customer_id, 0) + n
+    return counts
+
+
+def superseded_versions(
+    conn: Connection,
+    *,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    customer_ids: Sequence[str],
+) -> dict[str, int]:
+    """customer_id → how many superseded versions of its events in [start, end) are kept
+    (one per void or amendment; none for a project that never corrected an event)."""
+    query = (
+        select(event_versions_t.c.customer_id, func.count().label("n"))
+        .where(
+            event_versions_t.c.project_id == project_id,
+            event_versions_t.c.customer_id.in_(list(customer_ids)),
+            event_versions_t.c.ts >= start,
+            event_versions_t.c.ts < end,
+        )
+        .group_by(event_versions_t.c.customer_id)
     )
     return {row.customer_id: int(row.n) for row in conn.execute(query)}

@@ -75,6 +75,8 @@ MATRIX: dict[str, list[str]] = {
     "ingest": ["events.jsonl"],
     "events list": [],
     "events receipts": [],
+    "events void": ["no-such-event", "--reason", "test"],
+    "events amend": ["no-such-event", "--quantity", "2", "--reason", "test"],
     "charge add": ["c1", "--amount", "5", "--description", "Setup", "--idempotency-key", "k1"],
     "run bill": ["--period", "2026-10", "--as-of", "2026-11-02T00:00:00Z"],
     "run list": [],

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from neruba_cli.db.schema import AuditRecord, Customer, Event, Invoice, InvoiceRevision
-from neruba_cli.db.tables import stripe_objects_t, stripe_webhook_events_t
+from neruba_cli.db.tables import event_versions_t, stripe_objects_t, stripe_webhook_events_t
 from tests.support.cli import Cli, ok
 from tests.support.events import Ev, ingest, write_jsonl
 from tests.support.shops import PERSONAL, retention_shop
@@ -345,3 +345,18 @@ def test_forget_scrubs_stored_stripe_webhook_bodies(named: Cli, engine: Engine) 
             select(StripeWebhookEvent.payload).where(StripeWebhookEvent.event_id == "evt_ann_later")
         ).scalar_one()
     assert PERSONAL["email"] not in later and "Ann Example" not in later
+
+
+def test_forget_also_strips_the_versions_corrections_kept(named: Cli, engine: Engine) -> None:
+    """An amended event keeps its superseded version (`event_versions`), personal properties
+    and all: forgetting the customer strips them there too."""
+    ok(named, "events", "amend", "2025-11-c1-call-0", "--property", "region=eu", "--reason", "fix")
+    ok(named, "customer", "forget", "c1", "--yes")
+
+    history = ok(named, "events", "list", "--customer", "c1", "--history", "--limit", "1000")
+    (amended,) = [e for e in history if e["history"]]
+    assert not set(amended["history"][0]["properties"]) & set(PERSONAL)
+    with engine.connect() as conn:
+        kept = conn.execute(select(event_versions_t.c.properties)).scalars().all()
+    assert len(kept) == 1
+    assert not set(orjson.loads(kept[0])) & set(PERSONAL), kept

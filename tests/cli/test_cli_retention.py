@@ -391,7 +391,7 @@ def test_the_shared_rewrite_reads_every_event_once_in_small_batches(
 
 
 def test_each_page_is_an_index_range_read(shop: Cli, engine: Engine) -> None:
-    """The page query follows the events index (project_id, customer_id, meter, ts) from
+    """The page query follows the events index (project_id, customer_id, meter, voided, ts) from
     where the previous page stopped, instead of rescanning the customer's events by id."""
     pages = event_properties._Pages(
         event_properties.Selection("prj_x", ["cus_x"], MONTHS["2025-10"], MONTHS["2025-11"])
@@ -411,10 +411,12 @@ def test_each_page_is_an_index_range_read(shop: Cli, engine: Engine) -> None:
         elif dialect == "postgresql":
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
             plan = " ".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
-            assert "Index" in plan and "ix_events_project_id_customer_id_meter_ts" in plan, plan
+            assert "Index" in plan and "ix_events_project_id_customer_id_meter_voided_ts" in plan, (
+                plan
+            )
             assert "meter" in plan and "ts >=" in plan, plan
         else:
             explained = conn.exec_driver_sql(f"EXPLAIN {compiled}").mappings().one()
-            assert explained["key"] == "ix_events_project_id_customer_id_meter_ts", explained
+            assert explained["key"] == "ix_events_project_id_customer_id_meter_voided_ts", explained
             assert explained["type"] == "range", explained
             assert "filesort" not in (explained["Extra"] or ""), explained

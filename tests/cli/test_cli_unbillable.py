@@ -132,11 +132,34 @@ def test_check_and_doctor_show_it_until_a_run_bills_the_customer(
     runs = next(c for c in doctor.json()["checks"] if c["name"] == "unbilled")
     assert runs["status"] == "warn" and "c1" in runs["detail"], runs
 
-    # the remedy (until events can be voided): the event removed by the database owner, rerun
+    # the event removed by the database owner (`events void` is the operator's remedy), rerun
     _remove_the_event(engine)
     report = bill(cli, "--finalize", code=0)
     assert report["failed"] == [] and report["finalized"] == ["ACME-000001"]
     assert cli("check", "--project", "acme", "--json").exit_code == 0
+
+
+@pytest.mark.parametrize("kind", ["overflow", "inexact"])
+def test_voiding_the_event_bills_its_customer(
+    cli: Cli, engine: Engine, tmp_path: Path, kind: str
+) -> None:
+    """The operator's remedy: `events void` the hostile event; the rerun bills and finalizes
+    c1 as if it had never come, and `check` is clean again."""
+    invoice_shop(cli, tmp_path)
+    store_directly(engine, [hostile(kind)])
+    only_failure(bill(cli, "--finalize"), kind)
+
+    voided = ok(cli, "events", "void", f"evil-{kind}", "--reason", "unbillable reading")
+    assert voided["voided"] == 1
+
+    report = bill(cli, "--finalize", code=0)
+    assert report["failed"] == [] and report["finalized"] == ["ACME-000001"]
+    assert invoices(cli) == {
+        "ACME-000001": ("c1", "finalized", "56.75"),
+        "ACME-000002": ("c2", "finalized", "5.56"),
+    }
+    assert cli("check", "--project", "acme", "--json").exit_code == 0
+    assert ok(cli, "usage", "show", "c1", "--period", "2026-10")
 
 
 def test_check_names_every_unbillable_event_not_only_the_first(

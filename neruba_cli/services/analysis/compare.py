@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import customers_t, events_t, stripe_objects_t
+from neruba_cli.db.usage_sql import CURRENT
 from neruba_cli.domain import aggregation
 from neruba_cli.domain import compare as domain
 from neruba_cli.domain.billing_periods import month_label
@@ -626,6 +627,7 @@ def late_evidence(
                 events_t.c.ts >= question.start,
                 events_t.c.ts < question.end,
                 events_t.c.received_at > question.end,
+                CURRENT,
             )
             .limit(LATE_EVENTS_READ + 1)
         ).all()

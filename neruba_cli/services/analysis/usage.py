@@ -59,6 +59,7 @@ from sqlalchemy.orm import Session
 from neruba_cli.db import usage_sql
 from neruba_cli.db.schema import Customer, Project
 from neruba_cli.db.tables import events_t
+from neruba_cli.db.usage_sql import CURRENT
 from neruba_cli.domain.aggregation import MeterSpec, rounded_units, units_text
 from neruba_cli.domain.catalog import MeterDef
 from neruba_cli.domain.errors import NotFound
@@ -135,6 +136,7 @@ def _meters_to_show(
             events_t.c.customer_id == customer.id,
             events_t.c.ts >= span.start,
             events_t.c.ts < span.end,
+            CURRENT,
         )
         .distinct()
     )

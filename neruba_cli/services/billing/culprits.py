@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from neruba_cli.db.tables import events_t
+from neruba_cli.db.usage_sql import CURRENT
 from neruba_cli.domain.aggregation import EventRecord, MeterSpec, matches
 from neruba_cli.domain.invoice_limits import reading_of, reading_problem, short
 from neruba_cli.domain.periods import Period
@@ -61,7 +62,7 @@ def readings(
         events_t.c.ts,
         events_t.c.quantity,
         events_t.c.properties,
-    ).where(events_t.c.project_id == project_id, events_t.c.meter == spec.code)
+    ).where(events_t.c.project_id == project_id, events_t.c.meter == spec.code, CURRENT)
     if customer_id is not None:
         query = query.where(events_t.c.customer_id == customer_id)
     if period is not None:

@@ -6,8 +6,9 @@ write.
 1. **Plan**: which (customer, billing period) pairs the month bills (domain/billing_periods.py)
    and each one's terms: subscriptions, phases on plan versions, base fees, one-off charges.
 2. **Detect**: invoices already written for a pair are skipped when neither their terms (the
-   setup fingerprint) nor the customer's number of events in the period changed — events are
-   append-only, so a count that did not move means nothing arrived. Only the rest is priced, so
+   setup fingerprint) nor the customer's number of event versions in the period changed —
+   events are append-only and a correction (void, amendment) keeps the version it supersedes,
+   so a count that did not move means nothing arrived or changed. Only the rest is priced, so
    a rerun after a few late events touches a few customers.
 3. **Aggregate** the usage of what is left in the database: one GROUP BY per meter and window
    for a batch of customers (db/usage_sql.py), never a loop over events. The event spans that
@@ -442,12 +443,18 @@ def count_events(conn: Connection, project: Project, chunk: list[WorkItem]) -> N
         stats = usage_sql.meter_stats(
             conn, project_id=project.id, start=start, end=end, customer_ids=ids
         )
+        superseded = usage_sql.superseded_versions(
+            conn, project_id=project.id, start=start, end=end, customer_ids=ids
+        )
         per_customer: dict[str, dict[str, tuple[int, datetime, datetime]]] = defaultdict(dict)
-        for (customer_id, meter), span in stats.items():
-            per_customer[customer_id][meter] = span
+        versions: dict[str, int] = dict(superseded)
+        for (customer_id, meter), (n, first, last, rows) in stats.items():
+            if n and first is not None and last is not None:
+                per_customer[customer_id][meter] = (n, first, last)
+            versions[customer_id] = versions.get(customer_id, 0) + rows
         for item in group:
             item.window_stats = per_customer.get(item.customer.id, {})
-            item.raw_count = sum(span[0] for span in item.window_stats.values())
+            item.raw_count = versions.get(item.customer.id, 0)
 
 
 def orphaned_items(

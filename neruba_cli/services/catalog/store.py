@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Meter, Plan, PlanVersion, Project
 from neruba_cli.db.tables import customers_t, events_t
+from neruba_cli.db.usage_sql import CURRENT
 from neruba_cli.domain.catalog import (
     Catalog,
     MeterDef,
@@ -199,7 +200,7 @@ def _unreadable_events(session: Session, project: Project, meter: MeterDef) -> _
     query = (
         select(events_t.c.idempotency_key, customers_t.c.external_id, events_t.c.properties)
         .join(customers_t, customers_t.c.id == events_t.c.customer_id)
-        .where(events_t.c.project_id == project.id, events_t.c.meter == meter.code)
+        .where(events_t.c.project_id == project.id, events_t.c.meter == meter.code, CURRENT)
         .where(events_t.c.properties.contains(f'"{name}"', autoescape=True))
         .order_by(events_t.c.id)
         .execution_options(yield_per=5000)

@@ -41,7 +41,7 @@ from neruba_cli.db.tables import (
     ledger_entries_t,
     ledger_transactions_t,
 )
-from neruba_cli.db.usage_sql import UsageValue
+from neruba_cli.db.usage_sql import CURRENT, UsageValue
 from neruba_cli.domain.grouping import group_text
 from neruba_cli.domain.money import decimal_text, format_minor
 from neruba_cli.domain.timestamps import format_ts
@@ -127,16 +127,17 @@ def _event_filters(plan: Plan) -> list[ColumnElement[bool]]:
     project: Any = events_t.c.project_id
     if plan.dialect == "sqlite":
         # `+column`: SQLite's idiom for "not through an index". On its own the planner reads
-        # the project's events through (project_id, customer_id, meter, ts) and sorts them
+        # the project's events through (project_id, customer_id, meter, voided, ts), sorts them
         # all by id before the first row; this way it walks the rowid range in order.
         project = UnaryExpression(project, operator=custom_op("+"))
-    return plan.where(
+    where = plan.where(
         project=project,
         customer=events_t.c.customer_id,
         moment=events_t.c.received_at,
         sequence=events_t.c.id,
         at=events_t.c.ts,
     )
+    return [*where, CURRENT]  # voided events are not usage; amended ones export as amended
 
 
 def events_query(plan: Plan) -> Select[Any]:

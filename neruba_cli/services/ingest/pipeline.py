@@ -134,6 +134,13 @@ def _run(
                 on_progress(source.bytes_read, lines)
         pipeline.put(part)
     summary.warnings += validate.warnings()
+    if summary.corrected_duplicates:
+        n = summary.corrected_duplicates
+        summary.warnings.append(
+            f"{n} duplicate line{'s' if n != 1 else ''} repeat{'s' if n == 1 else ''} events "
+            "voided or amended since they were stored: the corrections stand "
+            "(`neruba events list --history` shows them)"
+        )
     if not lines:  # an empty file, or nothing on stdin: exit 0, but never in silence
         summary.warnings.append(f"no events read from {source.name}")
 

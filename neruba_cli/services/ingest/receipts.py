@@ -29,6 +29,10 @@ class IngestSummary:
     duplicates: int = 0
     conflicts: int = 0
     rejected: int = 0
+    corrected_duplicates: int = 0  # duplicates of events voided or amended since stored
+    replaced: dict[str, str] | None = None  # ingest --replace: its window
+    amended: int = 0  # ingest --replace: accepted lines that amended a stored event
+    voided: int = 0  # ingest --replace: the window's events the file left out
     first_event: datetime | None = None
     last_event: datetime | None = None
     months: set[tuple[int, int]] = field(default_factory=set)
@@ -58,6 +62,7 @@ class IngestSummary:
             "duplicates": self.duplicates,
             "conflicts": self.conflicts,
             "rejected": self.rejected,
+            "duplicates_of_corrected": self.corrected_duplicates,
             "batch": self.batch,
             "source": self.source,
             "sha256": self.sha256,
@@ -68,6 +73,11 @@ class IngestSummary:
             "stale_invoices": self.stale_invoices,
             "warnings": self.warnings,
             "seconds": round(self.seconds, 3),
+            **(
+                {}
+                if self.replaced is None
+                else {"replaced": self.replaced, "amended": self.amended, "voided": self.voided}
+            ),
         }
 
 

@@ -25,6 +25,7 @@ from neruba_cli.db.bulk_insert import StoredKeys, db_time
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Customer, ImportBatch, Project
 from neruba_cli.db.tables import charges_t, events_t
+from neruba_cli.domain import exact_json
 from neruba_cli.domain.charges import ChargeInput, check_currency
 from neruba_cli.domain.events import EventInput, Rejected, quantity_text
 from neruba_cli.domain.money import decimal_text
@@ -263,6 +264,7 @@ class BatchWriter:
         conflicts: list[Pending] = []
         first_in_batch: dict[str, Pending] = {}
         accepted: list[Pending] = []
+        repeated: list[str] = []  # keys of lines that repeat a stored event
         for item in rows:
             key = item.record.idempotency_key
             found = stored.get(key)
@@ -278,9 +280,12 @@ class BatchWriter:
                 accepted.append(item)
             elif found[0] == item.digest:
                 self.summary.duplicates += 1
+                repeated.append(key)
             else:
                 conflicts.append(item)
         self._accept(accepted)
+        if repeated and table is events_t:
+            self.summary.corrected_duplicates += _corrected(conn, self.project.id, repeated)
         if conflicts:
             self._report_conflicts(conn, table, conflicts)
 
@@ -312,6 +317,10 @@ class BatchWriter:
         kind = "charge" if table is charges_t else "event"
         for item in conflicts:
             row = stored.get(item.record.idempotency_key)
+            if row is not None and kind == "event" and _repeats_current(row, item):
+                self.summary.duplicates += 1
+                self.summary.corrected_duplicates += 1
+                continue
             where = "earlier in this import"
             payload: dict[str, Any] | None = None
             if row is not None:
@@ -323,6 +332,42 @@ class BatchWriter:
             )
             reject = Reject(item.line, reason, raw_text(item.raw), stored=payload, file=item.file)
             self.summary.reject(reject, self.rejects, conflict=True)
+
+
+def _corrected(conn: Connection, project_id: str, keys: list[str]) -> int:
+    """How many of these keys (one per duplicate line) name events voided or amended since
+    they were stored: the line's payload is the one first stored (the key's payload hash never
+    changes), so it is a duplicate, and the correction stands."""
+    unique = sorted(set(keys))
+    corrected: set[str] = set()
+    for first in range(0, len(unique), 500):
+        corrected.update(
+            conn.execute(
+                select(events_t.c.idempotency_key).where(
+                    events_t.c.project_id == project_id,
+                    events_t.c.idempotency_key.in_(unique[first : first + 500]),
+                    events_t.c.version > 1,
+                )
+            ).scalars()
+        )
+    return sum(1 for key in keys if key in corrected)
+
+
+def _repeats_current(row: Any, item: Pending) -> bool:
+    """The line holds the current version of a corrected event (an amendment, or the line of
+    an `ingest --replace` that amended it): a duplicate, like a line holding its first one."""
+    if int(row.version) == 1 or row.voided:
+        return False
+    event = item.record
+    assert isinstance(event, EventInput)
+    return (
+        row.external_id == event.customer
+        and row.meter == event.meter
+        and row.ts == event.timestamp
+        and Decimal(row.quantity) == Decimal(item.quantity)
+        and exact_json.loads(row.properties) == event.properties
+        and (row.operation or "add") == event.operation
+    )
 
 
 def _of(source: str | None) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Row, func, select
 
 from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import customers_t, events_t, invoices_t
+from neruba_cli.db.usage_sql import CURRENT
 from neruba_cli.domain import credits as credit_rules
 from neruba_cli.domain.grouping import group_condition
 from neruba_cli.domain.ledger import Allocation
@@ -175,6 +176,7 @@ def _events_command(
             events_t.c.customer_id == row.customer_id,
             events_t.c.meter == meter,
             events_t.c.ts >= first,
+            CURRENT,
         )
     ).scalar_one()
     command = (

@@ -7,9 +7,10 @@ aggregation is unchanged and re-importing the original line is still a duplicate
 whose properties actually change are written, so a rewrite that was interrupted is finished by
 running it again, and running it twice changes nothing the second time.
 
-Paging follows the events index (project_id, customer_id, meter, ts): for each customer, the
-meters it has events of are found one index seek at a time (the next meter after the last),
-and each meter's events are read by keyset on (ts, id) from where the previous page stopped,
+Paging follows the events index (project_id, customer_id, meter, voided, ts): for each
+customer, the meters it has events of are found one index seek at a time (the next meter after
+the last), and each meter's current events, then its voided ones, are read by keyset on
+(ts, id) from where the previous page stopped,
 inside the optional [start, end) window. Every read is an index range that starts where the
 last one ended; no page rescans what an earlier page read. A batch gathers up to `batch_size`
 events, across customers and meters, and is rewritten in one transaction.
@@ -24,9 +25,9 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Select, bindparam, or_, select, update
+from sqlalchemy import Connection, Engine, Select, bindparam, false, or_, select, true, update
 
-from neruba_cli.db.tables import events_t
+from neruba_cli.db.tables import event_versions_t, events_t
 
 BATCH = 2000  # events per transaction
 
@@ -103,14 +104,50 @@ def rewrite(
             yield batch
 
 
+def rewrite_versions(
+    conn: Connection, selection: Selection, key_filter: KeyFilter, *, write: bool
+) -> Batch:
+    """The same rewrite of the selected events' superseded versions (`event_versions`: kept
+    by `events void/amend` and `ingest --replace`; few), in the caller's transaction."""
+    versions = event_versions_t.c
+    query = select(versions.id, versions.properties).where(
+        versions.project_id == selection.project_id,
+        versions.customer_id.in_(list(selection.customer_ids)),
+    )
+    if selection.start is not None:
+        query = query.where(versions.ts >= selection.start)
+    if selection.end is not None:
+        query = query.where(versions.ts < selection.end)
+    rows = conn.execute(query).all()
+    changes = []
+    removed = 0
+    for version_id, text in rows:
+        if text in ("{}", ""):
+            continue
+        remaining, dropped = key_filter(orjson.loads(text))
+        if dropped:
+            removed += dropped
+            changes.append({"b_id": version_id, "b_properties": orjson.dumps(remaining).decode()})
+    if changes and write:
+        conn.execute(
+            update(event_versions_t)
+            .where(versions.id == bindparam("b_id"))
+            .values(properties=bindparam("b_properties")),
+            changes,
+        )
+    return Batch(scanned=len(rows), events=len(changes), removed=removed)
+
+
 class _Pages:
-    """Where the reading stands: customer, meter, and the (ts, id) of the last event read."""
+    """Where the reading stands: customer, meter, current or voided events (`voided` is in
+    the index between meter and ts), and the (ts, id) of the last event read."""
 
     def __init__(self, selection: Selection) -> None:
         self.selection = selection
         self.customers = list(selection.customer_ids)
         self.customer = 0  # index into customers
         self.meter: str | None = None  # None: find the customer's first meter
+        self.voided = False  # a meter's current events are read first, then its voided ones
         self.after: tuple[datetime, int] | None = None  # last (ts, id) read of this meter
         self.done = not self.customers
 
@@ -123,11 +160,19 @@ class _Pages:
             want = limit - len(rows)
             page = conn.execute(self._page(want)).all()
             rows += [(row.id, row.properties) for row in page]
-            if len(page) < want:  # this meter is exhausted: the next one
-                self._next_meter(conn)
+            if len(page) < want:  # this meter is exhausted: its voided events, or the next
+                self._advance(conn)
             else:
                 self.after = (page[-1].ts, page[-1].id)
         return rows
+
+    def _advance(self, conn: Connection) -> None:
+        self.after = None
+        if not self.voided:
+            self.voided = True
+            return
+        self.voided = False
+        self._next_meter(conn)
 
     def _next_meter(self, conn: Connection) -> bool:
         """Move to the customer's next meter (one index seek), or to the next customer."""
@@ -161,6 +206,7 @@ class _Pages:
                 events_t.c.project_id == sel.project_id,
                 events_t.c.customer_id == self.customers[self.customer],
                 events_t.c.meter == self.meter,
+                events_t.c.voided == (true() if self.voided else false()),
             )
             .order_by(events_t.c.ts, events_t.c.id)
             .limit(limit)

@@ -166,6 +166,13 @@ def _strip_events(engine: Engine, project: Project, report: ForgetReport) -> Non
     ):
         report.events += batch.events
         report.properties_removed += batch.removed
+    with engine.begin() as conn:  # the versions corrections superseded: no copy keeps them
+        event_properties.rewrite_versions(
+            conn,
+            selection,
+            lambda properties: privacy.without(properties, personal),
+            write=not report.dry_run,
+        )
 
 
 def _scrub_stripe(conn: Connection, project: Project, stripe_id: str | None, *, write: bool) -> int:

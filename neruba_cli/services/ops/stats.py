@@ -7,7 +7,8 @@ Where each figure comes from, and why it is read that way:
 - **Events by meter and UTC day** over a window of whole days: one GROUP BY over a CASE tree
   of day bounds (the same SQL on every dialect; no date functions, which differ).
 - **Events per meter, all time**: a counter for Prometheus (`rate()` needs monotonic totals);
-  the count walks the (project, customer, meter, ts) index.
+  the count walks the (project, customer, meter, voided, ts) index; voided events count (a
+  counter never goes down).
 - **Ingest lag** (received_at − ts) over events received in the window, at most LAG_SAMPLE of
   the newest: timestamp arithmetic differs per dialect, so the differences are taken here, in
   exact microseconds, from a bounded read.

@@ -1,11 +1,13 @@
 """Events sweep (`events.billed`), per customer-period with a live (non-void) invoice.
 
-An invoice's `event_count` is how many of the customer's events in its period the run that
-wrote it saw. The rules (domain/consistency.py) hold after any sequence of ingests, runs,
-finalizations and reruns under every `late_events` policy, and fail when an event is counted
-twice or dropped:
+An invoice's `event_count` is how many of the customer's event versions in its period the run
+that wrote it saw: its events, voided ones too, and the superseded versions corrections kept
+(`usage_sql.event_counts`), a number that only grows. The rules (domain/consistency.py)
+hold after any sequence of ingests, corrections, runs, finalizations and reruns under every
+`late_events` policy, and fail when an event is counted twice or dropped:
 - at most one live plain invoice per period (two would each bill its events);
-- no live invoice counts more events than the period holds now (events are append-only);
+- no live invoice counts more events than the period holds now (events are append-only; a
+  void or an amendment adds a version);
 - no live invoice counts fewer than were committed before it was computed (the first
   revision with its fingerprint: settlement's later versions reuse it; an event's commit time
   is its import's `finished_at`, or its `received_at` without a receipt; events of a running
@@ -26,7 +28,13 @@ import orjson
 from sqlalchemy import Connection, and_, case, func, select
 
 from neruba_cli.db.schema import Project
-from neruba_cli.db.tables import events_t, import_batches_t, invoice_revisions_t, invoices_t
+from neruba_cli.db.tables import (
+    event_versions_t,
+    events_t,
+    import_batches_t,
+    invoice_revisions_t,
+    invoices_t,
+)
 from neruba_cli.domain import consistency
 from neruba_cli.domain.consistency import InvoiceFacts, WindowEvents
 from neruba_cli.services.ops.check.invoices import document_chunks, invoice_facts
@@ -46,10 +54,12 @@ def events_billed(conn: Connection, project: Project, result: CheckResult) -> No
     for invoices in windows.values():
         for problem in consistency.live_invoices_problems(invoices):
             result.fail(problem)
+    superseded = _window_superseded_counts(conn, project)
     stored: dict[str, WindowEvents] = {}
     for invoice in live:
         meters = by_meter.get(invoice.window, {})
-        stored[invoice.id] = WindowEvents(sum(meters.values()), meters, settled.get(invoice.id, 0))
+        total = sum(meters.values()) + superseded.get(invoice.window, 0)
+        stored[invoice.id] = WindowEvents(total, meters, settled.get(invoice.id, 0))
         for problem in consistency.event_count_problems(invoice, stored[invoice.id]):
             result.fail(f"invoice {invoice.number}: {problem}")
     by_number = {invoice.number: invoice for invoice in facts}
@@ -105,6 +115,37 @@ def _window_meter_counts(conn: Connection, project: Project) -> dict[Window, dic
         window = (row.customer_id, row.period_start, row.period_end)
         counts.setdefault(window, {})[row.meter] = int(row.n)
     return counts
+
+
+def _window_superseded_counts(conn: Connection, project: Project) -> dict[Window, int]:
+    """The superseded event versions (voids, amendments) kept for every invoiced period."""
+    windows = (
+        select(invoices_t.c.customer_id, invoices_t.c.period_start, invoices_t.c.period_end)
+        .where(invoices_t.c.project_id == project.id)
+        .distinct()
+        .subquery()
+    )
+    versions = event_versions_t.c
+    rows = conn.execute(
+        select(
+            windows.c.customer_id,
+            windows.c.period_start,
+            windows.c.period_end,
+            func.count().label("n"),
+        )
+        .select_from(windows)
+        .join(
+            event_versions_t,
+            and_(
+                versions.customer_id == windows.c.customer_id,
+                versions.ts >= windows.c.period_start,
+                versions.ts < windows.c.period_end,
+            ),
+        )
+        .where(versions.project_id == project.id)
+        .group_by(windows.c.customer_id, windows.c.period_start, windows.c.period_end)
+    ).all()
+    return {(row.customer_id, row.period_start, row.period_end): int(row.n) for row in rows}
 
 
 def _settled_counts(conn: Connection, project: Project) -> dict[str, int]:
