@@ -6,7 +6,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine
@@ -78,3 +78,50 @@ def test_cli_db_upgrade_current_downgrade(empty_db_url: str) -> None:
     down = cli("db", "downgrade", "base", "--yes", "--json")
     assert down.exit_code == 0, down.stderr
     assert down.json()["to"] is None
+
+
+def test_event_corrections_upgrade_keeps_every_stored_event_current(empty_db_url: str) -> None:
+    """Revision 0011 on a database with events: each stays billable (not voided, version 1),
+    so a rerun counts exactly what it counted before (no spurious correction), and the billing
+    index is (project, customer, meter, voided, ts)."""
+    engine = create_db_engine(empty_db_url)
+    try:
+        migrate.upgrade(engine, "0010")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO projects (id, slug, name, currency, timezone, rounding, "
+                    "created_at) VALUES ('prj_1', 'acme', 'Acme', 'USD', 'UTC', 'half_even', "
+                    "'2026-10-01 00:00:00')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO customers (id, project_id, external_id, currency, timezone, "
+                    "created_at, updated_at) VALUES ('cus_1', 'prj_1', 'c1', 'USD', 'UTC', "
+                    "'2026-10-01 00:00:00', '2026-10-01 00:00:00')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO events (project_id, idempotency_key, customer_id, meter, ts, "
+                    "quantity, properties, payload_hash, received_at) VALUES ('prj_1', 'e1', "
+                    "'cus_1', 'api_calls', '2026-10-03 12:00:00', 1, '{}', 'x', "
+                    "'2026-10-03 12:00:00')"
+                )
+            )
+        migrate.upgrade(engine)
+        with engine.connect() as conn:
+            voided, version = conn.execute(text("SELECT voided, version FROM events")).one()
+        assert (bool(voided), version) == (False, 1)
+        indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("events")}
+        assert indexes["ix_events_project_id_customer_id_meter_voided_ts"] == [
+            "project_id",
+            "customer_id",
+            "meter",
+            "voided",
+            "ts",
+        ]
+        assert "ix_events_project_id_customer_id_meter_ts" not in indexes
+    finally:
+        engine.dispose()
