@@ -295,3 +295,37 @@ def test_replace_refuses_a_file_that_leaves_its_window(cli: Cli, tmp_path: Path)
     dry = replace(cli, good, 0, "--dry-run")
     assert (dry["batch"], dry["voided"], dry["duplicates"]) == (None, 2, 1)
     assert ok(cli, "events", "list", "--history", "--limit", "1000") == stored
+
+
+# --------------------------------------------------------------------------- policies
+
+
+def test_corrections_follow_the_late_event_policy(cli: Cli, tmp_path: Path) -> None:
+    """`next_invoice`: November's invoice carries the void's difference (a negative line
+    marked late_from); `ignore`: the run books it and bills nothing. Finalized invoices stay
+    as they were either way, and `check` agrees."""
+    invoice_shop(cli, tmp_path)
+    bill(cli, "--finalize")
+    before = shown(cli, "ACME-000001")
+    ok(cli, "project", "update", "acme", "--late-events", "next_invoice")
+    ok(cli, "events", "void", "c1-call-0", "--reason", "test traffic")
+
+    october = bill(cli)
+    assert october["corrections"] == 0
+    november = ok(cli, "run", "bill", "--period", "2026-11", "--as-of", "2026-12-02T00:00:00Z")
+    assert november["corrections"] == 0
+    c1 = next(
+        row for row in ok(cli, "invoice", "list", "--period", "2026-11") if row["customer"] == "c1"
+    )
+    lines = ok(cli, "invoice", "show", c1["number"])["lines"]
+    carried = [line for line in lines if line.get("late_from") == "ACME-000001"]
+    assert [line["amount"] for line in carried] == ["-0.50"], lines
+    assert shown(cli, "ACME-000001") == before
+    ok(cli, "check")
+
+    ok(cli, "project", "update", "acme", "--late-events", "ignore")
+    ok(cli, "events", "void", "c1-call-1", "--reason", "test traffic")
+    ignored = bill(cli)
+    assert ignored["corrections"] == 0
+    assert shown(cli, "ACME-000001") == before
+    ok(cli, "check")

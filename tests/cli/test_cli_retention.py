@@ -26,7 +26,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import Customer, Event, Project, RetentionRun
-from neruba_cli.db.tables import events_t, retention_runs_t, stripe_links_t
+from neruba_cli.db.tables import event_versions_t, events_t, retention_runs_t, stripe_links_t
 from neruba_cli.domain.errors import UsageError
 from neruba_cli.domain.retention import keep_only, parse_age
 from neruba_cli.domain.timestamps import format_ts
@@ -420,3 +420,20 @@ def test_each_page_is_an_index_range_read(shop: Cli, engine: Engine) -> None:
             assert explained["key"] == "ix_events_project_id_customer_id_meter_voided_ts", explained
             assert explained["type"] == "range", explained
             assert "filesort" not in (explained["Extra"] or ""), explained
+
+
+def test_retention_strips_the_versions_corrections_kept(shop: Cli, engine: Engine) -> None:
+    """An amended event's superseded version (`event_versions`) keeps no more than the event
+    once its month is past retention."""
+    key = "2025-10-c1-call-1"
+    ok(shop, "events", "amend", key, "--property", "note=relabelled", "--reason", "relabel")
+    rerun = bill(shop, "2025-10", "2027-02-01T00:00:00Z")  # books it: no amount moved
+    assert rerun["corrections"] == 0, rerun
+
+    applied = ok(shop, "retention", "apply", "--older-than", OLDER, "--as-of", AS_OF, "--yes")
+
+    assert "2025-10" in applied["periods"]
+    assert set(stored_properties(engine, key)[key]) == {"region"}
+    with engine.connect() as conn:
+        kept = conn.execute(select(event_versions_t.c.properties)).scalars().all()
+    assert [set(orjson.loads(text)) for text in kept] == [{"region"}]

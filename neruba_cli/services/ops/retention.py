@@ -376,6 +376,16 @@ def _rewrite(
         report.events += batch.events  # counted once the batch is committed
         report.properties_dropped += batch.removed
         yield batch.scanned
+    # The versions corrections superseded keep no more than the events do (not counted: the
+    # run's figures are about events).
+    begin = engine.begin if holding is None else holding.write
+    with begin() as conn:
+        event_properties.rewrite_versions(
+            conn,
+            event_properties.Selection(project.id, customer_ids, start, end),
+            lambda properties: keep_only(properties, kept),
+            write=not report.dry_run,
+        )
 
 
 def _open_run(
