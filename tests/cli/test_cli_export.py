@@ -231,17 +231,17 @@ def test_every_kind_exports_its_documented_columns(shop: dict[str, Any], engine:
 
     events = exported(cli, "events").stdout.splitlines()
     assert events[0] == (
-        "idempotency_key,customer,meter,timestamp,quantity,"
+        "idempotency_key,customer,meter,timestamp,quantity,operation,"
         "properties.model,properties.region,properties.tokens"
     )
-    assert events[1] == "c1-call-0,c1,api_calls,2026-10-02T08:00:00Z,1,,eu,"
-    assert events[15] == 'c1-tok-3,c1,tokens,2026-10-19T09:30:00Z,1,"small, fast",,50.5'
-    assert events[16] == "c1-nov,c1,api_calls,2026-11-03T09:00:00Z,1,,,"
+    assert events[1] == "c1-call-0,c1,api_calls,2026-10-02T08:00:00Z,1,,,eu,"
+    assert events[15] == 'c1-tok-3,c1,tokens,2026-10-19T09:30:00Z,1,,"small, fast",,50.5'
+    assert events[16] == "c1-nov,c1,api_calls,2026-11-03T09:00:00Z,1,,,,"
     assert events[17:] == [
-        "c2-call-0,c2,api_calls,2026-10-20T12:00:00Z,1.25,,,",
-        "c2-call-1,c2,api_calls,2026-10-21T12:00:00Z,2,,,",
-        "c2-call-2,c2,api_calls,2026-10-22T12:00:00Z,1,,,",
-        "c2-call-3,c2,api_calls,2026-10-23T12:00:00.250000Z,1,,,",
+        "c2-call-0,c2,api_calls,2026-10-20T12:00:00Z,1.25,,,,",
+        "c2-call-1,c2,api_calls,2026-10-21T12:00:00Z,2,,,,",
+        "c2-call-2,c2,api_calls,2026-10-22T12:00:00Z,1,,,,",
+        "c2-call-3,c2,api_calls,2026-10-23T12:00:00.250000Z,1,,,,",
     ]
     assert len(events) == 1 + len(EVENTS)
 
@@ -339,6 +339,7 @@ def test_jsonl_has_the_csv_columns_in_the_same_order(shop: dict[str, Any]) -> No
         "meter": "tokens",
         "timestamp": "2026-10-19T09:30:00Z",
         "quantity": "1",
+        "operation": None,
         "properties": {"tokens": 50.5, "model": "small, fast"},
     }
     assert events[16]["quantity"] == "1.25" and events[16]["properties"] == {}
@@ -383,7 +384,7 @@ def test_customer_and_period_filters(shop: dict[str, Any]) -> None:
                 every = [{k: v for k, v in row.items() if "." not in k} for row in every]
             assert mine == [row for row in every if row["customer"] == customer], kind
     assert exported(cli, "events", "--customer", "c2").stdout.splitlines()[0] == (
-        "idempotency_key,customer,meter,timestamp,quantity"
+        "idempotency_key,customer,meter,timestamp,quantity,operation"
     )
     c2_ledger = csv_rows(cli, "ledger", "--customer", "c2")
     assert {e["customer"] for e in c2_ledger} == {"c2"}

@@ -166,3 +166,16 @@ def test_operations_in_every_format_and_their_rejects(shop: Cli, tmp_path: Path)
     replay = write_events(tmp_path / "replay.jsonl", [{**user("u1", "u1", "2026-01-02T00:00:00Z"),
                                                        "operation": "add"}])  # fmt: skip
     assert ingest(shop, replay)["duplicates"] == 1
+
+
+def test_an_events_export_ingests_back_with_its_removes(shop: Cli, tmp_path: Path) -> None:
+    for fmt in ("jsonl", "csv"):
+        path = tmp_path / f"events.{fmt}"
+        result = shop("export", "events", "--output", str(path), "--project", "acme", "--quiet")
+        assert result.exit_code == 0, result.stderr
+        if fmt == "jsonl":
+            rows = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+            removes = [row["idempotency_key"] for row in rows if row["operation"] == "remove"]
+            assert removes == ["u6"]
+        summary = ingest(shop, path)
+        assert (summary["accepted"], summary["duplicates"]) == (0, len(EVENTS)), summary

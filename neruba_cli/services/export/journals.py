@@ -47,7 +47,9 @@ from neruba_cli.domain.money import decimal_text, format_minor
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.export.plan import YIELD_PER, Plan
 
-EVENT_FIELDS = ("idempotency_key", "customer", "meter", "timestamp", "quantity")
+EVENT_FIELDS = ("idempotency_key", "customer", "meter", "timestamp", "quantity", "operation")
+"""`operation` is "remove" for a unique_count event that removes its value, else empty (add):
+what `neruba ingest` reads back."""
 
 RowFormat = Callable[[Iterator[Any]], Iterator[tuple[Any, ...]]]
 
@@ -148,6 +150,7 @@ def events_query(plan: Plan) -> Select[Any]:
             events_t.c.meter,
             type_coerce(events_t.c.ts, String()).label("ts"),  # the driver's value: see _time_text
             type_coerce(events_t.c.quantity, String()).label("quantity"),  # no Decimal round trip
+            events_t.c.operation,
             events_t.c.properties,
         )
         .join(customers_t, customers_t.c.id == events_t.c.customer_id)
@@ -190,7 +193,7 @@ def event_rows(
     )
     names = property_names or ()
     empty: dict[str, Any] = {}
-    for key, customer, meter, ts, quantity, properties in rows:
+    for key, customer, meter, ts, quantity, operation, properties in rows:
         if ts.__class__ is str and len(ts) == 26 and ts[10] == " ":
             tail = ts[11:19] if ts.endswith(".000000") else ts[11:]
             stamp = f"{ts[:10]}T{tail}Z"
@@ -199,9 +202,9 @@ def event_rows(
         if quantity.__class__ is not str:
             quantity = number_text(quantity)
         if property_names is None:
-            yield key, customer, meter, stamp, quantity, fragment(properties)
+            yield key, customer, meter, stamp, quantity, operation, fragment(properties)
         elif not names:
-            yield key, customer, meter, stamp, quantity
+            yield key, customer, meter, stamp, quantity, operation
         else:
             found = loads(properties) if properties != "{}" else empty
             yield (
@@ -210,6 +213,7 @@ def event_rows(
                 meter,
                 stamp,
                 quantity,
+                operation,
                 *[_cell(found.get(name)) for name in names],
             )
 
