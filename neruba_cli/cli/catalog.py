@@ -138,7 +138,7 @@ def _pairs(values: dict[str, str] | None) -> str:
 
 def _gauge(meter: dict[str, Any]) -> str:
     if meter["aggregation"] != "weighted_sum":
-        return ""
+        return "recurring" if meter.get("recurring") else ""  # a recurring sum, unique_count
     return f"{meter['gauge']}{', recurring' if meter['recurring'] else ''}"
 
 
