@@ -467,6 +467,15 @@ class _Usage:
         name = self.meter.property_name
         return self.sql.quantity_key() if name is None else self.sql.property_key(name)
 
+    def counted(self) -> list[ColumnElement[bool]]:
+        """What makes a matching event one the meter reads: any event for `count`, a value
+        it can tell apart for `unique_count` (strings included), a number for the rest."""
+        if self.meter.aggregation == "count":
+            return []
+        if self.meter.aggregation == "unique_count":
+            return [self.key().is_not(None)]
+        return [self.value().is_not(None)]
+
     def valued(self) -> Any:
         """The matching events that have a field value: (customer_id, ts, seq, v)."""
         rows = select(
@@ -743,7 +752,7 @@ def group_event_stats(
             func.min(events_t.c.ts).label("first"),
             func.max(events_t.c.ts).label("last"),
         )
-        .where(*usage.conditions, usage.value().is_not(None))
+        .where(*usage.conditions, *usage.counted())
         .group_by(events_t.c.customer_id, *groups)
     )
     found: dict[str, dict[GroupKey, tuple[int, datetime, datetime]]] = {}
@@ -984,7 +993,8 @@ def event_stats(
     customer_ids: Sequence[str],
 ) -> dict[str, tuple[int, datetime, datetime]]:
     """customer_id → (count, first ts, last ts) of the events that count for the meter: those
-    it matches that carry its field. What an invoice line says about "which events"."""
+    it matches that it can read (`_Usage.counted`). What an invoice line says about "which
+    events"."""
     usage = _Usage(meter, _dialect(conn.dialect.name), project_id, start, end, customer_ids, None)
     query = (
         select(
@@ -993,7 +1003,7 @@ def event_stats(
             func.min(events_t.c.ts).label("first"),
             func.max(events_t.c.ts).label("last"),
         )
-        .where(*usage.conditions, usage.value().is_not(None))
+        .where(*usage.conditions, *usage.counted())
         .group_by(events_t.c.customer_id)
     )
     return {row.customer_id: (int(row.n), row.first, row.last) for row in conn.execute(query)}

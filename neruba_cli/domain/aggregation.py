@@ -220,6 +220,17 @@ def closing_level(
     return _from_units(level)
 
 
+def reads(meter: MeterSpec, event: EventRecord) -> bool:
+    """Whether a matching event is one the meter reads, so an invoice line counts it among
+    its events: every event for `count`, one with a value it can tell apart for
+    `unique_count` (a string counts), one with a numeric value for the others."""
+    if meter.aggregation == "count":
+        return True
+    if meter.aggregation == "unique_count":
+        return _event_key(meter, event) is not None
+    return _field_units(meter, event) is not None
+
+
 def value_key(meter: MeterSpec, event: EventRecord) -> str | None:
     """unique_count's identity of an event's value (None when it has none)."""
     return _event_key(meter, event)

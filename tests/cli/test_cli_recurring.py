@@ -98,6 +98,20 @@ def test_recurring_sum_and_unique_count_carry_over_between_periods(shop: Cli) ->
         assert (again["status"], again["changes"]) == ("unchanged", []), again
 
 
+def test_a_line_counts_the_events_its_meter_reads(shop: Cli) -> None:
+    """A unique_count line over a string property counts the period's events that name a
+    value, removes included (u4, u5 and the removal u6 in February); the seats line counts
+    the February change."""
+    ok(shop, "run", "bill", "--period", "2026-02", "--as-of", "2026-03-01T01:00:00Z")
+    found = ok(shop, "invoice", "list", "--period", "2026-02")
+    shown = ok(shop, "invoice", "show", found[0]["number"])
+    events = {line["meter"]: line["events"] for line in shown["lines"] if line["meter"]}
+    assert events["users"] == {
+        "count": 3, "first": "2026-02-02T00:00:00Z", "last": "2026-02-10T00:00:00Z"
+    }  # fmt: skip
+    assert events["seats"]["count"] == 1
+
+
 def test_a_preview_shows_the_carried_value(shop: Cli) -> None:
     preview = ok(shop, "invoice", "preview", "c1", "--at", "2026-03-20T00:00:00Z")
     found = {line["meter"]: line["quantity"] for line in preview["lines"] if line["meter"]}

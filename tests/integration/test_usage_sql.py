@@ -24,9 +24,11 @@ from neruba_cli.domain.aggregation import (
     MeterSpec,
     aggregate,
     closing_level,
+    matches,
+    reads,
     transaction_values,
 )
-from neruba_cli.domain.grouping import GroupKey, aggregate_groups, transaction_groups
+from neruba_cli.domain.grouping import GroupKey, aggregate_groups, group_key, transaction_groups
 from neruba_cli.domain.money import canonical
 from neruba_cli.domain.periods import Period
 from neruba_cli.domain.prorated_usage import prorated_units, weights
@@ -385,6 +387,15 @@ def test_sql_equals_the_reference(
                     opening = openings.get(customer, D(0))
                     expected = closing_level(meter, events, start, end, opening=opening)
                     assert levels.get(customer, D(0)) == expected, (meter, customer)
+            spans = usage_sql.event_stats(
+                conn, meter, project_id=PROJECT, start=start, end=end, customer_ids=CUSTOMERS
+            )
+            for customer in CUSTOMERS:
+                read = _read_events(meter, records(rows, customer, "m1"), start, end)
+                n, first, last = spans.get(customer, (0, None, None))
+                assert n == len(read), (meter, customer)
+                if read:
+                    assert (first, last) == (read[0].timestamp, read[-1].timestamp), meter
             if meter.aggregation == "sum":
                 for customer in CUSTOMERS:
                     streamed = usage_sql.transaction_values(
@@ -399,6 +410,14 @@ def test_sql_equals_the_reference(
             customer_ids=["cus_b"],
         )  # fmt: skip
         assert set(only_b) <= {"cus_b"}
+
+
+def _read_events(
+    meter: MeterSpec, events: list[EventRecord], start: datetime, end: datetime
+) -> list[EventRecord]:
+    """The events of [start, end) an invoice line counts for the meter, oldest first."""
+    inside = [e for e in events if start <= e.timestamp < end and matches(meter, e)]
+    return sorted((e for e in inside if reads(meter, e)), key=lambda e: e.timestamp)
 
 
 GROUPINGS: list[tuple[str, ...]] = [("region",), ("region", "user")]
@@ -444,7 +463,10 @@ def test_sql_groups_equal_the_reference(
                     mine = got.get(customer, {})
                     assert _nonzero(mine) == _nonzero(expected), (meter, group_by, customer)
                     values = transaction_groups(meter, group_by, events, start, end)
-                    counted = {key: len(found) for key, found in values.items() if found}
+                    counted: dict[GroupKey, int] = {}
+                    for event in _read_events(meter, events, start, end):
+                        key = group_key(group_by, event.properties)
+                        counted[key] = counted.get(key, 0) + 1
                     span_counts = {key: n for key, (n, _, _) in spans.get(customer, {}).items()}
                     assert span_counts == counted, (meter, group_by, customer)
                     if meter.aggregation == "sum":
