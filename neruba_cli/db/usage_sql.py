@@ -995,18 +995,10 @@ def event_stats(
     """customer_id → (count, first ts, last ts) of the events that count for the meter: those
     it matches that it can read (`_Usage.counted`). What an invoice line says about "which
     events"."""
-    usage = _Usage(meter, _dialect(conn.dialect.name), project_id, start, end, customer_ids, None)
-    query = (
-        select(
-            events_t.c.customer_id,
-            func.count().label("n"),
-            func.min(events_t.c.ts).label("first"),
-            func.max(events_t.c.ts).label("last"),
-        )
-        .where(*usage.conditions, *usage.counted())
-        .group_by(events_t.c.customer_id)
+    found = group_event_stats(
+        conn, meter, (), project_id=project_id, start=start, end=end, customer_ids=customer_ids
     )
-    return {row.customer_id: (int(row.n), row.first, row.last) for row in conn.execute(query)}
+    return {customer_id: groups[()] for customer_id, groups in found.items()}
 
 
 def meter_stats(
