@@ -503,3 +503,173 @@ def test_plan_changes_and_trials_with_fees_in_advance(cli: Cli, tmp_path: Path) 
         "datacake halfway": ["-0.50", "1.50", "3.00", "4.00"],
         "lago trial": ["41.67", "50.00", "91.67"],
     }
+
+
+# --- Lago's own test suite (github.com/getlago/lago-api, spec/), and more changes ---------
+
+LAGO_SPECS = catalog(
+    meters=[
+        meter("level", "weighted_sum", allow_negative=True),
+        meter("total_count", "sum", recurring=True),
+    ],
+    plans=[
+        # spec/services/billable_metrics/aggregations/weighted_sum_service_spec.rb: August
+        # 2023 (31 days); changes of +2 at 00:00, +3 at 01:00, +1 at 01:30, -4 at 02:00, -2 at
+        # 04:00, +10 at 05:00, -10 at 05:30 on Aug 1 give 0.02218 (rounded to 5 places): 16.5
+        # level-hours over 744 hours. A single event of 1,000 at the start gives 1,000. By
+        # region, eu +2 at 00:00 and -1 at 02:00 give 1.00269, us +3 at 01:00 gives 2.99597.
+        # At 1.00 a unit.
+        plan("lago_spec_weighted", "0", per_unit("level", "1")),
+        plan(
+            "lago_spec_weighted_regions",
+            "0",
+            per_unit("level", "1", group_by=["region"]),
+        ),
+        # spec/services/billable_metrics/prorated_aggregations/sum_service_spec.rb: a recurring
+        # sum from December 2022; two events of 2.5 in March 2023, two of 12 on May 26: May
+        # bills 5 + 12 × 6/31 + 12 × 6/31 = 9.64517 prorated units (rounded up to 5 places).
+        # At 1.00 a unit.
+        plan("lago_spec_prorated_sum", "0", per_unit("total_count", "1", prorated=True)),
+        # spec/scenarios/subscriptions/upgrade_proration_spec.rb: quarterly plans in arrears of
+        # 910.00 (10.00 a day of a 91-day quarter) and 455.00.
+        plan("q910", "910", interval="quarter", name="Q910", trial_days=0),
+        plan("q455", "455", interval="quarter", name="Q455", trial_days=0),
+        # spec/scenarios/terminate_pay_in_advance_spec.rb: 50.00 a month in advance (the spec's
+        # 20 % tax left out: its figures are compared before tax).
+        plan("m50", "50", timing="advance", name="M50", trial_days=0),
+        # Autumn, proration: https://docs.useautumn.com/documentation/modelling-pricing/proration
+        # from 20 to 50 a month halfway through: 15 more (-10 unused, +25 for the rest).
+        plan("a20", "20", timing="advance", name="A20", trial_days=0),
+        plan("a50", "50", timing="advance", name="A50", trial_days=0),
+        # spec/services/credits/allocate_prepaid_credits_by_wallets_service_spec.rb: wallets
+        # of 10.00 each; the one with the higher priority is spent first: an invoice of 1.00
+        # takes 1.00 from it (9.00 left, the other untouched), one of 15.00 takes 10.00 from
+        # it and 5.00 from the next.
+        plan("fee1", "1", name="Fee1", trial_days=0),
+        plan("fee15", "15", name="Fee15", trial_days=0),
+    ],
+)
+
+
+def test_lago_spec_examples_terminations_and_credits(cli: Cli, tmp_path: Path) -> None:
+    ok(cli, "project", "create", "acme")
+    apply_catalog(cli, tmp_path, LAGO_SPECS)
+    made: dict[str, str] = {}
+    for customer, plan_code, start, extra in (
+        ("weighted", "lago_spec_weighted", "2023-08-01T00:00:00Z", ()),
+        ("weighted_one", "lago_spec_weighted", "2023-08-01T00:00:00Z", ()),
+        ("regions", "lago_spec_weighted_regions", "2023-08-01T00:00:00Z", ()),
+        ("prorated_sum", "lago_spec_prorated_sum", "2022-12-01T00:00:00Z", ()),
+        ("calendar_q", "q910", "2024-05-20T10:00:00Z", ()),
+        ("upgraded_q", "q455", "2024-01-15T10:00:00Z", ("--anchor", "anniversary")),
+        ("terminated", "m50", "2023-02-08T00:00:00Z", ()),
+        ("terminated_la", "m50", "2023-02-08T00:00:00Z", ()),
+        ("terminated_anniv", "m50", "2023-02-08T00:00:00Z", ("--anchor", "anniversary")),
+        ("autumn", "a20", "2026-10-01T00:00:00Z", ()),
+        ("wallet_small", "fee1", "2026-10-01T00:00:00Z", ()),
+        ("wallet_split", "fee15", "2026-10-01T00:00:00Z", ()),
+    ):
+        zone = ("--timezone", "America/Los_Angeles") if customer == "terminated_la" else ()
+        ok(cli, "customer", "create", customer, *zone)
+        made[customer] = ok(
+            cli, "subscription", "create", customer, plan_code, "--start", start, *extra
+        )["id"]
+    ok(cli, "subscription", "change", made["upgraded_q"], "--plan", "q910",
+       "--at", "2024-05-20T10:00:00Z")  # fmt: skip
+    ok(cli, "subscription", "change", made["autumn"], "--plan", "a50",
+       "--at", "2026-11-16T00:00:00Z")  # fmt: skip
+    for customer, at in (
+        ("calendar_q", "2024-06-20T10:00:00Z"),
+        ("upgraded_q", "2024-06-20T10:00:00Z"),
+        # Lago terminates on Feb 8 (the day counts as served); here at noon UTC, and for the
+        # Los Angeles customer on Feb 7 local time, the local day its subscription started
+        ("terminated", "2023-02-08T12:00:00Z"),
+        ("terminated_la", "2023-02-08T01:00:00Z"),
+        ("terminated_anniv", "2023-02-08T12:00:00Z"),
+    ):
+        ok(cli, "subscription", "cancel", made[customer], "--at", at)
+    for customer in ("wallet_small", "wallet_split"):
+        ok(cli, "credits", "grant", customer, "10.00", "--priority", "1")
+        ok(cli, "credits", "grant", customer, "10.00", "--priority", "2")
+    level = "2023-08-01T{}Z"
+    events = [
+        event("weighted", "level", level.format(at), value)
+        for at, value in (
+            ("00:00:00", "2"), ("01:00:00", "3"), ("01:30:00", "1"), ("02:00:00", "-4"),
+            ("04:00:00", "-2"), ("05:00:00", "10"), ("05:30:00", "-10"),
+        )
+    ]  # fmt: skip
+    events.append(event("weighted_one", "level", level.format("00:00:00"), "1000"))
+    for at, value, region in (("00:00:00", "2", "eu"), ("01:00:00", "3", "us"),
+                              ("02:00:00", "-1", "eu")):  # fmt: skip
+        events.append(event("regions", "level", level.format(at), value,
+                            properties={"region": region}))  # fmt: skip
+    for at, value in (("2023-03-01T00:00:00Z", "2.5"), ("2023-03-01T00:00:00Z", "2.5"),
+                      ("2023-05-26T00:00:00Z", "12"), ("2023-05-26T00:00:00Z", "12")):  # fmt: skip
+        events.append(event("prorated_sum", "total_count", at, value))
+    ingest(cli, tmp_path, events)
+    for period, as_of, finalize in (
+        ("2023-02", "2023-03-01T01:00:00Z", ()),
+        ("2023-05", "2023-06-01T01:00:00Z", ()),
+        ("2023-08", "2023-09-01T01:00:00Z", ()),
+        ("2024-06", "2024-07-01T01:00:00Z", ()),
+        ("2026-11", "2026-12-01T01:00:00Z", ()),
+        ("2026-10", "2026-11-01T01:00:00Z", ("--finalize",)),
+    ):
+        ok(cli, "run", "bill", "--period", period, "--as-of", as_of, *finalize)
+
+    def five(period: str, customer: str) -> list[tuple[str, str]]:
+        """Each usage line's quantity rounded to 5 places (as the spec compares) and amount."""
+        return [
+            (str(Decimal(line["quantity"]).quantize(Decimal("0.00001"))), line["amount"])
+            for line in invoice(cli, period, customer)["lines"]
+            if line["kind"] == "usage"
+        ]
+
+    def remaining(customer: str) -> list[str]:
+        grants = ok(cli, "credits", "list", customer)
+        return [grant["remaining"] for grant in sorted(grants, key=lambda g: g["priority"])]
+
+    small = invoice(cli, "2026-10", "wallet_small")
+    split = invoice(cli, "2026-10", "wallet_split")
+    assert {
+        "weighted sum": five("2023-08", "weighted"),
+        "weighted sum, one event": five("2023-08", "weighted_one"),
+        "weighted sum by region": five("2023-08", "regions"),
+        "prorated sum": five("2023-05", "prorated_sum"),
+        # the quarter Apr 1 – Jul 1 has 91 days; May 20 – Jun 20 is 32 of them: 320.00
+        "terminated, calendar quarter": amounts(invoice(cli, "2024-06", "calendar_q")),
+        # upgraded on May 20 in the anniversary quarter Apr 15 – Jul 15 (91 days): Lago's
+        # terminated fee of the new plan is 320.00 for May 20 – Jun 20. Ours also bills the
+        # old plan's Apr 15 – May 19 (35 days of 455.00, 175.00) on the same final invoice;
+        # Lago bills that piece when the upgrade terminates the old subscription.
+        "terminated after an upgrade": amounts(invoice(cli, "2024-06", "upgraded_q")),
+        # Lago bills Feb 8–28 in advance (21/28 of 50.00, 37.50), then a credit note for the
+        # 20 unused days (35.71): 1.79 net for the one day served. Our run of February comes
+        # after the cancellation and bills that one day directly: 1/28 of 50.00.
+        "terminated in advance": amounts(invoice(cli, "2023-02", "terminated")),
+        # Lago, Los Angeles: 22/28 billed (Feb 7–28 local), 21/28 credited: one day, 1.79
+        "terminated in advance, Los Angeles": amounts(invoice(cli, "2023-02", "terminated_la")),
+        # Lago, anniversary: the full 50.00 billed, 48.21 (27/28) credited: 1.79
+        "terminated in advance, anniversary": amounts(invoice(cli, "2023-02", "terminated_anniv")),
+        "autumn halfway": amounts(invoice(cli, "2026-11", "autumn")),
+        "wallet, small invoice": (small["credits_applied"], small["total"]),
+        "wallet, split invoice": (split["credits_applied"], split["total"]),
+        "wallets left, small": remaining("wallet_small"),
+        "wallets left, split": remaining("wallet_split"),
+    } == {
+        "weighted sum": [("0.02218", "0.02")],
+        "weighted sum, one event": [("1000.00000", "1000.00")],
+        "weighted sum by region": [("1.00269", "1.00"), ("2.99597", "3.00")],
+        "prorated sum": [("9.64517", "9.65")],
+        "terminated, calendar quarter": ["320.00", "320.00"],
+        "terminated after an upgrade": ["175.00", "320.00", "495.00"],
+        "terminated in advance": ["1.79", "1.79"],
+        "terminated in advance, Los Angeles": ["1.79", "1.79"],
+        "terminated in advance, anniversary": ["1.79", "1.79"],
+        "autumn halfway": ["-10.00", "25.00", "50.00", "65.00"],
+        "wallet, small invoice": ("1.00", "0.00"),
+        "wallet, split invoice": ("15.00", "0.00"),
+        "wallets left, small": ["9.00", "10.00"],
+        "wallets left, split": ["0.00", "5.00"],
+    }
