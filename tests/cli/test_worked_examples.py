@@ -49,13 +49,15 @@ def event(
     }
 
 
-def invoice(cli: Cli, period: str, customer: str) -> dict[str, Any]:
-    """The one invoice (not a credit note) of CUSTOMER in the run of PERIOD, as `invoice show`
-    prints it."""
+def invoice(cli: Cli, period: str, customer: str, start: str | None = None) -> dict[str, Any]:
+    """The one invoice (not a credit note) of CUSTOMER in the run of PERIOD (the one whose
+    period starts at START, when the run billed two), as `invoice show` prints it."""
     found = [
         row
         for row in ok(cli, "invoice", "list", "--period", period)
-        if row["customer"] == customer and row.get("kind", "invoice") == "invoice"
+        if row["customer"] == customer
+        and row["kind"] == "invoice"
+        and start in (None, row["period"]["start"])
     ]
     assert len(found) == 1, found
     return dict(ok(cli, "invoice", "show", found[0]["number"]))
@@ -672,4 +674,189 @@ def test_lago_spec_examples_terminations_and_credits(cli: Cli, tmp_path: Path) -
         "wallet, split invoice": ("15.00", "0.00"),
         "wallets left, small": ["9.00", "10.00"],
         "wallets left, split": ["0.00", "5.00"],
+    }
+
+
+# --- Lago's charge-model and prorated unique-count specs; Orb's pricing examples ------------
+
+SPEC_TIERS = catalog(
+    meters=[
+        meter("units", "sum"),
+        meter("ids", "unique_count", field="properties.unique_id", recurring=True),
+    ],
+    plans=[
+        # spec/services/charge_models/graduated_service_spec.rb: tiers to 10 at 10 (+2 flat),
+        # to 20 at 5 (+3), above at 5 (+3): 0 units cost 2 (the first tier's flat fee), 11
+        # cost 110, 12 cost 115.
+        plan(
+            "lago_spec_graduated",
+            "0",
+            charge(
+                "units",
+                "graduated",
+                tiers=[
+                    tier(10, "10", flat_amount="2"),
+                    tier(20, "5", flat_amount="3"),
+                    tier(INF, "5", flat_amount="3"),
+                ],
+            ),
+        ),
+        # spec/services/charge_models/volume_service_spec.rb: to 100 at 2 (+10 flat), to 200
+        # at 1, above at 0.5 (+50): 0 units cost 10, 100.5 cost 100.5 (past the first tier),
+        # 300 cost 200.
+        plan(
+            "lago_spec_volume",
+            "0",
+            charge(
+                "units",
+                "volume",
+                tiers=[
+                    tier(100, "2", flat_amount="10"),
+                    tier(200, "1"),
+                    tier(INF, "0.5", flat_amount="50"),
+                ],
+            ),
+        ),
+        # spec/services/charge_models/package_service_spec.rb: 100 per package of 10, 10 free:
+        # 121 units leave 111, 12 packages, 1,200.
+        plan(
+            "lago_spec_package",
+            "0",
+            charge("units", "package", package_size=10, package_amount="100", free_units=10),
+        ),
+        # Orb, invoice calculation examples (https://docs.withorb.com/invoicing/invoice-calculation-examples):
+        # 0.001 to 10,000 calls, 0.0008 to 100,000, 0.0005 above: 150,000 calls, 107.00
+        # before Orb's 8 % tax (115.56 with it: Neruba has no taxes).
+        plan(
+            "orb_tiered",
+            "0",
+            charge(
+                "units",
+                "graduated",
+                tiers=[tier(10000, "0.001"), tier(100000, "0.0008"), tier(INF, "0.0005")],
+            ),
+        ),
+        # Orb, price configuration (https://docs.withorb.com/product-catalog/price-configuration):
+        # bulk pricing, 0.50 a unit up to 10, 0.40 up to 1,000: 101 units cost 40.40 (our
+        # last tier is open-ended, which 101 units never reach past). Package pricing, 0.80
+        # per 10 units: 4 units are billed as 10 (0.80), 11 as 20 (1.60).
+        plan(
+            "orb_bulk",
+            "0",
+            charge(
+                "units",
+                "volume",
+                tiers=[tier(10, "0.50"), tier(1000, "0.40"), tier(INF, "0.40")],
+            ),
+        ),
+        plan(
+            "orb_package",
+            "0",
+            charge("units", "package", package_size=10, package_amount="0.80"),
+        ),
+        # spec/services/billable_metrics/prorated_aggregations/unique_count_service_spec.rb:
+        # a recurring unique count, prorated, anniversary from June 9, 2022; the period Jul 9 –
+        # Aug 8 has 31 days. A value present all period counts 1; with another added Jul 19,
+        # 1 + 21/31 → 1.67742; a value added Jul 24, 16/31 → 0.51613; one present since June
+        # and removed Jul 24, 16/31 too; removed on the period's last day, 1; added Jul 10
+        # and removed Aug 7, 29/31 → 0.93549; with the subscription terminated at the end of
+        # Jul 24, 16/31; upgraded on Jul 24 at 12:59:59, the old plan's share is 15/31 →
+        # 0.48388 (the day of the change belongs to the new plan, in both). At 1.00 a unit.
+        plan("lago_spec_unique", "0", per_unit("ids", "1", prorated=True)),
+        plan("lago_spec_unique_next", "0", per_unit("ids", "2", prorated=True)),
+    ],
+)
+
+
+def test_lago_charge_model_specs_and_orb_pricing(cli: Cli, tmp_path: Path) -> None:
+    ok(cli, "project", "create", "acme")
+    apply_catalog(cli, tmp_path, SPEC_TIERS)
+    usage_cases = {
+        # customer: (plan, units)
+        "graduated_0": ("lago_spec_graduated", None),
+        "graduated_11": ("lago_spec_graduated", "11"),
+        "graduated_12": ("lago_spec_graduated", "12"),
+        "volume_0": ("lago_spec_volume", None),
+        "volume_100_5": ("lago_spec_volume", "100.5"),
+        "volume_300": ("lago_spec_volume", "300"),
+        "package_121": ("lago_spec_package", "121"),
+        "orb_tiered": ("orb_tiered", "150000"),
+        "orb_bulk": ("orb_bulk", "101"),
+        "orb_package_4": ("orb_package", "4"),
+        "orb_package_11": ("orb_package", "11"),
+    }
+    events: list[dict[str, Any]] = []
+    for customer, (plan_code, units) in usage_cases.items():
+        ok(cli, "customer", "create", customer)
+        ok(cli, "subscription", "create", customer, plan_code, "--start", "2026-01-01T00:00:00Z")
+        if units is not None:
+            events.append(event(customer, "units", "2026-01-10T12:00:00Z", units))
+    made: dict[str, str] = {}
+    june = "2022-06-09T00:00:00Z"
+    unique_cases = {
+        # customer: [(timestamp, value, operation)]
+        "present": [(june, "a", "add")],
+        "added_jul_19": [(june, "a", "add"), ("2022-07-19T00:00:00Z", "b", "add")],
+        "added_jul_24": [("2022-07-24T00:00:00Z", "a", "add")],
+        "removed_jul_24": [(june, "a", "add"), ("2022-07-24T23:59:59Z", "a", "remove")],
+        "removed_last_day": [(june, "a", "add"), ("2022-08-08T23:59:59Z", "a", "remove")],
+        "added_and_removed": [
+            ("2022-07-10T00:00:00Z", "a", "add"),
+            ("2022-08-07T23:59:59Z", "a", "remove"),
+        ],
+        "terminated": [(june, "a", "add")],
+        "upgraded": [(june, "a", "add")],
+    }
+    for customer, history in unique_cases.items():
+        ok(cli, "customer", "create", customer)
+        made[customer] = ok(cli, "subscription", "create", customer, "lago_spec_unique",
+                            "--start", june, "--anchor", "anniversary")["id"]  # fmt: skip
+        for at, value, operation in history:
+            events.append(event(customer, "ids", at, properties={"unique_id": value},
+                                operation=operation))  # fmt: skip
+    ok(cli, "subscription", "cancel", made["terminated"], "--at", "2022-07-24T23:59:59Z")
+    ok(cli, "subscription", "change", made["upgraded"], "--plan", "lago_spec_unique_next",
+       "--at", "2022-07-24T12:59:59Z")  # fmt: skip
+    ingest(cli, tmp_path, events)
+    for period, as_of in (
+        ("2022-07", "2022-08-01T01:00:00Z"),
+        ("2022-08", "2022-09-01T01:00:00Z"),
+        ("2026-01", "2026-02-01T01:00:00Z"),
+    ):
+        ok(cli, "run", "bill", "--period", period, "--as-of", as_of)
+
+    found = {
+        customer: usage(cli, "2026-01", customer, "units")["amount"] for customer in usage_cases
+    }
+    assert found == {
+        "graduated_0": "2.00",
+        "graduated_11": "110.00",
+        "graduated_12": "115.00",
+        "volume_0": "10.00",
+        "volume_100_5": "100.50",
+        "volume_300": "200.00",
+        "package_121": "1200.00",
+        "orb_tiered": "107.00",
+        "orb_bulk": "40.40",
+        "orb_package_4": "0.80",
+        "orb_package_11": "1.60",
+    }
+
+    def quantities(period: str, customer: str) -> list[str]:
+        shown = invoice(cli, period, customer, start="2022-07-09T00:00:00Z")
+        return [line["quantity"] for line in shown["lines"] if line["kind"] == "usage"]
+
+    assert {
+        customer: quantities("2022-07" if customer == "terminated" else "2022-08", customer)
+        for customer in unique_cases
+    } == {
+        "present": ["1"],
+        "added_jul_19": ["1.67742"],
+        "added_jul_24": ["0.51613"],
+        "removed_jul_24": ["0.51613"],
+        "removed_last_day": ["1"],
+        "added_and_removed": ["0.93549"],
+        "terminated": ["0.51613"],
+        # the old plan's piece, then the new plan's (Jul 24 – Aug 8, 16 days)
+        "upgraded": ["0.48388", "0.51613"],
     }
