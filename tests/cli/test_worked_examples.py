@@ -437,6 +437,9 @@ CHANGES = catalog(
         plan("light", "1", currency="EUR", timing="advance", name="Light", trial_days=0),
         plan("standard3", "3", currency="EUR", timing="advance", name="Standard", trial_days=0),
         plan("trial50", "50", timing="advance", name="Trial", trial_days=5),
+        # spec/scenarios/subscriptions/free_trial_billing_spec.rb (github.com/getlago/lago-api)
+        plan("t50k", "50000", timing="advance", name="T50k", trial_days=10),
+        plan("t100k", "100000", timing="advance", name="T100k", trial_days=13),
     ]
 )
 
@@ -451,6 +454,8 @@ def test_plan_changes_and_trials_with_fees_in_advance(cli: Cli, tmp_path: Path) 
         ("teamcoby", "pro99", "2026-10-01T00:00:00Z", "USD"),
         ("datacake", "light", "2026-10-01T00:00:00Z", "EUR"),
         ("lago_trial", "trial50", "2026-04-01T00:00:00Z", "USD"),
+        ("lago_trial_end", "t50k", "2024-03-05T12:12:00Z", "USD"),
+        ("lago_trial_upgrade", "t50k", "2024-03-05T12:12:00Z", "USD"),
     ):
         ok(cli, "customer", "create", customer, "--currency", currency)
         made[customer] = ok(cli, "subscription", "create", customer, plan_code, "--start", start)[
@@ -461,9 +466,11 @@ def test_plan_changes_and_trials_with_fees_in_advance(cli: Cli, tmp_path: Path) 
         ("stripe_may", "s20", "2026-05-15T00:00:00Z"),
         ("teamcoby", "team249", "2026-11-13T00:00:00Z"),
         ("datacake", "standard3", "2026-11-16T00:00:00Z"),
+        ("lago_trial_upgrade", "t100k", "2024-03-10T12:12:00Z"),
     ):
         ok(cli, "subscription", "change", made[customer], "--plan", to, "--at", at)
     for period, as_of in (
+        ("2024-03", "2024-04-01T01:00:00Z"),
         ("2026-04", "2026-05-01T01:00:00Z"),
         ("2026-05", "2026-06-01T01:00:00Z"),
         ("2026-10", "2026-11-01T01:00:00Z"),
@@ -498,12 +505,24 @@ def test_plan_changes_and_trials_with_fees_in_advance(cli: Cli, tmp_path: Path) 
         # 50 a month in advance with a 5-day trial from April 1: the first invoice charges
         # April 6–30, 50 × 25/30 = 41.67 (ours carries May in advance too, 50).
         "lago trial": amounts(invoice(cli, "2026-04", "lago_trial")),
+        # Lago's free-trial scenario: 50,000 a month in advance, a 10-day trial from Mar 5,
+        # 2024 at 12:12 (calendar months): the trial ends Mar 15 at 12:12 and March is billed
+        # for (31 - 4 - 10)/31, Mar 15–31, 27,419.35 (then April in advance, 50,000).
+        "lago trial end": amounts(invoice(cli, "2024-03", "lago_trial_end")),
+        # The same scenario, upgraded on Mar 10 to 100,000 a month with a 13-day trial: Lago
+        # ends the trial 13 days after the original start (Mar 18) and bills (31 - 4 - 13)/31,
+        # 45,161.29. Lago's own plan-model guide says the new plan's trial does not apply on
+        # an upgrade; ours keeps the subscription's trial (Mar 15, from the plan it was
+        # created on): Mar 15–31 on the new plan, 17/31 of 100,000 = 54,838.71.
+        "lago trial upgrade": amounts(invoice(cli, "2024-03", "lago_trial_upgrade")),
     } == {
         "stripe halfway": ["-5.00", "10.00", "20.00", "25.00"],
         "stripe may 15": ["4.52", "10.96", "20.00", "35.48"],
         "teamcoby day 12": ["-59.40", "149.40", "249.00", "339.00"],
         "datacake halfway": ["-0.50", "1.50", "3.00", "4.00"],
         "lago trial": ["41.67", "50.00", "91.67"],
+        "lago trial end": ["27419.35", "50000.00", "77419.35"],
+        "lago trial upgrade": ["54838.71", "100000.00", "154838.71"],
     }
 
 
