@@ -72,6 +72,18 @@ def usage(cli: Cli, period: str, customer: str, meter_code: str) -> dict[str, An
     return dict(line)
 
 
+def bill(cli: Cli, runs: tuple[tuple[str, str, tuple[str, ...]], ...]) -> None:
+    """Run each month (PERIOD, AS_OF, extra flags), then run them all again: the second time
+    changes nothing, and `invoice verify` finds every invoice as its inputs say."""
+    for period, as_of, extra in runs:
+        ok(cli, "run", "bill", "--period", period, "--as-of", as_of, *extra)
+    for period, as_of, _ in runs:
+        again = ok(cli, "run", "bill", "--period", period, "--as-of", as_of)
+        assert again["changes"] == [], (period, again["changes"])
+        verified = ok(cli, "invoice", "verify", "--period", period)
+        assert verified["mismatches"] == 0, (period, verified)
+
+
 def amounts(shown: dict[str, Any]) -> list[str]:
     """The invoice's non-zero line amounts, in order, then its total."""
     return [line["amount"] for line in shown["lines"] if Decimal(line["amount"])] + [shown["total"]]
@@ -281,7 +293,7 @@ def test_pricing_models_and_aggregations(cli: Cli, tmp_path: Path) -> None:
     for at, value in (("03", "5"), ("04", "7"), ("05", "6")):
         events.append(event("latest", "gb", f"2026-01-{at}T10:00:00Z", value))
     ingest(cli, tmp_path, events)
-    ok(cli, "run", "bill", "--period", "2026-01", "--as-of", "2026-02-01T01:00:00Z")
+    bill(cli, (("2026-01", "2026-02-01T01:00:00Z", ()),))
 
     meters = {
         "graduated": "calls",
@@ -394,13 +406,15 @@ def test_recurring_prorated_and_weighted_usage(cli: Cli, tmp_path: Path) -> None
             event("flexprice", "reserved", "2025-08-25T00:00:00Z", "5"),
         ],
     )
-    for period, as_of in (
-        ("2025-08", "2025-09-01T01:00:00Z"),
-        ("2026-07", "2026-08-01T01:00:00Z"),
-        ("2026-09", "2026-10-01T01:00:00Z"),
-        ("2026-10", "2026-11-01T01:00:00Z"),
-    ):
-        ok(cli, "run", "bill", "--period", period, "--as-of", as_of)
+    bill(
+        cli,
+        (
+            ("2025-08", "2025-09-01T01:00:00Z", ()),
+            ("2026-07", "2026-08-01T01:00:00Z", ()),
+            ("2026-09", "2026-10-01T01:00:00Z", ()),
+            ("2026-10", "2026-11-01T01:00:00Z", ()),
+        ),
+    )
 
     def figures(period: str, customer: str, meter_code: str) -> tuple[str, str]:
         line = usage(cli, period, customer, meter_code)
@@ -452,6 +466,7 @@ def test_plan_changes_and_trials_with_fees_in_advance(cli: Cli, tmp_path: Path) 
         ("stripe", "s10", "2026-10-01T00:00:00Z", "USD"),
         ("stripe_may", "s10", "2026-05-01T00:00:00Z", "USD"),
         ("teamcoby", "pro99", "2026-10-01T00:00:00Z", "USD"),
+        ("teamcoby_down", "team249", "2026-10-01T00:00:00Z", "USD"),
         ("datacake", "light", "2026-10-01T00:00:00Z", "EUR"),
         ("lago_trial", "trial50", "2026-04-01T00:00:00Z", "USD"),
         ("lago_trial_end", "t50k", "2024-03-05T12:12:00Z", "USD"),
@@ -465,18 +480,21 @@ def test_plan_changes_and_trials_with_fees_in_advance(cli: Cli, tmp_path: Path) 
         ("stripe", "s20", "2026-11-16T00:00:00Z"),
         ("stripe_may", "s20", "2026-05-15T00:00:00Z"),
         ("teamcoby", "team249", "2026-11-13T00:00:00Z"),
+        ("teamcoby_down", "pro99", "2026-11-13T00:00:00Z"),
         ("datacake", "standard3", "2026-11-16T00:00:00Z"),
         ("lago_trial_upgrade", "t100k", "2024-03-10T12:12:00Z"),
     ):
         ok(cli, "subscription", "change", made[customer], "--plan", to, "--at", at)
-    for period, as_of in (
-        ("2024-03", "2024-04-01T01:00:00Z"),
-        ("2026-04", "2026-05-01T01:00:00Z"),
-        ("2026-05", "2026-06-01T01:00:00Z"),
-        ("2026-10", "2026-11-01T01:00:00Z"),
-        ("2026-11", "2026-12-01T01:00:00Z"),
-    ):
-        ok(cli, "run", "bill", "--period", period, "--as-of", as_of)
+    bill(
+        cli,
+        (
+            ("2024-03", "2024-04-01T01:00:00Z", ()),
+            ("2026-04", "2026-05-01T01:00:00Z", ()),
+            ("2026-05", "2026-06-01T01:00:00Z", ()),
+            ("2026-10", "2026-11-01T01:00:00Z", ()),
+            ("2026-11", "2026-12-01T01:00:00Z", ()),
+        ),
+    )
 
     assert {
         # Stripe, prorations: https://docs.stripe.com/billing/subscriptions/prorations
@@ -497,6 +515,9 @@ def test_plan_changes_and_trials_with_fees_in_advance(cli: Cli, tmp_path: Path) 
         # from 99 to 249 a month on day 12 of a 30-day cycle: 18 days unused, a credit of
         # 99 × 18/30 = 59.40 and a charge of 249 × 18/30 = 149.40 (90.00 net). Here Nov 13–30.
         "teamcoby day 12": amounts(invoice(cli, "2026-11", "teamcoby")),
+        # the same guide's downgrade, 249 to 99 on day 12: a credit of 149.40, a charge of
+        # 59.40, and the net 90.00 credit reduces the next bill (December's 99.00 here).
+        "teamcoby downgrade": amounts(invoice(cli, "2026-11", "teamcoby_down")),
         # Datacake, prorations in Stripe invoices:
         # https://docs.datacake.de/portal/billing/unused-time-and-remaining-time-in-invoices-prorations
         # from 1 € to 3 € a month halfway: -0.50 € unused, +1.50 € remaining, 1 € more.
@@ -519,6 +540,7 @@ def test_plan_changes_and_trials_with_fees_in_advance(cli: Cli, tmp_path: Path) 
         "stripe halfway": ["-5.00", "10.00", "20.00", "25.00"],
         "stripe may 15": ["4.52", "10.96", "20.00", "35.48"],
         "teamcoby day 12": ["-59.40", "149.40", "249.00", "339.00"],
+        "teamcoby downgrade": ["-149.40", "59.40", "99.00", "9.00"],
         "datacake halfway": ["-0.50", "1.50", "3.00", "4.00"],
         "lago trial": ["41.67", "50.00", "91.67"],
         "lago trial end": ["27419.35", "50000.00", "77419.35"],
@@ -629,15 +651,17 @@ def test_lago_spec_examples_terminations_and_credits(cli: Cli, tmp_path: Path) -
                       ("2023-05-26T00:00:00Z", "12"), ("2023-05-26T00:00:00Z", "12")):  # fmt: skip
         events.append(event("prorated_sum", "total_count", at, value))
     ingest(cli, tmp_path, events)
-    for period, as_of, finalize in (
-        ("2023-02", "2023-03-01T01:00:00Z", ()),
-        ("2023-05", "2023-06-01T01:00:00Z", ()),
-        ("2023-08", "2023-09-01T01:00:00Z", ()),
-        ("2024-06", "2024-07-01T01:00:00Z", ()),
-        ("2026-11", "2026-12-01T01:00:00Z", ()),
-        ("2026-10", "2026-11-01T01:00:00Z", ("--finalize",)),
-    ):
-        ok(cli, "run", "bill", "--period", period, "--as-of", as_of, *finalize)
+    bill(
+        cli,
+        (
+            ("2023-02", "2023-03-01T01:00:00Z", ()),
+            ("2023-05", "2023-06-01T01:00:00Z", ()),
+            ("2023-08", "2023-09-01T01:00:00Z", ()),
+            ("2024-06", "2024-07-01T01:00:00Z", ()),
+            ("2026-11", "2026-12-01T01:00:00Z", ()),
+            ("2026-10", "2026-11-01T01:00:00Z", ("--finalize",)),
+        ),
+    )
 
     def five(period: str, customer: str) -> list[tuple[str, str]]:
         """Each usage line's quantity rounded to 5 places (as the spec compares) and amount."""
@@ -837,12 +861,14 @@ def test_lago_charge_model_specs_and_orb_pricing(cli: Cli, tmp_path: Path) -> No
     ok(cli, "subscription", "change", made["upgraded"], "--plan", "lago_spec_unique_next",
        "--at", "2022-07-24T12:59:59Z")  # fmt: skip
     ingest(cli, tmp_path, events)
-    for period, as_of in (
-        ("2022-07", "2022-08-01T01:00:00Z"),
-        ("2022-08", "2022-09-01T01:00:00Z"),
-        ("2026-01", "2026-02-01T01:00:00Z"),
-    ):
-        ok(cli, "run", "bill", "--period", period, "--as-of", as_of)
+    bill(
+        cli,
+        (
+            ("2022-07", "2022-08-01T01:00:00Z", ()),
+            ("2022-08", "2022-09-01T01:00:00Z", ()),
+            ("2026-01", "2026-02-01T01:00:00Z", ()),
+        ),
+    )
 
     found = {
         customer: usage(cli, "2026-01", customer, "units")["amount"] for customer in usage_cases
