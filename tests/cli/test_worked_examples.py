@@ -554,6 +554,7 @@ LAGO_SPECS = catalog(
     meters=[
         meter("level", "weighted_sum", allow_negative=True),
         meter("total_count", "sum", recurring=True),
+        meter("calls", "count"),
     ],
     plans=[
         # spec/services/billable_metrics/aggregations/weighted_sum_service_spec.rb: August
@@ -588,6 +589,22 @@ LAGO_SPECS = catalog(
         # of 10.00 each; the one with the higher priority is spent first: an invoice of 1.00
         # takes 1.00 from it (9.00 left, the other untouched), one of 15.00 takes 10.00 from
         # it and 5.00 from the next.
+        # spec/scenarios/spending_minimum_spec.rb: 50.00 a month in advance from Jan 8, 2023,
+        # a charge of 8.00 a call with a 10.00 spending minimum; one call on Feb 25 and the
+        # subscription terminated that day. January's fee is 24/31 of 50.00, 38.71; at the
+        # termination Lago credits Feb 26–28 (3/28 of 50.00, 5.36 before its tax), bills the
+        # call (8.00) and a true-up of the minimum prorated to 25 of 28 days, 10 × 25/28 - 8
+        # = 0.93. Neruba's charge minimum is not prorated (DESIGN: the `minimum` line tops
+        # the charge up to `min_amount` for the period): 10 - 8 = 2.00, and a partial
+        # January is topped up to the whole 10.00 too.
+        plan(
+            "p50_min",
+            "50",
+            per_unit("calls", "8", min_amount="10"),
+            timing="advance",
+            name="P50",
+            trial_days=0,
+        ),
         plan("fee1", "1", name="Fee1", trial_days=0),
         plan("fee15", "15", name="Fee15", trial_days=0),
     ],
@@ -609,6 +626,7 @@ def test_lago_spec_examples_terminations_and_credits(cli: Cli, tmp_path: Path) -
         ("terminated_la", "m50", "2023-02-08T00:00:00Z", ()),
         ("terminated_anniv", "m50", "2023-02-08T00:00:00Z", ("--anchor", "anniversary")),
         ("autumn", "a20", "2026-10-01T00:00:00Z", ()),
+        ("spending_min", "p50_min", "2023-01-08T08:00:00Z", ()),
         ("wallet_small", "fee1", "2026-10-01T00:00:00Z", ()),
         ("wallet_split", "fee15", "2026-10-01T00:00:00Z", ()),
     ):
@@ -629,6 +647,7 @@ def test_lago_spec_examples_terminations_and_credits(cli: Cli, tmp_path: Path) -
         ("terminated", "2023-02-08T12:00:00Z"),
         ("terminated_la", "2023-02-08T01:00:00Z"),
         ("terminated_anniv", "2023-02-08T12:00:00Z"),
+        ("spending_min", "2023-02-25T06:00:00Z"),
     ):
         ok(cli, "subscription", "cancel", made[customer], "--at", at)
     for customer in ("wallet_small", "wallet_split"):
@@ -643,6 +662,7 @@ def test_lago_spec_examples_terminations_and_credits(cli: Cli, tmp_path: Path) -
         )
     ]  # fmt: skip
     events.append(event("weighted_one", "level", level.format("00:00:00"), "1000"))
+    events.append(event("spending_min", "calls", "2023-02-25T05:00:00Z"))
     for at, value, region in (("00:00:00", "2", "eu"), ("01:00:00", "3", "us"),
                               ("02:00:00", "-1", "eu")):  # fmt: skip
         events.append(event("regions", "level", level.format(at), value,
@@ -654,6 +674,7 @@ def test_lago_spec_examples_terminations_and_credits(cli: Cli, tmp_path: Path) -
     bill(
         cli,
         (
+            ("2023-01", "2023-02-01T06:00:00Z", ()),
             ("2023-02", "2023-03-01T01:00:00Z", ()),
             ("2023-05", "2023-06-01T01:00:00Z", ()),
             ("2023-08", "2023-09-01T01:00:00Z", ()),
@@ -698,6 +719,8 @@ def test_lago_spec_examples_terminations_and_credits(cli: Cli, tmp_path: Path) -
         # Lago, anniversary: the full 50.00 billed, 48.21 (27/28) credited: 1.79
         "terminated in advance, anniversary": amounts(invoice(cli, "2023-02", "terminated_anniv")),
         "autumn halfway": amounts(invoice(cli, "2026-11", "autumn")),
+        "spending minimum, January": amounts(invoice(cli, "2023-01", "spending_min")),
+        "spending minimum, terminated": amounts(invoice(cli, "2023-02", "spending_min")),
         "wallet, small invoice": (small["credits_applied"], small["total"]),
         "wallet, split invoice": (split["credits_applied"], split["total"]),
         "wallets left, small": remaining("wallet_small"),
@@ -713,6 +736,8 @@ def test_lago_spec_examples_terminations_and_credits(cli: Cli, tmp_path: Path) -
         "terminated in advance, Los Angeles": ["1.79", "1.79"],
         "terminated in advance, anniversary": ["1.79", "1.79"],
         "autumn halfway": ["-10.00", "25.00", "50.00", "65.00"],
+        "spending minimum, January": ["38.71", "50.00", "10.00", "98.71"],
+        "spending minimum, terminated": ["-5.36", "8.00", "2.00", "4.64"],
         "wallet, small invoice": ("1.00", "0.00"),
         "wallet, split invoice": ("15.00", "0.00"),
         "wallets left, small": ["9.00", "10.00"],
