@@ -54,6 +54,10 @@ BAD: list[tuple[tuple[str, ...], str]] = [
     (("ingest", "e.jsonl", "--max-future", "1m"), "--max-future"),
     (("ingest", "e.jsonl", "--assume-timezone", "Mars/Base"), "--assume-timezone"),
     (("ingest", "e.jsonl", "--format", "xml"), "--format"),
+    (("ingest", "e.jsonl", "--replace", "--customer", "c1", "--meter", "m", "--from",
+      "2026-10-01", "--to", T), "--from"),
+    (("ingest", "e.jsonl", "--replace", "--customer", "c1", "--meter", "m", "--from", T,
+      "--to", "tomorrow"), "--to"),
     (
         (
             "charge",
