@@ -23,6 +23,7 @@ from tests.support.cli import Cli, fails
 COMMANDS = command_policies()  # every group loaded: the CLI imports a group only when used
 NEVER_OPENED = "sqlite:////nonexistent/flag-values/neruba.db"
 T = "2026-10-01T00:00:00Z"
+REPLACE = ("ingest", "e.jsonl", "--replace", "--customer", "c1", "--meter", "m")
 
 # (command line with one bad value, the flag or argument the message starts with)
 BAD: list[tuple[tuple[str, ...], str]] = [
@@ -54,10 +55,8 @@ BAD: list[tuple[tuple[str, ...], str]] = [
     (("ingest", "e.jsonl", "--max-future", "1m"), "--max-future"),
     (("ingest", "e.jsonl", "--assume-timezone", "Mars/Base"), "--assume-timezone"),
     (("ingest", "e.jsonl", "--format", "xml"), "--format"),
-    (("ingest", "e.jsonl", "--replace", "--customer", "c1", "--meter", "m", "--from",
-      "2026-10-01", "--to", T), "--from"),
-    (("ingest", "e.jsonl", "--replace", "--customer", "c1", "--meter", "m", "--from", T,
-      "--to", "tomorrow"), "--to"),
+    ((*REPLACE, "--from", "2026-10-01", "--to", T), "--from"),
+    ((*REPLACE, "--from", T, "--to", "tomorrow"), "--to"),
     (
         (
             "charge",
