@@ -44,7 +44,8 @@ class NerubaSide:
     customer: str
     stripe_customer: str | None
     currency: str
-    total: int  # ISO minor units; negative for a credit note
+    total: int  # ISO minor units; negative for a credit note (and for a plain invoice whose
+    # credits exceed its charges: Stripe shows that invoice with the same negative total)
     amount_due: int
     expected_stripe_total: int  # ISO minor units of what the push sends (after Stripe rounding)
     linked: str | None = None  # the Stripe id the push recorded
@@ -53,6 +54,20 @@ class NerubaSide:
     @property
     def stripe_object(self) -> str:
         return "credit_note" if self.kind == "credit_note" else "invoice"
+
+    def stripe_total(self) -> int:
+        """The total as Stripe should show it: a Stripe invoice carries the invoice's own
+        signed total (negative when its credits exceed its charges); a Stripe credit note shows
+        what it credits as a positive amount, less the credit restored to grants."""
+        if self.stripe_object == "invoice":
+            return self.total
+        return abs(self.total) - self.restored
+
+    def pushed_total(self) -> int:
+        """What the push sends, in the same sign convention as `stripe_total`."""
+        if self.stripe_object == "invoice":
+            return self.expected_stripe_total
+        return abs(self.expected_stripe_total)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -235,10 +250,10 @@ def _compare(invoice: NerubaSide, found: StripeSide | None, was_deleted: bool) -
     if found.currency.upper() != invoice.currency:
         add("currency_mismatch", abs(invoice.total))
     else:
-        neruba_total = abs(invoice.total) - invoice.restored
+        neruba_total = invoice.stripe_total()
         if found.total != neruba_total:
             difference = found.total - neruba_total
-            rounding = found.total == abs(invoice.expected_stripe_total)
+            rounding = found.total == invoice.pushed_total()
             add(
                 "amount_mismatch",
                 abs(difference),

@@ -3,10 +3,12 @@
 
 Pure functions over the invoice document, so a dry run, the push itself and reconciliation
 agree on what Stripe should hold. Each line becomes one invoice item; credits applied become one
-negative item, so Stripe's total is the total Neruba bills. Each item is converted to Stripe's
-units on its own (that is what Stripe receives), which is where a three-decimal currency can
-lose its last digit: `expected_total` is the sum Stripe will show, and reconciliation reports
-any difference to Neruba's total instead of hiding it.
+negative item, so Stripe's total is the total Neruba bills (negative when credits for a plan
+change or a cancellation exceed what the period owes: Stripe then credits the customer's
+balance, which `balance_offset` takes back, as the credit lives in Neruba's wallet). Each item
+is converted to Stripe's units on its own (that is what Stripe receives), which is where a
+three-decimal currency can lose its last digit: `expected_total` is the sum Stripe will show,
+and reconciliation reports any difference to Neruba's total instead of hiding it.
 """
 
 from __future__ import annotations
@@ -92,6 +94,21 @@ def items(invoice: PushedInvoice) -> list[StripeItem]:
 def expected_total(invoice: PushedInvoice) -> int:
     """The total Stripe computes from the items pushed (Stripe's units)."""
     return sum(item.amount for item in items(invoice))
+
+
+def balance_offset(invoice: PushedInvoice) -> int:
+    """The debit (Stripe's units) that takes back the credit Stripe puts in the customer's
+    balance when it finalizes an invoice with a negative total: Neruba settles that credit into
+    its own wallet and spends it on the customer's next invoice (as a credits line), so Stripe
+    must not apply it to that invoice a second time. 0 when the total is not negative."""
+    if invoice.kind == "credit_note":
+        return 0
+    return max(0, -expected_total(invoice))
+
+
+def balance_metadata(invoice: PushedInvoice) -> dict[str, str]:
+    """The balance transaction's metadata: the invoice's own, to find it again."""
+    return {**metadata(invoice), "neruba_step": "balance_offset"}
 
 
 def credit_note_lines(invoice: PushedInvoice, amount: int) -> list[dict[str, Any]]:

@@ -214,3 +214,33 @@ def test_a_credit_note_compares_what_stripe_was_asked_to_credit() -> None:
     assert kinds(([note], [voided])) == ["status_mismatch"]
     all_restored = side("ACME-000002", kind="credit_note", total=-500, restored=500, linked=None)
     assert reconcile("2026-10", [all_restored], []).discrepancies == []
+
+
+# --------------------------------------------------------------------------- negative invoices
+
+
+@given(st.integers(min_value=1, max_value=10**9))
+def test_a_negative_invoice_matches_the_same_negative_stripe_total(cents: int) -> None:
+    """A plain invoice whose credits exceed its charges owes nothing here and is `paid` in
+    Stripe with the same signed total: matched; any other Stripe total is the signed
+    difference, never twice the total."""
+    here = side(total=-cents, amount_due=0, expected_stripe_total=-cents)
+    assert kinds(([here], [stripe(total=-cents, status="paid")])) == []
+    report = reconcile("2026-10", [here], [stripe(total=-cents + 100, status="paid")])
+    (found,) = report.discrepancies
+    assert (found.kind, found.at_stake) == ("amount_mismatch", 100)
+    assert kinds(([here], [stripe(total=cents, status="paid")])) == ["amount_mismatch"]
+
+
+@given(st.integers(min_value=-(10**6), max_value=10**6), st.integers(min_value=0, max_value=10**6))
+def test_the_balance_offset_is_the_credit_of_a_negative_total(charge: int, credit: int) -> None:
+    """The push takes back exactly what Stripe puts in the customer's balance: the negative
+    part of the total it computes from the items, nothing for a total of 0 or more."""
+    invoice = pushed(
+        (("fee", Decimal(charge) / 100), ("unused (credit)", -Decimal(credit) / 100)),
+    )
+    total = stripe_link.expected_total(invoice)
+    assert total == charge - credit
+    assert stripe_link.balance_offset(invoice) == max(0, -total)
+    note = pushed((("correction", -Decimal(credit) / 100),), kind="credit_note")
+    assert stripe_link.balance_offset(note) == 0

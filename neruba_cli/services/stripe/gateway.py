@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import stripe
@@ -171,6 +172,34 @@ class Gateway:
             f"void {invoice_id}",
             lambda: invoices.void_invoice(invoice_id, options={"idempotency_key": key}),
         )
+
+    def create_balance_transaction(
+        self, customer: str, params: dict[str, Any], *, key: str
+    ) -> dict[str, Any]:
+        """A customer balance transaction (positive amount: a debit, negative: a credit)."""
+        service: Any = self._client.v1.customers.balance_transactions
+        return self._call(
+            f"adjust the balance of {customer}",
+            lambda: service.create(customer, params=params, options={"idempotency_key": key}),
+        )
+
+    def balance_transactions(self, customer: str) -> Iterator[dict[str, Any]]:
+        """The customer's balance transactions, newest first."""
+        service: Any = self._client.v1.customers.balance_transactions
+        after: str | None = None
+        while True:
+            query: dict[str, Any] = {"limit": PAGE_SIZE}
+            if after is not None:
+                query["starting_after"] = after
+            page = self._call(
+                f"list the balance transactions of {customer}",
+                partial(service.list, customer, params=query),
+            )
+            objects = list(page.get("data", []))
+            yield from objects
+            if not page.get("has_more") or not objects:
+                return
+            after = objects[-1]["id"]
 
     def delete_draft(self, invoice_id: str) -> None:
         """Stripe deletes draft invoices (a finalized one can only be voided)."""

@@ -374,8 +374,36 @@ class _Pusher:
             action = "resumed" if action == "up_to_date" else action
         self._mirror(found)
         if link.state != "finalized":
+            if self._offset_balance(customer, pushed, found) and action == "up_to_date":
+                action = "resumed"  # finalized by a push stopped before the offset
             self._record(state="finalized", pushed_at=self.now)
         return action
+
+    def _offset_balance(self, customer: str, pushed: PushedInvoice, found: dict[str, Any]) -> bool:
+        """A Stripe invoice with a negative total credits the customer's Stripe balance when
+        it is finalized, and Stripe would apply that credit to the customer's next invoice.
+        Neruba already holds the credit in its wallet (and bills it on the next invoice), so a
+        debit adjustment of the same amount brings Stripe's balance back (found again by its
+        metadata when an interrupted push made it beyond Stripe's 24 hours of keys)."""
+        amount = stripe_link.balance_offset(pushed)
+        if amount <= 0 or found.get("status") == "void":
+            return False
+        wanted = stripe_link.balance_metadata(pushed)
+        for made in self.gateway.balance_transactions(customer):
+            metadata = made.get("metadata") or {}
+            if all(metadata.get(k) == wanted[k] for k in (*_IDENTITY, "neruba_step")):
+                return False
+        self.gateway.create_balance_transaction(
+            customer,
+            {
+                "amount": amount,
+                "currency": pushed.currency.lower(),
+                "description": f"{pushed.number}: credit kept in Neruba's wallet",
+                "metadata": wanted,
+            },
+            key=stripe_link.idempotency_key(pushed, "balance"),
+        )
+        return True
 
     def _made_earlier(self, customer: str, pushed: PushedInvoice) -> dict[str, Any] | None:
         """The Stripe invoice an interrupted push made but could not record, found by its

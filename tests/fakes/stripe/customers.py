@@ -12,6 +12,8 @@ from tests.fakes.stripe.params import (
     Params,
     allow_only,
     created_filter,
+    currency_param,
+    int_param,
     merge_metadata,
     str_param,
 )
@@ -71,4 +73,77 @@ class Customers(Store):
             params,
             "/v1/customers",
             lambda c: (email is None or c["email"] == email) and created(c),
+        )
+
+    # -- the customer's invoice credit balance: a ledger of balance transactions -------------
+
+    def _balance_move(
+        self,
+        customer: Obj,
+        amount: int,
+        kind: str,
+        *,
+        currency: str,
+        invoice: str | None = None,
+        description: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Obj:
+        """Move `customer.balance` by `amount` (negative: a credit, the customer is owed;
+        positive: a debit) and record the customer balance transaction that says so."""
+        if customer["currency"] is not None and customer["currency"] != currency:
+            raise FakeStripeError(
+                400,
+                f"The customer's balance is in {customer['currency']}; it cannot take an "
+                f"amount in {currency}.",
+                param="currency",
+            )
+        customer["currency"] = currency
+        customer["balance"] += amount
+        return self._new(
+            "customer_balance_transaction",
+            {
+                "amount": amount,
+                "currency": currency,
+                "customer": customer["id"],
+                "credit_note": None,
+                "description": description,
+                "ending_balance": customer["balance"],
+                "invoice": invoice,
+                "metadata": metadata or {},
+                "type": kind,
+            },
+        )
+
+    def _create_balance_transaction(self, params: Params, customer_id: str) -> Obj:
+        allow_only(params, ("amount", "currency", "description", "metadata", "expand"))
+        customer = self._find("customer", customer_id)
+        amount = int_param(params, "amount", required=True)
+        currency = currency_param(params)
+        if currency is None:
+            raise FakeStripeError(400, "Missing required param: currency.", param="currency")
+        assert amount is not None
+        made = self._balance_move(
+            customer,
+            amount,
+            "adjustment",
+            currency=currency,
+            description=str_param(params, "description") or None,
+            metadata=merge_metadata(params),
+        )
+        return self._render(made)
+
+    def _list_balance_transactions(self, params: Params, customer_id: str) -> Obj:
+        allow_only(params, LIST_PARAMS | {"created", "invoice"})
+        self._find("customer", customer_id)
+        invoice = str_param(params, "invoice")
+        created = created_filter(params)
+        return self._page_top(
+            "customer_balance_transaction",
+            params,
+            f"/v1/customers/{customer_id}/balance_transactions",
+            lambda t: (
+                t["customer"] == customer_id
+                and (invoice is None or t["invoice"] == invoice)
+                and created(t)
+            ),
         )

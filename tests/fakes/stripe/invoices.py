@@ -72,6 +72,7 @@ class Invoices(Store):
                 "total": 0,
                 "total_excluding_tax": 0,
                 "starting_balance": 0,
+                "ending_balance": None,
                 "amount_due": 0,
                 "amount_paid": 0,
                 "amount_remaining": 0,
@@ -174,9 +175,12 @@ class Invoices(Store):
 
     @staticmethod
     def _settle(invoice: Obj) -> None:
-        """amount_due/amount_remaining from the total, pre-payment credit and payments (a
-        negative total owes nothing; Stripe would credit the customer's balance)."""
-        due = max(0, invoice["total"]) - invoice["pre_payment_credit_notes_amount"]
+        """amount_due/amount_remaining from the total, the customer balance applied at
+        finalization (`starting_balance`, a credit when negative), pre-payment credit and
+        payments. A negative total owes nothing: finalizing it credits the customer's balance
+        (`ending_balance`)."""
+        owed = max(0, invoice["total"] + invoice["starting_balance"])
+        due = owed - invoice["pre_payment_credit_notes_amount"]
         invoice["amount_due"] = max(0, due)
         invoice["amount_remaining"] = max(0, invoice["amount_due"] - invoice["amount_paid"])
 
@@ -244,9 +248,28 @@ class Invoices(Store):
         invoice["status"] = "open"
         invoice["status_transitions"]["finalized_at"] = now
         invoice["effective_at"] = now
+        self._apply_balance(invoice, customer)
         self._settle(invoice)
         if invoice["amount_remaining"] == 0:  # nothing to collect: Stripe marks it paid
             self._mark_paid(invoice, now)
+
+    def _apply_balance(self, invoice: Obj, customer: Obj) -> None:
+        """Stripe applies the customer's balance to the next invoice finalized in its currency:
+        a credit (negative) lowers the amount due, a debit raises it; a negative total adds its
+        credit to the balance. What is left is the invoice's `ending_balance` and the
+        customer's new balance, moved by one `applied_to_invoice` balance transaction."""
+        same = customer["currency"] in (None, invoice["currency"])
+        starting = customer["balance"] if same else 0
+        ending = min(0, invoice["total"] + starting)
+        invoice["starting_balance"], invoice["ending_balance"] = starting, ending
+        if ending != starting:
+            self._balance_move(
+                customer,
+                ending - starting,
+                "applied_to_invoice",
+                currency=invoice["currency"],
+                invoice=invoice["id"],
+            )
 
     @staticmethod
     def _mark_paid(invoice: Obj, now: int) -> None:

@@ -20,6 +20,16 @@ class Routes(Store):
             ("GET", f"/v1/customers/{one}", self._getter("customer")),
             ("POST", f"/v1/customers/{one}", self._update_customer),
             ("DELETE", f"/v1/customers/{one}", self._delete_customer),
+            (
+                "POST",
+                f"/v1/customers/{one}/balance_transactions",
+                self._create_balance_transaction,
+            ),
+            (
+                "GET",
+                f"/v1/customers/{one}/balance_transactions",
+                self._list_balance_transactions,
+            ),
             ("POST", "/v1/invoiceitems", self._create_invoiceitem),
             ("GET", "/v1/invoiceitems", self._list_invoiceitems),
             ("GET", f"/v1/invoiceitems/{one}", self._getter("invoiceitem")),

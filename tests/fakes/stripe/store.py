@@ -28,6 +28,7 @@ KINDS: dict[str, str] = {
     "refund": "re",
     "credit_note": "cn",
     "invoice_payment": "inpay",
+    "customer_balance_transaction": "cbtxn",
 }
 INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
 EMBEDDED_LINES = 10  # Stripe embeds the first page of lines in an invoice
