@@ -245,6 +245,7 @@ class Event(Base):
     __table_args__ = (
         UniqueConstraint("project_id", "idempotency_key"),
         Index(None, "project_id", "customer_id", "meter", "voided", "ts"),
+        Index(None, "correction"),
         MYSQL_TABLE,
     )
 
@@ -268,6 +269,9 @@ class Event(Base):
     operation: Mapped[str | None] = mapped_column(String(8))
     voided: Mapped[bool] = mapped_column(Boolean, server_default=false())
     version: Mapped[int] = mapped_column(Integer, server_default="1")
+    # The `event_versions` id of the latest correction (NULL: never corrected): the change
+    # sequence a named events export watermarks, next to `id` for new events.
+    correction: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
 
 
 class EventVersion(Base):

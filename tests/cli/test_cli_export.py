@@ -34,13 +34,16 @@ from typing import Any
 import orjson
 import pytest
 from sqlalchemy import Engine, insert, select
+from sqlalchemy.orm import Session
 
 from neruba_cli.db import locks, migrate
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Customer, ExportWatermark, Project, Refund
 from neruba_cli.db.tables import customers_t, events_t, projects_t
 from neruba_cli.services import output_files
+from neruba_cli.services.export import watermarks, writing
 from neruba_cli.services.export.kinds import COLUMNS
+from neruba_cli.services.export.plan import ExportRequest
 from tests.support.cli import Cli, Outcome, fails, ok
 from tests.support.shops import INVOICE_CATALOG
 
@@ -454,7 +457,8 @@ def test_named_event_exports_ship_each_event_exactly_once(
     first = to_file(cli, "events", tmp_path / "n1.csv", "--name", "nightly")
     assert (first["rows"], first["since"], first["name"]) == (len(EVENTS), None, "nightly")
     assert (
-        first["watermark"].isdigit() and stored(engine, "nightly", "events") == first["watermark"]
+        first["watermark"] == f"{first['watermark'].split(':')[0]}:0"
+        and stored(engine, "nightly", "events") == first["watermark"]
     )
     assert first["output"] == str(tmp_path / "n1.csv")
 
@@ -462,7 +466,7 @@ def test_named_event_exports_ship_each_event_exactly_once(
     ingest(cli, tmp_path / "late.jsonl", later)
     second = to_file(cli, "events", tmp_path / "n2.jsonl", "--name", "nightly")
     assert (second["rows"], second["since"]) == (2, first["watermark"])
-    assert int(second["watermark"]) > int(first["watermark"])
+    assert int(second["watermark"].split(":")[0]) > int(first["watermark"].split(":")[0])
     keys = [
         orjson.loads(x)["idempotency_key"]
         for x in (tmp_path / "n2.jsonl").read_bytes().splitlines()
@@ -874,3 +878,112 @@ def test_a_killed_export_leaves_the_previous_file(million: str, tmp_path: Path) 
         assert stored(engine, "n", "events") is None
     finally:
         engine.dispose()
+
+
+def _feed(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_named_event_exports_carry_corrections(
+    shop: dict[str, Any], tmp_path: Path, engine: Engine
+) -> None:
+    """The worked example of docs/guides/exports.md: an amended event comes again with its
+    new version, a voided one with voided=true, and a replay with no change is empty."""
+    cli = shop["cli"]
+    first = to_file(cli, "events", tmp_path / "f1.jsonl", "--name", "wh")
+    rows = _feed(tmp_path / "f1.jsonl")
+    assert len(rows) == len(EVENTS) and {(r["version"], r["voided"]) for r in rows} == {(1, False)}
+    assert list(rows[0])[-2:] == ["version", "voided"]
+
+    ok(cli, "events", "amend", "c2-call-0", "--quantity", "3", "--reason", "meter fix")
+    second = to_file(cli, "events", tmp_path / "f2.jsonl", "--name", "wh")
+    assert second["since"] == first["watermark"] and second["rows"] == 1
+    [amended] = _feed(tmp_path / "f2.jsonl")
+    assert (amended["idempotency_key"], amended["quantity"]) == ("c2-call-0", "3")
+    assert (amended["version"], amended["voided"]) == (2, False)
+    assert second["watermark"].split(":")[0] == first["watermark"].split(":")[0]
+    assert stored(engine, "wh", "events") == second["watermark"]
+
+    ok(cli, "events", "void", "c2-call-0", "--reason", "duplicate")
+    third = to_file(cli, "events", tmp_path / "f3.csv", "--name", "wh")
+    [voided] = list(csv.DictReader(io.StringIO((tmp_path / "f3.csv").read_text())))
+    assert (voided["idempotency_key"], voided["quantity"]) == ("c2-call-0", "3")
+    assert (voided["version"], voided["voided"]) == ("3", "true")
+
+    replay = to_file(cli, "events", tmp_path / "f4.jsonl", "--name", "wh")
+    assert (replay["rows"], replay["watermark"]) == (0, third["watermark"])
+    assert (tmp_path / "f4.jsonl").read_bytes() == b""
+
+    # the watermark printed by a run works as --since: the same corrections again
+    again = _feed_since(cli, tmp_path, first["watermark"])
+    assert [(r["idempotency_key"], r["version"], r["voided"]) for r in again] == [
+        ("c2-call-0", 3, True)
+    ]
+    # a plain id (an events watermark from before corrections were exported) counts every
+    # correction as new; a time, events received or corrected since
+    plain = _feed_since(cli, tmp_path, first["watermark"].split(":")[0])
+    assert [r["idempotency_key"] for r in plain] == ["c2-call-0"]
+    assert [r["idempotency_key"] for r in _feed_since(cli, tmp_path, shop["at"])] == ["c2-call-0"]
+
+    # a full export: current values, voided events left out, no change-feed columns
+    full = jsonl_rows(cli, "events")
+    assert "c2-call-0" not in {r["idempotency_key"] for r in full}
+    assert len(full) == len(EVENTS) - 1 and "version" not in full[0]
+
+
+def _feed_since(cli: Cli, tmp_path: Path, since: str) -> list[dict[str, Any]]:
+    path = tmp_path / "since.jsonl"
+    path.unlink(missing_ok=True)
+    to_file(cli, "events", path, "--since", since)
+    return _feed(path)
+
+
+def test_a_replace_reaches_a_named_event_export(shop: dict[str, Any], tmp_path: Path) -> None:
+    cli = shop["cli"]
+    first = to_file(cli, "events", tmp_path / "f1.csv", "--name", "wh")
+    window = [e for e in EVENTS if e["idempotency_key"] in ("c2-call-1", "c2-call-2")]
+    truth = [
+        {**window[0], "quantity": 5},  # amended
+        window[1],  # unchanged
+        _event("c2-call-9", "c2", "api_calls", "2026-10-22T18:00:00Z"),  # new
+    ]  # c2-call-0 and c2-call-3 are not in the file: voided
+    path = tmp_path / "truth.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in truth))
+    ok(cli, "ingest", str(path), "--replace", "--customer", "c2", "--meter", "api_calls",
+       "--from", "2026-10-20T00:00:00Z", "--to", "2026-10-24T00:00:00Z",
+       "--reason", "resent", project="acme")  # fmt: skip
+    second = to_file(cli, "events", tmp_path / "f2.jsonl", "--name", "wh")
+    assert second["since"] == first["watermark"]
+    got = {
+        r["idempotency_key"]: (r["quantity"], r["version"], r["voided"])
+        for r in _feed(tmp_path / "f2.jsonl")
+    }
+    assert got == {
+        "c2-call-0": ("1.25", 2, True),
+        "c2-call-1": ("5", 2, False),
+        "c2-call-3": ("1", 2, True),
+        "c2-call-9": ("1", 1, False),
+    }
+    assert to_file(cli, "events", tmp_path / "f3.jsonl", "--name", "wh")["rows"] == 0
+
+
+def test_an_event_corrected_during_a_run_is_exported_once(
+    shop: dict[str, Any], tmp_path: Path, engine: Engine
+) -> None:
+    """A correction the run's high-water mark does not cover waits for the next run, even when
+    the rows are read after it committed: each version is exported once."""
+    cli = shop["cli"]
+    to_file(cli, "events", tmp_path / "f1.jsonl", "--name", "wh")
+    with Session(engine, expire_on_commit=False) as session:
+        project = session.scalars(select(Project).where(Project.slug == "acme")).one()
+        session.expunge(project)
+    request = ExportRequest(kind="events", fmt="jsonl", name="wh")
+    plan = watermarks.make_plan(engine, project, request, now=datetime.now(UTC))
+    ok(cli, "events", "amend", "c2-call-1", "--quantity", "7", "--reason", "late fix")
+    out = io.BytesIO()
+    assert writing.write(engine, plan, out, lambda _: None) == 0
+    later = to_file(cli, "events", tmp_path / "f2.jsonl", "--name", "wh")
+    assert later["rows"] == 1
+    assert [(r["idempotency_key"], r["version"]) for r in _feed(tmp_path / "f2.jsonl")] == [
+        ("c2-call-1", 2)
+    ]

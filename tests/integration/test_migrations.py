@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from decimal import Decimal
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import insert, inspect, text
 
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.schema import Base
+from neruba_cli.db.tables import event_versions_t, events_t
 from neruba_cli.domain.errors import DatabaseError
 from tests.support.cli import Cli
 
@@ -123,5 +127,61 @@ def test_event_corrections_upgrade_keeps_every_stored_event_current(empty_db_url
             "ts",
         ]
         assert "ix_events_project_id_customer_id_meter_ts" not in indexes
+    finally:
+        engine.dispose()
+
+
+def test_event_change_feed_upgrade_stamps_each_corrected_event(empty_db_url: str) -> None:
+    """Revision 0012 on a database with corrected events: each names its latest correction
+    (the id of the newest version it superseded), an event never corrected none, so a named
+    events export counts every correction made before the upgrade as new once."""
+    engine = create_db_engine(empty_db_url)
+    try:
+        migrate.upgrade(engine, "0011")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO projects (id, slug, name, currency, timezone, rounding, "
+                    "created_at) VALUES ('prj_1', 'acme', 'Acme', 'USD', 'UTC', 'half_even', "
+                    "'2026-10-01 00:00:00')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO customers (id, project_id, external_id, currency, timezone, "
+                    "created_at, updated_at) VALUES ('cus_1', 'prj_1', 'c1', 'USD', 'UTC', "
+                    "'2026-10-01 00:00:00', '2026-10-01 00:00:00')"
+                )
+            )
+            at = datetime(2026, 10, 3, 12, tzinfo=UTC)
+            for key, version in (("e1", 1), ("e2", 3)):
+                conn.execute(
+                    insert(events_t).values(
+                        project_id="prj_1", idempotency_key=key, customer_id="cus_1",
+                        meter="api_calls", ts=at, quantity=Decimal(1), properties="{}",
+                        payload_hash="x", received_at=at, voided=version > 1, version=version,
+                    )
+                )  # fmt: skip
+            e2 = conn.execute(text("SELECT id FROM events WHERE idempotency_key = 'e2'")).scalar()
+            for version in (1, 2):
+                conn.execute(
+                    insert(event_versions_t).values(
+                        project_id="prj_1", event_id=e2, idempotency_key="e2", version=version,
+                        customer_id="cus_1", meter="api_calls", ts=at, quantity=Decimal(1),
+                        properties="{}", voided=False, change="amend", changed_at=at,
+                        changed_by="ops", reason="fix",
+                    )
+                )  # fmt: skip
+            newest = conn.execute(text("SELECT MAX(id) FROM event_versions")).scalar()
+        migrate.upgrade(engine)
+        with engine.connect() as conn:
+            found = dict(
+                conn.execute(
+                    text("SELECT idempotency_key, correction FROM events ORDER BY id")
+                ).all()
+            )
+        assert found == {"e1": None, "e2": newest}
+        indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("events")}
+        assert indexes["ix_events_correction"] == ["correction"]
     finally:
         engine.dispose()

@@ -8,6 +8,7 @@ with one `properties.<name>` column per property name present in the exported ev
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -24,6 +25,7 @@ from sqlalchemy import (
     case,
     cast,
     func,
+    or_,
     select,
     true,
     type_coerce,
@@ -35,6 +37,7 @@ from sqlalchemy.sql.operators import custom_op
 from neruba_cli.db import usage_sql
 from neruba_cli.db.tables import (
     customers_t,
+    event_versions_t,
     events_t,
     invoices_t,
     ledger_accounts_t,
@@ -50,6 +53,9 @@ from neruba_cli.services.export.plan import YIELD_PER, Plan
 EVENT_FIELDS = ("idempotency_key", "customer", "meter", "timestamp", "quantity", "operation")
 """`operation` is "remove" for a unique_count event that removes its value, else empty (add):
 what `neruba ingest` reads back."""
+FEED_FIELDS = ("version", "voided")
+"""The last columns of a named or `--since` events export (a change feed): the event's
+current version (1, 2 after a correction, ...) and whether it is voided."""
 
 RowFormat = Callable[[Iterator[Any]], Iterator[tuple[Any, ...]]]
 
@@ -132,14 +138,36 @@ def _event_filters(plan: Plan) -> list[ColumnElement[bool]]:
         # the project's events through (project_id, customer_id, meter, voided, ts), sorts them
         # all by id before the first row; this way it walks the rowid range in order.
         project = UnaryExpression(project, operator=custom_op("+"))
+    if not plan.feed:
+        where = plan.where(
+            project=project,
+            customer=events_t.c.customer_id,
+            moment=events_t.c.received_at,
+            sequence=events_t.c.id,
+            at=events_t.c.ts,
+        )
+        return [*where, CURRENT]  # voided events are not usage; amended ones export as amended
+    # A change feed: the events new since, and those corrected since (voided ones too: the
+    # consumer drops them), as they are now; an event corrected after this run's high-water
+    # correction waits for the next run, so each version is exported once.
     where = plan.where(
         project=project,
         customer=events_t.c.customer_id,
         moment=events_t.c.received_at,
         sequence=events_t.c.id,
         at=events_t.c.ts,
+        corrected=events_t.c.correction,
+        changed=partial(_changed_since, plan),
     )
-    return [*where, CURRENT]  # voided events are not usage; amended ones export as amended
+    return where if plan.since is not None else [*where, CURRENT]
+
+
+def _changed_since(plan: Plan, since: datetime) -> ColumnElement[bool]:
+    """`--since TIME`: events received since, or corrected since."""
+    corrected = select(event_versions_t.c.event_id).where(
+        event_versions_t.c.project_id == plan.project.id, event_versions_t.c.changed_at >= since
+    )
+    return or_(events_t.c.received_at >= since, events_t.c.id.in_(corrected))
 
 
 def events_query(plan: Plan) -> Select[Any]:
@@ -152,6 +180,7 @@ def events_query(plan: Plan) -> Select[Any]:
             type_coerce(events_t.c.quantity, String()).label("quantity"),  # no Decimal round trip
             events_t.c.operation,
             events_t.c.properties,
+            *((events_t.c.version, events_t.c.voided) if plan.feed else ()),
         )
         .join(customers_t, customers_t.c.id == events_t.c.customer_id)
         .where(*_event_filters(plan))
@@ -216,6 +245,25 @@ def event_rows(
                 operation,
                 *[_cell(found.get(name)) for name in names],
             )
+
+
+def feed_rows(
+    rows: Iterator[Any], property_names: Sequence[str] | None
+) -> Iterator[tuple[Any, ...]]:
+    """A change feed's rows: `event_rows` and the event's version and voided flag (JSON
+    true/false; CSV `true`/`false`)."""
+    flags: tuple[Any, Any] = ("false", "true") if property_names is not None else (False, True)
+    states: deque[tuple[Any, Any]] = deque()
+    take = states.popleft
+
+    def events() -> Iterator[tuple[Any, ...]]:
+        for row in rows:
+            states.append((row[7], row[8]))
+            yield row[:7]
+
+    for formatted in event_rows(events(), property_names):
+        version, voided = take()
+        yield (*formatted, int(version), flags[bool(voided)])
 
 
 def _cell(value: Any) -> str | None:
@@ -332,9 +380,16 @@ def events_jsonl(rows: Iterator[Any]) -> Iterator[tuple[Any, ...]]:
     return event_rows(rows, None)
 
 
+def events_jsonl_for(plan: Plan) -> RowFormat:
+    """The JSONL rows of this run: a change feed's carry `version` and `voided`."""
+    return partial(feed_rows, property_names=None) if plan.feed else events_jsonl
+
+
 def events_csv(conn: Connection, plan: Plan) -> tuple[tuple[str, ...], RowFormat]:
     """Events as CSV: one `properties.<name>` column per property name present in the
     exported events (a first pass over them finds the names)."""
     names = property_names(conn, plan)
     columns = (*EVENT_FIELDS, *(f"properties.{name}" for name in names))
+    if plan.feed:
+        return (*columns, *FEED_FIELDS), partial(feed_rows, property_names=names)
     return columns, partial(event_rows, property_names=names)

@@ -21,7 +21,7 @@ from neruba_cli.db.tables import events_t, ledger_entries_t
 from neruba_cli.domain.errors import InvalidInput, UsageError
 from neruba_cli.domain.keys import refuse_secret
 from neruba_cli.services.export import documents, journals
-from neruba_cli.services.export.journals import EVENT_FIELDS, RowFormat
+from neruba_cli.services.export.journals import EVENT_FIELDS, FEED_FIELDS, RowFormat
 from neruba_cli.services.export.plan import FORMATS, NAME, YIELD_PER, ExportRequest, Plan
 
 DOCUMENTS_PER_FETCH = 100  # lines: each invoice row carries its whole document
@@ -51,7 +51,8 @@ class ExportKind:
         """The header and the formatter of this run."""
         if self.csv_layout is not None and plan.fmt == "csv":
             return self.csv_layout(conn, plan)
-        return self.columns, self.rows if self.rows_for is None else self.rows_for(plan)
+        columns = (*self.columns, *FEED_FIELDS) if plan.feed else self.columns
+        return columns, self.rows if self.rows_for is None else self.rows_for(plan)
 
 
 _ENTRIES = (
@@ -95,6 +96,7 @@ _ENTRIES = (
         journals.events_jsonl,
         journal=events_t,
         csv_layout=journals.events_csv,
+        rows_for=journals.events_jsonl_for,
     ),
     ExportKind(
         "usage",

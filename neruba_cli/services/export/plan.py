@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, or_
 
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.timestamps import format_ts
@@ -37,13 +37,19 @@ class ExportRequest:
 
 @dataclass(frozen=True)
 class Since:
-    """Where an incremental run starts: after an id (journals) or at a moment."""
+    """Where an incremental run starts: after an id (journals) or at a moment. An events
+    watermark also names the last correction exported (`ID:CORRECTION`)."""
 
     sequence: int | None = None
     moment: datetime | None = None
+    corrections: int | None = None
 
     def text(self) -> str:
-        return str(self.sequence) if self.sequence is not None else str(format_ts(self.moment))
+        if self.sequence is None:
+            return str(format_ts(self.moment))
+        if self.corrections is None:
+            return str(self.sequence)
+        return f"{self.sequence}:{self.corrections}"
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,11 @@ class Plan:
     since: Since | None
     high: int | None  # journals: the highest id this run exports
     watermark: str  # what the next run starts from
+    # events: the highest correction this run exports (events corrected later wait for the
+    # next run), and whether the run is a change feed (named or `--since`: every event new or
+    # corrected since, voided ones too, with `version` and `voided` columns)
+    high_corrections: int | None = None
+    feed: bool = False
     # usage: the properties the catalog's plans group each meter by (meter, properties)
     groupings: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
@@ -72,11 +83,13 @@ class Plan:
         sequence: Any = None,
         changed: Callable[[datetime], ColumnElement[bool]] | None = None,
         at: Any = None,
+        corrected: Any = None,
     ) -> list[ColumnElement[bool]]:
         """The WHERE clause every kind shares: project, customer, month, since, high-water.
         Each kind names its columns: `moment` (when a document was written; `changed`, when
-        it changed, if that is more than one column), `sequence` (a journal's id) and `at`
-        (what the month filter applies to)."""
+        it changed, if that is more than one column), `sequence` (a journal's id), `at`
+        (what the month filter applies to) and `corrected` (events: the latest correction,
+        NULL for none; a row corrected since is selected as well as a new one)."""
         where: list[ColumnElement[bool]] = [project == self.project.id]
         if self.customer_id is not None:
             where.append(customer == self.customer_id)
@@ -84,8 +97,13 @@ class Plan:
             where += [at >= self.window[0], at < self.window[1]]
         if sequence is not None and self.high is not None:
             where.append(sequence <= self.high)
+        if corrected is not None and self.high_corrections is not None:
+            where.append(or_(corrected.is_(None), corrected <= self.high_corrections))
         if self.since is not None:
-            if self.since.sequence is not None:
+            if self.since.sequence is not None and corrected is not None:
+                after = self.since.corrections or 0
+                where.append(or_(sequence > self.since.sequence, corrected > after))
+            elif self.since.sequence is not None:
                 where.append(sequence > self.since.sequence)
             elif self.since.moment is not None:
                 since = self.since.moment

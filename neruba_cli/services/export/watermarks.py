@@ -30,6 +30,7 @@ it at once, and stores its new watermark only after the file is complete under i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -40,7 +41,13 @@ from sqlalchemy.exc import DBAPIError
 
 from neruba_cli.db import locks
 from neruba_cli.db.schema import ExportWatermark, Project
-from neruba_cli.db.tables import billing_runs_t, customers_t, export_watermarks_t, locks_t
+from neruba_cli.db.tables import (
+    billing_runs_t,
+    customers_t,
+    event_versions_t,
+    export_watermarks_t,
+    locks_t,
+)
 from neruba_cli.domain import lock_names
 from neruba_cli.domain.errors import InvalidInput, LockHeld, NotFound
 from neruba_cli.domain.periods import month_period
@@ -51,11 +58,20 @@ from neruba_cli.services.export.plan import ExportRequest, Plan, Progress, Since
 from neruba_cli.services.invoices import read as invoices_read
 
 LOCK_WAIT_SECONDS = 120  # longest wait for the writers in flight when reading a high-water id
+# An events watermark: the last event id and the last correction exported. A plain id (from
+# before corrections were exported) counts every correction of those events as new.
+EVENTS_MARK = re.compile(r"(\d+)(?::(\d+))?")
 
 
 def parse_since_option(text: str, kind: str, *, now: datetime) -> Since:
-    """`--since`: a watermark printed by an earlier run (an id for journals), or a time."""
+    """`--since`: a watermark printed by an earlier run (an id for journals; `ID:CORRECTION`
+    for events), or a time."""
     raw = text.strip()
+    events_mark = EVENTS_MARK.fullmatch(raw)
+    if kind == "events" and events_mark is not None:
+        return Since(sequence=int(events_mark[1]), corrections=int(events_mark[2] or 0))
+    if kind == "usage" and events_mark is not None:  # an events watermark: the events part
+        return Since(sequence=int(events_mark[1]))
     if raw.isdigit():
         if kind not in JOURNALS:
             raise InvalidInput(
@@ -87,10 +103,15 @@ def make_plan(engine: Engine, project: Project, request: ExportRequest, *, now: 
             month = month_period(label_text, project.timezone)
             window = (month.start, month.end)
     high: int | None = None
+    high_corrections: int | None = None
     journal = KINDS[kind].journal
     if journal is not None:
         high = settled_max(engine, journal)
         watermark = str(max(high, since.sequence or 0) if since is not None else high)
+        if kind == "events":
+            high_corrections = settled_max(engine, event_versions_t)
+            done = (since.corrections or 0) if since is not None else 0
+            watermark = f"{watermark}:{max(high_corrections, done)}"
     else:
         moment = documents_watermark(engine, project, now=now, overlap=request.overlap)
         if since is not None and since.moment is not None and since.moment > moment:
@@ -107,6 +128,8 @@ def make_plan(engine: Engine, project: Project, request: ExportRequest, *, now: 
         since=since,
         high=high,
         watermark=watermark,
+        high_corrections=high_corrections,
+        feed=kind == "events" and (since is not None or request.name is not None),
         groupings=_groupings(engine, project) if kind == "usage" else (),
     )
 
@@ -148,6 +171,9 @@ def _stored(conn: Connection, project: Project, name: str | None, kind: str) -> 
     text = stored_watermark(conn, project, name, kind)
     if text is None:
         return None
+    mark = EVENTS_MARK.fullmatch(text) if kind == "events" else None
+    if mark is not None:
+        return Since(sequence=int(mark[1]), corrections=int(mark[2] or 0))
     return Since(sequence=int(text)) if kind in JOURNALS else Since(moment=parse_ts(text))
 
 

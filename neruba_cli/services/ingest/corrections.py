@@ -90,8 +90,8 @@ def void_events(
             if row.stored.voided:
                 report.unchanged.append(_describe(row.stored, "already voided"))
                 continue
-            supersede(conn, project, row, VOID, reason=reason, actor=actor, now=now)
-            write_version(conn, row, {"voided": True})
+            correction = supersede(conn, project, row, VOID, reason=reason, actor=actor, now=now)
+            write_version(conn, row, {"voided": True}, correction=correction)
             report.changed.append(_describe(row.stored, "voided", version=row.stored.version + 1))
             touched.append((row.customer_id, row.stored.timestamp))
         report.stale_invoices = stale_invoices(conn, project.id, touched)
@@ -123,7 +123,7 @@ def amend_event(
         if same_values(row.stored, new_quantity, new_properties, event.operation):  # type: ignore[union-attr]
             report.unchanged.append(_describe(row.stored, "unchanged"))
             return report
-        supersede(conn, project, row, AMEND, reason=reason, actor=actor, now=now)
+        correction = supersede(conn, project, row, AMEND, reason=reason, actor=actor, now=now)
         write_version(
             conn,
             row,
@@ -131,6 +131,7 @@ def amend_event(
                 "quantity": new_quantity,
                 "properties": orjson.dumps(new_properties).decode(),
             },
+            correction=correction,
         )
         described = _describe(row.stored, "amended", version=row.stored.version + 1)
         described["before"] = {
@@ -232,9 +233,10 @@ def supersede(
     actor: str,
     now: datetime,
     change_batch: str | None = None,
-) -> None:
-    """Keep the event's current version, with the change that supersedes it."""
-    conn.execute(
+) -> int:
+    """Keep the event's current version, with the change that supersedes it; the id of the
+    copy is the correction's place in the change sequence (`write_version` stamps it)."""
+    result = conn.execute(
         insert(event_versions_t).values(
             project_id=project.id,
             **row.payload,
@@ -245,14 +247,20 @@ def supersede(
             reason=reason,
         )
     )
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
-def write_version(conn: Connection, row: EventRow, values: Mapping[str, Any]) -> None:
-    """The event's next version, if nobody wrote one since it was read."""
+def write_version(
+    conn: Connection, row: EventRow, values: Mapping[str, Any], *, correction: int
+) -> None:
+    """The event's next version, if nobody wrote one since it was read, stamped with the
+    correction (`supersede`'s id) that made it: what a named events export watermarks."""
     changed = conn.execute(
         update(events_t)
         .where(events_t.c.id == row.id, events_t.c.version == row.stored.version)
-        .values(**values, version=row.stored.version + 1)
+        .values(**values, version=row.stored.version + 1, correction=correction)
     ).rowcount
     if changed != 1:
         raise InvalidInput(

@@ -263,8 +263,8 @@ def _write_plan(
 ) -> None:
     _open_receipt(conn, project, batch, options, actor, now)
 
-    def record(row: EventRow) -> None:
-        supersede(
+    def record(row: EventRow) -> int:
+        return supersede(
             conn,
             project,
             row,
@@ -276,10 +276,9 @@ def _write_plan(
         )
 
     for row in plan.voided:
-        record(row)
-        write_version(conn, row, {"voided": True})
+        write_version(conn, row, {"voided": True}, correction=record(row))
     for row, item in plan.amended:
-        record(row)
+        correction = record(row)
         write_version(
             conn,
             row,
@@ -291,6 +290,7 @@ def _write_plan(
                 "line": item.line,
                 "operation": _operation(item),
             },
+            correction=correction,
         )
     if plan.new:
         conn.execute(
