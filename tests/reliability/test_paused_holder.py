@@ -123,7 +123,9 @@ def stop_inside_write_transaction(
         assert time.monotonic() < deadline, "never caught the run inside a write transaction"
         time.sleep(rng.uniform(0, 0.05))
         os.kill(process.pid, signal.SIGSTOP)
-        while not stopped(process.pid):
+        while not stopped(process.pid):  # a run that ended meanwhile is a zombie, never "T"
+            assert process.poll() is None, f"the run ended (exit {process.returncode}) first"
+            assert time.monotonic() < deadline, "the run never stopped on SIGSTOP"
             time.sleep(0.005)
         if in_write_transaction(engine, dialect):
             if dialect == "sqlite" or lease_row_free(engine):
