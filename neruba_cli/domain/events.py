@@ -88,6 +88,17 @@ def _canonical_payload(event: EventInput, stamp: str, quantity: str) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
+def stored_operation(operation: Operation) -> str | None:
+    """The `events.operation` column's value: NULL for an add, so rows stored before
+    operations existed read as what they are."""
+    return "remove" if operation == "remove" else None
+
+
+def read_operation(stored: str | None) -> Operation:
+    """The operation of a stored row (`stored_operation` read back)."""
+    return "remove" if stored == "remove" else "add"
+
+
 def parse_operation(value: Any) -> Operation:
     """`operation`: "add" (also when absent or null) or "remove", else Rejected."""
     if value is None or value == "add":

@@ -9,7 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import insert, inspect, text
+from sqlalchemy import Connection, insert, inspect, text
 
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine
@@ -84,6 +84,23 @@ def test_cli_db_upgrade_current_downgrade(empty_db_url: str) -> None:
     assert down.json()["to"] is None
 
 
+def _seed_customer(conn: Connection) -> None:
+    """Project prj_1 and its customer cus_1 (c1), written in SQL any revision accepts."""
+    conn.execute(
+        text(
+            "INSERT INTO projects (id, slug, name, currency, timezone, rounding, created_at) "
+            "VALUES ('prj_1', 'acme', 'Acme', 'USD', 'UTC', 'half_even', '2026-10-01 00:00:00')"
+        )
+    )
+    conn.execute(
+        text(
+            "INSERT INTO customers (id, project_id, external_id, currency, timezone, "
+            "created_at, updated_at) VALUES ('cus_1', 'prj_1', 'c1', 'USD', 'UTC', "
+            "'2026-10-01 00:00:00', '2026-10-01 00:00:00')"
+        )
+    )
+
+
 def test_event_corrections_upgrade_keeps_every_stored_event_current(empty_db_url: str) -> None:
     """Revision 0011 on a database with events: each stays billable (not voided, version 1),
     so a rerun counts exactly what it counted before (no spurious correction), and the billing
@@ -92,20 +109,7 @@ def test_event_corrections_upgrade_keeps_every_stored_event_current(empty_db_url
     try:
         migrate.upgrade(engine, "0010")
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO projects (id, slug, name, currency, timezone, rounding, "
-                    "created_at) VALUES ('prj_1', 'acme', 'Acme', 'USD', 'UTC', 'half_even', "
-                    "'2026-10-01 00:00:00')"
-                )
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO customers (id, project_id, external_id, currency, timezone, "
-                    "created_at, updated_at) VALUES ('cus_1', 'prj_1', 'c1', 'USD', 'UTC', "
-                    "'2026-10-01 00:00:00', '2026-10-01 00:00:00')"
-                )
-            )
+            _seed_customer(conn)
             conn.execute(
                 text(
                     "INSERT INTO events (project_id, idempotency_key, customer_id, meter, ts, "
@@ -139,20 +143,7 @@ def test_event_change_feed_upgrade_stamps_each_corrected_event(empty_db_url: str
     try:
         migrate.upgrade(engine, "0011")
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO projects (id, slug, name, currency, timezone, rounding, "
-                    "created_at) VALUES ('prj_1', 'acme', 'Acme', 'USD', 'UTC', 'half_even', "
-                    "'2026-10-01 00:00:00')"
-                )
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO customers (id, project_id, external_id, currency, timezone, "
-                    "created_at, updated_at) VALUES ('cus_1', 'prj_1', 'c1', 'USD', 'UTC', "
-                    "'2026-10-01 00:00:00', '2026-10-01 00:00:00')"
-                )
-            )
+            _seed_customer(conn)
             at = datetime(2026, 10, 3, 12, tzinfo=UTC)
             for key, version in (("e1", 1), ("e2", 3)):
                 conn.execute(

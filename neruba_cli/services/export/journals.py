@@ -138,28 +138,25 @@ def _event_filters(plan: Plan) -> list[ColumnElement[bool]]:
         # the project's events through (project_id, customer_id, meter, voided, ts), sorts them
         # all by id before the first row; this way it walks the rowid range in order.
         project = UnaryExpression(project, operator=custom_op("+"))
-    if not plan.feed:
-        where = plan.where(
-            project=project,
-            customer=events_t.c.customer_id,
-            moment=events_t.c.received_at,
-            sequence=events_t.c.id,
-            at=events_t.c.ts,
-        )
-        return [*where, CURRENT]  # voided events are not usage; amended ones export as amended
     # A change feed: the events new since, and those corrected since (voided ones too: the
     # consumer drops them), as they are now; an event corrected after this run's high-water
     # correction waits for the next run, so each version is exported once.
+    feed: dict[str, Any] = (
+        {"corrected": events_t.c.correction, "changed": partial(_changed_since, plan)}
+        if plan.feed
+        else {}
+    )
     where = plan.where(
         project=project,
         customer=events_t.c.customer_id,
         moment=events_t.c.received_at,
         sequence=events_t.c.id,
         at=events_t.c.ts,
-        corrected=events_t.c.correction,
-        changed=partial(_changed_since, plan),
+        **feed,
     )
-    return where if plan.since is not None else [*where, CURRENT]
+    if plan.feed and plan.since is not None:
+        return where
+    return [*where, CURRENT]  # voided events are not usage; amended ones export as amended
 
 
 def _changed_since(plan: Plan, since: datetime) -> ColumnElement[bool]:

@@ -30,7 +30,7 @@ from neruba_cli.domain.event_corrections import (
     amended_line,
     same_values,
 )
-from neruba_cli.domain.events import quantity_text
+from neruba_cli.domain.events import quantity_text, read_operation
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.ingest.rejects import Reject
 from neruba_cli.services.ingest.validation import Pending, Validator
@@ -204,7 +204,7 @@ def _row(row: Any) -> EventRow:
         properties=exact_json.loads(row.properties),
         voided=bool(row.voided),
         version=int(row.version),
-        operation=row.operation or "add",
+        operation=read_operation(row.operation),
     )
     payload = {
         "event_id": row.id,

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, Insert, insert, select, update
 
 from neruba_cli.db.schema import ImportBatch, Project
 from neruba_cli.domain.timestamps import format_ts
@@ -89,25 +89,39 @@ def open_receipt(
     actor: str,
     started: datetime,
 ) -> None:
+    assert summary.batch is not None
     with engine.begin() as conn:
-        conn.execute(
-            insert(ImportBatch).values(
-                id=summary.batch,
-                project_id=project.id,
-                source=summary.source[:1000],
-                format=fmt,
-                sha256=None,
-                status="running",
-                lines=0,
-                accepted=0,
-                duplicates=0,
-                conflicts=0,
-                rejected=0,
-                periods="[]",
-                actor=actor,
-                started_at=started,
-            )
-        )
+        conn.execute(running_receipt(project, summary.batch, summary.source, fmt, actor, started))
+
+
+def running_receipt(
+    project: Project,
+    batch: str,
+    source: str,
+    fmt: str,
+    actor: str,
+    started: datetime,
+    **extra: Any,
+) -> Insert:
+    """The receipt of an import that has begun: every count at zero (`extra` sets more
+    columns, such as an `ingest --replace`'s window)."""
+    return insert(ImportBatch).values(
+        id=batch,
+        project_id=project.id,
+        source=source[:1000],
+        format=fmt,
+        sha256=None,
+        status="running",
+        lines=0,
+        accepted=0,
+        duplicates=0,
+        conflicts=0,
+        rejected=0,
+        periods="[]",
+        actor=actor,
+        started_at=started,
+        **extra,
+    )
 
 
 def save_counts(conn: Connection, summary: IngestSummary) -> None:

@@ -35,7 +35,7 @@ from neruba_cli.db.tables import customers_t, events_t
 from neruba_cli.domain.catalog import MeterDef
 from neruba_cli.domain.errors import NotFound
 from neruba_cli.domain.event_corrections import REPLACE, ReplaceWindow, same_values
-from neruba_cli.domain.events import EventInput
+from neruba_cli.domain.events import EventInput, stored_operation
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.ingest.corrections import (
     EventRow,
@@ -45,7 +45,7 @@ from neruba_cli.services.ingest.corrections import (
     write_version,
 )
 from neruba_cli.services.ingest.readers import Source, parsed_lines
-from neruba_cli.services.ingest.receipts import IngestSummary
+from neruba_cli.services.ingest.receipts import IngestSummary, running_receipt
 from neruba_cli.services.ingest.rejects import Reject, RejectsWriter, raw_text
 from neruba_cli.services.ingest.validation import Pending, Validator
 
@@ -288,7 +288,7 @@ def _write_plan(
                 "properties": orjson.dumps(item.record.properties).decode(),  # type: ignore[union-attr]
                 "batch_id": batch,
                 "line": item.line,
-                "operation": _operation(item),
+                "operation": stored_operation(item.record.operation),  # type: ignore[union-attr]
             },
             correction=correction,
         )
@@ -308,16 +308,11 @@ def _write_plan(
                     "batch_id": batch,
                     "line": item.line,
                     "received_at": now,
-                    "operation": _operation(item),
+                    "operation": stored_operation(item.record.operation),  # type: ignore[union-attr]
                 }
                 for item in plan.new
             ],
         )
-
-
-def _operation(item: Pending) -> str | None:
-    """The stored form of the event's operation: NULL for an add, as ingest stores it."""
-    return "remove" if getattr(item.record, "operation", "add") == "remove" else None
 
 
 def _open_receipt(
@@ -328,24 +323,10 @@ def _open_receipt(
     actor: str,
     started: datetime,
 ) -> None:
+    replaced = orjson.dumps(options.window.as_dict()).decode()
     conn.execute(
-        insert(ImportBatch).values(
-            id=batch,
-            project_id=project.id,
-            source="",
-            format=options.fmt,
-            sha256=None,
-            status="running",
-            lines=0,
-            accepted=0,
-            duplicates=0,
-            conflicts=0,
-            rejected=0,
-            voided=0,
-            replaced=orjson.dumps(options.window.as_dict()).decode(),
-            periods="[]",
-            actor=actor,
-            started_at=started,
+        running_receipt(
+            project, batch, "", options.fmt, actor, started, voided=0, replaced=replaced
         )
     )
 

@@ -27,7 +27,13 @@ from neruba_cli.db.schema import Customer, ImportBatch, Project
 from neruba_cli.db.tables import charges_t, events_t
 from neruba_cli.domain import exact_json
 from neruba_cli.domain.charges import ChargeInput, check_currency
-from neruba_cli.domain.events import EventInput, Rejected, quantity_text
+from neruba_cli.domain.events import (
+    EventInput,
+    Rejected,
+    quantity_text,
+    read_operation,
+    stored_operation,
+)
 from neruba_cli.domain.money import decimal_text
 from neruba_cli.domain.suggest import did_you_mean
 from neruba_cli.domain.timestamps import format_ts
@@ -233,7 +239,7 @@ class BatchWriter:
                     batch,
                     item.line,
                     received,
-                    "remove" if event.operation == "remove" else None,  # type: ignore[union-attr]
+                    stored_operation(event.operation),  # type: ignore[union-attr]
                 )
             )
         return rows
@@ -366,7 +372,7 @@ def _repeats_current(row: Any, item: Pending) -> bool:
         and row.ts == event.timestamp
         and Decimal(row.quantity) == Decimal(item.quantity)
         and exact_json.loads(row.properties) == event.properties
-        and (row.operation or "add") == event.operation
+        and read_operation(row.operation) == event.operation
     )
 
 
