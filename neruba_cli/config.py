@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
 from neruba_cli.db.engine import anchored_sqlite_url, without_credentials
@@ -32,6 +32,7 @@ ENV_PROJECT = "NERUBA_PROJECT"
 ENV_CONFIG = "NERUBA_CONFIG"
 ENV_DEBUG = "NERUBA_DEBUG"
 ENV_API_KEY = "NERUBA_API_KEY"  # a secret: read from the environment only, never stored
+ENV_API_PREFIX = "NERUBA_API_"  # `neruba serve` settings: NERUBA_API_HOST, NERUBA_API_PORT, ...
 
 
 class _DatabaseSection(BaseModel):
@@ -52,6 +53,17 @@ class _PrivacySection(BaseModel):
     personal_properties: list[str] = []
 
 
+class ApiSection(BaseModel):
+    """`[api]`: how `neruba serve` listens and behaves. Each setting is also read from
+    NERUBA_API_<NAME> and, where `neruba serve` has the flag, from the flag (which wins)."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = Field(default=8080, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    docs: bool = False  # /openapi.json and /docs are 404 unless this is on
+
+
 class ConfigFile(BaseModel):
     """The schema of neruba.toml; unknown keys are errors so typos do not pass silently."""
 
@@ -59,6 +71,7 @@ class ConfigFile(BaseModel):
     database: _DatabaseSection = _DatabaseSection()
     defaults: _DefaultsSection = _DefaultsSection()
     privacy: _PrivacySection = _PrivacySection()
+    api: ApiSection = ApiSection()
 
 
 # Every section and its settings, for the hints of a misspelt one.
@@ -75,6 +88,7 @@ class Settings:
     config_path: Path | None
     sources: dict[str, str] = field(default_factory=dict)
     personal_properties: tuple[str, ...] = ()  # [privacy] personal_properties
+    api: ApiSection = field(default_factory=ApiSection)  # [api], before NERUBA_API_* and flags
 
     @property
     def database_origin(self) -> str:
@@ -207,7 +221,35 @@ def resolve_settings(
         config_path=path,
         sources={"database_url": url_source, "project": slug_source},
         personal_properties=tuple(file.privacy.personal_properties),
+        api=file.api,
     )
+
+
+def resolve_api_settings(
+    settings: Settings,
+    flags: Mapping[str, object],
+    env: Mapping[str, str] | None = None,
+) -> ApiSection:
+    """`neruba serve`'s settings: a flag that was given, else NERUBA_API_<NAME>, else the
+    config file's [api], else the default. An environment value is validated like the file's,
+    and an error names the variable."""
+    environ = os.environ if env is None else env
+    merged = settings.api.model_dump()
+    for name in ApiSection.model_fields:
+        variable = ENV_API_PREFIX + name.upper()
+        if environ.get(variable):
+            try:
+                value = ApiSection.model_validate({name: environ[variable]})
+            except ValidationError as exc:
+                message = exc.errors()[0]["msg"]
+                raise InvalidInput(f"{variable}: {message[:1].lower()}{message[1:]}") from None
+            merged[name] = getattr(value, name)
+    merged.update({name: value for name, value in flags.items() if value is not None})
+    try:
+        return ApiSection.model_validate(merged)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise InvalidInput(f"--{error['loc'][0]}: {error['msg']}") from None
 
 
 def _first(*candidates: tuple[str, str | None]) -> tuple[str | None, str]:

@@ -28,7 +28,7 @@ settings.register_profile(
 settings.load_profile("neruba")
 
 TESTS = Path(__file__).resolve().parent
-LANES = ("unit", "integration", "cli", "reliability")
+LANES = ("unit", "integration", "cli", "api", "reliability")
 # What the unit lane may not ask for: it runs without a database and without the CLI.
 NOT_UNIT = {"cli", "bare_cli", "sqlite_cli", "db_url", "empty_db_url", "engine", "stripe"}
 

@@ -40,6 +40,7 @@ PREFIXES = frozenset(
     | {"mtr", "pln", "plv", "sub", "sph", "bat", "chg"}
     | {"slk", "sob", "swh", "spl"}  # Stripe link, mirrored object, webhook event, pull sweep
     | {"ret"}  # retention run
+    | {"req"}  # an HTTP request (`Request-Id`)
 )
 
 

@@ -5,7 +5,8 @@
 - `empty_db_url`: a database with no schema at all, once per dialect;
 - `cli`: `neruba` in-process against `db_url`; `bare_cli`: the same without `--db`;
 - `sqlite_cli`: a migrated SQLite database only, for what does not depend on the dialect;
-- `stripe`: the fake Stripe server, with `neruba` pointed at it.
+- `stripe`: the fake Stripe server, with `neruba` pointed at it;
+- `serve`: starts `neruba serve` processes (tests/support/api.py), stopped when the test ends.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.engine import make_url
 from neruba_cli.db.engine import create_db_engine
 from tests.fakes.stripe import FakeStripe
 from tests.support import fake_stripe
+from tests.support.api import Servers
 from tests.support.cli import Cli
 from tests.support.databases import (
     DIALECTS,
@@ -113,3 +115,13 @@ def sqlite_cli(tmp_path: Path, sqlite_template: Path) -> Cli:
 def stripe(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeStripe]:
     """The fake Stripe server, with `neruba` pointed at it."""
     yield from fake_stripe.serve(monkeypatch)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Servers]:
+    """`serve(db_url, *args)` starts `neruba serve` on a free port and waits until it answers;
+    every server it started is stopped when the test ends."""
+    servers = Servers(tmp_path)
+    yield servers
+    for server in servers.started:
+        server.stop()

@@ -51,6 +51,7 @@ class KeyGrant:
     project_id: str
     project_slug: str
     scopes: frozenset[str]
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def authenticate(session: Session, secret: str, *, now: datetime) -> Access:
         project_id=key.project_id,
         project_slug=slug,
         scopes=frozenset(key.scopes.split(",")),
+        expires_at=key.expires_at,
     )
     return Access(actor=Actor(kind="key", id=key.id), key=grant)
 

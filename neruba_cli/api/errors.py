@@ -1,0 +1,169 @@
+"""One error shape for every failure: `{"error": {"type", "message", "param", "request_id"}}`.
+
+The status of a service error follows its kind (`NerubaError.kind`), so a rule that refuses
+something in the CLI with an exit code refuses it over HTTP with the matching status, from the
+same raise. Nothing but this module decides a status from an exception.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from neruba_cli.domain.errors import NerubaError
+
+# (status, type) by the kind of a service error.
+STATUS_BY_KIND: dict[str, tuple[int, str]] = {
+    "invalid_input": (422, "invalid_request"),
+    "usage_error": (400, "invalid_request"),
+    "not_found": (404, "not_found"),
+    "already_exists": (409, "conflict"),
+    "access_denied": (403, "forbidden"),
+    "lock_held": (409, "busy"),
+    "lock_lost": (409, "busy"),
+    "database_error": (503, "unavailable"),
+}
+# The type of an error by its status, for errors raised by the framework itself.
+TYPE_BY_STATUS = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "invalid_request",
+    422: "invalid_request",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    param: str | None = None
+    request_id: str
+
+
+class ErrorResponse(BaseModel):
+    """What every 4xx and 5xx answer carries."""
+
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    """A refusal decided in the API layer (authentication, limits, idempotency)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type or TYPE_BY_STATUS.get(status, "error")
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+def request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", ""))
+
+
+def error_response(
+    request: Request,
+    status: int,
+    type: str,
+    message: str,
+    *,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> ORJSONResponse:
+    body = {
+        "error": {
+            "type": type,
+            "message": message,
+            "param": param,
+            "request_id": request_id(request),
+        }
+    }
+    return ORJSONResponse(body, status_code=status, headers=headers)
+
+
+def from_service_error(request: Request, exc: NerubaError) -> ORJSONResponse:
+    status, type = STATUS_BY_KIND.get(exc.kind, (422, "invalid_request"))
+    return error_response(request, status, type, str(exc), param=getattr(exc, "param", None))
+
+
+def _validation_param(error: dict[str, Any]) -> str | None:
+    """`events.3.quantity` for a field of the body, `limit` for a query parameter."""
+    location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+    return ".".join(location) or None
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that give every failure the one shape (an unexpected exception
+    becomes the 500 of middleware.py, which sees it first)."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> ORJSONResponse:
+        return error_response(
+            request, exc.status, exc.type, exc.message, param=exc.param, headers=exc.headers
+        )
+
+    @app.exception_handler(NerubaError)
+    async def _service_error(request: Request, exc: NerubaError) -> ORJSONResponse:
+        return from_service_error(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+        errors = list(exc.errors())
+        first = errors[0] if errors else {}
+        param = _validation_param(first)
+        message = str(first.get("msg", "invalid request"))
+        if first.get("type") == "extra_forbidden":
+            message = f"unknown field {param!r}"
+        elif first.get("type") == "json_invalid":
+            message = "the body is not valid JSON"
+        elif param:
+            message = f"{param}: {message[:1].lower()}{message[1:]}"
+        status = 400 if first.get("type") == "json_invalid" else 422
+        return error_response(request, status, "invalid_request", message, param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        type = TYPE_BY_STATUS.get(exc.status_code, "error")
+        headers = dict(exc.headers or {})
+        return error_response(request, exc.status_code, type, str(exc.detail), headers=headers)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(request: Request, exc: SQLAlchemyError) -> ORJSONResponse:
+        return error_response(request, 503, "unavailable", "the database is not answering")
+
+
+# Documented on every route: the error answers any request may get.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "Malformed request (not JSON, bad header)"),
+        (401, "Missing, unknown, revoked, expired or forged key"),
+        (403, "The key lacks the route's scope"),
+        (413, "Body or batch over the limit"),
+        (422, "A field failed validation"),
+        (429, "Rate limit of the key reached; see Retry-After"),
+        (503, "The database is not answering, or the server is draining"),
+    )
+}

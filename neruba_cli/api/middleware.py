@@ -1,0 +1,138 @@
+"""What every request goes through: a request id, the one error shape for an unexpected
+failure, the access log line and the audit record of a mutating request.
+
+A pure ASGI middleware (not `BaseHTTPMiddleware`), so a streamed body is not buffered and the
+`Request-Id` header reaches every answer, a 500 included.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from neruba_cli.db.ids import new_id
+from neruba_cli.services.tenancy import audit
+from neruba_cli.services.tenancy.access import Actor
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+access_log = logging.getLogger("neruba.access")
+
+
+def _configure_access_log() -> None:
+    """One JSON line per request on stderr, whatever uvicorn's own logging does."""
+    if not access_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access_log.addHandler(handler)
+        access_log.setLevel(logging.INFO)
+        access_log.propagate = False
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        _configure_access_log()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = new_id("req")
+        scope.setdefault("state", {})["request_id"] = rid
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                response_started = True
+                headers = list(message.get("headers", []))
+                headers.append((b"request-id", rid.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logging.getLogger("neruba.api").exception("request %s failed", rid)
+            if not response_started:
+                await _internal_error(rid, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            await self._after(scope, status, seconds, rid)
+
+    async def _after(self, scope: Scope, status: int, seconds: float, rid: str) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        state: dict[str, Any] = scope.get("state", {})
+        method = scope["method"]
+        access_log.info(
+            orjson.dumps(
+                {
+                    "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    "request_id": rid,
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "key": state.get("key_id"),
+                    "project": state.get("project"),
+                }
+            ).decode()
+        )
+        caller = state.get("caller")
+        if method in MUTATING and caller is not None:
+            arguments = {**scope.get("path_params", {}), "request_id": rid, "status": status}
+            await anyio.to_thread.run_sync(_audit, caller, f"{method} {route}", arguments, status)
+
+
+def _audit(caller: Any, command: str, arguments: dict[str, Any], status: int) -> None:
+    """Best effort, like the CLI's: the request's own outcome is already answered."""
+    try:
+        audit.record(
+            caller.engine,
+            actor=Actor(kind="key", id=caller.key.key_id),
+            project_slug=caller.key.project_slug,
+            command=command,
+            arguments=arguments,
+            outcome=audit.Outcome(0 if status < 400 else 1, _outcome(status)),
+            now=datetime.now(UTC),
+        )
+    except Exception:
+        logging.getLogger("neruba.api").exception("audit record of %s failed", command)
+
+
+def _outcome(status: int) -> str | None:
+    return None if status < 400 else f"HTTP {status}"
+
+
+async def _internal_error(rid: str, send: Send) -> None:
+    body = orjson.dumps(
+        {
+            "error": {
+                "type": "internal_error",
+                "message": "internal error; the request id is in the server log",
+                "param": None,
+                "request_id": rid,
+            }
+        }
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
