@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from neruba_cli.api.errors import ApiError
+from neruba_cli.db.engine import begin_write
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.errors import NerubaError
 from neruba_cli.domain.keys import SCOPES, holds_scope
@@ -85,6 +86,18 @@ class Caller:
     def transaction(self) -> Iterator[Session]:
         """One unit of work: committed when the block ends, rolled back on any error."""
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[Session]:
+        """A unit of work that reads and then writes: on SQLite it takes the write lock at
+        BEGIN (`db.engine.begin_write`), so a write committed by another request since this
+        one read (an audit record, say) makes it wait rather than fail."""
+        with (
+            begin_write(self.engine) as conn,
+            Session(bind=conn, expire_on_commit=False) as session,
+            session.begin(),
+        ):
             yield session
 
     def project(self, session: Session) -> Project:

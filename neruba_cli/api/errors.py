@@ -7,6 +7,9 @@ same raise. Nothing but this module decides a status from an exception.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,7 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from neruba_cli.domain.errors import NerubaError
+from neruba_cli.domain.errors import InvalidInput, NerubaError
 
 # (status, type) by the kind of a service error.
 STATUS_BY_KIND: dict[str, tuple[int, str]] = {
@@ -77,6 +80,21 @@ class ApiError(Exception):
         self.message = message
         self.param = param
         self.headers = headers or {}
+
+
+@contextmanager
+def naming(param: str) -> Iterator[None]:
+    """Within the block, a value the services refuse (InvalidInput) is a 422 naming `param`:
+    the query parameter or field the value came from."""
+    try:
+        yield
+    except InvalidInput as exc:
+        raise ApiError(422, str(exc), param=param) from exc
+
+
+def not_found(what: str) -> dict[int | str, dict[str, Any]]:
+    """The 404 of a route that looks something up, for its `responses=`."""
+    return {404: {"model": ErrorResponse, "description": f"No such {what} in the key's project"}}
 
 
 def request_id(request: Request) -> str:
@@ -151,6 +169,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(request: Request, exc: SQLAlchemyError) -> ORJSONResponse:
+        logging.getLogger("neruba.api").warning(
+            "request %s: the database failed: %s", request_id(request), exc
+        )
         return error_response(request, 503, "unavailable", "the database is not answering")
 
 

@@ -11,11 +11,10 @@ from neruba_cli.cli import values
 from neruba_cli.cli.output import fields, plural, table
 from neruba_cli.cli.paths import output_file
 from neruba_cli.cli.runtime import Runtime, command
-from neruba_cli.domain.tenancy import customer_spec
 from neruba_cli.services.ingest.rejects import RejectsWriter, default_rejects_path
 from neruba_cli.services.ingest.tabular import read_csv
 from neruba_cli.services.ops import privacy
-from neruba_cli.services.tenancy import customers, projects
+from neruba_cli.services.tenancy import customers
 
 EXIT_REJECTED = 3
 
@@ -52,17 +51,17 @@ def create(
 ) -> None:
     """Create a customer."""
     with rt.transaction() as session:
-        project = rt.project(session)
-        spec = customer_spec(
+        customer = customers.create(
+            session,
+            rt.project(session),
             external_id=external_id,
             name=name,
             email=email,
             currency=currency,
             timezone=timezone,
             stripe_id=stripe_id,
-            defaults=projects.spec_of(project),
+            now=rt.now(),
         )
-        customer = customers.create_customer(session, project, spec, now=rt.now())
     rt.out.emit(customers.to_dict(customer))
     rt.out.say(f"Created customer {customer.external_id} ({customer.id}).")
 

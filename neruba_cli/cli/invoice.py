@@ -53,12 +53,14 @@ def list_(
 ) -> None:
     """List invoices, by number."""
     with rt.transaction() as session:
-        project = rt.project(session)
-        label = invoices_read.period_label(period, project, rt.now()) if period else None
-        rows = invoices_read.select_rows(
-            session.connection(), project, label=label, status=status, customer=customer
+        data = invoices_read.listing(
+            session.connection(),
+            rt.project(session),
+            period=period,
+            status=status,
+            customer=customer,
+            now=rt.now(),
         )
-        data = [invoices_read.summary(row) for row in rows]
     columns = ("number", "customer", "kind", "status", "label", "total", "currency", "corrects")
     shown = [[item[c] for c in columns] for item in data]
     rt.out.emit(data, table(None, columns, shown, empty="No invoices."))
@@ -68,8 +70,7 @@ def list_(
 def show(rt: Runtime, number: NumberArg) -> None:
     """Show an invoice: its lines and totals (--json: the invoice document)."""
     with rt.transaction() as session:
-        project = rt.project(session)
-        data = invoices_read.document(invoices_read.get(session.connection(), project, number))
+        data = invoices_read.show(session.connection(), rt.project(session), number)
     rt.out.emit(data, _render_document(data))
 
 
@@ -77,9 +78,7 @@ def show(rt: Runtime, number: NumberArg) -> None:
 def explain(rt: Runtime, number: NumberArg) -> None:
     """Why each amount is what it is: meter, events, tiers, proration, minimums, credits."""
     with rt.transaction() as session:
-        project = rt.project(session)
-        conn = session.connection()
-        data = invoices_explain.explain(conn, project, invoices_read.get(conn, project, number))
+        data = invoices_explain.explain_number(session.connection(), rt.project(session), number)
     rt.out.emit(data, _render_explanation(data))
 
 

@@ -26,8 +26,13 @@ from neruba_cli.domain.money import format_minor, to_minor_units
 from neruba_cli.domain.periods import days_text, service_days
 from neruba_cli.domain.timestamps import parse_ts
 from neruba_cli.services.billing import plan as billing_plan
-from neruba_cli.services.invoices.read import amount_due, heading
+from neruba_cli.services.invoices.read import amount_due, get, heading
 from neruba_cli.services.ledger import credits
+
+
+def explain_number(conn: Connection, project: Project, number: str) -> dict[str, Any]:
+    """`invoice explain --json` and `GET /v1/invoices/{number}/explain`."""
+    return explain(conn, project, get(conn, project, number))
 
 
 def explain(conn: Connection, project: Project, row: Row[Any]) -> dict[str, Any]:

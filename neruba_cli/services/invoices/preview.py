@@ -9,14 +9,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, select
 
 from neruba_cli.db.schema import Project
+from neruba_cli.db.tables import customers_t
 from neruba_cli.domain.errors import NotFound
 from neruba_cli.domain.invoice import BuiltInvoice
 from neruba_cli.domain.periods import Period
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.billing import run as billing_run
+from neruba_cli.services.tenancy.customer_hints import customer_not_found
 
 
 def preview(
@@ -33,12 +35,23 @@ def preview(
             ):
                 if item.period.start <= at < item.period.end:
                     found.append(preview_document(customer, label, item.period, built, at))
+        if not found and not _exists(conn, project, customer):
+            raise customer_not_found(conn, project, customer)
     if not found:
         raise NotFound(
             f"customer {customer!r} has no billing period containing {format_ts(at)}",
             hint="`neruba subscription list --customer` shows its subscriptions",
         )
     return sorted(found, key=lambda doc: (doc["period"]["end"], doc["period"]["start"]))
+
+
+def _exists(conn: Connection, project: Project, external_id: str) -> bool:
+    found = conn.execute(
+        select(customers_t.c.id).where(
+            customers_t.c.project_id == project.id, customers_t.c.external_id == external_id
+        )
+    ).first()
+    return found is not None
 
 
 def preview_document(

@@ -62,8 +62,14 @@ def select_rows(
     label: str | None = None,
     status: str | None = None,
     customer: str | None = None,
+    after: str | None = None,
+    limit: int | None = None,
 ) -> list[Row[Any]]:
+    """The project's invoices by number (unique in a project); with `after`, those numbered
+    after it, so a reader walking pages neither repeats nor skips one."""
     query = invoice_query(project)
+    if after is not None:
+        query = query.where(invoices_t.c.number > after)
     if label is not None:
         query = query.where(invoices_t.c.period == label)
     if status is not None:
@@ -74,7 +80,32 @@ def select_rows(
         query = query.where(invoices_t.c.status == status)
     if customer is not None:
         query = query.where(customers_t.c.external_id == customer)
-    return list(conn.execute(query.order_by(invoices_t.c.number)).all())
+    return list(conn.execute(query.order_by(invoices_t.c.number).limit(limit)).all())
+
+
+def listing(
+    conn: Connection,
+    project: Project,
+    *,
+    period: str | None = None,
+    status: str | None = None,
+    customer: str | None = None,
+    now: datetime,
+    after: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """`invoice list` and `GET /v1/invoices`: the list form of the invoices of a month
+    (YYYY-MM, previous or current), a status and a customer, each filter optional."""
+    label = period_label(period, project, now) if period else None
+    rows = select_rows(
+        conn, project, label=label, status=status, customer=customer, after=after, limit=limit
+    )
+    return [summary(row) for row in rows]
+
+
+def show(conn: Connection, project: Project, number: str) -> dict[str, Any]:
+    """`invoice show --json` and `GET /v1/invoices/{number}`: the invoice document."""
+    return document(get(conn, project, number))
 
 
 def heading(row: Row[Any]) -> dict[str, Any]:

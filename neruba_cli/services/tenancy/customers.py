@@ -44,6 +44,33 @@ class ImportReport:
         keep(self.rejects, item, writer)
 
 
+def create(
+    session: Session,
+    project: Project,
+    *,
+    external_id: str,
+    name: str | None = None,
+    email: str | None = None,
+    currency: str | None = None,
+    timezone: str | None = None,
+    stripe_id: str | None = None,
+    now: datetime,
+) -> Customer:
+    """`customer create` and `POST /v1/customers`: validate the fields (blank optional ones
+    take the project's defaults) and create the customer; AlreadyExists when its external id
+    is taken in the project."""
+    spec = customer_spec(
+        external_id=external_id,
+        name=name,
+        email=email,
+        currency=currency,
+        timezone=timezone,
+        stripe_id=stripe_id,
+        defaults=spec_of(project),
+    )
+    return create_customer(session, project, spec, now=now)
+
+
 def create_customer(
     session: Session, project: Project, spec: CustomerSpec, *, now: datetime
 ) -> Customer:
@@ -236,12 +263,15 @@ def get_customer(session: Session, project: Project, ident: str) -> Customer:
     return customer
 
 
-def list_customers(session: Session, project: Project) -> list[Customer]:
-    return list(
-        session.scalars(
-            select(Customer).where(Customer.project_id == project.id).order_by(Customer.external_id)
-        )
-    )
+def list_customers(
+    session: Session, project: Project, *, after: str | None = None, limit: int | None = None
+) -> list[Customer]:
+    """The project's customers by external id (unique in a project): with `after`, those
+    that sort after it, so a reader walking pages neither repeats nor skips a customer."""
+    query = select(Customer).where(Customer.project_id == project.id)
+    if after is not None:
+        query = query.where(Customer.external_id > after)
+    return list(session.scalars(query.order_by(Customer.external_id).limit(limit)))
 
 
 def to_dict(customer: Customer) -> dict[str, Any]:
