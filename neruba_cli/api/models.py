@@ -38,16 +38,21 @@ class Span(BaseModel):
     end: str
 
 
-class InvoiceSummary(Open):
-    """The list form of an invoice (`neruba invoice list --json`)."""
+class InvoiceHeading(Open):
+    """What names an invoice: the first keys of its list form and of its explanation."""
 
     number: str
     customer: str
     kind: str
     status: str
-    label: str
+    label: str = Field(description="The month whose run billed it (YYYY-MM).")
     period: Span
     currency: str
+
+
+class InvoiceSummary(InvoiceHeading):
+    """The list form of an invoice (`neruba invoice list --json`)."""
+
     subtotal: str
     credits_applied: str
     total: str
@@ -106,16 +111,9 @@ class Correction(BaseModel):
     status: str
 
 
-class Explanation(Open):
+class Explanation(InvoiceHeading):
     """Why each amount is what it is (`neruba invoice explain NUMBER --json`)."""
 
-    number: str
-    customer: str
-    kind: str
-    status: str
-    label: str
-    period: Span
-    currency: str
     lines: list[dict[str, Any]]
     subtotal: str
     credits_applied: str
