@@ -41,6 +41,7 @@ MATRIX: dict[str, list[str]] = {
     "demo": ["--dir", "demo-out"],
     "doctor": [],
     "stats": [],
+    "serve": [],
     "db upgrade": [],
     "db current": [],
     "db downgrade": ["base", "--yes"],
