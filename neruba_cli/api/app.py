@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from neruba_cli.api import errors
 from neruba_cli.api.auth import KeyCache
 from neruba_cli.api.middleware import RequestContext
-from neruba_cli.api.routes import customers, events, invoices, ops
+from neruba_cli.api.routes import credits, customers, events, invoices, ops
 from neruba_cli.config import ApiSection, resolve_api_settings, resolve_settings
 from neruba_cli.db.engine import create_db_engine
 
@@ -52,7 +52,7 @@ def create_app(database_url: str, settings: ApiSection) -> FastAPI:
         engine=create_db_engine(database_url), settings=settings, database_url=database_url
     )
     errors.install(app)
-    for module in (ops, events, customers, invoices):
+    for module in (ops, events, customers, invoices, credits):
         app.include_router(module.router)
     app.add_middleware(RequestContext)
     return app

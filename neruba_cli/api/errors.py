@@ -27,6 +27,7 @@ STATUS_BY_KIND: dict[str, tuple[int, str]] = {
     "usage_error": (400, "invalid_request"),
     "not_found": (404, "not_found"),
     "already_exists": (409, "conflict"),
+    "idempotency_conflict": (409, "conflict"),
     "access_denied": (403, "forbidden"),
     "lock_held": (409, "busy"),
     "lock_lost": (409, "busy"),
@@ -156,7 +157,7 @@ def install(app: FastAPI) -> None:
             message = f"unknown field {param!r}"
         elif first.get("type") == "json_invalid":
             message = "the body is not valid JSON"
-        elif param:
+        elif param and not message.startswith(f"{param}:"):
             message = f"{param}: {message[:1].lower()}{message[1:]}"
         status = 400 if first.get("type") == "json_invalid" else 422
         return error_response(request, status, "invalid_request", message, param=param)

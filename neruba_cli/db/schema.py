@@ -764,3 +764,28 @@ class RetentionRun(Base):
     actor: Mapped[str] = mapped_column(String(200))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class IdempotencyRecord(Base):
+    """The stored answer of an HTTP request sent with an `Idempotency-Key` (api/idempotency.py):
+    written in the transaction that did the request's work, so neither exists without the
+    other. Kept per project and key until `expires_at`; a sweep deletes expired ones."""
+
+    __tablename__ = "idempotency_records"
+    __table_args__ = (
+        UniqueConstraint("project_id", "idempotency_key"),
+        Index(None, "expires_at"),
+        MYSQL_TABLE,
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ID, ForeignKey("projects.id"))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(1000))
+    fingerprint: Mapped[str] = mapped_column(String(71))  # sha256: of the canonical body
+    status: Mapped[int] = mapped_column(Integer)  # 0 while the request's transaction runs
+    response: Mapped[str | None] = mapped_column(LONG_TEXT)  # the JSON body answered
+    actor: Mapped[str] = mapped_column(String(200))  # the API key that sent it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -180,8 +180,6 @@ def grant(
     """A new grant, posted to the ledger; (grant, created). The same idempotency key with the
     same arguments returns the first grant; with other arguments it is an error."""
 
-    _refuse_negative(request.amount)
-
     def attempt() -> tuple[dict[str, Any], bool]:
         try:
             return _grant(engine, project, request, actor=actor, now=now)
@@ -199,46 +197,55 @@ def _grant(
     engine: Engine, project: Project, request: GrantRequest, *, actor: str, now: datetime
 ) -> tuple[dict[str, Any], bool]:
     with begin_write(engine) as conn:
-        customer = _customer(conn, project, request.customer)
-        currency, minor = _parsed(request, customer)
-        args_hash = _args_hash(customer.id, currency, minor, request)
-        # Every transaction that touches a wallet locks it first (services/ledger/postings.py).
-        lock_wallet(conn, project, customer.id, currency, now=now)
-        if request.idempotency_key is not None:
-            previous = _by_key(conn, project, request.idempotency_key)
-            if previous is not None:
-                if previous.args_hash != args_hash:
-                    raise IdempotencyConflict(
-                        f"idempotency key {request.idempotency_key!r} already granted "
-                        f"{previous.id} with other arguments; nothing was granted",
-                        hint="a key names one grant; use a new key for a new grant",
-                    )
-                return grant_dict(previous, now), False
-        _check_currency(request, customer, currency)
-        _check_terms(request, now)
-        grant_id = new_id("grt")
-        insert_grant(
-            conn,
-            project,
-            grant_id=grant_id,
-            customer_id=customer.id,
-            currency=currency,
-            minor=minor,
-            priority=request.priority,
-            category=request.category,
-            expires_at=request.expires_at,
-            reason=request.reason,
-            source="grant",
-            source_ref=None,
-            idempotency_key=request.idempotency_key,
-            args_hash=args_hash,
-            now=now,
-        )
-        facts = GrantFacts(grant_id, customer.id, currency, minor, cast(Category, request.category))
-        ledger_postings.post(
-            conn, project, credit_granted(facts), effective_at=now, actor=actor, now=now
-        )
-        return grant_dict(_get(conn, project, grant_id), now), True
+        return grant_in(conn, project, request, actor=actor, now=now)
+
+
+def grant_in(
+    conn: Connection, project: Project, request: GrantRequest, *, actor: str, now: datetime
+) -> tuple[dict[str, Any], bool]:
+    """`grant` in the caller's write transaction (`begin_write`), e.g. one that also records
+    the request's idempotency key; the caller retries it as `grant` does."""
+    _refuse_negative(request.amount)
+    customer = _customer(conn, project, request.customer)
+    currency, minor = _parsed(request, customer)
+    args_hash = _args_hash(customer.id, currency, minor, request)
+    # Every transaction that touches a wallet locks it first (services/ledger/postings.py).
+    lock_wallet(conn, project, customer.id, currency, now=now)
+    if request.idempotency_key is not None:
+        previous = _by_key(conn, project, request.idempotency_key)
+        if previous is not None:
+            if previous.args_hash != args_hash:
+                raise IdempotencyConflict(
+                    f"idempotency key {request.idempotency_key!r} already granted "
+                    f"{previous.id} with other arguments; nothing was granted",
+                    hint="a key names one grant; use a new key for a new grant",
+                )
+            return grant_dict(previous, now), False
+    _check_currency(request, customer, currency)
+    _check_terms(request, now)
+    grant_id = new_id("grt")
+    insert_grant(
+        conn,
+        project,
+        grant_id=grant_id,
+        customer_id=customer.id,
+        currency=currency,
+        minor=minor,
+        priority=request.priority,
+        category=request.category,
+        expires_at=request.expires_at,
+        reason=request.reason,
+        source="grant",
+        source_ref=None,
+        idempotency_key=request.idempotency_key,
+        args_hash=args_hash,
+        now=now,
+    )
+    facts = GrantFacts(grant_id, customer.id, currency, minor, cast(Category, request.category))
+    ledger_postings.post(
+        conn, project, credit_granted(facts), effective_at=now, actor=actor, now=now
+    )
+    return grant_dict(_get(conn, project, grant_id), now), True
 
 
 def insert_grant(conn: Connection, project: Project, **values: Any) -> None:
