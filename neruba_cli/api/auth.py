@@ -121,7 +121,9 @@ def authenticate(request: Request, secret: str) -> Access:
     if cached is not None:
         return cached
     try:
-        with Session(state.engine) as session, session.begin():
+        # A write transaction: authenticating may note the key's `last_used_at`, and a SQLite
+        # reader that then writes fails at once if another worker wrote in between.
+        with begin_write(state.engine) as conn, Session(bind=conn) as session:
             found = access.authenticate(session, secret, now=now)
     except NerubaError:
         raise ApiError(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"}) from None

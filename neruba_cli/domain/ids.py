@@ -41,6 +41,7 @@ PREFIXES = frozenset(
     | {"slk", "sob", "swh", "spl"}  # Stripe link, mirrored object, webhook event, pull sweep
     | {"ret"}  # retention run
     | {"req"}  # an HTTP request (`Request-Id`)
+    | {"idm"}  # the stored answer of a request sent with an Idempotency-Key
 )
 
 
