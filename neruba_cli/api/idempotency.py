@@ -88,7 +88,12 @@ async def idempotency(
 ) -> Idempotent:
     if key is None:
         return Idempotent(None)
-    if not 0 < len(key) <= records.MAX_KEY_LENGTH or not key.isascii() or not key.isprintable() or key != key.strip():
+    if (
+        not 0 < len(key) <= records.MAX_KEY_LENGTH
+        or not key.isascii()
+        or not key.isprintable()
+        or key != key.strip()
+    ):
         raise ApiError(
             400,
             f"{HEADER} must be 1 to {records.MAX_KEY_LENGTH} printable ASCII characters "

@@ -62,9 +62,7 @@ def test_the_key_with_another_body_or_route_is_a_conflict(cli: Cli, serve) -> No
         assert grant(http, "k-1", {"amount": "10.00"}).status_code == 201
         other_body = grant(http, "k-1", {"amount": "10.01"})
         other_route = grant(http, "k-1", {"amount": "10.00"}, path="/v1/customers/c2/credits")
-        bad_keys = [
-            grant(http, bad, {"amount": "1.00"}) for bad in ("x" * 256, "clé".encode())
-        ]
+        bad_keys = [grant(http, bad, {"amount": "1.00"}) for bad in ("x" * 256, "clé".encode())]
         empty = grant(http, "", {"amount": "1.00"})
     for answer, says in ((other_body, "another body"), (other_route, "/v1/customers/c1/credits")):
         assert answer.status_code == 409, answer.text
@@ -154,10 +152,8 @@ def test_an_expired_key_is_free_again_and_swept(cli: Cli, serve) -> None:  # typ
         assert grant(http, "old", {"amount": "1.00"}).status_code == 201
         assert grant(http, "older", {"amount": "2.00"}).status_code == 201
     records = idempotency_records_t
-    stored = {
-        row.idempotency_key: row
-        for row in engine.connect().execute(select(records)).all()  # noqa: SIM115
-    }
+    with engine.connect() as conn:
+        stored = {row.idempotency_key: row for row in conn.execute(select(records)).all()}
     assert set(stored) == {"old", "older"}
     assert stored["old"].expires_at - stored["old"].created_at == timedelta(hours=24)
     past = datetime.now(UTC) - timedelta(seconds=1)
