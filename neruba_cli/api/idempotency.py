@@ -2,7 +2,8 @@
 
 A route takes `idempotent: Idempotent = Depends(idempotency)` after its `requires(...)` and
 answers with `idempotent.respond(caller, work)`, where `work(conn, project)` does the route's
-work in the given write transaction and returns (status, JSON body). Without the header the
+work in the given write transaction and returns (status, JSON body) (`with_session(work)` for
+work on an ORM session). Without the header the
 work simply runs. With it (services/tenancy/idempotency.py):
 
 - a new key: the work runs and its answer is stored in the same transaction;
@@ -32,6 +33,7 @@ import orjson
 from fastapi import Header, Request
 from fastapi.responses import ORJSONResponse
 from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session
 
 from neruba_cli.api.auth import Caller
 from neruba_cli.api.errors import ApiError, ErrorResponse
@@ -44,6 +46,7 @@ SWEEP_SECONDS = 600.0
 
 # Route work in the request's write transaction: (status, JSON body).
 RouteWork = Callable[[Connection, Project], tuple[int, Any]]
+SessionWork = Callable[[Session, Project], tuple[int, Any]]
 
 # For the `responses` of an idempotent route.
 IDEMPOTENCY_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -110,6 +113,18 @@ def _fingerprint(raw: bytes) -> str:
         return records.fingerprint(orjson.loads(raw) if raw.strip() else None)
     except orjson.JSONDecodeError:  # e.g. an integer beyond 64 bits: compare the bytes
         return records.fingerprint(raw.decode("utf-8", errors="replace"))
+
+
+def with_session(work: SessionWork) -> RouteWork:
+    """Work written for an ORM session, run in the request's transaction."""
+
+    def run(conn: Connection, project: Project) -> tuple[int, Any]:
+        with Session(bind=conn, expire_on_commit=False) as session:
+            answer = work(session, project)
+            session.flush()
+            return answer
+
+    return run
 
 
 class _Sweeper:

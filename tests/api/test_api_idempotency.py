@@ -21,7 +21,7 @@ from tests.support.shops import new_project
 ROUTE = "/v1/customers/c1/credits"
 
 
-def grant(
+def post(
     http: httpx.Client, idempotency_key: str | bytes, body: Any, path: str = ROUTE
 ) -> httpx.Response:
     return http.post(path, json=body, headers={"Idempotency-Key": idempotency_key})
@@ -33,8 +33,8 @@ def test_the_same_key_and_body_replay_the_first_answer_and_grant_once(cli: Cli, 
     server = serve(cli.db_url)
     body = {"amount": "10.00", "reason": "sorry", "category": "paid"}
     with client(server, secret) as http:
-        first = grant(http, "grant-c1-1", body)
-        again = grant(http, "grant-c1-1", body)
+        first = post(http, "grant-c1-1", body)
+        again = post(http, "grant-c1-1", body)
         # The same document spaced and ordered otherwise is the same body.
         reordered = http.post(
             ROUTE,
@@ -59,11 +59,11 @@ def test_the_key_with_another_body_or_route_is_a_conflict(cli: Cli, serve) -> No
     other_project = key(cli, "credits", project="other")
     server = serve(cli.db_url)
     with client(server, secret) as http:
-        assert grant(http, "k-1", {"amount": "10.00"}).status_code == 201
-        other_body = grant(http, "k-1", {"amount": "10.01"})
-        other_route = grant(http, "k-1", {"amount": "10.00"}, path="/v1/customers/c2/credits")
-        bad_keys = [grant(http, bad, {"amount": "1.00"}) for bad in ("x" * 256, "clé".encode())]
-        empty = grant(http, "", {"amount": "1.00"})
+        assert post(http, "k-1", {"amount": "10.00"}).status_code == 201
+        other_body = post(http, "k-1", {"amount": "10.01"})
+        other_route = post(http, "k-1", {"amount": "10.00"}, path="/v1/customers/c2/credits")
+        bad_keys = [post(http, bad, {"amount": "1.00"}) for bad in ("x" * 256, "clé".encode())]
+        empty = post(http, "", {"amount": "1.00"})
     for answer, says in ((other_body, "another body"), (other_route, "/v1/customers/c1/credits")):
         assert answer.status_code == 409, answer.text
         error = answer.json()["error"]
@@ -75,7 +75,7 @@ def test_the_key_with_another_body_or_route_is_a_conflict(cli: Cli, serve) -> No
     assert empty.status_code == 400
     # Keys are per project: the other project's key may use the same one.
     with client(server, other_project) as http:
-        assert grant(http, "k-1", {"amount": "3.00"}).status_code == 201
+        assert post(http, "k-1", {"amount": "3.00"}).status_code == 201
     assert ok(cli, "wallet", "show", "c1")["balance"] == "10.00"
     assert ok(cli, "wallet", "show", "c2")["balance"] == "0.00"
     assert ok(cli, "wallet", "show", "c1", project="other")["balance"] == "3.00"
@@ -86,8 +86,8 @@ def test_a_refused_request_stores_nothing_and_may_be_sent_again(cli: Cli, serve)
     secret = key(cli, "credits")
     server = serve(cli.db_url)
     with client(server, secret) as http:
-        refused = grant(http, "k-2", {"amount": "10.00", "currency": "EUR"})
-        fixed = grant(http, "k-2", {"amount": "10.00"})
+        refused = post(http, "k-2", {"amount": "10.00", "currency": "EUR"})
+        fixed = post(http, "k-2", {"amount": "10.00"})
     assert refused.status_code == 422, refused.text
     assert fixed.status_code == 201, fixed.text
     assert "Idempotent-Replayed" not in fixed.headers
@@ -106,7 +106,7 @@ def test_concurrent_requests_with_one_key_grant_once(cli: Cli, serve) -> None:  
     def send() -> None:
         with client(server, secret) as http:
             start.wait()
-            answer = grant(http, "race", {"amount": "7.77"})
+            answer = post(http, "race", {"amount": "7.77"})
         with lock:
             answers.append(answer)
 
@@ -130,13 +130,13 @@ def test_a_stored_answer_survives_a_killed_server(cli: Cli, serve) -> None:  # t
     secret = key(cli, "credits")
     server = serve(cli.db_url)
     with client(server, secret) as http:
-        first = grant(http, "k-3", {"amount": "4.20"})
+        first = post(http, "k-3", {"amount": "4.20"})
     assert first.status_code == 201
     server.stop(signal.SIGKILL)
     restarted = serve(cli.db_url)
     with client(restarted, secret) as http:
-        replay = grant(http, "k-3", {"amount": "4.20"})
-        conflict = grant(http, "k-3", {"amount": "4.21"})
+        replay = post(http, "k-3", {"amount": "4.20"})
+        conflict = post(http, "k-3", {"amount": "4.21"})
     assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
     assert replay.content == first.content
     assert conflict.status_code == 409
@@ -149,8 +149,8 @@ def test_an_expired_key_is_free_again_and_swept(cli: Cli, serve) -> None:  # typ
     engine = create_db_engine(cli.db_url)
     server = serve(cli.db_url)
     with client(server, secret) as http:
-        assert grant(http, "old", {"amount": "1.00"}).status_code == 201
-        assert grant(http, "older", {"amount": "2.00"}).status_code == 201
+        assert post(http, "old", {"amount": "1.00"}).status_code == 201
+        assert post(http, "older", {"amount": "2.00"}).status_code == 201
     records = idempotency_records_t
     with engine.connect() as conn:
         stored = {row.idempotency_key: row for row in conn.execute(select(records)).all()}
@@ -160,15 +160,36 @@ def test_an_expired_key_is_free_again_and_swept(cli: Cli, serve) -> None:  # typ
     with engine.begin() as conn:
         conn.execute(update(records).values(expires_at=past))
     with client(server, secret) as http:  # expired: another body is a new request
-        fresh = grant(http, "old", {"amount": "5.00"})
+        fresh = post(http, "old", {"amount": "5.00"})
     assert fresh.status_code == 201 and "Idempotent-Replayed" not in fresh.headers
     server.stop()
     # A new worker sweeps expired records after storing its first one.
     with client(serve(cli.db_url), secret) as http:
-        assert grant(http, "new", {"amount": "0.50"}).status_code == 201
+        assert post(http, "new", {"amount": "0.50"}).status_code == 201
     with engine.connect() as conn:
         left = conn.execute(select(records.c.idempotency_key)).scalars().all()
         assert conn.execute(select(func.count()).select_from(records)).scalar_one() == 2
     assert sorted(left) == ["new", "old"]
     engine.dispose()
     assert ok(cli, "wallet", "show", "c1")["balance"] == "8.50"
+
+
+def test_creating_a_customer_with_a_key_is_answered_once(cli: Cli, serve) -> None:  # type: ignore[no-untyped-def]
+    new_project(cli)
+    secret = key(cli, "billing")
+    server = serve(cli.db_url)
+    body = {"external_id": "acme-eu", "currency": "EUR", "name": "Acme EU"}
+    with client(server, secret) as http:
+        first = post(http, "signup-1", body, path="/v1/customers")
+        again = post(http, "signup-1", body, path="/v1/customers")
+        other = post(http, "signup-1", {**body, "name": "Acme"}, path="/v1/customers")
+        without_key = http.post("/v1/customers", json=body)
+    assert first.status_code == 201, first.text
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.content == first.content
+    assert other.status_code == 409
+    assert other.json()["error"]["param"] == "Idempotency-Key"
+    assert without_key.status_code == 409  # taken: the key is what makes a repeat a replay
+    assert without_key.json()["error"]["param"] is None
+    shown = ok(cli, "customer", "show", "acme-eu")
+    assert shown["id"] == first.json()["id"] and shown["name"] == "Acme EU"

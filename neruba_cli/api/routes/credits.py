@@ -1,4 +1,6 @@
-"""Credit grants: the same service and rules as `neruba credits grant`."""
+"""Credit grants: the same service and rules as `neruba credits grant`.
+
+The customer is named as in routes/customers.py (an external id may hold a `/`)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy import Connection
 
 from neruba_cli.api.auth import Caller, requires
-from neruba_cli.api.errors import COMMON_ERRORS, ErrorResponse
+from neruba_cli.api.errors import COMMON_ERRORS, not_found
 from neruba_cli.api.idempotency import IDEMPOTENCY_ERRORS, Idempotent, idempotency
+from neruba_cli.api.models import Grant
+from neruba_cli.api.params import Text, identifier
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.credits import MAX_PRIORITY
 from neruba_cli.domain.errors import InvalidInput
@@ -69,7 +73,7 @@ class GrantBody(BaseModel):
         "refused).",
         examples=["50.00"],
     )
-    currency: str | None = Field(
+    currency: Text | None = Field(
         default=None,
         min_length=3,
         max_length=3,
@@ -87,7 +91,7 @@ class GrantBody(BaseModel):
         description="1 is spent before 2.",
     )
     category: Literal["paid", "promotional"] = "promotional"
-    reason: str | None = Field(default=None, max_length=500, description="Why (kept).")
+    reason: Text | None = Field(default=None, max_length=500, description="Why (kept).")
     allow_other_currency: StrictBool = Field(
         default=False,
         description="Grant in a currency the customer is not billed in (only invoices in "
@@ -109,36 +113,12 @@ class GrantBody(BaseModel):
         )
 
 
-class Grant(BaseModel):
-    """A grant, as `neruba credits list --json` shows it."""
-
-    id: str
-    customer: str
-    amount: str
-    remaining: str
-    currency: str
-    priority: int
-    expires_at: str | None
-    category: str
-    status: str
-    reason: str | None
-    source: str
-    source_ref: str | None
-    idempotency_key: str | None
-    created_at: str
-    revoked_at: str | None
-    revoke_reason: str | None
-
-
 @router.post(
-    "/{external_id}/credits",
+    "/{external_id:path}/credits",
     status_code=201,
     response_model=Grant,
     summary="Grant credit to a customer (`neruba credits grant`)",
-    responses={
-        404: {"model": ErrorResponse, "description": "No such customer"},
-        **IDEMPOTENCY_ERRORS,
-    },
+    responses={**not_found("customer"), **IDEMPOTENCY_ERRORS},
 )
 def grant_credits(
     external_id: str,
@@ -146,11 +126,12 @@ def grant_credits(
     caller: Caller = Depends(requires("credits")),
     idempotent: Idempotent = Depends(idempotency),
 ) -> ORJSONResponse:
-    request = body.request(external_id)
+    request = body.request(identifier(external_id, "customer"))
+    now = caller.now()
 
     def work(conn: Connection, project: Project) -> tuple[int, Any]:
         data, _created = credits.grant_in(
-            conn, project, request, actor=caller.access.actor.id, now=caller.now()
+            conn, project, request, actor=caller.access.actor.id, now=now
         )
         return 201, data
 

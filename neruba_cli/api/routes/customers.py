@@ -11,14 +11,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
 from neruba_cli.api import pagination
 from neruba_cli.api.auth import Caller, requires
 from neruba_cli.api.errors import COMMON_ERRORS, ErrorResponse, not_found
+from neruba_cli.api.idempotency import Idempotent, idempotency, with_session
 from neruba_cli.api.models import Customer, Usage, Wallet
 from neruba_cli.api.pagination import Page, PageRequest
 from neruba_cli.api.params import Text, identifier, moment
+from neruba_cli.db.schema import Project
 from neruba_cli.services.invoices import preview
 from neruba_cli.services.ledger import credits
 from neruba_cli.services.tenancy import customers
@@ -61,13 +65,15 @@ def list_customers(
         return {"data": [customers.to_dict(row) for row in shown], "next_cursor": cursor}
 
 
-def create_customer(caller: Caller, body: NewCustomer) -> dict[str, Any]:
+def create_customer(caller: Caller, body: NewCustomer, idempotent: Idempotent) -> ORJSONResponse:
     """`POST /v1/customers` over an authenticated caller and a parsed body."""
-    with caller.write_transaction() as session:
-        created = customers.create(
-            session, caller.project(session), **body.model_dump(), now=caller.now()
-        )
-        return customers.to_dict(created)
+    now = caller.now()
+
+    def work(session: Session, project: Project) -> tuple[int, Any]:
+        created = customers.create(session, project, **body.model_dump(), now=now)
+        return 201, customers.to_dict(created)
+
+    return idempotent.respond(caller, with_session(work))
 
 
 @router.post(
@@ -75,12 +81,20 @@ def create_customer(caller: Caller, body: NewCustomer) -> dict[str, Any]:
     status_code=201,
     response_model=Customer,
     summary="Create a customer",
-    responses={409: {"model": ErrorResponse, "description": "The external id is taken"}},
+    responses={
+        409: {
+            "model": ErrorResponse,
+            "description": "The external id is taken, or the Idempotency-Key was used with "
+            "another body or on another route",
+        }
+    },
 )
 def post_customer(
-    body: NewCustomer, caller: Caller = Depends(requires(CREATE_SCOPE))
-) -> dict[str, Any]:
-    return create_customer(caller, body)
+    body: NewCustomer,
+    caller: Caller = Depends(requires(CREATE_SCOPE)),
+    idempotent: Idempotent = Depends(idempotency),
+) -> ORJSONResponse:
+    return create_customer(caller, body, idempotent)
 
 
 @router.get(
