@@ -106,8 +106,8 @@ def insert_new(conn: Connection, table: str, rows: Sequence[Row]) -> int | None:
     number stored (all of them, or fewer if the dialect's insert skips stored keys), or None
     when a key turned out to be stored and nothing was."""
     dialect = conn.dialect.name
-    if dialect == "sqlite" or table != "events":
-        return insert_skipping(conn, table, rows)
+    if dialect == "sqlite" or table != "events" or (len(rows) == 1 and dialect == "postgresql"):
+        return insert_skipping(conn, table, rows)  # one row: one statement, its count exact
     try:
         with conn.begin_nested():
             if is_mysql(dialect):

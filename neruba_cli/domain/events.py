@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
@@ -61,6 +62,26 @@ ONE = Decimal(1)
 
 class Rejected(Exception):
     """Why a line was not accepted; the message goes to the rejects file as `reason`."""
+
+
+_REASON_FIELD = re.compile(
+    r"(?:unknown field '(?P<unknown>[^']+)'"
+    r"|unknown (?P<named>meter|customer)\b"
+    r"|negative (?P<negative>quantity)\b"
+    r"|conflicts with (?:event|charge) "
+    r"|(?P<field>idempotency_key|customer|meter|timestamp|quantity|operation|type|amount"
+    r"|description|properties(?:\.\S+)?)\b)"
+)
+
+
+def reason_field(reason: str) -> str | None:
+    """The input field a reject's reason is about (`quantity`, `properties.tokens`, an
+    unknown field's name; `idempotency_key` for a conflict), or None (not a JSON object)."""
+    found = _REASON_FIELD.match(reason)
+    if found is None:
+        return None
+    named = [value for value in found.groups() if value is not None]
+    return named[0] if named else "idempotency_key"
 
 
 @dataclass(frozen=True, slots=True)

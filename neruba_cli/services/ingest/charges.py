@@ -11,27 +11,17 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
-from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.charges import ChargeInput
+from neruba_cli.services.ingest.posted import write_one
 from neruba_cli.services.ingest.receipts import IngestSummary
-from neruba_cli.services.ingest.rejects import RejectsWriter
 from neruba_cli.services.ingest.validation import Pending
-from neruba_cli.services.ingest.writer import BatchWriter
 
 
 def record_charge(
     engine: Engine, project: Project, charge: ChargeInput, *, now: datetime
 ) -> tuple[str, IngestSummary]:
     """One charge through the same path as imported ones: accepted, duplicate or conflict."""
-    summary = IngestSummary(batch=new_id("bat"), source="charge add")
-    writer = BatchWriter(engine, project, summary, RejectsWriter(None), now)
-    writer.keeps_receipt = False  # a single charge has a batch id to tell it apart, no receipt
-    writer.flush([Pending(1, b"", charge, charge.payload_hash())])
-    if summary.accepted:
-        return "accepted", summary
-    if summary.duplicates:
-        return "duplicate", summary
-    if summary.conflicts:
-        return "conflict", summary
-    return "rejected", summary
+    pending = Pending(1, b"", charge, charge.payload_hash())
+    outcome, summary = write_one(engine, project, pending, now=now, source="charge add")
+    return outcome.status, summary

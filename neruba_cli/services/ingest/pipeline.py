@@ -24,7 +24,7 @@ from neruba_cli.db.schema import Project
 from neruba_cli.domain.catalog import MeterDef
 from neruba_cli.services.billing import run as billing_run
 from neruba_cli.services.ingest import receipts
-from neruba_cli.services.ingest.readers import Source, parsed_lines
+from neruba_cli.services.ingest.readers import Input
 from neruba_cli.services.ingest.receipts import IngestSummary
 from neruba_cli.services.ingest.rejects import Reject, RejectsWriter
 from neruba_cli.services.ingest.validation import Pending, Validator
@@ -43,12 +43,15 @@ class IngestOptions:
     create_customers: bool = False
     max_future: timedelta = DEFAULT_MAX_FUTURE
     batch_size: int = BATCH
+    # Each line's outcome in `summary.outcomes`, and a batch the database aborted to break a
+    # deadlock written again: for callers that keep no rejects file (the HTTP API).
+    per_line: bool = False
 
 
 def ingest(
     engine: Engine,
     project: Project,
-    source: Source,
+    source: Input,
     options: IngestOptions,
     *,
     meters: dict[str, MeterDef],
@@ -59,7 +62,11 @@ def ingest(
 ) -> IngestSummary:
     """Import every line of `source`; the receipt is stored unless this is a dry run."""
     started = datetime.now(UTC)
-    summary = IngestSummary(batch=None if options.dry_run else new_id("bat"), source=source.name)
+    summary = IngestSummary(
+        batch=None if options.dry_run else new_id("bat"),
+        source=source.name,
+        outcomes={} if options.per_line else None,
+    )
     if summary.batch is not None:
         receipts.open_receipt(engine, project, summary, options.fmt, actor, started)
     try:
@@ -88,7 +95,7 @@ def ingest(
 def _run(
     engine: Engine,
     project: Project,
-    source: Source,
+    source: Input,
     options: IngestOptions,
     summary: IngestSummary,
     meters: dict[str, MeterDef],
@@ -105,6 +112,7 @@ def _run(
         dry_run=options.dry_run,
         create_customers=options.create_customers,
     )
+    writer.retry_deadlocks = options.per_line
     validate = Validator(
         meters,
         charges_only=options.fmt == "charges",
@@ -115,7 +123,7 @@ def _run(
     lines = 0  # read so far: the summary counts them only as the writer takes them in
     with _Pipeline(writer) as pipeline:
         part = _Part()
-        for file, number, raw, obj in parsed_lines(source, options.fmt):
+        for file, number, raw, obj in source.parsed(options.fmt):
             lines += 1
             part.lines += 1
             item = validate(file, number, raw, obj)

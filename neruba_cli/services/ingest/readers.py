@@ -39,6 +39,30 @@ class Source:
     def name(self) -> str:
         return ", ".join(file_name(path) for path in self.paths)
 
+    def parsed(self, fmt: str) -> Iterator[tuple[str | None, int, bytes, Any]]:
+        return parsed_lines(self, fmt)
+
+
+@dataclass
+class Objects:
+    """Events already parsed (the body of an HTTP request): the n-th object is line n, and
+    the receipt's SHA-256 is the one of the bytes they were read from."""
+
+    name: str
+    objects: Sequence[Any]
+    body: bytes = b""
+    digest: Any = field(default_factory=hashlib.sha256)
+    bytes_read: int = 0
+
+    def parsed(self, fmt: str) -> Iterator[tuple[str | None, int, bytes, Any]]:
+        self.digest.update(self.body)
+        self.bytes_read = len(self.body)
+        for number, obj in enumerate(self.objects, 1):
+            yield None, number, b"", obj
+
+
+Input = Source | Objects  # what an import reads: files, or objects already parsed
+
 
 def guess_format(paths: Sequence[str], explicit: str | None) -> str:
     if explicit is not None:

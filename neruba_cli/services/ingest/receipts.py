@@ -20,6 +20,16 @@ from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.ingest.rejects import Reject, RejectsWriter, keep
 
 
+@dataclass(frozen=True, slots=True)
+class LineOutcome:
+    """What became of one line: accepted, duplicate, conflict (with the stored event) or
+    rejected, with the reason."""
+
+    status: str
+    reason: str | None = None
+    stored: dict[str, object] | None = None
+
+
 @dataclass
 class IngestSummary:
     batch: str | None
@@ -42,6 +52,8 @@ class IngestSummary:
     rejects: list[Reject] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # stored as given, but worth a look
     seconds: float = 0.0
+    # line -> what became of it, when the caller asked for each line's outcome (the HTTP API)
+    outcomes: dict[int, LineOutcome] | None = None
 
     @property
     def periods(self) -> list[str]:
@@ -54,6 +66,14 @@ class IngestSummary:
         else:
             self.rejected += 1
         keep(self.rejects, item, writer)
+        if self.outcomes is not None:
+            status = "conflict" if conflict else "rejected"
+            self.outcomes[item.line] = LineOutcome(status, item.reason, item.stored)
+
+    def duplicate(self, line: int) -> None:
+        self.duplicates += 1
+        if self.outcomes is not None:
+            self.outcomes[line] = _DUPLICATE
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +99,9 @@ class IngestSummary:
                 else {"replaced": self.replaced, "amended": self.amended, "voided": self.voided}
             ),
         }
+
+
+_DUPLICATE = LineOutcome("duplicate")
 
 
 def open_receipt(

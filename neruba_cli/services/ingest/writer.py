@@ -13,6 +13,7 @@ crashed import simply runs again and converges to the same events.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, Table, insert, select
 
-from neruba_cli.db import bulk_insert
+from neruba_cli.db import bulk_insert, retry
 from neruba_cli.db.bulk_insert import StoredKeys, db_time
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Customer, ImportBatch, Project
@@ -37,10 +38,12 @@ from neruba_cli.domain.events import (
 from neruba_cli.domain.money import decimal_text
 from neruba_cli.domain.suggest import did_you_mean
 from neruba_cli.domain.timestamps import format_ts
-from neruba_cli.services.ingest.receipts import IngestSummary, save_counts
+from neruba_cli.services.ingest.receipts import IngestSummary, LineOutcome, save_counts
 from neruba_cli.services.ingest.rejects import Reject, RejectsWriter, raw_text
 from neruba_cli.services.ingest.validation import HINTED_NAMES, Pending
 from neruba_cli.services.tenancy.customer_hints import ids_for_hints
+
+ACCEPTED = LineOutcome("accepted")
 
 
 class BatchWriter:
@@ -81,10 +84,58 @@ class BatchWriter:
         self.received_at = db_time(now, True)  # the text of `now` in every dialect
         self.unknown_customers: dict[str, str] = {}  # name -> the reject's reason, with a hint
         self.customer_names: list[str] | None = None  # the project's, for near-miss hints
+        self.retry_deadlocks = False  # run a deadlock victim's batch again (see flush)
 
-    def flush(self, batch: list[Pending], written: Callable[[], None] | None = None) -> None:
+    def flush(
+        self,
+        batch: list[Pending],
+        written: Callable[[], None] | None = None,
+        *,
+        then: Callable[[Connection], None] | None = None,
+    ) -> None:
         """Write and classify one batch in a transaction of its own; `written` is called
-        when all of it is done but the commit."""
+        when all of it is done but the commit, and `then` in the transaction after the
+        writes. With `retry_deadlocks`, a transaction the database aborted to break a
+        deadlock (concurrent writers of the same keys) runs again from the counts it began
+        with; only a writer without a rejects file may (a file cannot take lines back)."""
+        if not self.retry_deadlocks:
+            self._flush(batch, written, then)
+            return
+        assert self.rejects.path is None
+        saved = self._checkpoint()
+        attempts = 0
+
+        def once() -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                self._restore(saved)
+            self._flush(batch, written, then)
+
+        retry.retrying(once)
+
+    def _checkpoint(self) -> tuple[IngestSummary, dict[str, tuple[str, str]], int]:
+        summary = self.summary
+        copied = replace(
+            summary,
+            months=set(summary.months),
+            rejects=list(summary.rejects),
+            outcomes=None if summary.outcomes is None else dict(summary.outcomes),
+        )
+        return copied, dict(self.customers), self.rejects.count
+
+    def _restore(self, saved: tuple[IngestSummary, dict[str, tuple[str, str]], int]) -> None:
+        copied, self.customers, self.rejects.count = saved
+        for name in (item.name for item in fields(IngestSummary)):
+            setattr(self.summary, name, getattr(copied, name))
+        self.look_first = True
+
+    def _flush(
+        self,
+        batch: list[Pending],
+        written: Callable[[], None] | None,
+        then: Callable[[Connection], None] | None,
+    ) -> None:
         with self.engine.begin() as conn:
             self._resolve_customers(conn, {item.record.customer for item in batch})
             events: list[Pending] = []
@@ -103,6 +154,8 @@ class BatchWriter:
             for table, rows in ((events_t, events), (charges_t, charges)):
                 if rows:
                     self._write(conn, table, rows)
+            if then is not None:
+                then(conn)
             if self.summary.batch is not None and self.keeps_receipt:
                 save_counts(conn, self.summary)
             if written is not None:
@@ -279,13 +332,13 @@ class BatchWriter:
                 if earlier is item:
                     accepted.append(item)
                 elif earlier.digest == item.digest:
-                    self.summary.duplicates += 1
+                    self.summary.duplicate(item.line)
                 else:
                     conflicts.append(item)
             elif found[1] == self.summary.batch and found[2] == item.line:
                 accepted.append(item)
             elif found[0] == item.digest:
-                self.summary.duplicates += 1
+                self.summary.duplicate(item.line)
                 repeated.append(key)
             else:
                 conflicts.append(item)
@@ -307,6 +360,8 @@ class BatchWriter:
         if summary.last_event is None or latest > summary.last_event:
             summary.last_event = latest
         summary.months.update({(moment.year, moment.month) for moment in moments})
+        if summary.outcomes is not None:
+            summary.outcomes.update((item.line, ACCEPTED) for item in items)
 
     def _report_conflicts(self, conn: Connection, table: Table, conflicts: list[Pending]) -> None:
         keys = [item.record.idempotency_key for item in conflicts]
@@ -324,7 +379,7 @@ class BatchWriter:
         for item in conflicts:
             row = stored.get(item.record.idempotency_key)
             if row is not None and kind == "event" and _repeats_current(row, item):
-                self.summary.duplicates += 1
+                self.summary.duplicate(item.line)
                 self.summary.corrected_duplicates += 1
                 continue
             where = "earlier in this import"
