@@ -62,6 +62,8 @@ class ApiSection(BaseModel):
     port: int = Field(default=8080, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     docs: bool = False  # /openapi.json and /docs are 404 unless this is on
+    max_batch_events: int = Field(default=1000, ge=1, le=100_000)  # POST /v1/events/batch
+    max_body_bytes: int = Field(default=5 << 20, ge=1024, le=1 << 30)  # a request body: 413 over
 
 
 class ConfigFile(BaseModel):

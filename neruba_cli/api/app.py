@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from neruba_cli.api import errors
 from neruba_cli.api.auth import KeyCache
+from neruba_cli.api.catalogs import CatalogCache
 from neruba_cli.api.middleware import RequestContext
 from neruba_cli.api.routes import credits, customers, events, invoices, ops
 from neruba_cli.config import ApiSection, resolve_api_settings, resolve_settings
@@ -35,6 +36,7 @@ class ApiState:
     settings: ApiSection
     database_url: str
     keys: KeyCache = field(default_factory=KeyCache)
+    catalogs: CatalogCache = field(default_factory=CatalogCache)
     draining: bool = False
 
 

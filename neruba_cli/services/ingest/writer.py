@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, Table, insert, select
 
 from neruba_cli.db import bulk_insert, retry
 from neruba_cli.db.bulk_insert import StoredKeys, db_time
+from neruba_cli.db.engine import begin_write
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Customer, ImportBatch, Project
 from neruba_cli.db.tables import charges_t, events_t
@@ -136,7 +137,9 @@ class BatchWriter:
         written: Callable[[], None] | None,
         then: Callable[[Connection], None] | None,
     ) -> None:
-        with self.engine.begin() as conn:
+        # It reads the batch's customers and keys, then writes: on SQLite, a transaction that
+        # took the write lock at BEGIN, which another writer's commit cannot invalidate.
+        with begin_write(self.engine) as conn:
             self._resolve_customers(conn, {item.record.customer for item in batch})
             events: list[Pending] = []
             charges: list[Pending] = []

@@ -1,0 +1,51 @@
+"""The project and its meters, kept by each worker for `CATALOG_CACHE_SECONDS`.
+
+Every ingest request checks its events against the project's meters; reading and parsing them
+per request would cost more than storing the event. A meter the cache does not know is looked
+up again before an event naming it is refused, so a meter `catalog apply` just added is
+accepted at once; a changed meter (its aggregation, `allow_negative`, the property it reads)
+takes effect within `CATALOG_CACHE_SECONDS`, as a revoked key does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+from neruba_cli.api.auth import Caller
+from neruba_cli.db.schema import Project
+from neruba_cli.domain.catalog import MeterDef
+from neruba_cli.services.catalog import store as catalog_store
+
+CATALOG_CACHE_SECONDS = 5.0
+
+
+class CatalogCache:
+    def __init__(self, seconds: float = CATALOG_CACHE_SECONDS) -> None:
+        self.seconds = seconds
+        self._entries: dict[str, tuple[float, Project, dict[str, MeterDef]]] = {}
+        self._lock = threading.Lock()
+
+    def get(
+        self, caller: Caller, meters: Iterable[object] = ()
+    ) -> tuple[Project, dict[str, MeterDef]]:
+        """The caller's project and its meters: the kept ones while they are fresh and know
+        every name in `meters`, else read again."""
+        slug = caller.key.project_slug
+        with self._lock:
+            entry = self._entries.get(slug)
+        if entry is not None:
+            deadline, project, known = entry
+            if time.monotonic() < deadline and all(
+                name in known for name in meters if isinstance(name, str)
+            ):
+                return project, known
+        with caller.transaction() as session:
+            project = caller.project(session)
+            known = catalog_store.stored_meters(session, project)
+        with self._lock:
+            if len(self._entries) > 1000:  # many projects: start over rather than grow
+                self._entries.clear()
+            self._entries[slug] = (time.monotonic() + self.seconds, project, known)
+        return project, known
