@@ -43,8 +43,8 @@ class IngestOptions:
     create_customers: bool = False
     max_future: timedelta = DEFAULT_MAX_FUTURE
     batch_size: int = BATCH
-    # Each line's outcome in `summary.outcomes`, and a batch the database aborted to break a
-    # deadlock written again: for callers that keep no rejects file (the HTTP API).
+    # Each line's outcome in `summary.outcomes`, written by a `concurrent` writer (writer.py):
+    # for callers that keep no rejects file and race other writers (the HTTP API).
     per_line: bool = False
 
 
@@ -112,7 +112,7 @@ def _run(
         dry_run=options.dry_run,
         create_customers=options.create_customers,
     )
-    writer.retry_deadlocks = options.per_line
+    writer.concurrent = options.per_line
     validate = Validator(
         meters,
         charges_only=options.fmt == "charges",

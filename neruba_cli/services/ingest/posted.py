@@ -94,7 +94,7 @@ def write_one(
     writer = BatchWriter(engine, project, summary, RejectsWriter(None), now)
     writer.keeps_receipt = False
     writer.look_first = False  # a new key is the common case: insert, and look only if stored
-    writer.retry_deadlocks = True
+    writer.concurrent = True
 
     def late(conn: Connection) -> None:
         if late_events and summary.accepted and summary.batch is not None:

@@ -85,7 +85,10 @@ class BatchWriter:
         self.received_at = db_time(now, True)  # the text of `now` in every dialect
         self.unknown_customers: dict[str, str] = {}  # name -> the reject's reason, with a hint
         self.customer_names: list[str] | None = None  # the project's, for near-miss hints
-        self.retry_deadlocks = False  # run a deadlock victim's batch again (see flush)
+        # Other writers may store the same keys at the same time (the HTTP API's requests):
+        # new keys are inserted in key order, so two such writers never wait on each other in
+        # a cycle, and a batch the database still aborts to break a deadlock runs again.
+        self.concurrent = False
 
     def flush(
         self,
@@ -96,10 +99,10 @@ class BatchWriter:
     ) -> None:
         """Write and classify one batch in a transaction of its own; `written` is called
         when all of it is done but the commit, and `then` in the transaction after the
-        writes. With `retry_deadlocks`, a transaction the database aborted to break a
-        deadlock (concurrent writers of the same keys) runs again from the counts it began
-        with; only a writer without a rejects file may (a file cannot take lines back)."""
-        if not self.retry_deadlocks:
+        writes. A `concurrent` writer runs a transaction the database aborted to break a
+        deadlock again, from the counts it began with; only a writer without a rejects file
+        may (a file cannot take lines back)."""
+        if not self.concurrent:
             self._flush(batch, written, then)
             return
         assert self.rejects.path is None
@@ -244,6 +247,8 @@ class BatchWriter:
                 fresh.append(item)
         self.look_first = bool(stored)
         if fresh:
+            if self.concurrent:
+                fresh.sort(key=_key)
             rows = self._rows(table, fresh)
             inserted = bulk_insert.insert_new(conn, table.name, rows)
             if inserted is None:  # nothing stored: some key is stored already
@@ -396,6 +401,10 @@ class BatchWriter:
             )
             reject = Reject(item.line, reason, raw_text(item.raw), stored=payload, file=item.file)
             self.summary.reject(reject, self.rejects, conflict=True)
+
+
+def _key(item: Pending) -> str:
+    return item.record.idempotency_key
 
 
 def _corrected(conn: Connection, project_id: str, keys: list[str]) -> int:
