@@ -20,7 +20,14 @@ from tests.support import catalogs
 from tests.support.api import client, key
 from tests.support.cli import Cli, ok
 from tests.support.events import event, write_jsonl
-from tests.support.shops import INVOICE_CATALOG, finalize_month, invoice_shop, new_project
+from tests.support.shops import (
+    AS_OF,
+    INVOICE_CATALOG,
+    PERIOD,
+    finalize_month,
+    invoice_shop,
+    new_project,
+)
 
 
 def shop(cli: Cli, tmp_path: Path, slug: str = "acme") -> None:
@@ -49,6 +56,12 @@ def stored(cli: Cli, slug: str = "acme") -> dict[str, dict[str, Any]]:
     return {row["idempotency_key"]: row for row in rows}
 
 
+def shop_client(cli: Cli, tmp_path: Path, serve: Any) -> httpx.Client:
+    """The shop, a server on it and a client holding an `ingest` key."""
+    shop(cli, tmp_path)
+    return client(serve(cli.db_url), key(cli, "ingest"))
+
+
 def api_receipts(cli: Cli, slug: str = "acme") -> list[dict[str, Any]]:
     rows = ok(cli, "events", "receipts", "--limit", "10000", project=slug)
     return [row for row in rows if row["source"] == "api"]
@@ -57,9 +70,7 @@ def api_receipts(cli: Cli, slug: str = "acme") -> list[dict[str, Any]]:
 def test_one_event_is_accepted_then_a_duplicate_and_other_payloads_are_refused(
     cli: Cli, tmp_path: Path, serve: Any
 ) -> None:
-    shop(cli, tmp_path)
-    server = serve(cli.db_url)
-    with client(server, key(cli, "ingest")) as http:
+    with shop_client(cli, tmp_path, serve) as http:
         first = http.post("/v1/events", json=event("e1", quantity="3"))
         assert first.status_code == 200, first.text
         answer = first.json()
@@ -112,8 +123,8 @@ def test_one_event_is_accepted_then_a_duplicate_and_other_payloads_are_refused(
         not_object = http.post("/v1/events", json=[event("e9")])
         assert not_object.status_code == 422
         assert not_object.json()["error"]["message"] == "expected a JSON object"
-    with client(server, key(cli, "read")) as reader:
-        assert reader.post("/v1/events", json=event("e10")).status_code == 403
+        reader = {"Authorization": f"Bearer {key(cli, 'read')}"}
+        assert http.post("/v1/events", json=event("e10"), headers=reader).status_code == 403
     events = stored(cli)
     assert set(events) == {"e1"}
     assert (events["e1"]["quantity"], events["e1"]["customer"]) == ("3", "c1")
@@ -181,9 +192,7 @@ def test_an_event_in_a_finalized_period_names_the_stale_invoice(
 def test_a_batch_keeps_its_good_events_and_says_what_became_of_each(
     cli: Cli, tmp_path: Path, serve: Any
 ) -> None:
-    shop(cli, tmp_path)
-    server = serve(cli.db_url)
-    with client(server, key(cli, "ingest")) as http:
+    with shop_client(cli, tmp_path, serve) as http:
         assert http.post("/v1/events", json=event("old")).json()["status"] == "accepted"
         events: list[Any] = [
             event("b1"),
@@ -327,16 +336,7 @@ def test_the_same_events_through_http_and_a_file_store_and_bill_the_same(
     assert len(through_http) == 60
     invoices = {}
     for slug in ("acme", "twin"):
-        report = ok(
-            cli,
-            "run",
-            "bill",
-            "--period",
-            "2026-10",
-            "--as-of",
-            "2026-11-02T00:00:00Z",
-            project=slug,
-        )
+        report = ok(cli, "run", "bill", "--period", PERIOD, "--as-of", AS_OF, project=slug)
         assert report["invoices"] == 2
         shown = []
         for row in sorted(
