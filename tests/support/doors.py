@@ -9,10 +9,9 @@ through either:
   confined to the key's project and scopes exactly like the server; events go through a JSONL
   file and `neruba ingest`.
 - `HttpDoor`: a real `neruba serve` and httpx; one event goes to `POST /v1/events`, several
-  to `POST /v1/events/batch`; lists are walked page by page. The server writes a mutating
-  request's audit record after it has answered; the door waits for that record before it
-  returns, so the operator command a test runs next never races it (on SQLite a command
-  that reads and then writes fails at once when another write lands in between).
+  to `POST /v1/events/batch`; lists are walked page by page. After a mutating request the
+  door waits for its audit record (`audited`), so the operator command a test runs next
+  never races the server's last write.
 
 The operator's own work (catalog, subscriptions, `run bill`, finalizing) is not a door: it
 stays with the operator CLI in both cases.
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.tables import audit_records_t
@@ -56,6 +55,21 @@ class Door(Protocol):
     def invoices(self, **filters: str) -> list[dict[str, Any]]: ...
     def invoice(self, number: str) -> dict[str, Any]: ...
     def explain(self, number: str) -> dict[str, Any]: ...
+
+
+def audited(engine: Engine, answer: httpx.Response) -> httpx.Response:
+    """`answer` once the server has written its request's audit record: the server audits a
+    mutating request after answering it, and on SQLite an operator command that reads and
+    then writes fails at once when that write lands in between."""
+    pattern = f"%{answer.headers['Request-Id']}%"
+    query = select(func.count()).where(audit_records_t.c.arguments.like(pattern))
+    deadline = time.monotonic() + AUDIT_WAIT
+    while True:
+        with engine.connect() as conn:
+            if conn.execute(query).scalar_one():
+                return answer
+        assert time.monotonic() < deadline, f"no audit record of {answer.request.url}"
+        time.sleep(0.02)
 
 
 def summary(answer: dict[str, Any]) -> dict[str, Any]:
@@ -133,16 +147,7 @@ class HttpDoor:
         self.engine.dispose()
 
     def settled(self, answer: httpx.Response) -> httpx.Response:
-        """`answer` once the server has written the request's audit record."""
-        pattern = f"%{answer.headers['Request-Id']}%"
-        query = select(func.count()).where(audit_records_t.c.arguments.like(pattern))
-        deadline = time.monotonic() + AUDIT_WAIT
-        while True:
-            with self.engine.connect() as conn:
-                if conn.execute(query).scalar_one():
-                    return answer
-            assert time.monotonic() < deadline, f"no audit record of {answer.request.url}"
-            time.sleep(0.02)
+        return audited(self.engine, answer)
 
     def get(self, path: str, **params: str) -> Any:
         answer = self.http.get(path, params=params)
