@@ -57,18 +57,20 @@ class Door(Protocol):
     def explain(self, number: str) -> dict[str, Any]: ...
 
 
-def audited(engine: Engine, answer: httpx.Response) -> httpx.Response:
-    """`answer` once the server has written its request's audit record: the server audits a
-    mutating request after answering it, and on SQLite an operator command that reads and
-    then writes fails at once when that write lands in between."""
-    pattern = f"%{answer.headers['Request-Id']}%"
+def audited(engine: Engine, answer: httpx.Response | str) -> httpx.Response | str:
+    """`answer` (a response, or a request id) once the server has written its request's
+    audit record: the server audits a mutating request after answering it, and on SQLite an
+    operator command that reads and then writes fails at once when that write lands in
+    between."""
+    request_id = answer if isinstance(answer, str) else answer.headers["Request-Id"]
+    pattern = f"%{request_id}%"
     query = select(func.count()).where(audit_records_t.c.arguments.like(pattern))
     deadline = time.monotonic() + AUDIT_WAIT
     while True:
         with engine.connect() as conn:
             if conn.execute(query).scalar_one():
                 return answer
-        assert time.monotonic() < deadline, f"no audit record of {answer.request.url}"
+        assert time.monotonic() < deadline, f"no audit record of request {request_id}"
         time.sleep(0.02)
 
 
@@ -147,7 +149,8 @@ class HttpDoor:
         self.engine.dispose()
 
     def settled(self, answer: httpx.Response) -> httpx.Response:
-        return audited(self.engine, answer)
+        audited(self.engine, answer)
+        return answer
 
     def get(self, path: str, **params: str) -> Any:
         answer = self.http.get(path, params=params)
