@@ -17,7 +17,7 @@ from tests.support import catalogs
 from tests.support.api import client, key
 from tests.support.cli import Cli, ok
 from tests.support.doors import audited
-from tests.support.shops import new_project
+from tests.support.shops import finalize_month, new_project
 
 # Plan metered: 10.00 a month in arrears, api_calls 0.05 each.
 CATALOG = catalogs.catalog(
@@ -110,16 +110,7 @@ def test_an_application_sends_usage_reads_balances_and_invoices_and_grants_credi
         assert (wallet["balance"], [g["id"] for g in wallet["grants"]]) == ("4.00", [granted["id"]])
 
         # the operator bills October with the CLI
-        report = ok(
-            cli,
-            "run",
-            "bill",
-            "--period",
-            "2026-10",
-            "--as-of",
-            "2026-11-02T00:00:00Z",
-            "--finalize",
-        )
+        report = finalize_month(cli)
         (number,) = report["finalized"]
 
         listed = answered(read.get("/v1/invoices", params={"period": "2026-10", "customer": "c1"}))
