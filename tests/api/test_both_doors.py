@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support import catalogs
-from tests.support.api import ApiServer, key
+from tests.support.api import key
 from tests.support.cli import Cli, ok
-from tests.support.doors import ALL_SCOPES, CliDoor, Door, HttpDoor, money_view
+from tests.support.doors import ALL_SCOPES, COUNTS, CliDoor, Door, HttpDoor, money_view
 
 PERIOD = "2026-10"
 AS_OF = "2026-11-02T00:00:00Z"
@@ -86,10 +86,6 @@ def subscribe(cli: Cli, door: Door, customer: str, slug: str = "acme") -> None:
     ok(cli, "subscription", "create", customer, "pro", "--start", START, project=slug)
 
 
-def open_door(kind: str, cli: Cli, secret: str, tmp_path: Path, server: ApiServer) -> Door:
-    return CliDoor(cli, secret, tmp_path) if kind == "cli" else HttpDoor(server, secret)
-
-
 @pytest.fixture(params=["cli", "http"])
 def door(request: pytest.FixtureRequest, cli: Cli, serve: Any, tmp_path: Path) -> Iterator[Door]:
     """Project acme (the catalog above) and a door into it with an application's key."""
@@ -114,7 +110,7 @@ def counts(
 
 
 def counted(answer: dict[str, Any]) -> dict[str, int]:
-    return {name: answer[name] for name in ("accepted", "duplicates", "conflicts", "rejected")}
+    return {name: answer[name] for name in COUNTS}
 
 
 def lines_by_meter(document: dict[str, Any]) -> dict[str | None, tuple[Any, str]]:
@@ -140,19 +136,22 @@ def test_replayed_events_count_once_and_a_conflict_keeps_the_stored_event(
     # the good event of a batch is kept beside the conflict
     assert counted(door.ingest([changed, call(5)])) == counts(accepted=1, conflicts=1)
     assert counted(door.ingest([call(6), call(6)])) == counts(accepted=1, duplicates=1)
+    unknown = {**call(7), "meter": "api_cals"}  # no such meter: rejected, never stored
+    assert counted(door.ingest([unknown])) == counts(rejected=1)
+    assert counted(door.ingest([unknown, call(7)])) == counts(accepted=1, rejected=1)
 
     (preview,) = door.usage("c1", "2026-10-20T00:00:00Z")
-    assert lines_by_meter(preview)["api_calls"] == ("7", "0.70")
+    assert lines_by_meter(preview)["api_calls"] == ("8", "0.80")
     assert lines_by_meter(preview)["tokens"] == ("500", "0.40")  # 300 + 200, the first 100 free
 
     run_bill(cli)
     invoice = only_invoice(door)
     assert lines_by_meter(invoice) == {
         None: (None, "20.00"),
-        "api_calls": ("7", "0.70"),
+        "api_calls": ("8", "0.80"),
         "tokens": ("500", "0.40"),
     }
-    assert (invoice["status"], invoice["subtotal"], invoice["total"]) == ("draft", "21.10", "21.10")
+    assert (invoice["status"], invoice["subtotal"], invoice["total"]) == ("draft", "21.20", "21.20")
 
 
 def test_a_late_event_after_finalization_is_billed_as_a_correction(cli: Cli, door: Door) -> None:
