@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from neruba_cli.api.errors import ApiError
-from neruba_cli.db.engine import begin_write
+from neruba_cli.db.engine import write_session
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.errors import NerubaError
 from neruba_cli.domain.keys import SCOPES, holds_scope
@@ -91,13 +91,9 @@ class Caller:
     @contextmanager
     def write_transaction(self) -> Iterator[Session]:
         """A unit of work that reads and then writes: on SQLite it takes the write lock at
-        BEGIN (`db.engine.begin_write`), so a write committed by another request since this
+        BEGIN (`db.engine.write_session`), so a write committed by another request since this
         one read (an audit record, say) makes it wait rather than fail."""
-        with (
-            begin_write(self.engine) as conn,
-            Session(bind=conn, expire_on_commit=False) as session,
-            session.begin(),
-        ):
+        with write_session(self.engine) as session:
             yield session
 
     def project(self, session: Session) -> Project:
@@ -123,7 +119,7 @@ def authenticate(request: Request, secret: str) -> Access:
     try:
         # A write transaction: authenticating may note the key's `last_used_at`, and a SQLite
         # reader that then writes fails at once if another worker wrote in between.
-        with begin_write(state.engine) as conn, Session(bind=conn) as session:
+        with write_session(state.engine) as session:
             found = access.authenticate(session, secret, now=now)
     except NerubaError:
         raise ApiError(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"}) from None

@@ -33,7 +33,12 @@ from neruba_cli.config import (
     resolve_settings,
 )
 from neruba_cli.db import migrate
-from neruba_cli.db.engine import create_db_engine, explain_error, require_sqlite_file
+from neruba_cli.db.engine import (
+    create_db_engine,
+    explain_error,
+    require_sqlite_file,
+    write_session,
+)
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.errors import NerubaError, UsageError
 from neruba_cli.services.tenancy import access, audit, projects
@@ -195,8 +200,17 @@ class Runtime:
         return self._engines[check_schema]
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """One unit of work: committed when the block ends, rolled back on any error."""
+    def transaction(self, *, write: bool | None = None) -> Iterator[Session]:
+        """One unit of work: committed when the block ends, rolled back on any error.
+
+        A mutating command's (or `write=True`) reads and then writes, so on SQLite it takes
+        the write lock at BEGIN (`write_session`): a write committed meanwhile by another
+        process (a second command, `neruba serve`'s requests) then makes it wait its turn
+        instead of failing it at once."""
+        if self.policy.mutating if write is None else write:
+            with write_session(self.engine()) as session:
+                yield session
+            return
         with Session(self.engine(), expire_on_commit=False) as session, session.begin():
             yield session
 
@@ -222,7 +236,7 @@ class Runtime:
         secret = self.api_key
         if secret is None:
             return access.operator_access()
-        with self.transaction() as session:
+        with self.transaction(write=True) as session:  # it may note the key's last use
             return access.authenticate(session, secret, now=self.now())
 
     @property

@@ -28,6 +28,7 @@ from urllib.parse import unquote
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.orm import Session
 
 from neruba_cli.db import sqlite_functions
 from neruba_cli.db.retry import driver_errors
@@ -269,6 +270,20 @@ def begin_write(engine: Engine) -> Iterator[Connection]:
         conn.execution_options(**{WRITE_OPTION: True})
         with conn.begin():
             yield conn
+
+
+@contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """An ORM unit of work that reads and then writes, in `begin_write`'s transaction:
+    committed when the block ends, rolled back on any error. A write committed by someone else
+    since it read (another command, a request of `neruba serve`) makes it wait on SQLite
+    rather than fail."""
+    with (
+        begin_write(engine) as conn,
+        Session(bind=conn, expire_on_commit=False) as session,
+        session.begin(),
+    ):
+        yield session
 
 
 def _mysql_engine(url: URL) -> Engine:

@@ -9,9 +9,7 @@ through either:
   confined to the key's project and scopes exactly like the server; events go through a JSONL
   file and `neruba ingest`.
 - `HttpDoor`: a real `neruba serve` and httpx; one event goes to `POST /v1/events`, several
-  to `POST /v1/events/batch`; lists are walked page by page. After a mutating request the
-  door waits for its audit record (`audited`), so the operator command a test runs next
-  never races the server's last write.
+  to `POST /v1/events/batch`; lists are walked page by page.
 
 The operator's own work (catalog, subscriptions, `run bill`, finalizing) is not a door: it
 stays with the operator CLI in both cases.
@@ -23,15 +21,11 @@ subscriptions, timestamps): what two shops billed alike must share.
 from __future__ import annotations
 
 import itertools
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
-from sqlalchemy import Engine, func, select
 
-from neruba_cli.db.engine import create_db_engine
-from neruba_cli.db.tables import audit_records_t
 from tests.support.api import ApiServer, client
 from tests.support.cli import Cli
 from tests.support.events import write_jsonl
@@ -39,7 +33,6 @@ from tests.support.events import write_jsonl
 COUNTS = ("accepted", "duplicates", "conflicts", "rejected")
 ALL_SCOPES = ("ingest", "read", "billing", "credits")
 SINGLE_STATUS = {"accepted": "accepted", "duplicate": "duplicates"}
-AUDIT_WAIT = 10.0  # seconds: how long the server may take to audit a request it answered
 GRANT_FIELDS = ("customer", "amount", "remaining", "currency", "priority", "category", "status")
 
 
@@ -55,23 +48,6 @@ class Door(Protocol):
     def invoices(self, **filters: str) -> list[dict[str, Any]]: ...
     def invoice(self, number: str) -> dict[str, Any]: ...
     def explain(self, number: str) -> dict[str, Any]: ...
-
-
-def audited(engine: Engine, answer: httpx.Response | str) -> httpx.Response | str:
-    """`answer` (a response, or a request id) once the server has written its request's
-    audit record: the server audits a mutating request after answering it, and on SQLite an
-    operator command that reads and then writes fails at once when that write lands in
-    between."""
-    request_id = answer if isinstance(answer, str) else answer.headers["Request-Id"]
-    pattern = f"%{request_id}%"
-    query = select(func.count()).where(audit_records_t.c.arguments.like(pattern))
-    deadline = time.monotonic() + AUDIT_WAIT
-    while True:
-        with engine.connect() as conn:
-            if conn.execute(query).scalar_one():
-                return answer
-        assert time.monotonic() < deadline, f"no audit record of request {request_id}"
-        time.sleep(0.02)
 
 
 def summary(answer: dict[str, Any]) -> dict[str, Any]:
@@ -142,15 +118,9 @@ class HttpDoor:
 
     def __init__(self, server: ApiServer, secret: str) -> None:
         self.http = client(server, secret)
-        self.engine = create_db_engine(server.db_url)
 
     def close(self) -> None:
         self.http.close()
-        self.engine.dispose()
-
-    def settled(self, answer: httpx.Response) -> httpx.Response:
-        audited(self.engine, answer)
-        return answer
 
     def get(self, path: str, **params: str) -> Any:
         answer = self.http.get(path, params=params)
@@ -158,7 +128,7 @@ class HttpDoor:
         return answer.json()
 
     def post(self, path: str, body: dict[str, Any], *, status: int = 200, **headers: str) -> Any:
-        answer = self.settled(self.http.post(path, json=body, headers=headers))
+        answer = self.http.post(path, json=body, headers=headers)
         assert answer.status_code == status, (path, answer.status_code, answer.text)
         return answer.json()
 
@@ -168,7 +138,7 @@ class HttpDoor:
 
     def send(self, event: dict[str, Any]) -> httpx.Response:
         """`POST /v1/events` with one event."""
-        return self.settled(self.http.post("/v1/events", json=event))
+        return self.http.post("/v1/events", json=event)
 
     def batch(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         """`POST /v1/events/batch`: the summary, its results in request order."""
