@@ -9,6 +9,7 @@ working directory (cron runs in $HOME).
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -64,6 +65,19 @@ class ApiSection(BaseModel):
     docs: bool = False  # /openapi.json and /docs are 404 unless this is on
     max_batch_events: int = Field(default=1000, ge=1, le=100_000)  # POST /v1/events/batch
     max_body_bytes: int = Field(default=5 << 20, ge=1024, le=1 << 30)  # a request body: 413 over
+    # Requests per second per key (a token bucket in each worker); 0 turns the limit off.
+    rate_limit: float = Field(default=0, ge=0, le=1_000_000)
+    # Requests a key may send at once before the rate applies; default: one second's worth.
+    rate_burst: int | None = Field(default=None, ge=1, le=10_000_000)
+    # On SIGTERM or SIGINT: /readyz answers 503 for drain_delay_seconds while requests are
+    # still served, then the listener closes and requests in flight get drain_seconds to end.
+    drain_delay_seconds: float = Field(default=1.0, ge=0, le=3600)
+    drain_seconds: int = Field(default=10, ge=0, le=3600)
+    metrics_cache_seconds: float = Field(default=10.0, ge=0, le=3600)  # project figures
+
+    @property
+    def burst(self) -> int:
+        return self.rate_burst or max(1, math.ceil(self.rate_limit))
 
 
 class ConfigFile(BaseModel):

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 from sqlalchemy import Engine
 
-from neruba_cli.api import errors
+from neruba_cli.api import errors, lifecycle
 from neruba_cli.api.auth import KeyCache
 from neruba_cli.api.catalogs import CatalogCache
+from neruba_cli.api.limits import BodyLimit, RateLimiter
+from neruba_cli.api.metrics import ProjectFigures, RequestMetrics
 from neruba_cli.api.middleware import RequestContext
 from neruba_cli.api.routes import credits, customers, events, invoices, ops
 from neruba_cli.config import ApiSection, resolve_api_settings, resolve_settings
+from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine
 
 SETTINGS_VARIABLE = "NERUBA_SERVE_SETTINGS"  # set by `neruba serve` (cli/serve.py) for workers
@@ -35,12 +39,19 @@ class ApiState:
     engine: Engine
     settings: ApiSection
     database_url: str
+    head: str  # the schema revision this code needs (/readyz)
+    metrics: RequestMetrics
+    figures: ProjectFigures
+    limiter: RateLimiter
     keys: KeyCache = field(default_factory=KeyCache)
     catalogs: CatalogCache = field(default_factory=CatalogCache)
-    draining: bool = False
+    draining: bool = False  # set on SIGTERM/SIGINT by `neruba serve`: /readyz answers 503
+    readiness_failure: str = ""  # the last failures /readyz logged, to log each change once
 
 
-def create_app(database_url: str, settings: ApiSection) -> FastAPI:
+def create_app(database_url: str, settings: ApiSection, metrics_dir: str | None = None) -> FastAPI:
+    """The app of one worker; `metrics_dir` is the folder its workers share their request
+    counts through (api/metrics.py), None for counts of this process only."""
     app = FastAPI(
         title="Neruba API",
         version=API_VERSION,
@@ -49,14 +60,23 @@ def create_app(database_url: str, settings: ApiSection) -> FastAPI:
         docs_url="/docs" if settings.docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if settings.docs else None,
+        lifespan=lifecycle.lifespan,
     )
+    engine = create_db_engine(database_url)
     app.state.neruba = ApiState(
-        engine=create_db_engine(database_url), settings=settings, database_url=database_url
+        engine=engine,
+        settings=settings,
+        database_url=database_url,
+        head=migrate.head_revision(),
+        metrics=RequestMetrics(Path(metrics_dir) if metrics_dir else None),
+        figures=ProjectFigures(engine, settings.metrics_cache_seconds),
+        limiter=RateLimiter(settings.rate_limit, settings.burst),
     )
     errors.install(app)
     for module in (ops, events, customers, invoices, credits):
         app.include_router(module.router)
-    app.add_middleware(RequestContext)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext)  # outermost: every answer, a 413 included, has an id
     return app
 
 
@@ -64,6 +84,7 @@ def create_app_from_environment() -> FastAPI:
     given = os.environ.get(SETTINGS_VARIABLE)
     if given:
         data = orjson.loads(given)
-        return create_app(data["database_url"], ApiSection.model_validate(data["api"]))
+        api = ApiSection.model_validate(data["api"])
+        return create_app(data["database_url"], api, data.get("metrics_dir"))
     settings = resolve_settings()
     return create_app(settings.database_url, resolve_api_settings(settings, {}))

@@ -144,6 +144,7 @@ def requires(scope: str) -> Callable[..., Caller]:
         request.state.key_id = found.actor.id
         request.state.project = found.key.project_slug if found.key else None
         assert found.key is not None
+        request.app.state.neruba.limiter.check(found.key.key_id)  # 429 past the key's rate
         if not holds_scope(found.key.scopes, scope):
             raise ApiError(
                 403,

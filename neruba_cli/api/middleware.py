@@ -74,6 +74,9 @@ class RequestContext:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         state: dict[str, Any] = scope.get("state", {})
         method = scope["method"]
+        api_state = getattr(getattr(scope.get("app"), "state", None), "neruba", None)
+        if api_state is not None:
+            api_state.metrics.observe(method, route, status, seconds)
         access_log.info(
             orjson.dumps(
                 {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Annotated
 
 import typer
@@ -44,8 +46,9 @@ def register(app: typer.Typer) -> None:
         """Serve the HTTP API (ingest, reads, credits, health, metrics) on project keys.
 
         Settings: these flags, else NERUBA_API_HOST, NERUBA_API_PORT, NERUBA_API_WORKERS,
-        NERUBA_API_DOCS, else [api] in the config file. The database must be at the schema's
-        head (`neruba db upgrade`)."""
+        NERUBA_API_DOCS (and NERUBA_API_<SETTING> for the others), else [api] in the config
+        file. The database must be at the schema's head (`neruba db upgrade`). SIGTERM or
+        SIGINT drains: /readyz answers 503, then requests in flight finish, then exit 0."""
         import orjson
         import uvicorn
 
@@ -53,21 +56,32 @@ def register(app: typer.Typer) -> None:
             rt.settings, {"host": host, "port": port, "workers": workers, "docs": docs}
         )
         rt.engine()  # reachable and at head, or a clear error and its exit code now
+        # The workers add up their request counts for /metrics through files in this folder.
+        metrics_dir = tempfile.mkdtemp(prefix="neruba-serve-metrics-")
         os.environ[SETTINGS_VARIABLE] = orjson.dumps(
-            {"database_url": rt.settings.database_url, "api": settings.model_dump()}
+            {
+                "database_url": rt.settings.database_url,
+                "api": settings.model_dump(),
+                "metrics_dir": metrics_dir,
+            }
         ).decode()
         rt.out.say(
             f"Serving the Neruba API on http://{settings.host}:{settings.port} "
             f"({settings.workers} worker{'s' if settings.workers != 1 else ''})"
         )
-        uvicorn.run(
-            APP_FACTORY,
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level="warning",
-            access_log=False,
-            server_header=False,
-        )
+        try:
+            uvicorn.run(
+                APP_FACTORY,
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=settings.workers,
+                log_level="warning",
+                access_log=False,
+                server_header=False,
+                # SIGTERM/SIGINT: the app drains first (api/lifecycle.py), then this long
+                timeout_graceful_shutdown=settings.drain_seconds,
+            )
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         return 0

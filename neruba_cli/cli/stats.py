@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         days: Annotated[
             int,
             typer.Option("--days", metavar="N", help="Window for events by day and ingest lag."),
-        ] = 30,
+        ] = ops_stats.DEFAULT_DAYS,
         prometheus_file: Annotated[
             Path | None,
             typer.Option(

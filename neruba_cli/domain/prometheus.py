@@ -22,7 +22,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
-MetricType = Literal["counter", "gauge", "summary", "untyped"]
+MetricType = Literal["counter", "gauge", "summary", "histogram", "untyped"]
+# The suffixes a sample of a family may carry, by the family's type.
+SUFFIXES: dict[str, tuple[str, ...]] = {
+    "summary": ("", "_sum", "_count"),
+    "histogram": ("_bucket", "_sum", "_count"),
+}
 
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -34,7 +39,7 @@ _MICROSECOND = timedelta(microseconds=1)
 class Sample:
     labels: tuple[tuple[str, str], ...]
     value: int | Decimal
-    suffix: str = ""  # summaries: "_sum", "_count"
+    suffix: str = ""  # summaries: "_sum", "_count"; histograms: "_bucket" too
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,25 @@ def _check_name(name: str, seen: set[str]) -> None:
     seen.add(name)
 
 
+def merge(families: Iterable[Family]) -> list[Family]:
+    """Families of the same name made one (their samples in the order given), first seen
+    first: the figures of several projects, or of several processes, in one exposition."""
+    merged: dict[str, Family] = {}
+    for family in families:
+        seen = merged.get(family.name)
+        if seen is None:
+            merged[family.name] = family
+        elif seen.type != family.type:
+            raise ValueError(f"metric family {family.name} given as {seen.type} and {family.type}")
+        else:
+            merged[family.name] = Family(
+                seen.name, seen.type, seen.help, seen.samples + family.samples
+            )
+    return list(merged.values())
+
+
 def _sample_line(family: Family, sample: Sample) -> str:
-    if sample.suffix not in ("", "_sum", "_count") or (sample.suffix and family.type != "summary"):
+    if sample.suffix not in SUFFIXES.get(family.type, ("",)):
         raise ValueError(f"suffix {sample.suffix!r} on a {family.type} ({family.name})")
     return f"{family.name}{sample.suffix}{_labels(sample.labels)} {format_value(sample.value)}"
 

@@ -14,6 +14,11 @@ _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _SAMPLE = re.compile(rf"^({_NAME})(?:\{{(.*)\}})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)')
 _TYPES = {"counter", "gauge", "summary", "histogram", "untyped"}
+_SUFFIXED = {
+    "_sum": ("summary", "histogram"),
+    "_count": ("summary", "histogram"),
+    "_bucket": ("histogram",),
+}
 
 
 @dataclass(frozen=True)
@@ -53,10 +58,12 @@ def parse_exposition(text: str) -> tuple[dict[str, str], list[Parsed]]:
         assert match, where
         name, label_text, value_text = match.groups()
         family = name
-        for suffix in ("_sum", "_count"):
+        for suffix in ("_sum", "_count", "_bucket"):
             base = name.removesuffix(suffix)
-            if name.endswith(suffix) and types.get(base) == "summary":
+            if name.endswith(suffix) and types.get(base) in _SUFFIXED[suffix]:
                 family = base
+        if types.get(family) == "histogram":
+            assert name != family, f"a histogram sample without its suffix: {where}"
         assert family in types, f"sample before a TYPE line for its family: {where}"
         assert family == current and family not in finished, f"family split: {where}"
         labels: dict[str, str] = {}

@@ -124,9 +124,27 @@ def _check_database(report: Report, engine: Engine, url: str) -> None:
     report.checks.append(Check("database", "ok", detail))
 
 
-def _check_schema(report: Report, engine: Engine) -> None:
+def readiness(engine: Engine, url: str, *, head: str) -> list[Check]:
+    """The checks `GET /readyz` answers with, the first two of `neruba doctor`: the database
+    answers (a SQLite file is still where the URL says) and its schema is at `head`."""
+    report = Report()
+    try:
+        require_sqlite_file(url, "the server's database")
+    except NerubaError as exc:
+        report.checks.append(Check("database", "fail", str(exc)))
+        return report.checks
+    _check_database(report, engine, url)
+    if report.healthy:
+        try:
+            _check_schema(report, engine, head)
+        except (SQLAlchemyError, NerubaError) as exc:
+            report.checks.append(Check("schema", "fail", str(explain_error(exc, url))))
+    return report.checks
+
+
+def _check_schema(report: Report, engine: Engine, head: str | None = None) -> None:
     current = migrate.current_revision(engine)
-    head = migrate.head_revision()
+    head = head or migrate.head_revision()
     if current == head:
         report.checks.append(Check("schema", "ok", f"at head ({head})"))
     else:

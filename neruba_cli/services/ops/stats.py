@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, case, func, literal_column, select
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Integer
 
@@ -41,9 +42,11 @@ from neruba_cli.domain.prometheus import Family, Sample
 from neruba_cli.domain.stats import nearest_rank
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services import output_files
+from neruba_cli.services.tenancy import projects
 
 LAG_SAMPLE = 100_000  # newest events the lag percentiles are taken over
 MAX_DAYS = 366
+DEFAULT_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,16 @@ def _wallets(conn: Connection, project_id: str) -> dict[str, int]:
         .group_by(ledger_accounts_t.c.currency)
     )
     return {row.currency: -int(row.balance) for row in conn.execute(query)}
+
+
+def every_project(engine: Engine, *, now: datetime, days: int = DEFAULT_DAYS) -> list[Family]:
+    """The families of every project in one exposition, each sample labelled with its
+    project (what `GET /metrics` serves): the same reads as `neruba stats`, project by
+    project."""
+    with Session(engine) as session:
+        found = projects.list_projects(session)
+    read = [families(collect(engine, project, now=now, days=days)) for project in found]
+    return prometheus.merge(family for one in read for family in one)
 
 
 # --------------------------------------------------------------------------- Prometheus
