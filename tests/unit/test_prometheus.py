@@ -106,3 +106,43 @@ def test_the_parser_catches_what_the_format_forbids() -> None:
         parse_exposition("# TYPE x gauge\n# TYPE y gauge\ny 1\nx 2\n")
     with pytest.raises(AssertionError, match="bad labels"):
         parse_exposition('# TYPE x gauge\nx{a="b"c"} 1\n')
+
+
+def test_a_histogram_renders_buckets_sum_and_count() -> None:
+    labels = (("route", "/v1/x"),)
+    family = Family(
+        "latency_seconds",
+        "histogram",
+        "latency",
+        (
+            Sample((*labels, ("le", "0.1")), 1, "_bucket"),
+            Sample((*labels, ("le", "+Inf")), 2, "_bucket"),
+            Sample(labels, Decimal("0.250000"), "_sum"),
+            Sample(labels, 2, "_count"),
+        ),
+    )
+    types, samples = parse_exposition(prometheus.render([family]))
+    assert types == {"latency_seconds": "histogram"}
+    assert [(s.name, s.family, s.labels.get("le"), s.value) for s in samples] == [
+        ("latency_seconds_bucket", "latency_seconds", "0.1", Decimal(1)),
+        ("latency_seconds_bucket", "latency_seconds", "+Inf", Decimal(2)),
+        ("latency_seconds_sum", "latency_seconds", None, Decimal("0.25")),
+        ("latency_seconds_count", "latency_seconds", None, Decimal(2)),
+    ]
+    with pytest.raises(ValueError, match="suffix"):  # a histogram sample has a suffix
+        prometheus.render([Family("h", "histogram", "x", (Sample((), 1),))])
+    with pytest.raises(AssertionError, match="without its suffix"):
+        parse_exposition("# TYPE h histogram\nh 1\n")
+
+
+def test_merge_makes_one_family_of_each_name() -> None:
+    a = Family("events_total", "counter", "events", (Sample((("project", "a"),), 1),))
+    b = Family("events_total", "counter", "events", (Sample((("project", "b"),), 2),))
+    up = Family("up", "gauge", "up", (Sample((), 1),))
+    merged = prometheus.merge([a, up, b])
+    assert [f.name for f in merged] == ["events_total", "up"]
+    assert [s.value for s in merged[0].samples] == [1, 2]
+    _types, samples = parse_exposition(prometheus.render(merged))
+    assert [s.labels.get("project") for s in samples] == ["a", "b", None]
+    with pytest.raises(ValueError, match="given as counter and gauge"):
+        prometheus.merge([a, Family("events_total", "gauge", "events")])
