@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from neruba_cli.domain.errors import InvalidInput, NerubaError
 
@@ -120,6 +122,33 @@ def error_response(
         }
     }
     return ORJSONResponse(body, status_code=status, headers=headers)
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    type: str,
+    message: str,
+    request_id: str,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    """The error shape sent straight on an ASGI channel, for the middleware that answers
+    before (or instead of) the app."""
+    body = orjson.dumps(
+        {"error": {"type": type, "message": message, "param": None, "request_id": request_id}}
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def from_service_error(request: Request, exc: NerubaError) -> ORJSONResponse:

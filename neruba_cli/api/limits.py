@@ -17,10 +17,9 @@ import math
 import threading
 import time
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from neruba_cli.api.errors import ApiError
+from neruba_cli.api.errors import ApiError, send_error
 from neruba_cli.domain.token_bucket import TokenBucket
 
 MAX_BUCKETS = 100_000  # keys remembered per worker before the buckets start over
@@ -71,28 +70,9 @@ class BodyLimit:
             await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        body = orjson.dumps(
-            {
-                "error": {
-                    "type": "too_large",
-                    "message": f"the request body is over the limit of {self.max_bytes} bytes",
-                    "param": None,
-                    "request_id": scope.get("state", {}).get("request_id", ""),
-                }
-            }
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        message = f"the request body is over the limit of {self.max_bytes} bytes"
+        rid = scope.get("state", {}).get("request_id", "")
+        await send_error(send, 413, "too_large", message, rid, ((b"connection", b"close"),))
 
 
 def _content_length(scope: Scope) -> int | None:

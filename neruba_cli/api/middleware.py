@@ -17,6 +17,7 @@ import anyio
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from neruba_cli.api.errors import send_error
 from neruba_cli.db.ids import new_id
 from neruba_cli.services.tenancy import audit
 from neruba_cli.services.tenancy.access import Actor
@@ -118,24 +119,5 @@ def _outcome(status: int) -> str | None:
 
 
 async def _internal_error(rid: str, send: Send) -> None:
-    body = orjson.dumps(
-        {
-            "error": {
-                "type": "internal_error",
-                "message": "internal error; the request id is in the server log",
-                "param": None,
-                "request_id": rid,
-            }
-        }
-    )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 500,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    message = "internal error; the request id is in the server log"
+    await send_error(send, 500, "internal_error", message, rid)
