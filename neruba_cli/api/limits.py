@@ -17,6 +17,7 @@ import math
 import threading
 import time
 
+from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from neruba_cli.api.errors import ApiError, send_error
@@ -25,8 +26,16 @@ from neruba_cli.domain.token_bucket import TokenBucket
 MAX_BUCKETS = 100_000  # keys remembered per worker before the buckets start over
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised while the app reads the body: an HTTP error, so the framework's body parsing
+    passes it on (rather than calling it malformed) and the error handlers answer 413."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, too_large(max_bytes))
+
+
+def too_large(max_bytes: int) -> str:
+    return f"the request body is over the limit of {max_bytes} bytes"
 
 
 class BodyLimit:
@@ -53,7 +62,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         async def watching_send(message: Message) -> None:
@@ -70,7 +79,7 @@ class BodyLimit:
             await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        message = f"the request body is over the limit of {self.max_bytes} bytes"
+        message = too_large(self.max_bytes)
         rid = scope.get("state", {}).get("request_id", "")
         await send_error(send, 413, "too_large", message, rid, ((b"connection", b"close"),))
 

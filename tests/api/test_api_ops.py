@@ -276,6 +276,19 @@ def test_an_oversize_body_is_413_before_it_is_read(cli: Cli, serve) -> None:  # 
     with client(server, secret) as http:  # under the limit: whatever the route makes of it
         assert http.post("/v1/events", content=b"{}").status_code != 413
 
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"external_id": "c9", "currency": "USD", "name": "'
+        for _ in range(20):
+            yield b"y" * 100
+        yield b'"}'
+
+    creator = key(cli, "billing")
+    with client(server, creator) as http:
+        streamed = http.post("/v1/customers", content=chunks())
+    assert streamed.status_code == 413, streamed.text
+    assert streamed.json()["error"]["type"] == "too_large"
+    assert "c9" not in {c["external_id"] for c in ok(cli, "customer", "list")}
+
 
 # --------------------------------------------------------------------------- drain
 
