@@ -2,8 +2,9 @@
 of requests per key.
 
 - **Body size** (`max_body_bytes`): a `Content-Length` over the limit is refused with 413
-  before any of the body is read; a body sent without one (chunked) is counted as it arrives
-  and refused as soon as it passes the limit, so an oversize body never sits in memory whole.
+  without keeping any of the body; a body sent without one (chunked) is counted as it
+  arrives and refused as soon as it passes the limit, so an oversize body never sits in
+  memory whole.
 - **Rate** (`rate_limit` per second, `rate_burst` at once): a token bucket per key
   (domain/token_bucket.py), checked once the key is known (auth.py); an empty bucket is a
   429 with `Retry-After` in whole seconds. Each worker process keeps its own buckets: with
@@ -20,6 +21,7 @@ import time
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from neruba_cli.api import body
 from neruba_cli.api.errors import ApiError, send_error
 from neruba_cli.domain.token_bucket import TokenBucket
 
@@ -31,15 +33,15 @@ class BodyTooLarge(HTTPException):
     passes it on (rather than calling it malformed) and the error handlers answer 413."""
 
     def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, too_large(max_bytes))
-
-
-def too_large(max_bytes: int) -> str:
-    return f"the request body is over the limit of {max_bytes} bytes"
+        super().__init__(413, body.too_large(max_bytes).message)
 
 
 class BodyLimit:
-    """A pure ASGI middleware: 413 in the error shape for a body over `max_bytes`."""
+    """A pure ASGI middleware: 413 in the error shape for a body over `max_bytes`, on every
+    route (api/body.py applies the same limit, with the same message, where a route reads
+    its body itself). The rest of an oversize body is read and dropped (up to
+    `body.DRAIN_BYTES`), never kept, so the client gets its 413 rather than a broken
+    connection."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -51,6 +53,7 @@ class BodyLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
+            await _drop_rest(receive, 0, more=True)
             await self._refuse(scope, send)
             return
         received = 0
@@ -62,6 +65,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    await _drop_rest(receive, received, more=message.get("more_body", False))
                     raise BodyTooLarge(self.max_bytes)
             return message
 
@@ -79,9 +83,18 @@ class BodyLimit:
             await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        message = too_large(self.max_bytes)
+        message = body.too_large(self.max_bytes).message
         rid = scope.get("state", {}).get("request_id", "")
-        await send_error(send, 413, "too_large", message, rid, ((b"connection", b"close"),))
+        await send_error(send, 413, "too_large", message, rid)
+
+
+async def _drop_rest(receive: Receive, received: int, *, more: bool) -> None:
+    while more and received <= body.DRAIN_BYTES:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        received += len(message.get("body", b""))
+        more = bool(message.get("more_body", False))
 
 
 def _content_length(scope: Scope) -> int | None:
