@@ -14,7 +14,6 @@ from pathlib import Path
 
 import orjson
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 from sqlalchemy import Engine
 
 from neruba_cli.api import errors, lifecycle
@@ -23,6 +22,7 @@ from neruba_cli.api.catalogs import CatalogCache
 from neruba_cli.api.limits import BodyLimit, RateLimiter
 from neruba_cli.api.metrics import ProjectFigures, RequestMetrics
 from neruba_cli.api.middleware import RequestContext
+from neruba_cli.api.responses import JsonResponse
 from neruba_cli.api.routes import credits, customers, events, invoices, ops
 from neruba_cli.config import ApiSection, resolve_api_settings, resolve_settings
 from neruba_cli.db import migrate
@@ -56,7 +56,7 @@ def create_app(database_url: str, settings: ApiSection, metrics_dir: str | None 
         title="Neruba API",
         version=API_VERSION,
         summary="Usage ingest, billing reads and credits over HTTP, on project API keys.",
-        default_response_class=ORJSONResponse,
+        default_response_class=JsonResponse,
         docs_url="/docs" if settings.docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if settings.docs else None,

@@ -15,12 +15,12 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
+from neruba_cli.api.responses import JsonResponse
 from neruba_cli.domain.errors import InvalidInput, NerubaError
 
 # (status, type) by the kind of a service error.
@@ -112,7 +112,7 @@ def error_response(
     *,
     param: str | None = None,
     headers: dict[str, str] | None = None,
-) -> ORJSONResponse:
+) -> JsonResponse:
     body = {
         "error": {
             "type": type,
@@ -121,7 +121,7 @@ def error_response(
             "request_id": request_id(request),
         }
     }
-    return ORJSONResponse(body, status_code=status, headers=headers)
+    return JsonResponse(body, status_code=status, headers=headers)
 
 
 async def send_error(
@@ -151,7 +151,7 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
-def from_service_error(request: Request, exc: NerubaError) -> ORJSONResponse:
+def from_service_error(request: Request, exc: NerubaError) -> JsonResponse:
     status, type = STATUS_BY_KIND.get(exc.kind, (422, "invalid_request"))
     return error_response(request, status, type, str(exc), param=getattr(exc, "param", None))
 
@@ -167,17 +167,17 @@ def install(app: FastAPI) -> None:
     becomes the 500 of middleware.py, which sees it first)."""
 
     @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> ORJSONResponse:
+    async def _api_error(request: Request, exc: ApiError) -> JsonResponse:
         return error_response(
             request, exc.status, exc.type, exc.message, param=exc.param, headers=exc.headers
         )
 
     @app.exception_handler(NerubaError)
-    async def _service_error(request: Request, exc: NerubaError) -> ORJSONResponse:
+    async def _service_error(request: Request, exc: NerubaError) -> JsonResponse:
         return from_service_error(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JsonResponse:
         errors = list(exc.errors())
         first = errors[0] if errors else {}
         param = _validation_param(first)
@@ -192,13 +192,13 @@ def install(app: FastAPI) -> None:
         return error_response(request, status, "invalid_request", message, param=param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JsonResponse:
         type = TYPE_BY_STATUS.get(exc.status_code, "error")
         headers = dict(exc.headers or {})
         return error_response(request, exc.status_code, type, str(exc.detail), headers=headers)
 
     @app.exception_handler(SQLAlchemyError)
-    async def _database(request: Request, exc: SQLAlchemyError) -> ORJSONResponse:
+    async def _database(request: Request, exc: SQLAlchemyError) -> JsonResponse:
         logging.getLogger("neruba.api").warning(
             "request %s: the database failed: %s", request_id(request), exc
         )

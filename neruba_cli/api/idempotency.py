@@ -31,12 +31,12 @@ from typing import Any
 
 import orjson
 from fastapi import Header, Request
-from fastapi.responses import ORJSONResponse
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from neruba_cli.api.auth import Caller
 from neruba_cli.api.errors import ApiError, ErrorResponse
+from neruba_cli.api.responses import JsonResponse
 from neruba_cli.db.schema import Project
 from neruba_cli.services.tenancy import idempotency as records
 
@@ -63,7 +63,7 @@ class Idempotent:
 
     request: records.Request | None
 
-    def respond(self, caller: Caller, work: RouteWork) -> ORJSONResponse:
+    def respond(self, caller: Caller, work: RouteWork) -> JsonResponse:
         with caller.transaction() as session:
             project = caller.project(session)
         answer = records.run(
@@ -77,7 +77,7 @@ class Idempotent:
         if self.request is not None and not answer.replayed:
             _sweeper.maybe(caller.engine)
         headers = {REPLAYED: "true"} if answer.replayed else None
-        return ORJSONResponse(answer.body, status_code=answer.status, headers=headers)
+        return JsonResponse(answer.body, status_code=answer.status, headers=headers)
 
 
 async def idempotency(

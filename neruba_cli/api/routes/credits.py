@@ -8,7 +8,6 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 from pydantic_core import PydanticCustomError
 from sqlalchemy import Connection
@@ -18,6 +17,7 @@ from neruba_cli.api.errors import COMMON_ERRORS, not_found
 from neruba_cli.api.idempotency import IDEMPOTENCY_ERRORS, Idempotent, idempotency
 from neruba_cli.api.models import Grant
 from neruba_cli.api.params import Text, identifier
+from neruba_cli.api.responses import JsonResponse
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.credits import MAX_PRIORITY
 from neruba_cli.domain.errors import InvalidInput
@@ -125,7 +125,7 @@ def grant_credits(
     body: GrantBody,
     caller: Caller = Depends(requires("credits")),
     idempotent: Idempotent = Depends(idempotency),
-) -> ORJSONResponse:
+) -> JsonResponse:
     request = body.request(identifier(external_id, "customer"))
     now = caller.now()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
@@ -22,6 +21,7 @@ from neruba_cli.api.idempotency import Idempotent, idempotency, with_session
 from neruba_cli.api.models import Customer, Usage, Wallet
 from neruba_cli.api.pagination import Page, PageRequest
 from neruba_cli.api.params import Text, identifier, moment
+from neruba_cli.api.responses import JsonResponse
 from neruba_cli.db.schema import Project
 from neruba_cli.services.invoices import preview
 from neruba_cli.services.ledger import credits
@@ -65,7 +65,7 @@ def list_customers(
         return {"data": [customers.to_dict(row) for row in shown], "next_cursor": cursor}
 
 
-def create_customer(caller: Caller, body: NewCustomer, idempotent: Idempotent) -> ORJSONResponse:
+def create_customer(caller: Caller, body: NewCustomer, idempotent: Idempotent) -> JsonResponse:
     """`POST /v1/customers` over an authenticated caller and a parsed body."""
     now = caller.now()
 
@@ -93,7 +93,7 @@ def post_customer(
     body: NewCustomer,
     caller: Caller = Depends(requires(CREATE_SCOPE)),
     idempotent: Idempotent = Depends(idempotency),
-) -> ORJSONResponse:
+) -> JsonResponse:
     return create_customer(caller, body, idempotent)
 
 

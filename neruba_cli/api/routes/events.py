@@ -14,13 +14,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel
 
 from neruba_cli.api.auth import Caller, requires
 from neruba_cli.api.body import json_body, read_body
 from neruba_cli.api.body import parse as parse_json
 from neruba_cli.api.errors import COMMON_ERRORS, ApiError, ErrorResponse
+from neruba_cli.api.responses import JsonResponse
 from neruba_cli.domain import charges as charge_rules
 from neruba_cli.domain import events as event_rules
 from neruba_cli.services.ingest import posted
@@ -119,7 +119,7 @@ _ONE_ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def post_event(
     request: Request, caller: Caller = Depends(requires("ingest"))
-) -> ORJSONResponse:
+) -> JsonResponse:
     return await _one(request, caller, charge=False)
 
 
@@ -132,11 +132,11 @@ async def post_event(
 )
 async def post_charge(
     request: Request, caller: Caller = Depends(requires("ingest"))
-) -> ORJSONResponse:
+) -> JsonResponse:
     return await _one(request, caller, charge=True)
 
 
-async def _one(request: Request, caller: Caller, *, charge: bool) -> ORJSONResponse:
+async def _one(request: Request, caller: Caller, *, charge: bool) -> JsonResponse:
     state = request.app.state.neruba
     obj = await json_body(request, state.settings.max_body_bytes)
     recorded = await run_in_threadpool(_record_one, state, caller, obj, charge)
@@ -151,7 +151,7 @@ async def _one(request: Request, caller: Caller, *, charge: bool) -> ORJSONRespo
         "stale_invoices": recorded.stale_invoices,
         "warnings": recorded.warnings,
     }
-    return ORJSONResponse(answer)
+    return JsonResponse(answer)
 
 
 def _record_one(state: Any, caller: Caller, obj: Any, charge: bool) -> Recorded:
@@ -179,12 +179,12 @@ _BATCH_SCHEMA: dict[str, Any] = {
 )
 async def post_batch(
     request: Request, caller: Caller = Depends(requires("ingest"))
-) -> ORJSONResponse:
+) -> JsonResponse:
     state = request.app.state.neruba
     body = await read_body(request, state.settings.max_body_bytes)
     events = _events(parse_json(body), state.settings.max_batch_events)
     answer = await run_in_threadpool(_ingest_batch, state, caller, events, body)
-    return ORJSONResponse(answer)
+    return JsonResponse(answer)
 
 
 def _events(data: Any, limit: int) -> list[Any]:
