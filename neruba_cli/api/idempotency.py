@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from neruba_cli.api.auth import Caller
+from neruba_cli.api.body import read_body
 from neruba_cli.api.errors import ApiError, ErrorResponse
 from neruba_cli.api.responses import JsonResponse
 from neruba_cli.db.schema import Project
@@ -103,7 +104,8 @@ async def idempotency(
             "without surrounding spaces",
             param=HEADER,
         )
-    raw = await request.body()  # already read and validated by the route's body parameter
+    raw = await read_body(request, request.app.state.neruba.settings.max_body_bytes)
+    request._body = raw  # what Starlette keeps once read, so the route reads the body again
     return Idempotent(records.Request(key, request.method, request.url.path, _fingerprint(raw)))
 
 

@@ -13,7 +13,7 @@ import httpx
 from sqlalchemy import func, select, update
 
 from neruba_cli.db.engine import create_db_engine
-from neruba_cli.db.tables import idempotency_records_t
+from neruba_cli.db.tables import charges_t, idempotency_records_t
 from tests.support.api import client, key
 from tests.support.cli import Cli, ok
 from tests.support.shops import new_project
@@ -193,3 +193,54 @@ def test_creating_a_customer_with_a_key_is_answered_once(cli: Cli, serve) -> Non
     assert without_key.json()["error"]["param"] is None
     shown = ok(cli, "customer", "show", "acme-eu")
     assert shown["id"] == first.json()["id"] and shown["name"] == "Acme EU"
+
+
+def test_a_charge_with_a_key_is_answered_once_and_events_ignore_the_header(
+    cli: Cli,
+    serve,  # type: ignore[no-untyped-def]
+) -> None:
+    new_project(cli, "c1")
+    secret = key(cli, "ingest")
+    server = serve(cli.db_url)
+    charge = {
+        "idempotency_key": "setup-c1",
+        "customer": "c1",
+        "amount": "25.00",
+        "description": "Setup",
+        "timestamp": "2026-10-05T00:00:00Z",
+    }
+    with client(server, secret) as http:
+        first = post(http, "charge-1", charge, path="/v1/charges")
+        again = post(http, "charge-1", charge, path="/v1/charges")
+        # The charge's own key: a new request with it is a duplicate, as in a file.
+        duplicate = post(http, "charge-2", charge, path="/v1/charges")
+        other = post(http, "charge-1", {**charge, "amount": "30.00"}, path="/v1/charges")
+        refused = post(http, "charge-3", {**charge, "customer": "nobody"}, path="/v1/charges")
+        retried = post(http, "charge-3", {**charge, "idempotency_key": "c1-b"}, path="/v1/charges")
+    assert first.status_code == 200 and first.json()["status"] == "accepted", first.text
+    assert again.headers["Idempotent-Replayed"] == "true" and again.content == first.content
+    assert duplicate.json()["status"] == "duplicate"
+    assert "Idempotent-Replayed" not in duplicate.headers
+    assert other.status_code == 409 and other.json()["error"]["param"] == "Idempotency-Key"
+    assert refused.status_code == 422  # refused: nothing stored, the key may be used again
+    assert retried.status_code == 200 and retried.json()["status"] == "accepted"
+    engine = create_db_engine(cli.db_url)
+    with engine.connect() as conn:
+        keys = conn.execute(select(charges_t.c.idempotency_key)).scalars().all()
+        left = conn.execute(select(func.count()).select_from(idempotency_records_t)).scalar_one()
+    engine.dispose()
+    assert sorted(keys) == ["c1-b", "setup-c1"]
+    assert left == 3  # charge-1, charge-2 and charge-3 (once it was accepted)
+    with client(server, secret) as http:  # the event routes do not look at the header
+        for _attempt in range(2):
+            sent = http.post(
+                "/v1/events",
+                json={
+                    "idempotency_key": "e1",
+                    "customer": "c1",
+                    "meter": "api_calls",
+                    "timestamp": "2026-10-05T00:00:00Z",
+                },
+                headers={"Idempotency-Key": "charge-1"},
+            )
+            assert "Idempotent-Replayed" not in sent.headers, sent.text

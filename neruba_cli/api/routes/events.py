@@ -5,7 +5,9 @@
   conflict, 422 for a rejected event (the reason, and the field in `param`).
 - `POST /v1/events/batch`: `{"events": [...]}` → 200 with the ingest summary and one result
   per event, in request order; a receipt like an import's (`neruba events receipts`).
-- `POST /v1/charges`: one one-off charge (a `--format charges` line) → as one event.
+- `POST /v1/charges`: one one-off charge (a `--format charges` line) → as one event; it also
+  honours an `Idempotency-Key` header (api/idempotency.py), which the event routes do not
+  take: an event's own `idempotency_key` is its idempotency.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
+from sqlalchemy import Connection
 
 from neruba_cli.api.auth import Caller, requires
 from neruba_cli.api.body import json_body, read_body
 from neruba_cli.api.body import parse as parse_json
 from neruba_cli.api.errors import COMMON_ERRORS, ApiError, ErrorResponse
+from neruba_cli.api.idempotency import Idempotent, idempotency
 from neruba_cli.api.responses import JsonResponse
+from neruba_cli.db.schema import Project
 from neruba_cli.domain import charges as charge_rules
 from neruba_cli.domain import events as event_rules
 from neruba_cli.services.ingest import posted
@@ -123,35 +128,50 @@ async def post_event(
     return await _one(request, caller, charge=False)
 
 
+_CHARGE_CONFLICT = {
+    "model": ErrorResponse,
+    "description": "Conflict: the key holds another payload, or the Idempotency-Key was used "
+    "with another body or on another route",
+}
+
+
 @router.post(
     "/charges",
     summary="Add one one-off charge",
     response_model=None,
-    responses={200: {"model": Outcome}, **_ONE_ERRORS},
+    responses={200: {"model": Outcome}, **_ONE_ERRORS, 409: _CHARGE_CONFLICT},
     openapi_extra=_body(CHARGE_SCHEMA),
 )
 async def post_charge(
-    request: Request, caller: Caller = Depends(requires("ingest"))
+    request: Request,
+    caller: Caller = Depends(requires("ingest")),
+    idempotent: Idempotent = Depends(idempotency),
 ) -> JsonResponse:
-    return await _one(request, caller, charge=True)
+    state = request.app.state.neruba
+    obj = await json_body(request, state.settings.max_body_bytes)
+    return await run_in_threadpool(_record_charge, state, caller, obj, idempotent)
 
 
 async def _one(request: Request, caller: Caller, *, charge: bool) -> JsonResponse:
     state = request.app.state.neruba
     obj = await json_body(request, state.settings.max_body_bytes)
     recorded = await run_in_threadpool(_record_one, state, caller, obj, charge)
+    return JsonResponse(_answer(recorded))
+
+
+def _answer(recorded: Recorded) -> dict[str, Any]:
+    """The 200 of an accepted or duplicate event or charge; the error of any other."""
     if recorded.status == "conflict":
         raise ApiError(409, str(recorded.reason), param=recorded.param)
     if recorded.status == "rejected":
         raise ApiError(422, str(recorded.reason), param=recorded.param)
-    answer: dict[str, Any] = {
+    return {
         "status": recorded.status,
         "idempotency_key": recorded.idempotency_key,
         "batch": recorded.batch if recorded.status == "accepted" else None,
         "stale_invoices": recorded.stale_invoices,
         "warnings": recorded.warnings,
     }
-    return JsonResponse(answer)
 
 
 def _record_one(state: Any, caller: Caller, obj: Any, charge: bool) -> Recorded:
@@ -160,6 +180,21 @@ def _record_one(state: Any, caller: Caller, obj: Any, charge: bool) -> Recorded:
     return posted.record_one(
         caller.engine, project, obj, meters=meters, now=caller.now(), charge=charge
     )
+
+
+def _record_charge(state: Any, caller: Caller, obj: Any, idempotent: Idempotent) -> JsonResponse:
+    """A charge, in one transaction with the record of its Idempotency-Key when it has one
+    (a conflict or a rejection rolls the record back with the rest)."""
+    _project, meters = state.catalogs.get(caller, ())
+    now = caller.now()
+
+    def work(conn: Connection, project: Project) -> tuple[int, Any]:
+        recorded = posted.record_one(
+            caller.engine, project, obj, meters=meters, now=now, charge=True, conn=conn
+        )
+        return 200, _answer(recorded)
+
+    return idempotent.respond(caller, work)
 
 
 _BATCH_SCHEMA: dict[str, Any] = {

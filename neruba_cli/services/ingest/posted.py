@@ -56,8 +56,10 @@ def record_one(
     meters: dict[str, MeterDef],
     now: datetime,
     charge: bool = False,
+    conn: Connection | None = None,
 ) -> Recorded:
-    """One event (or, with `charge`, one `--format charges` line), checked and written."""
+    """One event (or, with `charge`, one `--format charges` line), checked and written (in
+    `conn`'s write transaction when one is given, see `write_one`)."""
     validate = Validator(
         meters, charges_only=charge, now=now, max_future=MAX_FUTURE, assume_tz=None
     )
@@ -66,7 +68,7 @@ def record_one(
     key = key if isinstance(key, str) else None
     if isinstance(item, Reject):
         return Recorded("rejected", key, item.reason, reason_field(item.reason))
-    outcome, summary = write_one(engine, project, item, now=now, late_events=not charge)
+    outcome, summary = write_one(engine, project, item, now=now, late_events=not charge, conn=conn)
     return Recorded(
         outcome.status,
         item.record.idempotency_key,
@@ -87,9 +89,12 @@ def write_one(
     now: datetime,
     source: str = SOURCE,
     late_events: bool = False,
+    conn: Connection | None = None,
 ) -> tuple[LineOutcome, IngestSummary]:
     """One valid line in a transaction of its own, without a receipt: its outcome, and the
-    summary (with `late_events`, the finalized invoices an accepted event made stale)."""
+    summary (with `late_events`, the finalized invoices an accepted event made stale). With
+    `conn`, in the caller's write transaction instead (one that also stores the request's
+    Idempotency-Key), which the caller runs again if the database aborts it."""
     summary = IngestSummary(batch=new_id("bat"), source=source, outcomes={})
     writer = BatchWriter(engine, project, summary, RejectsWriter(None), now)
     writer.keeps_receipt = False
@@ -102,7 +107,10 @@ def write_one(
                 conn, project.id, summary.batch, summary.first_event, summary.last_event
             )
 
-    writer.flush([item], then=late)
+    if conn is None:
+        writer.flush([item], then=late)
+    else:
+        writer.write_in(conn, [item], then=late)
     assert summary.outcomes is not None
     return summary.outcomes[item.line], summary
 

@@ -143,29 +143,40 @@ class BatchWriter:
         # It reads the batch's customers and keys, then writes: on SQLite, a transaction that
         # took the write lock at BEGIN, which another writer's commit cannot invalidate.
         with begin_write(self.engine) as conn:
-            self._resolve_customers(conn, {item.record.customer for item in batch})
-            events: list[Pending] = []
-            charges: list[Pending] = []
-            customers = self.customers
-            for item in batch:
-                if item.record.customer in customers and type(item.record) is EventInput:
-                    events.append(item)
-                    continue
-                reason = self._customer_problem(conn, item)
-                if reason is not None:
-                    reject = Reject(item.line, reason, raw_text(item.raw), file=item.file)
-                    self.summary.reject(reject, self.rejects)
-                else:
-                    (charges if isinstance(item.record, ChargeInput) else events).append(item)
-            for table, rows in ((events_t, events), (charges_t, charges)):
-                if rows:
-                    self._write(conn, table, rows)
-            if then is not None:
-                then(conn)
-            if self.summary.batch is not None and self.keeps_receipt:
-                save_counts(conn, self.summary)
-            if written is not None:
-                written()
+            self.write_in(conn, batch, written, then)
+
+    def write_in(
+        self,
+        conn: Connection,
+        batch: list[Pending],
+        written: Callable[[], None] | None = None,
+        then: Callable[[Connection], None] | None = None,
+    ) -> None:
+        """`flush` in the caller's write transaction (`begin_write`), which the caller runs
+        again, with a new writer, when the database aborts it."""
+        self._resolve_customers(conn, {item.record.customer for item in batch})
+        events: list[Pending] = []
+        charges: list[Pending] = []
+        customers = self.customers
+        for item in batch:
+            if item.record.customer in customers and type(item.record) is EventInput:
+                events.append(item)
+                continue
+            reason = self._customer_problem(conn, item)
+            if reason is not None:
+                reject = Reject(item.line, reason, raw_text(item.raw), file=item.file)
+                self.summary.reject(reject, self.rejects)
+            else:
+                (charges if isinstance(item.record, ChargeInput) else events).append(item)
+        for table, rows in ((events_t, events), (charges_t, charges)):
+            if rows:
+                self._write(conn, table, rows)
+        if then is not None:
+            then(conn)
+        if self.summary.batch is not None and self.keeps_receipt:
+            save_counts(conn, self.summary)
+        if written is not None:
+            written()
 
     def _customer_problem(self, conn: Connection, item: Pending) -> str | None:
         found = self.customers.get(item.record.customer)
