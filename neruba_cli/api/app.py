@@ -16,7 +16,7 @@ import orjson
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from neruba_cli.api import errors, lifecycle
+from neruba_cli.api import errors, lifecycle, openapi
 from neruba_cli.api.auth import KeyCache
 from neruba_cli.api.catalogs import CatalogCache
 from neruba_cli.api.limits import BodyLimit, RateLimiter
@@ -57,9 +57,11 @@ def create_app(database_url: str, settings: ApiSection, metrics_dir: str | None 
         version=API_VERSION,
         summary="Usage ingest, billing reads and credits over HTTP, on project API keys.",
         default_response_class=JsonResponse,
-        docs_url="/docs" if settings.docs else None,
+        docs_url=None,  # openapi.install serves the page from local files when docs are on
         redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs else None,
+        openapi_url=openapi.OPENAPI_URL if settings.docs else None,
+        openapi_tags=openapi.TAGS,
+        generate_unique_id_function=openapi.operation_id,
         lifespan=lifecycle.lifespan,
     )
     engine = create_db_engine(database_url)
@@ -75,6 +77,7 @@ def create_app(database_url: str, settings: ApiSection, metrics_dir: str | None 
     errors.install(app)
     for module in (ops, events, customers, invoices, credits):
         app.include_router(module.router)
+    openapi.install(app, docs=settings.docs)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)  # outermost: every answer, a 413 included, has an id
     return app

@@ -36,6 +36,7 @@ UNAUTHORIZED = "missing or invalid API key"
 
 bearer = HTTPBearer(
     auto_error=False,
+    scheme_name="bearer",
     description="A project API key (`neruba key create`): `Authorization: Bearer nrb_...`.",
 )
 
@@ -156,4 +157,13 @@ def requires(scope: str) -> Callable[..., Caller]:
         return caller
 
     dependency.__name__ = f"requires_{scope}"
+    _SCOPE_OF[dependency] = scope
     return dependency
+
+
+_SCOPE_OF: dict[Callable[..., Caller], str] = {}
+
+
+def scope_of(dependency: Callable[..., object]) -> str | None:
+    """The scope a `requires(scope)` dependency checks; None for any other callable."""
+    return _SCOPE_OF.get(dependency)  # type: ignore[arg-type]
