@@ -113,7 +113,7 @@ def operations(app: FastAPI) -> list[Operation]:
         for method in sorted(context.methods or ()):
             found.append(
                 Operation(
-                    path=str(context.path),
+                    path=str(context.path_format),
                     method=method.lower(),
                     name=str(context.name),
                     scope=_dependency_scope(context.dependant),

@@ -9,10 +9,7 @@ api_calls at 0.01 each; customer cNNN starts on October (NNN - 1) % 28 + 1.
 from __future__ import annotations
 
 import csv
-import os
-import shutil
 import struct
-import subprocess
 import zlib
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from sqlalchemy import Engine, select, update
 
 from neruba_cli.db.engine import create_db_engine
@@ -28,6 +24,7 @@ from neruba_cli.db.schema import Customer, Invoice
 from neruba_cli.db.tables import events_t
 from neruba_cli.domain.invoice import plain_fee_description
 from tests.fakes.stripe import FakeStripe
+from tests.support.browser import chromium, require_chromium
 from tests.support.cli import Cli, expect, ok
 from tests.support.shops import (
     PERIOD,
@@ -582,21 +579,8 @@ def png_colours(path: Path) -> tuple[int, int, set[bytes]]:
     return width, height, colours
 
 
-def chromium(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-
-
 def test_the_html_report_renders_in_headless_chromium(sqlite_cli: Cli, tmp_path: Path) -> None:
-    if shutil.which("chromium") is None:
-        if os.environ.get("NERUBA_REQUIRE_SERVERS") == "1":
-            pytest.fail("chromium is not installed (NERUBA_REQUIRE_SERVERS=1)")
-        pytest.skip("chromium is not installed")
+    require_chromium()
     cli = sqlite_cli
     subscribed_shop(cli, tmp_path, 12, CATALOG, digits=3)
     finalize_month(cli)

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -122,3 +123,83 @@ class Servers:
         server = ApiServer.start(db_url, log, *args, env=env)
         self.started.append(server)
         return server
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class Seed:
+    """What `seed` wrote: project acme's customers and invoice numbers, and a foreign project
+    `other` with its own customer, so lookups hit real rows and a key never sees the other
+    project's."""
+
+    customers: tuple[str, ...]
+    invoices: tuple[str, ...]
+    foreign_customer: str = "z-other-1"
+
+    @property
+    def path_values(self) -> dict[str, str]:
+        """A real row of acme for each path parameter the API's routes take."""
+        return {"external_id": self.customers[0], "number": self.invoices[0]}
+
+    @property
+    def identifiers(self) -> set[str]:
+        return {*self.customers, *self.invoices}
+
+
+def seed(cli: Cli, tmp_path: Path) -> Seed:
+    """The invoice shop (customers, a catalog, subscriptions, usage, October's invoices) in
+    acme, and a project `other` with one customer."""
+    from tests.support.shops import invoice_shop, new_project
+
+    invoice_shop(cli, tmp_path)
+    new_project(cli, Seed.foreign_customer, slug="other")
+    listed = ok(cli, "invoice", "list")
+    rows = listed["invoices"] if isinstance(listed, dict) else listed
+    numbers = tuple(str(row["number"]) for row in rows if row.get("number"))
+    assert numbers, listed
+    return Seed(customers=("c1", "c2"), invoices=numbers)
+
+
+def load_schema(server: ApiServer) -> dict[str, Any]:
+    """The OpenAPI document a `--docs` server serves."""
+    answer = httpx.get(f"{server.url}/openapi.json", timeout=30)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+@dataclass(frozen=True)
+class SchemaOperation:
+    path: str
+    method: str
+    operation: dict[str, Any]
+
+    @property
+    def scope(self) -> str | None:
+        found = self.operation.get("x-neruba-scope")
+        return str(found) if found else None
+
+    @property
+    def path_parameters(self) -> list[str]:
+        return [p["name"] for p in self.operation.get("parameters", []) if p["in"] == "path"]
+
+    def url(self, values: dict[str, str]) -> str:
+        path = self.path
+        for name in self.path_parameters:
+            path = path.replace("{" + name + "}", values[name])
+        return path
+
+    def __str__(self) -> str:
+        return f"{self.method.upper()} {self.path}"
+
+
+def schema_operations(schema: dict[str, Any]) -> list[SchemaOperation]:
+    """Every operation of an OpenAPI document, in path order."""
+    methods = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+    return [
+        SchemaOperation(path, method, operation)
+        for path, item in sorted(schema["paths"].items())
+        for method, operation in item.items()
+        if method in methods
+    ]
