@@ -189,3 +189,51 @@ def test_the_docs_page_renders_offline_in_headless_chromium(  # type: ignore[no-
     assert 'data-path="/v1/customers/{external_id}"' in dom.stdout
     assert "Neruba API" in dom.stdout and API_VERSION in dom.stdout
     assert "Failed to load API definition" not in dom.stdout
+
+
+# --------------------------------------------------------------------------- the docs page
+
+API_DOCS = Path(__file__).resolve().parents[2] / "docs" / "api" / "index.md"
+
+
+def _table(heading: str) -> list[list[str]]:
+    """The rows of the first table under `## heading` in docs/api/index.md, as cells."""
+    text = API_DOCS.read_text(encoding="utf-8").split(f"\n## {heading}\n", 1)[1]
+    section = text.split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
+
+
+def test_the_docs_scope_table_is_the_routes_declared_scopes() -> None:
+    app = create_app("sqlite:///unused.db", ApiSection(docs=True))
+    declared = {
+        f"{op.method.upper()} {op.path}": op.scope or "none"
+        for op in operations(app)
+        if op.in_schema
+    }
+    documented = {
+        route.strip("`"): scope.strip("`") for route, scope in _table("Authentication and scopes")
+    }
+    assert documented == declared
+
+
+def test_the_docs_status_table_is_the_statuses_the_api_answers() -> None:
+    from neruba_cli.api.errors import STATUS_BY_KIND, TYPE_BY_STATUS
+    from neruba_cli.domain.errors import NerubaError
+
+    rows = {
+        (int(status), kind.strip("`")): exit_code for status, kind, _, exit_code in _table("Errors")
+    }
+    answered = set(STATUS_BY_KIND.values()) | {
+        (status, kind) for status, kind in TYPE_BY_STATUS.items() if status != 415
+    }
+    assert set(rows) == answered
+    classes: list[type[NerubaError]] = [NerubaError]
+    exit_codes: dict[str, int] = {}
+    while classes:
+        found = classes.pop()
+        exit_codes[found.kind] = found.exit_code
+        classes.extend(found.__subclasses__())
+    for kind, status_and_type in STATUS_BY_KIND.items():
+        if kind in exit_codes:  # the status says what the CLI's exit code says
+            assert str(exit_codes[kind]) in rows[status_and_type], (kind, rows[status_and_type])
