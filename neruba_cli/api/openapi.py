@@ -36,6 +36,9 @@ DOCS_URL = "/docs"
 OPENAPI_URL = "/openapi.json"
 ASSETS_URL = "/docs/assets"
 SCOPE_EXTENSION = "x-neruba-scope"
+# Set (`openapi_extra={PER_ITEM_EXTENSION: True}`) on an operation whose body holds items that
+# are judged one by one: an invalid item is a `rejected` result in a 200, not a 4xx.
+PER_ITEM_EXTENSION = "x-neruba-per-item-results"
 SECURITY_SCHEME = "bearer"
 ERROR_SCHEMA = "ErrorResponse"
 
