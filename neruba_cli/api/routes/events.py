@@ -24,6 +24,7 @@ from neruba_cli.api.body import json_body, read_body
 from neruba_cli.api.body import parse as parse_json
 from neruba_cli.api.errors import COMMON_ERRORS, ApiError, ErrorResponse
 from neruba_cli.api.idempotency import Idempotent, idempotency
+from neruba_cli.api.openapi import PER_ITEM_EXTENSION
 from neruba_cli.api.responses import JsonResponse
 from neruba_cli.db.schema import Project
 from neruba_cli.domain import charges as charge_rules
@@ -210,7 +211,7 @@ _BATCH_SCHEMA: dict[str, Any] = {
     summary="Send a batch of usage events",
     response_model=None,
     responses={200: {"model": BatchSummary}},
-    openapi_extra=_body(_BATCH_SCHEMA),
+    openapi_extra={**_body(_BATCH_SCHEMA), PER_ITEM_EXTENSION: True},  # bad events: 200
 )
 async def post_batch(
     request: Request, caller: Caller = Depends(requires("ingest"))
