@@ -646,7 +646,9 @@ def start_server(label: str, argv: list[str], port: int, log: Path, env: dict[st
     import urllib.request
 
     with log.open("ab") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            argv, cwd=log.parent, stdout=sink, stderr=subprocess.STDOUT, env=env
+        )
     server = Server(label, port, process, log)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:

@@ -2,7 +2,8 @@
 failure, the access log line and the audit record of a mutating request.
 
 A pure ASGI middleware (not `BaseHTTPMiddleware`), so a streamed body is not buffered and the
-`Request-Id` header reaches every answer, a 500 included.
+`Request-Id` header reaches every answer, a 500 included. Audit records are written by the
+worker's audit thread, many a transaction (api/audits.py).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from neruba_cli.api.audits import AuditWriter
 from neruba_cli.api.errors import send_error
 from neruba_cli.db.ids import new_id
 from neruba_cli.services.tenancy import audit
@@ -39,6 +40,7 @@ def _configure_access_log() -> None:
 class RequestContext:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.audits: AuditWriter | None = None  # this worker's audit thread (api/audits.py)
         _configure_access_log()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -95,23 +97,18 @@ class RequestContext:
         caller = state.get("caller")
         if method in MUTATING and caller is not None:
             arguments = {**scope.get("path_params", {}), "request_id": rid, "status": status}
-            await anyio.to_thread.run_sync(_audit, caller, f"{method} {route}", arguments, status)
-
-
-def _audit(caller: Any, command: str, arguments: dict[str, Any], status: int) -> None:
-    """Best effort, like the CLI's: the request's own outcome is already answered."""
-    try:
-        audit.record(
-            caller.engine,
-            actor=Actor(kind="key", id=caller.key.key_id),
-            project_slug=caller.key.project_slug,
-            command=command,
-            arguments=arguments,
-            outcome=audit.Outcome(0 if status < 400 else 1, _outcome(status)),
-            now=datetime.now(UTC),
-        )
-    except Exception:
-        logging.getLogger("neruba.api").exception("audit record of %s failed", command)
+            if self.audits is None:
+                self.audits = AuditWriter(caller.engine)
+            self.audits.submit(
+                audit.Entry(
+                    actor=Actor(kind="key", id=caller.key.key_id),
+                    project_slug=caller.key.project_slug,
+                    command=f"{method} {route}",
+                    arguments=arguments,
+                    outcome=audit.Outcome(0 if status < 400 else 1, _outcome(status)),
+                    now=datetime.now(UTC),
+                )
+            )
 
 
 def _outcome(status: int) -> str | None:

@@ -50,6 +50,18 @@ def scrub(arguments: Mapping[str, Any]) -> dict[str, Any]:
     return clean
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One audit record to write: who did what, with which arguments, and how it ended."""
+
+    actor: Actor
+    project_slug: str | None
+    command: str
+    arguments: Mapping[str, Any]
+    outcome: Outcome
+    now: datetime
+
+
 def record(
     engine: Engine,
     *,
@@ -69,22 +81,39 @@ def record(
     record_id = new_id("aud")
     busy = outcome.exit_code == LockHeld.exit_code
     transaction = short_lock_wait(engine, LEASE_LOCK_WAIT_SECONDS) if busy else engine.begin()
+    entry = Entry(actor, project_slug, command, arguments, outcome, now)
     with transaction as conn:
-        conn.execute(
-            insert(AuditRecord).values(
-                id=record_id,
-                at=now,
-                actor=actor.id,
-                actor_kind=actor.kind,
-                project_slug=project_slug,
-                command=command,
-                arguments=orjson.dumps(scrub(arguments), option=orjson.OPT_SORT_KEYS).decode(),
-                outcome=outcome.label,
-                exit_code=outcome.exit_code,
-                message=None if outcome.message is None else redact_secrets(outcome.message),
-            )
-        )
+        conn.execute(insert(AuditRecord).values(**_row(record_id, entry)))
     return record_id
+
+
+def record_many(engine: Engine, entries: Sequence[Entry]) -> list[str]:
+    """Append several audit records in one transaction (the HTTP API gathers its requests'
+    records and writes them together: one commit for many requests)."""
+    ids = [new_id("aud") for _ in entries]
+    if entries:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(AuditRecord),
+                [_row(record_id, entry) for record_id, entry in zip(ids, entries, strict=True)],
+            )
+    return ids
+
+
+def _row(record_id: str, entry: Entry) -> dict[str, Any]:
+    message = entry.outcome.message
+    return {
+        "id": record_id,
+        "at": entry.now,
+        "actor": entry.actor.id,
+        "actor_kind": entry.actor.kind,
+        "project_slug": entry.project_slug,
+        "command": entry.command,
+        "arguments": orjson.dumps(scrub(entry.arguments), option=orjson.OPT_SORT_KEYS).decode(),
+        "outcome": entry.outcome.label,
+        "exit_code": entry.outcome.exit_code,
+        "message": None if message is None else redact_secrets(message),
+    }
 
 
 def list_records(

@@ -1,0 +1,87 @@
+"""The audit records of mutating requests, written by one thread per worker, many a commit.
+
+A request's record is queued once its answer is sent (middleware.py) and written by this
+worker's audit thread: it takes everything queued so far (up to `BATCH` records) and writes it
+in one transaction (`services/tenancy/audit.record_many`), then the next. Under load one
+commit carries the records of many requests instead of each request paying a write
+transaction of its own after its event's; when idle, a record is written as soon as it is
+queued. When the worker exits (SIGTERM, the end of `neruba serve`) what is still queued is
+written before the process ends. Like the CLI's audit, it is best effort: a failure to write
+is logged and the request's own outcome stands; a worker killed outright (SIGKILL) loses the
+records it had not written yet.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+
+from sqlalchemy import Engine
+
+from neruba_cli.services.tenancy import audit
+
+BATCH = 500  # records per transaction at most
+EXIT_WAIT_SECONDS = 10.0  # how long an exiting worker waits for its last records
+
+log = logging.getLogger("neruba.api")
+_STOP = object()
+
+
+class AuditWriter:
+    """One worker's queue of audit records and the thread that writes them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, entry: audit.Entry) -> None:
+        """Queue a record; it is written shortly, in this worker's audit thread."""
+        if self._thread is None:
+            self._start()
+        self._queue.put(entry)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="neruba-audit", daemon=True)
+                self._thread.start()
+                atexit.register(self.close)
+
+    def close(self, timeout: float = EXIT_WAIT_SECONDS) -> None:
+        """Write what is queued and stop the thread (at the worker's exit)."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._queue.put(_STOP)
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            entries: list[audit.Entry] = []
+            item = first
+            while True:
+                if item is _STOP:
+                    stopping = True
+                elif isinstance(item, audit.Entry):
+                    entries.append(item)
+                if stopping or len(entries) >= BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._write(entries)
+
+    def _write(self, entries: list[audit.Entry]) -> None:
+        if not entries:
+            return
+        try:
+            audit.record_many(self.engine, entries)
+        except Exception:
+            commands = sorted({entry.command for entry in entries})
+            log.exception("audit records of %d requests (%s) failed", len(entries), commands)
