@@ -5,10 +5,10 @@ worker's audit thread: it takes everything queued so far (up to `BATCH` records)
 in one transaction (`services/tenancy/audit.record_many`), then the next. Under load one
 commit carries the records of many requests instead of each request paying a write
 transaction of its own after its event's; when idle, a record is written as soon as it is
-queued. When the worker exits (SIGTERM, the end of `neruba serve`) what is still queued is
-written before the process ends. Like the CLI's audit, it is best effort: a failure to write
-is logged and the request's own outcome stands; a worker killed outright (SIGKILL) loses the
-records it had not written yet.
+queued. When the app shuts down (SIGTERM, the end of `neruba serve`: the middleware sees the
+ASGI lifespan's shutdown) or the process exits, what is still queued is written first. Like
+the CLI's audit, it is best effort: a failure to write is logged and the request's own
+outcome stands; a worker killed outright (SIGKILL) loses the records it had not written yet.
 """
 
 from __future__ import annotations
@@ -52,8 +52,10 @@ class AuditWriter:
                 atexit.register(self.close)
 
     def close(self, timeout: float = EXIT_WAIT_SECONDS) -> None:
-        """Write what is queued and stop the thread (at the worker's exit)."""
-        thread = self._thread
+        """Write what is queued and stop the thread (at the app's shutdown, or the process's
+        exit); a record queued later starts a new thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
         if thread is not None and thread.is_alive():
             self._queue.put(_STOP)
             thread.join(timeout)

@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,6 +45,9 @@ class RequestContext:
         _configure_access_log()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._flushing_at_shutdown(send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -72,6 +76,17 @@ class RequestContext:
         finally:
             seconds = time.perf_counter() - started
             await self._after(scope, status, seconds, rid)
+
+    def _flushing_at_shutdown(self, send: Send) -> Send:
+        """`send` for the lifespan: the queued audit records are written before the app says
+        it has shut down (uvicorn may then end the process by its signal, without atexit)."""
+
+        async def send_after_flush(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete" and self.audits is not None:
+                await anyio.to_thread.run_sync(self.audits.close)
+            await send(message)
+
+        return send_after_flush
 
     async def _after(self, scope: Scope, status: int, seconds: float, rid: str) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
