@@ -19,6 +19,8 @@ import logging
 import os
 import re
 import sqlite3
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -257,7 +259,13 @@ def _sqlite_engine(url: URL) -> Engine:
         immediate = connection.get_execution_options().get(WRITE_OPTION)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
+    _SQLITE_WRITERS[engine] = threading.RLock()
     return engine
+
+
+# One lock per SQLite engine that the threads of a process take before `begin_write`'s BEGIN
+# IMMEDIATE (see there).
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
 
 
 @contextmanager
@@ -265,11 +273,22 @@ def begin_write(engine: Engine) -> Iterator[Connection]:
     """A transaction that reads and then writes what it read (a wallet, an invoice's amount
     due). On SQLite it takes the write lock at BEGIN (waiting up to the busy timeout), because
     a WAL reader that later writes fails outright once another writer has committed since its
-    read. The servers lock rows instead (`SELECT ... FOR UPDATE` in the services)."""
-    with engine.connect() as conn:
-        conn.execution_options(**{WRITE_OPTION: True})
-        with conn.begin():
-            yield conn
+    read. The servers lock rows instead (`SELECT ... FOR UPDATE` in the services).
+
+    On SQLite the threads of one process (the API's worker threads) first queue for a lock of
+    their own: the next one is woken as soon as the transaction ends, where SQLite's busy
+    handler would poll in sleeps of up to 100 ms, the long tail of a server under load. A
+    thread that waited the busy timeout for it goes on to BEGIN IMMEDIATE anyway, as before."""
+    lock = _SQLITE_WRITERS.get(engine)
+    held = lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000) if lock is not None else False
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+    finally:
+        if held and lock is not None:
+            lock.release()
 
 
 @contextmanager

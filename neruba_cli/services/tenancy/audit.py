@@ -11,7 +11,7 @@ import orjson
 from sqlalchemy import Engine, insert, or_, select
 from sqlalchemy.orm import Session
 
-from neruba_cli.db.engine import LEASE_LOCK_WAIT_SECONDS, short_lock_wait
+from neruba_cli.db.engine import LEASE_LOCK_WAIT_SECONDS, begin_write, short_lock_wait
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import AuditRecord
 from neruba_cli.domain.errors import LockHeld
@@ -92,7 +92,7 @@ def record_many(engine: Engine, entries: Sequence[Entry]) -> list[str]:
     records and writes them together: one commit for many requests)."""
     ids = [new_id("aud") for _ in entries]
     if entries:
-        with engine.begin() as conn:
+        with begin_write(engine) as conn:
             conn.execute(
                 insert(AuditRecord),
                 [_row(record_id, entry) for record_id, entry in zip(ids, entries, strict=True)],
