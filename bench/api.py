@@ -805,6 +805,7 @@ def bench_database(name: str, options: Options, folder: Path) -> dict[str, Any]:
             "workers": options.workers,
             "concurrency": options.concurrency,
             "seconds": options.seconds,
+            "load_average": os.getloadavg()[0],
         }
         if probe is not None:
             say(f"{dialect}: POST /v1/events answered {probe}: single-event phases skipped")
@@ -1119,12 +1120,20 @@ def _share(phase: dict[str, Any], key: str) -> str:
     return f"{100 * value / (wall * cores):.0f}%"
 
 
+def _per_request(phase: dict[str, Any]) -> str:
+    """The server's CPU milliseconds per answered request (all of the phase's)."""
+    answered = phase.get("ok_total") or 0
+    cpu = phase.get("server_cpu_s")
+    return "-" if not answered or cpu is None else f"{1000 * cpu / answered:.2f}"
+
+
 def print_report(results: list[dict[str, Any]]) -> None:
     for result in results:
         print()
         print(
             f"{result['database']}: {result['workers']} worker(s), {result['concurrency']} "
-            f"connections, {result['seconds']:g} s a phase, {os.cpu_count()} cores"
+            f"connections, {result['seconds']:g} s a phase, {os.cpu_count()} cores, load "
+            f"average {result['load_average']:.1f} at the start"
         )
         single = result.get("single")
         if single:
@@ -1148,6 +1157,7 @@ def print_report(results: list[dict[str, Any]]) -> None:
                             str(bad),
                             _share(phase, "client_cpu_s"),
                             _share(phase, "server_cpu_s"),
+                            _per_request(phase),
                             f"{100 * phase.get('machine_busy', 0):.0f}%",
                         ]
                     )
@@ -1160,13 +1170,14 @@ def print_report(results: list[dict[str, Any]]) -> None:
                     "not 200",
                     "client CPU",
                     "server CPU",
+                    "ms CPU/req",
                     "machine busy",
                 ],
                 rows,
             )
             print(
-                "(CPU shares are of all cores over the phase; the database server's own CPU is "
-                "in 'machine busy')"
+                "(CPU shares are of all cores over the phase; ms CPU/req: the server's processes' "
+                "CPU per answered request;\n the database server's own CPU is in 'machine busy')"
             )
         else:
             print("POST /v1/events: not available on this server, not measured")
