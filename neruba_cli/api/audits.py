@@ -1,14 +1,15 @@
 """The audit records of mutating requests, written by one thread per worker, many a commit.
 
-A request's record is queued once its answer is sent (middleware.py) and written by this
-worker's audit thread: it takes everything queued so far (up to `BATCH` records) and writes it
-in one transaction (`services/tenancy/audit.record_many`), then the next. Under load one
-commit carries the records of many requests instead of each request paying a write
+A request's record is queued when its answer is ready (middleware.py) and written by this
+worker's audit thread before the answer's last part is sent, so a client that has its answer
+finds the record. The thread takes everything queued so far (up to `BATCH` records) and
+writes it in one transaction (`services/tenancy/audit.record_many`), then the next: under load
+one commit carries the records of many requests instead of each request paying a write
 transaction of its own after its event's; when idle, a record is written as soon as it is
 queued. When the app shuts down (SIGTERM, the end of `neruba serve`: the middleware sees the
 ASGI lifespan's shutdown) or the process exits, what is still queued is written first. Like
 the CLI's audit, it is best effort: a failure to write is logged and the request's own
-outcome stands; a worker killed outright (SIGKILL) loses the records it had not written yet.
+outcome stands.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import atexit
 import logging
 import queue
 import threading
+from concurrent.futures import Future
 
 from sqlalchemy import Engine
 
@@ -38,11 +40,14 @@ class AuditWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def submit(self, entry: audit.Entry) -> None:
-        """Queue a record; it is written shortly, in this worker's audit thread."""
+    def submit(self, entry: audit.Entry) -> Future[None]:
+        """Queue a record for this worker's audit thread; the future is done once it is
+        written (or failed to be: that is logged, never raised)."""
+        done: Future[None] = Future()
         if self._thread is None:
             self._start()
-        self._queue.put(entry)
+        self._queue.put((entry, done))
+        return done
 
     def _start(self) -> None:
         with self._lock:
@@ -63,13 +68,12 @@ class AuditWriter:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
-            entries: list[audit.Entry] = []
-            item = first
+            item = self._queue.get()
+            entries: list[tuple[audit.Entry, Future[None]]] = []
             while True:
                 if item is _STOP:
                     stopping = True
-                elif isinstance(item, audit.Entry):
+                elif isinstance(item, tuple):
                     entries.append(item)
                 if stopping or len(entries) >= BATCH:
                     break
@@ -79,11 +83,13 @@ class AuditWriter:
                     break
             self._write(entries)
 
-    def _write(self, entries: list[audit.Entry]) -> None:
+    def _write(self, entries: list[tuple[audit.Entry, Future[None]]]) -> None:
         if not entries:
             return
         try:
-            audit.record_many(self.engine, entries)
+            audit.record_many(self.engine, [entry for entry, _ in entries])
         except Exception:
-            commands = sorted({entry.command for entry in entries})
+            commands = sorted({entry.command for entry, _ in entries})
             log.exception("audit records of %d requests (%s) failed", len(entries), commands)
+        for _, done in entries:
+            done.set_result(None)

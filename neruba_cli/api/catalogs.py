@@ -5,6 +5,11 @@ per request would cost more than storing the event. A meter the cache does not k
 up again before an event naming it is refused, so a meter `catalog apply` just added is
 accepted at once; a changed meter (its aggregation, `allow_negative`, the property it reads)
 takes effect within `CATALOG_CACHE_SECONDS`, as a revoked key does.
+
+With them, the ids of the project's customers that single events named (`customers`): a
+customer is never deleted nor renumbered, so an event naming one is written without looking
+it up again; the list starts over with each new read of the catalog. An unknown customer is
+never kept: it is looked up every time, so a customer created meanwhile is found at once.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from neruba_cli.domain.catalog import MeterDef
 from neruba_cli.services.catalog import store as catalog_store
 
 CATALOG_CACHE_SECONDS = 5.0
+MAX_CUSTOMERS = 10_000  # ids kept per project at most
 
 
 class CatalogCache:
     def __init__(self, seconds: float = CATALOG_CACHE_SECONDS) -> None:
         self.seconds = seconds
         self._entries: dict[str, tuple[float, Project, dict[str, MeterDef]]] = {}
+        self._customers: dict[str, dict[str, tuple[str, str]]] = {}
         self._lock = threading.Lock()
 
     def get(
@@ -48,4 +55,15 @@ class CatalogCache:
             if len(self._entries) > 1000:  # many projects: start over rather than grow
                 self._entries.clear()
             self._entries[slug] = (time.monotonic() + self.seconds, project, known)
+            self._customers[slug] = {}
         return project, known
+
+    def customers(self, caller: Caller) -> dict[str, tuple[str, str]]:
+        """The caller's project's customers seen so far (external id → id and currency), for
+        `posted.record_one` to read and add to."""
+        slug = caller.key.project_slug
+        with self._lock:
+            known = self._customers.setdefault(slug, {})
+            if len(known) > MAX_CUSTOMERS:
+                known.clear()
+            return known

@@ -8,6 +8,7 @@ worker's audit thread, many a transaction (api/audits.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -56,15 +57,21 @@ class RequestContext:
         started = time.perf_counter()
         status = 500
         response_started = False
+        audited = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, audited
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 response_started = True
                 headers = list(message.get("headers", []))
                 headers.append((b"request-id", rid.encode()))
                 message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # the audit record is written before the answer ends: a client that has its
+                # answer finds the record, and no write of this request follows its answer
+                audited = True
+                await self._audit(scope, status, rid)
             await send(message)
 
         try:
@@ -76,6 +83,8 @@ class RequestContext:
         finally:
             seconds = time.perf_counter() - started
             await self._after(scope, status, seconds, rid)
+            if not audited:
+                await self._audit(scope, status, rid)
 
     def _flushing_at_shutdown(self, send: Send) -> Send:
         """`send` for the lifespan: the queued audit records are written before the app says
@@ -109,12 +118,17 @@ class RequestContext:
                 }
             ).decode()
         )
-        caller = state.get("caller")
+
+    async def _audit(self, scope: Scope, status: int, rid: str) -> None:
+        """A mutating request's audit record, written by the worker's audit thread."""
+        caller = scope.get("state", {}).get("caller")
+        method = scope["method"]
         if method in MUTATING and caller is not None:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
             arguments = {**scope.get("path_params", {}), "request_id": rid, "status": status}
             if self.audits is None:
                 self.audits = AuditWriter(caller.engine)
-            self.audits.submit(
+            written = self.audits.submit(
                 audit.Entry(
                     actor=Actor(kind="key", id=caller.key.key_id),
                     project_slug=caller.key.project_slug,
@@ -124,6 +138,7 @@ class RequestContext:
                     now=datetime.now(UTC),
                 )
             )
+            await asyncio.wrap_future(written)
 
 
 def _outcome(status: int) -> str | None:

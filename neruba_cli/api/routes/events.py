@@ -179,7 +179,13 @@ def _record_one(state: Any, caller: Caller, obj: Any, charge: bool) -> Recorded:
     meter = obj.get("meter") if isinstance(obj, dict) and not charge else None
     project, meters = state.catalogs.get(caller, (meter,))
     return posted.record_one(
-        caller.engine, project, obj, meters=meters, now=caller.now(), charge=charge
+        caller.engine,
+        project,
+        obj,
+        meters=meters,
+        now=caller.now(),
+        charge=charge,
+        customers=state.catalogs.customers(caller),
     )
 
 

@@ -57,9 +57,13 @@ def record_one(
     now: datetime,
     charge: bool = False,
     conn: Connection | None = None,
+    customers: dict[str, tuple[str, str]] | None = None,
 ) -> Recorded:
     """One event (or, with `charge`, one `--format charges` line), checked and written (in
-    `conn`'s write transaction when one is given, see `write_one`)."""
+    `conn`'s write transaction when one is given, see `write_one`). `customers` (external id
+    → id and currency) are ones the caller has seen resolved: an event naming one of them is
+    written without looking it up, and the ones looked up are added (charges check the
+    customer's currency: they always read it)."""
     validate = Validator(
         meters, charges_only=charge, now=now, max_future=MAX_FUTURE, assume_tz=None
     )
@@ -68,7 +72,15 @@ def record_one(
     key = key if isinstance(key, str) else None
     if isinstance(item, Reject):
         return Recorded("rejected", key, item.reason, reason_field(item.reason))
-    outcome, summary = write_one(engine, project, item, now=now, late_events=not charge, conn=conn)
+    outcome, summary = write_one(
+        engine,
+        project,
+        item,
+        now=now,
+        late_events=not charge,
+        conn=conn,
+        customers=None if charge else customers,
+    )
     return Recorded(
         outcome.status,
         item.record.idempotency_key,
@@ -90,13 +102,17 @@ def write_one(
     source: str = SOURCE,
     late_events: bool = False,
     conn: Connection | None = None,
+    customers: dict[str, tuple[str, str]] | None = None,
 ) -> tuple[LineOutcome, IngestSummary]:
     """One valid line in a transaction of its own, without a receipt: its outcome, and the
     summary (with `late_events`, the finalized invoices an accepted event made stale). With
     `conn`, in the caller's write transaction instead (one that also stores the request's
-    Idempotency-Key), which the caller runs again if the database aborts it."""
+    Idempotency-Key), which the caller runs again if the database aborts it. `customers` as
+    in `record_one` (the ones looked up exist whatever becomes of the transaction)."""
     summary = IngestSummary(batch=new_id("bat"), source=source, outcomes={})
     writer = BatchWriter(engine, project, summary, RejectsWriter(None), now)
+    if customers:
+        writer.customers.update(customers)
     writer.keeps_receipt = False
     writer.look_first = False  # a new key is the common case: insert, and look only if stored
     writer.concurrent = True
@@ -111,6 +127,8 @@ def write_one(
         writer.flush([item], then=late)
     else:
         writer.write_in(conn, [item], then=late)
+    if customers is not None:
+        customers.update(writer.customers)  # and the ones it looked up
     assert summary.outcomes is not None
     return summary.outcomes[item.line], summary
 
