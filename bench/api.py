@@ -59,7 +59,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import orjson
 from ingest import (  # bench/ingest.py: event generation, set-up through the CLI, measuring
@@ -73,6 +72,7 @@ from ingest import (  # bench/ingest.py: event generation, set-up through the CL
     plain_url,
     previous_month,
     print_table,
+    pymysql_connect,
     run_measured,
     server_target,
     verdict,
@@ -168,18 +168,7 @@ class _MariadbStore:
 
 
 def _pymysql_connect(url: str) -> Any:
-    import pymysql
-
-    parts = urlsplit(url)
-    return pymysql.connect(
-        host=parts.hostname or "localhost",
-        port=parts.port or 3306,
-        user=unquote(parts.username or "root"),
-        password=unquote(parts.password or ""),
-        database=parts.path.lstrip("/"),
-        charset="utf8mb4",
-        autocommit=True,
-    )
+    return pymysql_connect(url, autocommit=True)
 
 
 def floor_app() -> Any:
@@ -1208,36 +1197,17 @@ def print_report(results: list[dict[str, Any]]) -> None:
                 print("POST /v1/events/batch: not available on this server, not measured")
         ratios = result.get("ratios", {})
         rows = []
-        if "throughput" in ratios:
-            r = ratios["throughput"]
-            rows.append(
-                [
-                    "single-event req/s: neruba / floor",
-                    f"{r['value']:.2f}x",
-                    r["target"],
-                    verdict(r["met"]),
-                ]
-            )
-        if "p99_half_ms" in ratios:
-            r = ratios["p99_half_ms"]
-            rows.append(
-                [
-                    "neruba p99 at half its max rate",
-                    f"{_fmt(r['value'])} ms",
-                    r["target"],
-                    verdict(r["met"]),
-                ]
-            )
+        for name, label, shown in (
+            ("throughput", "single-event req/s: neruba / floor", "{:.2f}x"),
+            ("p99_half_ms", "neruba p99 at half its max rate", "{} ms"),
+            ("batch", "batch events/s: API / neruba ingest", "{:.2f}x"),
+        ):
+            if name in ratios:
+                r = ratios[name]
+                value = shown.format(_fmt(r["value"]) if name == "p99_half_ms" else r["value"])
+                rows.append([label, value, r["target"], verdict(r["met"])])
         if "batch" in ratios:
             r = ratios["batch"]
-            rows.append(
-                [
-                    "batch events/s: API / neruba ingest",
-                    f"{r['value']:.2f}x",
-                    r["target"],
-                    verdict(r["met"]),
-                ]
-            )
             rows.append(
                 ["(info) API / neruba ingest incl. its start-up", f"{r['vs_wall']:.2f}x", "", ""]
             )

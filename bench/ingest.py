@@ -393,18 +393,7 @@ def floor_worker(dialect: str, url: str, path: str) -> None:
         return
     marks = ", ".join("%s" for _ in FLOOR_COLUMNS)
     if dialect == "mariadb":
-        import pymysql
-
-        parts = urlsplit(url)
-        conn = pymysql.connect(
-            host=parts.hostname or "localhost",
-            port=parts.port or 3306,
-            user=unquote(parts.username or "root"),
-            password=unquote(parts.password or ""),
-            database=parts.path.lstrip("/"),
-            charset="utf8mb4",
-            autocommit=False,
-        )
+        conn = pymysql_connect(url, autocommit=False)
         statement = f"INSERT IGNORE INTO {FLOOR_TABLE} ({names}) VALUES ({marks})"
     else:
         import psycopg
@@ -419,6 +408,22 @@ def floor_worker(dialect: str, url: str, path: str) -> None:
         cursor.executemany(statement, rows)
         conn.commit()
     conn.close()
+
+
+def pymysql_connect(url: str, *, autocommit: bool) -> Any:
+    """A PyMySQL connection from a mysql:// URL (no driver suffix)."""
+    import pymysql
+
+    parts = urlsplit(url)
+    return pymysql.connect(
+        host=parts.hostname or "localhost",
+        port=parts.port or 3306,
+        user=unquote(parts.username or "root"),
+        password=unquote(parts.password or ""),
+        database=parts.path.lstrip("/"),
+        charset="utf8mb4",
+        autocommit=autocommit,
+    )
 
 
 def plain_url(url: str) -> str:
