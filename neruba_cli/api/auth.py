@@ -89,14 +89,6 @@ class Caller:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
 
-    @contextmanager
-    def write_transaction(self) -> Iterator[Session]:
-        """A unit of work that reads and then writes: on SQLite it takes the write lock at
-        BEGIN (`db.engine.write_session`), so a write committed by another request since this
-        one read (an audit record, say) makes it wait rather than fail."""
-        with write_session(self.engine) as session:
-            yield session
-
     def project(self, session: Session) -> Project:
         """The key's project, read in the request's own session."""
         return projects.get_project(session, self.key.project_slug)
