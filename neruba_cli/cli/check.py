@@ -19,8 +19,7 @@ def register(app: typer.Typer) -> None:
         """Consistency sweep of the ledger, invoices, billed events and import receipts. Exit
         4 on any discrepancy, with the list; notes (late events awaiting a rerun, an import
         still running) are listed but do not fail."""
-        with rt.transaction() as session:
-            project = rt.project(session)
+        project = rt.read_project()
         report = check_runner.run_consistent(rt.engine(), project)
         data = report.as_dict()
         rows = [

@@ -95,8 +95,7 @@ def register(app: typer.Typer) -> None:
             mapping=service.parse_mapping(mapping or []),
             preset=preset,
         )
-        with rt.transaction() as session:
-            project = rt.project(session)
+        project = rt.read_project()
         options = replace(options, label=invoices_read.period_label(period, project, rt.now()))
         with rt.out.progress("Comparing"), rt.engine().connect() as conn:
             report = service.compare(conn, project, options)

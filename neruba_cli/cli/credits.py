@@ -75,8 +75,7 @@ def grant(
         idempotency_key=idempotency_key,
         other_currency=allow_other_currency,
     )
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     data, created = credits.grant(rt.engine(), project, request, actor=rt.actor.id, now=rt.now())
     data["created"] = created
     rt.out.emit(data)
@@ -97,8 +96,7 @@ def revoke(
     ] = "revoked",
 ) -> None:
     """Remove what is left of a grant (what was spent stays spent)."""
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     data = credits.revoke(
         rt.engine(), project, grant_id, reason=reason, actor=rt.actor.id, now=rt.now()
     )
@@ -129,8 +127,7 @@ def expire(
     """Post the expiry of what is left on expired grants (for cron; a rerun does nothing)."""
     now = rt.now()
     moment = rt.moment(as_of, now)
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     report = credits.expire(rt.engine(), project, as_of=moment, actor=rt.actor.id, now=now)
     data = report.as_dict()
     columns = ("id", "customer", "expires_at", "expired", "currency", "category")

@@ -170,8 +170,7 @@ def forget(
     mirror) and keeps the first forget's date and actor.
     """
     engine = rt.engine()
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     report = privacy.prepare(
         engine, project, customer, rt.settings.personal_properties, dry_run=dry_run
     )

@@ -64,8 +64,7 @@ def _export(
         overlap=parse_fixed_duration(overlap, field="--overlap"),
     )
     export_kinds.check_request(request)
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     engine = rt.engine()
     to_file = output != "-"
     with export_watermarks.named_lease(engine, project, request) as lease:

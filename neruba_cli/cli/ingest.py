@@ -331,8 +331,7 @@ def void(
     and why. Exit 1 naming any unknown key (then nothing is voided)."""
     wanted = event_corrections.check_keys(keys)
     why = event_corrections.check_reason(reason)
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     report = corrections.void_events(
         rt.engine(), project, wanted, reason=why, actor=rt.actor.id, now=rt.now()
     )
@@ -423,8 +422,7 @@ def charge_add(
         charge = validate_charge(raw, now=now, max_future=timedelta(days=366))
     except Rejected as exc:  # every field of the charge came from this command line
         raise UsageError(str(exc)) from None
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     outcome, summary = ingest_charges.record_charge(rt.engine(), project, charge, now=now)
     if outcome == "rejected":
         raise InvalidInput(summary.rejects[0].reason)

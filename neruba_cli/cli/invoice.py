@@ -97,8 +97,7 @@ def finalize(
     month's run lock: exit 5 while a run holds it."""
     _one_of(number, period)
     now = rt.now()
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     label = invoices_read.period_label(period, project, now) if period else None
     report = invoices_finalize.finalize(
         rt.engine(), project, number=number, label=label, now=now, actor=rt.actor.id
@@ -163,8 +162,7 @@ def verify(
     Checks each fingerprint against the stored inputs, the stored document, and a
     recomputation from the database through the run's own code path."""
     _one_of(number, period)
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     label = invoices_read.period_label(period, project, rt.now()) if period else None
     report = invoices_verify.verify(rt.engine(), project, number=number, label=label)
     data = report.as_dict()
@@ -201,8 +199,7 @@ def preview(
     --json prints one invoice document (number null, status "preview"), or an array of them
     when several billing periods of the customer contain --at."""
     moment = parse_ts(at, field="--at") if at else rt.now()
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     found = invoices_preview.preview(rt.engine(), project, customer, at=moment)
 
     def render(console: Console) -> None:

@@ -44,8 +44,7 @@ def record(
         at=parse_ts(at, field="--at") if at else None,
         idempotency_key=idempotency_key,
     )
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     data, created = payments.record(rt.engine(), project, request, actor=rt.actor.id, now=rt.now())
     data["created"] = created
     rt.out.emit(data)
@@ -78,8 +77,7 @@ def refund(
     ] = None,
 ) -> None:
     """Pay back (part of) a payment: the invoice owes it again."""
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     data, created = payments.refund(
         rt.engine(),
         project,

@@ -60,8 +60,7 @@ def stripe(
         fmt = reconcile.report_format(output, fmt)
         if str(output) == "-":
             rt.out.give_stdout_to_data()
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     label = invoices_read.period_label(period, project, rt.now())
     if pull:
         pulled = stripe_pull.pull(

@@ -54,8 +54,7 @@ def apply(
     moment = rt.moment(as_of, now)
     check_as_of(moment, now)  # before asking for confirmation
     engine = rt.engine()
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     if not dry_run:
         rt.confirm(
             f"Drop event properties no meter reads from {project.slug}'s months that ended "

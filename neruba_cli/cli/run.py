@@ -91,8 +91,7 @@ def bill(
         wait=wait,
         lease=timedelta(seconds=lease),
     )
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     with _progress(rt.out, "Billing") as start:
         report = billing_run.run_bill(
             rt.engine(),

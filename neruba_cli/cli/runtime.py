@@ -282,6 +282,14 @@ class Runtime:
         access.admit(self.access, found, administers_access=self.policy.administers_access)
         return found
 
+    def read_project(self) -> Project:
+        """The project, looked up in a read transaction of its own, for commands whose work
+        then runs in the services' own transactions. It never queues for SQLite's write
+        lock, so a command that takes a lease reaches its lease, and that lease's short wait
+        and "held by" answer, even while a paused holder keeps the database's write lock."""
+        with self.transaction(write=False) as session:
+            return self.project(session)
+
     def confirm(self, question: str, *, yes: bool) -> None:
         """Dangerous actions ask on a terminal and need --yes anywhere else."""
         if yes:

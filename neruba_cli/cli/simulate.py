@@ -40,8 +40,7 @@ def register(app: typer.Typer) -> None:
         if output is not None:
             output_folder(output, "--output")
         candidate = read_catalog_file(catalog)
-        with rt.transaction() as session:
-            project = rt.project(session)
+        project = rt.read_project()
         label = invoices_read.period_label(period, project, rt.now())
         with rt.out.progress("Simulating"):
             report = service.simulate(

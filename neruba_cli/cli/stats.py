@@ -42,8 +42,7 @@ def register(app: typer.Typer) -> None:
             output_file(prometheus_file, "--prometheus")
             if str(prometheus_file) == "-":
                 rt.out.give_stdout_to_data()
-        with rt.transaction() as session:
-            project = rt.project(session)
+        project = rt.read_project()
         report = ops_stats.collect(rt.engine(), project, now=rt.now(), days=days)
         if prometheus_file is not None:
             text = prometheus.render(ops_stats.families(report))

@@ -75,8 +75,7 @@ def push(
 ) -> int:
     """Finalized invoices of the period → Stripe invoices (one item per line), finalized.
     Safe to repeat or resume: nothing is created twice. Exit 3 when Stripe refused some."""
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     label = invoices_read.period_label(period, project, rt.now())
     with ExitStack() as stack:
         report = stripe_push.push(
@@ -136,8 +135,7 @@ def pull(
 ) -> int:
     """Mirror Stripe invoices, invoice payments, payment intents, charges, refunds and credit
     notes; apply Stripe payments and refunds to the invoices. Resumes an interrupted pull."""
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     with rt.out.progress("Pulling from Stripe") as bar:
         seen: dict[str, int] = {}
 
@@ -195,8 +193,7 @@ def webhook_ingest(
     """Verify deliveries against STRIPE_WEBHOOK_SECRET (comma-separated for rotation), store
     each event once, apply it. A refused single delivery (forged, stale, not JSON) exits 1; a
     batch exits 3 when some deliveries were refused or failed to apply."""
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     secrets = parse_secrets(os.environ.get(SECRET_ENV))
     raw = _read(file)
     where = "stdin" if file == "-" else file
@@ -292,8 +289,7 @@ def webhook_reprocess(
 ) -> int:
     """Apply again the webhook events that failed (after `stripe pull`, say). Exit 3 when some
     still fail."""
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     results = stripe_webhooks.reprocess(
         rt.engine(), project, events or [], actor=rt.actor.id, now=rt.now()
     )

@@ -66,8 +66,7 @@ def show(
     """
     size = granularity(by)
     moment = rt.moment(as_of)
-    with rt.transaction() as session:
-        project = rt.project(session)
+    project = rt.read_project()
     data = analysis_usage.show(
         rt.engine(), project, customer, period=period, meter=meter, by=size, as_of=moment
     )
