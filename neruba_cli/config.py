@@ -9,6 +9,7 @@ working directory (cron runs in $HOME).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tomllib
@@ -239,6 +240,35 @@ def resolve_settings(
         personal_properties=tuple(file.privacy.personal_properties),
         api=file.api,
     )
+
+
+SERVE_SETTINGS_VARIABLE = "NERUBA_SERVE_SETTINGS"  # `neruba serve` -> each uvicorn worker
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `neruba serve` resolved, handed to each of its uvicorn workers through
+    SERVE_SETTINGS_VARIABLE: written and read here only, so both sides agree on the format."""
+
+    database_url: str
+    api: ApiSection
+    metrics_dir: str | None = None  # where the workers add up their request counts
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "database_url": self.database_url,
+                "api": self.api.model_dump(),
+                "metrics_dir": self.metrics_dir,
+            }
+        )
+
+    @classmethod
+    def decode(cls, text: str) -> ServeSettings:
+        data = json.loads(text)
+        return cls(
+            data["database_url"], ApiSection.model_validate(data["api"]), data["metrics_dir"]
+        )
 
 
 def resolve_api_settings(

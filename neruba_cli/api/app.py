@@ -1,7 +1,7 @@
 """The ASGI app of `neruba serve`: state, middleware, error handlers and routes, wired once.
 
 `neruba serve` resolves its settings (flags > NERUBA_API_* > [api] > defaults), checks the
-database, and hands them to each uvicorn worker through `SETTINGS_VARIABLE`; the workers build
+database, and hands them to each uvicorn worker through `config.ServeSettings`; the workers build
 the app with `create_app_from_environment`. `uvicorn --factory
 neruba_cli.api.app:create_app_from_environment` works too: it then resolves the settings itself.
 """
@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
@@ -24,11 +23,16 @@ from neruba_cli.api.metrics import ProjectFigures, RequestMetrics
 from neruba_cli.api.middleware import RequestContext
 from neruba_cli.api.responses import JsonResponse
 from neruba_cli.api.routes import credits, customers, events, invoices, ops
-from neruba_cli.config import ApiSection, resolve_api_settings, resolve_settings
+from neruba_cli.config import (
+    SERVE_SETTINGS_VARIABLE,
+    ApiSection,
+    ServeSettings,
+    resolve_api_settings,
+    resolve_settings,
+)
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine
 
-SETTINGS_VARIABLE = "NERUBA_SERVE_SETTINGS"  # set by `neruba serve` (cli/serve.py) for workers
 API_VERSION = "2026-12-01"
 
 
@@ -84,10 +88,9 @@ def create_app(database_url: str, settings: ApiSection, metrics_dir: str | None 
 
 
 def create_app_from_environment() -> FastAPI:
-    given = os.environ.get(SETTINGS_VARIABLE)
+    given = os.environ.get(SERVE_SETTINGS_VARIABLE)
     if given:
-        data = orjson.loads(given)
-        api = ApiSection.model_validate(data["api"])
-        return create_app(data["database_url"], api, data.get("metrics_dir"))
+        handed = ServeSettings.decode(given)
+        return create_app(handed.database_url, handed.api, handed.metrics_dir)
     settings = resolve_settings()
     return create_app(settings.database_url, resolve_api_settings(settings, {}))

@@ -10,11 +10,10 @@ from typing import Annotated
 import typer
 
 from neruba_cli.cli.runtime import Runtime, command
-from neruba_cli.config import resolve_api_settings
+from neruba_cli.config import SERVE_SETTINGS_VARIABLE, ServeSettings, resolve_api_settings
 
 # The app factory each uvicorn worker imports (cli/ never imports api/: see pyproject.toml).
 APP_FACTORY = "neruba_cli.api.app:create_app_from_environment"
-SETTINGS_VARIABLE = "NERUBA_SERVE_SETTINGS"
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +48,6 @@ def register(app: typer.Typer) -> None:
         NERUBA_API_DOCS (and NERUBA_API_<SETTING> for the others), else [api] in the config
         file. The database must be at the schema's head (`neruba db upgrade`). SIGTERM or
         SIGINT drains: /readyz answers 503, then requests in flight finish, then exit 0."""
-        import orjson
         import uvicorn
 
         settings = resolve_api_settings(
@@ -58,13 +56,9 @@ def register(app: typer.Typer) -> None:
         rt.engine()  # reachable and at head, or a clear error and its exit code now
         # The workers add up their request counts for /metrics through files in this folder.
         metrics_dir = tempfile.mkdtemp(prefix="neruba-serve-metrics-")
-        os.environ[SETTINGS_VARIABLE] = orjson.dumps(
-            {
-                "database_url": rt.settings.database_url,
-                "api": settings.model_dump(),
-                "metrics_dir": metrics_dir,
-            }
-        ).decode()
+        os.environ[SERVE_SETTINGS_VARIABLE] = ServeSettings(
+            rt.settings.database_url, settings, metrics_dir
+        ).encode()
         rt.out.say(
             f"Serving the Neruba API on http://{settings.host}:{settings.port} "
             f"({settings.workers} worker{'s' if settings.workers != 1 else ''})"
