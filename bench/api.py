@@ -1020,6 +1020,7 @@ def _profile(
                         "--output",
                         str(out),
                         "--nonblocking",
+                        "--gil",
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,

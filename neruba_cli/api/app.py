@@ -23,6 +23,7 @@ from neruba_cli.api.metrics import ProjectFigures, RequestMetrics
 from neruba_cli.api.middleware import RequestContext
 from neruba_cli.api.responses import JsonResponse
 from neruba_cli.api.routes import credits, customers, events, invoices, ops
+from neruba_cli.api.single_events import SingleEvents
 from neruba_cli.config import (
     SERVE_SETTINGS_VARIABLE,
     ApiSection,
@@ -49,6 +50,7 @@ class ApiState:
     limiter: RateLimiter
     keys: KeyCache = field(default_factory=KeyCache)
     catalogs: CatalogCache = field(default_factory=CatalogCache)
+    events: SingleEvents = field(default_factory=SingleEvents)  # POST /v1/events' writes
     draining: bool = False  # set on SIGTERM/SIGINT by `neruba serve`: /readyz answers 503
     readiness_failure: str = ""  # the last failures /readyz logged, to log each change once
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -102,13 +103,18 @@ class ApiStateLike(Protocol):
     keys: KeyCache
 
 
-def authenticate(request: Request, secret: str) -> Access:
+async def authenticate(request: Request, secret: str) -> Access:
+    """The key's access: a kept one at once, else looked up in a worker thread."""
     state: ApiStateLike = request.app.state.neruba
     now = datetime.now(UTC)
     digest = hashlib.sha256(secret.encode()).hexdigest()
     cached = state.keys.get(digest, now)
     if cached is not None:
         return cached
+    return await run_in_threadpool(_look_up, state, secret, digest, now)
+
+
+def _look_up(state: ApiStateLike, secret: str, digest: str, now: datetime) -> Access:
     try:
         # A write transaction: authenticating may note the key's `last_used_at`, and a SQLite
         # reader that then writes fails at once if another worker wrote in between.
@@ -121,19 +127,19 @@ def authenticate(request: Request, secret: str) -> Access:
     return found
 
 
-def requires(scope: str) -> Callable[..., Caller]:
+def requires(scope: str) -> Callable[..., Awaitable[Caller]]:
     """The dependency of a route that needs `scope`: 401 without a valid key, 403 without the
     scope. The caller is kept on the request for the access log and the audit trail."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
 
-    def dependency(
+    async def dependency(
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     ) -> Caller:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise ApiError(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
-        found = authenticate(request, credentials.credentials.strip())
+        found = await authenticate(request, credentials.credentials.strip())
         request.state.key_id = found.actor.id
         request.state.project = found.key.project_slug if found.key else None
         assert found.key is not None
@@ -153,7 +159,7 @@ def requires(scope: str) -> Callable[..., Caller]:
     return dependency
 
 
-_SCOPE_OF: dict[Callable[..., Caller], str] = {}
+_SCOPE_OF: dict[Callable[..., Awaitable[Caller]], str] = {}
 
 
 def scope_of(dependency: Callable[..., object]) -> str | None:

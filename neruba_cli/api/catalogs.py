@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Iterable
 
+from fastapi.concurrency import run_in_threadpool
+
 from neruba_cli.api.auth import Caller
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.catalog import MeterDef
@@ -39,15 +41,10 @@ class CatalogCache:
     ) -> tuple[Project, dict[str, MeterDef]]:
         """The caller's project and its meters: the kept ones while they are fresh and know
         every name in `meters`, else read again."""
+        kept = self.peek(caller, meters)
+        if kept is not None:
+            return kept
         slug = caller.key.project_slug
-        with self._lock:
-            entry = self._entries.get(slug)
-        if entry is not None:
-            deadline, project, known = entry
-            if time.monotonic() < deadline and all(
-                name in known for name in meters if isinstance(name, str)
-            ):
-                return project, known
         with caller.transaction() as session:
             project = caller.project(session)
             known = catalog_store.stored_meters(session, project)
@@ -58,9 +55,34 @@ class CatalogCache:
             self._customers[slug] = {}
         return project, known
 
+    def peek(
+        self, caller: Caller, meters: Iterable[object] = ()
+    ) -> tuple[Project, dict[str, MeterDef]] | None:
+        """The kept project and meters, without reading the database: None when they are
+        stale or miss a name in `meters` (then `get` reads them)."""
+        with self._lock:
+            entry = self._entries.get(caller.key.project_slug)
+        if entry is None:
+            return None
+        deadline, project, known = entry
+        if time.monotonic() >= deadline:
+            return None
+        if not all(name in known for name in meters if isinstance(name, str)):
+            return None
+        return project, known
+
+    async def fresh(
+        self, caller: Caller, meters: Iterable[object] = ()
+    ) -> tuple[Project, dict[str, MeterDef]]:
+        """`get` for the event loop: the kept ones at once, a read in a worker thread."""
+        kept = self.peek(caller, meters)
+        if kept is not None:
+            return kept
+        return await run_in_threadpool(self.get, caller, meters)
+
     def customers(self, caller: Caller) -> dict[str, tuple[str, str]]:
         """The caller's project's customers seen so far (external id → id and currency), for
-        `posted.record_one` to read and add to."""
+        `posted.write_group` to read and add to."""
         slug = caller.key.project_slug
         with self._lock:
             known = self._customers.setdefault(slug, {})

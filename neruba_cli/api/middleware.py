@@ -8,7 +8,6 @@ worker's audit thread, many a transaction (api/audits.py).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import time
@@ -71,7 +70,7 @@ class RequestContext:
                 # the audit record is written before the answer ends: a client that has its
                 # answer finds the record, and no write of this request follows its answer
                 audited = True
-                await self._audit(scope, status, rid)
+                await self._audit(scope, status)
             await send(message)
 
         try:
@@ -84,7 +83,7 @@ class RequestContext:
             seconds = time.perf_counter() - started
             await self._after(scope, status, seconds, rid)
             if not audited:
-                await self._audit(scope, status, rid)
+                await self._audit(scope, status)
 
     def _flushing_at_shutdown(self, send: Send) -> Send:
         """`send` for the lifespan: the queued audit records are written before the app says
@@ -119,26 +118,41 @@ class RequestContext:
             ).decode()
         )
 
-    async def _audit(self, scope: Scope, status: int, rid: str) -> None:
-        """A mutating request's audit record, written by the worker's audit thread."""
-        caller = scope.get("state", {}).get("caller")
-        method = scope["method"]
-        if method in MUTATING and caller is not None:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            arguments = {**scope.get("path_params", {}), "request_id": rid, "status": status}
+    async def _audit(self, scope: Scope, status: int) -> None:
+        """A mutating request's audit record, written by the worker's audit thread (unless
+        the route wrote it in its own transaction)."""
+        if scope.get("state", {}).get("audited"):
+            return
+        entry = audit_entry(scope, status)
+        if entry is not None:
             if self.audits is None:
-                self.audits = AuditWriter(caller.engine)
-            written = self.audits.submit(
-                audit.Entry(
-                    actor=Actor(kind="key", id=caller.key.key_id),
-                    project_slug=caller.key.project_slug,
-                    command=f"{method} {route}",
-                    arguments=arguments,
-                    outcome=audit.Outcome(0 if status < 400 else 1, _outcome(status)),
-                    now=datetime.now(UTC),
-                )
-            )
-            await asyncio.wrap_future(written)
+                self.audits = AuditWriter(scope["state"]["caller"].engine)
+            await self.audits.submit(entry)
+
+
+def audit_entry(scope: Scope, status: int) -> audit.Entry | None:
+    """The audit record of a mutating request answered with `status`; None for a request that
+    is not audited (a read, or one refused before its key was known). A route that writes the
+    record itself, in its own transaction, sets `state["audited"]`."""
+    state = scope.get("state", {})
+    caller = state.get("caller")
+    method = scope["method"]
+    if method not in MUTATING or caller is None:
+        return None
+    route = getattr(scope.get("route"), "path", None) or "unmatched"
+    arguments = {
+        **scope.get("path_params", {}),
+        "request_id": state["request_id"],
+        "status": status,
+    }
+    return audit.Entry(
+        actor=Actor(kind="key", id=caller.key.key_id),
+        project_slug=caller.key.project_slug,
+        command=f"{method} {route}",
+        arguments=arguments,
+        outcome=audit.Outcome(0 if status < 400 else 1, _outcome(status)),
+        now=datetime.now(UTC),
+    )
 
 
 def _outcome(status: int) -> str | None:

@@ -5,7 +5,8 @@ inserts, and reads a batch's stored keys back when it has to classify its lines:
 
 - `insert_new` stores rows none of whose keys is expected to be stored: COPY on PostgreSQL and
   multi-row INSERT statements on MariaDB (events), each inside a savepoint so a stored key
-  rolls the whole insert back; elsewhere (SQLite, charges) the skipping insert.
+  rolls the whole insert back; elsewhere (SQLite, charges, a few rows on PostgreSQL) the
+  skipping insert.
 - `insert_skipping` stores rows with driver-ready tuples, skipping keys already stored:
   `ON CONFLICT DO NOTHING` (SQLite, PostgreSQL) and `ON DUPLICATE KEY UPDATE` (MariaDB). Only
   the unique-key conflict is skipped: SQLite's `INSERT OR IGNORE` and MariaDB's `INSERT IGNORE`
@@ -66,6 +67,9 @@ COLUMNS = {
 # Drivers whose executemany rowcount is exactly the rows inserted (MariaDB counts the rows a
 # no-op ON DUPLICATE KEY UPDATE found, so its callers always classify).
 _EXACT_INSERT_COUNTS = ("sqlite", "postgresql")
+# PostgreSQL: fewer rows than this go in with one pipelined executemany, cheaper than a
+# savepoint around a COPY (the HTTP API's groups of single events)
+_FEW_FOR_COPY = 100
 _MYSQL_STATEMENT = 1_024_000  # characters: PyMySQL executemany's statement size
 
 
@@ -106,8 +110,12 @@ def insert_new(conn: Connection, table: str, rows: Sequence[Row]) -> int | None:
     number stored (all of them, or fewer if the dialect's insert skips stored keys), or None
     when a key turned out to be stored and nothing was."""
     dialect = conn.dialect.name
-    if dialect == "sqlite" or table != "events" or (len(rows) == 1 and dialect == "postgresql"):
-        return insert_skipping(conn, table, rows)  # one row: one statement, its count exact
+    if (
+        dialect == "sqlite"
+        or table != "events"
+        or (len(rows) <= _FEW_FOR_COPY and dialect == "postgresql")
+    ):
+        return insert_skipping(conn, table, rows)  # its count is exact there
     try:
         with conn.begin_nested():
             if is_mysql(dialect):

@@ -20,6 +20,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,7 @@ from neruba_cli.domain.errors import DatabaseError, InvalidInput, LockHeld, Neru
 
 CONNECT_TIMEOUT_SECONDS = 5
 WRITE_OPTION = "neruba_write"
+log = logging.getLogger("neruba.db")
 # The longest any statement waits for a row (SQLite: the database) another transaction holds
 # locked. Longer than any transaction Neruba itself keeps open; see docs "Locks and leases".
 LOCK_WAIT_SECONDS = 30
@@ -289,6 +291,60 @@ def begin_write(engine: Engine) -> Iterator[Connection]:
     finally:
         if held and lock is not None:
             lock.release()
+
+
+class KeptConnection:
+    """The connection one writer thread keeps for its many short write transactions (the HTTP
+    API's grouped writes): `begin_write` without the pool's round trips per transaction
+    (check-out with its liveness ping, and the rollback that resets a connection on its
+    return). A connection idle longer than `idle_seconds`, or one an error left invalid, is
+    closed and a new one opened for the next transaction. Not for several threads at once."""
+
+    def __init__(self, engine: Engine, idle_seconds: float = 30.0) -> None:
+        self.engine = engine
+        self.idle_seconds = idle_seconds
+        self._conn: Connection | None = None
+        self._used = 0.0
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        lock = _SQLITE_WRITERS.get(self.engine)
+        held = lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000) if lock is not None else False
+        try:
+            conn = self._connection()
+            try:
+                with conn.begin():
+                    yield conn
+            except BaseException:
+                if conn.invalidated or conn.closed:
+                    self.close()
+                raise
+            finally:
+                self._used = time.monotonic()
+        finally:
+            if held and lock is not None:
+                lock.release()
+
+    def _connection(self) -> Connection:
+        conn = self._conn
+        if conn is not None and (
+            conn.closed or conn.invalidated or time.monotonic() - self._used > self.idle_seconds
+        ):
+            self.close()
+            conn = None
+        if conn is None:
+            conn = self.engine.connect()
+            conn.execution_options(**{WRITE_OPTION: True})
+            self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # a connection that broke: nothing left to give back
+                log.debug("closing a kept connection failed", exc_info=True)
 
 
 @contextmanager

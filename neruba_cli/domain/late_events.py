@@ -76,3 +76,9 @@ def carries_forward(policy: str) -> bool:
     """Under this policy, does the run of a month look for late usage of the month before to
     carry onto its invoices?"""
     return treatment(policy, final=True) is Treatment.CARRY
+
+
+def stale_entry(number: str, period: str) -> dict[str, str]:
+    """How a finalized invoice made stale by new or corrected events is reported (ingest,
+    corrections, the HTTP API): its number, its period, and the run that applies the policy."""
+    return {"number": number, "period": period, "rerun": f"neruba run bill --period {period}"}

@@ -24,13 +24,17 @@ from neruba_cli.api.body import json_body, read_body
 from neruba_cli.api.body import parse as parse_json
 from neruba_cli.api.errors import COMMON_ERRORS, ApiError, ErrorResponse
 from neruba_cli.api.idempotency import Idempotent, idempotency
+from neruba_cli.api.middleware import audit_entry
 from neruba_cli.api.openapi import PER_ITEM_EXTENSION
 from neruba_cli.api.responses import JsonResponse
+from neruba_cli.api.single_events import Posted
 from neruba_cli.db.schema import Project
 from neruba_cli.domain import charges as charge_rules
 from neruba_cli.domain import events as event_rules
 from neruba_cli.services.ingest import posted
 from neruba_cli.services.ingest.posted import Recorded
+from neruba_cli.services.ingest.receipts import LineOutcome
+from neruba_cli.services.tenancy import audit
 
 router = APIRouter(prefix="/v1", tags=["usage"], responses=COMMON_ERRORS)
 
@@ -126,7 +130,7 @@ _ONE_ERRORS: dict[int | str, dict[str, Any]] = {
 async def post_event(
     request: Request, caller: Caller = Depends(requires("ingest"))
 ) -> JsonResponse:
-    return await _one(request, caller, charge=False)
+    return await _one(request, caller)
 
 
 _CHARGE_CONFLICT = {
@@ -153,19 +157,37 @@ async def post_charge(
     return await run_in_threadpool(_record_charge, state, caller, obj, idempotent)
 
 
-async def _one(request: Request, caller: Caller, *, charge: bool) -> JsonResponse:
+async def _one(request: Request, caller: Caller) -> JsonResponse:
+    """One event: checked here, written with the other requests' of this worker that arrive
+    meanwhile, its audit record in the same transaction (api/single_events.py)."""
     state = request.app.state.neruba
     obj = await json_body(request, state.settings.max_body_bytes)
-    recorded = await run_in_threadpool(_record_one, state, caller, obj, charge)
-    return JsonResponse(_answer(recorded))
+    meter = obj.get("meter") if isinstance(obj, dict) else None
+    project, meters = await state.catalogs.fresh(caller, (meter,))
+    now = caller.now()
+    item, warnings = posted.check(obj, meters=meters, now=now)
+    if isinstance(item, Recorded):
+        return JsonResponse(_answer(item))
+
+    def audit_of(outcome: LineOutcome) -> audit.Entry | None:
+        return audit_entry(request.scope, STATUS[outcome.status])
+
+    customers = state.catalogs.customers(caller)
+    outcome, batch, stale = await state.events.write(
+        Posted(caller.engine, project, item, now, customers, audit_of)
+    )
+    request.state.audited = True
+    return JsonResponse(_answer(posted.recorded(item, outcome, batch, stale, warnings)))
+
+
+STATUS = {"accepted": 200, "duplicate": 200, "conflict": 409, "rejected": 422}
 
 
 def _answer(recorded: Recorded) -> dict[str, Any]:
     """The 200 of an accepted or duplicate event or charge; the error of any other."""
-    if recorded.status == "conflict":
-        raise ApiError(409, str(recorded.reason), param=recorded.param)
-    if recorded.status == "rejected":
-        raise ApiError(422, str(recorded.reason), param=recorded.param)
+    status = STATUS[recorded.status]
+    if status != 200:
+        raise ApiError(status, str(recorded.reason), param=recorded.param)
     return {
         "status": recorded.status,
         "idempotency_key": recorded.idempotency_key,
@@ -173,20 +195,6 @@ def _answer(recorded: Recorded) -> dict[str, Any]:
         "stale_invoices": recorded.stale_invoices,
         "warnings": recorded.warnings,
     }
-
-
-def _record_one(state: Any, caller: Caller, obj: Any, charge: bool) -> Recorded:
-    meter = obj.get("meter") if isinstance(obj, dict) and not charge else None
-    project, meters = state.catalogs.get(caller, (meter,))
-    return posted.record_one(
-        caller.engine,
-        project,
-        obj,
-        meters=meters,
-        now=caller.now(),
-        charge=charge,
-        customers=state.catalogs.customers(caller),
-    )
 
 
 def _record_charge(state: Any, caller: Caller, obj: Any, idempotent: Idempotent) -> JsonResponse:

@@ -33,7 +33,7 @@ from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.billing_periods import resolve_label
 from neruba_cli.domain.invoice import BuiltInvoice, CarriedUsage, correction_lines, run_fingerprint
 from neruba_cli.domain.invoice_limits import Unbillable
-from neruba_cli.domain.late_events import carries_forward
+from neruba_cli.domain.late_events import carries_forward, stale_entry
 from neruba_cli.domain.periods import Period
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.billing import culprits
@@ -547,11 +547,4 @@ def stale_invoices(
         .where(batch_events)
         .order_by(invoices_t.c.number)
     ).all()
-    return [
-        {
-            "number": row.number,
-            "period": row.period,
-            "rerun": f"neruba run bill --period {row.period}",
-        }
-        for row in rows
-    ]
+    return [stale_entry(row.number, row.period) for row in rows]

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import customers_t, event_versions_t, events_t, invoices_t
@@ -31,6 +31,7 @@ from neruba_cli.domain.event_corrections import (
     same_values,
 )
 from neruba_cli.domain.events import quantity_text, read_operation
+from neruba_cli.domain.late_events import stale_entry
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.ingest.rejects import Reject
 from neruba_cli.services.ingest.validation import Pending, Validator
@@ -290,30 +291,75 @@ def stale_invoices(
 ) -> list[dict[str, str]]:
     """Finalized invoices whose period holds a corrected event: the run of their month
     applies the project's late-event policy to them."""
+    found = {
+        invoice.number: invoice.period
+        for invoices in stale_by_event(conn, project_id, touched).values()
+        for invoice in invoices
+    }
+    return [stale_entry(number, period) for number, period in sorted(found.items())]
+
+
+@dataclass(frozen=True)
+class FinalInvoice:
+    """A finalized invoice, as the events stored in its period see it."""
+
+    number: str
+    period: str
+    customer_id: str
+    start: datetime
+    end: datetime
+
+
+# Built once: the HTTP API runs it with every group of single events it writes.
+_FINAL_OVERLAPPING = (
+    select(
+        invoices_t.c.number,
+        invoices_t.c.period,
+        invoices_t.c.customer_id,
+        invoices_t.c.period_start,
+        invoices_t.c.period_end,
+    )
+    .where(invoices_t.c.project_id == bindparam("project_id"))
+    .where(invoices_t.c.status.in_(FINAL))
+    .where(invoices_t.c.customer_id.in_(bindparam("customers", expanding=True)))
+    .where(invoices_t.c.period_end > bindparam("first", type_=invoices_t.c.period_end.type))
+    .where(invoices_t.c.period_start <= bindparam("last", type_=invoices_t.c.period_start.type))
+    .order_by(invoices_t.c.number)
+)
+
+
+def stale_by_event(
+    conn: Connection, project_id: str, touched: Iterable[tuple[str, datetime]]
+) -> dict[tuple[str, datetime], list[FinalInvoice]]:
+    """For each (customer id, event moment), the finalized invoices of that customer whose
+    period [start, end) holds the moment: the invoices a new or corrected event there makes
+    stale. One query per `_KEYS_PER_QUERY` customers, bounded by the moments' range (the
+    open month's events find no finalized invoice, and cost one index probe)."""
     moments = sorted(set(touched))
     if not moments:
-        return []
-    found: dict[str, str] = {}
-    for first in range(0, len(moments), _KEYS_PER_QUERY):
-        chunk = moments[first : first + _KEYS_PER_QUERY]
+        return {}
+    by_customer: dict[str, list[FinalInvoice]] = {}
+    customers = sorted({customer for customer, _ in moments})
+    first, last = min(m for _, m in moments), max(m for _, m in moments)
+    for offset in range(0, len(customers), _KEYS_PER_QUERY):
         rows = conn.execute(
-            select(invoices_t.c.number, invoices_t.c.period)
-            .where(invoices_t.c.project_id == project_id, invoices_t.c.status.in_(FINAL))
-            .where(
-                or_(
-                    *(
-                        and_(
-                            invoices_t.c.customer_id == customer_id,
-                            invoices_t.c.period_start <= moment,
-                            invoices_t.c.period_end > moment,
-                        )
-                        for customer_id, moment in chunk
-                    )
-                )
-            )
+            _FINAL_OVERLAPPING,
+            {
+                "project_id": project_id,
+                "customers": customers[offset : offset + _KEYS_PER_QUERY],
+                "first": first,
+                "last": last,
+            },
         )
-        found.update({row.number: row.period for row in rows})
-    return [
-        {"number": number, "period": period, "rerun": f"neruba run bill --period {period}"}
-        for number, period in sorted(found.items())
-    ]
+        for row in rows:
+            by_customer.setdefault(row.customer_id, []).append(FinalInvoice(*row))
+    found: dict[tuple[str, datetime], list[FinalInvoice]] = {}
+    for customer, moment in moments:
+        covering = [
+            invoice
+            for invoice in by_customer.get(customer, ())
+            if invoice.start <= moment < invoice.end
+        ]
+        if covering:
+            found[(customer, moment)] = covering
+    return found

@@ -2,34 +2,44 @@
 and BatchWriter as `neruba ingest`, so the rules, the idempotency and the conflicts are the
 file's.
 
-- `record_one`: one event or charge, written in one transaction with no receipt (like
-  `neruba charge add`: a batch id of its own tells it apart), its late-event check in the same
-  transaction; the project's meters come from the caller, which may keep them a while.
+- `check`: one event or charge against the rules and the project's meters (which the caller
+  may keep a while): what to write, or why not.
+- `write_group`: events posted one by one that arrived together, written in one transaction
+  with no receipt (a batch id of their own tells them apart, as `neruba charge add`'s does),
+  each with its own outcome and the finalized invoices it made stale. Grouping only shares the
+  cost of a commit: each event is classified exactly as if it had been written alone, in the
+  order given.
+- `record_one`: one charge (or event) checked and written, in the caller's transaction when it
+  has one (the API's charges, with their Idempotency-Key record).
 - `ingest_objects`: a batch, as an import of its objects: a receipt (`source` = `api`), the
   ingest summary, and each object's outcome (`summary.outcomes`, by line = index + 1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from neruba_cli.db import retry
+from neruba_cli.db.engine import begin_write
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.catalog import MeterDef
 from neruba_cli.domain.events import reason_field
-from neruba_cli.services.billing import run as billing_run
-from neruba_cli.services.ingest import pipeline
+from neruba_cli.domain.late_events import stale_entry
+from neruba_cli.services.ingest import corrections, pipeline
 from neruba_cli.services.ingest.readers import Objects
 from neruba_cli.services.ingest.receipts import IngestSummary, LineOutcome
 from neruba_cli.services.ingest.rejects import Reject, RejectsWriter
 from neruba_cli.services.ingest.validation import Pending, Validator
 from neruba_cli.services.ingest.writer import BatchWriter
 
+_Stale = dict[tuple[str, datetime], list[corrections.FinalInvoice]]
 SOURCE = "api"  # the receipts' source, and the summary's
 MAX_FUTURE = timedelta(hours=1)  # how far ahead a timestamp may be: `neruba ingest`'s default
 
@@ -48,6 +58,22 @@ class Recorded:
     warnings: list[str] = field(default_factory=list)
 
 
+def check(
+    obj: Any, *, meters: dict[str, MeterDef], now: datetime, charge: bool = False
+) -> tuple[Pending | Recorded, list[str]]:
+    """One posted object against the rules (`charge`: a `--format charges` line): the item to
+    write, or the rejected outcome; and what `neruba ingest` would warn about it."""
+    validate = Validator(
+        meters, charges_only=charge, now=now, max_future=MAX_FUTURE, assume_tz=None
+    )
+    item = validate(None, 1, b"", obj)
+    if isinstance(item, Reject):
+        key = obj.get("idempotency_key") if isinstance(obj, dict) else None
+        key = key if isinstance(key, str) else None
+        return Recorded("rejected", key, item.reason, reason_field(item.reason)), []
+    return item, validate.warnings()
+
+
 def record_one(
     engine: Engine,
     project: Project,
@@ -57,40 +83,64 @@ def record_one(
     now: datetime,
     charge: bool = False,
     conn: Connection | None = None,
-    customers: dict[str, tuple[str, str]] | None = None,
 ) -> Recorded:
-    """One event (or, with `charge`, one `--format charges` line), checked and written (in
-    `conn`'s write transaction when one is given, see `write_one`). `customers` (external id
-    → id and currency) are ones the caller has seen resolved: an event naming one of them is
-    written without looking it up, and the ones looked up are added (charges check the
-    customer's currency: they always read it)."""
-    validate = Validator(
-        meters, charges_only=charge, now=now, max_future=MAX_FUTURE, assume_tz=None
-    )
-    item = validate(None, 1, b"", obj)
-    key = obj.get("idempotency_key") if isinstance(obj, dict) else None
-    key = key if isinstance(key, str) else None
-    if isinstance(item, Reject):
-        return Recorded("rejected", key, item.reason, reason_field(item.reason))
-    outcome, summary = write_one(
-        engine,
-        project,
-        item,
-        now=now,
-        late_events=not charge,
-        conn=conn,
-        customers=None if charge else customers,
-    )
-    return Recorded(
-        outcome.status,
-        item.record.idempotency_key,
-        outcome.reason,
-        None if outcome.reason is None else reason_field(outcome.reason),
-        outcome.stored,
-        summary.batch,
-        summary.stale_invoices,
-        validate.warnings(),
-    )
+    """One event or charge, checked and written in a transaction of its own, or in `conn`'s
+    write transaction when one is given (see `write_one`)."""
+    item, warnings = check(obj, meters=meters, now=now, charge=charge)
+    if isinstance(item, Recorded):
+        return item
+    outcome, summary = write_one(engine, project, item, now=now, conn=conn)
+    return recorded(item, outcome, summary.batch or "", [], warnings)
+
+
+def write_group(
+    engine: Engine,
+    project: Project,
+    items: Sequence[Pending],
+    *,
+    now: datetime,
+    customers: dict[str, tuple[str, str]] | None = None,
+    transaction: Callable[[], AbstractContextManager[Connection]] | None = None,
+    then: Callable[[Connection, list[LineOutcome]], None] | None = None,
+) -> list[tuple[LineOutcome, str, list[dict[str, str]]]]:
+    """Valid events of `project`, written in one write transaction (`transaction()`, by
+    default `begin_write(engine)`; run again if the database aborts it to break a deadlock):
+    for each, in order, its outcome, the batch id they share, and the finalized invoices it
+    made stale, checked in the same transaction. `then` is called in it last, with the
+    outcomes in order (the API records its requests' audit there). Each item's `line` is set
+    to its place in the group. `customers` as in `write_one`."""
+    for line, item in enumerate(items, start=1):
+        item.line = line
+    begin = transaction or (lambda: begin_write(engine))
+
+    def attempt() -> tuple[IngestSummary, BatchWriter, _Stale]:
+        summary = IngestSummary(batch=new_id("bat"), source=SOURCE, outcomes={})
+        writer = _writer(engine, project, summary, now, customers)
+        with begin() as conn:
+            writer.write_in(conn, list(items))
+            outcomes = summary.outcomes or {}
+            touched = [
+                (writer.customers[item.record.customer][0], item.record.timestamp)
+                for item in items
+                if outcomes[item.line].status == "accepted"
+            ]
+            stale = corrections.stale_by_event(conn, project.id, touched)
+            if then is not None:
+                then(conn, [outcomes[item.line] for item in items])
+        return summary, writer, stale
+
+    summary, writer, stale = retry.retrying(attempt)
+    if customers is not None:
+        customers.update(writer.customers)  # and the ones it looked up
+    assert summary.outcomes is not None and summary.batch is not None
+    answers = []
+    for item in items:
+        outcome = summary.outcomes[item.line]
+        found = writer.customers.get(item.record.customer)
+        invoices = stale.get((found[0], item.record.timestamp), []) if found else []
+        entries = [stale_entry(invoice.number, invoice.period) for invoice in invoices]
+        answers.append((outcome, summary.batch, entries))
+    return answers
 
 
 def write_one(
@@ -100,37 +150,60 @@ def write_one(
     *,
     now: datetime,
     source: str = SOURCE,
-    late_events: bool = False,
     conn: Connection | None = None,
-    customers: dict[str, tuple[str, str]] | None = None,
 ) -> tuple[LineOutcome, IngestSummary]:
-    """One valid line in a transaction of its own, without a receipt: its outcome, and the
-    summary (with `late_events`, the finalized invoices an accepted event made stale). With
-    `conn`, in the caller's write transaction instead (one that also stores the request's
-    Idempotency-Key), which the caller runs again if the database aborts it. `customers` as
-    in `record_one` (the ones looked up exist whatever becomes of the transaction)."""
+    """One valid line in a transaction of its own, without a receipt: its outcome and the
+    summary. With `conn`, in the caller's write transaction instead (one that also stores the
+    request's Idempotency-Key), which the caller runs again if the database aborts it."""
     summary = IngestSummary(batch=new_id("bat"), source=source, outcomes={})
+    writer = _writer(engine, project, summary, now, None)
+    if conn is None:
+        writer.flush([item])
+    else:
+        writer.write_in(conn, [item])
+    assert summary.outcomes is not None
+    return summary.outcomes[item.line], summary
+
+
+def _writer(
+    engine: Engine,
+    project: Project,
+    summary: IngestSummary,
+    now: datetime,
+    customers: dict[str, tuple[str, str]] | None,
+) -> BatchWriter:
+    """A writer for posted lines: no receipt, a new key is the common case (insert, and look
+    only if stored), other requests write the same keys at the same time. `customers`
+    (external id → id and currency) are ones the caller has seen resolved: an event naming
+    one of them is written without looking it up (charges always read their customer's
+    currency: they pass None)."""
     writer = BatchWriter(engine, project, summary, RejectsWriter(None), now)
     if customers:
         writer.customers.update(customers)
     writer.keeps_receipt = False
-    writer.look_first = False  # a new key is the common case: insert, and look only if stored
+    writer.look_first = False
     writer.concurrent = True
+    return writer
 
-    def late(conn: Connection) -> None:
-        if late_events and summary.accepted and summary.batch is not None:
-            summary.stale_invoices = billing_run.stale_invoices(
-                conn, project.id, summary.batch, summary.first_event, summary.last_event
-            )
 
-    if conn is None:
-        writer.flush([item], then=late)
-    else:
-        writer.write_in(conn, [item], then=late)
-    if customers is not None:
-        customers.update(writer.customers)  # and the ones it looked up
-    assert summary.outcomes is not None
-    return summary.outcomes[item.line], summary
+def recorded(
+    item: Pending,
+    outcome: LineOutcome,
+    batch: str,
+    stale: list[dict[str, str]],
+    warnings: list[str],
+) -> Recorded:
+    """The answer for one written item."""
+    return Recorded(
+        outcome.status,
+        item.record.idempotency_key,
+        outcome.reason,
+        None if outcome.reason is None else reason_field(outcome.reason),
+        outcome.stored,
+        batch,
+        stale,
+        warnings,
+    )
 
 
 def ingest_objects(

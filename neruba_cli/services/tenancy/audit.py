@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, insert, or_, select
+from sqlalchemy import Connection, Engine, insert, or_, select
 from sqlalchemy.orm import Session
 
 from neruba_cli.db.engine import LEASE_LOCK_WAIT_SECONDS, begin_write, short_lock_wait
@@ -90,13 +90,21 @@ def record(
 def record_many(engine: Engine, entries: Sequence[Entry]) -> list[str]:
     """Append several audit records in one transaction (the HTTP API gathers its requests'
     records and writes them together: one commit for many requests)."""
+    if not entries:
+        return []
+    with begin_write(engine) as conn:
+        return record_in(conn, entries)
+
+
+def record_in(conn: Connection, entries: Sequence[Entry]) -> list[str]:
+    """Append audit records in the caller's transaction: they stand or fall with its work
+    (the HTTP API's single events, written with their requests' records)."""
     ids = [new_id("aud") for _ in entries]
     if entries:
-        with begin_write(engine) as conn:
-            conn.execute(
-                insert(AuditRecord),
-                [_row(record_id, entry) for record_id, entry in zip(ids, entries, strict=True)],
-            )
+        conn.execute(
+            insert(AuditRecord),
+            [_row(record_id, entry) for record_id, entry in zip(ids, entries, strict=True)],
+        )
     return ids
 
 

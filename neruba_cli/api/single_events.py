@@ -1,0 +1,109 @@
+"""`POST /v1/events`: the events of one worker's concurrent requests, written together.
+
+Each request checks its event itself (`posted.check`, in the event loop: a rejected event is
+answered at once) and hands the valid one to this worker's event thread (api/grouping.py),
+which writes whatever requests have queued meanwhile in one transaction
+(`posted.write_group`), one per project. A request is answered once that transaction has
+committed, with its own outcome: accepted, duplicate (of an earlier request, or of one in the
+same transaction) or conflict, exactly as if it had been written alone in the order queued.
+Events written together share a batch id. Each request's audit record is written in the same
+transaction as its event (the middleware then writes none): one stands or falls with the other.
+The thread keeps its database connection from one transaction to the next.
+
+Should a group's transaction fail for something other than a deadlock (which the writer runs
+again), each of its events is written alone, so that one event's failure is its request's
+only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine
+
+from neruba_cli.api.grouping import GroupWorker
+from neruba_cli.db.engine import KeptConnection
+from neruba_cli.db.schema import Project
+from neruba_cli.services.ingest import posted
+from neruba_cli.services.ingest.receipts import LineOutcome
+from neruba_cli.services.ingest.validation import Pending
+from neruba_cli.services.tenancy import audit
+
+MOST = 500  # events per transaction at most
+
+Written = tuple[LineOutcome, str, list[dict[str, str]]]  # outcome, batch, stale invoices
+
+
+@dataclass(frozen=True)
+class Posted:
+    """One request's valid event, and where it goes."""
+
+    engine: Engine
+    project: Project
+    item: Pending
+    now: datetime
+    customers: dict[str, tuple[str, str]]  # the project's customers the worker has resolved
+    audit: Callable[[LineOutcome], audit.Entry | None]  # the request's record, for its outcome
+
+
+class SingleEvents:
+    """One worker's event thread, and the connection it keeps."""
+
+    def __init__(self) -> None:
+        self._worker: GroupWorker[Posted, Written | Exception] = GroupWorker(
+            "neruba-events", self._write, MOST
+        )
+        self._connections: dict[Engine, KeptConnection] = {}
+
+    async def write(self, event: Posted) -> Written:
+        """The event's outcome, the batch it is stored with and the invoices it made stale,
+        once its transaction has committed."""
+        written = await self._worker.submit(event)
+        if isinstance(written, Exception):
+            raise written
+        return written
+
+    def close(self) -> None:
+        self._worker.close()
+        for kept in self._connections.values():
+            kept.close()
+
+    def _write(self, events: list[Posted]) -> list[Written | Exception]:
+        by_project: dict[str, list[int]] = {}
+        for index, event in enumerate(events):
+            by_project.setdefault(event.project.id, []).append(index)
+        results: list[Written | Exception] = [RuntimeError("not written")] * len(events)
+        for indexes in by_project.values():
+            group = [events[index] for index in indexes]
+            for index, written in zip(indexes, self._write_group(group), strict=True):
+                results[index] = written
+        return results
+
+    def _write_group(self, group: list[Posted]) -> list[Written | Exception]:
+        first = group[0]
+        kept = self._connections.get(first.engine)
+        if kept is None:
+            kept = self._connections[first.engine] = KeptConnection(first.engine)
+
+        def audit_records(conn: Connection, outcomes: list[LineOutcome]) -> None:
+            entries = [event.audit(outcome) for event, outcome in zip(group, outcomes, strict=True)]
+            audit.record_in(conn, [entry for entry in entries if entry is not None])
+
+        try:
+            return list(
+                posted.write_group(
+                    first.engine,
+                    first.project,
+                    [event.item for event in group],
+                    now=max(event.now for event in group),
+                    customers=first.customers,
+                    transaction=kept.begin,
+                    then=audit_records,
+                )
+            )
+        except Exception as exc:
+            if len(group) == 1:
+                return [exc]
+        return [written for event in group for written in self._write_group([event])]
