@@ -16,8 +16,10 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from neruba_cli.api import errors, lifecycle, openapi
+from neruba_cli.api.audits import AuditWriter
 from neruba_cli.api.auth import KeyCache
 from neruba_cli.api.catalogs import CatalogCache
+from neruba_cli.api.fast_lane import NerubaApi
 from neruba_cli.api.limits import BodyLimit, RateLimiter
 from neruba_cli.api.metrics import ProjectFigures, RequestMetrics
 from neruba_cli.api.middleware import RequestContext
@@ -51,14 +53,18 @@ class ApiState:
     keys: KeyCache = field(default_factory=KeyCache)
     catalogs: CatalogCache = field(default_factory=CatalogCache)
     events: SingleEvents = field(default_factory=SingleEvents)  # POST /v1/events' writes
+    audits: AuditWriter = field(init=False)  # the other mutating requests' audit records
     draining: bool = False  # set on SIGTERM/SIGINT by `neruba serve`: /readyz answers 503
     readiness_failure: str = ""  # the last failures /readyz logged, to log each change once
+
+    def __post_init__(self) -> None:
+        self.audits = AuditWriter(self.engine)
 
 
 def create_app(database_url: str, settings: ApiSection, metrics_dir: str | None = None) -> FastAPI:
     """The app of one worker; `metrics_dir` is the folder its workers share their request
     counts through (api/metrics.py), None for counts of this process only."""
-    app = FastAPI(
+    app = NerubaApi(
         title="Neruba API",
         version=API_VERSION,
         summary="Usage ingest, billing reads and credits over HTTP, on project API keys.",
@@ -84,6 +90,7 @@ def create_app(database_url: str, settings: ApiSection, metrics_dir: str | None 
     for module in (ops, events, customers, invoices, credits):
         app.include_router(module.router)
     openapi.install(app, docs=settings.docs)
+    app.add_fast_route("POST", "/v1/events", events.post_one)  # api/fast_lane.py
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)  # outermost: every answer, a 413 included, has an id
     return app

@@ -127,9 +127,32 @@ def _look_up(state: ApiStateLike, secret: str, digest: str, now: datetime) -> Ac
     return found
 
 
+async def authorize(
+    request: Request, scope: str, credentials: HTTPAuthorizationCredentials | None
+) -> Caller:
+    """The caller of a request that needs `scope`: 401 without a valid key, 429 past the key's
+    rate, 403 without the scope. The caller is kept on the request for the access log and the
+    audit trail."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise ApiError(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+    found = await authenticate(request, credentials.credentials.strip())
+    request.state.key_id = found.actor.id
+    request.state.project = found.key.project_slug if found.key else None
+    assert found.key is not None
+    request.app.state.neruba.limiter.check(found.key.key_id)  # 429 past the key's rate
+    if not holds_scope(found.key.scopes, scope):
+        raise ApiError(
+            403,
+            f"API key {found.key.key_id} lacks the {scope!r} scope this route needs",
+            param="Authorization",
+        )
+    caller = Caller(access=found, engine=request.app.state.neruba.engine)
+    request.state.caller = caller
+    return caller
+
+
 def requires(scope: str) -> Callable[..., Awaitable[Caller]]:
-    """The dependency of a route that needs `scope`: 401 without a valid key, 403 without the
-    scope. The caller is kept on the request for the access log and the audit trail."""
+    """The dependency of a route that needs `scope` (`authorize`)."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
 
@@ -137,22 +160,7 @@ def requires(scope: str) -> Callable[..., Awaitable[Caller]]:
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     ) -> Caller:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise ApiError(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
-        found = await authenticate(request, credentials.credentials.strip())
-        request.state.key_id = found.actor.id
-        request.state.project = found.key.project_slug if found.key else None
-        assert found.key is not None
-        request.app.state.neruba.limiter.check(found.key.key_id)  # 429 past the key's rate
-        if not holds_scope(found.key.scopes, scope):
-            raise ApiError(
-                403,
-                f"API key {found.key.key_id} lacks the {scope!r} scope this route needs",
-                param="Authorization",
-            )
-        caller = Caller(access=found, engine=request.app.state.neruba.engine)
-        request.state.caller = caller
-        return caller
+        return await authorize(request, scope, credentials)
 
     dependency.__name__ = f"requires_{scope}"
     _SCOPE_OF[dependency] = scope

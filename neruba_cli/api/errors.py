@@ -8,7 +8,7 @@ same raise. Nothing but this module decides a status from an exception.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -162,47 +162,73 @@ def _validation_param(error: dict[str, Any]) -> str | None:
     return ".".join(location) or None
 
 
+async def _api_error(request: Request, exc: Exception) -> JsonResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(
+        request, exc.status, exc.type, exc.message, param=exc.param, headers=exc.headers
+    )
+
+
+async def _service_error(request: Request, exc: Exception) -> JsonResponse:
+    assert isinstance(exc, NerubaError)
+    return from_service_error(request, exc)
+
+
+async def _invalid(request: Request, exc: Exception) -> JsonResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    first = errors[0] if errors else {}
+    param = _validation_param(first)
+    message = str(first.get("msg", "invalid request"))
+    if first.get("type") == "extra_forbidden":
+        message = f"unknown field {param!r}"
+    elif first.get("type") == "json_invalid":
+        message = "the body is not valid JSON"
+    elif param and not message.startswith(f"{param}:"):
+        message = f"{param}: {message[:1].lower()}{message[1:]}"
+    status = 400 if first.get("type") == "json_invalid" else 422
+    return error_response(request, status, "invalid_request", message, param=param)
+
+
+async def _http(request: Request, exc: Exception) -> JsonResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    type = TYPE_BY_STATUS.get(exc.status_code, "error")
+    headers = dict(exc.headers or {})
+    return error_response(request, exc.status_code, type, str(exc.detail), headers=headers)
+
+
+async def _database(request: Request, exc: Exception) -> JsonResponse:
+    logging.getLogger("neruba.api").warning(
+        "request %s: the database failed: %s", request_id(request), exc
+    )
+    return error_response(request, 503, "unavailable", "the database is not answering")
+
+
+Handler = Callable[[Request, Exception], Awaitable[JsonResponse]]
+# The answer to each kind of failure; any other exception is the 500 of middleware.py.
+HANDLERS: dict[type[Exception], Handler] = {
+    ApiError: _api_error,
+    NerubaError: _service_error,
+    RequestValidationError: _invalid,
+    StarletteHTTPException: _http,
+    SQLAlchemyError: _database,
+}
+
+
+def handler_for(exc: Exception) -> Handler | None:
+    """The handler of `exc`'s nearest class in HANDLERS, as Starlette would pick it."""
+    for cls in type(exc).__mro__:
+        handler = HANDLERS.get(cls)
+        if handler is not None:
+            return handler
+    return None
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that give every failure the one shape (an unexpected exception
     becomes the 500 of middleware.py, which sees it first)."""
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JsonResponse:
-        return error_response(
-            request, exc.status, exc.type, exc.message, param=exc.param, headers=exc.headers
-        )
-
-    @app.exception_handler(NerubaError)
-    async def _service_error(request: Request, exc: NerubaError) -> JsonResponse:
-        return from_service_error(request, exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JsonResponse:
-        errors = list(exc.errors())
-        first = errors[0] if errors else {}
-        param = _validation_param(first)
-        message = str(first.get("msg", "invalid request"))
-        if first.get("type") == "extra_forbidden":
-            message = f"unknown field {param!r}"
-        elif first.get("type") == "json_invalid":
-            message = "the body is not valid JSON"
-        elif param and not message.startswith(f"{param}:"):
-            message = f"{param}: {message[:1].lower()}{message[1:]}"
-        status = 400 if first.get("type") == "json_invalid" else 422
-        return error_response(request, status, "invalid_request", message, param=param)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JsonResponse:
-        type = TYPE_BY_STATUS.get(exc.status_code, "error")
-        headers = dict(exc.headers or {})
-        return error_response(request, exc.status_code, type, str(exc.detail), headers=headers)
-
-    @app.exception_handler(SQLAlchemyError)
-    async def _database(request: Request, exc: SQLAlchemyError) -> JsonResponse:
-        logging.getLogger("neruba.api").warning(
-            "request %s: the database failed: %s", request_id(request), exc
-        )
-        return error_response(request, 503, "unavailable", "the database is not answering")
+    for cls, handler in HANDLERS.items():
+        app.add_exception_handler(cls, handler)
 
 
 # Documented on every route: the error answers any request may get.

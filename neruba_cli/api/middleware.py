@@ -3,7 +3,8 @@ failure, the access log line and the audit record of a mutating request.
 
 A pure ASGI middleware (not `BaseHTTPMiddleware`), so a streamed body is not buffered and the
 `Request-Id` header reaches every answer, a 500 included. Audit records are written by the
-worker's audit thread, many a transaction (api/audits.py).
+worker's audit thread, many a transaction (api/audits.py), unless the route wrote its own
+in its transaction (api/single_events.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import anyio
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from neruba_cli.api.audits import AuditWriter
 from neruba_cli.api.errors import send_error
 from neruba_cli.db.ids import new_id
 from neruba_cli.services.tenancy import audit
@@ -41,12 +41,11 @@ def _configure_access_log() -> None:
 class RequestContext:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.audits: AuditWriter | None = None  # this worker's audit thread (api/audits.py)
         _configure_access_log()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self.app(scope, receive, self._flushing_at_shutdown(send))
+            await self.app(scope, receive, _flushing_at_shutdown(scope, send))
             return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -85,22 +84,11 @@ class RequestContext:
             if not audited:
                 await self._audit(scope, status)
 
-    def _flushing_at_shutdown(self, send: Send) -> Send:
-        """`send` for the lifespan: the queued audit records are written before the app says
-        it has shut down (uvicorn may then end the process by its signal, without atexit)."""
-
-        async def send_after_flush(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete" and self.audits is not None:
-                await anyio.to_thread.run_sync(self.audits.close)
-            await send(message)
-
-        return send_after_flush
-
     async def _after(self, scope: Scope, status: int, seconds: float, rid: str) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         state: dict[str, Any] = scope.get("state", {})
         method = scope["method"]
-        api_state = getattr(getattr(scope.get("app"), "state", None), "neruba", None)
+        api_state = _api_state(scope)
         if api_state is not None:
             api_state.metrics.observe(method, route, status, seconds)
         access_log.info(
@@ -125,9 +113,27 @@ class RequestContext:
             return
         entry = audit_entry(scope, status)
         if entry is not None:
-            if self.audits is None:
-                self.audits = AuditWriter(scope["state"]["caller"].engine)
-            await self.audits.submit(entry)
+            await _api_state(scope).audits.submit(entry)
+
+
+def _api_state(scope: Scope) -> Any:
+    """The worker's ApiState (api/app.py), None outside the app."""
+    return getattr(getattr(scope.get("app"), "state", None), "neruba", None)
+
+
+def _flushing_at_shutdown(scope: Scope, send: Send) -> Send:
+    """`send` for the lifespan: the queued events and audit records are written before the
+    app says it has shut down (uvicorn may then end the process by its signal, without
+    atexit)."""
+
+    async def send_after_flush(message: Message) -> None:
+        state = _api_state(scope)
+        if message["type"] == "lifespan.shutdown.complete" and state is not None:
+            await anyio.to_thread.run_sync(state.events.close)
+            await anyio.to_thread.run_sync(state.audits.close)
+        await send(message)
+
+    return send_after_flush
 
 
 def audit_entry(scope: Scope, status: int) -> audit.Entry | None:

@@ -29,8 +29,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.engine import URL, RootTransaction, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session
 
 from neruba_cli.db import sqlite_functions
@@ -44,6 +44,7 @@ log = logging.getLogger("neruba.db")
 # locked. Longer than any transaction Neruba itself keeps open; see docs "Locks and leases".
 LOCK_WAIT_SECONDS = 30
 SQLITE_BUSY_TIMEOUT_MS = LOCK_WAIT_SECONDS * 1000
+SQLITE_POLL_SECONDS = 0.0005  # KeptConnection's pause between two tries at the write lock
 # The longest a lease statement (take, renew, give back, release) waits for the lease's row.
 LEASE_LOCK_WAIT_SECONDS = 3
 
@@ -298,7 +299,12 @@ class KeptConnection:
     API's grouped writes): `begin_write` without the pool's round trips per transaction
     (check-out with its liveness ping, and the rollback that resets a connection on its
     return). A connection idle longer than `idle_seconds`, or one an error left invalid, is
-    closed and a new one opened for the next transaction. Not for several threads at once."""
+    closed and a new one opened for the next transaction. Not for several threads at once.
+
+    On SQLite, BEGIN IMMEDIATE is tried again every `SQLITE_POLL_SECONDS` while another
+    process holds the write lock (up to the busy timeout), instead of by SQLite's busy
+    handler, whose sleeps grow to 100 ms: two `neruba serve` workers each holding the lock for
+    a millisecond at a time would otherwise leave it idle most of the time."""
 
     def __init__(self, engine: Engine, idle_seconds: float = 30.0) -> None:
         self.engine = engine
@@ -313,7 +319,7 @@ class KeptConnection:
         try:
             conn = self._connection()
             try:
-                with conn.begin():
+                with self._begin(conn):
                     yield conn
             except BaseException:
                 if conn.invalidated or conn.closed:
@@ -325,6 +331,19 @@ class KeptConnection:
             if held and lock is not None:
                 lock.release()
 
+    def _begin(self, conn: Connection) -> RootTransaction:
+        if self.engine.dialect.name != "sqlite":
+            return conn.begin()
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return conn.begin()
+            except OperationalError as exc:
+                busy = getattr(exc.orig, "sqlite_errorname", None) == "SQLITE_BUSY"
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(SQLITE_POLL_SECONDS)
+
     def _connection(self) -> Connection:
         conn = self._conn
         if conn is not None and (
@@ -335,6 +354,10 @@ class KeptConnection:
         if conn is None:
             conn = self.engine.connect()
             conn.execution_options(**{WRITE_OPTION: True})
+            if self.engine.dialect.name == "sqlite":  # _begin waits instead (outside a transaction)
+                driver = conn.connection.driver_connection
+                assert driver is not None
+                driver.execute("PRAGMA busy_timeout = 0")
             self._conn = conn
         return conn
 

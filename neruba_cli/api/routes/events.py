@@ -130,7 +130,7 @@ _ONE_ERRORS: dict[int | str, dict[str, Any]] = {
 async def post_event(
     request: Request, caller: Caller = Depends(requires("ingest"))
 ) -> JsonResponse:
-    return await _one(request, caller)
+    return await post_one(request, caller)
 
 
 _CHARGE_CONFLICT = {
@@ -157,9 +157,10 @@ async def post_charge(
     return await run_in_threadpool(_record_charge, state, caller, obj, idempotent)
 
 
-async def _one(request: Request, caller: Caller) -> JsonResponse:
+async def post_one(request: Request, caller: Caller) -> JsonResponse:
     """One event: checked here, written with the other requests' of this worker that arrive
-    meanwhile, its audit record in the same transaction (api/single_events.py)."""
+    meanwhile, its audit record in the same transaction (api/single_events.py). Served by the
+    fast lane (api/fast_lane.py): `post_event` declares the route."""
     state = request.app.state.neruba
     obj = await json_body(request, state.settings.max_body_bytes)
     meter = obj.get("meter") if isinstance(obj, dict) else None
