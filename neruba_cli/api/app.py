@@ -52,12 +52,13 @@ class ApiState:
     limiter: RateLimiter
     keys: KeyCache = field(default_factory=KeyCache)
     catalogs: CatalogCache = field(default_factory=CatalogCache)
-    events: SingleEvents = field(default_factory=SingleEvents)  # POST /v1/events' writes
+    events: SingleEvents = field(init=False)  # POST /v1/events' writes
     audits: AuditWriter = field(init=False)  # the other mutating requests' audit records
     draining: bool = False  # set on SIGTERM/SIGINT by `neruba serve`: /readyz answers 503
     readiness_failure: str = ""  # the last failures /readyz logged, to log each change once
 
     def __post_init__(self) -> None:
+        self.events = SingleEvents(self.engine)
         self.audits = AuditWriter(self.engine)
 
 

@@ -2,7 +2,7 @@
 
 A request's record is queued when its answer is ready (middleware.py) and written by this
 worker's audit thread before the answer's last part is sent, so a client that has its answer
-finds the record. The thread (api/grouping.py) takes everything queued so far (up to `BATCH`
+finds the record. The thread (api/group_commit.py) takes everything queued so far (up to `BATCH`
 records) and writes it in one transaction (`services/tenancy/audit.record_many`): under load
 one commit carries the records of many requests instead of each request paying a write
 transaction of its own after its event's; when idle, a record is written as soon as it is
@@ -16,7 +16,7 @@ import logging
 
 from sqlalchemy import Engine
 
-from neruba_cli.api.grouping import EXIT_WAIT_SECONDS, GroupWorker
+from neruba_cli.api.group_commit import EXIT_WAIT_SECONDS, GroupWorker
 from neruba_cli.services.tenancy import audit
 
 BATCH = 500  # records per transaction at most

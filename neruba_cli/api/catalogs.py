@@ -8,7 +8,7 @@ takes effect within `CATALOG_CACHE_SECONDS`, as a revoked key does.
 
 With them, the ids of the project's customers that single events named (`customers`): a
 customer is never deleted nor renumbered, so an event naming one is written without looking
-it up again; the list starts over with each new read of the catalog. An unknown customer is
+it up again (the list starts over past `MAX_CUSTOMERS`). An unknown customer is
 never kept: it is looked up every time, so a customer created meanwhile is found at once.
 """
 
@@ -52,7 +52,6 @@ class CatalogCache:
             if len(self._entries) > 1000:  # many projects: start over rather than grow
                 self._entries.clear()
             self._entries[slug] = (time.monotonic() + self.seconds, project, known)
-            self._customers[slug] = {}
         return project, known
 
     def peek(
@@ -80,12 +79,14 @@ class CatalogCache:
             return kept
         return await run_in_threadpool(self.get, caller, meters)
 
-    def customers(self, caller: Caller) -> dict[str, tuple[str, str]]:
-        """The caller's project's customers seen so far (external id → id and currency), for
-        `posted.write_group` to read and add to."""
-        slug = caller.key.project_slug
+    def customers(self, project: Project) -> dict[str, tuple[str, str]]:
+        """The project's customers seen so far (external id → id and currency), for
+        `posted.write_group` to read and add to; by the project's id, which a slug given to
+        a new project after a deletion would not share."""
         with self._lock:
-            known = self._customers.setdefault(slug, {})
+            if len(self._customers) > 1000:
+                self._customers.clear()
+            known = self._customers.setdefault(project.id, {})
             if len(known) > MAX_CUSTOMERS:
                 known.clear()
             return known

@@ -1,29 +1,33 @@
 """`POST /v1/events`: the events of one worker's concurrent requests, written together.
 
 Each request checks its event itself (`posted.check`, in the event loop: a rejected event is
-answered at once) and hands the valid one to this worker's event thread (api/grouping.py),
+answered at once) and hands the valid one to this worker's event thread (api/group_commit.py),
 which writes whatever requests have queued meanwhile in one transaction
 (`posted.write_group`), one per project. A request is answered once that transaction has
 committed, with its own outcome: accepted, duplicate (of an earlier request, or of one in the
 same transaction) or conflict, exactly as if it had been written alone in the order queued.
 Events written together share a batch id. Each request's audit record is written in the same
 transaction as its event (the middleware then writes none): one stands or falls with the other.
-The thread keeps its database connection from one transaction to the next.
+Each thread keeps its database connection from one transaction to the next. On PostgreSQL and
+MariaDB `WRITERS` threads write at once (a group waiting for its commit does not hold up the
+next one); on SQLite one, as the database takes one writer at a time.
 
-Should a group's transaction fail for something other than a deadlock (which the writer runs
-again), each of its events is written alone, so that one event's failure is its request's
-only.
+A group whose kept connection turns out to be gone is written again on a new one. Should a
+group's transaction fail for anything else but a deadlock (which the writer runs again), each
+of its events is written alone, so that one event's failure is its request's only.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
-from neruba_cli.api.grouping import GroupWorker
+from neruba_cli.api.group_commit import GroupWorker
 from neruba_cli.db.engine import KeptConnection
 from neruba_cli.db.schema import Project
 from neruba_cli.services.ingest import posted
@@ -32,6 +36,7 @@ from neruba_cli.services.ingest.validation import Pending
 from neruba_cli.services.tenancy import audit
 
 MOST = 500  # events per transaction at most
+WRITERS = 2  # transactions under way at once per worker (one on SQLite)
 
 Written = tuple[LineOutcome, str, list[dict[str, str]]]  # outcome, batch, stale invoices
 
@@ -49,13 +54,14 @@ class Posted:
 
 
 class SingleEvents:
-    """One worker's event thread, and the connection it keeps."""
+    """One worker's event threads, and the connection each keeps."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine: Engine) -> None:
+        threads = 1 if engine.dialect.name == "sqlite" else WRITERS
         self._worker: GroupWorker[Posted, Written | Exception] = GroupWorker(
-            "neruba-events", self._write, MOST
+            "neruba-events", self._write, MOST, threads
         )
-        self._connections: dict[Engine, KeptConnection] = {}
+        self._connections: dict[tuple[Engine, int], KeptConnection] = {}
 
     async def write(self, event: Posted) -> Written:
         """The event's outcome, the batch it is stored with and the invoices it made stale,
@@ -82,28 +88,42 @@ class SingleEvents:
         return results
 
     def _write_group(self, group: list[Posted]) -> list[Written | Exception]:
+        """One project's events in one transaction; again on a new connection when the kept
+        one turns out to be gone (the database restarted, a proxy cut it), as the pool's
+        ping spares the other routes; each event alone when the group fails otherwise."""
+        for attempt in (1, 2):
+            try:
+                return self._write_together(group)
+            except DBAPIError as exc:
+                if not (exc.connection_invalidated and attempt == 1):
+                    failed: Exception = exc
+                    break
+            except Exception as exc:
+                failed = exc
+                break
+        if len(group) == 1:
+            return [failed]
+        return [written for event in group for written in self._write_group([event])]
+
+    def _write_together(self, group: list[Posted]) -> list[Written | Exception]:
         first = group[0]
-        kept = self._connections.get(first.engine)
+        mine = (first.engine, threading.get_ident())
+        kept = self._connections.get(mine)
         if kept is None:
-            kept = self._connections[first.engine] = KeptConnection(first.engine)
+            kept = self._connections[mine] = KeptConnection(first.engine)
 
         def audit_records(conn: Connection, outcomes: list[LineOutcome]) -> None:
             entries = [event.audit(outcome) for event, outcome in zip(group, outcomes, strict=True)]
             audit.record_in(conn, [entry for entry in entries if entry is not None])
 
-        try:
-            return list(
-                posted.write_group(
-                    first.engine,
-                    first.project,
-                    [event.item for event in group],
-                    now=max(event.now for event in group),
-                    customers=first.customers,
-                    transaction=kept.begin,
-                    then=audit_records,
-                )
+        return list(
+            posted.write_group(
+                first.engine,
+                first.project,
+                [event.item for event in group],
+                now=max(event.now for event in group),
+                customers=first.customers,
+                transaction=kept.begin,
+                then=audit_records,
             )
-        except Exception as exc:
-            if len(group) == 1:
-                return [exc]
-        return [written for event in group for written in self._write_group([event])]
+        )

@@ -173,7 +173,7 @@ async def post_one(request: Request, caller: Caller) -> JsonResponse:
     def audit_of(outcome: LineOutcome) -> audit.Entry | None:
         return audit_entry(request.scope, STATUS[outcome.status])
 
-    customers = state.catalogs.customers(caller)
+    customers = state.catalogs.customers(project)
     outcome, batch, stale = await state.events.write(
         Posted(caller.engine, project, item, now, customers, audit_of)
     )

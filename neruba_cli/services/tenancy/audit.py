@@ -96,14 +96,16 @@ def record_many(engine: Engine, entries: Sequence[Entry]) -> list[str]:
         return record_in(conn, entries)
 
 
+_INSERT = insert(AuditRecord)  # built once: the HTTP API writes it with every group of events
+
+
 def record_in(conn: Connection, entries: Sequence[Entry]) -> list[str]:
     """Append audit records in the caller's transaction: they stand or fall with its work
     (the HTTP API's single events, written with their requests' records)."""
     ids = [new_id("aud") for _ in entries]
     if entries:
         conn.execute(
-            insert(AuditRecord),
-            [_row(record_id, entry) for record_id, entry in zip(ids, entries, strict=True)],
+            _INSERT, [_row(record_id, entry) for record_id, entry in zip(ids, entries, strict=True)]
         )
     return ids
 

@@ -1,11 +1,13 @@
 """Work that the requests of one worker hand to one thread, which does it many at a time.
 
-A request awaits `GroupWorker.submit(item)`. The worker's thread takes everything queued so
-far (up to `most` items) and hands it to `work` in one call: one transaction, one commit, for
-as many requests as arrived while the previous call ran. Under load, the cost of a commit (and
-on SQLite, of taking the write lock) is shared by many requests; when idle, an item is done as
-soon as it is queued, with no timer and no waiting for company. The results go back to the
-requests' event loop in one wake-up per call, not one per request.
+A request awaits `GroupWorker.submit(item)`. A thread of the worker takes everything queued
+so far (up to `most` items) and hands it to `work` in one call: one transaction, one commit,
+for as many requests as arrived while the previous call ran. Under load, the cost of a commit
+(and on SQLite, of taking the write lock) is shared by many requests; when idle, an item is
+done as soon as it is queued, with no timer and no waiting for company. With `threads` > 1,
+that many calls may be under way at once, so that the time a server takes to commit one group
+(its WAL flush) is not time the next group waits. The results go back to the requests' event
+loop in one wake-up per call, not one per request.
 
 `work` returns one result per item, in order, or raises: then every request of that call
 gets the error (a `work` that must not let one item fail the others does its own fallback).
@@ -20,6 +22,7 @@ import atexit
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -35,37 +38,46 @@ _Entry = tuple[T, "asyncio.Future[R]", asyncio.AbstractEventLoop]
 class GroupWorker(Generic[T, R]):
     """One worker's queue of items and the thread that does them, `most` at a time."""
 
-    def __init__(self, name: str, work: Callable[[list[T]], Sequence[R]], most: int) -> None:
+    def __init__(
+        self, name: str, work: Callable[[list[T]], Sequence[R]], most: int, threads: int = 1
+    ) -> None:
         self.name = name
         self.work = work
         self.most = most
+        self.threads = threads
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._running: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     async def submit(self, item: T) -> R:
         """Queue `item` for the thread; its result once `work` has done it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        if self._thread is None:
+        if not self._running:
             self._start()
         self._queue.put((item, future, loop))
         return await future
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self._thread.start()
+            if not self._running:
+                for number in range(self.threads):
+                    thread = threading.Thread(
+                        target=self._run, name=f"{self.name}-{number}", daemon=True
+                    )
+                    thread.start()
+                    self._running.append(thread)
                 atexit.register(self.close)
 
     def close(self, timeout: float = EXIT_WAIT_SECONDS) -> None:
-        """Do what is queued and stop the thread."""
+        """Do what is queued and stop the threads."""
         with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None and thread.is_alive():
+            running, self._running = self._running, []
+        for _ in running:
             self._queue.put(_STOP)
-            thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in running:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         stopping = False
