@@ -27,7 +27,7 @@ from tests.support.cli import Cli, ok
 from tests.support.databases import sqlite_only
 from tests.support.prometheus import Parsed, parse_exposition
 from tests.support.shops import new_project
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import proxied
 
 CUSTOMER_ROUTE = "/v1/customers/{external_id:path}"  # the template, as routes/customers.py has it
 
@@ -69,15 +69,10 @@ def value(samples: list[Parsed], name: str, **labels: str) -> Decimal:
 
 
 def test_readiness_follows_the_database_while_liveness_does_not(  # type: ignore[no-untyped-def]
-    cli: Cli, serve, dialect: str
+    cli: Cli, serve
 ) -> None:
-    proxy: TcpProxy | None = None
-    served_url = cli.db_url
-    assert served_url is not None
-    if dialect != "sqlite":
-        proxy = TcpProxy.to_database(served_url)
-        proxy.start()
-        served_url = proxy.url_through(served_url)
+    assert cli.db_url is not None
+    served_url, proxy = proxied(cli.db_url)
     server = serve(served_url)
     ready = readiness(server)
     assert ready.status_code == 200, ready.text

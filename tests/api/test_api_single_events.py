@@ -17,7 +17,7 @@ from tests.support.api import client, key
 from tests.support.cli import Cli, ok
 from tests.support.events import event
 from tests.support.shops import PERIOD, finalize_month, invoice_shop, new_project
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import proxied
 
 CLIENTS = 12
 COMMAND = "POST /v1/events"
@@ -141,18 +141,13 @@ def test_each_event_of_a_group_names_only_the_invoices_it_made_stale(
 
 
 def test_a_dropped_database_connection_costs_no_request(
-    cli: Cli, tmp_path: Path, serve: Any, dialect: str
+    cli: Cli, tmp_path: Path, serve: Any
 ) -> None:
     new_project(cli, "c1")
     catalogs.apply_catalog(cli, tmp_path, METERS)
     secret = key(cli, "ingest")
-    proxy: TcpProxy | None = None
-    served_url = cli.db_url
-    assert served_url is not None
-    if dialect != "sqlite":
-        proxy = TcpProxy.to_database(served_url)
-        proxy.start()
-        served_url = proxy.url_through(served_url)
+    assert cli.db_url is not None
+    served_url, proxy = proxied(cli.db_url)
     server = serve(served_url)
     with client(server, secret) as http:
         for round_no in range(3):

@@ -81,3 +81,13 @@ class TcpProxy:
         finally:
             with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)
+
+
+def proxied(url: str) -> tuple[str, TcpProxy | None]:
+    """`url` through a started proxy to its server, and the proxy; a SQLite URL as it is, and
+    None (a file has no connection to cut)."""
+    if make_url(url).get_backend_name() == "sqlite":
+        return url, None
+    proxy = TcpProxy.to_database(url)
+    proxy.start()
+    return proxy.url_through(url), proxy
