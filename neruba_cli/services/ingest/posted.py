@@ -108,7 +108,7 @@ def write_group(
     for each, in order, its outcome, the batch id they share, and the finalized invoices it
     made stale, checked in the same transaction. `then` is called in it last, with the
     outcomes in order (the API records its requests' audit there). Each item's `line` is set
-    to its place in the group. `customers` as in `write_one`."""
+    to its place in the group. `customers`: see `_writer`."""
     for line, item in enumerate(items, start=1):
         item.line = line
     begin = transaction or (lambda: begin_write(engine))
