@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import orjson
 from ingest import (  # bench/ingest.py: the same measuring and database set-up
@@ -54,6 +53,7 @@ from ingest import (  # bench/ingest.py: the same measuring and database set-up
     plain_url,
     previous_month,
     print_table,
+    pymysql_connect,
     run_measured,
     server_target,
     verdict,
@@ -246,17 +246,7 @@ def floor_worker(dialect: str, url: str, project_id: str, start: str, end: str) 
         spelled = [moment.strftime("%Y-%m-%d %H:%M:%S.%f") for moment in (low, high)]
         rows = conn.execute(FLOOR_SQL.format(mark="?"), (project_id, *spelled)).fetchall()
     elif dialect == "mariadb":
-        import pymysql
-
-        parts = urlsplit(url)
-        conn = pymysql.connect(
-            host=parts.hostname or "localhost",
-            port=parts.port or 3306,
-            user=unquote(parts.username or "root"),
-            password=unquote(parts.password or ""),
-            database=parts.path.lstrip("/"),
-            charset="utf8mb4",
-        )
+        conn = pymysql_connect(url, autocommit=False)
         with conn.cursor() as cursor:
             cursor.execute(FLOOR_SQL.format(mark="%s"), (project_id, low, high))
             rows = cursor.fetchall()

@@ -282,13 +282,20 @@ def begin_write(engine: Engine) -> Iterator[Connection]:
     their own: the next one is woken as soon as the transaction ends, where SQLite's busy
     handler would poll in sleeps of up to 100 ms, the long tail of a server under load. A
     thread that waited the busy timeout for it goes on to BEGIN IMMEDIATE anyway, as before."""
+    with _writers_turn(engine), engine.connect() as conn:
+        conn.execution_options(**{WRITE_OPTION: True})
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def _writers_turn(engine: Engine) -> Iterator[None]:
+    """On SQLite, this process's turn among its threads that write (see `begin_write`); a
+    thread that waited the busy timeout for it goes on anyway. Elsewhere, nothing."""
     lock = _SQLITE_WRITERS.get(engine)
     held = lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000) if lock is not None else False
     try:
-        with engine.connect() as conn:
-            conn.execution_options(**{WRITE_OPTION: True})
-            with conn.begin():
-                yield conn
+        yield
     finally:
         if held and lock is not None:
             lock.release()
@@ -314,9 +321,7 @@ class KeptConnection:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        lock = _SQLITE_WRITERS.get(self.engine)
-        held = lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000) if lock is not None else False
-        try:
+        with _writers_turn(self.engine):
             conn = self._connection()
             try:
                 with self._begin(conn):
@@ -327,9 +332,6 @@ class KeptConnection:
                 raise
             finally:
                 self._used = time.monotonic()
-        finally:
-            if held and lock is not None:
-                lock.release()
 
     def _begin(self, conn: Connection) -> RootTransaction:
         if self.engine.dialect.name != "sqlite":

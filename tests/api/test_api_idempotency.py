@@ -16,6 +16,7 @@ from neruba_cli.db.engine import create_db_engine
 from neruba_cli.db.tables import charges_t, idempotency_records_t
 from tests.support.api import client, key
 from tests.support.cli import Cli, ok
+from tests.support.events import charge
 from tests.support.shops import new_project
 
 ROUTE = "/v1/customers/c1/credits"
@@ -202,21 +203,15 @@ def test_a_charge_with_a_key_is_answered_once_and_events_ignore_the_header(
     new_project(cli, "c1")
     secret = key(cli, "ingest")
     server = serve(cli.db_url)
-    charge = {
-        "idempotency_key": "setup-c1",
-        "customer": "c1",
-        "amount": "25.00",
-        "description": "Setup",
-        "timestamp": "2026-10-05T00:00:00Z",
-    }
+    setup = charge()
     with client(server, secret) as http:
-        first = post(http, "charge-1", charge, path="/v1/charges")
-        again = post(http, "charge-1", charge, path="/v1/charges")
+        first = post(http, "charge-1", setup, path="/v1/charges")
+        again = post(http, "charge-1", setup, path="/v1/charges")
         # The charge's own key: a new request with it is a duplicate, as in a file.
-        duplicate = post(http, "charge-2", charge, path="/v1/charges")
-        other = post(http, "charge-1", {**charge, "amount": "30.00"}, path="/v1/charges")
-        refused = post(http, "charge-3", {**charge, "customer": "nobody"}, path="/v1/charges")
-        retried = post(http, "charge-3", {**charge, "idempotency_key": "c1-b"}, path="/v1/charges")
+        duplicate = post(http, "charge-2", setup, path="/v1/charges")
+        other = post(http, "charge-1", {**setup, "amount": "30.00"}, path="/v1/charges")
+        refused = post(http, "charge-3", {**setup, "customer": "nobody"}, path="/v1/charges")
+        retried = post(http, "charge-3", {**setup, "idempotency_key": "c1-b"}, path="/v1/charges")
     assert first.status_code == 200 and first.json()["status"] == "accepted", first.text
     assert again.headers["Idempotent-Replayed"] == "true" and again.content == first.content
     assert duplicate.json()["status"] == "duplicate"

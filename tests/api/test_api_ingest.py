@@ -19,7 +19,7 @@ import pytest
 from tests.support import catalogs
 from tests.support.api import client, key
 from tests.support.cli import Cli, ok
-from tests.support.events import event, write_jsonl
+from tests.support.events import charge, event, write_jsonl
 from tests.support.shops import (
     AS_OF,
     INVOICE_CATALOG,
@@ -133,27 +133,19 @@ def test_one_event_is_accepted_then_a_duplicate_and_other_payloads_are_refused(
 def test_one_charge_follows_the_charges_format(cli: Cli, tmp_path: Path, serve: Any) -> None:
     shop(cli, tmp_path)
     server = serve(cli.db_url)
-    charge = {
-        "idempotency_key": "setup-c1",
-        "customer": "c1",
-        "amount": "25.00",
-        "description": "Setup",
-        "timestamp": "2026-10-05T00:00:00Z",
-    }
+    setup = charge()
     with client(server, key(cli, "ingest")) as http:
-        first = http.post("/v1/charges", json=charge)
+        first = http.post("/v1/charges", json=setup)
         assert first.status_code == 200, first.text
         assert first.json()["status"] == "accepted"
-        assert http.post("/v1/charges", json=charge).json()["status"] == "duplicate"
-        conflict = http.post("/v1/charges", json={**charge, "amount": "30.00"})
+        assert http.post("/v1/charges", json=setup).json()["status"] == "duplicate"
+        conflict = http.post("/v1/charges", json={**setup, "amount": "30.00"})
         assert conflict.status_code == 409
         assert "conflicts with charge 'setup-c1'" in conflict.json()["error"]["message"]
-        places = http.post(
-            "/v1/charges", json={**charge, "idempotency_key": "x", "amount": "1.001"}
-        )
+        places = http.post("/v1/charges", json={**setup, "idempotency_key": "x", "amount": "1.001"})
         assert places.status_code == 422
         assert places.json()["error"]["param"] == "amount"
-        unknown = http.post("/v1/charges", json={**charge, "idempotency_key": "y", "customer": "z"})
+        unknown = http.post("/v1/charges", json={**setup, "idempotency_key": "y", "customer": "z"})
         assert (unknown.status_code, unknown.json()["error"]["param"]) == (422, "customer")
     invoice = ok(cli, "run", "bill", "--period", "2026-10", "--as-of", "2026-11-02T00:00:00Z")
     assert invoice["invoices"] == 2

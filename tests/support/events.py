@@ -64,6 +64,19 @@ def event(key: str, **fields: object) -> dict[str, object]:
     return {**base, **fields}
 
 
+def charge(key: str = "setup-c1", **fields: object) -> dict[str, object]:
+    """One one-off charge as a dict (a `--format charges` line, a `POST /v1/charges` body): a
+    25.00 setup fee of c1 on October 5th 2026 unless `fields` say otherwise."""
+    base: dict[str, object] = {
+        "idempotency_key": key,
+        "customer": "c1",
+        "amount": "25.00",
+        "description": "Setup",
+        "timestamp": "2026-10-05T00:00:00Z",
+    }
+    return {**base, **fields}
+
+
 def write_jsonl(path: Path, events: list[Ev] | list[dict[str, Any]]) -> Path:
     """A JSONL file of events (`Ev`s or plain dicts), one per line."""
     path.write_bytes(

@@ -25,8 +25,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from neruba_cli.db import retry
-from neruba_cli.db.engine import begin_write
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.catalog import MeterDef
@@ -104,32 +102,33 @@ def write_group(
     then: Callable[[Connection, list[LineOutcome]], None] | None = None,
 ) -> list[tuple[LineOutcome, str, list[dict[str, str]]]]:
     """Valid events of `project`, written in one write transaction (`transaction()`, by
-    default `begin_write(engine)`; run again if the database aborts it to break a deadlock):
+    default `begin_write(engine)`; the writer runs it again if the database aborts it to break
+    a deadlock):
     for each, in order, its outcome, the batch id they share, and the finalized invoices it
     made stale, checked in the same transaction. `then` is called in it last, with the
     outcomes in order (the API records its requests' audit there). Each item's `line` is set
     to its place in the group. `customers`: see `_writer`."""
     for line, item in enumerate(items, start=1):
         item.line = line
-    begin = transaction or (lambda: begin_write(engine))
+    summary = IngestSummary(batch=new_id("bat"), source=SOURCE, outcomes={})
+    writer = _writer(engine, project, summary, now, customers)
+    if transaction is not None:
+        writer.transaction = transaction
+    stale: _Stale = {}
 
-    def attempt() -> tuple[IngestSummary, BatchWriter, _Stale]:
-        summary = IngestSummary(batch=new_id("bat"), source=SOURCE, outcomes={})
-        writer = _writer(engine, project, summary, now, customers)
-        with begin() as conn:
-            writer.write_in(conn, list(items))
-            outcomes = summary.outcomes or {}
-            touched = [
-                (writer.customers[item.record.customer][0], item.record.timestamp)
-                for item in items
-                if outcomes[item.line].status == "accepted"
-            ]
-            stale = corrections.stale_by_event(conn, project.id, touched)
-            if then is not None:
-                then(conn, [outcomes[item.line] for item in items])
-        return summary, writer, stale
+    def finish(conn: Connection) -> None:
+        outcomes = summary.outcomes or {}
+        touched = [
+            (writer.customers[item.record.customer][0], item.record.timestamp)
+            for item in items
+            if outcomes[item.line].status == "accepted"
+        ]
+        stale.clear()  # the writer may run the transaction again
+        stale.update(corrections.stale_by_event(conn, project.id, touched))
+        if then is not None:
+            then(conn, [outcomes[item.line] for item in items])
 
-    summary, writer, stale = retry.retrying(attempt)
+    writer.flush(list(items), then=finish)
     if customers is not None:
         customers.update(writer.customers)  # and the ones it looked up
     assert summary.outcomes is not None and summary.batch is not None

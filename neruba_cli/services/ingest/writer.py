@@ -13,6 +13,7 @@ crashed import simply runs again and converges to the same events.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import fields, replace
 from datetime import datetime
 from decimal import Decimal
@@ -89,6 +90,11 @@ class BatchWriter:
         # new keys are inserted in key order, so two such writers never wait on each other in
         # a cycle, and a batch the database still aborts to break a deadlock runs again.
         self.concurrent = False
+        # Where each batch's write transaction comes from (the HTTP API's event writers keep
+        # their connection: db/engine.KeptConnection).
+        self.transaction: Callable[[], AbstractContextManager[Connection]] = lambda: begin_write(
+            engine
+        )
 
     def flush(
         self,
@@ -142,7 +148,7 @@ class BatchWriter:
     ) -> None:
         # It reads the batch's customers and keys, then writes: on SQLite, a transaction that
         # took the write lock at BEGIN, which another writer's commit cannot invalidate.
-        with begin_write(self.engine) as conn:
+        with self.transaction() as conn:
             self.write_in(conn, batch, written, then)
 
     def write_in(
