@@ -16,12 +16,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from neruba_cli.domain.invoice import line_key
+from neruba_cli.domain.invoice import FINAL, line_key
 from neruba_cli.domain.invoice_numbers import sequence_of
 from neruba_cli.domain.late_events import Treatment, treatment
 from neruba_cli.domain.money import format_amount, format_minor, to_minor_units
 
-FINAL = ("finalized", "paid")
 CORRECTIONS = ("credit_note", "supplemental")
 KINDS = ("invoice", *CORRECTIONS)
 

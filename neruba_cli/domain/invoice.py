@@ -78,6 +78,10 @@ from neruba_cli.domain.pricing import (
 )
 from neruba_cli.domain.timestamps import format_ts
 
+# An invoice in one of these states is final: its lines no longer change (a correction
+# is a credit note or a supplemental invoice of its own).
+FINAL = ("finalized", "paid")
+
 LineKind = Literal["base_fee", "usage", "minimum", "charge"]
 InvoiceKind = Literal["invoice", "supplemental", "credit_note"]
 ZERO = Decimal(0)

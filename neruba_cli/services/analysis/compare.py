@@ -48,10 +48,10 @@ from neruba_cli.domain import compare as domain
 from neruba_cli.domain.billing_periods import month_label
 from neruba_cli.domain.csv_header import delimiter_problem
 from neruba_cli.domain.errors import InvalidInput, UsageError
+from neruba_cli.domain.invoice import FINAL
 from neruba_cli.domain.money import normalize_currency, parse_amount
 from neruba_cli.domain.stripe_link import CREDITS_LINE
 from neruba_cli.domain.stripe_money import from_stripe
-from neruba_cli.services.billing.plan import FINAL
 from neruba_cli.services.catalog import store as catalog_store
 from neruba_cli.services.invoices import read as invoices_read
 

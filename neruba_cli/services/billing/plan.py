@@ -59,6 +59,7 @@ from neruba_cli.domain.catalog import MeterDef, PlanDef, load_version
 from neruba_cli.domain.errors import InvalidInput, NotFound
 from neruba_cli.domain.grouping import GroupKey, key_order
 from neruba_cli.domain.invoice import (
+    FINAL,
     BuiltInvoice,
     CarriedUsage,
     InvoiceInput,
@@ -83,7 +84,6 @@ from neruba_cli.domain.periods import Period, Phase, month_period, split_period
 
 CUSTOMER_BATCH = 500  # customers per aggregation query
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # where recurring gauges start from zero
-FINAL = ("finalized", "paid")
 
 
 # --------------------------------------------------------------------------- values

@@ -31,7 +31,13 @@ from neruba_cli.db.tables import billing_runs_t, customers_t, events_t, invoices
 from neruba_cli.domain import future_months, lock_names
 from neruba_cli.domain.aggregation import MeterSpec
 from neruba_cli.domain.billing_periods import resolve_label
-from neruba_cli.domain.invoice import BuiltInvoice, CarriedUsage, correction_lines, run_fingerprint
+from neruba_cli.domain.invoice import (
+    FINAL,
+    BuiltInvoice,
+    CarriedUsage,
+    correction_lines,
+    run_fingerprint,
+)
 from neruba_cli.domain.invoice_limits import Unbillable
 from neruba_cli.domain.late_events import carries_forward, stale_entry
 from neruba_cli.domain.periods import Period
@@ -39,7 +45,6 @@ from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.billing import culprits
 from neruba_cli.services.billing import plan as billing_plan
 from neruba_cli.services.billing.plan import (
-    FINAL,
     WorkItem,
     attach_existing,
     build,

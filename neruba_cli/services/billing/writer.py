@@ -52,6 +52,7 @@ from neruba_cli.db.tables import (
 from neruba_cli.domain import invoice_numbers
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.invoice import (
+    FINAL,
     BuiltInvoice,
     canonical_json,
     correction_kind,
@@ -63,7 +64,6 @@ from neruba_cli.domain.late_events import Treatment, treatment
 from neruba_cli.domain.periods import Period
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.billing.plan import (
-    FINAL,
     WorkItem,
     documents,
     same_invoice,

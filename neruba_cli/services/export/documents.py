@@ -37,9 +37,9 @@ from neruba_cli.db.tables import (
     refunds_t,
 )
 from neruba_cli.domain.grouping import group_text
+from neruba_cli.domain.invoice import FINAL
 from neruba_cli.domain.money import format_amount, format_minor
 from neruba_cli.domain.timestamps import format_ts
-from neruba_cli.services.billing import plan as billing_plan
 from neruba_cli.services.export.plan import Plan
 
 _corrected = invoices_t.alias("corrected")
@@ -129,7 +129,7 @@ def lines_counted(query: Select[Any]) -> Select[Any]:
 
 
 def invoice_rows(rows: Iterator[Any]) -> Iterator[tuple[Any, ...]]:
-    final = billing_plan.FINAL
+    final = FINAL
     for r in rows:
         cur = r.currency
         yield (

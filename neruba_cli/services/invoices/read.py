@@ -17,9 +17,9 @@ from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import customers_t, invoices_t
 from neruba_cli.domain.billing_periods import resolve_label
 from neruba_cli.domain.errors import InvalidInput, NotFound
+from neruba_cli.domain.invoice import FINAL
 from neruba_cli.domain.money import format_amount, format_minor
 from neruba_cli.domain.timestamps import format_ts
-from neruba_cli.services.billing.plan import FINAL
 
 STATUSES = ("draft", "finalized", "void", "paid")
 

@@ -33,7 +33,7 @@ from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import invoice_revisions_t, invoices_t
 from neruba_cli.domain import credits as credit_rules
 from neruba_cli.domain.errors import InvalidInput
-from neruba_cli.domain.invoice import canonical_json
+from neruba_cli.domain.invoice import FINAL, canonical_json
 from neruba_cli.domain.invoice_limits import Unbillable, check_document, check_totals
 from neruba_cli.domain.ledger import (
     Allocation,
@@ -49,7 +49,6 @@ from neruba_cli.domain.money import format_minor, to_minor_units
 from neruba_cli.services.ledger import credits
 from neruba_cli.services.ledger import postings as ledger_postings
 
-FINAL = ("finalized", "paid")
 SETTLEMENT_KEYS = ("credits", "settlement")
 
 

@@ -32,6 +32,7 @@ from neruba_cli.domain import consistency
 from neruba_cli.domain.consistency import InvoiceTotals
 from neruba_cli.domain.errors import InvalidInput
 from neruba_cli.domain.invoice import (
+    FINAL,
     LEGACY_FORM,
     BuiltInvoice,
     CarriedUsage,
@@ -52,7 +53,6 @@ from neruba_cli.domain.invoice import (
 from neruba_cli.domain.late_events import Treatment, treatment
 from neruba_cli.domain.periods import Period
 from neruba_cli.services.billing import run as billing_run
-from neruba_cli.services.billing.plan import FINAL
 from neruba_cli.services.invoices import settlement
 from neruba_cli.services.invoices.read import get, invoice_query, select_rows
 

@@ -29,6 +29,7 @@ from neruba_cli.db.retry import retrying
 from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import customers_t, invoices_t, payments_t, refunds_t
 from neruba_cli.domain.errors import InvalidInput, NotFound
+from neruba_cli.domain.invoice import FINAL
 from neruba_cli.domain.ledger import PaymentFacts, payment_recorded, payment_refunded
 from neruba_cli.domain.money import format_minor, parse_amount
 from neruba_cli.domain.timestamps import format_ts
@@ -120,7 +121,7 @@ def _record(
         raise InvalidInput("--reference is empty")
     with _transaction(engine, lease) as conn:
         invoice = _invoice(conn, project, request.invoice, lock=True)
-        if invoice.status not in settlement.FINAL:
+        if invoice.status not in FINAL:
             raise InvalidInput(
                 f"invoice {invoice.number} is {invoice.status}; payments are recorded against "
                 "finalized invoices",
