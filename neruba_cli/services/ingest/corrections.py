@@ -16,7 +16,19 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    String,
+    any_,
+    bindparam,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 
 from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import customers_t, event_versions_t, events_t, invoices_t
@@ -31,12 +43,12 @@ from neruba_cli.domain.event_corrections import (
     same_values,
 )
 from neruba_cli.domain.events import quantity_text, read_operation
+from neruba_cli.domain.invoice import FINAL
 from neruba_cli.domain.late_events import stale_entry
 from neruba_cli.domain.timestamps import format_ts
 from neruba_cli.services.ingest.rejects import Reject
 from neruba_cli.services.ingest.validation import Pending, Validator
 
-FINAL = ("finalized", "paid")
 _KEYS_PER_QUERY = 500
 
 
@@ -310,22 +322,34 @@ class FinalInvoice:
     end: datetime
 
 
-# Built once: the HTTP API runs it with every group of single events it writes.
-_FINAL_OVERLAPPING = (
-    select(
-        invoices_t.c.number,
-        invoices_t.c.period,
-        invoices_t.c.customer_id,
-        invoices_t.c.period_start,
-        invoices_t.c.period_end,
+def _final_overlapping(customers: Any) -> Select[Any]:
+    return (
+        select(
+            invoices_t.c.number,
+            invoices_t.c.period,
+            invoices_t.c.customer_id,
+            invoices_t.c.period_start,
+            invoices_t.c.period_end,
+        )
+        .where(invoices_t.c.project_id == bindparam("project_id"))
+        .where(invoices_t.c.status.in_([literal(status) for status in FINAL]))
+        .where(customers)
+        .where(invoices_t.c.period_end > bindparam("first", type_=invoices_t.c.period_end.type))
+        .where(invoices_t.c.period_start <= bindparam("last", type_=invoices_t.c.period_start.type))
+        .order_by(invoices_t.c.number)
     )
-    .where(invoices_t.c.project_id == bindparam("project_id"))
-    .where(invoices_t.c.status.in_(FINAL))
-    .where(invoices_t.c.customer_id.in_(bindparam("customers", expanding=True)))
-    .where(invoices_t.c.period_end > bindparam("first", type_=invoices_t.c.period_end.type))
-    .where(invoices_t.c.period_start <= bindparam("last", type_=invoices_t.c.period_start.type))
-    .order_by(invoices_t.c.number)
-)
+
+
+# Built once: the HTTP API runs it with every group of single events it writes. PostgreSQL
+# takes the customers as one array, a statement compiled once; elsewhere an expanding IN.
+_FINAL_OVERLAPPING = {
+    "postgresql": _final_overlapping(
+        invoices_t.c.customer_id == any_(bindparam("customers", type_=postgresql.ARRAY(String)))
+    ),
+    "other": _final_overlapping(
+        invoices_t.c.customer_id.in_(bindparam("customers", expanding=True))
+    ),
+}
 
 
 def stale_by_event(
@@ -343,7 +367,7 @@ def stale_by_event(
     first, last = min(m for _, m in moments), max(m for _, m in moments)
     for offset in range(0, len(customers), _KEYS_PER_QUERY):
         rows = conn.execute(
-            _FINAL_OVERLAPPING,
+            _FINAL_OVERLAPPING.get(conn.dialect.name, _FINAL_OVERLAPPING["other"]),
             {
                 "project_id": project_id,
                 "customers": customers[offset : offset + _KEYS_PER_QUERY],

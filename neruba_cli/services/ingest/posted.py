@@ -129,8 +129,6 @@ def write_group(
             then(conn, [outcomes[item.line] for item in items])
 
     writer.flush(list(items), then=finish)
-    if customers is not None:
-        customers.update(writer.customers)  # and the ones it looked up
     assert summary.outcomes is not None and summary.batch is not None
     answers = []
     for item in items:
@@ -175,10 +173,11 @@ def _writer(
     only if stored), other requests write the same keys at the same time. `customers`
     (external id → id and currency) are ones the caller has seen resolved: an event naming
     one of them is written without looking it up (charges always read their customer's
-    currency: they pass None)."""
+    currency: they pass None). The writer adds the ones it looks up to that same map, not to
+    a copy: the map may hold every customer of a large project."""
     writer = BatchWriter(engine, project, summary, RejectsWriter(None), now)
-    if customers:
-        writer.customers.update(customers)
+    if customers is not None:
+        writer.customers = customers
     writer.keeps_receipt = False
     writer.look_first = False
     writer.concurrent = True

@@ -124,7 +124,10 @@ class BatchWriter:
 
         retry.retrying(once)
 
-    def _checkpoint(self) -> tuple[IngestSummary, dict[str, tuple[str, str]], int]:
+    def _checkpoint(self) -> tuple[IngestSummary, dict[str, tuple[str, str]] | None, int]:
+        """What a transaction run again starts from. The customers resolved so far are kept
+        as they are (a lookup stays true when its transaction rolls back), unless this writer
+        creates customers: those it created in a rolled-back transaction are gone."""
         summary = self.summary
         copied = replace(
             summary,
@@ -132,10 +135,13 @@ class BatchWriter:
             rejects=list(summary.rejects),
             outcomes=None if summary.outcomes is None else dict(summary.outcomes),
         )
-        return copied, dict(self.customers), self.rejects.count
+        customers = dict(self.customers) if self.create_customers else None
+        return copied, customers, self.rejects.count
 
-    def _restore(self, saved: tuple[IngestSummary, dict[str, tuple[str, str]], int]) -> None:
-        copied, self.customers, self.rejects.count = saved
+    def _restore(self, saved: tuple[IngestSummary, dict[str, tuple[str, str]] | None, int]) -> None:
+        copied, customers, self.rejects.count = saved
+        if customers is not None:
+            self.customers = customers
         for name in (item.name for item in fields(IngestSummary)):
             setattr(self.summary, name, getattr(copied, name))
         self.look_first = True

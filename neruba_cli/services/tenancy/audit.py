@@ -11,6 +11,7 @@ import orjson
 from sqlalchemy import Connection, Engine, insert, or_, select
 from sqlalchemy.orm import Session
 
+from neruba_cli.db.bulk_insert import db_time, insert_rows
 from neruba_cli.db.engine import LEASE_LOCK_WAIT_SECONDS, begin_write, short_lock_wait
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import AuditRecord
@@ -96,17 +97,33 @@ def record_many(engine: Engine, entries: Sequence[Entry]) -> list[str]:
         return record_in(conn, entries)
 
 
-_INSERT = insert(AuditRecord)  # built once: the HTTP API writes it with every group of events
+_COLUMNS = (
+    "id",
+    "at",
+    "actor",
+    "actor_kind",
+    "project_slug",
+    "command",
+    "arguments",
+    "outcome",
+    "exit_code",
+    "message",
+)
 
 
 def record_in(conn: Connection, entries: Sequence[Entry]) -> list[str]:
     """Append audit records in the caller's transaction: they stand or fall with its work
-    (the HTTP API's single events, written with their requests' records)."""
+    (the HTTP API's single events, written with their requests' records). Written as
+    driver-ready rows in as few statements as the database allows: the HTTP API writes them
+    with every group of events."""
     ids = [new_id("aud") for _ in entries]
-    if entries:
-        conn.execute(
-            _INSERT, [_row(record_id, entry) for record_id, entry in zip(ids, entries, strict=True)]
-        )
+    sqlite = conn.dialect.name == "sqlite"
+    rows = []
+    for record_id, entry in zip(ids, entries, strict=True):
+        row = _row(record_id, entry)
+        row["at"] = db_time(entry.now, sqlite)
+        rows.append(tuple(row[name] for name in _COLUMNS))
+    insert_rows(conn, AuditRecord.__tablename__, _COLUMNS, rows)
     return ids
 
 
