@@ -16,8 +16,9 @@ inserts, and reads a batch's stored keys back when it has to classify its lines:
   array for each thousand rows, where the driver's executemany would send a statement per row
   (each parsed, planned and executed by the server on its own); the driver's executemany
   elsewhere (PyMySQL makes multi-row statements itself, SQLite is in-process).
-- `stored_keys` reads the (payload hash, batch, line) of some keys in one statement: a JSON
-  array on SQLite (no limit on host parameters), a tuple on MariaDB, an array on PostgreSQL.
+- `stored_keys` reads the (payload hash, batch, line, corrected) of some keys in one
+  statement: a JSON array on SQLite (no limit on host parameters), a tuple on MariaDB, an
+  array on PostgreSQL.
 
 Rows are tuples in `COLUMNS` order, values converted once by the caller the way the column
 types store them (the hot path skips SQLAlchemy's per-value type processing): `db_time` gives
@@ -39,8 +40,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from neruba_cli.db import schema
 
 Row = tuple[Any, ...]
-# (payload_hash, batch_id, line) of a stored event or charge, by idempotency key
-StoredKeys = dict[str, tuple[str, str | None, int | None]]
+# (payload_hash, batch_id, line, corrected) of a stored event or charge, by idempotency key:
+# `corrected` when the event was voided or amended since it was stored (never for a charge)
+StoredKeys = dict[str, tuple[str, str | None, int | None, bool]]
 
 COLUMNS = {
     "events": (
@@ -95,10 +97,11 @@ def db_time(moment: datetime, sqlite: bool) -> Any:
 
 
 def stored_keys(conn: Connection, table: str, project_id: str, keys: list[str]) -> StoredKeys:
-    """The stored (payload hash, batch, line) of the keys that are stored."""
+    """The stored (payload hash, batch, line, corrected) of the keys that are stored."""
     dialect = conn.dialect.name
+    corrected = "version > 1" if table == "events" else "1 = 0"
     sql = (
-        f"SELECT idempotency_key, payload_hash, batch_id, line FROM {table} "
+        f"SELECT idempotency_key, payload_hash, batch_id, line, {corrected} FROM {table} "
         "WHERE project_id = {mark} AND idempotency_key {match}"
     )
     params: tuple[Any, ...]
@@ -113,7 +116,7 @@ def stored_keys(conn: Connection, table: str, project_id: str, keys: list[str]) 
         sql = sql.format(mark="%s", match="= ANY(%s::text[])")
         params = (project_id, keys)
     rows = conn.exec_driver_sql(sql, params)
-    return {key: (digest, batch, line) for key, digest, batch, line in rows}
+    return {key: (digest, batch, line, bool(fixed)) for key, digest, batch, line, fixed in rows}
 
 
 def insert_new(conn: Connection, table: str, rows: Sequence[Row]) -> int | None:

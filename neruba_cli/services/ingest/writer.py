@@ -284,7 +284,7 @@ class BatchWriter:
         if later:
             batch = self.summary.batch
             for key, item in firsts.items():
-                stored.setdefault(key, (item.digest, batch, item.line))
+                stored.setdefault(key, (item.digest, batch, item.line, False))
             self._classify(conn, table, later, stored)
 
     def _stored(self, conn: Connection, table: Table, items: list[Pending]) -> StoredKeys:
@@ -374,8 +374,10 @@ class BatchWriter:
             else:
                 conflicts.append(item)
         self._accept(accepted)
-        if repeated and table is events_t:
-            self.summary.corrected_duplicates += _corrected(conn, self.project.id, repeated)
+        # a repeated line holds the payload first stored (a key's payload hash never
+        # changes), so it is a duplicate even when the event was voided or amended since:
+        # the correction stands, and the receipt counts it
+        self.summary.corrected_duplicates += sum(1 for key in repeated if stored[key][3])
         if conflicts:
             self._report_conflicts(conn, table, conflicts)
 
@@ -428,25 +430,6 @@ class BatchWriter:
 
 def _key(item: Pending) -> str:
     return item.record.idempotency_key
-
-
-def _corrected(conn: Connection, project_id: str, keys: list[str]) -> int:
-    """How many of these keys (one per duplicate line) name events voided or amended since
-    they were stored: the line's payload is the one first stored (the key's payload hash never
-    changes), so it is a duplicate, and the correction stands."""
-    unique = sorted(set(keys))
-    corrected: set[str] = set()
-    for first in range(0, len(unique), 500):
-        corrected.update(
-            conn.execute(
-                select(events_t.c.idempotency_key).where(
-                    events_t.c.project_id == project_id,
-                    events_t.c.idempotency_key.in_(unique[first : first + 500]),
-                    events_t.c.version > 1,
-                )
-            ).scalars()
-        )
-    return sum(1 for key in keys if key in corrected)
 
 
 def _repeats_current(row: Any, item: Pending) -> bool:
