@@ -8,56 +8,22 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError
 
 from neruba_cli.db import bulk_insert
-from neruba_cli.db.schema import Customer, Project
 from neruba_cli.db.tables import audit_records_t, events_t
+from neruba_cli.services.tenancy import audit
+from tests.support.databases import seed_project
 
 PROJECT = "proj_bulk"
 CUSTOMER = "cus_bulk"
 AT = datetime(2026, 11, 3, 4, 5, 6, 789012, tzinfo=UTC)
-AUDIT_COLUMNS = (
-    "id",
-    "at",
-    "actor",
-    "actor_kind",
-    "project_slug",
-    "command",
-    "arguments",
-    "outcome",
-    "exit_code",
-    "message",
-)
 
 
 @pytest.fixture
 def bulk_engine(engine: Engine) -> Engine:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(Project).values(
-                id=PROJECT,
-                slug="bulk",
-                name="Bulk",
-                currency="USD",
-                timezone="UTC",
-                rounding="half_even",
-                created_at=now,
-            )
-        )
-        conn.execute(
-            insert(Customer).values(
-                id=CUSTOMER,
-                project_id=PROJECT,
-                external_id="acme",
-                currency="USD",
-                timezone="UTC",
-                created_at=now,
-                updated_at=now,
-            )
-        )
+    seed_project(engine, PROJECT, "bulk", {CUSTOMER: "acme"})
     return engine
 
 
@@ -98,7 +64,7 @@ def test_insert_rows_stores_every_row_as_given(bulk_engine: Engine) -> None:
     # more rows than one statement carries on PostgreSQL, a NULL and a message among them
     rows = [audit_row(n, sqlite, "HTTP 409" if n % 7 == 0 else None) for n in range(2_345)]
     with bulk_engine.begin() as conn:
-        count = bulk_insert.insert_rows(conn, "audit_records", AUDIT_COLUMNS, rows)
+        count = bulk_insert.insert_rows(conn, "audit_records", audit.COLUMNS, rows)
     with bulk_engine.connect() as conn:
         stored = conn.execute(select(audit_records_t).order_by(audit_records_t.c.id)).all()
     assert count == 2_345
@@ -112,7 +78,7 @@ def test_insert_rows_stores_every_row_as_given(bulk_engine: Engine) -> None:
 
 def test_insert_rows_of_nothing_stores_nothing(bulk_engine: Engine) -> None:
     with bulk_engine.begin() as conn:
-        assert bulk_insert.insert_rows(conn, "audit_records", AUDIT_COLUMNS, []) == 0
+        assert bulk_insert.insert_rows(conn, "audit_records", audit.COLUMNS, []) == 0
         assert conn.execute(select(audit_records_t)).all() == []
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, insert
 
 from neruba_cli.db import usage_sql
-from neruba_cli.db.schema import Customer, Event, Project
+from neruba_cli.db.schema import Event
 from neruba_cli.domain.aggregation import (
     AGGREGATIONS,
     GAUGES,
@@ -32,6 +32,7 @@ from neruba_cli.domain.grouping import GroupKey, aggregate_groups, group_key, tr
 from neruba_cli.domain.money import canonical
 from neruba_cli.domain.periods import Period
 from neruba_cli.domain.prorated_usage import prorated_units, weights
+from tests.support.databases import seed_project
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
 END = datetime(2026, 10, 31, tzinfo=UTC)  # 30 days
@@ -49,34 +50,7 @@ CUSTOMERS = ("cus_a", "cus_b", "cus_c")
 @pytest.fixture
 def usage_engine(engine: Engine) -> Engine:
     """The engine with one project and three customers (events are added per test)."""
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(Project).values(
-                id=PROJECT,
-                slug="agg",
-                name="Aggregations",
-                currency="USD",
-                timezone="UTC",
-                rounding="half_even",
-                created_at=now,
-            )
-        )
-        conn.execute(
-            insert(Customer),
-            [
-                {
-                    "id": customer,
-                    "project_id": PROJECT,
-                    "external_id": customer,
-                    "currency": "USD",
-                    "timezone": "UTC",
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for customer in CUSTOMERS
-            ],
-        )
+    seed_project(engine, PROJECT, "agg", {customer: customer for customer in CUSTOMERS})
     return engine
 
 

@@ -145,3 +145,42 @@ def copy_of(template: Path, path: Path) -> str:
 
 # Tests that do not depend on the database: run on SQLite only, not once per dialect.
 sqlite_only = pytest.mark.parametrize("dialect", ["sqlite"])
+
+
+def seed_project(engine: Engine, project_id: str, slug: str, customers: dict[str, str]) -> None:
+    """A USD project in UTC and its customers (id → external id), written directly: for tests
+    of the database layer that need rows to point at, without the CLI."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert
+
+    from neruba_cli.db.schema import Customer, Project
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Project).values(
+                id=project_id,
+                slug=slug,
+                name=slug.title(),
+                currency="USD",
+                timezone="UTC",
+                rounding="half_even",
+                created_at=now,
+            )
+        )
+        conn.execute(
+            insert(Customer),
+            [
+                {
+                    "id": ident,
+                    "project_id": project_id,
+                    "external_id": external,
+                    "currency": "USD",
+                    "timezone": "UTC",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for ident, external in customers.items()
+            ],
+        )

@@ -129,7 +129,6 @@ def lines_counted(query: Select[Any]) -> Select[Any]:
 
 
 def invoice_rows(rows: Iterator[Any]) -> Iterator[tuple[Any, ...]]:
-    final = FINAL
     for r in rows:
         cur = r.currency
         yield (
@@ -144,7 +143,7 @@ def invoice_rows(rows: Iterator[Any]) -> Iterator[tuple[Any, ...]]:
             format_amount(r.subtotal, cur),
             format_amount(r.credits_applied, cur),
             format_amount(r.total, cur),
-            format_minor(r.amount_due_minor, cur) if r.status in final else None,
+            format_minor(r.amount_due_minor, cur) if r.status in FINAL else None,
             format_minor(r.amount_paid_minor, cur),
             r.corrects,
             r.run_id,

@@ -323,6 +323,8 @@ class FinalInvoice:
 
 
 def _final_overlapping(customers: Any) -> Select[Any]:
+    """The finalized invoices of a project whose periods overlap [first, last], of the
+    customers the `customers` condition names."""
     return (
         select(
             invoices_t.c.number,

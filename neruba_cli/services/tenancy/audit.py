@@ -97,7 +97,8 @@ def record_many(engine: Engine, entries: Sequence[Entry]) -> list[str]:
         return record_in(conn, entries)
 
 
-_COLUMNS = (
+# an audit record's columns, in the order record_in writes them
+COLUMNS = (
     "id",
     "at",
     "actor",
@@ -122,8 +123,8 @@ def record_in(conn: Connection, entries: Sequence[Entry]) -> list[str]:
     for record_id, entry in zip(ids, entries, strict=True):
         row = _row(record_id, entry)
         row["at"] = db_time(entry.now, sqlite)
-        rows.append(tuple(row[name] for name in _COLUMNS))
-    insert_rows(conn, AuditRecord.__tablename__, _COLUMNS, rows)
+        rows.append(tuple(row[name] for name in COLUMNS))
+    insert_rows(conn, AuditRecord.__tablename__, COLUMNS, rows)
     return ids
 
 
