@@ -11,11 +11,11 @@ inserts, and reads a batch's stored keys back when it has to classify its lines:
   `ON CONFLICT DO NOTHING` (SQLite, PostgreSQL) and `ON DUPLICATE KEY UPDATE` (MariaDB). Only
   the unique-key conflict is skipped: SQLite's `INSERT OR IGNORE` and MariaDB's `INSERT IGNORE`
   would also swallow other errors, so neither is used.
-- `insert_rows` stores driver-ready tuples in any table, in as few statements as the dialect
-  allows: on PostgreSQL, one `INSERT ... SELECT * FROM unnest(...)` of a column's values per
-  array for each thousand rows, where the driver's executemany would send a statement per row
-  (each parsed, planned and executed by the server on its own); the driver's executemany
-  elsewhere (PyMySQL makes multi-row statements itself, SQLite is in-process).
+- `insert_rows` stores driver-ready tuples in any table: the driver's executemany (PyMySQL
+  makes multi-row statements itself, SQLite is in-process, psycopg pipelines a statement per
+  row), except a few rows on PostgreSQL (the HTTP API's groups of single events and their
+  audit records), which go as one multi-row INSERT: one statement for the server to parse,
+  plan and run instead of one per row, and less of the client's CPU.
 - `stored_keys` reads the (payload hash, batch, line, corrected) of some keys in one
   statement: a JSON array on SQLite (no limit on host parameters), a tuple on MariaDB, an
   array on PostgreSQL.
@@ -27,17 +27,13 @@ a moment's stored form.
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Dialect, Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
-
-from neruba_cli.db import schema
 
 Row = tuple[Any, ...]
 # (payload_hash, batch_id, line, corrected) of a stored event or charge, by idempotency key:
@@ -82,8 +78,10 @@ _EXACT_INSERT_COUNTS = ("sqlite", "postgresql")
 # savepoint around a COPY (the HTTP API's groups of single events)
 _FEW_FOR_COPY = 100
 _MYSQL_STATEMENT = 1_024_000  # characters: PyMySQL executemany's statement size
-# PostgreSQL: rows per INSERT ... unnest (its arrays are built in memory, client and server)
-_ROWS_PER_STATEMENT = 1_000
+# PostgreSQL: a statement with at most this many parameters is parsed once by psycopg and
+# kept (its cache stops there), so a few rows cost less as one multi-row INSERT than as the
+# pipelined statement per row of its executemany; past it, executemany costs less
+_CACHED_PARAMETERS = 50
 
 
 def is_mysql(dialect: str) -> bool:
@@ -162,31 +160,15 @@ def insert_rows(
     if not rows:
         return 0
     dialect = conn.dialect.name
-    if dialect == "postgresql":
-        sql = _unnest_insert(conn.dialect, table, tuple(columns)) + tail
-        count = 0
-        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-            chunk = rows[start : start + _ROWS_PER_STATEMENT]
-            count += conn.exec_driver_sql(sql, tuple(map(list, zip(*chunk, strict=True)))).rowcount
-        return count
+    names = ", ".join(columns)
+    if dialect == "postgresql" and len(rows) * len(columns) <= _CACHED_PARAMETERS:
+        one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+        sql = f"INSERT INTO {table} ({names}) VALUES {', '.join([one] * len(rows))}{tail}"
+        params = tuple(value for row in rows for value in row)
+        return int(conn.exec_driver_sql(sql, params).rowcount)
     marks = ", ".join(["?" if dialect == "sqlite" else "%s"] * len(columns))
-    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}){tail}"
+    sql = f"INSERT INTO {table} ({names}) VALUES ({marks}){tail}"
     return int(conn.exec_driver_sql(sql, list(rows)).rowcount)
-
-
-@functools.cache
-def _unnest_insert(dialect: Dialect, table: str, columns: tuple[str, ...]) -> str:
-    """PostgreSQL: `INSERT ... SELECT * FROM unnest(array, ...)`, one array of values per
-    column. The statement's text is the same however many rows it carries (the driver parses
-    it once). Each array is cast to its column's type without a length or precision
-    (`varchar[]`, `numeric[]`): storing the value in the column then checks its length as an
-    insert of that value would, where a cast to `varchar(40)[]` would cut it short."""
-    types = schema.Base.metadata.tables[table].c
-    unbounded = [
-        re.sub(r"[(].*[)]", "", types[name].type.compile(dialect=dialect)) for name in columns
-    ]
-    arrays = ", ".join(f"%s::{name}[]" for name in unbounded)
-    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
 
 
 def refresh_statistics(engine: Engine, table: str) -> None:
