@@ -113,6 +113,12 @@ class WireProtocol(Store):
         path = url.path
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length > 0 else b""
+        if len(body) < length:
+            # The client went away before it had sent the whole body (a process killed
+            # mid-request): Stripe acts on no request it did not receive whole, and neither
+            # keeps its idempotency key nor answers.
+            handler.close_connection = True
+            return
         key = handler.headers.get("Idempotency-Key") if method == "POST" else None
         log = RequestLog(method, path, key)
         with self._control:
