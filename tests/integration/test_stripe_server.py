@@ -7,6 +7,7 @@ the SDK (form encoding, error classes, retries) rather than calling the server's
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -431,6 +432,35 @@ def test_idempotent_replay_and_conflicts(server: FakeStripe, client: stripe.Stri
     assert "same endpoint" in str(other_endpoint.value.user_message)
     assert len(server.objects("customer")) == 1
     assert server.objects("invoice") == []
+
+
+def test_a_request_cut_off_mid_body_is_not_acted_on_nor_its_key_kept(
+    server: FakeStripe, client: stripe.StripeClient
+) -> None:
+    """A client killed after its headers but before its whole body: Stripe never sees that
+    request, so the same key with the whole body later creates the object once."""
+    key = "neruba-cut-off"
+    body = b"name=Ada&email=ada%40example.com"
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/customers HTTP/1.1\r\n"
+            + f"Host: {host}\r\nAuthorization: Bearer {API_KEY}\r\n".encode()
+            + f"Idempotency-Key: {key}\r\n".encode()
+            + b"Content-Type: application/x-www-form-urlencoded\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:8]
+        )
+        sock.shutdown(socket.SHUT_WR)  # the rest never comes
+        assert sock.recv(1024) == b""  # no answer: the connection is just closed
+    assert server.objects("customer") == []
+
+    made = client.v1.customers.create(
+        params={"name": "Ada", "email": "ada@example.com"}, options={"idempotency_key": key}
+    )
+    assert made.last_response is not None
+    assert "Idempotent-Replayed" not in made.last_response.headers
+    assert [c["email"] for c in server.objects("customer")] == ["ada@example.com"]
 
 
 def test_validation_errors_are_stored_and_replayed(
