@@ -14,16 +14,17 @@ import os
 import secrets
 import shutil
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
-from sqlalchemy import Engine, create_engine, delete, text, update
+from sqlalchemy import Engine, create_engine, delete, insert, text, update
 from sqlalchemy.engine import make_url
 
 from neruba_cli.db import migrate
 from neruba_cli.db.engine import create_db_engine, parse_database_url
-from neruba_cli.db.schema import Base
+from neruba_cli.db.schema import Base, Customer, Project
 from neruba_cli.db.tables import invoices_t
 
 DIALECTS = ("sqlite", "mariadb", "postgresql")
@@ -150,12 +151,6 @@ sqlite_only = pytest.mark.parametrize("dialect", ["sqlite"])
 def seed_project(engine: Engine, project_id: str, slug: str, customers: dict[str, str]) -> None:
     """A USD project in UTC and its customers (id → external id), written directly: for tests
     of the database layer that need rows to point at, without the CLI."""
-    from datetime import UTC, datetime
-
-    from sqlalchemy import insert
-
-    from neruba_cli.db.schema import Customer, Project
-
     now = datetime(2026, 1, 1, tzinfo=UTC)
     with engine.begin() as conn:
         conn.execute(
