@@ -419,10 +419,16 @@ def _postgres_engine(url: URL) -> Engine:
         pool_pre_ping=True,
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            "options": f"-c timezone=UTC -c lock_timeout={LOCK_WAIT_SECONDS}s",
-            # No server-side prepared statements: a cached generic plan for the ingest's
-            # `key IN (...)` lookups scans the whole project once the table is large.
-            "prepare_threshold": None,
+            # A statement run five times on a connection is prepared on the server (psycopg's
+            # default `prepare_threshold`): the server parses it once, not on every run; for
+            # the API's small inserts that is most of their cost there. Each run is still
+            # planned for its own values (`force_custom_plan`): a generic plan made once for
+            # every value would scan the whole project for the ingest's stored-key lookups
+            # once the events table is large.
+            "options": (
+                f"-c timezone=UTC -c lock_timeout={LOCK_WAIT_SECONDS}s"
+                " -c plan_cache_mode=force_custom_plan"
+            ),
         },
     )
 
