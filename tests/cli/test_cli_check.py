@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 
 from neruba_cli.db.schema import Customer, Event, ImportBatch, Invoice, InvoiceLine, Project
 from neruba_cli.domain.consistency import InvoiceFacts, repeated_revisions
@@ -482,3 +482,38 @@ def test_counts_in_a_fresh_project_are_zero(cli: Cli) -> None:
     checks = passes(cli)
     assert [checks[name]["checked"] for name in NEW_SWEEPS] == [0, 0, 0, 0]
     assert all(checks[name]["notes"] == [] for name in NEW_SWEEPS)
+
+
+def test_every_event_must_name_a_customer_of_its_project(shop: Cli, engine: Engine) -> None:
+    """The events table has no foreign keys (revision 0014): the sweep holds the rule they
+    held, and a stricter one (the customer is the event's project's)."""
+    with engine.connect() as conn:
+        stored = conn.execute(select(func.count()).select_from(Event)).scalar_one()
+    assert passes(shop)["events.customers"]["checked"] == stored
+
+    assert shop("project", "create", "beta").exit_code == 0
+    ok(shop, "customer", "create", "b1", project="beta")
+    with engine.begin() as conn:
+        acme = conn.execute(select(Project.id).where(Project.slug == "acme")).scalar_one()
+        b1 = conn.execute(select(Customer.id).where(Customer.external_id == "b1")).scalar_one()
+        for key, customer in (("elsewhere", b1), ("nobody", "cus_01m9000000000000000000000")):
+            conn.execute(
+                insert(Event).values(
+                    project_id=acme,
+                    idempotency_key=key,
+                    customer_id=customer,
+                    meter="api_calls",
+                    ts=datetime(2026, 11, 25, tzinfo=UTC),
+                    quantity=Decimal(1),
+                    properties="{}",
+                    payload_hash="0" * 64,
+                    received_at=datetime(2026, 11, 26, tzinfo=UTC),
+                )
+            )
+    assert failing(shop) == {
+        "events.customers": [
+            f"event 'elsewhere' names customer {b1}, not one of this project's",
+            "event 'nobody' names customer cus_01m9000000000000000000000, not one of this "
+            "project's",
+        ]
+    }

@@ -29,6 +29,7 @@ from sqlalchemy import Connection, and_, case, func, select
 
 from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import (
+    customers_t,
     event_versions_t,
     events_t,
     import_batches_t,
@@ -198,6 +199,32 @@ def _in_window(columns: Any) -> Any:
     )
 
 
+def events_customers(conn: Connection, project: Project, result: CheckResult) -> None:
+    """Every event names a customer of its own project: the rule the events table's foreign
+    keys enforced until revision 0014 (ingest keeps it; this sweep proves it). Each event
+    that breaks it is a fault, named with its key and the customer id it carries."""
+    known = customers_t.alias("known")
+    orphans = (
+        select(events_t.c.idempotency_key, events_t.c.customer_id)
+        .select_from(
+            events_t.outerjoin(
+                known,
+                and_(known.c.id == events_t.c.customer_id, known.c.project_id == project.id),
+            )
+        )
+        .where(events_t.c.project_id == project.id, known.c.id.is_(None))
+        .order_by(events_t.c.id)
+    )
+    for key, customer_id in conn.execute(orphans):
+        result.fail(f"event {key!r} names customer {customer_id}, not one of this project's")
+    result.checked = int(
+        conn.execute(
+            select(func.count()).select_from(events_t).where(events_t.c.project_id == project.id)
+        ).scalar_one()
+    )
+
+
 SWEEPS: list[tuple[str, str, Sweep]] = [
     ("events.billed", "invoices count each stored event of their period once", events_billed),
+    ("events.customers", "every event names a customer of its project", events_customers),
 ]
