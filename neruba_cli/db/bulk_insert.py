@@ -18,7 +18,7 @@ inserts, and reads a batch's stored keys back when it has to classify its lines:
   plan and run instead of one per row, and less of the client's CPU.
 - `stored_keys` reads the (payload hash, batch, line, corrected) of some keys in one
   statement: a JSON array on SQLite (no limit on host parameters), a tuple on MariaDB, an
-  array on PostgreSQL.
+  array on PostgreSQL; `stored_lines` their (line digest, corrected) the same way.
 
 Rows are tuples in `COLUMNS` order, values converted once by the caller the way the column
 types store them (the hot path skips SQLAlchemy's per-value type processing): `db_time` gives
@@ -54,6 +54,7 @@ COLUMNS = {
         "line",
         "received_at",
         "operation",
+        "line_digest",
     ),
     "charges": (
         "id",
@@ -96,14 +97,30 @@ def db_time(moment: datetime, sqlite: bool) -> Any:
 
 def stored_keys(conn: Connection, table: str, project_id: str, keys: list[str]) -> StoredKeys:
     """The stored (payload hash, batch, line, corrected) of the keys that are stored."""
-    dialect = conn.dialect.name
     corrected = "version > 1" if table == "events" else "1 = 0"
+    rows = _by_keys(conn, f"payload_hash, batch_id, line, {corrected}", table, project_id, keys)
+    return {key: (digest, batch, line, bool(fixed)) for key, digest, batch, line, fixed in rows}
+
+
+def stored_lines(conn: Connection, project_id: str, keys: list[str]) -> dict[str, tuple[int, bool]]:
+    """The (line digest, corrected) of the keys stored as events with a line digest."""
+    rows = _by_keys(conn, "line_digest, version > 1", "events", project_id, keys)
+    return {key: (digest, bool(fixed)) for key, digest, fixed in rows if digest is not None}
+
+
+def _by_keys(
+    conn: Connection, columns: str, table: str, project_id: str, keys: list[str]
+) -> Iterable[Any]:
+    """`idempotency_key, <columns>` of the rows of a project stored under some of `keys`, in
+    one statement: a JSON array on SQLite (no limit on the number of host parameters), a
+    tuple on MariaDB, an array on PostgreSQL."""
+    dialect = conn.dialect.name
     sql = (
-        f"SELECT idempotency_key, payload_hash, batch_id, line, {corrected} FROM {table} "
+        f"SELECT idempotency_key, {columns} FROM {table} "
         "WHERE project_id = {mark} AND idempotency_key {match}"
     )
     params: tuple[Any, ...]
-    if dialect == "sqlite":  # one JSON array: no limit on the number of host parameters
+    if dialect == "sqlite":
         match = "IN (SELECT value FROM json_each(?))"
         sql = sql.format(mark="?", match=match)
         params = (project_id, orjson.dumps(keys).decode())
@@ -113,8 +130,7 @@ def stored_keys(conn: Connection, table: str, project_id: str, keys: list[str]) 
     else:
         sql = sql.format(mark="%s", match="= ANY(%s::text[])")
         params = (project_id, keys)
-    rows = conn.exec_driver_sql(sql, params)
-    return {key: (digest, batch, line, bool(fixed)) for key, digest, batch, line, fixed in rows}
+    return conn.exec_driver_sql(sql, params).all()  # one fetch, not one call per row
 
 
 def insert_new(conn: Connection, table: str, rows: Sequence[Row]) -> int | None:
@@ -211,13 +227,15 @@ def _mysql_inserts(rows: Iterable[Row]) -> Iterator[str]:
     parts: list[str] = []
     size = len(head)
     for row in rows:
-        project, key, customer, meter, ts, quantity, properties, digest, batch, line, at, op = row
+        project, key, customer, meter, ts, quantity, properties, digest, batch, line = row[:10]
+        at, op, lined = row[10:]
         if not escaped:
             escaped = {value: escape_string(value) for value in (project, batch)}
         part = (
             f"('{escaped[project]}','{escape_string(key)}','{escape_string(customer)}',"
             f"'{escape_string(meter)}','{ts}',{quantity},'{escape_string(properties)}',"
-            f"'{digest}','{escaped[batch]}',{line},'{at}',{'NULL' if op is None else repr(op)})"
+            f"'{digest}','{escaped[batch]}',{line},'{at}',{'NULL' if op is None else repr(op)},"
+            f"{'NULL' if lined is None else int(lined)})"
         )
         if parts and size + len(part) > _MYSQL_STATEMENT:
             yield (head + ",".join(parts)).replace("%", "%%")

@@ -277,6 +277,10 @@ class Event(Base):
     # The `event_versions` id of the latest correction (NULL: never corrected): the change
     # sequence a named events export watermarks, next to `id` for new events.
     correction: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    # The stored JSON line's `domain.events.line_digest` (NULL: from CSV, CloudEvents, the
+    # HTTP API or before revision 0015): an import finds a line it repeats byte for byte
+    # without checking it again. Never changed by a correction, like `payload_hash`.
+    line_digest: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class EventVersion(Base):

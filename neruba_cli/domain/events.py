@@ -19,6 +19,10 @@ Two events with the same idempotency key are the same event when their canonical
 (customer, meter, timestamp, quantity, properties, and the operation when it is `remove`:
 payloads of `add` events are what they were before operations existed) are equal: a
 duplicate. Otherwise the second is a conflict, never stored and never dropped silently.
+
+A JSON line is also stored with its `line_digest`: the same bytes read with the same time
+zone for naive timestamps are the same event, so a line an import finds stored under its key
+with its digest is a duplicate without being parsed or checked again (re-importing a file).
 """
 
 from __future__ import annotations
@@ -107,6 +111,19 @@ def _canonical_payload(event: EventInput, stamp: str, quantity: str) -> bytes:
     if event.operation == "remove":  # only then: an add's payload is what it always was
         body.append("remove")
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def line_digest(raw: bytes, assume_tz: tzinfo | None) -> int:
+    """A signed 64-bit digest of one JSON line's bytes and the time zone its naive timestamps
+    are read in (`--assume-tz`): the only input besides the bytes that changes which event a
+    line is. Two different lines under one idempotency key share a digest with a chance of
+    2^-64, so a match is taken as the same line."""
+    if assume_tz is None:
+        digest = hashlib.blake2b(raw, digest_size=8)
+    else:  # the zone's name, then a NUL (no JSON line starts with one), then the line
+        digest = hashlib.blake2b(str(assume_tz).encode() + b"\x00", digest_size=8)
+        digest.update(raw)
+    return int.from_bytes(digest.digest(), "big", signed=True)
 
 
 def stored_operation(operation: Operation) -> str | None:

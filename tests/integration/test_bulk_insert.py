@@ -42,6 +42,10 @@ def audit_row(number: int, sqlite: bool, message: str | None = None) -> tuple[ob
     )
 
 
+# line digests: the extremes of a signed 64-bit integer, and none
+LINE_DIGESTS = {"k1": -(1 << 63), "k2": (1 << 63) - 1, "k3": None}
+
+
 def event_row(key: str, quantity: str, sqlite: bool) -> tuple[object, ...]:
     return (
         PROJECT,
@@ -56,6 +60,7 @@ def event_row(key: str, quantity: str, sqlite: bool) -> tuple[object, ...]:
         1,
         bulk_insert.db_time(AT, sqlite),
         None,
+        LINE_DIGESTS.get(key, 12345),
     )
 
 
@@ -110,6 +115,10 @@ def test_insert_skipping_counts_only_what_it_stored(bulk_engine: Engine) -> None
         "k2": Decimal("0.000000000001"),
         "k3": Decimal("12345678.25"),
     }
+    # line digests exactly as given; a key without one is not a stored line
+    with bulk_engine.connect() as conn:
+        lines = bulk_insert.stored_lines(conn, PROJECT, ["k1", "k2", "k3", "k4"])
+    assert lines == {"k1": (-(1 << 63), False), "k2": ((1 << 63) - 1, False)}
 
 
 def test_a_value_too_long_for_its_column_is_refused_not_cut(bulk_engine: Engine) -> None:

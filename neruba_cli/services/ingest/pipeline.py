@@ -2,9 +2,10 @@
 
 Lines are read (readers.py), validated (validation.py) as they stream in and written in
 batches, one transaction each, by a writer thread while the next batch is read (see
-`_Pipeline`; writer.py classifies each line as accepted, duplicate or conflict). The import's
-receipt (receipts.py) is opened first and closed last, its counts saved with every batch, so
-a crashed import simply runs again and converges to the same events.
+`_Pipeline`; writer.py classifies each line as accepted, duplicate or conflict). A JSON line
+that repeats a stored event byte for byte is counted a duplicate unparsed (repeats.py). The
+import's receipt (receipts.py) is opened first and closed last, its counts saved with every
+batch, so a crashed import simply runs again and converges to the same events.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from neruba_cli.db.schema import Project
 from neruba_cli.domain.catalog import MeterDef
 from neruba_cli.services.billing import run as billing_run
 from neruba_cli.services.ingest import receipts
-from neruba_cli.services.ingest.readers import Input
+from neruba_cli.services.ingest.readers import Input, Source
 from neruba_cli.services.ingest.receipts import IngestSummary
 from neruba_cli.services.ingest.rejects import Reject, RejectsWriter
+from neruba_cli.services.ingest.repeats import Repeated, Repeats
 from neruba_cli.services.ingest.validation import Pending, Validator
 from neruba_cli.services.ingest.writer import BatchWriter
 
@@ -113,19 +115,28 @@ def _run(
         create_customers=options.create_customers,
     )
     writer.concurrent = options.per_line
+    json_lines = options.fmt == "jsonl" and isinstance(source, Source)
     validate = Validator(
         meters,
         charges_only=options.fmt == "charges",
         now=now,
         max_future=options.max_future,
         assume_tz=options.assume_tz,
+        digests=json_lines,
     )
+    repeats = Repeats(engine, project.id, options.assume_tz) if json_lines else None
     lines = 0  # read so far: the summary counts them only as the writer takes them in
     with _Pipeline(writer) as pipeline:
         part = _Part()
-        for file, number, raw, obj in source.parsed(options.fmt):
+        for file, number, raw, obj in source.parsed(options.fmt, repeats):
             lines += 1
             part.lines += 1
+            if type(obj) is Repeated:
+                part.repeated.append((number, obj.corrected))
+                if len(part.pending) + len(part.repeated) >= options.batch_size:
+                    pipeline.put(part)
+                    part = _Part()
+                continue
             item = validate(file, number, raw, obj)
             if isinstance(item, Reject):
                 part.refused.append(item)
@@ -135,7 +146,7 @@ def _run(
                     part = _Part()
             else:
                 part.pending.append(item)
-                if len(part.pending) >= options.batch_size:
+                if len(part.pending) + len(part.repeated) >= options.batch_size:
                     pipeline.put(part)
                     part = _Part()
             if on_progress is not None and lines % 1000 == 0:
@@ -162,6 +173,7 @@ class _Part:
     refused: list[Reject] = field(default_factory=list)
     refused_size: int = 0
     pending: list[Pending] = field(default_factory=list)
+    repeated: list[tuple[int, bool]] = field(default_factory=list)  # (line, corrected)
 
 
 _REFUSED_HELD = 1000  # refused lines held before they go to the writer (and rejects file)
@@ -241,5 +253,8 @@ class _Pipeline:
         summary.lines += part.lines
         for refused in part.refused:
             summary.reject(refused, writer.rejects)
+        for line, corrected in part.repeated:  # as the writer counts a line it finds stored
+            summary.duplicate(line)
+            summary.corrected_duplicates += corrected
         if part.pending:
             writer.flush(part.pending, written)

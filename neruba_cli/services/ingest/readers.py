@@ -19,6 +19,7 @@ from typing import IO, Any
 from neruba_cli.domain import exact_json
 from neruba_cli.domain.csv_header import delimiter_problem
 from neruba_cli.domain.errors import InvalidInput, UsageError
+from neruba_cli.services.ingest.repeats import CHUNK, Repeats
 
 MAX_LINE = 1 << 20
 RAW_SHOWN = 2000  # bytes of an over-long or undecodable line kept in the rejects file
@@ -39,8 +40,10 @@ class Source:
     def name(self) -> str:
         return ", ".join(file_name(path) for path in self.paths)
 
-    def parsed(self, fmt: str) -> Iterator[tuple[str | None, int, bytes, Any]]:
-        return parsed_lines(self, fmt)
+    def parsed(
+        self, fmt: str, repeats: Repeats | None = None
+    ) -> Iterator[tuple[str | None, int, bytes, Any]]:
+        return parsed_lines(self, fmt, repeats)
 
 
 @dataclass
@@ -54,7 +57,10 @@ class Objects:
     digest: Any = field(default_factory=hashlib.sha256)
     bytes_read: int = 0
 
-    def parsed(self, fmt: str) -> Iterator[tuple[str | None, int, bytes, Any]]:
+    def parsed(
+        self, fmt: str, repeats: Repeats | None = None
+    ) -> Iterator[tuple[str | None, int, bytes, Any]]:
+        """`repeats` is not used: objects have no line digests."""
         self.digest.update(self.body)
         self.bytes_read = len(self.body)
         for number, obj in enumerate(self.objects, 1):
@@ -145,25 +151,60 @@ class LineError(Exception):
         self.reason = reason
 
 
-def parsed_lines(source: Source, fmt: str) -> Iterator[tuple[str, int, bytes, Any]]:
+def parsed_lines(
+    source: Source, fmt: str, repeats: Repeats | None = None
+) -> Iterator[tuple[str, int, bytes, Any]]:
     """(file, line, raw bytes, event dict | LineError) for every non-blank line; the file as
-    messages name it (`stdin` for -)."""
+    messages name it (`stdin` for -). With `repeats` (JSON lines), a line that repeats a
+    stored event byte for byte comes with a `Repeated` instead, unparsed."""
     if fmt == "csv":
         yield from _csv_lines(source)
         return
+    if repeats is not None:
+        yield from _sifted(source, fmt, repeats)
+        return
     for path, number, data in physical_lines(source):
-        name = file_name(path)
-        if data is None:
-            yield name, number, b"", LineError(f"line is longer than {MAX_LINE} bytes")
-            continue
-        if not data.strip():
-            continue
-        try:
-            obj = exact_json.loads(data)
-        except exact_json.JsonError as exc:
-            yield name, number, data, LineError(str(exc))
-            continue
-        yield name, number, data, from_cloudevent(obj) if fmt == "cloudevents" else obj
+        parsed = _parse(path, number, data, fmt)
+        if parsed is not None:
+            yield parsed
+
+
+def _sifted(source: Source, fmt: str, repeats: Repeats) -> Iterator[tuple[str, int, bytes, Any]]:
+    """`parsed_lines` a chunk at a time, the repeats of each chunk found before it is parsed."""
+    chunk: list[tuple[str, int, bytes | None]] = []
+    lines = physical_lines(source)
+    while True:
+        chunk.clear()
+        for line in lines:
+            chunk.append(line)
+            if len(chunk) >= CHUNK:
+                break
+        if not chunk:
+            return
+        marks = repeats.sift([data for _, _, data in chunk])
+        for (path, number, data), mark in zip(chunk, marks, strict=True):
+            if mark is not None and data is not None:
+                yield file_name(path), number, data, mark
+                continue
+            parsed = _parse(path, number, data, fmt)
+            if parsed is not None:
+                yield parsed
+
+
+def _parse(
+    path: str, number: int, data: bytes | None, fmt: str
+) -> tuple[str, int, bytes, Any] | None:
+    """One physical line parsed (None: a blank line)."""
+    name = file_name(path)
+    if data is None:
+        return name, number, b"", LineError(f"line is longer than {MAX_LINE} bytes")
+    if not data.strip():
+        return None
+    try:
+        obj = exact_json.loads(data)
+    except exact_json.JsonError as exc:
+        return name, number, data, LineError(str(exc))
+    return name, number, data, from_cloudevent(obj) if fmt == "cloudevents" else obj
 
 
 def file_name(path: str) -> str:

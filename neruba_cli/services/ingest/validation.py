@@ -15,7 +15,7 @@ from typing import Any
 
 from neruba_cli.domain.catalog import MeterDef
 from neruba_cli.domain.charges import ChargeInput, validate_charge
-from neruba_cli.domain.events import EventChecker, EventInput, Rejected
+from neruba_cli.domain.events import EventChecker, EventInput, Rejected, line_digest
 from neruba_cli.domain.meter_values import check_meter_value
 from neruba_cli.domain.suggest import did_you_mean
 from neruba_cli.services.ingest.readers import LineError
@@ -33,6 +33,7 @@ class Pending:
     stamp: str = ""  # events: the UTC timestamp's isoformat (CheckedEvent.stamp)
     quantity: str = ""  # events: the quantity's canonical text
     file: str | None = None  # the input file, as messages name it
+    line_digest: int | None = None  # events from JSON lines: domain.events.line_digest
 
 
 NOTED_LINES = 5  # lines a warning names; its count is always exact
@@ -60,8 +61,11 @@ class Validator:
         now: datetime,
         max_future: timedelta,
         assume_tz: tzinfo | None,
+        digests: bool = False,
     ) -> None:
+        """`digests`: the lines are JSON lines, each event stored with its line digest."""
         self.meters = meters
+        self.digests = digests
         self.charges_only = charges_only
         self.now, self.max_future, self.assume_tz = now, max_future, assume_tz
         self.check = EventChecker(now=now, max_future=max_future, assume_tz=assume_tz).check
@@ -104,7 +108,8 @@ class Validator:
             return Reject(number, reason, raw_text(raw), file=file)
         if quantity != "1" and meter.spec.aggregation == "count":
             self._ignore(event.meter, file, number)
-        return Pending(number, raw, event, digest, stamp, quantity, file)
+        lined = line_digest(raw, self.assume_tz) if self.digests else None
+        return Pending(number, raw, event, digest, stamp, quantity, file, lined)
 
     def _unknown_meter(self, name: str) -> str:
         """The reason, with the near meter when there is one (worked out once per name)."""

@@ -299,8 +299,8 @@ class BatchWriter:
 
     def _event_rows(self, items: list[Pending]) -> list[bulk_insert.Row]:
         """The events' column values, all as text (`bulk_insert.COLUMNS` order) except
-        `line`; values are converted here once, the way the column types store them (the hot
-        path skips per-value type processing)."""
+        `line` and `line_digest`; values are converted here once, the way the column types
+        store them (the hot path skips per-value type processing)."""
         project = self.project.id
         batch = self.summary.batch
         received = self.received_at
@@ -324,6 +324,7 @@ class BatchWriter:
                     item.line,
                     received,
                     stored_operation(event.operation),  # type: ignore[union-attr]
+                    item.line_digest,
                 )
             )
         return rows
