@@ -9,14 +9,14 @@ drafts ACME-000001 (c1) and ACME-000002 (c2).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from neruba_cli.db.schema import Customer, Event, ImportBatch, Invoice, InvoiceLine, Project
 from neruba_cli.domain.consistency import InvoiceFacts, repeated_revisions
@@ -78,6 +78,24 @@ def finalize_october(cli: Cli) -> list[str]:
 def invoice_id(engine: Engine, number: str) -> str:
     with engine.connect() as conn:
         return str(conn.execute(select(Invoice.id).where(Invoice.number == number)).scalar_one())
+
+
+def store_call(conn: Connection, project_id: str, key: str, customer_id: str, at: datetime) -> None:
+    """An api_calls event written straight to the table, past `neruba ingest`'s checks,
+    received a day after it happened."""
+    conn.execute(
+        insert(Event).values(
+            project_id=project_id,
+            idempotency_key=key,
+            customer_id=customer_id,
+            meter="api_calls",
+            ts=at,
+            quantity=Decimal(1),
+            properties="{}",
+            payload_hash="0" * 64,
+            received_at=at + timedelta(days=1),
+        )
+    )
 
 
 def corrected_october(cli: Cli, tmp_path: Path) -> None:
@@ -336,19 +354,7 @@ def test_events_counted_twice_or_never_fail(shop: Cli, engine: Engine, tmp_path:
         customer_id = conn.execute(
             select(Customer.id).where(Customer.external_id == "c1")
         ).scalar_one()
-        conn.execute(
-            insert(Event).values(
-                project_id=project_id,
-                idempotency_key="slipped-in",
-                customer_id=customer_id,
-                meter="api_calls",
-                ts=datetime(2026, 10, 25, tzinfo=UTC),
-                quantity=Decimal(1),
-                properties="{}",
-                payload_hash="0" * 64,
-                received_at=datetime(2026, 11, 1, tzinfo=UTC),
-            )
-        )
+        store_call(conn, project_id, "slipped-in", customer_id, datetime(2026, 10, 25, tzinfo=UTC))
     assert failing(shop) == {
         "events.billed": [
             "invoice ACME-000001: was computed after 29 events of its period were stored but "
@@ -497,19 +503,7 @@ def test_every_event_must_name_a_customer_of_its_project(shop: Cli, engine: Engi
         acme = conn.execute(select(Project.id).where(Project.slug == "acme")).scalar_one()
         b1 = conn.execute(select(Customer.id).where(Customer.external_id == "b1")).scalar_one()
         for key, customer in (("elsewhere", b1), ("nobody", "cus_01m9000000000000000000000")):
-            conn.execute(
-                insert(Event).values(
-                    project_id=acme,
-                    idempotency_key=key,
-                    customer_id=customer,
-                    meter="api_calls",
-                    ts=datetime(2026, 11, 25, tzinfo=UTC),
-                    quantity=Decimal(1),
-                    properties="{}",
-                    payload_hash="0" * 64,
-                    received_at=datetime(2026, 11, 26, tzinfo=UTC),
-                )
-            )
+            store_call(conn, acme, key, customer, datetime(2026, 11, 25, tzinfo=UTC))
     assert failing(shop) == {
         "events.customers": [
             f"event 'elsewhere' names customer {b1}, not one of this project's",

@@ -13,18 +13,14 @@ from sqlalchemy import func, select
 
 from neruba_cli.db.schema import Event
 from neruba_cli.services.ingest import pipeline as ingest_service
-from tests.support.catalogs import EXAMPLE
 from tests.support.cli import Cli
 from tests.support.events import event, write_jsonl
+from tests.support.shops import example_shop
 
 
 @pytest.fixture
 def shop(cli: Cli) -> Cli:
-    assert cli("project", "create", "acme").exit_code == 0
-    for external in ("c1", "c2"):
-        assert cli("customer", "create", external, "--project", "acme").exit_code == 0
-    assert cli("catalog", "apply", str(EXAMPLE), "--project", "acme").exit_code == 0
-    return cli
+    return example_shop(cli)
 
 
 def ingest(cli: Cli, *args: str, code: int = 0) -> dict:

@@ -15,17 +15,9 @@ from neruba_cli.db.schema import Event, Project
 from neruba_cli.domain.events import line_digest
 from neruba_cli.services.ingest import repeats
 from neruba_cli.services.ingest.repeats import Repeats
-from tests.support.catalogs import EXAMPLE
 from tests.support.cli import Cli, ok
 from tests.support.events import event, write_jsonl
-
-
-def shop(cli: Cli) -> Cli:
-    assert cli("project", "create", "acme").exit_code == 0
-    for external in ("c1", "c2"):
-        assert cli("customer", "create", external, "--project", "acme").exit_code == 0
-    assert cli("catalog", "apply", str(EXAMPLE), "--project", "acme").exit_code == 0
-    return cli
+from tests.support.shops import example_shop
 
 
 def counts(report: dict) -> tuple[int, int, int, int, int]:
@@ -44,7 +36,7 @@ def test_a_repeated_line_is_a_duplicate_without_a_second_check(
     """A line accepted under `--max-future 2h` repeats its event byte for byte: imported again
     under the default 5 minutes it is a duplicate, where a check would refuse it; the same
     event spelt with its fields in another order is checked, and so refused."""
-    shop(cli)
+    example_shop(cli)
     ahead = (datetime.now(UTC) + timedelta(minutes=90)).strftime("%Y-%m-%dT%H:%M:%SZ")
     line = event("ahead-1", timestamp=ahead)
     source = write_jsonl(tmp_path / "ahead.jsonl", [line])
@@ -61,7 +53,7 @@ def test_a_mixed_file_is_classified_line_by_line(cli: Cli, tmp_path: Path, engin
     """Stored lines repeated byte for byte, the same payloads spelt otherwise, another payload
     under a stored key, and new lines, over several chunks: each counted as a first import of
     the same lines would count it, and only the new ones stored."""
-    shop(cli)
+    example_shop(cli)
     first = [event(f"e{i}", quantity=str(i % 7), customer=f"c{1 + i % 2}") for i in range(7000)]
     assert counts(ok(cli, "ingest", str(write_jsonl(tmp_path / "a.jsonl", first)))) == (
         7000, 7000, 0, 0, 0,
@@ -84,7 +76,7 @@ def test_a_mixed_file_is_classified_line_by_line(cli: Cli, tmp_path: Path, engin
 
 
 def test_a_repeat_of_a_corrected_event_is_counted_as_one(cli: Cli, tmp_path: Path) -> None:
-    shop(cli)
+    example_shop(cli)
     source = write_jsonl(tmp_path / "u.jsonl", [event("v1"), event("v2")])
     ok(cli, "ingest", str(source))
     ok(cli, "events", "void", "v1", "--reason", "test traffic")
@@ -97,7 +89,7 @@ def test_the_time_zone_of_naive_timestamps_is_part_of_the_line(
     cli: Cli, tmp_path: Path, engine: Engine
 ) -> None:
     """The same naive line read in another zone is another event: a conflict, not a repeat."""
-    shop(cli)
+    example_shop(cli)
     source = write_jsonl(tmp_path / "naive.jsonl", [event("n1", timestamp="2026-10-03T12:00:00")])
     paris = ("--assume-timezone", "Europe/Paris")
     assert counts(ok(cli, "ingest", str(source), *paris)) == (1, 1, 0, 0, 0)
@@ -110,7 +102,7 @@ def test_the_time_zone_of_naive_timestamps_is_part_of_the_line(
 
 
 def test_only_json_lines_carry_a_digest(cli: Cli, tmp_path: Path, engine: Engine) -> None:
-    shop(cli)
+    example_shop(cli)
     line = event("j1")
     ok(cli, "ingest", str(write_jsonl(tmp_path / "j.jsonl", [line])))
     csv = tmp_path / "c.csv"
@@ -126,7 +118,7 @@ def test_only_json_lines_carry_a_digest(cli: Cli, tmp_path: Path, engine: Engine
 
 def test_lookups_pause_while_chunks_find_no_repeats(cli: Cli, engine: Engine) -> None:
     """A first import looks up one chunk in PROBE_EVERY, not every chunk."""
-    shop(cli)
+    example_shop(cli)
     with engine.connect() as conn:
         project_id = conn.execute(select(Project.id)).scalar_one()
     sifting = Repeats(engine, project_id, None)

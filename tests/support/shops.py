@@ -43,6 +43,14 @@ def new_project(cli: Cli, *customers: str, slug: str = "acme") -> None:
         assert created.exit_code == 0, created.stderr
 
 
+def example_shop(cli: Cli) -> Cli:
+    """Project acme with customers c1 and c2 and the example catalog (tests/support/catalogs)."""
+    new_project(cli, "c1", "c2")
+    applied = cli("catalog", "apply", str(catalogs.EXAMPLE), "--project", "acme")
+    assert applied.exit_code == 0, applied.stderr
+    return cli
+
+
 # --------------------------------------------------------------------------- invoice shop
 
 # Plan basic: 10.00 a month in arrears, prorated by day, and api_calls at 0.10 each.
