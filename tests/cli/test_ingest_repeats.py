@@ -10,10 +10,14 @@ from zoneinfo import ZoneInfo
 
 import orjson
 from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
 
 from neruba_cli.db.schema import Event, Project
 from neruba_cli.domain.events import line_digest
-from neruba_cli.services.ingest import repeats
+from neruba_cli.services.catalog import store as catalog_store
+from neruba_cli.services.ingest import pipeline, repeats
+from neruba_cli.services.ingest.readers import Source
+from neruba_cli.services.ingest.rejects import RejectsWriter
 from neruba_cli.services.ingest.repeats import Repeats
 from tests.support.cli import Cli, ok
 from tests.support.events import event, write_jsonl
@@ -140,3 +144,30 @@ def test_line_digest_depends_on_the_bytes_and_the_zone() -> None:
     assert (
         len({line_digest(line, None), line_digest(line, paris), line_digest(line, new_york)}) == 3
     )
+
+
+def test_an_import_of_repeats_reports_its_progress(
+    cli: Cli, tmp_path: Path, engine: Engine
+) -> None:
+    """The progress bar moves through a file of repeats as through any other: every 1,000
+    lines read, and once at the end."""
+    example_shop(cli)
+    source = write_jsonl(tmp_path / "p.jsonl", [event(f"p{i}") for i in range(2500)])
+    ok(cli, "ingest", str(source))
+    seen: list[int] = []
+    with Session(engine) as session:
+        project = session.scalars(select(Project).where(Project.slug == "acme")).one()
+        meters = catalog_store.stored_meters(session, project)
+    summary = pipeline.ingest(
+        engine,
+        project,
+        Source([str(source)]),
+        pipeline.IngestOptions(fmt="jsonl"),
+        meters=meters,
+        rejects=RejectsWriter(None),
+        actor="test",
+        now=datetime.now(UTC),
+        on_progress=lambda _read, lines: seen.append(lines),
+    )
+    assert (summary.duplicates, summary.accepted) == (2500, 0)
+    assert seen == [1000, 2000, 2500]

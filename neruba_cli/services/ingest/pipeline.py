@@ -131,6 +131,8 @@ def _run(
         for file, number, raw, obj in source.parsed(options.fmt, repeats):
             lines += 1
             part.lines += 1
+            if on_progress is not None and lines % 1000 == 0:
+                on_progress(source.bytes_read, lines)
             if type(obj) is Repeated:
                 part.repeated.append((number, obj.corrected))
                 if len(part.pending) + len(part.repeated) >= options.batch_size:
@@ -149,8 +151,6 @@ def _run(
                 if len(part.pending) + len(part.repeated) >= options.batch_size:
                     pipeline.put(part)
                     part = _Part()
-            if on_progress is not None and lines % 1000 == 0:
-                on_progress(source.bytes_read, lines)
         pipeline.put(part)
     summary.warnings += validate.warnings()
     if summary.corrected_duplicates:
