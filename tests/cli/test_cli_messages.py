@@ -363,7 +363,14 @@ def test_quantities_a_count_meter_ignores_are_counted_in_the_summary(
         f"6 events on count meter seats carry a quantity other than 1 ({path} lines 1, 4, 5, "
         "8, 9, ...): a count meter counts events, so each counts as 1"
     ]
+    # the same lines again are repeats, counted without a second check: the warning was given
+    # when they were imported (services/ingest/repeats.py)
     again = ok(shop, "ingest", str(path), "--dry-run")
+    assert again["duplicates"] == 12 and again["warnings"] == []
+    # the same events spelt anew are checked, and warned about, as any line is
+    respelt = tmp_path / "seats-again.jsonl"
+    respelt.write_text("\n".join(line.replace('"seats"', '"seats" ') for line in lines) + "\n")
+    again = ok(shop, "ingest", str(respelt), "--dry-run")
     assert again["duplicates"] == 12 and len(again["warnings"]) == 1
 
 

@@ -12,7 +12,8 @@ from conflicts by the canonical payload.
 
 A line found this way is a duplicate even if the catalog no longer has its meter or a later
 `--max-future` would refuse its timestamp: the event is stored, and a duplicate changes
-nothing. Looking up costs one query per chunk, so it runs while chunks keep finding repeats
+nothing. Nor is it warned about again (a count meter's ignored quantity): that was said when
+it was imported. Looking up costs one query per chunk, so it runs while chunks keep finding repeats
 and on one chunk in `PROBE_EVERY` otherwise: a first import pays for a handful of lookups.
 """
 
