@@ -135,7 +135,7 @@ def _run(
                 on_progress(source.bytes_read, lines)
             if type(obj) is Repeated:
                 part.repeated.append((number, obj.corrected))
-                if len(part.pending) + len(part.repeated) >= options.batch_size:
+                if part.batch_lines() >= options.batch_size:
                     pipeline.put(part)
                     part = _Part()
                 continue
@@ -148,7 +148,7 @@ def _run(
                     part = _Part()
             else:
                 part.pending.append(item)
-                if len(part.pending) + len(part.repeated) >= options.batch_size:
+                if part.batch_lines() >= options.batch_size:
                     pipeline.put(part)
                     part = _Part()
         pipeline.put(part)
@@ -174,6 +174,11 @@ class _Part:
     refused_size: int = 0
     pending: list[Pending] = field(default_factory=list)
     repeated: list[tuple[int, bool]] = field(default_factory=list)  # (line, corrected)
+
+    def batch_lines(self) -> int:
+        """The lines of a batch: the valid ones and the repeats (a batch of `batch_size`
+        lines is one transaction, so a killed import leaves whole batches)."""
+        return len(self.pending) + len(self.repeated)
 
 
 _REFUSED_HELD = 1000  # refused lines held before they go to the writer (and rejects file)
