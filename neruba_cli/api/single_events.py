@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from neruba_cli.api.group_commit import GroupWorker
@@ -116,9 +116,9 @@ class SingleEvents:
         if kept is None:
             kept = self._connections[mine] = KeptConnection(first.engine)
 
-        def audit_records(conn: Connection, outcomes: list[LineOutcome]) -> None:
+        def audit_records(outcomes: list[LineOutcome]) -> list[audit.Entry]:
             entries = [event.audit(outcome) for event, outcome in zip(group, outcomes, strict=True)]
-            audit.record_in(conn, [entry for entry in entries if entry is not None])
+            return [entry for entry in entries if entry is not None]
 
         return list(
             posted.write_group(
@@ -128,6 +128,6 @@ class SingleEvents:
                 now=max(event.now for event in group),
                 customers=first.customers,
                 transaction=kept.begin,
-                then=audit_records,
+                audits=audit_records,
             )
         )

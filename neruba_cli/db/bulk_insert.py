@@ -19,6 +19,8 @@ inserts, and reads a batch's stored keys back when it has to classify its lines:
 - `stored_keys` reads the (payload hash, batch, line, corrected) of some keys in one
   statement: a JSON array on SQLite (no limit on host parameters), a tuple on MariaDB, an
   array on PostgreSQL; `stored_lines` their (line digest, corrected) the same way.
+- `commit_new` (PostgreSQL): rows none of whose keys is expected to be stored, a query and the
+  commit in one round trip to the server (the HTTP API's groups of single events).
 
 Rows are tuples in `COLUMNS` order, values converted once by the caller the way the column
 types store them (the hot path skips SQLAlchemy's per-value type processing): `db_time` gives
@@ -36,6 +38,8 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 Row = tuple[Any, ...]
+# A table's name, the columns of its rows, and the rows (driver-ready tuples in that order)
+Rows = tuple[str, Sequence[str], Sequence[Row]]
 # (payload_hash, batch_id, line, corrected) of a stored event or charge, by idempotency key:
 # `corrected` when the event was voided or amended since it was stored (never for a charge)
 StoredKeys = dict[str, tuple[str, str | None, int | None, bool]]
@@ -185,6 +189,43 @@ def insert_rows(
     marks = ", ".join(["?" if dialect == "sqlite" else "%s"] * len(columns))
     sql = f"INSERT INTO {table} ({names}) VALUES ({marks}){tail}"
     return int(conn.exec_driver_sql(sql, list(rows)).rowcount)
+
+
+def commit_new(
+    conn: Connection, inserts: Sequence[Rows], query: tuple[str, Any]
+) -> list[Row] | None:
+    """PostgreSQL: insert rows with plain INSERTs (a stored key fails them all), run `query`,
+    and commit `conn`'s transaction, sent together in psycopg's pipeline mode: one round trip
+    to the server instead of one per statement and one for the commit. The query's rows; or
+    None when some key was stored already: then nothing is, and the transaction is rolled
+    back (the caller writes the rows again the way that classifies each one). Any other error
+    is raised as SQLAlchemy raises a statement's, with the connection invalidated when the
+    server is gone."""
+    driver = conn.connection.driver_connection
+    assert driver is not None and conn.dialect.name == "postgresql"
+    import psycopg.errors
+
+    try:
+        with driver.pipeline(), driver.cursor() as writing, driver.cursor() as reading:
+            for table, columns, rows in inserts:
+                marks = ", ".join(["%s"] * len(columns))
+                sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+                writing.executemany(sql, rows)  # one statement, prepared once per connection
+            reading.execute(*query)
+            driver.commit()
+            found: list[Row] = reading.fetchall()
+            return found
+    except psycopg.errors.UniqueViolation:
+        driver.rollback()
+        return None
+    except psycopg.Error as exc:
+        gone = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)  # type: ignore[arg-type]
+        if gone:
+            conn.invalidate(exc)
+        dbapi = conn.dialect.loaded_dbapi
+        raise DBAPIError.instance(
+            query[0], None, exc, dbapi.Error, connection_invalidated=gone, dialect=conn.dialect
+        ) from exc
 
 
 def refresh_statistics(engine: Engine, table: str) -> None:

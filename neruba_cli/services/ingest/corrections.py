@@ -9,6 +9,7 @@ raced another one fails instead of losing it. Nothing is written when any key is
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,9 +30,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Compiled
 
 from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import customers_t, event_versions_t, events_t, invoices_t
+from neruba_cli.db.types import UTCDateTime
 from neruba_cli.domain import exact_json
 from neruba_cli.domain.catalog import MeterDef
 from neruba_cli.domain.errors import InvalidInput, NotFound
@@ -364,21 +367,77 @@ def stale_by_event(
     moments = sorted(set(touched))
     if not moments:
         return {}
-    by_customer: dict[str, list[FinalInvoice]] = {}
     customers = sorted({customer for customer, _ in moments})
-    first, last = min(m for _, m in moments), max(m for _, m in moments)
+    first, last = _range(moments)
+    rows: list[Any] = []
     for offset in range(0, len(customers), _KEYS_PER_QUERY):
-        rows = conn.execute(
-            _FINAL_OVERLAPPING.get(conn.dialect.name, _FINAL_OVERLAPPING["other"]),
-            {
-                "project_id": project_id,
-                "customers": customers[offset : offset + _KEYS_PER_QUERY],
-                "first": first,
-                "last": last,
-            },
+        rows.extend(
+            conn.execute(
+                _FINAL_OVERLAPPING.get(conn.dialect.name, _FINAL_OVERLAPPING["other"]),
+                {
+                    "project_id": project_id,
+                    "customers": customers[offset : offset + _KEYS_PER_QUERY],
+                    "first": first,
+                    "last": last,
+                },
+            )
         )
-        for row in rows:
-            by_customer.setdefault(row.customer_id, []).append(FinalInvoice(*row))
+    return _covering(moments, [FinalInvoice(*row) for row in rows])
+
+
+@dataclass(frozen=True)
+class StaleQuery:
+    """`stale_by_event` as one PostgreSQL statement for a caller that sends it itself, with
+    other statements (`bulk_insert.commit_new`): the same query, its text compiled once."""
+
+    sql: str
+    params: dict[str, Any]
+    moments: list[tuple[str, datetime]]
+
+    def found(
+        self, rows: Iterable[Sequence[Any]]
+    ) -> dict[tuple[str, datetime], list[FinalInvoice]]:
+        """What `stale_by_event` answers, from the rows the statement returned."""
+        aware = _UTC.process_result_value
+        invoices = [
+            FinalInvoice(number, period, customer, aware(start, _PG), aware(end, _PG))  # type: ignore[arg-type]
+            for number, period, customer, start, end in rows
+        ]
+        return _covering(self.moments, invoices)
+
+
+def stale_query(project_id: str, touched: Iterable[tuple[str, datetime]]) -> StaleQuery | None:
+    """The PostgreSQL statement of `stale_by_event`; None when it would take more than one."""
+    moments = sorted(set(touched))
+    customers = sorted({customer for customer, _ in moments})
+    if not moments or len(customers) > _KEYS_PER_QUERY:
+        return None
+    first, last = (_UTC.process_bind_param(moment, _PG) for moment in _range(moments))
+    compiled = _pg_final_overlapping()
+    values = {"project_id": project_id, "customers": customers, "first": first, "last": last}
+    params = dict(compiled.construct_params(values) or {})  # with the statuses' literals
+    return StaleQuery(compiled.string, params, moments)
+
+
+_PG = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
+_UTC = UTCDateTime()
+
+
+@functools.cache
+def _pg_final_overlapping() -> Compiled:
+    return _FINAL_OVERLAPPING["postgresql"].compile(dialect=_PG)
+
+
+def _range(moments: Sequence[tuple[str, datetime]]) -> tuple[datetime, datetime]:
+    return min(m for _, m in moments), max(m for _, m in moments)
+
+
+def _covering(
+    moments: Iterable[tuple[str, datetime]], invoices: Iterable[FinalInvoice]
+) -> dict[tuple[str, datetime], list[FinalInvoice]]:
+    by_customer: dict[str, list[FinalInvoice]] = {}
+    for invoice in invoices:
+        by_customer.setdefault(invoice.customer_id, []).append(invoice)
     found: dict[tuple[str, datetime], list[FinalInvoice]] = {}
     for customer, moment in moments:
         covering = [

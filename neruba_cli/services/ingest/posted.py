@@ -24,18 +24,21 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
+from neruba_cli.db import bulk_insert
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.catalog import MeterDef
-from neruba_cli.domain.events import reason_field
+from neruba_cli.domain.events import EventInput, reason_field
 from neruba_cli.domain.late_events import stale_entry
 from neruba_cli.services.ingest import corrections, pipeline
 from neruba_cli.services.ingest.readers import Objects
 from neruba_cli.services.ingest.receipts import IngestSummary, LineOutcome
 from neruba_cli.services.ingest.rejects import Reject, RejectsWriter
 from neruba_cli.services.ingest.validation import Pending, Validator
-from neruba_cli.services.ingest.writer import BatchWriter
+from neruba_cli.services.ingest.writer import ACCEPTED, BatchWriter
+from neruba_cli.services.tenancy import audit
 
 _Stale = dict[tuple[str, datetime], list[corrections.FinalInvoice]]
 SOURCE = "api"  # the receipts' source, and the summary's
@@ -99,21 +102,87 @@ def write_group(
     now: datetime,
     customers: dict[str, tuple[str, str]] | None = None,
     transaction: Callable[[], AbstractContextManager[Connection]] | None = None,
-    then: Callable[[Connection, list[LineOutcome]], None] | None = None,
+    audits: Callable[[list[LineOutcome]], Sequence[audit.Entry]] | None = None,
 ) -> list[tuple[LineOutcome, str, list[dict[str, str]]]]:
     """Valid events of `project`, written in one write transaction (`transaction()`, by
-    default `begin_write(engine)`; the writer runs it again if the database aborts it to break
-    a deadlock):
-    for each, in order, its outcome, the batch id they share, and the finalized invoices it
-    made stale, checked in the same transaction. `then` is called in it last, with the
-    outcomes in order (the API records its requests' audit there). Each item's `line` is set
-    to its place in the group. `customers`: see `_writer`."""
+    default `begin_write(engine)`): for each, in order, its outcome, the batch id they share,
+    and the finalized invoices it made stale, checked in the same transaction. `audits`
+    gives the records to write in it too, from the outcomes in order (the API's requests').
+    Each item's `line` is set to its place in the group. `customers`: see `_writer`.
+
+    On PostgreSQL, a group of new keys whose customers are known (the usual case) is sent
+    with its records, the stale-invoice check and the commit in one round trip; should a key
+    turn out to be stored, nothing of it is, and the group is written the usual way: the
+    writer's, which classifies every event (and runs the transaction again if the database
+    aborts it to break a deadlock)."""
     for line, item in enumerate(items, start=1):
         item.line = line
     summary = IngestSummary(batch=new_id("bat"), source=SOURCE, outcomes={})
     writer = _writer(engine, project, summary, now, customers)
     if transaction is not None:
         writer.transaction = transaction
+    stale = _write_new_together(writer, items, audits)
+    if stale is None:
+        stale = _write_classified(writer, items, audits)
+    assert summary.outcomes is not None and summary.batch is not None
+    answers = []
+    for item in items:
+        outcome = summary.outcomes[item.line]
+        found = writer.customers.get(item.record.customer)
+        invoices = stale.get((found[0], item.record.timestamp), []) if found else []
+        entries = [stale_entry(invoice.number, invoice.period) for invoice in invoices]
+        answers.append((outcome, summary.batch, entries))
+    return answers
+
+
+def _write_new_together(
+    writer: BatchWriter,
+    items: Sequence[Pending],
+    audits: Callable[[list[LineOutcome]], Sequence[audit.Entry]] | None,
+) -> _Stale | None:
+    """The group in one round trip (`bulk_insert.commit_new`), every event accepted: the
+    stale invoices. None when it cannot go that way (not PostgreSQL, a customer not resolved
+    yet, a key twice in the group) or a key turned out to be stored (then nothing was)."""
+    customers = writer.customers
+    keys = {item.record.idempotency_key for item in items}
+    if (
+        writer.engine.dialect.name != "postgresql"
+        or len(keys) != len(items)
+        or not all(
+            type(item.record) is EventInput and item.record.customer in customers for item in items
+        )
+    ):
+        return None
+    touched = [(customers[item.record.customer][0], item.record.timestamp) for item in items]
+    query = corrections.stale_query(writer.project.id, touched)
+    if query is None:
+        return None
+    inserts: list[bulk_insert.Rows] = [
+        ("events", bulk_insert.COLUMNS["events"], writer.event_rows(sorted(items, key=_key)))
+    ]
+    if audits is not None:
+        _, records = audit.driver_rows(audits([ACCEPTED] * len(items)), sqlite=False)
+        inserts.append((audit.TABLE, audit.COLUMNS, records))
+    try:
+        with writer.transaction() as conn:
+            rows = bulk_insert.commit_new(conn, inserts, (query.sql, query.params))
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise
+        return None  # a deadlock, a lock wait: the writer's way runs it again
+    if rows is None:
+        return None
+    writer.accept(list(items))
+    return query.found(rows)
+
+
+def _write_classified(
+    writer: BatchWriter,
+    items: Sequence[Pending],
+    audits: Callable[[list[LineOutcome]], Sequence[audit.Entry]] | None,
+) -> _Stale:
+    """The group through the writer, each event classified: the stale invoices."""
+    project, summary = writer.project, writer.summary
     stale: _Stale = {}
 
     def finish(conn: Connection) -> None:
@@ -125,19 +194,15 @@ def write_group(
         ]
         stale.clear()  # the writer may run the transaction again
         stale.update(corrections.stale_by_event(conn, project.id, touched))
-        if then is not None:
-            then(conn, [outcomes[item.line] for item in items])
+        if audits is not None:
+            audit.record_in(conn, audits([outcomes[item.line] for item in items]))
 
     writer.flush(list(items), then=finish)
-    assert summary.outcomes is not None and summary.batch is not None
-    answers = []
-    for item in items:
-        outcome = summary.outcomes[item.line]
-        found = writer.customers.get(item.record.customer)
-        invoices = stale.get((found[0], item.record.timestamp), []) if found else []
-        entries = [stale_entry(invoice.number, invoice.period) for invoice in invoices]
-        answers.append((outcome, summary.batch, entries))
-    return answers
+    return stale
+
+
+def _key(item: Pending) -> str:
+    return item.record.idempotency_key
 
 
 def write_one(

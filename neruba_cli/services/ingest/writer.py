@@ -280,7 +280,7 @@ class BatchWriter:
                 self.look_first = True
                 self._classify(conn, table, items, self._stored(conn, table, items))
                 return
-            self._accept(fresh)
+            self.accept(fresh)
         if later:
             batch = self.summary.batch
             for key, item in firsts.items():
@@ -294,10 +294,10 @@ class BatchWriter:
 
     def _rows(self, table: Table, items: list[Pending]) -> list[bulk_insert.Row]:
         if table is events_t:
-            return self._event_rows(items)
+            return self.event_rows(items)
         return [self._charge_row(item) for item in items]
 
-    def _event_rows(self, items: list[Pending]) -> list[bulk_insert.Row]:
+    def event_rows(self, items: list[Pending]) -> list[bulk_insert.Row]:
         """The events' column values, all as text (`bulk_insert.COLUMNS` order) except
         `line` and `line_digest`; values are converted here once, the way the column types
         store them (the hot path skips per-value type processing)."""
@@ -374,7 +374,7 @@ class BatchWriter:
                 repeated.append(key)
             else:
                 conflicts.append(item)
-        self._accept(accepted)
+        self.accept(accepted)
         # a repeated line holds the payload first stored (a key's payload hash never
         # changes), so it is a duplicate even when the event was voided or amended since:
         # the correction stands, and the receipt counts it
@@ -382,7 +382,8 @@ class BatchWriter:
         if conflicts:
             self._report_conflicts(conn, table, conflicts)
 
-    def _accept(self, items: list[Pending]) -> None:
+    def accept(self, items: list[Pending]) -> None:
+        """Count the items as accepted: stored by this writer."""
         if not items:
             return
         summary = self.summary

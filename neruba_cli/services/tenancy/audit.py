@@ -11,7 +11,7 @@ import orjson
 from sqlalchemy import Connection, Engine, insert, or_, select
 from sqlalchemy.orm import Session
 
-from neruba_cli.db.bulk_insert import db_time, insert_rows
+from neruba_cli.db.bulk_insert import Row, db_time, insert_rows
 from neruba_cli.db.engine import LEASE_LOCK_WAIT_SECONDS, begin_write, short_lock_wait
 from neruba_cli.db.ids import new_id
 from neruba_cli.db.schema import AuditRecord
@@ -97,6 +97,7 @@ def record_many(engine: Engine, entries: Sequence[Entry]) -> list[str]:
         return record_in(conn, entries)
 
 
+TABLE = AuditRecord.__tablename__
 # an audit record's columns, in the order record_in writes them
 COLUMNS = (
     "id",
@@ -113,19 +114,24 @@ COLUMNS = (
 
 
 def record_in(conn: Connection, entries: Sequence[Entry]) -> list[str]:
-    """Append audit records in the caller's transaction: they stand or fall with its work
-    (the HTTP API's single events, written with their requests' records). Written as
-    driver-ready rows in as few statements as the database allows: the HTTP API writes them
-    with every group of events."""
+    """Append audit records in the caller's transaction: they stand or fall with its work.
+    Written as driver-ready rows in as few statements as the database allows."""
+    ids, rows = driver_rows(entries, sqlite=conn.dialect.name == "sqlite")
+    insert_rows(conn, TABLE, COLUMNS, rows)
+    return ids
+
+
+def driver_rows(entries: Sequence[Entry], *, sqlite: bool) -> tuple[list[str], list[Row]]:
+    """New records' ids, and their rows as driver-ready tuples in `COLUMNS` order, for
+    `record_in` and for a caller that sends them with other statements (the HTTP API's
+    single events, written with their requests' records)."""
     ids = [new_id("aud") for _ in entries]
-    sqlite = conn.dialect.name == "sqlite"
     rows = []
     for record_id, entry in zip(ids, entries, strict=True):
         row = _row(record_id, entry)
         row["at"] = db_time(entry.now, sqlite)
         rows.append(tuple(row[name] for name in COLUMNS))
-    insert_rows(conn, AuditRecord.__tablename__, COLUMNS, rows)
-    return ids
+    return ids, rows
 
 
 def _row(record_id: str, entry: Entry) -> dict[str, Any]:
