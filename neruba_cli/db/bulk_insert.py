@@ -29,6 +29,7 @@ a moment's stored form.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -204,13 +205,12 @@ def commit_new(
     driver = conn.connection.driver_connection
     assert driver is not None and conn.dialect.name == "postgresql"
     import psycopg.errors
+    from psycopg import RawCursor
 
     try:
-        with driver.pipeline(), driver.cursor() as writing, driver.cursor() as reading:
+        with driver.pipeline(), RawCursor(driver) as writing, driver.cursor() as reading:
             for table, columns, rows in inserts:
-                marks = ", ".join(["%s"] * len(columns))
-                sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
-                writing.executemany(sql, rows)  # one statement, prepared once per connection
+                writing.execute(_numbered_insert(table, tuple(columns), len(rows)), _flat(rows))
             reading.execute(*query)
             driver.commit()
             found: list[Row] = reading.fetchall()
@@ -226,6 +226,23 @@ def commit_new(
         raise DBAPIError.instance(
             query[0], None, exc, dbapi.Error, connection_invalidated=gone, dialect=conn.dialect
         ) from exc
+
+
+@functools.lru_cache(maxsize=256)
+def _numbered_insert(table: str, columns: tuple[str, ...], count: int) -> str:
+    """A multi-row INSERT with PostgreSQL's own numbered parameters: psycopg's raw cursor
+    sends it as it is (its `%s` statements with more than 50 parameters are parsed again on
+    every run), and the server runs one statement, not one per row."""
+    width = len(columns)
+    rows = (
+        "(" + ", ".join(f"${row * width + column + 1}" for column in range(width)) + ")"
+        for row in range(count)
+    )
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join(rows)}"
+
+
+def _flat(rows: Sequence[Row]) -> list[Any]:
+    return [value for row in rows for value in row]
 
 
 def refresh_statistics(engine: Engine, table: str) -> None:
