@@ -19,16 +19,21 @@ of its events is written alone, so that one event's failure is its request's onl
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from neruba_cli.api.group_commit import GroupWorker
-from neruba_cli.db.engine import KeptConnection
+from neruba_cli.db import bulk_insert
+from neruba_cli.db.engine import AsyncKeptConnection, KeptConnection
 from neruba_cli.db.schema import Project
 from neruba_cli.services.ingest import posted
 from neruba_cli.services.ingest.receipts import LineOutcome
@@ -43,6 +48,7 @@ MOST = 500  # events per transaction at most
 WRITERS = {"mysql": 2, "mariadb": 2}
 
 Written = tuple[LineOutcome, str, list[dict[str, str]]]  # outcome, batch, stale invoices
+log = logging.getLogger("neruba.api")
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,9 @@ class Posted:
 
 
 class SingleEvents:
-    """One worker's event threads, and the connection each keeps."""
+    """One worker's event writers: on PostgreSQL its event loop, which sends each group of
+    new keys itself; its event threads, for the other databases and for every group the
+    loop could not store that way. Each keeps its connection."""
 
     def __init__(self, engine: Engine) -> None:
         threads = WRITERS.get(engine.dialect.name, 1)
@@ -66,19 +74,100 @@ class SingleEvents:
             "neruba-events", self._write, MOST, threads
         )
         self._connections: dict[tuple[Engine, int], KeptConnection] = {}
+        self._in_loop = engine.dialect.name == "postgresql"
+        self._queued: list[tuple[Posted, asyncio.Future[Written | Exception]]] = []
+        self._sender: asyncio.Task[None] | None = None
+        self._loop_connections: dict[Engine, AsyncKeptConnection] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def write(self, event: Posted) -> Written:
         """The event's outcome, the batch it is stored with and the invoices it made stale,
         once its transaction has committed."""
-        written = await self._worker.submit(event)
+        if self._in_loop:
+            written = await self._queue(event)
+        else:
+            written = await self._worker.submit(event)
         if isinstance(written, Exception):
             raise written
         return written
 
     def close(self) -> None:
+        """Stop the threads and close the connections (from a thread other than the loop's,
+        while the loop runs: the ASGI lifespan's shutdown)."""
         self._worker.close()
         for kept in self._connections.values():
             kept.close()
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            for in_loop in self._loop_connections.values():
+                with contextlib.suppress(Exception):  # a loop that stopped meanwhile
+                    asyncio.run_coroutine_threadsafe(in_loop.close(), loop).result(5.0)
+
+    # ---------------------------------------------------------------- in the event loop
+
+    async def _queue(self, event: Posted) -> Written | Exception:
+        """Queued for the loop's sender: while it sends a group, the events that arrive
+        wait, and go together in its next one."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        future: asyncio.Future[Written | Exception] = loop.create_future()
+        self._queued.append((event, future))
+        if self._sender is None:
+            self._sender = loop.create_task(self._send())
+        return await future
+
+    async def _send(self) -> None:
+        try:
+            while self._queued:
+                taken, self._queued = self._queued[:MOST], self._queued[MOST:]
+                by_project: dict[str, list[tuple[Posted, asyncio.Future[Any]]]] = {}
+                for entry in taken:
+                    by_project.setdefault(entry[0].project.id, []).append(entry)
+                for entries in by_project.values():
+                    try:
+                        results = await self._send_group([event for event, _ in entries])
+                    except Exception as exc:  # each request of the group gets the error
+                        results = [exc] * len(entries)
+                    for (_, future), result in zip(entries, results, strict=True):
+                        if not future.done():  # not cancelled: its client is still there
+                            future.set_result(result)
+        finally:
+            self._sender = None
+
+    async def _send_group(self, events: list[Posted]) -> list[Written | Exception]:
+        """A group of new keys sent by the loop (`posted.Group.new`); any other, or one the
+        database refused, written by the threads, each event classified."""
+        first = events[0]
+        group = posted.Group(
+            first.engine,
+            first.project,
+            [event.item for event in events],
+            max(event.now for event in events),
+            first.customers,
+            _audits(events),
+        )
+        new = group.new()
+        if new is not None:
+            rows = await self._commit(first.engine, new)
+            if rows is not None:
+                return list(group.accepted(new, rows))
+        return list(await asyncio.gather(*(self._worker.submit(event) for event in events)))
+
+    async def _commit(self, engine: Engine, new: posted.NewGroup) -> list[Any] | None:
+        """The rows of `new`'s query once committed; None when a key was stored, or on any
+        error (then the threads write the group again, and report what still fails)."""
+        kept = self._loop_connections.get(engine)
+        if kept is None:
+            kept = self._loop_connections[engine] = AsyncKeptConnection(engine)
+        try:
+            conn = await kept.get()
+            return await bulk_insert.commit_new_async(conn, new.inserts, new.query)
+        except Exception:
+            log.debug("a group of new events sent by the event loop failed", exc_info=True)
+            await kept.reset()
+            return None
+
+    # ---------------------------------------------------------------- in the threads
 
     def _write(self, events: list[Posted]) -> list[Written | Exception]:
         by_project: dict[str, list[int]] = {}
@@ -115,11 +204,6 @@ class SingleEvents:
         kept = self._connections.get(mine)
         if kept is None:
             kept = self._connections[mine] = KeptConnection(first.engine)
-
-        def audit_records(outcomes: list[LineOutcome]) -> list[audit.Entry]:
-            entries = [event.audit(outcome) for event, outcome in zip(group, outcomes, strict=True)]
-            return [entry for entry in entries if entry is not None]
-
         return list(
             posted.write_group(
                 first.engine,
@@ -128,6 +212,17 @@ class SingleEvents:
                 now=max(event.now for event in group),
                 customers=first.customers,
                 transaction=kept.begin,
-                audits=audit_records,
+                audits=_audits(group),
+                together=not self._in_loop,  # the loop tried that already
             )
         )
+
+
+def _audits(events: list[Posted]) -> Callable[[list[LineOutcome]], list[audit.Entry]]:
+    """The requests' audit records, for the outcomes of their events in order."""
+
+    def records(outcomes: list[LineOutcome]) -> list[audit.Entry]:
+        entries = [event.audit(outcome) for event, outcome in zip(events, outcomes, strict=True)]
+        return [entry for entry in entries if entry is not None]
+
+    return records

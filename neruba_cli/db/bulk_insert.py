@@ -20,7 +20,8 @@ inserts, and reads a batch's stored keys back when it has to classify its lines:
   statement: a JSON array on SQLite (no limit on host parameters), a tuple on MariaDB, an
   array on PostgreSQL; `stored_lines` their (line digest, corrected) the same way.
 - `commit_new` (PostgreSQL): rows none of whose keys is expected to be stored, a query and the
-  commit in one round trip to the server (the HTTP API's groups of single events).
+  commit in one round trip to the server (the HTTP API's groups of single events);
+  `commit_new_async` the same from an event loop.
 
 Rows are tuples in `COLUMNS` order, values converted once by the caller the way the column
 types store them (the hot path skips SQLAlchemy's per-value type processing): `db_time` gives
@@ -209,8 +210,8 @@ def commit_new(
 
     try:
         with driver.pipeline(), RawCursor(driver) as writing, driver.cursor() as reading:
-            for table, columns, rows in inserts:
-                writing.execute(_numbered_insert(table, tuple(columns), len(rows)), _flat(rows))
+            for sql, values in _statements(inserts):
+                writing.execute(sql, values)
             reading.execute(*query)
             driver.commit()
             found: list[Row] = reading.fetchall()
@@ -226,6 +227,37 @@ def commit_new(
         raise DBAPIError.instance(
             query[0], None, exc, dbapi.Error, connection_invalidated=gone, dialect=conn.dialect
         ) from exc
+
+
+async def commit_new_async(
+    driver: Any, inserts: Sequence[Rows], query: tuple[str, Any]
+) -> list[Row] | None:
+    """`commit_new` on a `psycopg.AsyncConnection` (engine.AsyncKeptConnection's), from an
+    event loop: the same statements and answer; any other error is psycopg's own, with the
+    transaction left for the caller to roll back."""
+    import psycopg.errors
+    from psycopg import AsyncRawCursor
+
+    try:
+        async with (
+            driver.pipeline(),
+            AsyncRawCursor(driver) as writing,
+            driver.cursor() as reading,
+        ):
+            for sql, values in _statements(inserts):
+                await writing.execute(sql, values)
+            await reading.execute(*query)
+            await driver.commit()
+            found: list[Row] = await reading.fetchall()
+            return found
+    except psycopg.errors.UniqueViolation:
+        await driver.rollback()
+        return None
+
+
+def _statements(inserts: Sequence[Rows]) -> Iterator[tuple[str, list[Any]]]:
+    for table, columns, rows in inserts:
+        yield _numbered_insert(table, tuple(columns), len(rows)), _flat(rows)
 
 
 @functools.lru_cache(maxsize=256)

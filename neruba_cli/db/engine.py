@@ -414,23 +414,73 @@ for _library in ("psycopg", "sqlalchemy.pool"):
 
 def _postgres_engine(url: URL) -> Engine:
     return create_engine(
-        url,
-        isolation_level="READ COMMITTED",
-        pool_pre_ping=True,
-        connect_args={
-            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            # A statement run five times on a connection is prepared on the server (psycopg's
-            # default `prepare_threshold`): the server parses it once, not on every run; for
-            # the API's small inserts that is most of their cost there. Each run is still
-            # planned for its own values (`force_custom_plan`): a generic plan made once for
-            # every value would scan the whole project for the ingest's stored-key lookups
-            # once the events table is large.
-            "options": (
-                f"-c timezone=UTC -c lock_timeout={LOCK_WAIT_SECONDS}s"
-                " -c plan_cache_mode=force_custom_plan"
-            ),
-        },
+        url, isolation_level="READ COMMITTED", pool_pre_ping=True, connect_args=_POSTGRES_CONNECT
     )
+
+
+_POSTGRES_CONNECT = {
+    "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+    # A statement run five times on a connection is prepared on the server (psycopg's
+    # default `prepare_threshold`): the server parses it once, not on every run; for the
+    # API's small inserts that is most of their cost there. Each run is still planned for
+    # its own values (`force_custom_plan`): a generic plan made once for every value would
+    # scan the whole project for the ingest's stored-key lookups once the events table is
+    # large.
+    "options": (
+        f"-c timezone=UTC -c lock_timeout={LOCK_WAIT_SECONDS}s -c plan_cache_mode=force_custom_plan"
+    ),
+}
+
+
+class AsyncKeptConnection:
+    """A PostgreSQL connection of psycopg's own, for an event loop's writes (the HTTP API's
+    groups of new single events: `bulk_insert.commit_new_async`), made with the engine's
+    URL and the settings of its connections. Like `KeptConnection`: kept from one
+    transaction to the next, opened again after `idle_seconds` idle or once it broke. Not
+    for several tasks at once."""
+
+    def __init__(self, engine: Engine, idle_seconds: float = 30.0) -> None:
+        assert engine.dialect.name == "postgresql"
+        self.engine = engine
+        self.idle_seconds = idle_seconds
+        self._conn: Any = None
+        self._used = 0.0
+
+    async def get(self) -> Any:
+        """The connection (a `psycopg.AsyncConnection`), opened when there is none fit."""
+        conn = self._conn
+        if conn is not None and (
+            conn.broken or conn.closed or time.monotonic() - self._used > self.idle_seconds
+        ):
+            await self.close()
+            conn = None
+        if conn is None:
+            import psycopg
+
+            args, params = self.engine.dialect.create_connect_args(self.engine.url)
+            conn = await psycopg.AsyncConnection.connect(*args, **{**params, **_POSTGRES_CONNECT})
+            self._conn = conn
+        self._used = time.monotonic()
+        return conn
+
+    async def reset(self) -> None:
+        """After an error: the transaction rolled back, or the connection closed when even
+        that fails (the next `get` opens a new one)."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            await conn.rollback()
+        except Exception:
+            await self.close()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:  # a connection that broke: nothing left to give back
+                log.debug("closing a kept connection failed", exc_info=True)
 
 
 @contextmanager

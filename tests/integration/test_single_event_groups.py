@@ -3,10 +3,12 @@
 A group of new keys is accepted with one audit record per event; on PostgreSQL it goes in one
 round trip (`bulk_insert.commit_new`: nothing through SQLAlchemy). A group holding a stored key
 keeps nothing of that attempt and is written again with each event classified. `commit_new`
-itself stores everything it is given, or nothing."""
+itself stores everything it is given, or nothing, and so does `commit_new_async`, which the
+HTTP API's workers send new groups with from their event loop on PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -17,7 +19,9 @@ import pytest
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session
 
+from neruba_cli.api.single_events import Posted, SingleEvents
 from neruba_cli.db import bulk_insert
+from neruba_cli.db.engine import AsyncKeptConnection
 from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import audit_records_t, events_t, invoices_t
 from neruba_cli.domain.aggregation import MeterSpec
@@ -249,3 +253,70 @@ def audit_row(key: str) -> bulk_insert.Row:
         0,
         None,
     )
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
+def test_commit_new_async_stores_everything_or_nothing_and_its_connection_goes_on(
+    engine: Engine, project: Project
+) -> None:
+    def rows(*keys: str) -> list[bulk_insert.Rows]:
+        return [("events", bulk_insert.COLUMNS["events"], [event_row(key) for key in keys])]
+
+    query = corrections.stale_query(PROJECT, [("cus_g1", NOW)])
+    assert query is not None
+    kept = AsyncKeptConnection(engine)
+
+    async def send(*keys: str) -> list[Any] | None:
+        return await bulk_insert.commit_new_async(
+            await kept.get(), rows(*keys), (query.sql, query.params)
+        )
+
+    async def main() -> list[list[Any] | None]:
+        try:
+            return [await send("a", "b"), await send("c", "b"), await send("d")]
+        finally:
+            await kept.close()
+
+    assert asyncio.run(main()) == [[], None, []]  # "c" went with the refused "b"; "d" after
+    with engine.connect() as conn:
+        keys = conn.execute(select(events_t.c.idempotency_key)).scalars().all()
+    assert sorted(keys) == ["a", "b", "d"]
+
+
+def test_the_api_worker_sends_new_events_from_its_event_loop_and_the_rest_from_its_threads(
+    engine: Engine, project: Project
+) -> None:
+    """PostgreSQL: a group of new keys goes by the loop's own connection (nothing through
+    SQLAlchemy); one holding a stored key, and every group elsewhere, by the threads."""
+    events = SingleEvents(engine)
+
+    def one(key: str, quantity: int = 1) -> Posted:
+        return Posted(
+            engine, project, pending(key, quantity=quantity), NOW, dict(RESOLVED), audited
+        )
+
+    async def send(*posts: Posted) -> list[Any]:
+        return list(await asyncio.gather(*(events.write(post) for post in posts)))
+
+    async def main() -> tuple[list[Any], list[str], list[Any], list[str]]:
+        try:
+            with through_sqlalchemy(engine) as first_seen:
+                first = await send(one("k1"), one("k2"))
+            with through_sqlalchemy(engine) as then_seen:
+                then = await send(one("k3"), one("k1"), one("k2", quantity=9))
+        finally:
+            await asyncio.to_thread(events.close)  # as the app's shutdown does
+        return first, first_seen, then, then_seen
+
+    first, first_seen, then, then_seen = asyncio.run(main())
+    assert [outcome.status for outcome, _, _ in first] == ["accepted", "accepted"]
+    assert [outcome.status for outcome, _, _ in then] == ["accepted", "duplicate", "conflict"]
+    assert (first_seen == []) == (engine.dialect.name == "postgresql")
+    assert then_seen  # classified by a thread
+    events_stored, audits = stored(engine)
+    assert sorted(events_stored) == ["k1", "k2", "k3"]
+    assert len(audits) == 5  # one per request, none from the refused attempt
+
+
+def audited(outcome: LineOutcome) -> audit.Entry:
+    return records([outcome])[0]

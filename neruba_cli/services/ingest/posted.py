@@ -94,6 +94,10 @@ def record_one(
     return recorded(item, outcome, summary.batch or "", [], warnings)
 
 
+Answer = tuple[LineOutcome, str, list[dict[str, str]]]  # outcome, batch, stale invoices
+Audits = Callable[[list[LineOutcome]], Sequence[audit.Entry]]
+
+
 def write_group(
     engine: Engine,
     project: Project,
@@ -102,8 +106,9 @@ def write_group(
     now: datetime,
     customers: dict[str, tuple[str, str]] | None = None,
     transaction: Callable[[], AbstractContextManager[Connection]] | None = None,
-    audits: Callable[[list[LineOutcome]], Sequence[audit.Entry]] | None = None,
-) -> list[tuple[LineOutcome, str, list[dict[str, str]]]]:
+    audits: Audits | None = None,
+    together: bool = True,
+) -> list[Answer]:
     """Valid events of `project`, written in one write transaction (`transaction()`, by
     default `begin_write(engine)`): for each, in order, its outcome, the batch id they share,
     and the finalized invoices it made stale, checked in the same transaction. `audits`
@@ -111,94 +116,123 @@ def write_group(
     Each item's `line` is set to its place in the group. `customers`: see `_writer`.
 
     On PostgreSQL, a group of new keys whose customers are known (the usual case) is sent
-    with its records, the stale-invoice check and the commit in one round trip; should a key
-    turn out to be stored, nothing of it is, and the group is written the usual way: the
-    writer's, which classifies every event (and runs the transaction again if the database
-    aborts it to break a deadlock)."""
-    for line, item in enumerate(items, start=1):
-        item.line = line
-    summary = IngestSummary(batch=new_id("bat"), source=SOURCE, outcomes={})
-    writer = _writer(engine, project, summary, now, customers)
+    with its records, the stale-invoice check and the commit in one round trip (`Group.new`,
+    unless `together` is False: the caller tried that already); should a key turn out to be
+    stored, nothing of it is, and the group is written the usual way: the writer's, which
+    classifies every event (and runs the transaction again if the database aborts it to
+    break a deadlock)."""
+    group = Group(engine, project, items, now, customers, audits)
     if transaction is not None:
-        writer.transaction = transaction
-    stale = _write_new_together(writer, items, audits)
-    if stale is None:
-        stale = _write_classified(writer, items, audits)
-    assert summary.outcomes is not None and summary.batch is not None
-    answers = []
-    for item in items:
-        outcome = summary.outcomes[item.line]
-        found = writer.customers.get(item.record.customer)
-        invoices = stale.get((found[0], item.record.timestamp), []) if found else []
-        entries = [stale_entry(invoice.number, invoice.period) for invoice in invoices]
-        answers.append((outcome, summary.batch, entries))
-    return answers
+        group.writer.transaction = transaction
+    new = group.new() if together else None
+    if new is not None:
+        try:
+            with group.writer.transaction() as conn:
+                rows = bulk_insert.commit_new(conn, new.inserts, new.query)
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            rows = None  # a deadlock, a lock wait: the writer's way runs it again
+        if rows is not None:
+            return group.accepted(new, rows)
+    return group.classified()
 
 
-def _write_new_together(
-    writer: BatchWriter,
-    items: Sequence[Pending],
-    audits: Callable[[list[LineOutcome]], Sequence[audit.Entry]] | None,
-) -> _Stale | None:
-    """The group in one round trip (`bulk_insert.commit_new`), every event accepted: the
-    stale invoices. None when it cannot go that way (not PostgreSQL, a customer not resolved
-    yet, a key twice in the group) or a key turned out to be stored (then nothing was)."""
-    customers = writer.customers
-    keys = {item.record.idempotency_key for item in items}
-    if (
-        writer.engine.dialect.name != "postgresql"
-        or len(keys) != len(items)
-        or not all(
-            type(item.record) is EventInput and item.record.customer in customers for item in items
-        )
-    ):
-        return None
-    touched = [(customers[item.record.customer][0], item.record.timestamp) for item in items]
-    query = corrections.stale_query(writer.project.id, touched)
-    if query is None:
-        return None
-    inserts: list[bulk_insert.Rows] = [
-        ("events", bulk_insert.COLUMNS["events"], writer.event_rows(sorted(items, key=_key)))
-    ]
-    if audits is not None:
-        _, records = audit.driver_rows(audits([ACCEPTED] * len(items)), sqlite=False)
-        inserts.append((audit.TABLE, audit.COLUMNS, records))
-    try:
-        with writer.transaction() as conn:
-            rows = bulk_insert.commit_new(conn, inserts, (query.sql, query.params))
-    except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise
-        return None  # a deadlock, a lock wait: the writer's way runs it again
-    if rows is None:
-        return None
-    writer.accept(list(items))
-    return query.found(rows)
+@dataclass(frozen=True)
+class NewGroup:
+    """A group's statements when all its keys are new: its rows and its audit records
+    (`bulk_insert.Rows`), and the stale-invoice check, for `bulk_insert.commit_new`."""
+
+    inserts: list[bulk_insert.Rows]
+    stale: corrections.StaleQuery
+
+    @property
+    def query(self) -> tuple[str, dict[str, Any]]:
+        return self.stale.sql, self.stale.params
 
 
-def _write_classified(
-    writer: BatchWriter,
-    items: Sequence[Pending],
-    audits: Callable[[list[LineOutcome]], Sequence[audit.Entry]] | None,
-) -> _Stale:
-    """The group through the writer, each event classified: the stale invoices."""
-    project, summary = writer.project, writer.summary
-    stale: _Stale = {}
+class Group:
+    """Events posted one by one that are written together (`write_group`; the HTTP API's
+    event loop sends a `NewGroup` itself)."""
 
-    def finish(conn: Connection) -> None:
-        outcomes = summary.outcomes or {}
-        touched = [
-            (writer.customers[item.record.customer][0], item.record.timestamp)
-            for item in items
-            if outcomes[item.line].status == "accepted"
+    def __init__(
+        self,
+        engine: Engine,
+        project: Project,
+        items: Sequence[Pending],
+        now: datetime,
+        customers: dict[str, tuple[str, str]] | None,
+        audits: Audits | None,
+    ) -> None:
+        for line, item in enumerate(items, start=1):
+            item.line = line
+        self.items = items
+        self.audits = audits
+        self.summary = IngestSummary(batch=new_id("bat"), source=SOURCE, outcomes={})
+        self.writer = _writer(engine, project, self.summary, now, customers)
+
+    def new(self) -> NewGroup | None:
+        """The statements that store the group if all its keys are new; None when it cannot
+        go that way (not PostgreSQL, a customer not resolved yet, a key twice in it)."""
+        items, writer = self.items, self.writer
+        customers = writer.customers
+        if (
+            writer.engine.dialect.name != "postgresql"
+            or len({item.record.idempotency_key for item in items}) != len(items)
+            or not all(
+                type(item.record) is EventInput and item.record.customer in customers
+                for item in items
+            )
+        ):
+            return None
+        touched = [(customers[item.record.customer][0], item.record.timestamp) for item in items]
+        query = corrections.stale_query(writer.project.id, touched)
+        if query is None:
+            return None
+        inserts: list[bulk_insert.Rows] = [
+            ("events", bulk_insert.COLUMNS["events"], writer.event_rows(sorted(items, key=_key)))
         ]
-        stale.clear()  # the writer may run the transaction again
-        stale.update(corrections.stale_by_event(conn, project.id, touched))
-        if audits is not None:
-            audit.record_in(conn, audits([outcomes[item.line] for item in items]))
+        if self.audits is not None:
+            _, records = audit.driver_rows(self.audits([ACCEPTED] * len(items)), sqlite=False)
+            inserts.append((audit.TABLE, audit.COLUMNS, records))
+        return NewGroup(inserts, query)
 
-    writer.flush(list(items), then=finish)
-    return stale
+    def accepted(self, new: NewGroup, rows: Sequence[Sequence[Any]]) -> list[Answer]:
+        """The answers once `new` is committed, `rows` being what its query returned."""
+        self.writer.accept(list(self.items))
+        return self._answers(new.stale.found(rows))
+
+    def classified(self) -> list[Answer]:
+        """The group through the writer, each event classified."""
+        items, writer, summary = self.items, self.writer, self.summary
+        stale: _Stale = {}
+
+        def finish(conn: Connection) -> None:
+            outcomes = summary.outcomes or {}
+            touched = [
+                (writer.customers[item.record.customer][0], item.record.timestamp)
+                for item in items
+                if outcomes[item.line].status == "accepted"
+            ]
+            stale.clear()  # the writer may run the transaction again
+            stale.update(corrections.stale_by_event(conn, writer.project.id, touched))
+            if self.audits is not None:
+                audit.record_in(conn, self.audits([outcomes[item.line] for item in items]))
+
+        writer.flush(list(items), then=finish)
+        return self._answers(stale)
+
+    def _answers(self, stale: _Stale) -> list[Answer]:
+        summary = self.summary
+        assert summary.outcomes is not None and summary.batch is not None
+        answers = []
+        for item in self.items:
+            outcome = summary.outcomes[item.line]
+            found = self.writer.customers.get(item.record.customer)
+            invoices = stale.get((found[0], item.record.timestamp), []) if found else []
+            entries = [stale_entry(invoice.number, invoice.period) for invoice in invoices]
+            answers.append((outcome, summary.batch, entries))
+        return answers
 
 
 def _key(item: Pending) -> str:
