@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from fastapi import Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from neruba_cli.api.errors import ApiError
+from neruba_cli.api.shared_reads import SharedReads
 from neruba_cli.db.engine import write_session
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.errors import NerubaError
@@ -51,6 +51,7 @@ class KeyCache:
         self.seconds = seconds
         self._entries: dict[str, tuple[float, datetime | None, Access]] = {}
         self._lock = threading.Lock()
+        self.reads = SharedReads()  # a key looked up once for the requests that wait on it
 
     def get(self, digest: str, now: datetime) -> Access | None:
         with self._lock:
@@ -111,7 +112,7 @@ async def authenticate(request: Request, secret: str) -> Access:
     cached = state.keys.get(digest, now)
     if cached is not None:
         return cached
-    return await run_in_threadpool(_look_up, state, secret, digest, now)
+    return await state.keys.reads.read(digest, _look_up, state, secret, digest, now)
 
 
 def _look_up(state: ApiStateLike, secret: str, digest: str, now: datetime) -> Access:

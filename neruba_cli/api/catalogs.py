@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from fastapi.concurrency import run_in_threadpool
 
 from neruba_cli.api.auth import Caller
+from neruba_cli.api.shared_reads import SharedReads
 from neruba_cli.db.schema import Project
 from neruba_cli.domain.catalog import MeterDef
 from neruba_cli.services.catalog import store as catalog_store
@@ -35,6 +36,7 @@ class CatalogCache:
         self._entries: dict[str, tuple[float, Project, dict[str, MeterDef]]] = {}
         self._customers: dict[str, dict[str, tuple[str, str]]] = {}
         self._lock = threading.Lock()
+        self._reads = SharedReads()  # one read of a project's catalog for the requests waiting
 
     def get(
         self, caller: Caller, meters: Iterable[object] = ()
@@ -77,7 +79,12 @@ class CatalogCache:
         kept = self.peek(caller, meters)
         if kept is not None:
             return kept
-        return await run_in_threadpool(self.get, caller, meters)
+        names = tuple(meters)
+        slug = caller.key.project_slug
+        read = await self._reads.read(slug, self.get, caller, names)
+        if all(name in read[1] for name in names if isinstance(name, str)):
+            return read
+        return await run_in_threadpool(self.get, caller, names)  # a read begun before a new meter
 
     def customers(self, project: Project) -> dict[str, tuple[str, str]]:
         """The project's customers seen so far (external id → id and currency), for

@@ -42,6 +42,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 Row = tuple[Any, ...]
 # A table's name, the columns of its rows, and the rows (driver-ready tuples in that order)
 Rows = tuple[str, Sequence[str], Sequence[Row]]
+# A SELECT with PostgreSQL's numbered parameters ($1, $2...), and their values in order
+Query = tuple[str, Sequence[Any]]
 # (payload_hash, batch_id, line, corrected) of a stored event or charge, by idempotency key:
 # `corrected` when the event was voided or amended since it was stored (never for a charge)
 StoredKeys = dict[str, tuple[str, str | None, int | None, bool]]
@@ -193,28 +195,25 @@ def insert_rows(
     return int(conn.exec_driver_sql(sql, list(rows)).rowcount)
 
 
-def commit_new(
-    conn: Connection, inserts: Sequence[Rows], query: tuple[str, Any]
-) -> list[Row] | None:
-    """PostgreSQL: insert rows with plain INSERTs (a stored key fails them all), run `query`,
-    and commit `conn`'s transaction, sent together in psycopg's pipeline mode: one round trip
-    to the server instead of one per statement and one for the commit. The query's rows; or
-    None when some key was stored already: then nothing is, and the transaction is rolled
-    back (the caller writes the rows again the way that classifies each one). Any other error
-    is raised as SQLAlchemy raises a statement's, with the connection invalidated when the
+def commit_new(conn: Connection, inserts: Sequence[Rows], query: Query) -> list[Row] | None:
+    """PostgreSQL: insert rows none of whose keys is expected to be stored, and run `query`,
+    in one statement (`_together`), then commit `conn`'s transaction: sent at once in
+    psycopg's pipeline mode, one round trip to the server. The query's rows; or None when
+    some key was stored already: then nothing is, and the transaction is rolled back (the
+    caller writes the rows again the way that classifies each one). Any other error is
+    raised as SQLAlchemy raises a statement's, with the connection invalidated when the
     server is gone."""
     driver = conn.connection.driver_connection
     assert driver is not None and conn.dialect.name == "postgresql"
     import psycopg.errors
     from psycopg import RawCursor
 
+    sql, params = _together(inserts, query)
     try:
-        with driver.pipeline(), RawCursor(driver) as writing, driver.cursor() as reading:
-            for sql, values in _statements(inserts):
-                writing.execute(sql, values)
-            reading.execute(*query)
+        with driver.pipeline(), RawCursor(driver) as cursor:
+            cursor.execute(sql, params)
             driver.commit()
-            found: list[Row] = reading.fetchall()
+            found: list[Row] = cursor.fetchall()
             return found
     except psycopg.errors.UniqueViolation:
         driver.rollback()
@@ -225,56 +224,55 @@ def commit_new(
             conn.invalidate(exc)
         dbapi = conn.dialect.loaded_dbapi
         raise DBAPIError.instance(
-            query[0], None, exc, dbapi.Error, connection_invalidated=gone, dialect=conn.dialect
+            sql, None, exc, dbapi.Error, connection_invalidated=gone, dialect=conn.dialect
         ) from exc
 
 
-async def commit_new_async(
-    driver: Any, inserts: Sequence[Rows], query: tuple[str, Any]
-) -> list[Row] | None:
-    """`commit_new` on a `psycopg.AsyncConnection` (engine.AsyncKeptConnection's), from an
-    event loop: the same statements and answer; any other error is psycopg's own, with the
-    transaction left for the caller to roll back."""
+async def commit_new_async(driver: Any, inserts: Sequence[Rows], query: Query) -> list[Row] | None:
+    """`commit_new` from an event loop, on a `psycopg.AsyncConnection` in autocommit mode
+    (engine.AsyncKeptConnection's): the statement is its own transaction, so it is the only
+    thing sent. The same answer; any other error is psycopg's own."""
     import psycopg.errors
     from psycopg import AsyncRawCursor
 
+    assert driver.autocommit
+    sql, params = _together(inserts, query)
     try:
-        async with (
-            driver.pipeline(),
-            AsyncRawCursor(driver) as writing,
-            driver.cursor() as reading,
-        ):
-            for sql, values in _statements(inserts):
-                await writing.execute(sql, values)
-            await reading.execute(*query)
-            await driver.commit()
-            found: list[Row] = await reading.fetchall()
+        async with AsyncRawCursor(driver) as cursor:
+            await cursor.execute(sql, params)
+            found: list[Row] = await cursor.fetchall()
             return found
     except psycopg.errors.UniqueViolation:
-        await driver.rollback()
         return None
 
 
-def _statements(inserts: Sequence[Rows]) -> Iterator[tuple[str, list[Any]]]:
-    for table, columns, rows in inserts:
-        yield _numbered_insert(table, tuple(columns), len(rows)), _flat(rows)
+def _together(inserts: Sequence[Rows], query: Query) -> tuple[str, list[Any]]:
+    """One statement: each insert a data-modifying WITH clause of `query` (a SELECT whose
+    parameters are PostgreSQL's numbered ones, `$1`...). PostgreSQL runs every such clause
+    once, whether or not the query reads it, and all of it is one statement: a stored key
+    fails the whole of it."""
+    sql, first = query
+    params = list(first)
+    clauses = []
+    for number, (table, columns, rows) in enumerate(inserts):
+        insert = _numbered_insert(table, tuple(columns), len(rows), len(params))
+        clauses.append(f"new_{number} AS ({insert})")
+        params.extend(value for row in rows for value in row)
+    return f"WITH {', '.join(clauses)} {sql}", params
 
 
 @functools.lru_cache(maxsize=256)
-def _numbered_insert(table: str, columns: tuple[str, ...], count: int) -> str:
-    """A multi-row INSERT with PostgreSQL's own numbered parameters: psycopg's raw cursor
-    sends it as it is (its `%s` statements with more than 50 parameters are parsed again on
-    every run), and the server runs one statement, not one per row."""
+def _numbered_insert(table: str, columns: tuple[str, ...], count: int, after: int) -> str:
+    """A multi-row INSERT with PostgreSQL's own numbered parameters, from `$after + 1`:
+    psycopg's raw cursor sends it as it is (its `%s` statements with more than 50
+    parameters are parsed again on every run), and the server runs one statement, not one
+    per row."""
     width = len(columns)
     rows = (
-        "(" + ", ".join(f"${row * width + column + 1}" for column in range(width)) + ")"
+        "(" + ", ".join(f"${after + row * width + column + 1}" for column in range(width)) + ")"
         for row in range(count)
     )
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join(rows)}"
-
-
-def _flat(rows: Sequence[Row]) -> list[Any]:
-    return [value for row in rows for value in row]
 
 
 def refresh_statistics(engine: Engine, table: str) -> None:

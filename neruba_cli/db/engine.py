@@ -433,9 +433,10 @@ _POSTGRES_CONNECT = {
 
 
 class AsyncKeptConnection:
-    """A PostgreSQL connection of psycopg's own, for an event loop's writes (the HTTP API's
-    groups of new single events: `bulk_insert.commit_new_async`), made with the engine's
-    URL and the settings of its connections. Like `KeptConnection`: kept from one
+    """A PostgreSQL connection of psycopg's own, in autocommit mode, for an event loop's
+    one-statement writes (the HTTP API's groups of new single events:
+    `bulk_insert.commit_new_async`), made with the engine's URL and the settings of its
+    connections. Like `KeptConnection`: kept from one
     transaction to the next, opened again after `idle_seconds` idle or once it broke. Not
     for several tasks at once."""
 
@@ -458,7 +459,9 @@ class AsyncKeptConnection:
             import psycopg
 
             args, params = self.engine.dialect.create_connect_args(self.engine.url)
-            conn = await psycopg.AsyncConnection.connect(*args, **{**params, **_POSTGRES_CONNECT})
+            conn = await psycopg.AsyncConnection.connect(
+                *args, **{**params, **_POSTGRES_CONNECT}, autocommit=True
+            )
             self._conn = conn
         self._used = time.monotonic()
         return conn

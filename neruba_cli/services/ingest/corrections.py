@@ -30,7 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Compiled
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from neruba_cli.db.schema import Project
 from neruba_cli.db.tables import customers_t, event_versions_t, events_t, invoices_t
@@ -390,8 +390,8 @@ class StaleQuery:
     """`stale_by_event` as one PostgreSQL statement for a caller that sends it itself, with
     other statements (`bulk_insert.commit_new`): the same query, its text compiled once."""
 
-    sql: str
-    params: dict[str, Any]
+    sql: str  # with PostgreSQL's numbered parameters: $1, $2...
+    params: list[Any]
     moments: list[tuple[str, datetime]]
 
     def found(
@@ -415,17 +415,20 @@ def stale_query(project_id: str, touched: Iterable[tuple[str, datetime]]) -> Sta
     first, last = (_UTC.process_bind_param(moment, _PG) for moment in _range(moments))
     compiled = _pg_final_overlapping()
     values = {"project_id": project_id, "customers": customers, "first": first, "last": last}
-    params = dict(compiled.construct_params(values) or {})  # with the statuses' literals
+    by_name = compiled.construct_params(values) or {}  # with the statuses' literals
+    params = [by_name[name] for name in compiled.positiontup or ()]
     return StaleQuery(compiled.string, params, moments)
 
 
-_PG = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
+_PG = postgresql.psycopg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
 _UTC = UTCDateTime()
 
 
 @functools.cache
-def _pg_final_overlapping() -> Compiled:
-    return _FINAL_OVERLAPPING["postgresql"].compile(dialect=_PG)
+def _pg_final_overlapping() -> SQLCompiler:
+    compiled = _FINAL_OVERLAPPING["postgresql"].compile(dialect=_PG)
+    assert isinstance(compiled, SQLCompiler)
+    return compiled
 
 
 def _range(moments: Sequence[tuple[str, datetime]]) -> tuple[datetime, datetime]:

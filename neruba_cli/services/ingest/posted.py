@@ -147,7 +147,7 @@ class NewGroup:
     stale: corrections.StaleQuery
 
     @property
-    def query(self) -> tuple[str, dict[str, Any]]:
+    def query(self) -> bulk_insert.Query:
         return self.stale.sql, self.stale.params
 
 
