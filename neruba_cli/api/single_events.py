@@ -1,16 +1,24 @@
 """`POST /v1/events`: the events of one worker's concurrent requests, written together.
 
 Each request checks its event itself (`posted.check`, in the event loop: a rejected event is
-answered at once) and hands the valid one to this worker's event thread (api/group_commit.py),
-which writes whatever requests have queued meanwhile in one transaction
-(`posted.write_group`), one per project. A request is answered once that transaction has
+answered at once) and queues the valid one. Whatever requests have queued meanwhile is written
+in one transaction, one per project. A request is answered once that transaction has
 committed, with its own outcome: accepted, duplicate (of an earlier request, or of one in the
 same transaction) or conflict, exactly as if it had been written alone in the order queued.
 Events written together share a batch id. Each request's audit record is written in the same
 transaction as its event (the middleware then writes none): one stands or falls with the other.
-Each thread keeps its database connection from one transaction to the next. On MariaDB two
-threads write at once (a group waiting for its commit does not hold up the next one); on
-PostgreSQL and SQLite one (`WRITERS` says why).
+
+Who writes a group:
+
+- On PostgreSQL, the worker's event loop, when all its keys are new and its customers known
+  (`posted.Group.new`): one statement, its own transaction (`bulk_insert.commit_new_async`),
+  on a connection the loop keeps, while the loop goes on reading requests. A thread would take
+  turns with the loop at the interpreter lock, which about doubled the CPU of a group.
+- Any other group, on every database, and a group the loop's statement did not store (a key
+  already stored, any error): the worker's event threads (api/group_commit.py,
+  `posted.write_group`), which classify each event. On MariaDB two threads write at once (a
+  group waiting for its commit does not hold up the next one); elsewhere one (`WRITERS` says
+  why). Each thread keeps its database connection from one transaction to the next.
 
 A group whose kept connection turns out to be gone is written again on a new one. Should a
 group's transaction fail for anything else but a deadlock (which the writer runs again), each
@@ -120,10 +128,8 @@ class SingleEvents:
         try:
             while self._queued:
                 taken, self._queued = self._queued[:MOST], self._queued[MOST:]
-                by_project: dict[str, list[tuple[Posted, asyncio.Future[Any]]]] = {}
-                for entry in taken:
-                    by_project.setdefault(entry[0].project.id, []).append(entry)
-                for entries in by_project.values():
+                for indexes in _by_project([event for event, _ in taken]):
+                    entries = [taken[index] for index in indexes]
                     try:
                         results = await self._send_group([event for event, _ in entries])
                     except Exception as exc:  # each request of the group gets the error
@@ -170,11 +176,8 @@ class SingleEvents:
     # ---------------------------------------------------------------- in the threads
 
     def _write(self, events: list[Posted]) -> list[Written | Exception]:
-        by_project: dict[str, list[int]] = {}
-        for index, event in enumerate(events):
-            by_project.setdefault(event.project.id, []).append(index)
         results: list[Written | Exception] = [RuntimeError("not written")] * len(events)
-        for indexes in by_project.values():
+        for indexes in _by_project(events):
             group = [events[index] for index in indexes]
             for index, written in zip(indexes, self._write_group(group), strict=True):
                 results[index] = written
@@ -216,6 +219,14 @@ class SingleEvents:
                 together=not self._in_loop,  # the loop tried that already
             )
         )
+
+
+def _by_project(events: list[Posted]) -> list[list[int]]:
+    """The events' places, one list per project (a group is one project's events)."""
+    by_project: dict[str, list[int]] = {}
+    for index, event in enumerate(events):
+        by_project.setdefault(event.project.id, []).append(index)
+    return list(by_project.values())
 
 
 def _audits(events: list[Posted]) -> Callable[[list[LineOutcome]], list[audit.Entry]]:
