@@ -168,9 +168,8 @@ class SingleEvents:
         try:
             conn = await kept.get()
             return await bulk_insert.commit_new_async(conn, new.inserts, new.query)
-        except Exception:
+        except Exception:  # a broken connection is replaced at the next `get`
             log.debug("a group of new events sent by the event loop failed", exc_info=True)
-            await kept.reset()
             return None
 
     # ---------------------------------------------------------------- in the threads
@@ -216,7 +215,6 @@ class SingleEvents:
                 customers=first.customers,
                 transaction=kept.begin,
                 audits=_audits(group),
-                together=not self._in_loop,  # the loop tried that already
             )
         )
 

@@ -20,9 +20,9 @@ inserts, and reads a batch's stored keys back when it has to classify its lines:
   statement: a JSON array on SQLite (no limit on host parameters), a tuple on MariaDB, an
   array on PostgreSQL (one index probe per key); `stored_lines` their (line digest,
   corrected) the same way.
-- `commit_new` (PostgreSQL): rows none of whose keys is expected to be stored, a query and the
-  commit in one round trip to the server (the HTTP API's groups of single events);
-  `commit_new_async` the same from an event loop.
+- `commit_new_async` (PostgreSQL, from an event loop): rows none of whose keys is expected to
+  be stored and a query, one statement in one round trip (the HTTP API's groups of single
+  events).
 
 Rows are tuples in `COLUMNS` order, values converted once by the caller the way the column
 types store them (the hot path skips SQLAlchemy's per-value type processing): `db_time` gives
@@ -204,43 +204,13 @@ def insert_rows(
     return int(conn.exec_driver_sql(sql, list(rows)).rowcount)
 
 
-def commit_new(conn: Connection, inserts: Sequence[Rows], query: Query) -> list[Row] | None:
-    """PostgreSQL: insert rows none of whose keys is expected to be stored, and run `query`,
-    in one statement (`_together`), then commit `conn`'s transaction: sent at once in
-    psycopg's pipeline mode, one round trip to the server. The query's rows; or None when
-    some key was stored already: then nothing is, and the transaction is rolled back (the
-    caller writes the rows again the way that classifies each one). Any other error is
-    raised as SQLAlchemy raises a statement's, with the connection invalidated when the
-    server is gone."""
-    driver = conn.connection.driver_connection
-    assert driver is not None and conn.dialect.name == "postgresql"
-    import psycopg.errors
-    from psycopg import RawCursor
-
-    sql, params = _together(inserts, query)
-    try:
-        with driver.pipeline(), RawCursor(driver) as cursor:
-            cursor.execute(sql, params)
-            driver.commit()
-            found: list[Row] = cursor.fetchall()
-            return found
-    except psycopg.errors.UniqueViolation:
-        driver.rollback()
-        return None
-    except psycopg.Error as exc:
-        gone = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)  # type: ignore[arg-type]
-        if gone:
-            conn.invalidate(exc)
-        dbapi = conn.dialect.loaded_dbapi
-        raise DBAPIError.instance(
-            sql, None, exc, dbapi.Error, connection_invalidated=gone, dialect=conn.dialect
-        ) from exc
-
-
 async def commit_new_async(driver: Any, inserts: Sequence[Rows], query: Query) -> list[Row] | None:
-    """`commit_new` from an event loop, on a `psycopg.AsyncConnection` in autocommit mode
-    (engine.AsyncKeptConnection's): the statement is its own transaction, so it is the only
-    thing sent. The same answer; any other error is psycopg's own."""
+    """PostgreSQL, from an event loop: insert rows none of whose keys is expected to be
+    stored, and run `query`, in one statement (`_together`) on a `psycopg.AsyncConnection`
+    in autocommit mode (engine.AsyncKeptConnection's): its own transaction, so it is the
+    only thing sent, one round trip. The query's rows; or None when some key was stored
+    already: then nothing is (the caller writes the rows again the way that classifies each
+    one). Any other error is psycopg's own."""
     import psycopg.errors
     from psycopg import AsyncRawCursor
 

@@ -436,9 +436,9 @@ class AsyncKeptConnection:
     """A PostgreSQL connection of psycopg's own, in autocommit mode, for an event loop's
     one-statement writes (the HTTP API's groups of new single events:
     `bulk_insert.commit_new_async`), made with the engine's URL and the settings of its
-    connections. Like `KeptConnection`: kept from one
-    transaction to the next, opened again after `idle_seconds` idle or once it broke. Not
-    for several tasks at once."""
+    connections. Like `KeptConnection`: kept from one statement to the next, opened again
+    after `idle_seconds` idle or once it broke (in autocommit, a statement that failed
+    leaves nothing else to undo). Not for several tasks at once."""
 
     def __init__(self, engine: Engine, idle_seconds: float = 30.0) -> None:
         assert engine.dialect.name == "postgresql"
@@ -465,17 +465,6 @@ class AsyncKeptConnection:
             self._conn = conn
         self._used = time.monotonic()
         return conn
-
-    async def reset(self) -> None:
-        """After an error: the transaction rolled back, or the connection closed when even
-        that fails (the next `get` opens a new one)."""
-        conn = self._conn
-        if conn is None:
-            return
-        try:
-            await conn.rollback()
-        except Exception:
-            await self.close()
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

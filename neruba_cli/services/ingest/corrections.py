@@ -388,7 +388,7 @@ def stale_by_event(
 @dataclass(frozen=True)
 class StaleQuery:
     """`stale_by_event` as one PostgreSQL statement for a caller that sends it itself, with
-    other statements (`bulk_insert.commit_new`): the same query, its text compiled once."""
+    other statements (`bulk_insert.commit_new_async`): the same query, its text compiled once."""
 
     sql: str  # with PostgreSQL's numbered parameters: $1, $2...
     params: list[Any]

@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 
 from neruba_cli.db import bulk_insert
 from neruba_cli.db.ids import new_id
@@ -107,41 +106,24 @@ def write_group(
     customers: dict[str, tuple[str, str]] | None = None,
     transaction: Callable[[], AbstractContextManager[Connection]] | None = None,
     audits: Audits | None = None,
-    together: bool = True,
 ) -> list[Answer]:
     """Valid events of `project`, written in one write transaction (`transaction()`, by
-    default `begin_write(engine)`): for each, in order, its outcome, the batch id they share,
-    and the finalized invoices it made stale, checked in the same transaction. `audits`
-    gives the records to write in it too, from the outcomes in order (the API's requests').
-    Each item's `line` is set to its place in the group. `customers`: see `_writer`.
-
-    On PostgreSQL, a group of new keys whose customers are known (the usual case) is sent
-    with its records, the stale-invoice check and the commit in one round trip (`Group.new`,
-    unless `together` is False: the caller tried that already); should a key turn out to be
-    stored, nothing of it is, and the group is written the usual way: the writer's, which
-    classifies every event (and runs the transaction again if the database aborts it to
-    break a deadlock)."""
+    default `begin_write(engine)`; the writer runs it again if the database aborts it to
+    break a deadlock): for each, in order, its outcome, the batch id they share, and the
+    finalized invoices it made stale, checked in the same transaction. `audits` gives the
+    records to write in it too, from the outcomes in order (the API's requests'). Each
+    item's `line` is set to its place in the group. `customers`: see `_writer`. (On
+    PostgreSQL the HTTP API sends a group of new keys itself first: `Group.new`.)"""
     group = Group(engine, project, items, now, customers, audits)
     if transaction is not None:
         group.writer.transaction = transaction
-    new = group.new() if together else None
-    if new is not None:
-        try:
-            with group.writer.transaction() as conn:
-                rows = bulk_insert.commit_new(conn, new.inserts, new.query)
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise
-            rows = None  # a deadlock, a lock wait: the writer's way runs it again
-        if rows is not None:
-            return group.accepted(new, rows)
     return group.classified()
 
 
 @dataclass(frozen=True)
 class NewGroup:
     """A group's statements when all its keys are new: its rows and its audit records
-    (`bulk_insert.Rows`), and the stale-invoice check, for `bulk_insert.commit_new`."""
+    (`bulk_insert.Rows`), and the stale-invoice check, for `bulk_insert.commit_new_async`."""
 
     inserts: list[bulk_insert.Rows]
     stale: corrections.StaleQuery
